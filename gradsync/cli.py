@@ -1,0 +1,48 @@
+"""The ``gradsync`` command line: one sub-command per module.
+
+Each module listed in ``COMMANDS`` exposes ``add_parser(subparsers)``, which
+registers its sub-command and sets ``func`` (taking the parsed namespace and
+returning an exit code) as the parser default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Sub-command modules, in the order ``--help`` lists them.
+COMMANDS = [
+    "gradsync.cmd_doctor",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gradsync import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gradsync",
+        description=(
+            "Cycle-level model of a training accelerator that overlaps gradient "
+            "exchange with backward propagation: Amaranth RTL under Verilator, "
+            "Python firmware and a golden NumPy model."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"gradsync {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

