@@ -1,0 +1,789 @@
+"""Register map, memory map, DMA descriptor layout and trace record layout.
+
+This is the single source of every fact the host and the device must agree
+on (``DESIGN.md``: "the register map and descriptor layout have a single
+source that all three use").  The firmware owns it because the firmware may
+import nothing from ``model/``, ``hw/`` or ``sim/``; the golden model and the
+RTL CSR block import it from here.  :func:`render_markdown` produces
+``docs/registers.md`` (a test checks the committed file is current)::
+
+    python -m gradsync.firmware.regmap > docs/registers.md
+
+All registers are 32 bits wide at byte offsets on the CSR port.  Access types:
+``RO`` read-only (writes ignored), ``RW`` read/write, ``W1C`` write one to clear,
+``WO`` write-only strobe (reads return 0).  Unmapped offsets read 0 and ignore
+writes.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+#: Value of the ``ID`` register: ASCII "GSYN".
+DEVICE_ID = 0x4753594E
+#: Register map / descriptor layout version: major in [31:16], minor in [15:0].
+REGMAP_VERSION = 0x0001_0000
+#: Descriptor layout version carried in every descriptor.
+DESCRIPTOR_VERSION = 1
+#: Byte alignment of DMA lengths and addresses (the link's word).
+DMA_ALIGN_BYTES = 4
+
+# --- device memory map (byte addresses of the bulk/DMA address space) ----------
+
+#: Scratchpad SRAM (weights, activations, output gradients), operand words.
+SCRATCH_BASE = 0x1000_0000
+#: Gradient SRAM (local dW and reduced gradients), operand words.
+GRAD_BASE = 0x2000_0000
+#: Descriptor ring memory, 32-bit words.
+RING_MEM_BASE = 0x3000_0000
+#: Trace RAM (read-only to the host), 32-bit words, 4 per record.
+TRACE_MEM_BASE = 0x4000_0000
+#: Size of each region's address window; a region's populated size is a
+#: hardware parameter read from the ``*_WORDS`` registers.
+REGION_SPAN = 0x1000_0000
+
+
+class Access(enum.Enum):
+    RO = "RO"
+    RW = "RW"
+    W1C = "W1C"
+    WO = "WO"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    lsb: int
+    width: int
+    doc: str = ""
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.width) - 1) << self.lsb
+
+    def get(self, value: int) -> int:
+        return (value >> self.lsb) & ((1 << self.width) - 1)
+
+    def put(self, value: int) -> int:
+        if not 0 <= value < (1 << self.width):
+            raise ValueError(f"field {self.name} holds {self.width} bits, not {value!r}")
+        return value << self.lsb
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    access: Access
+    reset: int = 0
+    doc: str = ""
+    fields: tuple[Field, ...] = field(default_factory=tuple)
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"register {self.name} has no field {name!r}")
+
+    def pack(self, **values: int) -> int:
+        word = 0
+        for name, value in values.items():
+            word |= self.field(name).put(int(value))
+        return word
+
+
+# --- enumerations ---------------------------------------------------------------
+
+
+class Irq(enum.IntFlag):
+    """Bits of ``IRQ_STATUS`` / ``IRQ_MASK``."""
+
+    COMPUTE = 1 << 0  #: a compute command with its IRQ flag completed
+    DMA_Q0 = 1 << 1  #: a queue-0 (high priority) descriptor with IRQ flag completed
+    DMA_Q1 = 1 << 2  #: a queue-1 (low priority) descriptor with IRQ flag completed
+    RX = 1 << 3  #: an RX window reached its expected byte count (see RX_DONE_*)
+    ERROR = 1 << 4  #: an error was recorded in ERR_CODE
+    TRACE = 1 << 5  #: the trace buffer is at least half full
+
+
+class Opcode(enum.IntEnum):
+    """Compute command opcodes (``CMD_OPCODE.opcode``)."""
+
+    NOP = 0
+    GEMM = 1  #: C[M,N] = op(A) @ op(B), inner dim K, write-back shift frac+ARG
+    RELU = 2  #: C = relu(A), M*N elements
+    RELU_BWD = 3  #: C = A where B > 0 else 0, M*N elements
+    SCALE = 4  #: C = sat(round(A * ARG)), ARG a value in the operand format
+    SGD = 5  #: C = sat(A - round(ARG * B)), ARG the learning rate
+
+
+VECTOR_OPCODES = {
+    Opcode.RELU: "relu",
+    Opcode.RELU_BWD: "relu_bwd",
+    Opcode.SCALE: "scale",
+    Opcode.SGD: "sgd",
+}
+
+
+class ErrorCode(enum.IntEnum):
+    """Error codes of ``ERR_CODE`` and of a descriptor's status word."""
+
+    OK = 0
+    BAD_VERSION = 1  #: descriptor version field is not DESCRIPTOR_VERSION
+    ZERO_LENGTH = 2  #: descriptor length is 0
+    MISALIGNED = 3  #: length or address not a multiple of DMA_ALIGN_BYTES
+    OUT_OF_WINDOW = 4  #: source range leaves the queue's window
+    UNKNOWN_PEER = 5  #: destination is not the node's link peer
+    RX_NO_WINDOW = 6  #: received packet for a disabled RX window
+    RX_TAG_MISMATCH = 7  #: received packet's tag differs from the window's tag
+    RX_OUT_OF_WINDOW = 8  #: received packet's address range leaves the window
+    CMD_BAD_OPCODE = 9  #: unknown compute opcode
+    CMD_ZERO_DIM = 10  #: a compute dimension is 0
+    CMD_OUT_OF_BOUNDS = 11  #: an operand range leaves its SRAM or is misaligned
+    CMD_FIFO_FULL = 12  #: CMD_LAUNCH while the command FIFO was full (dropped)
+    CMD_K_TOO_LARGE = 13  #: K could wrap the accumulator
+    RING_FULL = 14  #: doorbell would move TAIL past HEAD + RING_SIZE
+
+
+class Engine(enum.IntEnum):
+    """Trace engine codes; names as in the output contract (``tid``)."""
+
+    COMPUTE = 0
+    VECTOR = 1
+    DMA_HI = 2
+    DMA_LO = 3
+    NIC_TX = 4
+    NIC_RX = 5
+    HOST = 6
+
+
+ENGINE_NAMES = {
+    Engine.COMPUTE: "compute",
+    Engine.VECTOR: "vector",
+    Engine.DMA_HI: "dma.hi",
+    Engine.DMA_LO: "dma.lo",
+    Engine.NIC_TX: "nic.tx",
+    Engine.NIC_RX: "nic.rx",
+    Engine.HOST: "host",
+}
+
+
+class TraceEvent(enum.IntEnum):
+    START = 0
+    END = 1
+    ERROR = 2
+
+
+class Kind(enum.IntEnum):
+    """What an engine activity was (trace ``kind`` field; also ``CMD_OPCODE.kind``)."""
+
+    OTHER = 0
+    FWD = 1
+    DW = 2
+    DA = 3
+    RELU = 4
+    RELU_BWD = 5
+    UPDATE = 6
+    SEND = 7
+    RECV = 8
+    LOAD = 9
+    DUMP = 10
+    SCALE = 11
+
+
+KIND_NAMES = {k: k.name.lower() for k in Kind}
+
+#: Number of DMA descriptor queues; queue 0 has strict priority over queue 1.
+DMA_QUEUES = 2
+DMA_QUEUE_NAMES = ("hi", "lo")
+#: Maximum RX windows the register map addresses.
+MAX_RX_WINDOWS = 64
+
+# --- tags --------------------------------------------------------------------------
+
+TAG_FIELDS = (
+    Field("layer", 0, 8, "layer, counted from 1 at the input"),
+    Field("chunk", 8, 12, "chunk index within the layer"),
+    Field("step", 20, 12, "training step modulo 4096"),
+)
+
+
+def encode_tag(layer: int, chunk: int, step: int) -> int:
+    """Pack (layer, chunk, step) into a 32-bit tag; step is taken modulo 4096."""
+    return TAG_FIELDS[0].put(layer) | TAG_FIELDS[1].put(chunk) | TAG_FIELDS[2].put(step % 4096)
+
+
+def decode_tag(tag: int) -> tuple[int, int, int]:
+    return tuple(f.get(tag) for f in TAG_FIELDS)  # type: ignore[return-value]
+
+
+# --- registers -----------------------------------------------------------------------
+
+_GLOBAL = [
+    Register("ID", 0x000, Access.RO, DEVICE_ID, "Device identifier, ASCII 'GSYN'."),
+    Register(
+        "VERSION",
+        0x004,
+        Access.RO,
+        REGMAP_VERSION,
+        "Register map version.",
+        (Field("minor", 0, 16), Field("major", 16, 16)),
+    ),
+    Register(
+        "CONTROL",
+        0x008,
+        Access.RW,
+        0x1,
+        "Global control.",
+        (Field("trace_enable", 0, 1, "record engine events in the trace buffer"),),
+    ),
+    Register("NODE_ID", 0x00C, Access.RO, 0, "This node's index in the fabric (build parameter)."),
+    Register("NUM_NODES", 0x010, Access.RO, 1, "Nodes in the fabric (build parameter)."),
+    Register("TX_PEER", 0x014, Access.RO, 0, "Node reached by this node's transmit link."),
+    Register(
+        "HW_ARRAY",
+        0x018,
+        Access.RO,
+        0,
+        "Compute geometry (build parameters).",
+        (Field("rows", 0, 8), Field("cols", 8, 8), Field("lanes", 16, 8)),
+    ),
+    Register(
+        "HW_FORMAT",
+        0x01C,
+        Access.RO,
+        0,
+        "Fixed-point format (build parameters).",
+        (
+            Field("total_bits", 0, 8),
+            Field("frac_bits", 8, 8),
+            Field("acc_bits", 16, 8),
+            Field("nearest_even", 24, 1, "1: round to nearest even, 0: truncate"),
+            Field("saturate", 25, 1),
+        ),
+    ),
+    Register("SCRATCH_WORDS", 0x020, Access.RO, 0, "Scratchpad SRAM size in operand words."),
+    Register("GRAD_WORDS", 0x024, Access.RO, 0, "Gradient SRAM size in operand words."),
+    Register(
+        "HW_QUEUES",
+        0x028,
+        Access.RO,
+        0,
+        "Queue geometry (build parameters).",
+        (
+            Field("ring_entries", 0, 16, "maximum RING_SIZE of each DMA queue"),
+            Field("rx_windows", 16, 8),
+            Field("cmd_fifo_depth", 24, 8),
+        ),
+    ),
+    Register("TRACE_DEPTH", 0x02C, Access.RO, 0, "Trace buffer capacity in records."),
+    Register(
+        "CYCLE_LO",
+        0x030,
+        Access.RO,
+        0,
+        "Free-running cycle counter, bits 31:0. Reading it latches bits 63:32 into CYCLE_HI.",
+    ),
+    Register("CYCLE_HI", 0x034, Access.RO, 0, "Cycle counter bits 63:32 latched by CYCLE_LO."),
+    Register(
+        "IRQ_STATUS",
+        0x040,
+        Access.W1C,
+        0,
+        "Interrupt causes (bits of Irq); the IRQ line is (IRQ_STATUS & IRQ_MASK) != 0.",
+        tuple(Field(b.name.lower(), b.bit_length() - 1, 1) for b in Irq),
+    ),
+    Register("IRQ_MASK", 0x044, Access.RW, 0, "Interrupt enables, same bits as IRQ_STATUS."),
+    Register("IRQ_PENDING", 0x048, Access.RO, 0, "IRQ_STATUS & IRQ_MASK."),
+    Register(
+        "ERR_CODE",
+        0x050,
+        Access.RO,
+        0,
+        "Most recent error (ErrorCode) and where it happened.",
+        (
+            Field("code", 0, 8, "ErrorCode"),
+            Field("engine", 8, 4, "Engine code"),
+            Field("index", 16, 16, "queue/ring slot, RX window or command number"),
+        ),
+    ),
+    Register("ERR_INFO", 0x054, Access.RO, 0, "Offending address or tag of the latest error."),
+    Register("ERR_COUNT", 0x058, Access.RO, 0, "Errors recorded since reset."),
+]
+
+_COMPUTE = [
+    Register(
+        "CMD_OPCODE",
+        0x060,
+        Access.RW,
+        0,
+        "Staged compute command: opcode and flags.",
+        (
+            Field("opcode", 0, 8, "Opcode"),
+            Field("trans_a", 8, 1, "A is stored K x M (read transposed)"),
+            Field("trans_b", 9, 1, "B is stored N x K (read transposed)"),
+            Field("irq", 10, 1, "raise Irq.COMPUTE on completion"),
+            Field("kind", 16, 8, "Kind recorded in the trace"),
+        ),
+    ),
+    Register("CMD_A", 0x064, Access.RW, 0, "Byte address of operand A."),
+    Register("CMD_B", 0x068, Access.RW, 0, "Byte address of operand B (unused by RELU/SCALE)."),
+    Register("CMD_C", 0x06C, Access.RW, 0, "Byte address of the result."),
+    Register("CMD_M", 0x070, Access.RW, 0, "Rows of the result."),
+    Register("CMD_K", 0x074, Access.RW, 0, "GEMM inner dimension (ignored by vector ops)."),
+    Register("CMD_N", 0x078, Access.RW, 0, "Columns of the result."),
+    Register(
+        "CMD_ARG",
+        0x07C,
+        Access.RW,
+        0,
+        "GEMM: extra write-back right shift; SCALE: factor; SGD: learning rate "
+        "(raw operand-format value, sign-extended from total_bits).",
+    ),
+    Register("CMD_TAG", 0x080, Access.RW, 0, "Tag recorded in the trace (see tag layout)."),
+    Register(
+        "CMD_LAUNCH",
+        0x084,
+        Access.WO,
+        0,
+        "Doorbell: any write pushes the staged command into the command FIFO.",
+    ),
+    Register("CMD_FIFO_FREE", 0x088, Access.RO, 0, "Free command FIFO entries."),
+    Register(
+        "COMPUTE_DONE",
+        0x08C,
+        Access.RO,
+        0,
+        "Completion counter: commands retired (including refused ones) since reset.",
+    ),
+]
+
+DMA_QUEUE_STRIDE = 0x40
+DMA_QUEUE_BASE = 0x100
+_DMA_QUEUE_TEMPLATE = [
+    ("RING_BASE", 0x00, Access.RW, "Byte address of the ring in ring memory (32-byte aligned)."),
+    ("RING_SIZE", 0x04, Access.RW, "Ring entries (1 .. HW_QUEUES.ring_entries)."),
+    (
+        "HEAD",
+        0x08,
+        Access.RO,
+        "Consumer index: descriptors taken by the DMA engine (free-running).",
+    ),
+    ("TAIL", 0x0C, Access.RO, "Producer index last written through DOORBELL (free-running)."),
+    ("DOORBELL", 0x10, Access.WO, "Write the new TAIL; the engine fetches slots HEAD..TAIL-1."),
+    ("WIN_BASE", 0x14, Access.RW, "Source window base: descriptors may read only inside it."),
+    ("WIN_LEN", 0x18, Access.RW, "Source window length in bytes."),
+    ("DONE", 0x1C, Access.RO, "Completion counter: descriptors finished (ok or refused)."),
+    ("ERRORS", 0x20, Access.RO, "Descriptors refused since reset."),
+]
+
+RX_BASE = 0x200
+_RX = [
+    Register("RX_DONE_LO", 0x200, Access.W1C, 0, "Windows 0..31 that reached WIN_EXPECT."),
+    Register("RX_DONE_HI", 0x204, Access.W1C, 0, "Windows 32..63 that reached WIN_EXPECT."),
+    Register("RX_DROPS", 0x208, Access.RO, 0, "Packets dropped by the window checks."),
+    Register("RX_BYTES", 0x20C, Access.RO, 0, "Payload bytes applied since reset."),
+]
+
+_TRACE = [
+    Register("TRACE_COUNT", 0x300, Access.RO, 0, "Records waiting (TRACE_HEAD - TRACE_TAIL)."),
+    Register(
+        "TRACE_DATA",
+        0x304,
+        Access.RO,
+        0,
+        "Pop port: successive reads return the oldest record's 4 words; "
+        "the 4th read advances TRACE_TAIL.",
+    ),
+    Register("TRACE_HEAD", 0x308, Access.RO, 0, "Records written since reset (free-running)."),
+    Register(
+        "TRACE_TAIL",
+        0x30C,
+        Access.RW,
+        0,
+        "Records consumed; the host may advance it after a bulk dump of trace memory.",
+    ),
+    Register("TRACE_DROPS", 0x310, Access.RO, 0, "Records lost because the buffer was full."),
+]
+
+_PERF = [
+    Register("PERF_GEMM_CYCLES", 0x340, Access.RO, 0, "Cycles the systolic array was busy."),
+    Register("PERF_VECTOR_CYCLES", 0x344, Access.RO, 0, "Cycles the vector unit was busy."),
+    Register("PERF_TX_CYCLES", 0x348, Access.RO, 0, "Cycles the transmitter was busy."),
+    Register("PERF_TX_BYTES", 0x34C, Access.RO, 0, "Payload bytes transmitted."),
+    Register("PERF_TX_PACKETS", 0x350, Access.RO, 0, "Packets transmitted."),
+    Register("PERF_RX_PACKETS", 0x354, Access.RO, 0, "Packets received and applied."),
+]
+
+RX_WINDOW_BASE = 0x1000
+RX_WINDOW_STRIDE = 0x20
+_RX_WINDOW_TEMPLATE = [
+    (
+        "CTRL",
+        0x00,
+        Access.RW,
+        "bit0 enable; writing 1 to bit0 also clears RECEIVED and the window's RX_DONE bit.",
+    ),
+    ("DST", 0x04, Access.RW, "Byte address where received payload lands."),
+    (
+        "SRC",
+        0x08,
+        Access.RW,
+        "Byte address of the local operand of a reduce-add: dst[i] = sat(src[i] + payload[i]).",
+    ),
+    ("LEN", 0x0C, Access.RW, "Window length in bytes; packets must fall in [DST, DST+LEN)."),
+    ("TAG", 0x10, Access.RW, "Tag a packet must carry (layer, chunk, step)."),
+    (
+        "EXPECT",
+        0x14,
+        Access.RW,
+        "Byte threshold; writing arms it: RX_DONE bit and Irq.RX are set once RECEIVED >= EXPECT.",
+    ),
+    ("RECEIVED", 0x18, Access.RO, "Payload bytes applied to this window."),
+]
+
+
+def dma_reg_name(queue: int, name: str) -> str:
+    return f"DMA{queue}_{name}"
+
+
+def rx_window_reg_name(window: int, name: str) -> str:
+    return f"WIN{window}_{name}"
+
+
+def _build() -> list[Register]:
+    regs = list(_GLOBAL) + list(_COMPUTE)
+    for q in range(DMA_QUEUES):
+        for name, off, acc, doc in _DMA_QUEUE_TEMPLATE:
+            regs.append(
+                Register(
+                    dma_reg_name(q, name),
+                    DMA_QUEUE_BASE + q * DMA_QUEUE_STRIDE + off,
+                    acc,
+                    0,
+                    f"Queue {q} ({DMA_QUEUE_NAMES[q]}): {doc}",
+                )
+            )
+    regs += _RX + _TRACE + _PERF
+    for w in range(MAX_RX_WINDOWS):
+        for name, off, acc, doc in _RX_WINDOW_TEMPLATE:
+            regs.append(
+                Register(
+                    rx_window_reg_name(w, name),
+                    RX_WINDOW_BASE + w * RX_WINDOW_STRIDE + off,
+                    acc,
+                    0,
+                    f"RX window {w}: {doc}",
+                )
+            )
+    offsets = [r.offset for r in regs]
+    assert len(set(offsets)) == len(offsets), "register offsets overlap"
+    return regs
+
+
+REGISTERS: tuple[Register, ...] = tuple(_build())
+BY_NAME: dict[str, Register] = {r.name: r for r in REGISTERS}
+BY_OFFSET: dict[int, Register] = {r.offset: r for r in REGISTERS}
+
+
+def reg(name: str) -> Register:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no register named {name!r}") from None
+
+
+def offset(name: str) -> int:
+    return reg(name).offset
+
+
+def dma_reg(queue: int, name: str) -> int:
+    return offset(dma_reg_name(queue, name))
+
+
+def rx_window_reg(window: int, name: str) -> int:
+    return offset(rx_window_reg_name(window, name))
+
+
+# --- DMA descriptor ------------------------------------------------------------------
+
+DESCRIPTOR_WORDS = 8
+DESCRIPTOR_BYTES = DESCRIPTOR_WORDS * 4
+
+
+class DescFlag(enum.IntFlag):
+    REDUCE_ADD = 1 << 0  #: receiver computes dst = sat(window src + payload)
+    IRQ = 1 << 1  #: raise the queue's Irq bit on completion
+    FENCE = 1 << 2  #: wait until COMPUTE_DONE >= FENCE_COUNT before sending
+
+
+DESCRIPTOR_LAYOUT = (
+    # (word, name, fields or None, doc)
+    (
+        0,
+        "CONTROL",
+        (
+            Field("version", 0, 8, "DESCRIPTOR_VERSION"),
+            Field("flags", 8, 8, "DescFlag"),
+            Field("peer", 16, 8, "destination node (must equal TX_PEER)"),
+            Field("window", 24, 8, "receiver's RX window index"),
+        ),
+        "Version, flags, destination.",
+    ),
+    (1, "SRC_ADDR", None, "Byte address of the payload in this node's memory."),
+    (2, "LENGTH", None, "Payload bytes (non-zero multiple of DMA_ALIGN_BYTES)."),
+    (3, "REMOTE_ADDR", None, "Byte address of the payload in the peer's memory."),
+    (4, "TAG", None, "Tag (layer, chunk, step) carried in every packet header."),
+    (5, "FENCE_COUNT", None, "With FENCE: COMPUTE_DONE value to wait for."),
+    (
+        6,
+        "STATUS",
+        (Field("code", 0, 8, "ErrorCode"), Field("done", 31, 1, "set by the engine")),
+        "Written back by the engine on completion.",
+    ),
+    (7, "DONE_CYCLE", None, "Written back: cycle counter bits 31:0 at completion."),
+)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """One DMA descriptor (host view).  ``status``/``done_cycle`` are written by hardware."""
+
+    src_addr: int
+    length: int
+    peer: int
+    remote_addr: int
+    window: int
+    tag: int
+    flags: int = 0
+    fence_count: int = 0
+    version: int = DESCRIPTOR_VERSION
+    status: int = 0
+    done_cycle: int = 0
+
+    def encode(self) -> list[int]:
+        ctrl = DESCRIPTOR_LAYOUT[0][2]
+        w0 = (
+            ctrl[0].put(self.version)
+            | ctrl[1].put(int(self.flags))
+            | ctrl[2].put(self.peer)
+            | ctrl[3].put(self.window)
+        )
+        words = [
+            w0,
+            self.src_addr,
+            self.length,
+            self.remote_addr,
+            self.tag,
+            self.fence_count,
+            self.status,
+            self.done_cycle,
+        ]
+        for w in words:
+            if not 0 <= w < (1 << 32):
+                raise ValueError(f"descriptor word out of 32-bit range: {w!r}")
+        return words
+
+    def to_bytes(self) -> bytes:
+        return struct.pack("<8I", *self.encode())
+
+    @classmethod
+    def decode(cls, words: list[int] | tuple[int, ...]) -> Descriptor:
+        if len(words) != DESCRIPTOR_WORDS:
+            raise ValueError(f"a descriptor is {DESCRIPTOR_WORDS} words, not {len(words)}")
+        ctrl = DESCRIPTOR_LAYOUT[0][2]
+        w = [int(x) & 0xFFFF_FFFF for x in words]
+        return cls(
+            version=ctrl[0].get(w[0]),
+            flags=ctrl[1].get(w[0]),
+            peer=ctrl[2].get(w[0]),
+            window=ctrl[3].get(w[0]),
+            src_addr=w[1],
+            length=w[2],
+            remote_addr=w[3],
+            tag=w[4],
+            fence_count=w[5],
+            status=w[6],
+            done_cycle=w[7],
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Descriptor:
+        return cls.decode(struct.unpack("<8I", data))
+
+    @property
+    def error_code(self) -> ErrorCode:
+        return ErrorCode(self.status & 0xFF)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.status >> 31)
+
+
+def descriptor_status(code: ErrorCode) -> int:
+    """Status word the engine writes back for a completed descriptor."""
+    return (1 << 31) | int(code)
+
+
+# --- trace record ------------------------------------------------------------------
+
+TRACE_RECORD_WORDS = 4
+TRACE_RECORD_LAYOUT = (
+    (0, "CYCLE_LO", None, "cycle counter bits 31:0"),
+    (
+        1,
+        "INFO",
+        (
+            Field("cycle_hi", 0, 16, "cycle counter bits 47:32"),
+            Field("engine", 16, 4, "Engine"),
+            Field("event", 20, 4, "TraceEvent"),
+            Field("kind", 24, 8, "Kind"),
+        ),
+        "",
+    ),
+    (2, "TAG", None, "tag (layer, chunk, step)"),
+    (3, "AUX", None, "bytes moved (DMA/NIC) or elements/MACs (compute), or an ErrorCode"),
+)
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    cycle: int
+    engine: int
+    event: int
+    kind: int
+    tag: int
+    aux: int = 0
+
+    def encode(self) -> list[int]:
+        info = TRACE_RECORD_LAYOUT[1][2]
+        return [
+            self.cycle & 0xFFFF_FFFF,
+            info[0].put((self.cycle >> 32) & 0xFFFF)
+            | info[1].put(self.engine)
+            | info[2].put(self.event)
+            | info[3].put(self.kind),
+            self.tag & 0xFFFF_FFFF,
+            self.aux & 0xFFFF_FFFF,
+        ]
+
+    @classmethod
+    def decode(cls, words: list[int] | tuple[int, ...]) -> TraceRecord:
+        info = TRACE_RECORD_LAYOUT[1][2]
+        w = [int(x) & 0xFFFF_FFFF for x in words]
+        return cls(
+            cycle=w[0] | (info[0].get(w[1]) << 32),
+            engine=info[1].get(w[1]),
+            event=info[2].get(w[1]),
+            kind=info[3].get(w[1]),
+            tag=w[2],
+            aux=w[3],
+        )
+
+
+# --- documentation -------------------------------------------------------------------
+
+
+def _fields_md(fields: tuple[Field, ...] | None) -> str:
+    if not fields:
+        return ""
+    parts = []
+    for f in fields:
+        bits = f"{f.lsb}" if f.width == 1 else f"{f.lsb + f.width - 1}:{f.lsb}"
+        parts.append(f"[{bits}] {f.name}" + (f" ({f.doc})" if f.doc else ""))
+    return "; ".join(parts)
+
+
+def render_markdown() -> str:
+    """The register/descriptor reference, as committed in ``docs/registers.md``."""
+    out = [
+        "# gradsync register map and descriptor layout",
+        "",
+        "<!-- Generated by `python -m gradsync.firmware.regmap > docs/registers.md`; "
+        "do not edit. -->",
+        "",
+        f"Register map version 0x{REGMAP_VERSION:08X}, descriptor version "
+        f"{DESCRIPTOR_VERSION}. All registers are 32 bits at byte offsets on the CSR "
+        "port (AXI4-Lite). Access: RO read-only (writes ignored), RW read/write, W1C "
+        "write one to clear, WO write strobe (reads return 0). Unmapped offsets read 0 "
+        "and ignore writes. Everything is little-endian.",
+        "",
+        "## Device memory map (bulk port and DMA addresses)",
+        "",
+        "| Region | Base | Word | Contents |",
+        "|---|---|---|---|",
+        f"| scratchpad | 0x{SCRATCH_BASE:08X} | operand | weights, activations, output gradients |",
+        f"| gradient | 0x{GRAD_BASE:08X} | operand | local dW, reduced gradients |",
+        f"| ring memory | 0x{RING_MEM_BASE:08X} | 32 bit | DMA descriptor rings |",
+        f"| trace memory | 0x{TRACE_MEM_BASE:08X} | 32 bit | trace records (read-only) |",
+        "",
+        "Addresses are byte addresses; operand words are `total_bits/8` bytes. "
+        f"DMA lengths and addresses must be multiples of {DMA_ALIGN_BYTES} bytes.",
+        "",
+        "## Registers",
+        "",
+        "| Offset | Name | Access | Reset | Fields | Description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in REGISTERS:
+        if r.name.startswith("WIN") and not r.name.startswith("WIN0_"):
+            continue
+        name = r.name.replace("WIN0_", "WINn_")
+        off = f"0x{r.offset:04X}"
+        if r.name.startswith("WIN0_"):
+            off = f"0x{r.offset:04X} + n*0x{RX_WINDOW_STRIDE:X}"
+        out.append(
+            f"| {off} | {name} | {r.access.value} | 0x{r.reset:X} | {_fields_md(r.fields)} "
+            f"| {r.doc.replace('RX window 0: ', '')} |"
+        )
+    out += [
+        "",
+        f"RX windows n = 0 .. {MAX_RX_WINDOWS - 1} (populated: HW_QUEUES.rx_windows).",
+        "",
+        "## Enumerations",
+        "",
+    ]
+    for enum_cls, title in (
+        (Irq, "Irq (IRQ_STATUS bits)"),
+        (Opcode, "Opcode"),
+        (ErrorCode, "ErrorCode"),
+        (Engine, "Engine (trace)"),
+        (TraceEvent, "TraceEvent"),
+        (Kind, "Kind (trace)"),
+        (DescFlag, "DescFlag (descriptor flags)"),
+    ):
+        out.append(f"**{title}**: " + ", ".join(f"{m.name}={int(m)}" for m in enum_cls))
+        out.append("")
+    out += [
+        f"Tag layout (32 bit): {_fields_md(TAG_FIELDS)}.",
+        "",
+        f"## DMA descriptor (version {DESCRIPTOR_VERSION}, {DESCRIPTOR_BYTES} bytes)",
+        "",
+        "| Word | Name | Fields | Description |",
+        "|---|---|---|---|",
+    ]
+    for word, name, fields, doc in DESCRIPTOR_LAYOUT:
+        out.append(f"| {word} | {name} | {_fields_md(fields)} | {doc} |")
+    out += [
+        "",
+        "A descriptor is validated before any byte moves, in this order: version, "
+        "zero length, alignment of length/source/remote address, source range inside "
+        "the queue window, peer == TX_PEER. A refused descriptor is completed with its "
+        "ErrorCode in STATUS, counts in DMAq_DONE and DMAq_ERRORS, latches ERR_CODE and "
+        "raises Irq.ERROR; nothing is sent.",
+        "",
+        f"## Trace record ({TRACE_RECORD_WORDS} words)",
+        "",
+        "| Word | Name | Fields | Description |",
+        "|---|---|---|---|",
+    ]
+    for word, name, fields, doc in TRACE_RECORD_LAYOUT:
+        out.append(f"| {word} | {name} | {_fields_md(fields)} | {doc} |")
+    out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

@@ -1,0 +1,244 @@
+"""Closed cycle formulas of the gradsync device: the single source of timing truth.
+
+Every engine of the golden model takes exactly the number of cycles these
+functions return, and the RTL must hit them exactly (issue 5/6 block tests
+compare command-to-interrupt cycle counts against them).  Formulas are plain
+functions of a shape and a :class:`HardwareConfig`; the fixed latencies are
+named module constants so that a change is made in one place.
+
+Cycle accounting convention: an engine that *starts* a job at cycle ``t``
+(the cycle in which the command/descriptor is taken) raises its completion
+(counter increment, trace end record, interrupt status bit) at cycle
+``t + <formula>``.  Commands queued back to back start at the completion cycle
+of their predecessor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# --- fixed latencies (cycles) -------------------------------------------------
+
+#: Compute sequencer: pop the command FIFO and decode one command.
+CMD_DECODE_CYCLES = 2
+#: Synchronous SRAM read latency (address to data), every SRAM.
+SRAM_READ_LATENCY_CYCLES = 1
+#: Last result word leaving the array / vector pipe to its SRAM write.
+WRITEBACK_LATENCY_CYCLES = 1
+#: Vector unit pipeline depth (multiply, round, saturate stages).
+VECTOR_PIPELINE_CYCLES = 3
+#: 32-bit words in one DMA descriptor (see ``firmware.regmap``).
+DESCRIPTOR_WORDS = 8
+#: Descriptor validation after its last word is fetched.
+DESCRIPTOR_CHECK_CYCLES = 1
+#: Writing the descriptor's status word back to ring memory on completion.
+DESCRIPTOR_WRITEBACK_CYCLES = 1
+#: Receiver: CRC check and the read-add-write of the last payload word.
+RX_APPLY_LATENCY_CYCLES = 4
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Parameters of one node and its link.  Units are in the names.
+
+    Memory sizes are in operand words (the fixed-point format's width).
+    """
+
+    array_rows: int = 8
+    array_cols: int = 8
+    vector_lanes: int = 8
+    scratchpad_words: int = 1 << 16
+    gradient_words: int = 1 << 15
+    ring_entries: int = 64
+    cmd_fifo_depth: int = 16
+    rx_windows: int = 64
+    trace_records: int = 1 << 14
+    link_bytes_per_cycle: int = 4
+    link_latency_cycles: int = 50
+    packet_header_bytes: int = 12
+    packet_crc_bytes: int = 4
+    max_payload_bytes: int = 256
+    host_write_cycles: int = 4
+    host_read_cycles: int = 8
+    host_irq_latency_cycles: int = 10
+    host_bulk_setup_cycles: int = 16
+    host_bulk_bytes_per_cycle: int = 8
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+            minimum = 0 if name in ("link_latency_cycles", "packet_crc_bytes") else 1
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+        if self.max_payload_bytes % 4:
+            raise ValueError(
+                f"max_payload_bytes must be a multiple of 4, not {self.max_payload_bytes!r}"
+            )
+        if self.rx_windows > 64:
+            raise ValueError(f"rx_windows must be <= 64, not {self.rx_windows!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_HARDWARE = HardwareConfig()
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def gemm_tiles(m: int, n: int, hw: HardwareConfig) -> int:
+    """Output tiles of an ``m x n`` result on an ``R x C`` array (rows of C by R)."""
+    return ceil_div(m, hw.array_rows) * ceil_div(n, hw.array_cols)
+
+
+def gemm_cycles(m: int, k: int, n: int, hw: HardwareConfig) -> int:
+    """Cycles of one GEMM command ``C[m,n] = A[m,k] @ B[k,n]``, launch to completion.
+
+    Output-stationary ``R x C`` array: PE ``(i, j)`` accumulates ``C[i, j]`` of
+    the current tile; row ``i`` of A enters from the left delayed by ``i``
+    cycles, column ``j`` of B from the top delayed by ``j`` cycles.  Tiles are
+    taken row-major over the ``ceil(m/R) x ceil(n/C)`` output tiles (partial
+    edge tiles cost as much as full ones: idle PEs).
+
+    ``CMD_DECODE + SRAM_READ_LATENCY``
+        command decode, then the first operand words arrive from SRAM.
+    ``(T - 1) * max(k, R)``
+        tile issue interval: a tile streams ``k`` operand beats; its ``R x C``
+        results are copied into shadow registers and drained one row of ``C``
+        words per cycle (``R`` cycles) *while the next tile streams*, so
+        consecutive tiles are ``max(k, R)`` cycles apart (double buffering).
+    ``k + (R + C - 2)``
+        the last tile: ``k`` beats, plus the skew until PE ``(R-1, C-1)``
+        has consumed its last operand pair.
+    ``R + WRITEBACK_LATENCY``
+        drain of the last tile's shadow registers, last SRAM write.
+    """
+    if min(m, k, n) < 1:
+        raise ValueError(f"GEMM dimensions must be >= 1, not {(m, k, n)!r}")
+    r, c = hw.array_rows, hw.array_cols
+    tiles = gemm_tiles(m, n, hw)
+    return (
+        CMD_DECODE_CYCLES
+        + SRAM_READ_LATENCY_CYCLES
+        + (tiles - 1) * max(k, r)
+        + k
+        + (r + c - 2)
+        + r
+        + WRITEBACK_LATENCY_CYCLES
+    )
+
+
+VECTOR_OPS = ("relu", "relu_bwd", "scale", "sgd")
+
+
+def vector_cycles(op: str, n: int, hw: HardwareConfig) -> int:
+    """Cycles of one vector command over ``n`` elements, launch to completion.
+
+    ``CMD_DECODE + SRAM_READ_LATENCY + ceil(n / lanes) + VECTOR_PIPELINE +
+    WRITEBACK_LATENCY``: ``lanes`` elements per cycle in a fully pipelined unit.
+    Two-operand ops (``relu_bwd``, ``sgd``) read both operands in the same
+    cycle from different banks, so every op has the same formula.
+    """
+    if op not in VECTOR_OPS:
+        raise ValueError(f"vector op must be one of {VECTOR_OPS}, not {op!r}")
+    if n < 1:
+        raise ValueError(f"vector length must be >= 1, not {n!r}")
+    return (
+        CMD_DECODE_CYCLES
+        + SRAM_READ_LATENCY_CYCLES
+        + ceil_div(n, hw.vector_lanes)
+        + VECTOR_PIPELINE_CYCLES
+        + WRITEBACK_LATENCY_CYCLES
+    )
+
+
+def descriptor_fetch_cycles(hw: HardwareConfig) -> int:
+    """Cycles from the DMA arbiter's grant to a validated descriptor.
+
+    One 32-bit ring-memory word per cycle after the SRAM read latency, then
+    the validation cycle.
+    """
+    return SRAM_READ_LATENCY_CYCLES + DESCRIPTOR_WORDS + DESCRIPTOR_CHECK_CYCLES
+
+
+def packet_payloads(length_bytes: int, hw: HardwareConfig) -> list[int]:
+    """Payload sizes of the packets a chunk of ``length_bytes`` is cut into."""
+    full, rest = divmod(length_bytes, hw.max_payload_bytes)
+    return [hw.max_payload_bytes] * full + ([rest] if rest else [])
+
+
+def packet_cycles(payload_bytes: int, hw: HardwareConfig) -> int:
+    """Cycles one packet occupies the transmitter (serialisation only).
+
+    ``ceil((header + payload + CRC) / link_bytes_per_cycle)``; packets of a
+    chunk are sent back to back.  The receiver sees the packet's last byte
+    ``link_latency_cycles`` after the transmitter sent it.
+    """
+    wire = hw.packet_header_bytes + payload_bytes + hw.packet_crc_bytes
+    return ceil_div(wire, hw.link_bytes_per_cycle)
+
+
+def chunk_tx_cycles(length_bytes: int, hw: HardwareConfig) -> int:
+    """Transmitter busy time of one chunk (one descriptor), without the fetch."""
+    return sum(packet_cycles(p, hw) for p in packet_payloads(length_bytes, hw))
+
+
+def descriptor_cycles(length_bytes: int, hw: HardwareConfig) -> int:
+    """DMA engine occupancy of one valid descriptor, grant to completion.
+
+    ``descriptor_fetch + chunk_tx + DESCRIPTOR_WRITEBACK``.  The arbiter grants
+    the next descriptor in the cycle after completion, so a high-priority
+    descriptor posted while a low-priority one runs waits at most one
+    ``descriptor_cycles`` of the running chunk (chunk-granular preemption).
+    """
+    return (
+        descriptor_fetch_cycles(hw)
+        + chunk_tx_cycles(length_bytes, hw)
+        + (DESCRIPTOR_WRITEBACK_CYCLES)
+    )
+
+
+def refused_descriptor_cycles(hw: HardwareConfig) -> int:
+    """DMA engine occupancy of a descriptor refused by validation (nothing sent)."""
+    return descriptor_fetch_cycles(hw) + DESCRIPTOR_WRITEBACK_CYCLES
+
+
+def packet_arrival_offset(hw: HardwareConfig) -> int:
+    """Cycles from a packet's last transmitted byte to its reduce-add being visible."""
+    return hw.link_latency_cycles + RX_APPLY_LATENCY_CYCLES
+
+
+def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
+    """Cycles of a host bulk load or dump of ``n_bytes`` of device memory."""
+    return hw.host_bulk_setup_cycles + ceil_div(max(n_bytes, 0), hw.host_bulk_bytes_per_cycle)
+
+
+def link_efficiency(chunk_bytes: int, hw: HardwareConfig) -> float:
+    """Payload fraction of a chunk's link occupancy including latency and fetch.
+
+    ``chunk / (bytes_per_cycle * (descriptor_cycles(chunk) + link_latency))`` —
+    the quantity ``--chunk-bytes auto`` drives above a target.
+    """
+    busy = descriptor_cycles(chunk_bytes, hw) + hw.link_latency_cycles
+    return chunk_bytes / (hw.link_bytes_per_cycle * busy)
+
+
+def auto_chunk_bytes(hw: HardwareConfig, word_bytes: int, target_efficiency: float = 0.8) -> int:
+    """Smallest chunk (multiple of ``max_payload_bytes``) with link efficiency >= target.
+
+    Small chunks let a lower layer overtake sooner; each chunk pays header,
+    CRC, descriptor fetch and link latency once, so the chunk must be large
+    enough to amortise them.  If no chunk up to 64 packets reaches the target
+    the largest candidate is returned.
+    """
+    if not 0.0 < target_efficiency < 1.0:
+        raise ValueError(f"target_efficiency must be in (0, 1), not {target_efficiency!r}")
+    candidate = hw.max_payload_bytes
+    for packets in range(1, 65):
+        candidate = packets * hw.max_payload_bytes
+        if link_efficiency(candidate, hw) >= target_efficiency:
+            break
+    return candidate - candidate % word_bytes
