@@ -75,6 +75,10 @@ class BuildOptions:
         Period of the generated clock; must be an even number of nanoseconds.
     waves:
         ``None``, ``"vcd"`` or ``"fst"``: compile tracing support in.
+    public:
+        ``"ports"``: only the top wrapper's signals are visible to cocotb (fast);
+        ``"all"``: every signal (cocotb's runner default ``--public-flat-rw``,
+        several times slower; for debugging internals from a testbench).
     extra_args:
         Further Verilator arguments, appended verbatim.
     """
@@ -83,9 +87,12 @@ class BuildOptions:
     internal_clock: bool = True
     clock_period_ns: int = 10
     waves: str | None = None
+    public: str = "ports"
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.public not in ("ports", "all"):
+            raise ValueError(f"public must be 'ports' or 'all', not {self.public!r}")
         if self.waves not in (None, "vcd", "fst"):
             raise ValueError(f"waves must be None, 'vcd' or 'fst', not {self.waves!r}")
         if self.clock_period_ns <= 0 or self.clock_period_ns % 2:
@@ -297,7 +304,9 @@ def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, optio
         wrapper_v.write_text(_wrapper_verilog(design_top, ports, options.clock_period_ns // 2))
         sources.append(wrapper_v)
 
-    args = ["--no-public-flat-rw", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
+    args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
+    if options.public == "ports":
+        args.insert(0, "--no-public-flat-rw")
     if options.internal_clock:
         args.append("--timing")
     if options.waves == "fst":

@@ -38,6 +38,7 @@ def test_key_depends_on_verilog_and_options():
     assert simbuild.build_key(v1, "ctr", BuildOptions()) == simbuild.build_key(v1, "ctr", BuildOptions())
     assert simbuild.build_key(v1, "ctr", BuildOptions()) != simbuild.build_key(v3, "ctr", BuildOptions())
     assert simbuild.build_key(v1, "ctr", BuildOptions()) != simbuild.build_key(v1, "ctr", BuildOptions(opt_fast="-O1"))
+    assert simbuild.build_key(v1, "ctr", BuildOptions()) != simbuild.build_key(v1, "ctr", BuildOptions(public="all"))
 
 
 def test_bad_options_are_refused():
@@ -45,6 +46,8 @@ def test_bad_options_are_refused():
         BuildOptions(waves="lxt")
     with pytest.raises(ValueError, match="7"):
         BuildOptions(clock_period_ns=7)
+    with pytest.raises(ValueError, match="'some'"):
+        BuildOptions(public="some")
 
 
 def _build_in_child(cache, step, queue):
