@@ -1,0 +1,123 @@
+"""Scratchpad and gradient SRAMs of one node, with one port per client lane.
+
+``DESIGN.md`` ("One node"): the scratchpad holds weights, activations and
+output gradients; the gradient SRAM holds dW and the reduced gradients. Both
+are operand-word memories built with :mod:`amaranth.lib.memory`. Clients see
+one *device word address* space: bit ``addr_bits - 1`` selects the bank
+(0: scratchpad, 1: gradient SRAM), the bits below it index the bank's words.
+``hw/sequencer.py`` turns the register map's byte addresses
+(``firmware.regmap.SCRATCH_BASE`` / ``GRAD_BASE``) into this form.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+
+def read_port_signature(addr_bits: int, width: int) -> wiring.Signature:
+    """A synchronous read port as its client sees it: data one cycle after ``en``."""
+    return wiring.Signature({"addr": Out(addr_bits), "en": Out(1), "data": In(width)})
+
+
+def write_port_signature(addr_bits: int, width: int) -> wiring.Signature:
+    """A write port as its client sees it: the word is written at the clock edge."""
+    return wiring.Signature({"addr": Out(addr_bits), "data": Out(width), "en": Out(1)})
+
+
+def device_addr_bits(scratch_words: int, grad_words: int) -> int:
+    """Width of a device word address: bank bit + the larger bank's index."""
+    return 1 + ceil_log2(max(scratch_words, grad_words, 2))
+
+
+class DeviceMemory(wiring.Component):
+    """Scratchpad and gradient SRAM banks behind ``read_ports`` + ``write_ports`` client ports.
+
+    Each bank is one :class:`amaranth.lib.memory.Memory` with a read and a
+    write port per client port, the bank chosen by the address's top bit.
+    Every lane of every engine owns its port, so lanes never conflict and an
+    engine's throughput is independent of its operand layout (a macro with
+    that many ports is what a banked layout with conflict-free lane
+    interleaving would provide; the model charges no bank conflicts).
+
+    Parameters
+    ----------
+    scratch_words, grad_words:
+        Bank sizes in operand words (each >= 1).
+    width:
+        Operand word width in bits.
+    read_ports, write_ports:
+        Number of client ports of each kind.
+    init_scratch, init_grad:
+        Optional initial contents (simulation only).
+
+    Attributes
+    ----------
+    rd : In(read_port_signature).array(read_ports)
+        Read ports; ``data`` is valid the cycle after ``en`` (latency 1,
+        ``model.timing.SRAM_READ_LATENCY_CYCLES``) and holds while ``en`` is low.
+    wr : In(write_port_signature).array(write_ports)
+        Write ports; when two ports write the same word in one cycle the
+        higher-numbered port wins.
+
+    Behaviour
+    ---------
+    No back-pressure. A read or write beyond a bank's size is not performed
+    (reads return 0); the sequencer and the DMA engine refuse such commands
+    before they touch memory.
+    """
+
+    def __init__(self, scratch_words: int, grad_words: int, width: int = 16,
+                 read_ports: int = 1, write_ports: int = 1, init_scratch=(), init_grad=()):
+        for name, value in (("scratch_words", scratch_words), ("grad_words", grad_words),
+                            ("width", width), ("read_ports", read_ports),
+                            ("write_ports", write_ports)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        self.scratch_words = scratch_words
+        self.grad_words = grad_words
+        self.width = width
+        self.addr_bits = device_addr_bits(scratch_words, grad_words)
+        self._init = (list(init_scratch), list(init_grad))
+        super().__init__({
+            "rd": In(read_port_signature(self.addr_bits, width)).array(read_ports),
+            "wr": In(write_port_signature(self.addr_bits, width)).array(write_ports),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        index_bits = self.addr_bits - 1
+        banks = []
+        for b, (name, depth) in enumerate((("scratch", self.scratch_words), ("grad", self.grad_words))):
+            mem = memory.Memory(shape=self.width, depth=depth, init=self._init[b])
+            m.submodules[name] = mem
+            banks.append((mem, depth))
+
+        for p, port in enumerate(self.rd):
+            bank = port.addr[index_bits]
+            index = port.addr[:index_bits]
+            sel = Signal(2, name=f"rd{p}_sel")  # registered bank one-hot: data mux after latency
+            with m.If(port.en):
+                m.d.sync += sel.eq(0)
+            for b, (mem, depth) in enumerate(banks):
+                rp = mem.read_port()
+                hit = (bank == b) & (index < depth)
+                m.d.comb += [rp.addr.eq(index), rp.en.eq(port.en & hit)]
+                with m.If(port.en & hit):
+                    m.d.sync += sel[b].eq(1)
+                with m.If(sel[b]):
+                    m.d.comb += port.data.eq(rp.data)
+
+        for port in self.wr:
+            bank = port.addr[index_bits]
+            index = port.addr[:index_bits]
+            for b, (mem, depth) in enumerate(banks):
+                wp = mem.write_port()
+                m.d.comb += [
+                    wp.addr.eq(index),
+                    wp.data.eq(port.data),
+                    wp.en.eq(port.en & (bank == b) & (index < depth)),
+                ]
+        return m

@@ -1,0 +1,176 @@
+"""Vector unit: relu, relu-backward mask, requantise (scale) and SGD update, L lanes per cycle.
+
+``DESIGN.md`` ("One node"): the element-wise half of the compute engine. The
+arithmetic is ``model.numerics`` (``relu``, ``relu_backward``, ``scale``,
+``sgd_update``) bit for bit; the pipeline depth is
+``model.timing.VECTOR_PIPELINE_CYCLES``. Also home of :func:`round_shift`,
+the rounding right shift shared with the GEMM write-back.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+ROUNDING_MODES = ("nearest-even", "truncate")
+
+
+class VectorOp(enum.IntEnum):
+    """Operation select of :class:`VectorUnit` (the sequencer maps opcodes onto it)."""
+
+    RELU = 0  #: out = x > 0 ? x : 0
+    RELU_BWD = 1  #: out = y > 0 ? x : 0   (x: gradient, y: forward activation)
+    SCALE = 2  #: out = sat(round_shift(x * arg, frac_bits))
+    SGD = 3  #: out = sat(x - round_shift(arg * y, frac_bits))
+
+
+def round_shift(m: Module, value, shift, max_shift: int, rounding: str, name: str):
+    """``model.numerics.round_shift`` in logic: arithmetic right shift with rounding.
+
+    ``value`` is signed; ``shift`` a constant or an unsigned signal whose value
+    must not exceed ``max_shift``. Returns a signed signal as wide as ``value``
+    (the shifted result always fits). Combinational.
+    """
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, not {rounding!r}")
+    width = len(value)
+    floor = Signal(signed(width), name=f"{name}_floor")
+    m.d.comb += floor.eq(value >> shift)
+    if rounding == "truncate":
+        return floor
+    # rem = value - floor * 2**shift, in [0, 2**shift); compare 2*rem against 2**shift.
+    rem2 = Signal(unsigned(max_shift + 2), name=f"{name}_rem2")
+    unit = Signal(unsigned(max_shift + 2), name=f"{name}_unit")
+    m.d.comb += [
+        rem2.eq((value - (floor << shift)) << 1),
+        unit.eq(Const(1, unsigned(max_shift + 2)) << shift),
+    ]
+    up = (rem2 > unit) | ((rem2 == unit) & floor[0])
+    if isinstance(shift, int) and shift == 0:
+        return floor
+    out = Signal(signed(width), name=f"{name}_rounded")
+    m.d.comb += out.eq(floor + Mux((shift != 0) & up, 1, 0))
+    return out
+
+
+def saturate(m: Module, value, bits: int, clamp: bool, name: str):
+    """Clamp (``clamp``) or wrap a signed value to ``bits`` bits, as ``model.numerics.saturate``."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    out = Signal(signed(bits), name=name)
+    if clamp:
+        with m.If(value > hi):
+            m.d.comb += out.eq(hi)
+        with m.Elif(value < lo):
+            m.d.comb += out.eq(lo)
+        with m.Else():
+            m.d.comb += out.eq(value)
+    else:
+        m.d.comb += out.eq(value)  # truncation is two's-complement wrap
+    return out
+
+
+class VectorUnit(wiring.Component):
+    """``lanes`` element-wise lanes, fully pipelined, three register stages.
+
+    Parameters
+    ----------
+    lanes:
+        Elements per cycle (1..64).
+    total_bits, frac_bits, rounding, saturate:
+        The fixed-point format (``model.numerics.FixedPointFormat``).
+
+    Attributes
+    ----------
+    op : In(VectorOp)
+        Operation; with ``arg``, must be stable while a command streams.
+    arg : In(signed(total_bits))
+        Scale factor (SCALE) or learning rate (SGD), a raw operand value.
+    in_valid : In(1), in_mask : In(lanes)
+        A beat of up to ``lanes`` elements; ``in_mask`` marks the real ones.
+    x, y : In(ArrayLayout(signed(total_bits), lanes))
+        First and second operand (``y`` only for RELU_BWD and SGD).
+    out_valid : Out(1), out_mask : Out(lanes), out : Out(ArrayLayout(...))
+        The results of the beat presented three cycles earlier.
+
+    Behaviour
+    ---------
+    Latency exactly ``model.timing.VECTOR_PIPELINE_CYCLES`` (3): stage 1
+    multiplies, stage 2 rounds, stage 3 adds/selects and saturates. A new beat
+    is accepted every cycle; there is no back-pressure and no error case.
+    """
+
+    def __init__(self, lanes: int = 8, total_bits: int = 16, frac_bits: int = 10,
+                 rounding: str = "nearest-even", saturate: bool = True):
+        if not isinstance(lanes, int) or not 1 <= lanes <= 64:
+            raise ValueError(f"lanes must be an integer in 1..64, not {lanes!r}")
+        if not isinstance(total_bits, int) or not 2 <= total_bits <= 32:
+            raise ValueError(f"total_bits must be an integer in 2..32, not {total_bits!r}")
+        if not isinstance(frac_bits, int) or not 0 <= frac_bits < total_bits:
+            raise ValueError(f"frac_bits must be in [0, {total_bits}), not {frac_bits!r}")
+        if rounding not in ROUNDING_MODES:
+            raise ValueError(f"rounding must be one of {ROUNDING_MODES}, not {rounding!r}")
+        self.lanes = lanes
+        self.total_bits = total_bits
+        self.frac_bits = frac_bits
+        self.rounding = rounding
+        self.saturate = bool(saturate)
+        word = data.ArrayLayout(signed(total_bits), lanes)
+        super().__init__({
+            "op": In(VectorOp),
+            "arg": In(signed(total_bits)),
+            "in_valid": In(1),
+            "in_mask": In(lanes),
+            "x": In(word),
+            "y": In(word),
+            "out_valid": Out(1),
+            "out_mask": Out(lanes),
+            "out": Out(word),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        tb = self.total_bits
+        prod_w = 2 * tb
+        # Control pipeline.
+        v = [Signal(name=f"valid_s{i}") for i in (1, 2, 3)]
+        k = [Signal(self.lanes, name=f"mask_s{i}") for i in (1, 2, 3)]
+        m.d.sync += [v[0].eq(self.in_valid), k[0].eq(self.in_mask),
+                     v[1].eq(v[0]), k[1].eq(k[0]), v[2].eq(v[1]), k[2].eq(k[1])]
+        m.d.comb += [self.out_valid.eq(v[2]), self.out_mask.eq(k[2])]
+        op1 = Signal(VectorOp, name="op_s1")
+        op2 = Signal(VectorOp, name="op_s2")
+        m.d.sync += [op1.eq(self.op), op2.eq(op1)]
+
+        for lane in range(self.lanes):
+            x, y = self.x[lane], self.y[lane]
+            # Stage 1: the product (x*arg for SCALE, y*arg for SGD) and the select operands.
+            prod = Signal(signed(prod_w), name=f"prod{lane}")
+            x1 = Signal(signed(tb), name=f"x{lane}_s1")
+            pos1 = Signal(name=f"pos{lane}_s1")
+            m.d.sync += [
+                prod.eq(Mux(self.op == VectorOp.SCALE, x, y) * self.arg),
+                x1.eq(x),
+                pos1.eq(Mux(self.op == VectorOp.RELU_BWD, y, x) > 0),
+            ]
+            # Stage 2: round the product back to frac_bits.
+            rounded = round_shift(m, prod, self.frac_bits, self.frac_bits, self.rounding,
+                                  f"rs{lane}")
+            r2 = Signal(signed(prod_w), name=f"r{lane}_s2")
+            x2 = Signal(signed(tb), name=f"x{lane}_s2")
+            pos2 = Signal(name=f"pos{lane}_s2")
+            m.d.sync += [r2.eq(rounded), x2.eq(x1), pos2.eq(pos1)]
+            # Stage 3: combine and saturate.
+            pre = Signal(signed(prod_w + 1), name=f"pre{lane}")
+            with m.Switch(op2):
+                with m.Case(VectorOp.RELU, VectorOp.RELU_BWD):
+                    m.d.comb += pre.eq(Mux(pos2, x2, 0))
+                with m.Case(VectorOp.SCALE):
+                    m.d.comb += pre.eq(r2)
+                with m.Case(VectorOp.SGD):
+                    m.d.comb += pre.eq(x2 - r2)
+            sat = saturate(m, pre, tb, self.saturate, f"sat{lane}")
+            m.d.sync += self.out[lane].eq(sat)
+        return m
