@@ -280,6 +280,20 @@ _GLOBAL = [
     ),
     Register("TRACE_DEPTH", 0x02C, Access.RO, 0, "Trace buffer capacity in records."),
     Register(
+        "LINK_INFO",
+        0x038,
+        Access.RO,
+        0,
+        "Transmit link parameters (build parameters).",
+        (
+            Field("bytes_per_cycle", 0, 8),
+            Field("header_bytes", 8, 8),
+            Field("crc_bytes", 16, 8),
+        ),
+    ),
+    Register("LINK_LATENCY", 0x03C, Access.RO, 0, "Link latency in cycles."),
+    Register("LINK_MAX_PAYLOAD", 0x04C, Access.RO, 0, "Maximum packet payload in bytes."),
+    Register(
         "CYCLE_LO",
         0x030,
         Access.RO,
@@ -357,6 +371,13 @@ _COMPUTE = [
         Access.RO,
         0,
         "Completion counter: commands retired (including refused ones) since reset.",
+    ),
+    Register(
+        "HOST_TAG",
+        0x090,
+        Access.RW,
+        0,
+        "Tag recorded with host bulk-port transfers (kind LOAD or DUMP).",
     ),
 ]
 

@@ -217,12 +217,13 @@ def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
 
 
 def link_efficiency(chunk_bytes: int, hw: HardwareConfig) -> float:
-    """Payload fraction of a chunk's link occupancy including latency and fetch.
+    """Payload fraction of a chunk's link time including framing and latency.
 
-    ``chunk / (bytes_per_cycle * (descriptor_cycles(chunk) + link_latency))`` —
-    the quantity ``--chunk-bytes auto`` drives above a target.
+    ``chunk / (bytes_per_cycle * (chunk_tx_cycles(chunk) + link_latency))`` —
+    the quantity ``--chunk-bytes auto`` drives above a target.  The firmware
+    computes the same rule from the ``LINK_*`` registers.
     """
-    busy = descriptor_cycles(chunk_bytes, hw) + hw.link_latency_cycles
+    busy = chunk_tx_cycles(chunk_bytes, hw) + hw.link_latency_cycles
     return chunk_bytes / (hw.link_bytes_per_cycle * busy)
 
 

@@ -1,0 +1,42 @@
+"""The device protocol: the host's whole view of one gradsync node.
+
+Firmware code awaits only these methods, so one firmware program runs on
+both backends: the golden model (``gradsync.model.device.ModelDevice``, in
+virtual cycles) and the RTL under cocotb (``gradsync.sim``).  Nothing here
+may depend on asyncio: backends drive the firmware coroutine themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Device(Protocol):
+    """Asynchronous access to one node.
+
+    ``read32``/``write32``
+        32-bit MMIO on the CSR port at byte offsets of ``firmware.regmap``.
+    ``wait_irq(mask)``
+        Return once the node's interrupt line is asserted
+        (``IRQ_STATUS & IRQ_MASK``) with a cause in ``mask``; returns
+        ``IRQ_STATUS & mask`` as read after the interrupt.  Causes stay set
+        until the firmware clears them (W1C).
+    ``load(addr, array)`` / ``dump(addr, n)``
+        Bulk transfer through the host port.  ``addr`` is a device byte
+        address (``regmap.SCRATCH_BASE`` ...); elements are the region's
+        words: signed raw operand integers for the SRAMs, unsigned 32-bit
+        words for ring and trace memory.
+    """
+
+    async def read32(self, addr: int) -> int: ...
+
+    async def write32(self, addr: int, value: int) -> None: ...
+
+    async def wait_irq(self, mask: int) -> int: ...
+
+    async def load(self, addr: int, array: np.ndarray) -> None: ...
+
+    async def dump(self, addr: int, n: int) -> np.ndarray: ...

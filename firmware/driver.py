@@ -1,0 +1,268 @@
+"""Register-level driver of one node: commands, descriptors, windows, interrupts, trace.
+
+Every method only awaits the device protocol (``firmware.device.Device``);
+nothing here knows which backend it runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradsync.firmware import regmap as rm
+from gradsync.firmware.device import Device
+
+IRQ_ENABLED = rm.Irq.COMPUTE | rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Irq.ERROR
+
+
+class DeviceError(RuntimeError):
+    """The device reported an error (ERR_CODE) or is not a gradsync device."""
+
+
+@dataclass(frozen=True)
+class HostFormat:
+    """The device's fixed-point format as read from HW_FORMAT (host-side conversions)."""
+
+    total_bits: int
+    frac_bits: int
+    nearest_even: bool
+    saturate: bool
+
+    @property
+    def word_bytes(self) -> int:
+        return self.total_bits // 8
+
+    def quantize(self, values: np.ndarray) -> np.ndarray:
+        scaled = np.asarray(values, dtype=np.float64) * float(1 << self.frac_bits)
+        raw = np.rint(scaled) if self.nearest_even else np.floor(scaled)
+        lo, hi = -(1 << (self.total_bits - 1)), (1 << (self.total_bits - 1)) - 1
+        raw = np.clip(raw, -(2.0**62), 2.0**62).astype(np.int64)
+        if self.saturate:
+            return np.clip(raw, lo, hi)
+        return ((raw - lo) & ((1 << self.total_bits) - 1)) + lo
+
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(raw, dtype=np.float64) * 2.0**-self.frac_bits
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    node_id: int
+    num_nodes: int
+    tx_peer: int
+    fmt: HostFormat
+    scratch_words: int
+    grad_words: int
+    ring_entries: int
+    rx_windows: int
+    cmd_fifo_depth: int
+    link_bytes_per_cycle: int
+    link_latency_cycles: int
+    link_framing_bytes: int
+    max_payload_bytes: int
+
+
+class Driver:
+    """Thin, stateful wrapper around one device's registers."""
+
+    def __init__(self, dev: Device) -> None:
+        self.dev = dev
+        self.info: DeviceInfo | None = None
+        self.issued = 0  # compute commands launched
+        self.completed = 0  # COMPUTE_DONE last read
+        self._on_compute: dict[int, list[Callable[[], None]]] = {}
+        self.ring_tail = [0] * rm.DMA_QUEUES
+        self.ring_done = [0] * rm.DMA_QUEUES
+        self.ring_size = 0
+        self.on_dma_done: Callable[[int, int], None] = lambda q, n: None
+        self.on_rx_done: Callable[[int], None] = lambda w: None
+        self.after_service: Callable[[], Awaitable[None]] | None = None
+
+    async def read(self, name: str) -> int:
+        return await self.dev.read32(rm.offset(name))
+
+    async def write(self, name: str, value: int) -> None:
+        await self.dev.write32(rm.offset(name), value & 0xFFFF_FFFF)
+
+    # ------------------------------------------------------------ bring-up
+    async def init(self, grad_window_bytes: int) -> DeviceInfo:
+        ident = await self.read("ID")
+        if ident != rm.DEVICE_ID:
+            raise DeviceError(f"ID register reads 0x{ident:08x}, expected 0x{rm.DEVICE_ID:08x}")
+        version = await self.read("VERSION")
+        if version >> 16 != rm.REGMAP_VERSION >> 16:
+            raise DeviceError(f"register map major version {version >> 16} is not {rm.REGMAP_VERSION >> 16}")
+        fmt_word = await self.read("HW_FORMAT")
+        f = rm.reg("HW_FORMAT")
+        queues = await self.read("HW_QUEUES")
+        q = rm.reg("HW_QUEUES")
+        link = await self.read("LINK_INFO")
+        lk = rm.reg("LINK_INFO")
+        self.info = DeviceInfo(
+            node_id=await self.read("NODE_ID"),
+            num_nodes=await self.read("NUM_NODES"),
+            tx_peer=await self.read("TX_PEER"),
+            fmt=HostFormat(
+                f.field("total_bits").get(fmt_word),
+                f.field("frac_bits").get(fmt_word),
+                bool(f.field("nearest_even").get(fmt_word)),
+                bool(f.field("saturate").get(fmt_word)),
+            ),
+            scratch_words=await self.read("SCRATCH_WORDS"),
+            grad_words=await self.read("GRAD_WORDS"),
+            ring_entries=q.field("ring_entries").get(queues),
+            rx_windows=q.field("rx_windows").get(queues),
+            cmd_fifo_depth=q.field("cmd_fifo_depth").get(queues),
+            link_bytes_per_cycle=lk.field("bytes_per_cycle").get(link),
+            link_latency_cycles=await self.read("LINK_LATENCY"),
+            link_framing_bytes=lk.field("header_bytes").get(link) + lk.field("crc_bytes").get(link),
+            max_payload_bytes=await self.read("LINK_MAX_PAYLOAD"),
+        )
+        self.ring_size = self.info.ring_entries
+        for qi in range(rm.DMA_QUEUES):
+            await self.dev.write32(
+                rm.dma_reg(qi, "RING_BASE"), rm.RING_MEM_BASE + qi * self.ring_size * rm.DESCRIPTOR_BYTES
+            )
+            await self.dev.write32(rm.dma_reg(qi, "RING_SIZE"), self.ring_size)
+            await self.dev.write32(rm.dma_reg(qi, "WIN_BASE"), rm.GRAD_BASE)
+            await self.dev.write32(rm.dma_reg(qi, "WIN_LEN"), grad_window_bytes)
+        await self.write("IRQ_MASK", int(IRQ_ENABLED))
+        return self.info
+
+    # --------------------------------------------------------------- compute
+    async def launch(
+        self,
+        opcode: rm.Opcode,
+        a: int,
+        b: int,
+        c: int,
+        m: int,
+        k: int,
+        n: int,
+        *,
+        arg: int = 0,
+        kind: rm.Kind = rm.Kind.OTHER,
+        tag: int = 0,
+        trans_a: bool = False,
+        trans_b: bool = False,
+        on_done: Callable[[], None] | None = None,
+    ) -> int:
+        """Queue one compute command; returns the COMPUTE_DONE value that marks its end."""
+        assert self.info is not None
+        while self.issued - self.completed >= self.info.cmd_fifo_depth:
+            await self.service()
+        word = rm.reg("CMD_OPCODE").pack(
+            opcode=int(opcode), trans_a=int(trans_a), trans_b=int(trans_b), irq=1, kind=int(kind)
+        )
+        for name, value in (
+            ("CMD_OPCODE", word),
+            ("CMD_A", a),
+            ("CMD_B", b),
+            ("CMD_C", c),
+            ("CMD_M", m),
+            ("CMD_K", k),
+            ("CMD_N", n),
+            ("CMD_ARG", arg),
+            ("CMD_TAG", tag),
+        ):
+            await self.write(name, value)
+        await self.write("CMD_LAUNCH", 1)
+        self.issued += 1
+        if on_done is not None:
+            self._on_compute.setdefault(self.issued, []).append(on_done)
+        return self.issued
+
+    async def wait_compute(self, index: int) -> None:
+        while self.completed < index:
+            await self.service()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self.service()
+
+    # ----------------------------------------------------------------- DMA
+    def ring_free(self, queue: int) -> int:
+        return self.ring_size - (self.ring_tail[queue] - self.ring_done[queue])
+
+    async def post(self, queue: int, desc: rm.Descriptor) -> None:
+        """Write a descriptor into the next ring slot and ring the doorbell."""
+        if self.ring_free(queue) <= 0:
+            raise DeviceError(f"DMA queue {queue} ring is full")
+        slot = self.ring_tail[queue] % self.ring_size
+        addr = rm.RING_MEM_BASE + (queue * self.ring_size + slot) * rm.DESCRIPTOR_BYTES
+        await self.dev.load(addr, np.array(desc.encode(), dtype=np.int64))
+        self.ring_tail[queue] += 1
+        await self.dev.write32(rm.dma_reg(queue, "DOORBELL"), self.ring_tail[queue] & 0xFFFF_FFFF)
+
+    # --------------------------------------------------------------- RX windows
+    async def open_window(self, window: int, dst: int, src: int, length: int, tag: int, expect: int) -> None:
+        for name, value in (("DST", dst), ("SRC", src), ("LEN", length), ("TAG", tag), ("CTRL", 1)):
+            await self.dev.write32(rm.rx_window_reg(window, name), value)
+        await self.dev.write32(rm.rx_window_reg(window, "EXPECT"), expect)
+
+    async def arm_window(self, window: int, expect: int) -> None:
+        await self.dev.write32(rm.rx_window_reg(window, "EXPECT"), expect)
+
+    # ------------------------------------------------------------ interrupts
+    async def service(self) -> None:
+        """Wait for one interrupt and dispatch every cause it reports."""
+        status = await self.dev.wait_irq(int(IRQ_ENABLED))
+        await self.write("IRQ_STATUS", status)
+        if status & rm.Irq.ERROR:
+            code_word = await self.read("ERR_CODE")
+            info = await self.read("ERR_INFO")
+            f = rm.reg("ERR_CODE")
+            code = rm.ErrorCode(f.field("code").get(code_word))
+            engine = rm.ENGINE_NAMES.get(rm.Engine(f.field("engine").get(code_word)), "?")
+            raise DeviceError(
+                f"node {self.info.node_id if self.info else '?'}: {engine} reported {code.name} "
+                f"(index {f.field('index').get(code_word)}, info 0x{info:08x})"
+            )
+        if status & rm.Irq.COMPUTE:
+            done = await self.read("COMPUTE_DONE")
+            while self.completed < done:
+                self.completed += 1
+                for cb in self._on_compute.pop(self.completed, []):
+                    cb()
+        for qi, bit in enumerate((rm.Irq.DMA_Q0, rm.Irq.DMA_Q1)):
+            if status & bit:
+                done = await self.dev.read32(rm.dma_reg(qi, "DONE"))
+                newly = done - self.ring_done[qi]
+                self.ring_done[qi] = done
+                if newly:
+                    self.on_dma_done(qi, newly)
+        if status & rm.Irq.RX:
+            lo = await self.read("RX_DONE_LO")
+            hi = await self.read("RX_DONE_HI") if self.info and self.info.rx_windows > 32 else 0
+            if lo:
+                await self.write("RX_DONE_LO", lo)
+            if hi:
+                await self.write("RX_DONE_HI", hi)
+            bits = lo | (hi << 32)
+            w = 0
+            while bits:
+                if bits & 1:
+                    self.on_rx_done(w)
+                bits >>= 1
+                w += 1
+        if self.after_service is not None:
+            await self.after_service()
+
+    # ----------------------------------------------------------------- trace
+    async def drain_trace(self) -> list[rm.TraceRecord]:
+        """Read every waiting trace record with one bulk dump and advance TRACE_TAIL."""
+        head = await self.read("TRACE_HEAD")
+        tail = await self.read("TRACE_TAIL")
+        depth = await self.read("TRACE_DEPTH")
+        records = []
+        while tail != head:
+            slot = tail % depth
+            n = min(head - tail, depth - slot)
+            words = await self.dev.dump(rm.TRACE_MEM_BASE + slot * rm.TRACE_RECORD_WORDS * 4, n * rm.TRACE_RECORD_WORDS)
+            for i in range(n):
+                records.append(rm.TraceRecord.decode(words[i * 4 : i * 4 + 4].tolist()))
+            tail += n
+            await self.write("TRACE_TAIL", tail)
+        return records

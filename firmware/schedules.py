@@ -1,0 +1,166 @@
+"""Gradient-exchange schedules: the firmware's public extension point.
+
+A schedule decides *when* a layer's gradient chunks may be sent, *in which
+order* ready chunks leave the firmware's send buffer, on *which hardware
+queue* they go, and whether each layer's SGD update (and so the next step's
+forward pass of that layer) may run before the other layers are reduced.
+
+Built-ins (``--schedule NAME``):
+
+``sequential``
+    All backward compute first, then every exchange in production order
+    (top layer first); updates after everything is reduced.  No overlap.
+``fifo``
+    Each layer's chunks are sent as soon as its dW exists, in production
+    order (PyTorch DDP buckets); updates after everything is reduced.
+``priority``
+    Chunks are sent as soon as they exist, but the buffer always hands out
+    the lowest layer first, so a lower layer's chunks overtake an upper
+    layer's remaining ones at chunk granularity; layer 1 uses the
+    high-priority hardware queue; each layer is updated as soon as it is
+    reduced, so the next step's forward for layer 1 starts while upper
+    layers are still being exchanged.
+
+A user schedule is a class in a file of one's own, loaded with
+``--schedule path/to/file.py:Name``; subclass :class:`Schedule` (see
+``docs/schedules.md``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class SendTask:
+    """One descriptor's worth of exchange work, as a schedule sees it."""
+
+    step: int
+    layer: int  #: counted from 1 at the input
+    chunk: int
+    phase: int  #: position in the chunk's collective (0 for a plain exchange)
+    length: int  #: bytes
+    ready_seq: int  #: order in which tasks became ready on this node
+    num_layers: int
+
+
+class Schedule:
+    """Base class; override the attributes and methods to make a schedule."""
+
+    name = "custom"
+    #: release a layer's sends as soon as its dW exists (False: after all backward compute)
+    overlap_backward = True
+    #: update each layer as soon as it is reduced (False: after all layers are reduced)
+    early_update = False
+    #: descriptors posted to each hardware queue at once; the rest wait in the buffer
+    max_inflight = 2
+
+    def queue(self, task: SendTask) -> int:
+        """Hardware queue of a task: 0 (high priority) or 1 (low priority)."""
+        return 1
+
+    def priority(self, task: SendTask) -> tuple:
+        """Sort key: the ready task with the smallest key is posted next."""
+        return (task.ready_seq,)
+
+    def describe(self) -> str:
+        return self.name
+
+
+class Sequential(Schedule):
+    name = "sequential"
+    overlap_backward = False
+    early_update = False
+
+    def priority(self, task: SendTask) -> tuple:
+        return (task.ready_seq,)
+
+
+class Fifo(Schedule):
+    name = "fifo"
+    overlap_backward = True
+    early_update = False
+
+    def priority(self, task: SendTask) -> tuple:
+        return (task.ready_seq,)
+
+
+class Priority(Schedule):
+    name = "priority"
+    overlap_backward = True
+    early_update = True
+
+    def queue(self, task: SendTask) -> int:
+        return 0 if task.layer == 1 else 1
+
+    def priority(self, task: SendTask) -> tuple:
+        return (task.layer, task.chunk, task.phase, task.ready_seq)
+
+
+BUILTIN = {cls.name: cls for cls in (Sequential, Fifo, Priority)}
+
+
+def load_schedule(spec: str | Schedule) -> Schedule:
+    """A schedule from a built-in name or ``path/to/file.py:ClassName``."""
+    if isinstance(spec, Schedule):
+        return spec
+    if spec in BUILTIN:
+        return BUILTIN[spec]()
+    if ":" not in spec:
+        raise ValueError(
+            f"unknown schedule {spec!r}: use one of {sorted(BUILTIN)} or path/to/file.py:ClassName"
+        )
+    path_text, _, cls_name = spec.rpartition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ValueError(f"schedule file {path_text!r} does not exist")
+    mod_name = f"gradsync_user_schedule_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    module_spec.loader.exec_module(module)
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise ValueError(f"schedule file {path_text!r} has no class {cls_name!r}")
+    obj = cls()
+    for attr in ("queue", "priority", "overlap_backward", "early_update", "max_inflight"):
+        if not hasattr(obj, attr):
+            raise ValueError(f"schedule {spec!r} lacks {attr!r}; subclass gradsync.firmware.schedules.Schedule")
+    if not hasattr(obj, "name"):
+        obj.name = cls_name
+    return obj
+
+
+def chunk_link_efficiency(
+    chunk_bytes: int, bytes_per_cycle: int, latency_cycles: int, framing_bytes: int, max_payload: int
+) -> float:
+    """Payload share of a chunk's link time (framing per packet, latency once)."""
+    full, rest = divmod(chunk_bytes, max_payload)
+    payloads = [max_payload] * full + ([rest] if rest else [])
+    cycles = sum(-(-(p + framing_bytes) // bytes_per_cycle) for p in payloads)
+    return chunk_bytes / (bytes_per_cycle * (cycles + latency_cycles))
+
+
+def auto_chunk_bytes(
+    bytes_per_cycle: int,
+    latency_cycles: int,
+    framing_bytes: int,
+    max_payload: int,
+    word_bytes: int,
+    target_efficiency: float = 0.8,
+) -> int:
+    """``--chunk-bytes auto``: the smallest whole number of full packets whose
+    link efficiency (payload / (bytes per cycle x (serialisation + latency)))
+    reaches ``target_efficiency`` (80 %), capped at 64 packets.
+    """
+    candidate = max_payload
+    for packets in range(1, 65):
+        candidate = packets * max_payload
+        eff = chunk_link_efficiency(candidate, bytes_per_cycle, latency_cycles, framing_bytes, max_payload)
+        if eff >= target_efficiency:
+            break
+    return candidate - candidate % word_bytes

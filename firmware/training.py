@@ -1,0 +1,437 @@
+"""The training program one node's firmware runs: forward, loss, backward, exchange, update.
+
+Per step and node (``DESIGN.md``, "The idea being modelled"):
+
+1. load the node's shard of the global batch; forward GEMM + relu per layer
+   (layer l waits only for its own update of the previous step);
+2. dump the logits, compute softmax cross-entropy and its gradient on the host
+   (the only host arithmetic), load the quantised, loss-scaled dZ;
+3. backward from the top: ``dW_l = A_{l-1}^T dZ_l`` into gradient SRAM, then
+   ``dA_{l-1} = dZ_l W_l^T`` and the relu mask;
+4. exchange each layer's gradient chunks with the peers as the schedule
+   decides (descriptors, RX windows), and apply SGD on the device once a
+   layer is reduced.
+
+Loss scaling: the host loads ``dZ * 2**s`` with ``s = floor(log2(global
+batch))`` so the 1/batch factor does not eat the operand's fractional bits;
+the dA GEMMs keep the scale and the dW GEMMs shift it out (CMD_ARG = s).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradsync.firmware import regmap as rm
+from gradsync.firmware.collectives import ChunkPlan, chunk_plan
+from gradsync.firmware.device import Device
+from gradsync.firmware.driver import Driver
+from gradsync.firmware.schedules import Schedule, SendTask, auto_chunk_bytes
+
+
+class ConfigError(ValueError):
+    """A training configuration the device cannot run; the message names the value."""
+
+
+@dataclass
+class Observer:
+    """Host-side hooks a backend may provide (zero-cost backdoor reads for the record)."""
+
+    weights: Callable[[int, int, int, int], None] = lambda step, layer, addr, n: None
+    loss: Callable[[int, int, float], None] = lambda step, node, loss_sum: None
+
+
+@dataclass
+class NodeJob:
+    """Everything one node's firmware needs for a run."""
+
+    layers: tuple[int, ...]
+    steps: int
+    global_batch: int
+    learning_rate: float
+    schedule: Schedule
+    chunk_bytes: int | None  #: None: automatic (see schedules.auto_chunk_bytes)
+    init_weights: list[np.ndarray]  #: float64 (in_l, out_l) per layer
+    inputs: list[np.ndarray]  #: per step, float64 (local batch, features)
+    labels: list[np.ndarray]  #: per step, int (local batch,)
+    observer: Observer = field(default_factory=Observer)
+
+
+def _align(n_bytes: int, a: int = rm.DMA_ALIGN_BYTES) -> int:
+    return -(-n_bytes // a) * a
+
+
+@dataclass
+class _Layout:
+    w: list[int]
+    act: list[int]  # act[0] = input X, act[l] = A_l
+    dz: list[int]  # dz[l] gradient wrt layer l's output (l = 1..L)
+    g: list[int]
+    r: list[int]
+    grad_bytes: list[int]  # padded bytes of each layer's gradient buffer
+    grad_window_bytes: int
+
+
+def plan_memory(layers: tuple[int, ...], local_batch: int, word_bytes: int, scratch_words: int, grad_words: int) -> _Layout:
+    """Place weights, activations and gradients; raise ConfigError if they do not fit."""
+    nl = len(layers) - 1
+    sp = 0
+
+    def take(words: int) -> int:
+        nonlocal sp
+        addr = rm.SCRATCH_BASE + sp * word_bytes
+        sp += -(-words * word_bytes // rm.DMA_ALIGN_BYTES) * rm.DMA_ALIGN_BYTES // word_bytes
+        return addr
+
+    w = [0] + [take(layers[i] * layers[i + 1]) for i in range(nl)]
+    act = [take(local_batch * layers[i]) for i in range(nl + 1)]
+    dz = [0] + [take(local_batch * layers[i + 1]) for i in range(nl)]
+    if sp > scratch_words:
+        widest = max(layers)
+        raise ConfigError(
+            f"layers {','.join(map(str, layers))} (widest {widest}) with a local batch of "
+            f"{local_batch} need {sp} scratchpad words but the device has {scratch_words}"
+        )
+    gp = 0
+    g, r, grad_bytes = [0], [0], [0]
+    for i in range(nl):
+        nb = _align(layers[i] * layers[i + 1] * word_bytes)
+        grad_bytes.append(nb)
+        g.append(rm.GRAD_BASE + gp)
+        r.append(rm.GRAD_BASE + gp + nb)
+        gp += 2 * nb
+    if gp > grad_words * word_bytes:
+        raise ConfigError(
+            f"layers {','.join(map(str, layers))} need {gp // word_bytes} gradient SRAM words "
+            f"but the device has {grad_words}"
+        )
+    return _Layout(w, act, dz, g, r, grad_bytes, gp)
+
+
+def split_chunks(n_bytes: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """(offset, length) chunks of a layer's gradient buffer."""
+    out, off = [], 0
+    while off < n_bytes:
+        n = min(chunk_bytes, n_bytes - off)
+        out.append((off, n))
+        off += n
+    return out
+
+
+@dataclass
+class _ChunkState:
+    layer: int
+    chunk: int
+    window: int
+    offset: int
+    length: int
+    plan: ChunkPlan
+    level: int = 0  # bytes known to be received
+    threshold_index: int = 0
+    released: bool = False
+    pending: list = field(default_factory=list)  # planned sends not yet handed to the schedule
+
+
+class NodeFirmware:
+    """One node's training program.  ``await run()`` performs the whole job.
+
+    Interrupt callbacks only record work; :meth:`_flush` performs it (MMIO,
+    descriptors, update commands) after every serviced interrupt.
+    """
+
+    def __init__(self, dev: Device, job: NodeJob) -> None:
+        self.dev = dev
+        self.job = job
+        self.drv = Driver(dev)
+        self.drv.after_service = self._flush
+        self.sched = job.schedule
+        self.nl = len(job.layers) - 1
+        self.updated = [0] * (self.nl + 1)  # completed updates per layer
+        self.sends_outstanding = [0] * (self.nl + 1)
+        self.reduced_layers: set[int] = set()
+        self.grad_ready: set[int] = set()
+        self.buffer: list[tuple[tuple, SendTask, rm.Descriptor]] = []
+        self.inflight: list[list[SendTask]] = [[] for _ in range(rm.DMA_QUEUES)]
+        self.ready_seq = 0
+        self.step_chunks: dict[int, _ChunkState] = {}
+        self.chunks_left = [0] * (self.nl + 1)
+        self.exchange_step = 0
+        self.records: list[rm.TraceRecord] = []
+        self.losses: list[float] = []
+        self._arm: list[tuple[int, int]] = []
+        self._to_update: list[int] = []
+        self._reopen: list[tuple[int, int]] = []
+        self._flushing = False
+
+    # ----------------------------------------------------------------- setup
+    async def run(self) -> list[float]:
+        job, drv = self.job, self.drv
+        if job.steps < 0:
+            raise ConfigError(f"steps must be >= 0, not {job.steps}")
+        local_batch = len(job.labels[0]) if job.labels else 1
+        info = await drv.init(0)
+        self.fmt = info.fmt
+        self.node, self.nodes = info.node_id, info.num_nodes
+        self.lay = plan_memory(job.layers, local_batch, info.fmt.word_bytes, info.scratch_words, info.grad_words)
+        for qi in range(rm.DMA_QUEUES):
+            await self.dev.write32(rm.dma_reg(qi, "WIN_LEN"), self.lay.grad_window_bytes)
+        chunk = job.chunk_bytes
+        if chunk is None:
+            chunk = auto_chunk_bytes(
+                info.link_bytes_per_cycle,
+                info.link_latency_cycles,
+                info.link_framing_bytes,
+                info.max_payload_bytes,
+                info.fmt.word_bytes,
+            )
+        check_chunk_bytes(chunk, info.grad_words * info.fmt.word_bytes)
+        self.chunk_bytes = chunk
+        self.chunks = [[]] + [split_chunks(self.lay.grad_bytes[i], chunk) for i in range(1, self.nl + 1)]
+        total_chunks = sum(len(c) for c in self.chunks)
+        if self.nodes > 1 and total_chunks > info.rx_windows:
+            raise ConfigError(
+                f"chunk size {chunk} bytes cuts the gradients into {total_chunks} chunks but the "
+                f"device has {info.rx_windows} RX windows; use larger chunks"
+            )
+        self.window_of = {}
+        for i in range(1, self.nl + 1):
+            for c in range(len(self.chunks[i])):
+                self.window_of[(i, c)] = len(self.window_of)
+        self.s = int(math.floor(math.log2(job.global_batch)))
+        self.lr_raw = int(self.fmt.quantize(np.array([job.learning_rate]))[0])
+        if self.lr_raw == 0:
+            raise ConfigError(f"learning rate {job.learning_rate} rounds to 0 in the device format")
+        drv.on_dma_done = self._dma_done
+        drv.on_rx_done = self._rx_done
+        for i in range(1, self.nl + 1):
+            await self.dev.load(self.lay.w[i], self.fmt.quantize(job.init_weights[i - 1]).reshape(-1))
+        for i in range(1, self.nl + 1):
+            await self._open_windows(i, 0)
+        for step in range(job.steps):
+            await self._step(step)
+        await drv.wait_until(lambda: all(self.updated[i] >= job.steps for i in range(1, self.nl + 1)))
+        await drv.wait_until(lambda: not any(self.sends_outstanding))
+        for i in range(1, self.nl + 1):
+            job.observer.weights(job.steps, i, self.lay.w[i], job.layers[i - 1] * job.layers[i])
+        self.records += await drv.drain_trace()
+        return self.losses
+
+    # ------------------------------------------------------------------ step
+    def _tag(self, layer: int, chunk: int, step: int) -> int:
+        return rm.encode_tag(layer, chunk, step)
+
+    async def _step(self, k: int) -> None:
+        job, drv, lay, top = self.job, self.drv, self.lay, self.nl
+        await drv.wait_until(lambda: self.updated[1] >= k)
+        if await drv.read("TRACE_COUNT") >= (await drv.read("TRACE_DEPTH")) // 4:
+            self.records += await drv.drain_trace()
+        x = self.fmt.quantize(job.inputs[k])
+        b = x.shape[0]
+        await drv.write("HOST_TAG", self._tag(0, 0, k))
+        await self.dev.load(lay.act[0], x.reshape(-1))
+        last = 0
+        for i in range(1, top + 1):
+            await drv.wait_until(lambda i=i: self.updated[i] >= k)
+            job.observer.weights(k, i, lay.w[i], job.layers[i - 1] * job.layers[i])
+            n_in, n_out = job.layers[i - 1], job.layers[i]
+            last = await drv.launch(
+                rm.Opcode.GEMM, lay.act[i - 1], lay.w[i], lay.act[i], b, n_in, n_out,
+                kind=rm.Kind.FWD, tag=self._tag(i, 0, k),
+            )
+            if i < top:
+                last = await drv.launch(
+                    rm.Opcode.RELU, lay.act[i], 0, lay.act[i], b, 0, n_out,
+                    kind=rm.Kind.RELU, tag=self._tag(i, 0, k),
+                )
+        await drv.wait_compute(last)
+        n_cls = job.layers[-1]
+        await drv.write("HOST_TAG", self._tag(top, 0, k))
+        logits = self.fmt.dequantize(await self.dev.dump(lay.act[top], b * n_cls)).reshape(b, n_cls)
+        loss_sum, dz = softmax_xent(logits, job.labels[k])
+        self.losses.append(loss_sum)
+        job.observer.loss(k, self.node, loss_sum)
+        dz_scaled = dz / job.global_batch * float(1 << self.s)
+        await self.dev.load(lay.dz[top], self.fmt.quantize(dz_scaled).reshape(-1))
+        self.exchange_step = k
+        self.grad_ready = set()
+        self.reduced_layers = set()
+        for i in range(top, 0, -1):
+            # G_i is overwritten by this dW: the previous step's sends from it must be done
+            await drv.wait_until(lambda i=i: self.sends_outstanding[i] == 0)
+            n_in, n_out = job.layers[i - 1], job.layers[i]
+            await drv.launch(
+                rm.Opcode.GEMM, lay.act[i - 1], lay.dz[i], lay.g[i], n_in, b, n_out,
+                arg=self.s, kind=rm.Kind.DW, tag=self._tag(i, 0, k), trans_a=True,
+                on_done=lambda i=i: self._gradient_ready(i),
+            )
+            if i > 1:
+                await drv.launch(
+                    rm.Opcode.GEMM, lay.dz[i], lay.w[i], lay.dz[i - 1], b, n_out, n_in,
+                    kind=rm.Kind.DA, tag=self._tag(i - 1, 0, k), trans_b=True,
+                )
+                await drv.launch(
+                    rm.Opcode.RELU_BWD, lay.dz[i - 1], lay.act[i - 1], lay.dz[i - 1], b, 0, n_in,
+                    kind=rm.Kind.RELU_BWD, tag=self._tag(i - 1, 0, k),
+                )
+
+    # -------------------------------------------------------- deferred work
+    async def _flush(self) -> None:
+        if self._flushing:
+            return
+        self._flushing = True
+        try:
+            while self._arm or self._to_update or self._reopen or self._postable():
+                while self._arm:
+                    w, expect = self._arm.pop(0)
+                    await self.drv.arm_window(w, expect)
+                while self._to_update:
+                    await self._launch_update(self._to_update.pop(0))
+                while self._reopen:
+                    await self._open_windows(*self._reopen.pop(0))
+                await self._pump()
+        finally:
+            self._flushing = False
+
+    async def _launch_update(self, layer: int) -> None:
+        job, lay = self.job, self.lay
+        step = self.updated[layer]
+        grads = lay.r[layer] if self.nodes > 1 else lay.g[layer]
+        n = job.layers[layer - 1] * job.layers[layer]
+
+        def done() -> None:
+            self.updated[layer] += 1
+            self._reopen.append((layer, self.updated[layer]))
+
+        await self.drv.launch(
+            rm.Opcode.SGD, lay.w[layer], grads, lay.w[layer], 1, 0, n,
+            arg=self.lr_raw, kind=rm.Kind.UPDATE, tag=self._tag(layer, 0, step), on_done=done,
+        )
+
+    # -------------------------------------------------------------- exchange
+    async def _open_windows(self, layer: int, step: int) -> None:
+        if self.nodes < 2 or step >= self.job.steps:
+            return
+        for c, (off, n) in enumerate(self.chunks[layer]):
+            w = self.window_of[(layer, c)]
+            plan = chunk_plan(self.node, self.nodes, n)
+            self.step_chunks[w] = _ChunkState(layer, c, w, off, n, plan, pending=list(plan.sends))
+            await self.drv.open_window(
+                w, self.lay.r[layer] + off, self.lay.g[layer] + off, n, self._tag(layer, c, step),
+                plan.thresholds[0],
+            )
+        self.chunks_left[layer] = len(self.chunks[layer])
+
+    def _gradient_ready(self, layer: int) -> None:
+        self.grad_ready.add(layer)
+        if self.nodes < 2:
+            self._layer_reduced(layer)
+        elif self.sched.overlap_backward:
+            self._release(layer)
+        elif len(self.grad_ready) == self.nl:
+            for i in range(self.nl, 0, -1):
+                self._release(i)
+
+    def _release(self, layer: int) -> None:
+        for c in range(len(self.chunks[layer])):
+            st = self.step_chunks[self.window_of[(layer, c)]]
+            st.released = True
+            self._release_ready(st)
+
+    def _release_ready(self, st: _ChunkState) -> None:
+        if not st.released:
+            return
+        keep = []
+        for ps in st.pending:
+            if ps.prereq <= st.level:
+                self._enqueue(st, ps)
+            else:
+                keep.append(ps)
+        st.pending = keep
+
+    def _enqueue(self, st: _ChunkState, ps) -> None:
+        k = self.exchange_step
+        task = SendTask(k, st.layer, st.chunk, ps.phase, ps.length, self.ready_seq, self.nl)
+        self.ready_seq += 1
+        base = self.lay.r[st.layer] if ps.from_recv else self.lay.g[st.layer]
+        flags = rm.DescFlag.IRQ | (rm.DescFlag.REDUCE_ADD if ps.reduce else 0)
+        desc = rm.Descriptor(
+            src_addr=base + st.offset + ps.offset,
+            length=ps.length,
+            peer=(self.node + 1) % self.nodes,
+            remote_addr=self.lay.r[st.layer] + st.offset + ps.offset,
+            window=st.window,
+            tag=self._tag(st.layer, st.chunk, k),
+            flags=int(flags),
+        )
+        self.sends_outstanding[st.layer] += 1
+        self.buffer.append((tuple(self.sched.priority(task)), task, desc))
+
+    def _postable(self) -> bool:
+        return any(
+            len(self.inflight[self.sched.queue(t)]) < self.sched.max_inflight for _k, t, _d in self.buffer
+        )
+
+    async def _pump(self) -> None:
+        """Post buffered sends to the hardware queues, best first, within the in-flight limit."""
+        while self.buffer:
+            self.buffer.sort(key=lambda e: e[0])
+            for i, (_key, task, desc) in enumerate(self.buffer):
+                q = self.sched.queue(task)
+                if q not in (0, 1):
+                    raise ConfigError(f"schedule {self.sched.name!r} chose queue {q!r}; use 0 or 1")
+                if len(self.inflight[q]) < self.sched.max_inflight and self.drv.ring_free(q) > 0:
+                    del self.buffer[i]
+                    self.inflight[q].append(task)
+                    await self.drv.post(q, desc)
+                    break
+            else:
+                return
+
+    def _dma_done(self, queue: int, count: int) -> None:
+        for _ in range(count):
+            task = self.inflight[queue].pop(0)
+            self.sends_outstanding[task.layer] -= 1
+
+    def _rx_done(self, window: int) -> None:
+        st = self.step_chunks[window]
+        thresholds = st.plan.thresholds
+        st.level = thresholds[st.threshold_index]
+        st.threshold_index += 1
+        self._release_ready(st)
+        if st.threshold_index < len(thresholds):
+            self._arm.append((window, thresholds[st.threshold_index]))
+            return
+        self.chunks_left[st.layer] -= 1
+        if self.chunks_left[st.layer] == 0:
+            self._layer_reduced(st.layer)
+
+    def _layer_reduced(self, layer: int) -> None:
+        self.reduced_layers.add(layer)
+        if self.sched.early_update:
+            self._to_update.append(layer)
+        elif len(self.reduced_layers) == self.nl:
+            self._to_update.extend(range(1, self.nl + 1))
+
+
+def check_chunk_bytes(chunk: int, grad_sram_bytes: int) -> None:
+    if chunk <= 0 or chunk % rm.DMA_ALIGN_BYTES:
+        raise ConfigError(f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {chunk}")
+    if chunk > grad_sram_bytes:
+        raise ConfigError(
+            f"chunk size {chunk} bytes is larger than the gradient SRAM ({grad_sram_bytes} bytes)"
+        )
+
+
+def softmax_xent(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed softmax cross-entropy and its gradient wrt the logits (host arithmetic)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    idx = np.arange(len(labels))
+    loss = float(-np.log(np.maximum(p[idx, labels], 1e-300)).sum())
+    grad = p.copy()
+    grad[idx, labels] -= 1.0
+    return loss, grad
