@@ -191,6 +191,8 @@ class Kind(enum.IntEnum):
     LOAD = 9
     DUMP = 10
     SCALE = 11
+    RING = 12  #: host bulk write of ring memory (descriptors)
+    TRACE = 13  #: host bulk read of trace memory
 
 
 KIND_NAMES = {k: k.name.lower() for k in Kind}

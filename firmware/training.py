@@ -37,6 +37,13 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class NodeResult:
+    losses: list[float]  #: summed cross-entropy of the node's shard, per step
+    records: list[rm.TraceRecord]  #: the hardware trace as read by the firmware
+    chunk_bytes: int
+
+
+@dataclass
 class Observer:
     """Host-side hooks a backend may provide (zero-cost backdoor reads for the record)."""
 
@@ -167,7 +174,7 @@ class NodeFirmware:
         self._flushing = False
 
     # ----------------------------------------------------------------- setup
-    async def run(self) -> list[float]:
+    async def run(self) -> NodeResult:
         job, drv = self.job, self.drv
         if job.steps < 0:
             raise ConfigError(f"steps must be >= 0, not {job.steps}")
@@ -207,6 +214,7 @@ class NodeFirmware:
         drv.on_dma_done = self._dma_done
         drv.on_rx_done = self._rx_done
         for i in range(1, self.nl + 1):
+            await drv.write("HOST_TAG", self._tag(i, 0, 0))
             await self.dev.load(self.lay.w[i], self.fmt.quantize(job.init_weights[i - 1]).reshape(-1))
         for i in range(1, self.nl + 1):
             await self._open_windows(i, 0)
@@ -217,7 +225,7 @@ class NodeFirmware:
         for i in range(1, self.nl + 1):
             job.observer.weights(job.steps, i, self.lay.w[i], job.layers[i - 1] * job.layers[i])
         self.records += await drv.drain_trace()
-        return self.losses
+        return NodeResult(self.losses, self.records, self.chunk_bytes)
 
     # ------------------------------------------------------------------ step
     def _tag(self, layer: int, chunk: int, step: int) -> int:

@@ -258,8 +258,9 @@ class ModelDevice:
             data = nx.saturate(data, self.fmt) if self.fmt.saturate else nx.wrap(data, self.fmt.total_bits)
         mem[idx : idx + len(data)] = data
         tag = self.regs[rm.offset("HOST_TAG")]
-        self._trace(rm.Engine.HOST, rm.TraceEvent.START, rm.Kind.LOAD, tag, nbytes, cycle=t0)
-        self._trace(rm.Engine.HOST, rm.TraceEvent.END, rm.Kind.LOAD, tag, nbytes)
+        kind = rm.Kind.RING if mem is self.ring else rm.Kind.LOAD
+        self._trace(rm.Engine.HOST, rm.TraceEvent.START, kind, tag, nbytes, cycle=t0)
+        self._trace(rm.Engine.HOST, rm.TraceEvent.END, kind, tag, nbytes)
 
     async def dump(self, addr: int, n: int) -> np.ndarray:
         mem, idx, nbytes = self._bulk_target(addr, n)
@@ -267,8 +268,9 @@ class ModelDevice:
         await self.sim.delay(tm.host_bulk_cycles(nbytes, self.hw))
         out = mem[idx : idx + n].copy()
         tag = self.regs[rm.offset("HOST_TAG")]
-        self._trace(rm.Engine.HOST, rm.TraceEvent.START, rm.Kind.DUMP, tag, nbytes, cycle=t0)
-        self._trace(rm.Engine.HOST, rm.TraceEvent.END, rm.Kind.DUMP, tag, nbytes)
+        kind = rm.Kind.TRACE if mem is self._trace_words else rm.Kind.DUMP
+        self._trace(rm.Engine.HOST, rm.TraceEvent.START, kind, tag, nbytes, cycle=t0)
+        self._trace(rm.Engine.HOST, rm.TraceEvent.END, kind, tag, nbytes)
         return out
 
     def _bulk_target(self, addr: int, n: int) -> tuple[np.ndarray, int, int]:
@@ -544,7 +546,7 @@ class ModelDevice:
             ring_ok = (
                 1 <= q.ring_size <= self.hw.ring_entries
                 and q.ring_base % rm.DESCRIPTOR_BYTES == 0
-                and rm.RING_MEM_BASE <= q.ring_base
+                and q.ring_base >= rm.RING_MEM_BASE
                 and (q.ring_base - rm.RING_MEM_BASE) // 4 + q.ring_size * rm.DESCRIPTOR_WORDS <= len(self.ring)
             )
             if not ring_ok or (value - q.head) & M32 > q.ring_size:

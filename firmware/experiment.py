@@ -1,0 +1,285 @@
+"""A training run as an experiment: configuration, per-node jobs, metrics from the trace.
+
+Backend-independent: a backend is a callable that runs one
+:class:`~gradsync.firmware.training.NodeFirmware` per node on its devices and
+returns a :class:`BackendResult` (the model backend lives in
+``gradsync.model.backend``; the RTL backend in ``gradsync.sim``).  Everything
+reported — cycles per step, layer-1-ready cycle, exposed communication — is
+computed from the hardware trace records the firmware read from the devices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from gradsync.firmware import data as digits
+from gradsync.firmware import regmap as rm
+from gradsync.firmware.schedules import load_schedule
+from gradsync.firmware.training import ConfigError, NodeJob, NodeResult
+
+MAX_STEPS = 4096  # trace tags carry the step modulo 4096
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    nodes: int = 2
+    schedule: str = "priority"
+    chunk_bytes: int | None = 512  #: None: automatic
+    steps: int = 100
+    layers: tuple[int, ...] = (64, 32, 10)
+    global_batch: int = 64
+    learning_rate: float = 0.25
+    seed: int = 0
+    fixed_point: dict = field(default_factory=dict)  #: FixedPointFormat fields
+    hardware: dict = field(default_factory=dict)  #: HardwareConfig fields
+
+    def validate(self) -> None:
+        if self.nodes < 1:
+            raise ConfigError(f"nodes must be >= 1, not {self.nodes}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"steps must be in 1..{MAX_STEPS}, not {self.steps}")
+        if len(self.layers) < 2 or min(self.layers) < 1:
+            raise ConfigError(f"layers must be at least two positive widths, not {self.layers}")
+        if self.global_batch < 1 or self.global_batch % self.nodes:
+            raise ConfigError(
+                f"global batch {self.global_batch} must be a positive multiple of the {self.nodes} nodes"
+            )
+        if self.chunk_bytes is not None and (self.chunk_bytes <= 0 or self.chunk_bytes % rm.DMA_ALIGN_BYTES):
+            raise ConfigError(
+                f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {self.chunk_bytes}"
+            )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        d["chunk_bytes"] = "auto" if self.chunk_bytes is None else self.chunk_bytes
+        return d
+
+
+@dataclass
+class BackendResult:
+    nodes: list[NodeResult]
+    #: (node, step, layer) -> raw weights at the start of ``step`` (step == steps: final)
+    weights: dict[tuple[int, int, int], np.ndarray]
+    total_cycles: int
+
+
+Backend = Callable[[TrainConfig, list[NodeJob]], BackendResult]
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    loss: float
+    accuracy: float
+    start_cycle: int
+    cycles: int
+    layer1_ready_cycle: int
+    exposed_comm_cycles: int
+    batch_indices: list[list[int]]
+
+
+@dataclass
+class RunResult:
+    config: TrainConfig
+    data: digits.Digits
+    steps: list[StepMetrics]
+    weights: list[list[np.ndarray]]  #: [step][layer-1] raw, step 0..steps
+    records: list[list[rm.TraceRecord]]
+    total_cycles: int
+    wall_seconds: float
+    chunk_bytes: int
+
+
+def init_weights(layers: tuple[int, ...], seed: int) -> list[np.ndarray]:
+    """Glorot-uniform float weights (quantised by the firmware with the device format)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n_in, n_out in zip(layers[:-1], layers[1:], strict=True):
+        limit = np.sqrt(6.0 / (n_in + n_out))
+        out.append(rng.uniform(-limit, limit, size=(n_in, n_out)))
+    return out
+
+
+def build_jobs(cfg: TrainConfig, data: digits.Digits) -> tuple[list[NodeJob], list[list[np.ndarray]]]:
+    cfg.validate()
+    if cfg.layers[0] != data.features:
+        raise ConfigError(f"the first layer must have {data.features} inputs for digits, not {cfg.layers[0]}")
+    if cfg.layers[-1] != data.classes:
+        raise ConfigError(f"the last layer must have {data.classes} outputs for digits, not {cfg.layers[-1]}")
+    batches = digits.batch_indices(data, cfg.seed, cfg.steps, cfg.global_batch, cfg.nodes)
+    weights = init_weights(cfg.layers, cfg.seed)
+    jobs = []
+    for node in range(cfg.nodes):
+        jobs.append(
+            NodeJob(
+                layers=tuple(cfg.layers),
+                steps=cfg.steps,
+                global_batch=cfg.global_batch,
+                learning_rate=cfg.learning_rate,
+                schedule=load_schedule(cfg.schedule),
+                chunk_bytes=cfg.chunk_bytes,
+                init_weights=weights,
+                inputs=[data.x[b[node]] * digits.INPUT_SCALE for b in batches],
+                labels=[data.y[b[node]] for b in batches],
+            )
+        )
+    return jobs, batches
+
+
+@dataclass(frozen=True)
+class Interval:
+    node: int
+    engine: int
+    kind: int
+    tag: int
+    start: int
+    end: int
+    aux: int
+
+    @property
+    def layer(self) -> int:
+        return rm.decode_tag(self.tag)[0]
+
+    @property
+    def chunk(self) -> int:
+        return rm.decode_tag(self.tag)[1]
+
+    @property
+    def step(self) -> int:
+        return rm.decode_tag(self.tag)[2]
+
+
+def intervals(records: list[rm.TraceRecord], node: int) -> list[Interval]:
+    """Pair START/END records per engine (each engine's activities end in start order)."""
+    open_: dict[int, list[rm.TraceRecord]] = {}
+    out = []
+    for r in sorted(records, key=lambda r: r.cycle):
+        if r.event == rm.TraceEvent.START:
+            open_.setdefault(r.engine, []).append(r)
+        elif r.event == rm.TraceEvent.END:
+            starts = open_.get(r.engine)
+            if starts:
+                s = starts.pop(0)
+                out.append(Interval(node, r.engine, s.kind, s.tag, s.cycle, r.cycle, r.aux))
+    return out
+
+
+def _union_length(spans: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    clipped = sorted((max(a, lo), min(b, hi)) for a, b in spans if b > lo and a < hi)
+    merged: list[tuple[int, int]] = []
+    for a, b in clipped:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def exposed(comm: list[tuple[int, int]], compute: list[tuple[int, int]], lo: int, hi: int) -> int:
+    """Cycles in [lo, hi) with communication active and compute idle."""
+    c = _union_length(comm, lo, hi)
+    busy = _union_length(compute, lo, hi)
+    total = 0
+    for a, b in c:
+        length = b - a
+        for x, y in busy:
+            length -= max(0, min(b, y) - max(a, x))
+        total += length
+    return total
+
+
+COMM_ENGINES = (rm.Engine.DMA_HI, rm.Engine.DMA_LO, rm.Engine.NIC_TX, rm.Engine.NIC_RX)
+COMPUTE_ENGINES = (rm.Engine.COMPUTE, rm.Engine.VECTOR)
+
+
+def step_timing(all_intervals: list[Interval], steps: int, nodes: int) -> list[tuple[int, int, int, int]]:
+    """(start, cycles, layer1_ready, exposed_comm) per step from the trace intervals."""
+    starts = []
+    for k in range(steps):
+        loads = [
+            iv.start
+            for iv in all_intervals
+            if iv.engine == rm.Engine.HOST and iv.kind == rm.Kind.LOAD and iv.tag == rm.encode_tag(0, 0, k)
+        ]
+        if len(loads) != nodes:
+            raise RuntimeError(f"trace lacks the input load of step {k} on some node")
+        starts.append(min(loads))
+    end_all = max(iv.end for iv in all_intervals)
+    out = []
+    for k in range(steps):
+        lo = starts[k]
+        hi = starts[k + 1] if k + 1 < steps else end_all
+        ready = [
+            iv.end
+            for iv in all_intervals
+            if iv.kind == rm.Kind.UPDATE and iv.layer == 1 and iv.step == k % MAX_STEPS
+        ]
+        l1 = max(ready) - lo if len(ready) == nodes else -1
+        worst = 0
+        for node in range(nodes):
+            comm = [(iv.start, iv.end) for iv in all_intervals if iv.node == node and iv.engine in COMM_ENGINES]
+            comp = [(iv.start, iv.end) for iv in all_intervals if iv.node == node and iv.engine in COMPUTE_ENGINES]
+            worst = max(worst, exposed(comm, comp, lo, hi))
+        out.append((lo, hi - lo, l1, worst))
+    return out
+
+
+def forward_accuracy(weights: list[np.ndarray], frac_bits: int, data: digits.Digits) -> float:
+    """Held-out accuracy: float64 forward of the dequantised weights on the test split."""
+    x = data.x[data.test_indices] * digits.INPUT_SCALE
+    h = x
+    for i, w in enumerate(weights):
+        h = h @ (w.astype(np.float64) * 2.0**-frac_bits)
+        if i < len(weights) - 1:
+            h = np.maximum(h, 0.0)
+    return float((h.argmax(axis=1) == data.y[data.test_indices]).mean())
+
+
+def run(cfg: TrainConfig, backend: Backend, on_step: Callable[[StepMetrics], None] | None = None) -> RunResult:
+    """Train ``cfg`` on ``backend``; raise if the nodes' weights ever differ."""
+    cfg.validate()
+    data = digits.load(cfg.seed)
+    jobs, batches = build_jobs(cfg, data)
+    t0 = time.perf_counter()
+    res = backend(cfg, jobs)
+    wall = time.perf_counter() - t0
+    nl = len(cfg.layers) - 1
+    weights: list[list[np.ndarray]] = []
+    for k in range(cfg.steps + 1):
+        per_layer = []
+        for layer in range(1, nl + 1):
+            ref = res.weights[(0, k, layer)]
+            for node in range(1, cfg.nodes):
+                if not np.array_equal(res.weights[(node, k, layer)], ref):
+                    raise RuntimeError(f"node {node} holds different layer-{layer} weights than node 0 at step {k}")
+            per_layer.append(ref.reshape(cfg.layers[layer - 1], cfg.layers[layer]))
+        weights.append(per_layer)
+    ivs = [iv for node, nr in enumerate(res.nodes) for iv in intervals(nr.records, node)]
+    timing = step_timing(ivs, cfg.steps, cfg.nodes)
+    frac = int(cfg.fixed_point.get("frac_bits", 10))
+    metrics = []
+    for k in range(cfg.steps):
+        loss = sum(nr.losses[k] for nr in res.nodes) / cfg.global_batch
+        start, cycles, l1, exp = timing[k]
+        m = StepMetrics(
+            step=k,
+            loss=loss,
+            accuracy=forward_accuracy(weights[k + 1], frac, data),
+            start_cycle=start,
+            cycles=cycles,
+            layer1_ready_cycle=l1,
+            exposed_comm_cycles=exp,
+            batch_indices=[b.tolist() for b in batches[k]],
+        )
+        metrics.append(m)
+        if on_step is not None:
+            on_step(m)
+    return RunResult(
+        cfg, data, metrics, weights, [nr.records for nr in res.nodes], res.total_cycles, wall,
+        res.nodes[0].chunk_bytes,
+    )

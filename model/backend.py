@@ -1,0 +1,39 @@
+"""The model backend of a training run: the firmware on N golden-model nodes.
+
+``run_model(cfg, jobs)`` is a :data:`gradsync.firmware.experiment.Backend`.
+Weight snapshots are backdoor reads of the modelled scratchpad at the moments
+the firmware reports (they cost no simulated cycles).
+"""
+
+from __future__ import annotations
+
+from gradsync.firmware import regmap as rm
+from gradsync.firmware.experiment import BackendResult, TrainConfig
+from gradsync.firmware.training import NodeFirmware, NodeJob, Observer
+from gradsync.model import numerics as nx
+from gradsync.model import timing as tm
+from gradsync.model.cluster import Cluster
+
+
+def formats(cfg: TrainConfig) -> tuple[tm.HardwareConfig, nx.FixedPointFormat]:
+    return tm.HardwareConfig(**cfg.hardware), nx.FixedPointFormat(**cfg.fixed_point)
+
+
+def run_model(cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = None) -> BackendResult:
+    hw, fmt = formats(cfg)
+    cluster = Cluster(cfg.nodes, hw, fmt)
+    weights = {}
+
+    def program(node: int):
+        dev = cluster.devices[node]
+
+        def snapshot(step: int, layer: int, addr: int, n: int) -> None:
+            idx = (addr - rm.SCRATCH_BASE) // fmt.word_bytes
+            weights[(node, step, layer)] = dev.scratch[idx : idx + n].copy()
+
+        job = jobs[node]
+        job.observer = Observer(weights=snapshot)
+        return lambda d: NodeFirmware(d, job).run()
+
+    run = cluster.run([program(i) for i in range(cfg.nodes)], max_cycles)
+    return BackendResult(run.results, weights, run.cycles)
