@@ -14,6 +14,8 @@ import sys
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = [
     "gradsync.cmd_doctor",
+    "gradsync.cmd_train",
+    "gradsync.cmd_compare",
 ]
 
 

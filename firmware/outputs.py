@@ -1,0 +1,191 @@
+"""The record a training run leaves in ``--out DIR`` (contract: ``docs/outputs.md``).
+
+``results.json`` (config, per-step metrics, totals), ``weights/step_KKKK.npz``
+(weights at the start of every step and the final ones), ``trace.json``
+(Chrome/Perfetto trace events, ts/dur in cycles) and ``timeline.png``
+(matplotlib Gantt chart).  Backend-independent: it reads a
+:class:`~gradsync.firmware.experiment.RunResult`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gradsync import __version__
+from gradsync.firmware import data as digits
+from gradsync.firmware import regmap as rm
+from gradsync.firmware.experiment import Interval, RunResult, intervals
+
+FORMAT_VERSION = 1
+
+_CAT = {
+    rm.Engine.COMPUTE: "compute",
+    rm.Engine.VECTOR: "vector",
+    rm.Engine.DMA_HI: "dma",
+    rm.Engine.DMA_LO: "dma",
+    rm.Engine.NIC_TX: "link",
+    rm.Engine.NIC_RX: "link",
+    rm.Engine.HOST: "host",
+}
+
+
+def results_dict(res: RunResult, backend: str) -> dict:
+    cfg = res.config.to_dict()
+    cfg["chunk_bytes_resolved"] = res.chunk_bytes
+    cfg["data"] = {
+        "name": "digits",
+        "input_scale": digits.INPUT_SCALE,
+        "train_indices": res.data.train_indices.tolist(),
+        "test_indices": res.data.test_indices.tolist(),
+    }
+    total = res.total_cycles
+    return {
+        "format_version": FORMAT_VERSION,
+        "gradsync_version": __version__,
+        "backend": backend,
+        "config": cfg,
+        "steps": [
+            {
+                "step": m.step,
+                "loss": m.loss,
+                "accuracy": m.accuracy,
+                "cycles": m.cycles,
+                "start_cycle": m.start_cycle,
+                "layer1_ready_cycle": m.layer1_ready_cycle,
+                "exposed_comm_cycles": m.exposed_comm_cycles,
+                "batch_indices": m.batch_indices,
+            }
+            for m in res.steps
+        ],
+        "totals": {
+            "cycles": total,
+            "wall_seconds": res.wall_seconds,
+            "simulated_cycles_per_second": total / res.wall_seconds if res.wall_seconds > 0 else None,
+        },
+    }
+
+
+def event_name(iv: Interval) -> str:
+    kind = rm.KIND_NAMES.get(iv.kind, "other")
+    if iv.engine in (rm.Engine.DMA_HI, rm.Engine.DMA_LO, rm.Engine.NIC_TX):
+        return f"send L{iv.layer} c{iv.chunk}"
+    if iv.engine == rm.Engine.NIC_RX:
+        return f"recv L{iv.layer} c{iv.chunk}"
+    if iv.engine == rm.Engine.HOST:
+        return kind
+    return f"{kind} L{iv.layer}"
+
+
+def trace_events(records: list[list[rm.TraceRecord]]) -> dict:
+    events: list[dict] = []
+    for node, recs in enumerate(records):
+        events.append({"name": "process_name", "ph": "M", "pid": node, "args": {"name": f"node {node}"}})
+        for eng, name in rm.ENGINE_NAMES.items():
+            events.append({"name": "thread_name", "ph": "M", "pid": node, "tid": name, "args": {"name": name}})
+            events.append(
+                {"name": "thread_sort_index", "ph": "M", "pid": node, "tid": name, "args": {"sort_index": int(eng)}}
+            )
+        for iv in intervals(recs, node):
+            eng = rm.Engine(iv.engine)
+            args = {
+                "step": iv.step,
+                "layer": iv.layer,
+                "chunk": iv.chunk,
+                "kind": rm.KIND_NAMES.get(iv.kind, "other"),
+            }
+            if eng in (rm.Engine.DMA_HI, rm.Engine.DMA_LO, rm.Engine.NIC_TX, rm.Engine.NIC_RX, rm.Engine.HOST):
+                args["bytes"] = iv.aux
+            if eng in (rm.Engine.DMA_HI, rm.Engine.DMA_LO):
+                args["queue"] = "hi" if eng == rm.Engine.DMA_HI else "lo"
+            events.append(
+                {
+                    "name": event_name(iv),
+                    "cat": _CAT[eng],
+                    "ph": "X",
+                    "ts": iv.start,
+                    "dur": iv.end - iv.start,
+                    "pid": node,
+                    "tid": rm.ENGINE_NAMES[eng],
+                    "args": args,
+                }
+            )
+        for r in recs:
+            if r.event == rm.TraceEvent.ERROR:
+                events.append(
+                    {
+                        "name": f"error {rm.ErrorCode(r.aux).name}",
+                        "cat": _CAT[rm.Engine(r.engine)],
+                        "ph": "i",
+                        "s": "t",
+                        "ts": r.cycle,
+                        "pid": node,
+                        "tid": rm.ENGINE_NAMES[rm.Engine(r.engine)],
+                    }
+                )
+    return {
+        "traceEvents": events,
+        "displayTimeUnit": "ns",
+        "otherData": {"time_unit": "cycles", "note": "ts and dur are device clock cycles"},
+    }
+
+
+def write_timeline(res: RunResult, path: Path, max_steps: int = 3) -> None:
+    """Gantt chart of the first ``max_steps`` steps: a row per node and engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nodes = len(res.records)
+    steps = res.steps[:max_steps]
+    hi = steps[-1].start_cycle + steps[-1].cycles if steps else res.total_cycles
+    lo = steps[0].start_cycle if steps else 0
+    rows = [(n, e) for n in range(nodes) for e in rm.Engine if e != rm.Engine.HOST] + [
+        (n, rm.Engine.HOST) for n in range(nodes)
+    ]
+    index = {r: i for i, r in enumerate(rows)}
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(14, 0.35 * len(rows) + 1.5))
+    for node, recs in enumerate(res.records):
+        for iv in intervals(recs, node):
+            if iv.end < lo or iv.start > hi:
+                continue
+            y = index[(node, rm.Engine(iv.engine))]
+            color = "0.6" if iv.engine == rm.Engine.HOST else cmap((iv.layer - 1) % 10)
+            ax.broken_barh([(iv.start, max(iv.end - iv.start, 1))], (y - 0.4, 0.8), facecolors=color)
+    for m in steps:
+        ax.axvline(m.start_cycle, color="k", lw=0.5)
+        if m.layer1_ready_cycle >= 0:
+            ax.axvline(m.start_cycle + m.layer1_ready_cycle, color="r", ls="--", lw=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"node {n} {rm.ENGINE_NAMES[e]}" for n, e in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("cycle")
+    layers = len(res.config.layers) - 1
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i % 10)) for i in range(layers)]
+    handles.append(plt.Line2D([0], [0], color="r", ls="--"))
+    ax.legend(handles, [f"layer {i + 1}" for i in range(layers)] + ["layer 1 ready"], loc="upper right", fontsize=8)
+    ax.set_title(f"{res.config.schedule}: {nodes} nodes, chunk {res.chunk_bytes} B (first {len(steps)} steps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_all(res: RunResult, out: Path, backend: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results_dict(res, backend), indent=1))
+    wdir = out / "weights"
+    wdir.mkdir(exist_ok=True)
+    frac = int(res.config.fixed_point.get("frac_bits", 10))
+    for k, layers in enumerate(res.weights):
+        arrays = {}
+        for i, w in enumerate(layers, start=1):
+            arrays[f"layer{i}"] = w.astype(np.float64) * 2.0**-frac
+            arrays[f"layer{i}_raw"] = w.astype(np.int64)
+        np.savez(wdir / f"step_{k:04d}.npz", **arrays)
+    (out / "trace.json").write_text(json.dumps(trace_events(res.records)))
+    write_timeline(res, out / "timeline.png")
