@@ -104,11 +104,14 @@ class DmaEngine(wiring.Component):
     crc_sent : In(1)
         From the transmitter: a new packet's CRC word left; ends the chunk.
     irq_done : Out(queues)
-        Pulse: a descriptor with the IRQ flag completed without error.
+        Pulse in the write-back cycle of a descriptor with the IRQ flag that
+        completed without error (a status register taking it is visible in
+        the completion cycle).
     err_valid, err_code, err_queue, err_slot, err_info
-        Pulse when a descriptor is refused (``err_info`` = source address).
+        Pulse in the write-back cycle of a refused descriptor
+        (``err_info`` = source address, ``err_slot`` = its HEAD index).
     ring_full, ring_full_queue, ring_full_tail
-        Pulse when a doorbell is refused.
+        Pulse in the cycle of a refused doorbell write.
     ev_valid, ev : Out(1), Out(DmaEvent)
         Trace events, at most one per cycle.
     busy : Out(1)
@@ -201,13 +204,12 @@ class DmaEngine(wiring.Component):
         slot_idx = [Signal(16, name=f"q{n}_slot") for n in range(Q)]
 
         # Doorbells.
-        m.d.sync += self.ring_full.eq(0)
         for n in range(Q):
             size = self.q(n, "ring_size")
             with m.If(self.q(n, "doorbell")):
                 ahead = (self.q(n, "doorbell_tail") - heads[n])[:32]
                 with m.If((size == 0) | (size > self.ring_entries) | (ahead > size)):
-                    m.d.sync += [
+                    m.d.comb += [
                         self.ring_full.eq(1),
                         self.ring_full_queue.eq(n),
                         self.ring_full_tail.eq(self.q(n, "doorbell_tail")),
@@ -262,7 +264,7 @@ class DmaEngine(wiring.Component):
         m.d.comb += [self.src_addr.eq(ptr), self.src_region.eq(region)]
         m.d.comb += pw.eq(Mux(rem[2:] > maxw, maxw, rem[2:]))
 
-        m.d.sync += [self.ev_valid.eq(0), self.err_valid.eq(0), self.irq_done.eq(0)]
+        m.d.sync += self.ev_valid.eq(0)
 
         any_ready = Signal()
         grant = Signal(range(Q))
@@ -369,7 +371,7 @@ class DmaEngine(wiring.Component):
                         with m.If(code != 0):
                             m.d.sync += self.q(n, "errors").eq(self.q(n, "errors") + 1)
                         with m.Elif(flags[1]):
-                            m.d.sync += self.irq_done[n].eq(1)
+                            m.d.comb += self.irq_done[n].eq(1)
                 m.d.sync += [
                     self.ev_valid.eq(1),
                     self.ev.queue.eq(cur_q),
@@ -380,7 +382,7 @@ class DmaEngine(wiring.Component):
                     self.ev.cycle.eq(self.cycle + 1),
                 ]
                 with m.If(code != 0):
-                    m.d.sync += [
+                    m.d.comb += [
                         self.err_valid.eq(1),
                         self.err_code.eq(code),
                         self.err_queue.eq(cur_q),

@@ -311,9 +311,10 @@ class NicRx(wiring.Component):
         Windows whose RECEIVED reached EXPECT (``RX_DONE``); ``done_clear``
         (W1C mask) clears bits.
     rx_irq : Out(1)
-        Pulses when a window's done bit is set.
+        Pulses in the cycle a window's done bit is being set.
     err_valid, err_code, err_window, err_info
-        Pulse per packet dropped by the window checks (``err_info`` = tag).
+        Pulse per packet dropped by the window checks (``err_info`` = tag),
+        in the cycle before its drop is visible.
     ev_valid, ev_tag, ev_bytes
         Pulse per packet applied (``ev_bytes`` its payload) or dropped (0),
         in the cycle its effects are visible.
@@ -324,8 +325,10 @@ class NicRx(wiring.Component):
     A packet whose CRC word arrives in cycle ``c`` has its last payload word
     written, its window's RECEIVED updated and its done bit/IRQ raised so that
     they are visible in cycle ``c + 4 + payload_words`` (if the receiver was
-    idle), a dropped packet's error in ``c + 3``.  Packets are applied in
-    order, one at a time.
+    idle); a packet refused by the window checks takes the same time, writes
+    nothing and counts a drop instead.  Packets are applied in order, one at a
+    time, each occupying the applier ``payload_words + 3`` cycles, so at 4
+    link bytes per cycle the receiver never queues a fault-free stream.
     """
 
     def __init__(self, *, max_payload_words: int = 64, credits: int = 16, windows: int = 64,
@@ -426,7 +429,7 @@ class NicRx(wiring.Component):
             ]
             m.d.sync += nak_pending.eq(0)
         # One-cycle flags; later assignments in this function set them again.
-        m.d.sync += [dirty.eq(0), self.err_valid.eq(0), self.ev_valid.eq(0)]
+        m.d.sync += [dirty.eq(0), self.ev_valid.eq(0)]
 
         beat = self.link.p
         pw_in = h0[9:16] + 1
@@ -514,6 +517,7 @@ class NicRx(wiring.Component):
         p_addr = Signal(self.mem_addr_width)
         p_reduce = Signal()
         free = Signal()
+        a_code = Signal(8)
         count_apply = Signal()
         bytes_ = Signal(10)
         m.d.comb += bytes_.eq(a_pw << 2)
@@ -553,37 +557,38 @@ class NicRx(wiring.Component):
                 ]
                 m.next = "CHECK"
             with m.State("CHECK"):
-                with m.If(check_code != 0):
-                    m.d.sync += [
-                        self.err_valid.eq(1),
-                        self.err_code.eq(check_code),
-                        self.err_window.eq(a_win),
-                        self.err_info.eq(a_tag),
-                        self.drops.eq(self.drops + 1),
-                    ]
-                    m.d.comb += free.eq(1)
-                    m.d.sync += [self.ev_valid.eq(1), self.ev_tag.eq(a_tag), self.ev_bytes.eq(0)]
-                    m.next = "IDLE"
-                with m.Else():
-                    off = (a_addr - w_dst[widx_])[2:]
-                    m.d.sync += [
-                        dst_w.eq(a_addr[2:]),
-                        src_w.eq(w_src[widx_][2:] + off),
-                        k.eq(0),
-                    ]
-                    m.next = "RUN"
+                # A refused packet takes the same time as an applied one but writes nothing.
+                off = (a_addr - w_dst[widx_])[2:]
+                m.d.sync += [
+                    a_code.eq(check_code),
+                    dst_w.eq(a_addr[2:]),
+                    src_w.eq(w_src[widx_][2:] + off),
+                    k.eq(0),
+                ]
+                m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [
                     br.addr.eq(rd_slot * self.stride + HEADER_WORDS + k),
                     self.mem_rd_addr.eq(src_w + k),
                 ]
-                m.d.sync += [p_valid.eq(1), p_addr.eq(dst_w + k), p_reduce.eq(a_reduce),
-                             k.eq(k + 1)]
+                m.d.sync += [p_valid.eq(a_code == 0), p_addr.eq(dst_w + k),
+                             p_reduce.eq(a_reduce), k.eq(k + 1)]
                 with m.If(k + 1 == a_pw):
                     m.next = "LAST"
             with m.State("LAST"):
-                m.d.comb += [free.eq(1), count_apply.eq(1)]
-                m.d.sync += [self.ev_valid.eq(1), self.ev_tag.eq(a_tag), self.ev_bytes.eq(bytes_)]
+                m.d.comb += free.eq(1)
+                m.d.sync += [self.ev_valid.eq(1), self.ev_tag.eq(a_tag)]
+                with m.If(a_code == 0):
+                    m.d.comb += count_apply.eq(1)
+                    m.d.sync += self.ev_bytes.eq(bytes_)
+                with m.Else():
+                    m.d.comb += [
+                        self.err_valid.eq(1),
+                        self.err_code.eq(a_code),
+                        self.err_window.eq(a_win),
+                        self.err_info.eq(a_tag),
+                    ]
+                    m.d.sync += [self.drops.eq(self.drops + 1), self.ev_bytes.eq(0)]
                 m.next = "IDLE"
 
         with m.If(free):
@@ -596,7 +601,6 @@ class NicRx(wiring.Component):
         # Window register writes from the CSR side and RECEIVED updates from apply.
         new_rcv = Signal(32)
         m.d.comb += new_rcv.eq(w_rcv[widx_] + bytes_)
-        m.d.sync += self.rx_irq.eq(0)
         set_done = Signal(64)
         with m.If(count_apply):
             m.d.sync += [
@@ -605,8 +609,7 @@ class NicRx(wiring.Component):
                 self.bytes_applied.eq(self.bytes_applied + bytes_),
             ]
             with m.If(w_armed.bit_select(widx_, 1) & (new_rcv >= w_exp[widx_])):
-                m.d.comb += set_done.eq(Const(1, 64) << widx_)
-                m.d.sync += self.rx_irq.eq(1)
+                m.d.comb += [set_done.eq(Const(1, 64) << widx_), self.rx_irq.eq(1)]
         clear_done = Signal(64)
         m.d.comb += clear_done.eq(self.done_clear)
         en_next = Signal(nw)

@@ -635,7 +635,7 @@ class ModelDevice:
                 bool(d.flags & rm.DescFlag.REDUCE_ADD),
             )
             arrive_first = t + self.hw.link_latency_cycles
-            applied = t_end + tm.packet_arrival_offset(self.hw)
+            applied = t_end + tm.packet_arrival_offset(self.hw, payload)
             assert peer is not None
             self.sim.at(arrive_first, lambda p=peer, pk=pkt: p._trace(
                 rm.Engine.NIC_RX, rm.TraceEvent.START, rm.Kind.RECV, pk.tag, len(pk.payload) * self.wb))

@@ -33,8 +33,10 @@ DESCRIPTOR_WORDS = 8
 DESCRIPTOR_CHECK_CYCLES = 1
 #: Writing the descriptor's status word back to ring memory on completion.
 DESCRIPTOR_WRITEBACK_CYCLES = 1
-#: Receiver: CRC check and the read-add-write of the last payload word.
-RX_APPLY_LATENCY_CYCLES = 4
+#: Receiver: commit of a CRC-checked packet, header load and window check
+#: before its first payload word is applied (store-and-forward: a packet is
+#: applied only after its CRC word arrived, one 32-bit word per cycle).
+RX_APPLY_LATENCY_CYCLES = 3
 
 
 @dataclass(frozen=True)
@@ -206,9 +208,18 @@ def refused_descriptor_cycles(hw: HardwareConfig) -> int:
     return descriptor_fetch_cycles(hw) + DESCRIPTOR_WRITEBACK_CYCLES
 
 
-def packet_arrival_offset(hw: HardwareConfig) -> int:
-    """Cycles from a packet's last transmitted byte to its reduce-add being visible."""
-    return hw.link_latency_cycles + RX_APPLY_LATENCY_CYCLES
+def packet_arrival_offset(hw: HardwareConfig, payload_bytes: int) -> int:
+    """Cycles from the end of a packet's transmission to its reduce-add being visible.
+
+    The packet's last (CRC) word is put on the link ``4 / link_bytes_per_cycle``
+    cycles before its transmission ends and arrives ``link_latency_cycles``
+    later; the receiver then commits it, checks its window and applies one
+    32-bit payload word per cycle (store-and-forward, so no corrupted word is
+    ever applied).  A packet refused by the window checks takes the same time.
+    """
+    word_period = max(1, 4 // hw.link_bytes_per_cycle)
+    return (hw.link_latency_cycles + RX_APPLY_LATENCY_CYCLES + ceil_div(payload_bytes, 4)
+            + 1 - word_period)
 
 
 def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
