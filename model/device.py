@@ -131,6 +131,7 @@ class ModelDevice:
         self.windows = [_Window() for _ in range(hw.rx_windows)]
         self.rx_done = 0
         self.rx_drops = 0
+        self.rx_free_at = 0  # cycle the in-order packet applier is free again
         self.perf = {name: 0 for name in ("gemm", "vector", "tx", "tx_bytes", "tx_pkts", "rx_pkts", "rx_bytes")}
         self._irq_waiters: list[tuple[int, Future]] = []
         self._cycle_hi_latch = 0
@@ -635,7 +636,8 @@ class ModelDevice:
                 bool(d.flags & rm.DescFlag.REDUCE_ADD),
             )
             arrive_first = t + self.hw.link_latency_cycles
-            applied = t_end + tm.packet_arrival_offset(self.hw, payload)
+            applied = tm.rx_visible_cycle(t_end + tm.crc_arrival_offset(self.hw), peer.rx_free_at, payload)
+            peer.rx_free_at = applied
             assert peer is not None
             self.sim.at(arrive_first, lambda p=peer, pk=pkt: p._trace(
                 rm.Engine.NIC_RX, rm.TraceEvent.START, rm.Kind.RECV, pk.tag, len(pk.payload) * self.wb))

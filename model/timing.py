@@ -222,6 +222,27 @@ def packet_arrival_offset(hw: HardwareConfig, payload_bytes: int) -> int:
             + 1 - word_period)
 
 
+def crc_arrival_offset(hw: HardwareConfig) -> int:
+    """Cycles from the end of a packet's transmission to its CRC word's arrival."""
+    return hw.link_latency_cycles - max(1, 4 // hw.link_bytes_per_cycle)
+
+
+def rx_apply_cycles(payload_bytes: int) -> int:
+    """Receiver applier occupancy of one packet: window check, then a word per cycle."""
+    return RX_APPLY_LATENCY_CYCLES + ceil_div(payload_bytes, 4)
+
+
+def rx_visible_cycle(crc_arrival: int, applier_free: int, payload_bytes: int) -> int:
+    """Cycle a packet's effects (memory, RECEIVED, RX_DONE) become visible.
+
+    Packets are applied in order, one at a time: the applier takes a packet
+    the cycle after its CRC word arrived or when it finished the previous
+    packet, whichever is later.  For an idle receiver this equals
+    ``t_end + packet_arrival_offset(hw, payload_bytes)``.
+    """
+    return max(crc_arrival + 1, applier_free) + rx_apply_cycles(payload_bytes)
+
+
 def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
     """Cycles of a host bulk load or dump of ``n_bytes`` of device memory."""
     return hw.host_bulk_setup_cycles + ceil_div(max(n_bytes, 0), hw.host_bulk_bytes_per_cycle)

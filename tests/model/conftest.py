@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+from gradsync.firmware import regmap as rm
+from gradsync.model import numerics as nx
+from gradsync.model import timing as tm
+from gradsync.model.cluster import Cluster
+
+FMT = nx.FixedPointFormat()
+HW = tm.HardwareConfig(scratchpad_words=4096, gradient_words=4096, ring_entries=8)
+
+
+def run_programs(programs, nodes=None, hw=HW, fmt=FMT):
+    """Run one coroutine factory per node on a fresh cluster; return the cluster."""
+    cluster = Cluster(nodes or len(programs), hw, fmt)
+    cluster.run(programs)
+    return cluster
+
+
+def saddr(word: int, fmt=FMT) -> int:
+    return rm.SCRATCH_BASE + word * fmt.word_bytes
+
+
+def gaddr(word: int, fmt=FMT) -> int:
+    return rm.GRAD_BASE + word * fmt.word_bytes
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(1234)
