@@ -349,11 +349,12 @@ if cocotb is not None:
         # Command FIFO overflow: a long GEMM runs, the FIFO fills, the next launch is refused.
         await tb.write("IRQ_MASK", rm.Irq.ERROR)
         a = tb.addr("scratch", 0)
-        big = hw.array_rows * 8
+        m, k, n = 4 * hw.array_rows, 64, 2 * hw.array_cols  # valid, and long enough to fill the FIFO
+        assert m * k <= hw.scratchpad_words and m * n <= hw.gradient_words
         for i in range(hw.cmd_fifo_depth + 2):
             word = rm.reg("CMD_OPCODE").pack(opcode=rm.Opcode.GEMM)
             if i == 0:
-                await tb.launch(rm.Opcode.GEMM, a, a, tb.addr("grad", 0), big, 32, big)
+                await tb.launch(rm.Opcode.GEMM, a, a, tb.addr("grad", 0), m, k, n)
             else:
                 await tb.write("CMD_LAUNCH", 1)
         await tb.wait_irq()
@@ -362,3 +363,37 @@ if cocotb is not None:
         assert rm.reg("ERR_CODE").field("index").get(err) == hw.cmd_fifo_depth + 1
         assert await tb.read("ERR_INFO") == word | rm.reg("CMD_OPCODE").pack(irq=1)
         assert await tb.read("CMD_FIFO_FREE") == 0
+
+    @cocotb.test(skip=os.environ.get("NODE_BENCH") is None)
+    async def gemm_throughput(dut):
+        """Benchmark (bench/bench_gemm.py): back-to-back large GEMMs, timed on the wall clock."""
+        import time
+
+        tb = TB(dut)
+        await tb.cycle_reset()
+        hw, fmt = tb.hw, tb.fmt
+        m, k, n, reps = (int(x) for x in os.environ["NODE_BENCH"].split(","))
+        rng = np.random.default_rng(0)
+        a = operands(rng, fmt, (m, k), "small")
+        b = operands(rng, fmt, (k, n), "small")
+        pa, pb, pc = tb.addr("scratch", 0), tb.addr("scratch", m * k), tb.addr("grad", 0)
+        await tb.load(pa, a.reshape(-1))
+        await tb.load(pb, b.reshape(-1))
+        await tb.write("IRQ_MASK", rm.Irq.COMPUTE)
+        wall0 = time.perf_counter()
+        c0 = int(dut.cycle.value)
+        for _ in range(reps):
+            await tb.launch(rm.Opcode.GEMM, pa, pb, pc, m, k, n)
+            await tb.wait_irq()
+            await tb.write("IRQ_STATUS", rm.Irq.COMPUTE)
+        wall = time.perf_counter() - wall0
+        cycles = int(dut.cycle.value) - c0
+        got = await tb.dump(pc, m * n)
+        assert (got.reshape(m, n) == nx.gemm(a, b, fmt)).all()
+        busy = await tb.read("PERF_GEMM_CYCLES")
+        assert busy == reps * tm.gemm_cycles(m, k, n, hw)
+        out = {"m": m, "k": k, "n": n, "reps": reps, "cycles": cycles, "gemm_cycles": busy,
+               "wall_seconds": wall, "cycles_per_second": cycles / wall,
+               "utilisation": reps * m * k * n / (hw.array_rows * hw.array_cols * busy)}
+        with open("bench_gemm.json", "w") as f:
+            json.dump(out, f)
