@@ -199,34 +199,51 @@ COMPUTE_ENGINES = (rm.Engine.COMPUTE, rm.Engine.VECTOR)
 
 def step_timing(all_intervals: list[Interval], steps: int, nodes: int) -> list[tuple[int, int, int, int]]:
     """(start, cycles, layer1_ready, exposed_comm) per step from the trace intervals."""
+    loads: dict[int, list[int]] = {}
+    ready: dict[int, list[int]] = {}
+    comm: dict[int, list[tuple[int, int]]] = {n: [] for n in range(nodes)}
+    comp: dict[int, list[tuple[int, int]]] = {n: [] for n in range(nodes)}
+    input_tags = {rm.encode_tag(0, 0, k): k for k in range(steps)}
+    for iv in all_intervals:
+        if iv.engine == rm.Engine.HOST and iv.kind == rm.Kind.LOAD and iv.tag in input_tags:
+            loads.setdefault(input_tags[iv.tag], []).append(iv.start)
+        elif iv.kind == rm.Kind.UPDATE and iv.layer == 1 and iv.engine == rm.Engine.VECTOR:
+            ready.setdefault(iv.step, []).append(iv.end)
+        if iv.engine in COMM_ENGINES:
+            comm[iv.node].append((iv.start, iv.end))
+        elif iv.engine in COMPUTE_ENGINES:
+            comp[iv.node].append((iv.start, iv.end))
     starts = []
     for k in range(steps):
-        loads = [
-            iv.start
-            for iv in all_intervals
-            if iv.engine == rm.Engine.HOST and iv.kind == rm.Kind.LOAD and iv.tag == rm.encode_tag(0, 0, k)
-        ]
-        if len(loads) != nodes:
+        if len(loads.get(k, [])) != nodes:
             raise RuntimeError(f"trace lacks the input load of step {k} on some node")
-        starts.append(min(loads))
+        starts.append(min(loads[k]))
     end_all = max(iv.end for iv in all_intervals)
+    longest = 0
+    for n in range(nodes):
+        for spans in (comm[n], comp[n]):
+            spans.sort()
+            longest = max([longest] + [b - a for a, b in spans])
     out = []
     for k in range(steps):
         lo = starts[k]
         hi = starts[k + 1] if k + 1 < steps else end_all
-        ready = [
-            iv.end
-            for iv in all_intervals
-            if iv.kind == rm.Kind.UPDATE and iv.layer == 1 and iv.step == k % MAX_STEPS
-        ]
-        l1 = max(ready) - lo if len(ready) == nodes else -1
+        r = ready.get(k % MAX_STEPS, [])
+        l1 = max(r) - lo if len(r) == nodes else -1
         worst = 0
-        for node in range(nodes):
-            comm = [(iv.start, iv.end) for iv in all_intervals if iv.node == node and iv.engine in COMM_ENGINES]
-            comp = [(iv.start, iv.end) for iv in all_intervals if iv.node == node and iv.engine in COMPUTE_ENGINES]
-            worst = max(worst, exposed(comm, comp, lo, hi))
+        for n in range(nodes):
+            worst = max(worst, exposed(_window(comm[n], lo, hi, longest), _window(comp[n], lo, hi, longest), lo, hi))
         out.append((lo, hi - lo, l1, worst))
     return out
+
+
+def _window(spans: list[tuple[int, int]], lo: int, hi: int, longest: int) -> list[tuple[int, int]]:
+    """Sorted spans that may touch [lo, hi); none is longer than ``longest``."""
+    import bisect
+
+    i = bisect.bisect_left(spans, (lo - longest, 0))
+    j = bisect.bisect_left(spans, (hi, 0))
+    return spans[i:j]
 
 
 def forward_accuracy(weights: list[np.ndarray], frac_bits: int, data: digits.Digits) -> float:

@@ -20,6 +20,13 @@ def formats(cfg: TrainConfig) -> tuple[tm.HardwareConfig, nx.FixedPointFormat]:
 
 
 def run_model(cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = None) -> BackendResult:
+    return run_model_cluster(cfg, jobs, max_cycles)[0]
+
+
+def run_model_cluster(
+    cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = None
+) -> tuple[BackendResult, Cluster]:
+    """:func:`run_model`, also returning the cluster for backdoor inspection (tests)."""
     hw, fmt = formats(cfg)
     cluster = Cluster(cfg.nodes, hw, fmt)
     weights = {}
@@ -36,4 +43,4 @@ def run_model(cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = No
         return lambda d: NodeFirmware(d, job).run()
 
     run = cluster.run([program(i) for i in range(cfg.nodes)], max_cycles)
-    return BackendResult(run.results, weights, run.cycles)
+    return BackendResult(run.results, weights, run.cycles), cluster
