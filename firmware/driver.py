@@ -79,6 +79,8 @@ class Driver:
         self.on_dma_done: Callable[[int, int], None] = lambda q, n: None
         self.on_rx_done: Callable[[int], None] = lambda w: None
         self.after_service: Callable[[], Awaitable[None]] | None = None
+        # staged command registers keep their value after a launch: skip rewriting them
+        self._cmd_shadow: dict[str, int] = {}
 
     async def read(self, name: str) -> int:
         return await self.dev.read32(rm.offset(name))
@@ -167,7 +169,9 @@ class Driver:
             ("CMD_ARG", arg),
             ("CMD_TAG", tag),
         ):
-            await self.write(name, value)
+            if self._cmd_shadow.get(name) != value:
+                await self.write(name, value)
+                self._cmd_shadow[name] = value
         await self.write("CMD_LAUNCH", 1)
         self.issued += 1
         if on_done is not None:

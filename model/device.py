@@ -31,6 +31,7 @@ from gradsync.model import timing as tm
 from gradsync.model.events import Future, Simulator
 
 M32 = 0xFFFF_FFFF
+_CONTROL = rm.offset("CONTROL")
 
 
 @dataclass
@@ -112,6 +113,7 @@ class ModelDevice:
         self.ring = np.zeros(hw.ring_entries * rm.DMA_QUEUES * rm.DESCRIPTOR_WORDS, dtype=np.int64)
         self.trace: list[rm.TraceRecord] = []  # every record ever written (for the model's own use)
         self._trace_words = np.zeros(hw.trace_records * rm.TRACE_RECORD_WORDS, dtype=np.int64)
+        self._trace_pending: list[tuple[int, rm.TraceRecord]] = []
         self.trace_head = 0
         self.trace_tail = 0
         self.trace_drops = 0
@@ -191,18 +193,43 @@ class ModelDevice:
         return None
 
     def _trace(self, engine: int, event: int, kind: int, tag: int, aux: int = 0, cycle: int | None = None) -> None:
-        if not self.regs[rm.offset("CONTROL")] & 1:
+        if not self.regs[_CONTROL] & 1:
             return
         rec = rm.TraceRecord(self.sim.now if cycle is None else cycle, engine, event, kind, tag & M32, aux & M32)
         self.trace.append(rec)
         if self.trace_head - self.trace_tail >= self.hw.trace_records:
             self.trace_drops += 1
             return
-        slot = self.trace_head % self.hw.trace_records
-        self._trace_words[slot * 4 : slot * 4 + 4] = rec.encode()
+        # trace RAM words are materialised when the host reads them (see _flush_trace)
+        self._trace_pending.append((self.trace_head % self.hw.trace_records, rec))
         self.trace_head += 1
         if self.trace_head - self.trace_tail >= self.hw.trace_records // 2:
             self._raise_irq(rm.Irq.TRACE)
+
+    def _flush_trace(self) -> None:
+        """Encode pending records into trace RAM (vectorised; same words as TraceRecord.encode)."""
+        if not self._trace_pending:
+            return
+        slots = np.array([s for s, _ in self._trace_pending], dtype=np.int64)
+        recs = [r for _, r in self._trace_pending]
+        cycle = np.array([r.cycle for r in recs], dtype=np.int64)
+        info = (
+            ((cycle >> 32) & 0xFFFF)
+            | (np.array([r.engine for r in recs], dtype=np.int64) << 16)
+            | (np.array([r.event for r in recs], dtype=np.int64) << 20)
+            | (np.array([r.kind for r in recs], dtype=np.int64) << 24)
+        )
+        words = np.stack(
+            [
+                cycle & M32,
+                info,
+                np.array([r.tag for r in recs], dtype=np.int64),
+                np.array([r.aux for r in recs], dtype=np.int64),
+            ],
+            axis=1,
+        )
+        self._trace_words.reshape(-1, rm.TRACE_RECORD_WORDS)[slots] = words
+        self._trace_pending = []
 
     def _raise_irq(self, bits: int) -> None:
         self.irq_status |= int(bits)
@@ -267,6 +294,8 @@ class ModelDevice:
         mem, idx, nbytes = self._bulk_target(addr, n)
         t0 = self.sim.now
         await self.sim.delay(tm.host_bulk_cycles(nbytes, self.hw))
+        if mem is self._trace_words:
+            self._flush_trace()
         out = mem[idx : idx + n].copy()
         tag = self.regs[rm.offset("HOST_TAG")]
         kind = rm.Kind.TRACE if mem is self._trace_words else rm.Kind.DUMP
@@ -278,6 +307,7 @@ class ModelDevice:
         if rm.RING_MEM_BASE <= addr < rm.RING_MEM_BASE + rm.REGION_SPAN:
             mem, wbytes, off = self.ring, 4, addr - rm.RING_MEM_BASE
         elif rm.TRACE_MEM_BASE <= addr < rm.TRACE_MEM_BASE + rm.REGION_SPAN:
+            self._flush_trace()
             mem, wbytes, off = self._trace_words, 4, addr - rm.TRACE_MEM_BASE
         else:
             region = self._region(addr, n)
@@ -345,6 +375,7 @@ class ModelDevice:
         if name == "TRACE_DATA":
             if self.trace_head == self.trace_tail:
                 return 0
+            self._flush_trace()
             slot = self.trace_tail % self.hw.trace_records
             word = int(self._trace_words[slot * 4 + self._pop_word])
             self._pop_word += 1

@@ -66,6 +66,7 @@ class Simulator:
         self._heap: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
         self.tasks: list[Task] = []
+        self._failed: list[Task] = []
 
     def at(self, cycle: int, fn: Callable[[], None]) -> None:
         if cycle < self.now:
@@ -97,12 +98,14 @@ class Simulator:
         except BaseException as exc:  # surfaced by run()
             task.done = True
             task.exception = exc
+            self._failed.append(task)
             return
         if not isinstance(fut, Future):
             task.done = True
             task.exception = SimulationError(
                 f"task {task.name} awaited {fut!r}; firmware may only await the device protocol"
             )
+            self._failed.append(task)
             return
         fut.add_callback(lambda v: self.after(0, lambda: self._step(task, v)))
 
@@ -114,10 +117,10 @@ class Simulator:
                 raise SimulationError(f"cycle budget of {max_cycles} exhausted")
             self.now = cycle
             fn()
-            for task in self.tasks:
-                if task.exception is not None:
-                    exc, task.exception = task.exception, None
-                    raise exc
+            if self._failed:
+                task = self._failed.pop(0)
+                exc, task.exception = task.exception, None
+                raise exc
         stuck = [t.name for t in self.tasks if not t.done]
         if stuck:
             raise SimulationError(
