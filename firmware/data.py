@@ -43,22 +43,27 @@ def load(seed: int) -> Digits:
     return Digits(x, y, np.sort(order[n_test:]), np.sort(order[:n_test]))
 
 
-def batch_indices(data: Digits, seed: int, steps: int, global_batch: int, nodes: int) -> list[list[np.ndarray]]:
+def batch_indices(
+    data: Digits, seed: int, steps: int, global_batch: int, nodes: int
+) -> list[list[np.ndarray]]:
     """Per step, per node, the data-set indices of that node's shard of the global batch.
 
-    Global batches walk through seeded shuffles of the training indices
-    (epoch after epoch); node ``i`` takes rows ``i::nodes`` of each batch.
+    Global batches walk through seeded shuffles of the training indices,
+    epoch after epoch; an epoch's last partial batch is dropped, so no sample
+    appears twice in one batch.  Node ``i`` takes rows ``i::nodes`` of each batch.
     """
     if global_batch % nodes:
         raise ValueError(f"global batch {global_batch} is not divisible by {nodes} nodes")
     if global_batch > len(data.train_indices):
-        raise ValueError(f"global batch {global_batch} exceeds the {len(data.train_indices)} training samples")
+        raise ValueError(
+            f"global batch {global_batch} exceeds the {len(data.train_indices)} training samples"
+        )
     rng = np.random.default_rng(seed + 1)
     out: list[list[np.ndarray]] = []
     pool: list[int] = []
     for _ in range(steps):
-        while len(pool) < global_batch:
-            pool.extend(rng.permutation(data.train_indices).tolist())
+        if len(pool) < global_batch:
+            pool = rng.permutation(data.train_indices).tolist()
         batch, pool = np.array(pool[:global_batch]), pool[global_batch:]
         out.append([batch[i::nodes] for i in range(nodes)])
     return out

@@ -95,7 +95,9 @@ class Driver:
             raise DeviceError(f"ID register reads 0x{ident:08x}, expected 0x{rm.DEVICE_ID:08x}")
         version = await self.read("VERSION")
         if version >> 16 != rm.REGMAP_VERSION >> 16:
-            raise DeviceError(f"register map major version {version >> 16} is not {rm.REGMAP_VERSION >> 16}")
+            raise DeviceError(
+                f"register map major version {version >> 16} is not {rm.REGMAP_VERSION >> 16}"
+            )
         fmt_word = await self.read("HW_FORMAT")
         f = rm.reg("HW_FORMAT")
         queues = await self.read("HW_QUEUES")
@@ -125,7 +127,8 @@ class Driver:
         self.ring_size = self.info.ring_entries
         for qi in range(rm.DMA_QUEUES):
             await self.dev.write32(
-                rm.dma_reg(qi, "RING_BASE"), rm.RING_MEM_BASE + qi * self.ring_size * rm.DESCRIPTOR_BYTES
+                rm.dma_reg(qi, "RING_BASE"),
+                rm.RING_MEM_BASE + qi * self.ring_size * rm.DESCRIPTOR_BYTES,
             )
             await self.dev.write32(rm.dma_reg(qi, "RING_SIZE"), self.ring_size)
             await self.dev.write32(rm.dma_reg(qi, "WIN_BASE"), rm.GRAD_BASE)
@@ -201,7 +204,9 @@ class Driver:
         await self.dev.write32(rm.dma_reg(queue, "DOORBELL"), self.ring_tail[queue] & 0xFFFF_FFFF)
 
     # --------------------------------------------------------------- RX windows
-    async def open_window(self, window: int, dst: int, src: int, length: int, tag: int, expect: int) -> None:
+    async def open_window(
+        self, window: int, dst: int, src: int, length: int, tag: int, expect: int
+    ) -> None:
         for name, value in (("DST", dst), ("SRC", src), ("LEN", length), ("TAG", tag), ("CTRL", 1)):
             await self.dev.write32(rm.rx_window_reg(window, name), value)
         await self.dev.write32(rm.rx_window_reg(window, "EXPECT"), expect)
@@ -264,7 +269,9 @@ class Driver:
         while tail != head:
             slot = tail % depth
             n = min(head - tail, depth - slot)
-            words = await self.dev.dump(rm.TRACE_MEM_BASE + slot * rm.TRACE_RECORD_WORDS * 4, n * rm.TRACE_RECORD_WORDS)
+            words = await self.dev.dump(
+                rm.TRACE_MEM_BASE + slot * rm.TRACE_RECORD_WORDS * 4, n * rm.TRACE_RECORD_WORDS
+            )
             for i in range(n):
                 records.append(rm.TraceRecord.decode(words[i * 4 : i * 4 + 4].tolist()))
             tail += n

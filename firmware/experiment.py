@@ -48,7 +48,9 @@ class TrainConfig:
             raise ConfigError(
                 f"global batch {self.global_batch} must be a positive multiple of the {self.nodes} nodes"
             )
-        if self.chunk_bytes is not None and (self.chunk_bytes <= 0 or self.chunk_bytes % rm.DMA_ALIGN_BYTES):
+        if self.chunk_bytes is not None and (
+            self.chunk_bytes <= 0 or self.chunk_bytes % rm.DMA_ALIGN_BYTES
+        ):
             raise ConfigError(
                 f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {self.chunk_bytes}"
             )
@@ -105,12 +107,18 @@ def init_weights(layers: tuple[int, ...], seed: int) -> list[np.ndarray]:
     return out
 
 
-def build_jobs(cfg: TrainConfig, data: digits.Digits) -> tuple[list[NodeJob], list[list[np.ndarray]]]:
+def build_jobs(
+    cfg: TrainConfig, data: digits.Digits
+) -> tuple[list[NodeJob], list[list[np.ndarray]]]:
     cfg.validate()
     if cfg.layers[0] != data.features:
-        raise ConfigError(f"the first layer must have {data.features} inputs for digits, not {cfg.layers[0]}")
+        raise ConfigError(
+            f"the first layer must have {data.features} inputs for digits, not {cfg.layers[0]}"
+        )
     if cfg.layers[-1] != data.classes:
-        raise ConfigError(f"the last layer must have {data.classes} outputs for digits, not {cfg.layers[-1]}")
+        raise ConfigError(
+            f"the last layer must have {data.classes} outputs for digits, not {cfg.layers[-1]}"
+        )
     batches = digits.batch_indices(data, cfg.seed, cfg.steps, cfg.global_batch, cfg.nodes)
     weights = init_weights(cfg.layers, cfg.seed)
     jobs = []
@@ -197,7 +205,9 @@ COMM_ENGINES = (rm.Engine.DMA_HI, rm.Engine.DMA_LO, rm.Engine.NIC_TX, rm.Engine.
 COMPUTE_ENGINES = (rm.Engine.COMPUTE, rm.Engine.VECTOR)
 
 
-def step_timing(all_intervals: list[Interval], steps: int, nodes: int) -> list[tuple[int, int, int, int]]:
+def step_timing(
+    all_intervals: list[Interval], steps: int, nodes: int
+) -> list[tuple[int, int, int, int]]:
     """(start, cycles, layer1_ready, exposed_comm) per step from the trace intervals."""
     loads: dict[int, list[int]] = {}
     ready: dict[int, list[int]] = {}
@@ -232,7 +242,12 @@ def step_timing(all_intervals: list[Interval], steps: int, nodes: int) -> list[t
         l1 = max(r) - lo if len(r) == nodes else -1
         worst = 0
         for n in range(nodes):
-            worst = max(worst, exposed(_window(comm[n], lo, hi, longest), _window(comp[n], lo, hi, longest), lo, hi))
+            worst = max(
+                worst,
+                exposed(
+                    _window(comm[n], lo, hi, longest), _window(comp[n], lo, hi, longest), lo, hi
+                ),
+            )
         out.append((lo, hi - lo, l1, worst))
     return out
 
@@ -257,7 +272,9 @@ def forward_accuracy(weights: list[np.ndarray], frac_bits: int, data: digits.Dig
     return float((h.argmax(axis=1) == data.y[data.test_indices]).mean())
 
 
-def run(cfg: TrainConfig, backend: Backend, on_step: Callable[[StepMetrics], None] | None = None) -> RunResult:
+def run(
+    cfg: TrainConfig, backend: Backend, on_step: Callable[[StepMetrics], None] | None = None
+) -> RunResult:
     """Train ``cfg`` on ``backend``; raise if the nodes' weights ever differ."""
     cfg.validate()
     data = digits.load(cfg.seed)
@@ -273,7 +290,9 @@ def run(cfg: TrainConfig, backend: Backend, on_step: Callable[[StepMetrics], Non
             ref = res.weights[(0, k, layer)]
             for node in range(1, cfg.nodes):
                 if not np.array_equal(res.weights[(node, k, layer)], ref):
-                    raise RuntimeError(f"node {node} holds different layer-{layer} weights than node 0 at step {k}")
+                    raise RuntimeError(
+                        f"node {node} holds different layer-{layer} weights than node 0 at step {k}"
+                    )
             per_layer.append(ref.reshape(cfg.layers[layer - 1], cfg.layers[layer]))
         weights.append(per_layer)
     ivs = [iv for node, nr in enumerate(res.nodes) for iv in intervals(nr.records, node)]
@@ -297,6 +316,12 @@ def run(cfg: TrainConfig, backend: Backend, on_step: Callable[[StepMetrics], Non
         if on_step is not None:
             on_step(m)
     return RunResult(
-        cfg, data, metrics, weights, [nr.records for nr in res.nodes], res.total_cycles, wall,
+        cfg,
+        data,
+        metrics,
+        weights,
+        [nr.records for nr in res.nodes],
+        res.total_cycles,
+        wall,
         res.nodes[0].chunk_bytes,
     )

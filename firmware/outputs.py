@@ -63,7 +63,9 @@ def results_dict(res: RunResult, backend: str) -> dict:
         "totals": {
             "cycles": total,
             "wall_seconds": res.wall_seconds,
-            "simulated_cycles_per_second": total / res.wall_seconds if res.wall_seconds > 0 else None,
+            "simulated_cycles_per_second": total / res.wall_seconds
+            if res.wall_seconds > 0
+            else None,
         },
     }
 
@@ -82,11 +84,21 @@ def event_name(iv: Interval) -> str:
 def trace_events(records: list[list[rm.TraceRecord]]) -> dict:
     events: list[dict] = []
     for node, recs in enumerate(records):
-        events.append({"name": "process_name", "ph": "M", "pid": node, "args": {"name": f"node {node}"}})
+        events.append(
+            {"name": "process_name", "ph": "M", "pid": node, "args": {"name": f"node {node}"}}
+        )
         for eng, name in rm.ENGINE_NAMES.items():
-            events.append({"name": "thread_name", "ph": "M", "pid": node, "tid": name, "args": {"name": name}})
             events.append(
-                {"name": "thread_sort_index", "ph": "M", "pid": node, "tid": name, "args": {"sort_index": int(eng)}}
+                {"name": "thread_name", "ph": "M", "pid": node, "tid": name, "args": {"name": name}}
+            )
+            events.append(
+                {
+                    "name": "thread_sort_index",
+                    "ph": "M",
+                    "pid": node,
+                    "tid": name,
+                    "args": {"sort_index": int(eng)},
+                }
             )
         for iv in intervals(recs, node):
             eng = rm.Engine(iv.engine)
@@ -96,7 +108,13 @@ def trace_events(records: list[list[rm.TraceRecord]]) -> dict:
                 "chunk": iv.chunk,
                 "kind": rm.KIND_NAMES.get(iv.kind, "other"),
             }
-            if eng in (rm.Engine.DMA_HI, rm.Engine.DMA_LO, rm.Engine.NIC_TX, rm.Engine.NIC_RX, rm.Engine.HOST):
+            if eng in (
+                rm.Engine.DMA_HI,
+                rm.Engine.DMA_LO,
+                rm.Engine.NIC_TX,
+                rm.Engine.NIC_RX,
+                rm.Engine.HOST,
+            ):
                 args["bytes"] = iv.aux
             if eng in (rm.Engine.DMA_HI, rm.Engine.DMA_LO):
                 args["queue"] = "hi" if eng == rm.Engine.DMA_HI else "lo"
@@ -155,7 +173,9 @@ def write_timeline(res: RunResult, path: Path, max_steps: int = 3) -> None:
                 continue
             y = index[(node, rm.Engine(iv.engine))]
             color = "0.6" if iv.engine == rm.Engine.HOST else cmap((iv.layer - 1) % 10)
-            ax.broken_barh([(iv.start, max(iv.end - iv.start, 1))], (y - 0.4, 0.8), facecolors=color)
+            ax.broken_barh(
+                [(iv.start, max(iv.end - iv.start, 1))], (y - 0.4, 0.8), facecolors=color
+            )
     for m in steps:
         ax.axvline(m.start_cycle, color="k", lw=0.5)
         if m.layer1_ready_cycle >= 0:
@@ -168,8 +188,15 @@ def write_timeline(res: RunResult, path: Path, max_steps: int = 3) -> None:
     layers = len(res.config.layers) - 1
     handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i % 10)) for i in range(layers)]
     handles.append(plt.Line2D([0], [0], color="r", ls="--"))
-    ax.legend(handles, [f"layer {i + 1}" for i in range(layers)] + ["layer 1 ready"], loc="upper right", fontsize=8)
-    ax.set_title(f"{res.config.schedule}: {nodes} nodes, chunk {res.chunk_bytes} B (first {len(steps)} steps)")
+    ax.legend(
+        handles,
+        [f"layer {i + 1}" for i in range(layers)] + ["layer 1 ready"],
+        loc="upper right",
+        fontsize=8,
+    )
+    ax.set_title(
+        f"{res.config.schedule}: {nodes} nodes, chunk {res.chunk_bytes} B (first {len(steps)} steps)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

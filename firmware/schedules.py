@@ -129,14 +129,20 @@ def load_schedule(spec: str | Schedule) -> Schedule:
     obj = cls()
     for attr in ("queue", "priority", "overlap_backward", "early_update", "max_inflight"):
         if not hasattr(obj, attr):
-            raise ValueError(f"schedule {spec!r} lacks {attr!r}; subclass gradsync.firmware.schedules.Schedule")
+            raise ValueError(
+                f"schedule {spec!r} lacks {attr!r}; subclass gradsync.firmware.schedules.Schedule"
+            )
     if not hasattr(obj, "name"):
         obj.name = cls_name
     return obj
 
 
 def chunk_link_efficiency(
-    chunk_bytes: int, bytes_per_cycle: int, latency_cycles: int, framing_bytes: int, max_payload: int
+    chunk_bytes: int,
+    bytes_per_cycle: int,
+    latency_cycles: int,
+    framing_bytes: int,
+    max_payload: int,
 ) -> float:
     """Payload share of a chunk's link time (framing per packet, latency once)."""
     full, rest = divmod(chunk_bytes, max_payload)
@@ -160,7 +166,9 @@ def auto_chunk_bytes(
     candidate = max_payload
     for packets in range(1, 65):
         candidate = packets * max_payload
-        eff = chunk_link_efficiency(candidate, bytes_per_cycle, latency_cycles, framing_bytes, max_payload)
+        eff = chunk_link_efficiency(
+            candidate, bytes_per_cycle, latency_cycles, framing_bytes, max_payload
+        )
         if eff >= target_efficiency:
             break
     return candidate - candidate % word_bytes

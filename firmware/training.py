@@ -82,7 +82,9 @@ class _Layout:
     grad_window_bytes: int
 
 
-def plan_memory(layers: tuple[int, ...], local_batch: int, word_bytes: int, scratch_words: int, grad_words: int) -> _Layout:
+def plan_memory(
+    layers: tuple[int, ...], local_batch: int, word_bytes: int, scratch_words: int, grad_words: int
+) -> _Layout:
     """Place weights, activations and gradients; raise ConfigError if they do not fit."""
     nl = len(layers) - 1
     sp = 0
@@ -182,7 +184,9 @@ class NodeFirmware:
         info = await drv.init(0)
         self.fmt = info.fmt
         self.node, self.nodes = info.node_id, info.num_nodes
-        self.lay = plan_memory(job.layers, local_batch, info.fmt.word_bytes, info.scratch_words, info.grad_words)
+        self.lay = plan_memory(
+            job.layers, local_batch, info.fmt.word_bytes, info.scratch_words, info.grad_words
+        )
         for qi in range(rm.DMA_QUEUES):
             await self.dev.write32(rm.dma_reg(qi, "WIN_LEN"), self.lay.grad_window_bytes)
         chunk = job.chunk_bytes
@@ -196,7 +200,9 @@ class NodeFirmware:
             )
         check_chunk_bytes(chunk, info.grad_words * info.fmt.word_bytes)
         self.chunk_bytes = chunk
-        self.chunks = [[]] + [split_chunks(self.lay.grad_bytes[i], chunk) for i in range(1, self.nl + 1)]
+        self.chunks = [[]] + [
+            split_chunks(self.lay.grad_bytes[i], chunk) for i in range(1, self.nl + 1)
+        ]
         total_chunks = sum(len(c) for c in self.chunks)
         if self.nodes > 1 and total_chunks > info.rx_windows:
             raise ConfigError(
@@ -215,12 +221,16 @@ class NodeFirmware:
         drv.on_rx_done = self._rx_done
         for i in range(1, self.nl + 1):
             await drv.write("HOST_TAG", self._tag(i, 0, 0))
-            await self.dev.load(self.lay.w[i], self.fmt.quantize(job.init_weights[i - 1]).reshape(-1))
+            await self.dev.load(
+                self.lay.w[i], self.fmt.quantize(job.init_weights[i - 1]).reshape(-1)
+            )
         for i in range(1, self.nl + 1):
             await self._open_windows(i, 0)
         for step in range(job.steps):
             await self._step(step)
-        await drv.wait_until(lambda: all(self.updated[i] >= job.steps for i in range(1, self.nl + 1)))
+        await drv.wait_until(
+            lambda: all(self.updated[i] >= job.steps for i in range(1, self.nl + 1))
+        )
         await drv.wait_until(lambda: not any(self.sends_outstanding))
         for i in range(1, self.nl + 1):
             job.observer.weights(job.steps, i, self.lay.w[i], job.layers[i - 1] * job.layers[i])
@@ -246,13 +256,27 @@ class NodeFirmware:
             job.observer.weights(k, i, lay.w[i], job.layers[i - 1] * job.layers[i])
             n_in, n_out = job.layers[i - 1], job.layers[i]
             last = await drv.launch(
-                rm.Opcode.GEMM, lay.act[i - 1], lay.w[i], lay.act[i], b, n_in, n_out,
-                kind=rm.Kind.FWD, tag=self._tag(i, 0, k),
+                rm.Opcode.GEMM,
+                lay.act[i - 1],
+                lay.w[i],
+                lay.act[i],
+                b,
+                n_in,
+                n_out,
+                kind=rm.Kind.FWD,
+                tag=self._tag(i, 0, k),
             )
             if i < top:
                 last = await drv.launch(
-                    rm.Opcode.RELU, lay.act[i], 0, lay.act[i], b, 0, n_out,
-                    kind=rm.Kind.RELU, tag=self._tag(i, 0, k),
+                    rm.Opcode.RELU,
+                    lay.act[i],
+                    0,
+                    lay.act[i],
+                    b,
+                    0,
+                    n_out,
+                    kind=rm.Kind.RELU,
+                    tag=self._tag(i, 0, k),
                 )
         await drv.wait_compute(last)
         n_cls = job.layers[-1]
@@ -271,18 +295,42 @@ class NodeFirmware:
             await drv.wait_until(lambda i=i: self.sends_outstanding[i] == 0)
             n_in, n_out = job.layers[i - 1], job.layers[i]
             await drv.launch(
-                rm.Opcode.GEMM, lay.act[i - 1], lay.dz[i], lay.g[i], n_in, b, n_out,
-                arg=self.s, kind=rm.Kind.DW, tag=self._tag(i, 0, k), trans_a=True,
+                rm.Opcode.GEMM,
+                lay.act[i - 1],
+                lay.dz[i],
+                lay.g[i],
+                n_in,
+                b,
+                n_out,
+                arg=self.s,
+                kind=rm.Kind.DW,
+                tag=self._tag(i, 0, k),
+                trans_a=True,
                 on_done=lambda i=i: self._gradient_ready(i),
             )
             if i > 1:
                 await drv.launch(
-                    rm.Opcode.GEMM, lay.dz[i], lay.w[i], lay.dz[i - 1], b, n_out, n_in,
-                    kind=rm.Kind.DA, tag=self._tag(i - 1, 0, k), trans_b=True,
+                    rm.Opcode.GEMM,
+                    lay.dz[i],
+                    lay.w[i],
+                    lay.dz[i - 1],
+                    b,
+                    n_out,
+                    n_in,
+                    kind=rm.Kind.DA,
+                    tag=self._tag(i - 1, 0, k),
+                    trans_b=True,
                 )
                 await drv.launch(
-                    rm.Opcode.RELU_BWD, lay.dz[i - 1], lay.act[i - 1], lay.dz[i - 1], b, 0, n_in,
-                    kind=rm.Kind.RELU_BWD, tag=self._tag(i - 1, 0, k),
+                    rm.Opcode.RELU_BWD,
+                    lay.dz[i - 1],
+                    lay.act[i - 1],
+                    lay.dz[i - 1],
+                    b,
+                    0,
+                    n_in,
+                    kind=rm.Kind.RELU_BWD,
+                    tag=self._tag(i - 1, 0, k),
                 )
 
     # -------------------------------------------------------- deferred work
@@ -314,8 +362,17 @@ class NodeFirmware:
             self._reopen.append((layer, self.updated[layer]))
 
         await self.drv.launch(
-            rm.Opcode.SGD, lay.w[layer], grads, lay.w[layer], 1, 0, n,
-            arg=self.lr_raw, kind=rm.Kind.UPDATE, tag=self._tag(layer, 0, step), on_done=done,
+            rm.Opcode.SGD,
+            lay.w[layer],
+            grads,
+            lay.w[layer],
+            1,
+            0,
+            n,
+            arg=self.lr_raw,
+            kind=rm.Kind.UPDATE,
+            tag=self._tag(layer, 0, step),
+            on_done=done,
         )
 
     # -------------------------------------------------------------- exchange
@@ -327,7 +384,11 @@ class NodeFirmware:
             plan = chunk_plan(self.node, self.nodes, n)
             self.step_chunks[w] = _ChunkState(layer, c, w, off, n, plan, pending=list(plan.sends))
             await self.drv.open_window(
-                w, self.lay.r[layer] + off, self.lay.g[layer] + off, n, self._tag(layer, c, step),
+                w,
+                self.lay.r[layer] + off,
+                self.lay.g[layer] + off,
+                n,
+                self._tag(layer, c, step),
                 plan.thresholds[0],
             )
         self.chunks_left[layer] = len(self.chunks[layer])
@@ -379,7 +440,8 @@ class NodeFirmware:
 
     def _postable(self) -> bool:
         return any(
-            len(self.inflight[self.sched.queue(t)]) < self.sched.max_inflight for _k, t, _d in self.buffer
+            len(self.inflight[self.sched.queue(t)]) < self.sched.max_inflight
+            for _k, t, _d in self.buffer
         )
 
     async def _pump(self) -> None:
@@ -426,7 +488,9 @@ class NodeFirmware:
 
 def check_chunk_bytes(chunk: int, grad_sram_bytes: int) -> None:
     if chunk <= 0 or chunk % rm.DMA_ALIGN_BYTES:
-        raise ConfigError(f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {chunk}")
+        raise ConfigError(
+            f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {chunk}"
+        )
     if chunk > grad_sram_bytes:
         raise ConfigError(
             f"chunk size {chunk} bytes is larger than the gradient SRAM ({grad_sram_bytes} bytes)"

@@ -64,6 +64,8 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"gradsync compare: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.nodes} nodes, chunk {rows[0]['chunk_bytes']} B, {args.steps} steps, backend {args.backend}")
+    print(
+        f"{args.nodes} nodes, chunk {rows[0]['chunk_bytes']} B, {args.steps} steps, backend {args.backend}"
+    )
     print(format_table(rows))
     return 0

@@ -16,7 +16,9 @@ def _layers(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"layers must be comma-separated integers, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"layers must be comma-separated integers, not {text!r}"
+        ) from None
     return widths
 
 
@@ -26,12 +28,19 @@ def _chunk(text: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"chunk size must be bytes or 'auto', not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"chunk size must be bytes or 'auto', not {text!r}"
+        ) from None
 
 
 def add_config_arguments(p: argparse.ArgumentParser, *, schedule: bool = True) -> None:
     """Arguments shared by ``train`` and ``compare``."""
-    p.add_argument("--backend", choices=("model", "rtl"), default="model", help="device backend (default model)")
+    p.add_argument(
+        "--backend",
+        choices=("model", "rtl"),
+        default="model",
+        help="device backend (default model)",
+    )
     p.add_argument("--nodes", type=int, default=2, help="simulated nodes (default 2)")
     if schedule:
         p.add_argument(
@@ -39,12 +48,23 @@ def add_config_arguments(p: argparse.ArgumentParser, *, schedule: bool = True) -
             default="priority",
             help="sequential, fifo, priority, or path/to/file.py:ClassName (default priority)",
         )
-    p.add_argument("--chunk-bytes", type=_chunk, default=512, help="gradient chunk in bytes, or 'auto' (default 512)")
+    p.add_argument(
+        "--chunk-bytes",
+        type=_chunk,
+        default=512,
+        help="gradient chunk in bytes, or 'auto' (default 512)",
+    )
     p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
-    p.add_argument("--layers", type=_layers, default=(64, 32, 10), help="MLP widths (default 64,32,10)")
-    p.add_argument("--global-batch", type=int, default=64, help="samples per step over all nodes (default 64)")
+    p.add_argument(
+        "--layers", type=_layers, default=(64, 32, 10), help="MLP widths (default 64,32,10)"
+    )
+    p.add_argument(
+        "--global-batch", type=int, default=64, help="samples per step over all nodes (default 64)"
+    )
     p.add_argument("--lr", type=float, default=0.25, help="SGD learning rate (default 0.25)")
-    p.add_argument("--seed", type=int, default=0, help="data split, batches and initial weights (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="data split, batches and initial weights (default 0)"
+    )
     hw = p.add_argument_group("hardware")
     hw.add_argument("--array", default="8x8", help="systolic array RxC (default 8x8)")
     hw.add_argument("--link-bytes-per-cycle", type=int, default=4)
@@ -102,7 +122,9 @@ def backend_for(name: str):
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train an MLP on digits across N simulated nodes")
     add_config_arguments(p)
-    p.add_argument("--out", type=Path, help="write results.json, weights/, trace.json, timeline.png here")
+    p.add_argument(
+        "--out", type=Path, help="write results.json, weights/, trace.json, timeline.png here"
+    )
     p.add_argument("--quiet", action="store_true", help="no per-step lines")
     p.set_defaults(func=run)
 

@@ -19,7 +19,9 @@ def formats(cfg: TrainConfig) -> tuple[tm.HardwareConfig, nx.FixedPointFormat]:
     return tm.HardwareConfig(**cfg.hardware), nx.FixedPointFormat(**cfg.fixed_point)
 
 
-def run_model(cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = None) -> BackendResult:
+def run_model(
+    cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = None
+) -> BackendResult:
     return run_model_cluster(cfg, jobs, max_cycles)[0]
 
 

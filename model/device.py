@@ -134,7 +134,10 @@ class ModelDevice:
         self.rx_done = 0
         self.rx_drops = 0
         self.rx_free_at = 0  # cycle the in-order packet applier is free again
-        self.perf = {name: 0 for name in ("gemm", "vector", "tx", "tx_bytes", "tx_pkts", "rx_pkts", "rx_bytes")}
+        self.perf = {
+            name: 0
+            for name in ("gemm", "vector", "tx", "tx_bytes", "tx_pkts", "rx_pkts", "rx_bytes")
+        }
         self._irq_waiters: list[tuple[int, Future]] = []
         self._cycle_hi_latch = 0
 
@@ -148,7 +151,10 @@ class ModelDevice:
         put("NODE_ID", self.node_id)
         put("NUM_NODES", self.num_nodes)
         put("TX_PEER", self.tx_peer)
-        put("HW_ARRAY", rm.reg("HW_ARRAY").pack(rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes))
+        put(
+            "HW_ARRAY",
+            rm.reg("HW_ARRAY").pack(rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes),
+        )
         put(
             "HW_FORMAT",
             rm.reg("HW_FORMAT").pack(
@@ -164,7 +170,9 @@ class ModelDevice:
         put(
             "HW_QUEUES",
             rm.reg("HW_QUEUES").pack(
-                ring_entries=hw.ring_entries, rx_windows=hw.rx_windows, cmd_fifo_depth=hw.cmd_fifo_depth
+                ring_entries=hw.ring_entries,
+                rx_windows=hw.rx_windows,
+                cmd_fifo_depth=hw.cmd_fifo_depth,
             ),
         )
         put("TRACE_DEPTH", hw.trace_records)
@@ -192,10 +200,14 @@ class ModelDevice:
                 return mem, idx
         return None
 
-    def _trace(self, engine: int, event: int, kind: int, tag: int, aux: int = 0, cycle: int | None = None) -> None:
+    def _trace(
+        self, engine: int, event: int, kind: int, tag: int, aux: int = 0, cycle: int | None = None
+    ) -> None:
         if not self.regs[_CONTROL] & 1:
             return
-        rec = rm.TraceRecord(self.sim.now if cycle is None else cycle, engine, event, kind, tag & M32, aux & M32)
+        rec = rm.TraceRecord(
+            self.sim.now if cycle is None else cycle, engine, event, kind, tag & M32, aux & M32
+        )
         self.trace.append(rec)
         if self.trace_head - self.trace_tail >= self.hw.trace_records:
             self.trace_drops += 1
@@ -250,7 +262,9 @@ class ModelDevice:
         self._irq_waiters = still
 
     def _error(self, code: rm.ErrorCode, engine: int, index: int, info: int) -> None:
-        self.regs[rm.offset("ERR_CODE")] = rm.reg("ERR_CODE").pack(code=int(code), engine=engine, index=index & 0xFFFF)
+        self.regs[rm.offset("ERR_CODE")] = rm.reg("ERR_CODE").pack(
+            code=int(code), engine=engine, index=index & 0xFFFF
+        )
         self.regs[rm.offset("ERR_INFO")] = info & M32
         self.err_count += 1
         self._trace(engine, rm.TraceEvent.ERROR, rm.Kind.OTHER, info, int(code))
@@ -270,7 +284,9 @@ class ModelDevice:
             await self.sim.delay(self.hw.host_read_cycles)
             return self.irq_status & mask
         if not mask & self.irq_mask:
-            raise ValueError(f"wait_irq(0x{mask:x}) can never return: IRQ_MASK is 0x{self.irq_mask:x}")
+            raise ValueError(
+                f"wait_irq(0x{mask:x}) can never return: IRQ_MASK is 0x{self.irq_mask:x}"
+            )
         fut = Future()
         self._irq_waiters.append((mask, fut))
         return await fut
@@ -283,7 +299,11 @@ class ModelDevice:
         if mem is self.ring:
             data = data & M32
         else:
-            data = nx.saturate(data, self.fmt) if self.fmt.saturate else nx.wrap(data, self.fmt.total_bits)
+            data = (
+                nx.saturate(data, self.fmt)
+                if self.fmt.saturate
+                else nx.wrap(data, self.fmt.total_bits)
+            )
         mem[idx : idx + len(data)] = data
         tag = self.regs[rm.offset("HOST_TAG")]
         kind = rm.Kind.RING if mem is self.ring else rm.Kind.LOAD
@@ -317,7 +337,9 @@ class ModelDevice:
                 )
             return region[0], region[1], n * self.wb
         if off % wbytes or off // wbytes + n > len(mem) or n < 0:
-            raise ValueError(f"bulk access of {n} words at 0x{addr:08x} is outside device memory or misaligned")
+            raise ValueError(
+                f"bulk access of {n} words at 0x{addr:08x} is outside device memory or misaligned"
+            )
         return mem, off // wbytes, n * wbytes
 
     # ---------------------------------------------------------------- MMIO
@@ -521,7 +543,11 @@ class ModelDevice:
             b = read(1).reshape((cmd.n, cmd.k) if cmd.flag("trans_b") else (cmd.k, cmd.n))
             shift = int(nx.wrap(cmd.arg, 32))
             result = nx.gemm(
-                a, b, self.fmt, trans_a=bool(cmd.flag("trans_a")), trans_b=bool(cmd.flag("trans_b")),
+                a,
+                b,
+                self.fmt,
+                trans_a=bool(cmd.flag("trans_a")),
+                trans_b=bool(cmd.flag("trans_b")),
                 extra_shift=max(shift, 0),
             ).reshape(-1)
             cycles = tm.gemm_cycles(cmd.m, cmd.k, cmd.n, self.hw)
@@ -579,7 +605,8 @@ class ModelDevice:
                 1 <= q.ring_size <= self.hw.ring_entries
                 and q.ring_base % rm.DESCRIPTOR_BYTES == 0
                 and q.ring_base >= rm.RING_MEM_BASE
-                and (q.ring_base - rm.RING_MEM_BASE) // 4 + q.ring_size * rm.DESCRIPTOR_WORDS <= len(self.ring)
+                and (q.ring_base - rm.RING_MEM_BASE) // 4 + q.ring_size * rm.DESCRIPTOR_WORDS
+                <= len(self.ring)
             )
             if not ring_ok or (value - q.head) & M32 > q.ring_size:
                 self._error(rm.ErrorCode.RING_FULL, rm.Engine.DMA_HI + q_idx, q_idx, value)
@@ -596,8 +623,12 @@ class ModelDevice:
                 return
 
     def _ring_words(self, q: _Queue, slot: int) -> tuple[int, list[int]]:
-        word_index = (q.ring_base - rm.RING_MEM_BASE) // 4 + (slot % q.ring_size) * rm.DESCRIPTOR_WORDS
-        return word_index, [int(w) for w in self.ring[word_index : word_index + rm.DESCRIPTOR_WORDS]]
+        word_index = (q.ring_base - rm.RING_MEM_BASE) // 4 + (
+            slot % q.ring_size
+        ) * rm.DESCRIPTOR_WORDS
+        return word_index, [
+            int(w) for w in self.ring[word_index : word_index + rm.DESCRIPTOR_WORDS]
+        ]
 
     def _check_descriptor(self, q: _Queue, d: rm.Descriptor) -> rm.ErrorCode:
         a = rm.DMA_ALIGN_BYTES
@@ -667,11 +698,21 @@ class ModelDevice:
                 bool(d.flags & rm.DescFlag.REDUCE_ADD),
             )
             arrive_first = t + self.hw.link_latency_cycles
-            applied = tm.rx_visible_cycle(t_end + tm.crc_arrival_offset(self.hw), peer.rx_free_at, payload)
+            applied = tm.rx_visible_cycle(
+                t_end + tm.crc_arrival_offset(self.hw), peer.rx_free_at, payload
+            )
             peer.rx_free_at = applied
             assert peer is not None
-            self.sim.at(arrive_first, lambda p=peer, pk=pkt: p._trace(
-                rm.Engine.NIC_RX, rm.TraceEvent.START, rm.Kind.RECV, pk.tag, len(pk.payload) * self.wb))
+            self.sim.at(
+                arrive_first,
+                lambda p=peer, pk=pkt: p._trace(
+                    rm.Engine.NIC_RX,
+                    rm.TraceEvent.START,
+                    rm.Kind.RECV,
+                    pk.tag,
+                    len(pk.payload) * self.wb,
+                ),
+            )
             self.sim.at(applied, lambda p=peer, pk=pkt: p.receive(pk))
             self.perf["tx_pkts"] += 1
             self.perf["tx_bytes"] += payload
@@ -679,19 +720,26 @@ class ModelDevice:
             t = t_end
         tx_cycles = t - self.sim.now
         self.perf["tx"] += tx_cycles
-        self.sim.at(t, lambda: self._trace(rm.Engine.NIC_TX, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length))
+        self.sim.at(
+            t,
+            lambda: self._trace(rm.Engine.NIC_TX, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length),
+        )
         self.sim.at(
             t + tm.DESCRIPTOR_WRITEBACK_CYCLES,
             lambda: self._dma_finish(q_idx, word_index, d, rm.ErrorCode.OK, slot),
         )
 
-    def _dma_finish(self, q_idx: int, word_index: int, d: rm.Descriptor, code: rm.ErrorCode, slot: int) -> None:
+    def _dma_finish(
+        self, q_idx: int, word_index: int, d: rm.Descriptor, code: rm.ErrorCode, slot: int
+    ) -> None:
         q = self.queues[q_idx]
         engine = rm.Engine.DMA_HI + q_idx
         self.ring[word_index + 6] = rm.descriptor_status(code)
         self.ring[word_index + 7] = self.sim.now & M32
         q.done = (q.done + 1) & M32
-        self._trace(engine, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length if code == 0 else int(code))
+        self._trace(
+            engine, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length if code == 0 else int(code)
+        )
         if code is not rm.ErrorCode.OK:
             q.errors += 1
             self._error(code, engine, slot, d.src_addr)

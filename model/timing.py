@@ -218,8 +218,13 @@ def packet_arrival_offset(hw: HardwareConfig, payload_bytes: int) -> int:
     ever applied).  A packet refused by the window checks takes the same time.
     """
     word_period = max(1, 4 // hw.link_bytes_per_cycle)
-    return (hw.link_latency_cycles + RX_APPLY_LATENCY_CYCLES + ceil_div(payload_bytes, 4)
-            + 1 - word_period)
+    return (
+        hw.link_latency_cycles
+        + RX_APPLY_LATENCY_CYCLES
+        + ceil_div(payload_bytes, 4)
+        + 1
+        - word_period
+    )
 
 
 def crc_arrival_offset(hw: HardwareConfig) -> int:

@@ -6,7 +6,16 @@ import ast
 from pathlib import Path
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
-FORBIDDEN = ("gradsync.hw", "gradsync.sim", "gradsync.model", "hw", "sim", "model", "asyncio", "cocotb")
+FORBIDDEN = (
+    "gradsync.hw",
+    "gradsync.sim",
+    "gradsync.model",
+    "hw",
+    "sim",
+    "model",
+    "asyncio",
+    "cocotb",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -30,7 +39,9 @@ def test_firmware_imports_no_backend():
         for name in imported_modules(path):
             for bad in FORBIDDEN:
                 assert name != bad and not name.startswith(bad + "."), f"{path.name} imports {name}"
-            assert not name.startswith(".."), f"{path.name} uses a relative import out of firmware: {name}"
+            assert not name.startswith(".."), (
+                f"{path.name} uses a relative import out of firmware: {name}"
+            )
 
 
 def test_checker_sees_a_forbidden_import(tmp_path):

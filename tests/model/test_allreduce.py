@@ -51,8 +51,14 @@ def exchange_program(grad: np.ndarray, results: dict):
         for c, (off, n) in enumerate(chunks):
             plan = chunk_plan(node, nodes, n)
             state[c] = {"plan": plan, "level": 0, "t": 0, "pending": list(plan.sends), "off": off}
-            await drv.open_window(c, gaddr(R_WORD) + off, gaddr(G_WORD) + off, n, rm.encode_tag(1, c, 0),
-                                  plan.thresholds[0])
+            await drv.open_window(
+                c,
+                gaddr(R_WORD) + off,
+                gaddr(G_WORD) + off,
+                n,
+                rm.encode_tag(1, c, 0),
+                plan.thresholds[0],
+            )
         # make sure every node has opened its windows before anything is sent
         await dev.load(rm.SCRATCH_BASE, np.zeros(1024))
         done = set()
@@ -62,7 +68,9 @@ def exchange_program(grad: np.ndarray, results: dict):
             st = state[c]
             keep = []
             for ps in st["pending"]:
-                (to_post if ps.prereq <= st["level"] else keep).append((c, ps) if ps.prereq <= st["level"] else ps)
+                (to_post if ps.prereq <= st["level"] else keep).append(
+                    (c, ps) if ps.prereq <= st["level"] else ps
+                )
             st["pending"] = keep
 
         def on_rx(w):
@@ -86,9 +94,18 @@ def exchange_program(grad: np.ndarray, results: dict):
                 c, ps = to_post.pop(0)
                 base = gaddr(R_WORD) if ps.from_recv else gaddr(G_WORD)
                 off = state[c]["off"] + ps.offset
-                await drv.post(1, rm.Descriptor(base + off, ps.length, (node + 1) % nodes,
-                                                gaddr(R_WORD) + off, c, rm.encode_tag(1, c, 0),
-                                                flags=int(rm.DescFlag.IRQ | (rm.DescFlag.REDUCE_ADD if ps.reduce else 0))))
+                await drv.post(
+                    1,
+                    rm.Descriptor(
+                        base + off,
+                        ps.length,
+                        (node + 1) % nodes,
+                        gaddr(R_WORD) + off,
+                        c,
+                        rm.encode_tag(1, c, 0),
+                        flags=int(rm.DescFlag.IRQ | (rm.DescFlag.REDUCE_ADD if ps.reduce else 0)),
+                    ),
+                )
             await drv.service()
         results[node] = await dev.dump(gaddr(R_WORD), WORDS)
 

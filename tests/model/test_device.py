@@ -17,8 +17,17 @@ OPW = rm.reg("CMD_OPCODE")
 
 async def launch(dev, opcode, a, b, c, m, k, n, *, arg=0, trans_a=0, trans_b=0, kind=0, tag=0):
     word = OPW.pack(opcode=int(opcode), trans_a=trans_a, trans_b=trans_b, irq=1, kind=int(kind))
-    for name, v in (("CMD_OPCODE", word), ("CMD_A", a), ("CMD_B", b), ("CMD_C", c), ("CMD_M", m),
-                    ("CMD_K", k), ("CMD_N", n), ("CMD_ARG", arg & 0xFFFFFFFF), ("CMD_TAG", tag)):
+    for name, v in (
+        ("CMD_OPCODE", word),
+        ("CMD_A", a),
+        ("CMD_B", b),
+        ("CMD_C", c),
+        ("CMD_M", m),
+        ("CMD_K", k),
+        ("CMD_N", n),
+        ("CMD_ARG", arg & 0xFFFFFFFF),
+        ("CMD_TAG", tag),
+    ):
         await dev.write32(rm.offset(name), v)
     await dev.write32(rm.offset("CMD_LAUNCH"), 1)
 
@@ -38,13 +47,21 @@ async def post(dev, q, slot, desc):
 
 
 async def open_window(dev, w, dst, src, length, tag, expect):
-    for name, v in (("DST", dst), ("SRC", src), ("LEN", length), ("TAG", tag), ("CTRL", 1), ("EXPECT", expect)):
+    for name, v in (
+        ("DST", dst),
+        ("SRC", src),
+        ("LEN", length),
+        ("TAG", tag),
+        ("CTRL", 1),
+        ("EXPECT", expect),
+    ):
         await dev.write32(rm.rx_window_reg(w, name), v)
 
 
 def idle(dev):
     async def prog():
         return None
+
     return prog()
 
 
@@ -74,8 +91,19 @@ def test_gemm_command_bits_and_cycles(shape, trans, rng):
         await setup_queues(dev)
         await dev.load(saddr(0), a.reshape(-1))
         await dev.load(saddr(1024), b.reshape(-1))
-        await launch(dev, rm.Opcode.GEMM, saddr(0), saddr(1024), saddr(2048), m, k, n,
-                     arg=1, trans_a=trans[0], trans_b=trans[1])
+        await launch(
+            dev,
+            rm.Opcode.GEMM,
+            saddr(0),
+            saddr(1024),
+            saddr(2048),
+            m,
+            k,
+            n,
+            arg=1,
+            trans_a=trans[0],
+            trans_b=trans[1],
+        )
         out["launched"] = dev.sim.now
         status = await dev.wait_irq(int(rm.Irq.COMPUTE))
         out["status"] = status
@@ -85,7 +113,7 @@ def test_gemm_command_bits_and_cycles(shape, trans, rng):
     cl = run_programs([prog])
     want = nx.gemm(a, b, FMT, trans_a=bool(trans[0]), trans_b=bool(trans[1]), extra_shift=1)
     assert np.array_equal(out["c"].reshape(m, n), want)
-    (start, end, _, macs), = intervals(cl.devices[0], rm.Engine.COMPUTE)
+    ((start, end, _, macs),) = intervals(cl.devices[0], rm.Engine.COMPUTE)
     assert start == out["launched"]
     assert end - start == tm.gemm_cycles(m, k, n, HW)
     assert macs == m * k * n and out["done"] == 1 and out["status"] == int(rm.Irq.COMPUTE)
@@ -116,7 +144,7 @@ def test_vector_commands(op, rng):
         rm.Opcode.SGD: lambda: nx.sgd_update(x, y, arg, FMT),
     }[op]()
     assert np.array_equal(out["c"], ref)
-    (start, end, _, _), = intervals(cl.devices[0], rm.Engine.VECTOR)
+    ((start, end, _, _),) = intervals(cl.devices[0], rm.Engine.VECTOR)
     assert end - start == tm.vector_cycles(rm.VECTOR_OPCODES[op], n, HW)
 
 
@@ -163,8 +191,15 @@ GUARD = 0x1234
     ],
 )
 def test_bad_descriptor_is_refused_with_code_and_irq_and_moves_nothing(change, code):
-    good = dict(src_addr=gaddr(0), length=64, peer=1, remote_addr=gaddr(512), window=0,
-                tag=rm.encode_tag(1, 0, 0), flags=int(rm.DescFlag.IRQ))
+    good = dict(
+        src_addr=gaddr(0),
+        length=64,
+        peer=1,
+        remote_addr=gaddr(512),
+        window=0,
+        tag=rm.encode_tag(1, 0, 0),
+        flags=int(rm.DescFlag.IRQ),
+    )
     good.update(change)
     desc = rm.Descriptor(**good)
     out = {}
@@ -192,7 +227,7 @@ def test_bad_descriptor_is_refused_with_code_and_irq_and_moves_nothing(change, c
     assert (out["done"], out["errors"]) == (1, 1)
     assert (cl.devices[1].grad[:1024] == GUARD).all()
     assert not intervals(cl.devices[0], rm.Engine.NIC_TX)
-    (start, end, _, aux), = intervals(cl.devices[0], rm.Engine.DMA_LO)
+    ((start, end, _, aux),) = intervals(cl.devices[0], rm.Engine.DMA_LO)
     assert end - start == tm.refused_descriptor_cycles(HW) and aux == code
 
 
@@ -205,8 +240,15 @@ def test_bad_descriptor_is_refused_with_code_and_irq_and_moves_nothing(change, c
     ],
 )
 def test_packet_outside_open_window_is_dropped_and_writes_nothing(window_change, code):
-    desc = rm.Descriptor(src_addr=gaddr(0), length=64, peer=1, remote_addr=gaddr(512), window=3,
-                         tag=rm.encode_tag(1, 0, 0), flags=int(rm.DescFlag.REDUCE_ADD))
+    desc = rm.Descriptor(
+        src_addr=gaddr(0),
+        length=64,
+        peer=1,
+        remote_addr=gaddr(512),
+        window=3,
+        tag=rm.encode_tag(1, 0, 0),
+        flags=int(rm.DescFlag.REDUCE_ADD),
+    )
     out = {}
     win = dict(ctrl=1, tag=rm.encode_tag(1, 0, 0), length=256)
     win.update(window_change)
@@ -220,8 +262,14 @@ def test_packet_outside_open_window_is_dropped_and_writes_nothing(window_change,
     async def receiver(dev):
         await setup_queues(dev)
         await dev.load(gaddr(0), np.full(1024, GUARD))
-        for name, v in (("DST", gaddr(512)), ("SRC", gaddr(0)), ("LEN", win["length"]), ("TAG", win["tag"]),
-                        ("CTRL", win["ctrl"]), ("EXPECT", 64)):
+        for name, v in (
+            ("DST", gaddr(512)),
+            ("SRC", gaddr(0)),
+            ("LEN", win["length"]),
+            ("TAG", win["tag"]),
+            ("CTRL", win["ctrl"]),
+            ("EXPECT", 64),
+        ):
             await dev.write32(rm.rx_window_reg(3, name), v)
         out["status"] = await dev.wait_irq(int(rm.Irq.ERROR | rm.Irq.RX))
         out["err"] = await dev.read32(rm.offset("ERR_CODE"))
@@ -245,8 +293,20 @@ def test_reduce_add_transfer_timing_and_saturation():
         await setup_queues(dev)
         await dev.load(gaddr(0), remote)
         await dev.load(saddr(0), np.zeros(2048))  # let the receiver open its window first
-        await post(dev, 1, 0, rm.Descriptor(gaddr(0), 600, 1, gaddr(1024), 5, rm.encode_tag(2, 1, 0),
-                                            flags=int(rm.DescFlag.REDUCE_ADD | rm.DescFlag.IRQ)))
+        await post(
+            dev,
+            1,
+            0,
+            rm.Descriptor(
+                gaddr(0),
+                600,
+                1,
+                gaddr(1024),
+                5,
+                rm.encode_tag(2, 1, 0),
+                flags=int(rm.DescFlag.REDUCE_ADD | rm.DescFlag.IRQ),
+            ),
+        )
         out["posted"] = dev.sim.now
         await dev.wait_irq(int(rm.Irq.DMA_Q1))
 
@@ -262,10 +322,10 @@ def test_reduce_add_transfer_timing_and_saturation():
     want = np.clip(local + remote, FMT.qmin, FMT.qmax)
     assert np.array_equal(cl.devices[1].grad[1024 : 1024 + n_words], want)
     assert out["rx_done"] == 1 << 5 and out["received"] == 600
-    (d_start, d_end, _, _), = intervals(cl.devices[0], rm.Engine.DMA_LO)
+    ((d_start, d_end, _, _),) = intervals(cl.devices[0], rm.Engine.DMA_LO)
     assert d_start == out["posted"]
     assert d_end - d_start == tm.descriptor_cycles(600, HW)
-    (t_start, t_end, _, _), = intervals(cl.devices[0], rm.Engine.NIC_TX)
+    ((t_start, t_end, _, _),) = intervals(cl.devices[0], rm.Engine.NIC_TX)
     assert t_start == d_start + tm.descriptor_fetch_cycles(HW)
     assert t_end - t_start == (12 + 256 + 4) // 4 * 2 + -(-(12 + 88 + 4) // 4)
     rx = intervals(cl.devices[1], rm.Engine.NIC_RX)
@@ -286,8 +346,14 @@ def test_high_priority_descriptor_overtakes_at_chunk_boundary():
     async def sender(dev):
         await setup_queues(dev)
         for slot in range(3):
-            await dev.load(rm.RING_MEM_BASE + (HW.ring_entries + slot) * 32, np.array(
-                rm.Descriptor(gaddr(slot * 512), 1024, 1, gaddr(4096 - 1024 + 0), 0, tag).encode()))
+            await dev.load(
+                rm.RING_MEM_BASE + (HW.ring_entries + slot) * 32,
+                np.array(
+                    rm.Descriptor(
+                        gaddr(slot * 512), 1024, 1, gaddr(4096 - 1024 + 0), 0, tag
+                    ).encode()
+                ),
+            )
         await dev.write32(rm.dma_reg(1, "DOORBELL"), 3)
         # post the high-priority chunk while the first low-priority one is on the link
         await dev.load(gaddr(1024 * 3), np.zeros(8))
@@ -312,17 +378,23 @@ def test_fence_waits_for_compute_completion():
     async def prog(dev):
         await setup_queues(dev)
         await launch(dev, rm.Opcode.GEMM, saddr(0), saddr(0), saddr(2000), 16, 40, 16)
-        await post(dev, 1, 0, rm.Descriptor(gaddr(0), 64, 1, gaddr(0), 0, 0,
-                                            flags=int(rm.DescFlag.FENCE), fence_count=1))
+        await post(
+            dev,
+            1,
+            0,
+            rm.Descriptor(
+                gaddr(0), 64, 1, gaddr(0), 0, 0, flags=int(rm.DescFlag.FENCE), fence_count=1
+            ),
+        )
 
     async def receiver(dev):
         await setup_queues(dev)
         await open_window(dev, 0, gaddr(0), gaddr(0), 64, 0, 64)
 
     cl = run_programs([prog, receiver])
-    (_, gemm_end, _, _), = intervals(cl.devices[0], rm.Engine.COMPUTE)
-    (tx_start, _, _, _), = intervals(cl.devices[0], rm.Engine.NIC_TX)
-    (d_start, _, _, _), = intervals(cl.devices[0], rm.Engine.DMA_LO)
+    ((_, gemm_end, _, _),) = intervals(cl.devices[0], rm.Engine.COMPUTE)
+    ((tx_start, _, _, _),) = intervals(cl.devices[0], rm.Engine.NIC_TX)
+    ((d_start, _, _, _),) = intervals(cl.devices[0], rm.Engine.DMA_LO)
     assert d_start + tm.descriptor_fetch_cycles(HW) < gemm_end == tx_start
 
 
@@ -335,7 +407,9 @@ def test_registers_access_types_and_trace_pop_port():
         out["unmapped"] = await dev.read32(0xFFC)
         out["launch"] = await dev.read32(rm.offset("CMD_LAUNCH"))  # WO reads 0
         await dev.write32(rm.offset("IRQ_MASK"), int(rm.Irq.COMPUTE))
-        await launch(dev, rm.Opcode.RELU, saddr(0), 0, saddr(0), 1, 0, 8, tag=rm.encode_tag(3, 2, 1))
+        await launch(
+            dev, rm.Opcode.RELU, saddr(0), 0, saddr(0), 1, 0, 8, tag=rm.encode_tag(3, 2, 1)
+        )
         await dev.wait_irq(int(rm.Irq.COMPUTE))
         await dev.write32(rm.offset("IRQ_STATUS"), 0)  # W1C with 0: nothing cleared
         out["status_kept"] = await dev.read32(rm.offset("IRQ_STATUS"))
@@ -355,7 +429,14 @@ def test_registers_access_types_and_trace_pop_port():
     assert out["count"] == 2 and out["count_after"] == 0
     start = rm.TraceRecord.decode(out["words"][:4])
     end = rm.TraceRecord.decode(out["words"][4:])
-    assert (start.engine, start.event, end.event) == (rm.Engine.VECTOR, rm.TraceEvent.START, rm.TraceEvent.END)
+    assert (start.engine, start.event, end.event) == (
+        rm.Engine.VECTOR,
+        rm.TraceEvent.START,
+        rm.TraceEvent.END,
+    )
     assert rm.decode_tag(start.tag) == (3, 2, 1)
     assert end.cycle - start.cycle == tm.vector_cycles("relu", 8, HW)
-    assert out["cycle"] == out["cycle_now"] - HW.host_read_cycles * 1 or out["cycle"] < out["cycle_now"]
+    assert (
+        out["cycle"] == out["cycle_now"] - HW.host_read_cycles * 1
+        or out["cycle"] < out["cycle_now"]
+    )

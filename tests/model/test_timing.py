@@ -82,3 +82,16 @@ def test_auto_chunk_is_smallest_candidate_meeting_efficiency():
 def test_bad_arguments_name_the_value(call, text):
     with pytest.raises((ValueError, TypeError), match=text):
         call()
+
+
+@pytest.mark.parametrize(
+    "bpc, latency, payload", [(4, 50, 256), (1, 200, 128), (8, 20, 512), (2, 0, 64)]
+)
+def test_firmware_auto_chunk_rule_equals_model_rule(bpc, latency, payload):
+    from gradsync.firmware.schedules import auto_chunk_bytes
+
+    hw = tm.HardwareConfig(
+        link_bytes_per_cycle=bpc, link_latency_cycles=latency, max_payload_bytes=payload
+    )
+    framing = hw.packet_header_bytes + hw.packet_crc_bytes
+    assert auto_chunk_bytes(bpc, latency, framing, payload, 2) == tm.auto_chunk_bytes(hw, 2)

@@ -34,7 +34,10 @@ def test_training_reaches_90_percent_in_under_a_minute(nodes):
 @pytest.fixture(scope="module")
 def comm_bound_runs():
     return {
-        s: run(TrainConfig(nodes=2, steps=2, layers=COMM_LAYERS, schedule=s, hardware=COMM_BOUND), run_model)
+        s: run(
+            TrainConfig(nodes=2, steps=2, layers=COMM_LAYERS, schedule=s, hardware=COMM_BOUND),
+            run_model,
+        )
         for s in ("sequential", "fifo", "priority")
     }
 
@@ -52,8 +55,10 @@ def test_priority_trace_shows_the_scheme(comm_bound_runs):
             backward_lower = [
                 iv
                 for iv in ivs
-                if iv.engine == rm.Engine.COMPUTE and iv.kind in (rm.Kind.DA, rm.Kind.DW)
-                and iv.layer == lower and iv.step == step
+                if iv.engine == rm.Engine.COMPUTE
+                and iv.kind in (rm.Kind.DA, rm.Kind.DW)
+                and iv.layer == lower
+                and iv.step == step
             ]
             assert any(first.start < g.end and first.end > g.start for g in backward_lower)
             last_upper = max(tx_upper, key=lambda iv: iv.start)
@@ -61,17 +66,24 @@ def test_priority_trace_shows_the_scheme(comm_bound_runs):
             # and the next step's first forward starts before the upper layer's last chunk is sent
             if step == 0:
                 fwd1 = min(
-                    iv.start for iv in ivs
+                    iv.start
+                    for iv in ivs
                     if iv.kind == rm.Kind.FWD and iv.layer == 1 and iv.step == 1
                 )
-                assert fwd1 < max(iv.end for iv in tx if iv.layer == len(COMM_LAYERS) - 1 or iv.layer == upper)
+                assert fwd1 < max(
+                    iv.end for iv in tx if iv.layer == len(COMM_LAYERS) - 1 or iv.layer == upper
+                )
 
 
 def test_sequential_never_overlaps_exchange_with_compute(comm_bound_runs):
     res = comm_bound_runs["sequential"]
     for node, recs in enumerate(res.records):
         ivs = intervals(recs, node)
-        comm = [iv for iv in ivs if iv.engine in (rm.Engine.DMA_HI, rm.Engine.DMA_LO, rm.Engine.NIC_TX, rm.Engine.NIC_RX)]
+        comm = [
+            iv
+            for iv in ivs
+            if iv.engine in (rm.Engine.DMA_HI, rm.Engine.DMA_LO, rm.Engine.NIC_TX, rm.Engine.NIC_RX)
+        ]
         comp = [iv for iv in ivs if iv.engine in (rm.Engine.COMPUTE, rm.Engine.VECTOR)]
         assert comm and comp
         for c in comm:
@@ -124,14 +136,34 @@ def test_outputs_follow_the_contract_and_recompute_bit_exactly(tmp_path, capsys)
     assert printed.count("step ") >= 3 and "layer1-ready" in printed
     rec = json.loads((out / "results.json").read_text())
     assert rec["format_version"] == 1 and rec["backend"] == "model"
-    for key in ("nodes", "schedule", "chunk_bytes", "steps", "layers", "global_batch", "learning_rate",
-                "seed", "fixed_point", "data", "hardware"):
+    for key in (
+        "nodes",
+        "schedule",
+        "chunk_bytes",
+        "steps",
+        "layers",
+        "global_batch",
+        "learning_rate",
+        "seed",
+        "fixed_point",
+        "data",
+        "hardware",
+    ):
         assert key in rec["config"]
     assert set(rec["config"]["data"]) >= {"name", "input_scale", "train_indices", "test_indices"}
-    assert not set(rec["config"]["data"]["train_indices"]) & set(rec["config"]["data"]["test_indices"])
+    assert not set(rec["config"]["data"]["train_indices"]) & set(
+        rec["config"]["data"]["test_indices"]
+    )
     for st in rec["steps"]:
-        assert set(st) >= {"step", "loss", "accuracy", "cycles", "layer1_ready_cycle", "exposed_comm_cycles",
-                           "batch_indices"}
+        assert set(st) >= {
+            "step",
+            "loss",
+            "accuracy",
+            "cycles",
+            "layer1_ready_cycle",
+            "exposed_comm_cycles",
+            "batch_indices",
+        }
         assert len(st["batch_indices"]) == 2 and all(len(b) == 32 for b in st["batch_indices"])
         assert 0 < st["layer1_ready_cycle"] <= st["cycles"]
     assert rec["totals"]["cycles"] >= sum(s["cycles"] for s in rec["steps"][:-1])
@@ -142,10 +174,20 @@ def test_outputs_follow_the_contract_and_recompute_bit_exactly(tmp_path, capsys)
         nxt = np.load(out / "weights" / f"step_{k + 1:04d}.npz")
         assert np.array_equal(w["layer1"], w["layer1_raw"] * 2.0**-10)
         want = recompute_step(rec, [w["layer1_raw"], w["layer2_raw"]], k)
-        assert np.array_equal(nxt["layer1_raw"], want[0]) and np.array_equal(nxt["layer2_raw"], want[1])
+        assert np.array_equal(nxt["layer1_raw"], want[0]) and np.array_equal(
+            nxt["layer2_raw"], want[1]
+        )
     trace = json.loads((out / "trace.json").read_text())
     xs = [e for e in trace["traceEvents"] if e["ph"] == "X"]
-    assert {e["tid"] for e in xs} >= {"compute", "vector", "dma.lo", "dma.hi", "nic.tx", "nic.rx", "host"}
+    assert {e["tid"] for e in xs} >= {
+        "compute",
+        "vector",
+        "dma.lo",
+        "dma.hi",
+        "nic.tx",
+        "nic.rx",
+        "host",
+    }
     assert {e["cat"] for e in xs} <= {"compute", "vector", "dma", "link", "host"}
     sends = [e for e in xs if e["tid"] == "nic.tx"]
     assert all(e["name"].startswith("send L") and e["args"]["bytes"] > 0 for e in sends)
@@ -197,8 +239,19 @@ def test_user_schedule_from_a_file(tmp_path, capsys):
     path = tmp_path / "my_schedule.py"
     path.write_text(USER_SCHEDULE)
     out = tmp_path / "run"
-    code = main(["train", "--backend", "model", "--steps", "2", "--schedule", f"{path}:TopFirst",
-                 "--out", str(out)])
+    code = main(
+        [
+            "train",
+            "--backend",
+            "model",
+            "--steps",
+            "2",
+            "--schedule",
+            f"{path}:TopFirst",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     trace = json.loads((out / "trace.json").read_text())
     dma = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] == "dma"]
@@ -206,8 +259,21 @@ def test_user_schedule_from_a_file(tmp_path, capsys):
 
 
 def test_compare_prints_a_row_per_schedule(capsys):
-    code = main(["compare", "--backend", "model", "--steps", "2", "--layers", "64,64,64,10",
-                 "--link-bytes-per-cycle", "1", "--link-latency-cycles", "100"])
+    code = main(
+        [
+            "compare",
+            "--backend",
+            "model",
+            "--steps",
+            "2",
+            "--layers",
+            "64,64,64,10",
+            "--link-bytes-per-cycle",
+            "1",
+            "--link-latency-cycles",
+            "100",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     rows = {line.split()[0]: line.split() for line in text.splitlines()[3:]}
