@@ -163,11 +163,19 @@ class Interval:
 
 
 def intervals(records: list[rm.TraceRecord], node: int) -> list[Interval]:
-    """Pair START/END records per engine (each engine's activities end in start order)."""
+    """Pair START/END records per engine (each engine's activities end in start order).
+
+    The receiver writes one END record per packet, in the cycle the packet is
+    applied; its interval is the payload streaming into memory, one 32-bit
+    word per cycle, ending there.
+    """
     open_: dict[int, list[rm.TraceRecord]] = {}
     out = []
     for r in sorted(records, key=lambda r: r.cycle):
-        if r.event == rm.TraceEvent.START:
+        if r.engine == rm.Engine.NIC_RX and r.event == rm.TraceEvent.END:
+            words = max(1, -(-r.aux // rm.DMA_ALIGN_BYTES))
+            out.append(Interval(node, r.engine, r.kind, r.tag, r.cycle - words, r.cycle, r.aux))
+        elif r.event == rm.TraceEvent.START:
             open_.setdefault(r.engine, []).append(r)
         elif r.event == rm.TraceEvent.END:
             starts = open_.get(r.engine)

@@ -706,6 +706,39 @@ class TraceRecord:
         )
 
 
+#: Which records each engine writes into the trace buffer, and when.
+TRACE_SOURCES = (
+    (
+        "compute",
+        "START in the cycle a GEMM command is taken, END in its completion cycle; "
+        "kind/tag from CMD_OPCODE.kind/CMD_TAG, aux = M*K*N; a refused command writes "
+        "only an ERROR record",
+    ),
+    ("vector", "as compute, for RELU/RELU_BWD/SCALE/SGD; aux = elements"),
+    (
+        "dma.hi / dma.lo",
+        "START at the arbiter's grant, END at completion (status write-back); kind SEND, "
+        "tag from the descriptor, aux = length (ErrorCode for a refused descriptor)",
+    ),
+    (
+        "nic.tx",
+        "START when the chunk's first packet starts serialising, END when the last "
+        "packet's last byte left; aux = chunk bytes",
+    ),
+    (
+        "nic.rx",
+        "END only, one per packet, in the cycle its effects are visible; aux = payload "
+        "bytes (0 if dropped)",
+    ),
+    (
+        "host",
+        "START/END of each bulk-port transfer; kind LOAD/DUMP (SRAMs), RING (descriptor "
+        "memory) or TRACE (trace memory), tag = HOST_TAG, aux = bytes",
+    ),
+    ("any", "ERROR record when an error is latched: tag = ERR_INFO, aux = ErrorCode"),
+)
+
+
 # --- documentation -------------------------------------------------------------------
 
 
@@ -804,6 +837,9 @@ def render_markdown() -> str:
     ]
     for word, name, fields, doc in TRACE_RECORD_LAYOUT:
         out.append(f"| {word} | {name} | {_fields_md(fields)} | {doc} |")
+    out += ["", "| Engine | Records |", "|---|---|"]
+    for engine, doc in TRACE_SOURCES:
+        out.append(f"| {engine} | {doc} |")
     out.append("")
     return "\n".join(out)
 

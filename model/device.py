@@ -697,22 +697,11 @@ class ModelDevice:
                 words,
                 bool(d.flags & rm.DescFlag.REDUCE_ADD),
             )
-            arrive_first = t + self.hw.link_latency_cycles
+            assert peer is not None
             applied = tm.rx_visible_cycle(
                 t_end + tm.crc_arrival_offset(self.hw), peer.rx_free_at, payload
             )
             peer.rx_free_at = applied
-            assert peer is not None
-            self.sim.at(
-                arrive_first,
-                lambda p=peer, pk=pkt: p._trace(
-                    rm.Engine.NIC_RX,
-                    rm.TraceEvent.START,
-                    rm.Kind.RECV,
-                    pk.tag,
-                    len(pk.payload) * self.wb,
-                ),
-            )
             self.sim.at(applied, lambda p=peer, pk=pkt: p.receive(pk))
             self.perf["tx_pkts"] += 1
             self.perf["tx_bytes"] += payload

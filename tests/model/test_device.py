@@ -70,7 +70,10 @@ def intervals(dev, engine):
     for r in dev.trace:
         if r.engine != engine:
             continue
-        if r.event == rm.TraceEvent.START:
+        if engine == rm.Engine.NIC_RX:  # one END record per packet, when it is applied
+            assert r.event == rm.TraceEvent.END
+            out.append((None, r.cycle, r.tag, r.aux))
+        elif r.event == rm.TraceEvent.START:
             open_.append(r)
         elif r.event == rm.TraceEvent.END:
             s = open_.pop(0)
