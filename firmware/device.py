@@ -29,6 +29,15 @@ class Device(Protocol):
         address (``regmap.SCRATCH_BASE`` ...); elements are the region's
         words: signed raw operand integers for the SRAMs, unsigned 32-bit
         words for ring and trace memory.
+
+    Time passes only inside these calls; host arithmetic between them takes no
+    device cycles.  The model backend charges ``HardwareConfig``'s
+    ``host_write_cycles`` / ``host_read_cycles`` per MMIO access (a write takes
+    effect, a read samples, at the end), ``host_irq_latency_cycles`` from the
+    interrupt line rising to the host reading ``IRQ_STATUS``, and
+    ``host_bulk_cycles`` per bulk transfer (data lands at the end); the RTL
+    backend's bus timing must be configured to match these for cycle-exact
+    comparison.
     """
 
     async def read32(self, addr: int) -> int: ...

@@ -16,7 +16,7 @@ from gradsync.firmware.device import Device
 from gradsync.model import numerics as nx
 from gradsync.model import timing as tm
 from gradsync.model.device import ModelDevice
-from gradsync.model.events import Simulator
+from gradsync.model.events import SimulationError, Simulator
 
 
 @dataclass
@@ -45,5 +45,9 @@ class Cluster:
             self.sim.spawn(f"node{i}", prog(dev))
             for i, (prog, dev) in enumerate(zip(programs, self.devices, strict=True))
         ]
-        self.sim.run(max_cycles)
+        try:
+            self.sim.run(max_cycles)
+        except SimulationError as exc:
+            report = "; ".join(f"node {d.node_id}: {d.outstanding()}" for d in self.devices)
+            raise SimulationError(f"{exc} ({report})") from None
         return ClusterRun(self.sim, self.devices, [t.result for t in tasks], self.sim.now)

@@ -526,11 +526,15 @@ class ModelDevice:
         code, regions = self._validate(cmd)
         kind = rm.reg("CMD_OPCODE").field("kind").get(cmd.word)
         if code is not rm.ErrorCode.OK:
-            self.sim.after(tm.CMD_DECODE_CYCLES, lambda: self._finish_command(cmd, None, code))
+            self.sim.after(
+                tm.refused_command_cycles(), lambda: self._finish_command(cmd, None, code)
+            )
             return
         op = rm.Opcode(cmd.opcode)
         if op is rm.Opcode.NOP:
-            self.sim.after(tm.CMD_DECODE_CYCLES, lambda: self._finish_command(cmd, None, code))
+            self.sim.after(
+                tm.refused_command_cycles(), lambda: self._finish_command(cmd, None, code)
+            )
             return
 
         def read(i: int) -> np.ndarray:
@@ -736,6 +740,23 @@ class ModelDevice:
             self._raise_irq(rm.Irq.DMA_Q0 if q_idx == 0 else rm.Irq.DMA_Q1)
         self.dma_busy = False
         self._dma_kick()
+
+    def outstanding(self) -> str:
+        """What this node still waits for (used in deadlock reports)."""
+        parts = []
+        if self.cmd_busy or self.cmd_fifo:
+            parts.append(f"compute busy with {len(self.cmd_fifo) + 1} command(s)")
+        for q_idx, q in enumerate(self.queues):
+            if q.head != q.tail:
+                parts.append(f"dma.{rm.DMA_QUEUE_NAMES[q_idx]} has {q.tail - q.head} descriptor(s)")
+        waiting = [
+            "L{}c{}s{}".format(*rm.decode_tag(w.tag))
+            for w in self.windows
+            if w.ctrl & 1 and w.armed and w.received < w.expect
+        ]
+        if waiting:
+            parts.append("nic.rx waits for tags " + ", ".join(waiting))
+        return "; ".join(parts) or "idle"
 
     # --------------------------------------------------------------------- RX
     def _window_write(self, w_idx: int, field: str, value: int) -> None:

@@ -136,6 +136,15 @@ def gemm_cycles(m: int, k: int, n: int, hw: HardwareConfig) -> int:
 VECTOR_OPS = ("relu", "relu_bwd", "scale", "sgd")
 
 
+def refused_command_cycles() -> int:
+    """Cycles of a compute command refused at decode (or a NOP): decode only, nothing written.
+
+    The completion counter, ERR_CODE and ``Irq.ERROR`` become visible in the
+    cycle ``CMD_DECODE_CYCLES`` after the command was taken.
+    """
+    return CMD_DECODE_CYCLES
+
+
 def vector_cycles(op: str, n: int, hw: HardwareConfig) -> int:
     """Cycles of one vector command over ``n`` elements, launch to completion.
 

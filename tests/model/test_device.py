@@ -443,3 +443,51 @@ def test_registers_access_types_and_trace_pop_port():
         out["cycle"] == out["cycle_now"] - HW.host_read_cycles * 1
         or out["cycle"] < out["cycle_now"]
     )
+
+
+def test_refused_command_timing_and_driver_error_names_node_engine_code():
+    from gradsync.firmware.driver import DeviceError, Driver
+
+    out = {}
+
+    async def prog(dev):
+        drv = Driver(dev)
+        await drv.init(1024)
+        t0 = dev.sim.now
+        await drv.launch(rm.Opcode.GEMM, saddr(0), saddr(0), saddr(0), 0, 1, 1)
+        out["launched"] = dev.sim.now
+        try:
+            await drv.wait_compute(1)
+        except DeviceError as exc:
+            out["error"] = str(exc)
+        out["t0"] = t0
+
+    cl = run_programs([prog], nodes=1)
+    (err,) = [r for r in cl.devices[0].trace if r.event == rm.TraceEvent.ERROR]
+    assert err.cycle == out["launched"] + tm.refused_command_cycles()
+    assert err.aux == rm.ErrorCode.CMD_ZERO_DIM
+    assert out["error"].startswith("node 0: compute reported CMD_ZERO_DIM")
+
+
+def test_stuck_firmware_is_reported_not_hung():
+    from gradsync.model.events import SimulationError
+
+    async def waits_forever(dev):
+        await dev.write32(rm.offset("IRQ_MASK"), int(rm.Irq.RX))
+        await open_window(dev, 2, gaddr(0), gaddr(0), 64, rm.encode_tag(3, 1, 7), 64)
+        await dev.wait_irq(int(rm.Irq.RX))
+
+    with pytest.raises(
+        SimulationError,
+        match=r"deadlock at cycle \d+: tasks \['node0'\].*node 0: nic.rx waits for tags L3c1s7",
+    ):
+        run_programs([waits_forever], nodes=1)
+
+    async def spins(dev):
+        while True:
+            await dev.read32(rm.offset("ID"))
+
+    with pytest.raises(SimulationError, match="cycle budget of 1000 exhausted"):
+        from gradsync.model.cluster import Cluster
+
+        Cluster(1, HW, FMT).run([spins], max_cycles=1000)
