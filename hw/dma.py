@@ -68,6 +68,10 @@ class DmaEngine(wiring.Component):
         Size of the ring memory in 32-bit words (power of 2).
     ring_entries:
         Largest ``RING_SIZE`` a queue accepts.
+    ring_base_addr, ring_valid_words:
+        Device address of ring memory (``RING_MEM_BASE``) and its populated
+        size in words; a ring must lie inside it (``RING_BASE`` is a device
+        byte address, 32-byte aligned).
     max_payload_bytes:
         Largest packet payload (multiple of 4, at most 512).
     src_regions:
@@ -84,8 +88,9 @@ class DmaEngine(wiring.Component):
         Queue configuration registers (``DMAn_RING_BASE`` ...).
     q{n}_doorbell, q{n}_doorbell_tail : In
         ``DMAn_DOORBELL`` write strobe and value.  A tail more than
-        ``RING_SIZE`` ahead of HEAD (or an invalid RING_SIZE) is refused with
-        ``ring_full`` and changes nothing.
+        ``RING_SIZE`` ahead of HEAD, or a ring that is not inside ring memory
+        (RING_SIZE 0 or above ``ring_entries``, RING_BASE misaligned or out of
+        range), is refused with ``ring_full`` and changes nothing.
     q{n}_head, q{n}_tail, q{n}_done, q{n}_errors : Out(32)
         HEAD advances at the grant; DONE/ERRORS when a descriptor completes.
     tx_peer : In(8), peers_ok : In(1)
@@ -119,6 +124,7 @@ class DmaEngine(wiring.Component):
     """
 
     def __init__(self, *, queues: int = 2, ring_words: int = 4096, ring_entries: int = 64,
+                 ring_base_addr: int = 0x3000_0000, ring_valid_words: int | None = None,
                  max_payload_bytes: int = 256,
                  src_regions: tuple[tuple[int, int], ...] = ((0x2000_0000, 1 << 16),)):
         if queues < 2:
@@ -132,6 +138,12 @@ class DmaEngine(wiring.Component):
             raise ValueError(f"src_regions must name at least one region, not {src_regions!r}")
         self.queues = queues
         self.ring_words = ring_words
+        self.ring_base_addr = ring_base_addr
+        self.ring_valid_words = ring_words if ring_valid_words is None else ring_valid_words
+        if ring_base_addr % (4 * ring_words) or self.ring_valid_words > ring_words:
+            raise ValueError(
+                f"ring_base_addr {ring_base_addr:#x} must be aligned to the ring memory size and "
+                f"ring_valid_words <= {ring_words}, not {ring_valid_words!r}")
         self.ring_entries = ring_entries
         self.max_payload_bytes = max_payload_bytes
         self.src_regions = tuple(src_regions)
@@ -208,7 +220,13 @@ class DmaEngine(wiring.Component):
             size = self.q(n, "ring_size")
             with m.If(self.q(n, "doorbell")):
                 ahead = (self.q(n, "doorbell_tail") - heads[n])[:32]
-                with m.If((size == 0) | (size > self.ring_entries) | (ahead > size)):
+                base = self.q(n, "ring_base")
+                ring_end = Signal(33, name=f"q{n}_ring_end")
+                m.d.comb += ring_end.eq(((base - self.ring_base_addr)[:32] >> 2)
+                                        + (size[:16] << 3))
+                ring_bad = ((size == 0) | (size > self.ring_entries) | (base[0:5] != 0)
+                            | (base < self.ring_base_addr) | (ring_end > self.ring_valid_words))
+                with m.If(ring_bad | (ahead > size)):
                     m.d.comb += [
                         self.ring_full.eq(1),
                         self.ring_full_queue.eq(n),

@@ -65,9 +65,12 @@ class CommNode(wiring.Component):
     ring_entries, rx_windows, max_payload_bytes:
         As ``model.timing.HardwareConfig``.
     credits, window_packets, timeout_cycles:
-        NIC flow control and retransmission (see :class:`NicTx`).
+        NIC flow control and retransmission (see :class:`NicTx`); the
+        timeout defaults to two round trips of a maximum-size packet.
     trace_records:
         Capacity of the trace memory (records of 4 words).
+    link_bytes_per_cycle, link_latency_cycles:
+        Reported in ``LINK_INFO``/``LINK_LATENCY`` (the fabric builds the links).
 
     Attributes
     ----------
@@ -87,8 +90,9 @@ class CommNode(wiring.Component):
     def __init__(self, regmap, *, node_id: int = 0, num_nodes: int = 2,
                  gradient_words: int = 4096, operand_bits: int = 16, saturate: bool = True,
                  ring_entries: int = 64, rx_windows: int = 8, max_payload_bytes: int = 256,
-                 credits: int = 16, window_packets: int = 16, timeout_cycles: int = 1024,
-                 trace_records: int = 512):
+                 credits: int = 16, window_packets: int = 16, timeout_cycles: int | None = None,
+                 trace_records: int = 512, link_bytes_per_cycle: int = 4,
+                 link_latency_cycles: int = 50):
         if num_nodes < 1 or not 0 <= node_id < num_nodes:
             raise ValueError(f"node_id must be in 0..{num_nodes - 1}, not {node_id!r}")
         if operand_bits not in (8, 16, 32):
@@ -98,6 +102,8 @@ class CommNode(wiring.Component):
             raise ValueError(
                 f"gradient memory must be a power-of-2 number of bytes, not {grad_bytes!r}")
         self.rm = regmap
+        self.link_bytes_per_cycle = link_bytes_per_cycle
+        self.link_latency_cycles = link_latency_cycles
         self.node_id = node_id
         self.num_nodes = num_nodes
         self.tx_peer = (node_id + 1) % num_nodes
@@ -110,7 +116,11 @@ class CommNode(wiring.Component):
         self.max_payload_bytes = max_payload_bytes
         self.credits = credits
         self.window_packets = window_packets
-        self.timeout_cycles = timeout_cycles
+        # One round trip of the longest packet, its acknowledgement and some slack.
+        max_packet = 4 + max_payload_bytes // 4
+        rtt = 2 * link_latency_cycles + max_packet * 4 // link_bytes_per_cycle + 16
+        self.timeout_cycles = timeout_cycles if timeout_cycles is not None else 2 * rtt + 64
+        self.nak_holdoff_cycles = rtt
         self.trace_records = _pow2(trace_records)
         self.ring_words = _pow2(regmap.DMA_QUEUES * ring_entries * regmap.DESCRIPTOR_WORDS)
         ports = {
@@ -135,15 +145,18 @@ class CommNode(wiring.Component):
         cycle = Signal(64)
         m.d.sync += cycle.eq(cycle + 1)
 
-        m.submodules.dma = dma = DmaEngine(
+        m.submodules.dma = dma = self.dma = DmaEngine(
             queues=Q, ring_words=self.ring_words, ring_entries=self.ring_entries,
+            ring_base_addr=rm.RING_MEM_BASE,
+            ring_valid_words=Q * self.ring_entries * rm.DESCRIPTOR_WORDS,
             max_payload_bytes=self.max_payload_bytes,
             src_regions=((rm.GRAD_BASE, self.grad_words32 * 4),))
-        m.submodules.tx = tx = NicTx(max_payload_words=max_pw, window_packets=self.window_packets,
+        m.submodules.tx = tx = self.nic_tx = NicTx(max_payload_words=max_pw, window_packets=self.window_packets,
                                      credits=self.credits, timeout_cycles=self.timeout_cycles)
-        m.submodules.rxu = rx = NicRx(max_payload_words=max_pw, credits=self.credits,
+        m.submodules.rxu = rx = self.nic_rx = NicRx(max_payload_words=max_pw, credits=self.credits,
                                       windows=self.rx_windows, mem_addr_width=self.grad_aw,
-                                      operand_bits=self.operand_bits, saturate=self.saturate)
+                                      operand_bits=self.operand_bits, saturate=self.saturate,
+                                      nak_holdoff_cycles=self.nak_holdoff_cycles)
         wiring.connect(m, dma.pkt, tx.pkt)
         m.d.comb += dma.crc_sent.eq(tx.crc_sent)
         wiring.connect(m, wiring.flipped(self.tx), tx.link)
@@ -249,6 +262,10 @@ class CommNode(wiring.Component):
             "RX_BYTES": rx.bytes_applied,
             "TRACE_HEAD": trace_head,
             "TRACE_DEPTH": Const(R, 32),
+            "LINK_INFO": Const(rm.reg("LINK_INFO").pack(
+                bytes_per_cycle=self.link_bytes_per_cycle, header_bytes=12, crc_bytes=4), 32),
+            "LINK_LATENCY": Const(self.link_latency_cycles, 32),
+            "LINK_MAX_PAYLOAD": Const(self.max_payload_bytes, 32),
             "PERF_TX_CYCLES": tx.busy_cycles,
             "PERF_TX_BYTES": tx.bytes_sent,
             "PERF_TX_PACKETS": tx.packets_sent,
@@ -421,6 +438,12 @@ class Fabric(wiring.Component):
         self.link_latency_cycles = link_latency_cycles
         self.link_bytes_per_cycle = link_bytes_per_cycle
         self.node_kwargs = node_kwargs
+        #: The nodes and links (also reachable from Amaranth testbenches).
+        self.nodes = [CommNode(regmap, node_id=i, num_nodes=num_nodes,
+                               link_bytes_per_cycle=link_bytes_per_cycle,
+                               link_latency_cycles=link_latency_cycles, **node_kwargs)
+                      for i in range(num_nodes)]
+        self.links = [Link(link_latency_cycles, link_bytes_per_cycle) for _ in range(num_nodes)]
         ports = {}
         for i in range(num_nodes):
             ports.update({
@@ -436,18 +459,17 @@ class Fabric(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         N = self.num_nodes
-        nodes = []
+        nodes = self.nodes
         for i in range(N):
-            node = CommNode(self.rm, node_id=i, num_nodes=N, **self.node_kwargs)
+            node = nodes[i]
             m.submodules[f"node{i}"] = node
-            nodes.append(node)
             for p in ("host_addr", "host_wdata", "host_we", "host_re", "host_csr",
                       "compute_done"):
                 m.d.comb += getattr(node, p).eq(getattr(self, f"n{i}_{p}"))
             for p in ("host_rdata", "irq", *NODE_COUNTERS):
                 m.d.comb += getattr(self, f"n{i}_{p}").eq(getattr(node, p))
         for i in range(N):
-            link = Link(self.link_latency_cycles, self.link_bytes_per_cycle)
+            link = self.links[i]
             m.submodules[f"link{i}"] = link
             src, dst = nodes[i], nodes[(i + 1) % N]
             wiring.connect(m, src.tx, link.tx)

@@ -293,6 +293,10 @@ class NicRx(wiring.Component):
         maps to word ``(a >> 2) mod 2**mem_addr_width``.
     operand_bits, saturate:
         Operand format of the reduce-add (8, 16 or 32 bits per lane).
+    nak_holdoff_cycles:
+        After a NAK the receiver NAKs again only when the expected packet
+        arrived or this many cycles passed (about one round trip), so a lost
+        resend is NAKed again instead of waiting for the sender's timeout.
 
     Attributes
     ----------
@@ -332,7 +336,8 @@ class NicRx(wiring.Component):
     """
 
     def __init__(self, *, max_payload_words: int = 64, credits: int = 16, windows: int = 64,
-                 mem_addr_width: int = 14, operand_bits: int = 16, saturate: bool = True):
+                 mem_addr_width: int = 14, operand_bits: int = 16, saturate: bool = True,
+                 nak_holdoff_cycles: int = 256):
         if not 1 <= windows <= 64:
             raise ValueError(f"windows must be in 1..64, not {windows!r}")
         if operand_bits not in (8, 16, 32):
@@ -341,6 +346,7 @@ class NicRx(wiring.Component):
             raise ValueError(f"max_payload_words must be in 1..128, not {max_payload_words!r}")
         self.max_payload_words = max_payload_words
         self.credits = credits
+        self.nak_holdoff_cycles = nak_holdoff_cycles
         self.windows = windows
         self.mem_addr_width = mem_addr_width
         self.operand_bits = operand_bits
@@ -431,6 +437,12 @@ class NicRx(wiring.Component):
         # One-cycle flags; later assignments in this function set them again.
         m.d.sync += [dirty.eq(0), self.ev_valid.eq(0)]
 
+        holdoff = Signal(range(self.nak_holdoff_cycles + 1))
+        with m.If(nak_sent):
+            with m.If(holdoff == self.nak_holdoff_cycles):
+                m.d.sync += nak_sent.eq(0)
+            with m.Else():
+                m.d.sync += holdoff.eq(holdoff + 1)
         beat = self.link.p
         pw_in = h0[9:16] + 1
         with m.If(self.link.valid & ~beat.last):
@@ -471,7 +483,7 @@ class NicRx(wiring.Component):
                 with m.Else():
                     m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
                 with m.If(~nak_sent):
-                    m.d.sync += [nak_sent.eq(1), nak_pending.eq(1)]
+                    m.d.sync += [nak_sent.eq(1), nak_pending.eq(1), holdoff.eq(0)]
 
         # ------------------------------------------------------------ windows
         nw = self.windows
@@ -602,6 +614,7 @@ class NicRx(wiring.Component):
         new_rcv = Signal(32)
         m.d.comb += new_rcv.eq(w_rcv[widx_] + bytes_)
         set_done = Signal(64)
+        set_done_cfg = Signal(64)
         with m.If(count_apply):
             m.d.sync += [
                 w_rcv[widx_].eq(new_rcv),
@@ -632,8 +645,12 @@ class NicRx(wiring.Component):
             with m.Case(WIN_TAG):
                 m.d.sync += w_tag[cw].eq(self.cfg_wdata)
             with m.Case(WIN_EXPECT):
+                # Arming a window that already received enough completes it at once.
                 m.d.sync += w_exp[cw].eq(self.cfg_wdata)
-                m.d.comb += armed_next.eq(w_armed & ~set_done[:nw] | (Const(1, nw) << cw))
+                with m.If(w_rcv[cw] >= self.cfg_wdata):
+                    m.d.comb += [set_done_cfg.eq(Const(1, 64) << cw), self.rx_irq.eq(1)]
+                with m.Else():
+                    m.d.comb += armed_next.eq(w_armed & ~set_done[:nw] | (Const(1, nw) << cw))
         m.d.sync += [w_en.eq(en_next), w_armed.eq(armed_next),
-                     done.eq((done | set_done) & ~clear_done)]
+                     done.eq((done | set_done | set_done_cfg) & ~clear_done)]
         return m
