@@ -95,6 +95,7 @@ class RunResult:
     total_cycles: int
     wall_seconds: float
     chunk_bytes: int
+    intervals: list[Interval] = field(default_factory=list)  #: paired trace records, all nodes
 
 
 def init_weights(layers: tuple[int, ...], seed: int) -> list[np.ndarray]:
@@ -332,4 +333,5 @@ def run(
         res.total_cycles,
         wall,
         res.nodes[0].chunk_bytes,
+        ivs,
     )

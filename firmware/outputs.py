@@ -81,7 +81,13 @@ def event_name(iv: Interval) -> str:
     return f"{kind} L{iv.layer}"
 
 
-def trace_events(records: list[list[rm.TraceRecord]]) -> dict:
+def trace_events(records: list[list[rm.TraceRecord]], ivs: list[Interval] | None = None) -> dict:
+    """Chrome trace events of every node's records (``ivs``: their intervals, if already paired)."""
+    if ivs is None:
+        ivs = [iv for node, recs in enumerate(records) for iv in intervals(recs, node)]
+    by_node: dict[int, list[Interval]] = {}
+    for iv in ivs:
+        by_node.setdefault(iv.node, []).append(iv)
     events: list[dict] = []
     for node, recs in enumerate(records):
         events.append(
@@ -100,7 +106,7 @@ def trace_events(records: list[list[rm.TraceRecord]]) -> dict:
                     "args": {"sort_index": int(eng)},
                 }
             )
-        for iv in intervals(recs, node):
+        for iv in by_node.get(node, []):
             eng = rm.Engine(iv.engine)
             args = {
                 "step": iv.step,
@@ -167,15 +173,17 @@ def write_timeline(res: RunResult, path: Path, max_steps: int = 3) -> None:
     index = {r: i for i, r in enumerate(rows)}
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(14, 0.35 * len(rows) + 1.5))
-    for node, recs in enumerate(res.records):
-        for iv in intervals(recs, node):
-            if iv.end < lo or iv.start > hi:
-                continue
-            y = index[(node, rm.Engine(iv.engine))]
-            color = "0.6" if iv.engine == rm.Engine.HOST else cmap((iv.layer - 1) % 10)
-            ax.broken_barh(
-                [(iv.start, max(iv.end - iv.start, 1))], (y - 0.4, 0.8), facecolors=color
-            )
+    bars: dict[int, tuple[list, list]] = {}
+    for iv in res.intervals:
+        if iv.end < lo or iv.start > hi:
+            continue
+        y = index[(iv.node, rm.Engine(iv.engine))]
+        color = "0.6" if iv.engine == rm.Engine.HOST else cmap((iv.layer - 1) % 10)
+        spans, colors = bars.setdefault(y, ([], []))
+        spans.append((iv.start, max(iv.end - iv.start, 1)))
+        colors.append(color)
+    for y, (spans, colors) in bars.items():
+        ax.broken_barh(spans, (y - 0.4, 0.8), facecolors=colors)
     for m in steps:
         ax.axvline(m.start_cycle, color="k", lw=0.5)
         if m.layer1_ready_cycle >= 0:
@@ -214,5 +222,5 @@ def write_all(res: RunResult, out: Path, backend: str) -> None:
             arrays[f"layer{i}"] = w.astype(np.float64) * 2.0**-frac
             arrays[f"layer{i}_raw"] = w.astype(np.int64)
         np.savez(wdir / f"step_{k:04d}.npz", **arrays)
-    (out / "trace.json").write_text(json.dumps(trace_events(res.records)))
+    (out / "trace.json").write_text(json.dumps(trace_events(res.records, res.intervals)))
     write_timeline(res, out / "timeline.png")
