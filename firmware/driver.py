@@ -62,6 +62,7 @@ class DeviceInfo:
     link_latency_cycles: int
     link_framing_bytes: int
     max_payload_bytes: int
+    trace_depth: int
 
 
 class Driver:
@@ -123,6 +124,7 @@ class Driver:
             link_latency_cycles=await self.read("LINK_LATENCY"),
             link_framing_bytes=lk.field("header_bytes").get(link) + lk.field("crc_bytes").get(link),
             max_payload_bytes=await self.read("LINK_MAX_PAYLOAD"),
+            trace_depth=await self.read("TRACE_DEPTH"),
         )
         self.ring_size = self.info.ring_entries
         for qi in range(rm.DMA_QUEUES):

@@ -183,6 +183,7 @@ class NodeFirmware:
         local_batch = len(job.labels[0]) if job.labels else 1
         info = await drv.init(0)
         self.fmt = info.fmt
+        self.trace_depth = info.trace_depth
         self.node, self.nodes = info.node_id, info.num_nodes
         self.lay = plan_memory(
             job.layers, local_batch, info.fmt.word_bytes, info.scratch_words, info.grad_words
@@ -244,7 +245,7 @@ class NodeFirmware:
     async def _step(self, k: int) -> None:
         job, drv, lay, top = self.job, self.drv, self.lay, self.nl
         await drv.wait_until(lambda: self.updated[1] >= k)
-        if await drv.read("TRACE_COUNT") >= (await drv.read("TRACE_DEPTH")) // 4:
+        if await drv.read("TRACE_COUNT") >= self.trace_depth // 4:
             self.records += await drv.drain_trace()
         x = self.fmt.quantize(job.inputs[k])
         b = x.shape[0]

@@ -75,6 +75,14 @@ def test_priority_trace_shows_the_scheme(comm_bound_runs):
                 )
 
 
+def test_fifo_sends_layers_in_production_order(comm_bound_runs):
+    res = comm_bound_runs["fifo"]
+    for node, recs in enumerate(res.records):
+        tx = [iv for iv in intervals(recs, node) if iv.engine == rm.Engine.NIC_TX and iv.step == 0]
+        order = [iv.layer for iv in sorted(tx, key=lambda iv: iv.start)]
+        assert order == sorted(order, reverse=True) and order[0] == len(COMM_LAYERS) - 1
+
+
 def test_sequential_never_overlaps_exchange_with_compute(comm_bound_runs):
     res = comm_bound_runs["sequential"]
     for node, recs in enumerate(res.records):
