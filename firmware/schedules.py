@@ -16,7 +16,8 @@ Built-ins (``--schedule NAME``):
 ``priority``
     Chunks are sent as soon as they exist, but the buffer always hands out
     the lowest layer first, so a lower layer's chunks overtake an upper
-    layer's remaining ones at chunk granularity; layer 1 uses the
+    layer's remaining ones at chunk granularity (within a layer, ring phases
+    breadth-first, which keeps a latency-bound ring busy); layer 1 uses the
     high-priority hardware queue; each layer is updated as soon as it is
     reduced, so the next step's forward for layer 1 starts while upper
     layers are still being exchanged.
@@ -56,7 +57,7 @@ class Schedule:
     #: update each layer as soon as it is reduced (False: after all layers are reduced)
     early_update = False
     #: descriptors posted to each hardware queue at once; the rest wait in the buffer
-    max_inflight = 2
+    max_inflight = 4
 
     def queue(self, task: SendTask) -> int:
         """Hardware queue of a task: 0 (high priority) or 1 (low priority)."""
@@ -97,7 +98,7 @@ class Priority(Schedule):
         return 0 if task.layer == 1 else 1
 
     def priority(self, task: SendTask) -> tuple:
-        return (task.layer, task.chunk, task.phase, task.ready_seq)
+        return (task.layer, task.phase, task.chunk, task.ready_seq)
 
 
 BUILTIN = {cls.name: cls for cls in (Sequential, Fifo, Priority)}
