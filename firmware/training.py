@@ -72,7 +72,9 @@ def _align(n_bytes: int, a: int = rm.DMA_ALIGN_BYTES) -> int:
 
 
 @dataclass
-class _Layout:
+class MemoryLayout:
+    """Byte addresses of every buffer, indexed by layer (index 0 unused where noted)."""
+
     w: list[int]
     act: list[int]  # act[0] = input X, act[l] = A_l
     dz: list[int]  # dz[l] gradient wrt layer l's output (l = 1..L)
@@ -84,7 +86,7 @@ class _Layout:
 
 def plan_memory(
     layers: tuple[int, ...], local_batch: int, word_bytes: int, scratch_words: int, grad_words: int
-) -> _Layout:
+) -> MemoryLayout:
     """Place weights, activations and gradients; raise ConfigError if they do not fit."""
     nl = len(layers) - 1
     sp = 0
@@ -117,7 +119,7 @@ def plan_memory(
             f"layers {','.join(map(str, layers))} need {gp // word_bytes} gradient SRAM words "
             f"but the device has {grad_words}"
         )
-    return _Layout(w, act, dz, g, r, grad_bytes, gp)
+    return MemoryLayout(w, act, dz, g, r, grad_bytes, gp)
 
 
 def split_chunks(n_bytes: int, chunk_bytes: int) -> list[tuple[int, int]]:
