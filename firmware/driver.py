@@ -29,6 +29,12 @@ class HostFormat:
     frac_bits: int
     nearest_even: bool
     saturate: bool
+    acc_bits: int = 40
+
+    @property
+    def max_exact_k(self) -> int:
+        """Longest GEMM inner dimension the accumulator sums without wrapping."""
+        return ((1 << (self.acc_bits - 1)) - 1) // (1 << (2 * (self.total_bits - 1)))
 
     @property
     def word_bytes(self) -> int:
@@ -114,6 +120,7 @@ class Driver:
                 f.field("frac_bits").get(fmt_word),
                 bool(f.field("nearest_even").get(fmt_word)),
                 bool(f.field("saturate").get(fmt_word)),
+                f.field("acc_bits").get(fmt_word),
             ),
             scratch_words=await self.read("SCRATCH_WORDS"),
             grad_words=await self.read("GRAD_WORDS"),

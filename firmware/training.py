@@ -190,6 +190,14 @@ class NodeFirmware:
         self.lay = plan_memory(
             job.layers, local_batch, info.fmt.word_bytes, info.scratch_words, info.grad_words
         )
+        k_limit = info.fmt.max_exact_k
+        widths = [(w, "layer width") for w in job.layers] + [(local_batch, "local batch")]
+        for k_dim, what in widths:
+            if k_dim > k_limit:
+                raise ConfigError(
+                    f"{what} {k_dim} exceeds the {k_limit}-term sums the {info.fmt.acc_bits}-bit "
+                    "accumulator holds exactly"
+                )
         for qi in range(rm.DMA_QUEUES):
             await self.dev.write32(rm.dma_reg(qi, "WIN_LEN"), self.lay.grad_window_bytes)
         chunk = job.chunk_bytes

@@ -76,6 +76,7 @@ def test_host_format_quantize_matches_rounding_rules():
         32767,
         -32768,
     ]
+    assert f.max_exact_k == 511  # 511 * 2**30 < 2**39 <= 512 * 2**30
     t = HostFormat(16, 10, False, False)
     assert t.quantize([-(2**-11), 32.0]).tolist() == [-1, -32768]
 

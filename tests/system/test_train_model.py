@@ -223,6 +223,15 @@ def test_impossible_configs_fail_with_one_clear_message(argv, text, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_gemm_longer_than_the_exact_accumulator_is_refused_before_running():
+    from gradsync.firmware.training import ConfigError
+
+    big = tm.HardwareConfig(scratchpad_words=1 << 17, gradient_words=1 << 17).to_dict()
+    cfg = TrainConfig(layers=(64, 520, 10), global_batch=16, steps=1, hardware=big)
+    with pytest.raises(ConfigError, match="layer width 520 exceeds the 511-term sums the 40-bit"):
+        run(cfg, run_model)
+
+
 USER_SCHEDULE = '''
 from gradsync.firmware.schedules import Schedule
 
