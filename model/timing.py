@@ -212,6 +212,13 @@ def descriptor_cycles(length_bytes: int, hw: HardwareConfig) -> int:
     )
 
 
+def priority_wait_bound(running_length_bytes: int, hw: HardwareConfig) -> int:
+    """Longest wait of a queue-0 descriptor whose doorbell rings while a queue-1
+    descriptor of ``running_length_bytes`` is running: the remainder of that
+    descriptor, at most all of it (granted in the doorbell's cycle otherwise)."""
+    return descriptor_cycles(running_length_bytes, hw)
+
+
 def refused_descriptor_cycles(hw: HardwareConfig) -> int:
     """DMA engine occupancy of a descriptor refused by validation (nothing sent)."""
     return descriptor_fetch_cycles(hw) + DESCRIPTOR_WRITEBACK_CYCLES

@@ -374,7 +374,7 @@ def test_high_priority_descriptor_overtakes_at_chunk_boundary():
     # the hi chunk starts exactly when the running lo chunk completes, ahead of lo chunks 2 and 3
     assert hi[0] == lo[0][1]
     assert lo[1][0] == hi[1]
-    assert hi[0] - out["hi_posted"] <= tm.descriptor_cycles(1024, HW)
+    assert hi[0] - out["hi_posted"] <= tm.priority_wait_bound(1024, HW)
 
 
 def test_fence_waits_for_compute_completion():
