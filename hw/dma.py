@@ -26,12 +26,13 @@ A doorbell written in cycle ``d`` makes the queue non-empty in ``d+1``.
 from __future__ import annotations
 
 from amaranth.hdl import Array, Module, Mux, Signal
-from amaranth.lib import data, wiring
 from amaranth.lib import stream as _stream
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.nic import TxWord
 
 #: ``firmware.regmap`` facts the engine is built from (``hw`` may not import the
@@ -49,12 +50,14 @@ ERR_OUT_OF_WINDOW = 4
 ERR_UNKNOWN_PEER = 5
 ERR_RING_FULL = 14
 
-#: A trace event of the engine: ``queue`` selects DMA_HI/DMA_LO, ``end`` START/END,
-#: ``aux`` the length (START, END ok) or the error code (END of a refused one),
-#: ``cycle`` the cycle the event happened (START is reported after the fetch,
-#: stamped with its grant cycle; END in its completion cycle).
-DmaEvent = data.StructLayout({"queue": 4, "end": 1, "error": 1, "tag": 32, "aux": 32,
-                              "cycle": 32})
+#: ``firmware.regmap`` trace codes (Engine, TraceEvent, Kind).
+ENGINE_DMA_HI = 2
+ENGINE_NIC_TX = 4
+ENGINE_NIC_RX = 5
+EVENT_START = 0
+EVENT_END = 1
+KIND_SEND = 7
+KIND_RECV = 8
 
 
 class DmaEngine(wiring.Component):
@@ -112,13 +115,17 @@ class DmaEngine(wiring.Component):
         Pulse in the write-back cycle of a descriptor with the IRQ flag that
         completed without error (a status register taking it is visible in
         the completion cycle).
-    err_valid, err_code, err_queue, err_slot, err_info
-        Pulse in the write-back cycle of a refused descriptor
-        (``err_info`` = source address, ``err_slot`` = its HEAD index).
-    ring_full, ring_full_queue, ring_full_tail
-        Pulse in the cycle of a refused doorbell write.
-    ev_valid, ev : Out(1), Out(DmaEvent)
-        Trace events, at most one per cycle.
+    trace : Out(TraceWrite).array(2)
+        ``hw/events.py`` records for the CSR block's trace buffer.  Port 0,
+        engine DMA_HI + queue: START (emitted after the fetch, stamped with
+        the grant cycle, aux = length) and END (emitted in the write-back
+        cycle, stamped with the completion cycle, aux = length or the error
+        code).  Port 1, engine NIC_TX: START when the chunk's first word goes
+        on the link, END in the cycle after its last word (aux = length).
+    error : Out(ErrorEvent).array(2)
+        Port 0: a refused descriptor (in its write-back cycle; index = its
+        HEAD slot, info = source address).  Port 1: a refused doorbell (in
+        the cycle of the write; code RING_FULL, index = queue, info = tail).
     busy : Out(1)
         A descriptor is being processed.
     """
@@ -156,23 +163,15 @@ class DmaEngine(wiring.Component):
             "tx_peer": In(8),
             "peers_ok": In(1),
             "compute_done": In(32),
-            "cycle": In(32),
+            "cycle": In(48),
             "src_addr": Out(self.src_addr_width),
             "src_region": Out(range(len(src_regions))),
             "src_data": In(32),
             "pkt": Out(_stream.Signature(TxWord)),
             "crc_sent": In(1),
             "irq_done": Out(queues),
-            "err_valid": Out(1),
-            "err_code": Out(8),
-            "err_queue": Out(4),
-            "err_slot": Out(16),
-            "err_info": Out(32),
-            "ring_full": Out(1),
-            "ring_full_queue": Out(4),
-            "ring_full_tail": Out(32),
-            "ev_valid": Out(1),
-            "ev": Out(DmaEvent),
+            "trace": Out(TraceWrite).array(2),
+            "error": Out(ErrorEvent).array(2),
             "busy": Out(1),
         }
         for q in range(queues):
@@ -227,10 +226,13 @@ class DmaEngine(wiring.Component):
                 ring_bad = ((size == 0) | (size > self.ring_entries) | (base[0:5] != 0)
                             | (base < self.ring_base_addr) | (ring_end > self.ring_valid_words))
                 with m.If(ring_bad | (ahead > size)):
+                    e = self.error[1]
                     m.d.comb += [
-                        self.ring_full.eq(1),
-                        self.ring_full_queue.eq(n),
-                        self.ring_full_tail.eq(self.q(n, "doorbell_tail")),
+                        e.valid.eq(1),
+                        e.code.eq(ERR_RING_FULL),
+                        e.engine.eq(ENGINE_DMA_HI + n),
+                        e.index.eq(n),
+                        e.info.eq(self.q(n, "doorbell_tail")),
                     ]
                 with m.Else():
                     m.d.sync += tails[n].eq(self.q(n, "doorbell_tail"))
@@ -282,11 +284,10 @@ class DmaEngine(wiring.Component):
         m.d.comb += [self.src_addr.eq(ptr), self.src_region.eq(region)]
         m.d.comb += pw.eq(Mux(rem[2:] > maxw, maxw, rem[2:]))
 
-        m.d.sync += self.ev_valid.eq(0)
 
         any_ready = Signal()
         grant = Signal(range(Q))
-        grant_cycle = Signal(32)
+        grant_cycle = Signal(48)
         for n in reversed(range(Q)):
             with m.If(heads[n] != tails[n]):
                 m.d.comb += [any_ready.eq(1), grant.eq(n)]
@@ -318,14 +319,13 @@ class DmaEngine(wiring.Component):
                 with m.If(fc == DESCRIPTOR_WORDS - 1):
                     m.next = "CHECK"
             with m.State("CHECK"):
+                t = self.trace[0]
+                m.d.comb += [
+                    t.valid.eq(1), t.cycle.eq(grant_cycle), t.engine.eq(ENGINE_DMA_HI + cur_q),
+                    t.event.eq(EVENT_START), t.kind.eq(KIND_SEND), t.tag.eq(d_tag),
+                    t.aux.eq(d_len),
+                ]
                 m.d.sync += [
-                    self.ev_valid.eq(1),
-                    self.ev.queue.eq(cur_q),
-                    self.ev.end.eq(0),
-                    self.ev.error.eq(0),
-                    self.ev.tag.eq(d_tag),
-                    self.ev.aux.eq(d_len),
-                    self.ev.cycle.eq(grant_cycle),
                     code.eq(check),
                     rem.eq(d_len),
                     wi.eq(0),
@@ -362,6 +362,13 @@ class DmaEngine(wiring.Component):
                 with m.If(fire & (wi >= 3)):
                     m.d.comb += self.src_addr.eq(ptr + 1)
                     m.d.sync += ptr.eq(ptr + 1)
+                with m.If(fire & (wi == 0) & (rem == d_len)):
+                    t = self.trace[1]
+                    m.d.comb += [
+                        t.valid.eq(1), t.cycle.eq(self.cycle), t.engine.eq(ENGINE_NIC_TX),
+                        t.event.eq(EVENT_START), t.kind.eq(KIND_SEND), t.tag.eq(d_tag),
+                        t.aux.eq(d_len),
+                    ]
                 with m.If(fire):
                     m.d.sync += wi.eq(wi + 1)
                     with m.If(last):
@@ -390,23 +397,24 @@ class DmaEngine(wiring.Component):
                             m.d.sync += self.q(n, "errors").eq(self.q(n, "errors") + 1)
                         with m.Elif(flags[1]):
                             m.d.comb += self.irq_done[n].eq(1)
-                m.d.sync += [
-                    self.ev_valid.eq(1),
-                    self.ev.queue.eq(cur_q),
-                    self.ev.end.eq(1),
-                    self.ev.error.eq(code != 0),
-                    self.ev.tag.eq(d_tag),
-                    self.ev.aux.eq(Mux(code != 0, code, d_len)),
-                    self.ev.cycle.eq(self.cycle + 1),
+                t = self.trace[0]
+                m.d.comb += [
+                    t.valid.eq(1), t.cycle.eq(self.cycle + 1),
+                    t.engine.eq(ENGINE_DMA_HI + cur_q), t.event.eq(EVENT_END),
+                    t.kind.eq(KIND_SEND), t.tag.eq(d_tag), t.aux.eq(Mux(code != 0, code, d_len)),
                 ]
-                with m.If(code != 0):
+                with m.If(code == 0):
+                    t = self.trace[1]
                     m.d.comb += [
-                        self.err_valid.eq(1),
-                        self.err_code.eq(code),
-                        self.err_queue.eq(cur_q),
-                        self.err_slot.eq(heads[0] if Q == 1 else
-                                         Array(heads)[cur_q] - 1),
-                        self.err_info.eq(d_src),
+                        t.valid.eq(1), t.cycle.eq(self.cycle), t.engine.eq(ENGINE_NIC_TX),
+                        t.event.eq(EVENT_END), t.kind.eq(KIND_SEND), t.tag.eq(d_tag),
+                        t.aux.eq(d_len),
+                    ]
+                with m.Else():
+                    e = self.error[0]
+                    m.d.comb += [
+                        e.valid.eq(1), e.code.eq(code), e.engine.eq(ENGINE_DMA_HI + cur_q),
+                        e.index.eq(Array(heads)[cur_q] - 1), e.info.eq(d_src),
                     ]
                 m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))

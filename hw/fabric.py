@@ -24,13 +24,14 @@ names); only its offsets and enumerations are used, at elaboration.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.hw.dma import DmaEngine
+from gradsync.hw.events import TraceWrite
 from gradsync.hw.link import AckMessage, Link, LinkBeat
 from gradsync.hw.nic import NicRx, NicTx
 
@@ -167,7 +168,6 @@ class CommNode(wiring.Component):
             dma.tx_peer.eq(self.tx_peer),
             dma.peers_ok.eq(self.num_nodes >= 2),
             dma.compute_done.eq(self.compute_done),
-            dma.cycle.eq(cycle[:32]),
         ]
 
         # Gradient memory: DMA source read, RX read + write, host read + write.
@@ -184,46 +184,40 @@ class CommNode(wiring.Component):
             g_rx_w.en.eq(rx.mem_wr_en),
         ]
 
-        # Trace memory: one 4-word record per row, two writers per cycle.
+        # Trace memory: one 4-word record per row.  Like hw/csr.py's buffer, all
+        # records of a cycle are stored in port order, engine records first,
+        # then an ERROR record per error event (stamped with the next cycle).
         R = self.trace_records
         m.submodules.trace = trace = Memory(shape=128, depth=R, init=[])
-        t_w0 = trace.write_port()
-        t_w1 = trace.write_port()
         t_r = trace.read_port()
         trace_head = Signal(32)
         trace_on = Signal(init=1)
-
-        ev_dma = Signal()
-        rec_dma = Signal(128)
-        ev_engine = Signal(4)
-        ev_event = Signal(4)
-        m.d.comb += [
-            ev_event.eq(Mux(dma.ev.end, int(rm.TraceEvent.END), int(rm.TraceEvent.START))),
-            ev_dma.eq(dma.ev_valid & trace_on),
-            ev_engine.eq(rm.Engine.DMA_HI + dma.ev.queue),
-            rec_dma.eq(Cat(
-                dma.ev.cycle,
-                Cat(Const(0, 16), ev_engine, ev_event, Const(int(rm.Kind.SEND), 8)),
-                dma.ev.tag, dma.ev.aux)),
-        ]
-        # RX: END record per applied or dropped packet (aux = bytes, 0 if dropped).
-        rx_ev = Signal()
-        rec_rx = Signal(128)
-        m.d.comb += [
-            rx_ev.eq(rx.ev_valid & trace_on),
-            rec_rx.eq(Cat(cycle[:32], Cat(Const(0, 16), Const(int(rm.Engine.NIC_RX), 4),
-                                          Const(int(rm.TraceEvent.END), 4),
-                                          Const(int(rm.Kind.RECV), 8)),
-                          rx.ev_tag, rx.ev_bytes)),
-        ]
-        slot0 = trace_head[:ceil_log2(R)] if R > 1 else 0
-        with m.If(ev_dma):
-            m.d.comb += [t_w0.addr.eq(slot0), t_w0.data.eq(rec_dma), t_w0.en.eq(1)]
-            with m.If(rx_ev):
-                m.d.comb += [t_w1.addr.eq(slot0 + 1), t_w1.data.eq(rec_rx), t_w1.en.eq(1)]
-        with m.Elif(rx_ev):
-            m.d.comb += [t_w0.addr.eq(slot0), t_w0.data.eq(rec_rx), t_w0.en.eq(1)]
-        m.d.sync += trace_head.eq(trace_head + ev_dma + rx_ev)
+        m.d.comb += [dma.cycle.eq(cycle[:48]), rx.now.eq(cycle[:48])]
+        #: Error sources in CSR order: the highest-numbered valid one is latched.
+        errors = [dma.error[0], dma.error[1], rx.error]
+        writes = [dma.trace[0], dma.trace[1], rx.trace]
+        for e in errors:
+            rec = Signal(TraceWrite)
+            m.d.comb += [
+                rec.valid.eq(e.valid), rec.cycle.eq(cycle + 1), rec.engine.eq(e.engine),
+                rec.event.eq(int(rm.TraceEvent.ERROR)), rec.kind.eq(int(rm.Kind.OTHER)),
+                rec.tag.eq(e.info), rec.aux.eq(e.code),
+            ]
+            writes.append(rec)
+        stored = Const(0, 4)
+        for w in writes:
+            wp = trace.write_port()
+            go = w.valid & trace_on
+            m.d.comb += [
+                wp.en.eq(go),
+                wp.addr.eq(trace_head + stored),
+                wp.data.eq(Cat(w.cycle[:32], w.cycle[32:48], w.engine, w.event, w.kind,
+                               w.tag, w.aux)),
+            ]
+            nxt = Signal(4)
+            m.d.comb += nxt.eq(stored + go)
+            stored = nxt
+        m.d.sync += trace_head.eq(trace_head + stored)
 
         # ------------------------------------------------------------- registers
         regs_rw = {}
@@ -315,36 +309,18 @@ class CommNode(wiring.Component):
             irq_set[ceil_log2(int(Irq.DMA_Q0))].eq(dma.irq_done[0]),
             irq_set[ceil_log2(int(Irq.DMA_Q1))].eq(dma.irq_done[1]),
             irq_set[ceil_log2(int(Irq.RX))].eq(rx.rx_irq),
-            irq_set[ceil_log2(int(Irq.ERROR))].eq(dma.err_valid | rx.err_valid | dma.ring_full),
+            irq_set[ceil_log2(int(Irq.ERROR))].eq(Cat(e.valid for e in errors).any()),
         ]
         w1c = Mux(csr_w & (a[:16] == rm.offset("IRQ_STATUS")), self.host_wdata, 0)
         m.d.sync += irq_status.eq((irq_status & ~w1c) | irq_set)
         m.d.comb += self.irq.eq((irq_status & irq_mask) != 0)
-
-        def err_word(code, engine, index):
-            return Cat(Value.cast(code)[:8], Value.cast(engine)[:4], Const(0, 4),
-                       Value.cast(index)[:16])
-
-        with m.If(dma.err_valid):
-            m.d.sync += [
-                err_code.eq(err_word(dma.err_code, rm.Engine.DMA_HI + dma.err_queue,
-                                     dma.err_slot)),
-                err_info.eq(dma.err_info),
-            ]
-        with m.Elif(rx.err_valid):
-            m.d.sync += [
-                err_code.eq(err_word(rx.err_code, Const(int(rm.Engine.NIC_RX), 4),
-                                     rx.err_window)),
-                err_info.eq(rx.err_info),
-            ]
-        with m.Elif(dma.ring_full):
-            m.d.sync += [
-                err_code.eq(err_word(Const(int(rm.ErrorCode.RING_FULL), 8),
-                                     rm.Engine.DMA_HI + dma.ring_full_queue,
-                                     dma.ring_full_queue)),
-                err_info.eq(dma.ring_full_tail),
-            ]
-        m.d.sync += err_count.eq(err_count + dma.err_valid + rx.err_valid + dma.ring_full)
+        for e in errors:
+            with m.If(e.valid):
+                m.d.sync += [
+                    err_code.eq(Cat(e.code, e.engine, Const(0, 4), e.index)),
+                    err_info.eq(e.info),
+                ]
+        m.d.sync += err_count.eq(err_count + sum(e.valid for e in errors))
 
         # Host memory accesses.
         region = a[28:32]

@@ -37,6 +37,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
+from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.link import AckMessage, LinkBeat
 
 #: A word from the DMA engine to the transmitter: ``last`` ends a packet,
@@ -50,6 +51,11 @@ HEADER_WORDS = 3
 RX_NO_WINDOW = 6
 RX_TAG_MISMATCH = 7
 RX_OUT_OF_WINDOW = 8
+
+#: ``firmware.regmap`` trace codes used by the receiver.
+ENGINE_NIC_RX = 5
+EVENT_END = 1
+KIND_RECV = 8
 
 #: RX window register indices (byte offset / 4 inside a window's block).
 WIN_CTRL, WIN_DST, WIN_SRC, WIN_LEN, WIN_TAG, WIN_EXPECT, WIN_RECEIVED = range(7)
@@ -316,12 +322,15 @@ class NicRx(wiring.Component):
         (W1C mask) clears bits.
     rx_irq : Out(1)
         Pulses in the cycle a window's done bit is being set.
-    err_valid, err_code, err_window, err_info
-        Pulse per packet dropped by the window checks (``err_info`` = tag),
-        in the cycle before its drop is visible.
-    ev_valid, ev_tag, ev_bytes
-        Pulse per packet applied (``ev_bytes`` its payload) or dropped (0),
-        in the cycle its effects are visible.
+    now : In(48)
+        The cycle counter, for trace stamps.
+    trace : Out(TraceWrite)
+        ``hw/events.py`` record, engine NIC_RX: END per packet applied
+        (aux = bytes) or refused (aux = 0), emitted one cycle before and
+        stamped with the cycle it is visible (the model traces no RX START).
+    error : Out(ErrorEvent)
+        A packet refused by the window checks (index = window, info = tag),
+        emitted one cycle before the refusal is visible.
     packets_applied, bytes_applied, drops, crc_errors, seq_errors, duplicates : Out(32)
 
     Timing
@@ -369,13 +378,9 @@ class NicRx(wiring.Component):
             "done_bits": Out(64),
             "done_clear": In(64),
             "rx_irq": Out(1),
-            "err_valid": Out(1),
-            "err_code": Out(8),
-            "err_window": Out(8),
-            "err_info": Out(32),
-            "ev_valid": Out(1),
-            "ev_tag": Out(32),
-            "ev_bytes": Out(32),
+            "now": In(48),
+            "trace": Out(TraceWrite),
+            "error": Out(ErrorEvent),
             "packets_applied": Out(32),
             "bytes_applied": Out(32),
             "drops": Out(32),
@@ -435,7 +440,7 @@ class NicRx(wiring.Component):
             ]
             m.d.sync += nak_pending.eq(0)
         # One-cycle flags; later assignments in this function set them again.
-        m.d.sync += [dirty.eq(0), self.ev_valid.eq(0)]
+        m.d.sync += dirty.eq(0)
 
         holdoff = Signal(range(self.nak_holdoff_cycles + 1))
         with m.If(nak_sent):
@@ -588,19 +593,22 @@ class NicRx(wiring.Component):
                 with m.If(k + 1 == a_pw):
                     m.next = "LAST"
             with m.State("LAST"):
-                m.d.comb += free.eq(1)
-                m.d.sync += [self.ev_valid.eq(1), self.ev_tag.eq(a_tag)]
+                t = self.trace
+                m.d.comb += [
+                    free.eq(1),
+                    t.valid.eq(1), t.cycle.eq(self.now + 1), t.engine.eq(ENGINE_NIC_RX),
+                    t.event.eq(EVENT_END), t.kind.eq(KIND_RECV), t.tag.eq(a_tag),
+                    t.aux.eq(Mux(a_code == 0, bytes_, 0)),
+                ]
                 with m.If(a_code == 0):
                     m.d.comb += count_apply.eq(1)
-                    m.d.sync += self.ev_bytes.eq(bytes_)
                 with m.Else():
+                    e = self.error
                     m.d.comb += [
-                        self.err_valid.eq(1),
-                        self.err_code.eq(a_code),
-                        self.err_window.eq(a_win),
-                        self.err_info.eq(a_tag),
+                        e.valid.eq(1), e.code.eq(a_code), e.engine.eq(ENGINE_NIC_RX),
+                        e.index.eq(a_win), e.info.eq(a_tag),
                     ]
-                    m.d.sync += [self.drops.eq(self.drops + 1), self.ev_bytes.eq(0)]
+                    m.d.sync += self.drops.eq(self.drops + 1)
                 m.next = "IDLE"
 
         with m.If(free):
