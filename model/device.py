@@ -14,8 +14,13 @@ Engines (see ``DESIGN.md``, "One node"):
   arbiter grants queue 0 if it has work, else queue 1 (chunk-granular strict
   priority).  A descriptor is validated before anything moves.
 * NIC: packetises a chunk back to back onto the single transmit link to
-  ``TX_PEER``; the receiver checks each packet against the RX window the
-  firmware opened and applies it (plain write or saturating reduce-add).
+  ``TX_PEER``; the receiver's store-and-forward applier takes packets in
+  order, checks each against the RX window the firmware opened and applies
+  it (plain write or saturating reduce-add), see ``timing.rx_visible_cycle``.
+
+Host protocol costs (MMIO, interrupt latency, bulk transfers) come from the
+``host_*`` fields of :class:`~gradsync.model.timing.HardwareConfig`; the
+``firmware.device.Device`` docstring states the rules.
 """
 
 from __future__ import annotations
