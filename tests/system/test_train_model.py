@@ -70,9 +70,7 @@ def test_priority_trace_shows_the_scheme(comm_bound_runs):
                     for iv in ivs
                     if iv.kind == rm.Kind.FWD and iv.layer == 1 and iv.step == 1
                 )
-                assert fwd1 < max(
-                    iv.end for iv in tx if iv.layer == len(COMM_LAYERS) - 1 or iv.layer == upper
-                )
+                assert fwd1 < max(iv.end for iv in tx_upper)
 
 
 def test_fifo_sends_layers_in_production_order(comm_bound_runs):
