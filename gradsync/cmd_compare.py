@@ -16,13 +16,13 @@ DEFAULT_SCHEDULES = "sequential,fifo,priority"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="run every schedule on one configuration and print a table")
-    add_config_arguments(p, schedule=False)
+    add_config_arguments(p, schedule=False, steps=5)
     p.add_argument(
         "--schedules",
         default=DEFAULT_SCHEDULES,
         help=f"comma-separated schedules, names or file.py:Class (default {DEFAULT_SCHEDULES})",
     )
-    p.set_defaults(func=run, steps=5)
+    p.set_defaults(func=run)
 
 
 def compare(args) -> list[dict]:

@@ -33,7 +33,9 @@ def _chunk(text: str) -> int | None:
         ) from None
 
 
-def add_config_arguments(p: argparse.ArgumentParser, *, schedule: bool = True) -> None:
+def add_config_arguments(
+    p: argparse.ArgumentParser, *, schedule: bool = True, steps: int = 100
+) -> None:
     """Arguments shared by ``train`` and ``compare``."""
     p.add_argument(
         "--backend",
@@ -54,7 +56,7 @@ def add_config_arguments(p: argparse.ArgumentParser, *, schedule: bool = True) -
         default=512,
         help="gradient chunk in bytes, or 'auto' (default 512)",
     )
-    p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
+    p.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
     p.add_argument(
         "--layers", type=_layers, default=(64, 32, 10), help="MLP widths (default 64,32,10)"
     )
