@@ -232,6 +232,8 @@ def packet_arrival_offset(hw: HardwareConfig, payload_bytes: int) -> int:
     later; the receiver then commits it, checks its window and applies one
     32-bit payload word per cycle (store-and-forward, so no corrupted word is
     ever applied).  A packet refused by the window checks takes the same time.
+    This is the idle-receiver case of :func:`rx_visible_cycle`, which also
+    accounts for a previous packet still being applied.
     """
     word_period = max(1, 4 // hw.link_bytes_per_cycle)
     return (
