@@ -77,6 +77,10 @@ class DmaEngine(wiring.Component):
         byte address, 32-byte aligned).
     max_payload_bytes:
         Largest packet payload (multiple of 4, at most 512).
+    link_bytes_per_cycle:
+        Bandwidth of the transmit link (1, 2 or 4): a chunk's transmission
+        ends ``4 / link_bytes_per_cycle - 1`` cycles after its last word was
+        taken, and only then is it written back.
     src_regions:
         ``(base, bytes)`` of the device-memory regions a descriptor may read;
         a source range not inside one of them is refused as out of window.
@@ -132,7 +136,7 @@ class DmaEngine(wiring.Component):
 
     def __init__(self, *, queues: int = 2, ring_words: int = 4096, ring_entries: int = 64,
                  ring_base_addr: int = 0x3000_0000, ring_valid_words: int | None = None,
-                 max_payload_bytes: int = 256,
+                 max_payload_bytes: int = 256, link_bytes_per_cycle: int = 4,
                  src_regions: tuple[tuple[int, int], ...] = ((0x2000_0000, 1 << 16),)):
         if queues < 2:
             raise ValueError(f"queues must be >= 2, not {queues!r}")
@@ -153,6 +157,10 @@ class DmaEngine(wiring.Component):
                 f"ring_valid_words <= {ring_words}, not {ring_valid_words!r}")
         self.ring_entries = ring_entries
         self.max_payload_bytes = max_payload_bytes
+        if link_bytes_per_cycle not in (1, 2, 4):
+            raise ValueError(
+                f"link_bytes_per_cycle must be 1, 2 or 4, not {link_bytes_per_cycle!r}")
+        self.word_period = 4 // link_bytes_per_cycle
         self.src_regions = tuple(src_regions)
         self.src_addr_width = max(1, ceil_log2(max(size for _, size in src_regions) // 4))
         ports = {
@@ -285,6 +293,8 @@ class DmaEngine(wiring.Component):
         m.d.comb += pw.eq(Mux(rem[2:] > maxw, maxw, rem[2:]))
 
 
+        hold = Signal(2)
+        fence_wait = Signal()
         any_ready = Signal()
         grant = Signal(range(Q))
         grant_cycle = Signal(48)
@@ -335,13 +345,15 @@ class DmaEngine(wiring.Component):
                 ]
                 with m.If(check != 0):
                     m.next = "WRITEBACK"
-                with m.Elif(flags[2]):
-                    m.next = "FENCE"
                 with m.Else():
+                    m.d.sync += fence_wait.eq(flags[2])
                     m.next = "SEND"
-            with m.State("FENCE"), m.If(~(self.compute_done - d_fence)[31]):
-                m.next = "SEND"
             with m.State("SEND"):
+                # FENCE: hold the first word until COMPUTE_DONE - FENCE_COUNT >= 0;
+                # it leaves in the cycle the counter shows the value (as in the model).
+                go = ~fence_wait | ~(self.compute_done - d_fence)[31]
+                with m.If(go):
+                    m.d.sync += fence_wait.eq(0)
                 last = wi == 2 + pw
                 with m.Switch(wi):
                     with m.Case(0):
@@ -353,9 +365,9 @@ class DmaEngine(wiring.Component):
                         m.d.comb += self.pkt.p.data.eq(raddr)
                     with m.Default():
                         m.d.comb += self.pkt.p.data.eq(self.src_data)
-                fire = self.pkt.ready
+                fire = go & self.pkt.ready
                 m.d.comb += [
-                    self.pkt.valid.eq(1),
+                    self.pkt.valid.eq(go),
                     self.pkt.p.last.eq(last),
                     self.pkt.p.chunk_end.eq(last & (rem[2:] == pw)),
                 ]
@@ -380,7 +392,18 @@ class DmaEngine(wiring.Component):
                         with m.If(rem[2:] == pw):
                             m.next = "WAIT_CRC"
             with m.State("WAIT_CRC"), m.If(self.crc_sent):
-                m.next = "WRITEBACK"
+                if self.word_period > 1:
+                    m.d.sync += hold.eq(self.word_period - 2)
+                    m.next = "LINK_TAIL"
+                else:
+                    m.next = "WRITEBACK"
+            with m.State("LINK_TAIL"):
+                # A slow link is busy for word_period cycles per word: the chunk's
+                # transmission ends word_period - 1 cycles after its last word was taken.
+                with m.If(hold == 0):
+                    m.next = "WRITEBACK"
+                with m.Else():
+                    m.d.sync += hold.eq(hold - 1)
             with m.State("WRITEBACK"):
                 m.d.comb += [
                     wb_status.addr.eq(slot_base + 6),

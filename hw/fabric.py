@@ -151,6 +151,7 @@ class CommNode(wiring.Component):
             ring_base_addr=rm.RING_MEM_BASE,
             ring_valid_words=Q * self.ring_entries * rm.DESCRIPTOR_WORDS,
             max_payload_bytes=self.max_payload_bytes,
+            link_bytes_per_cycle=self.link_bytes_per_cycle,
             src_regions=((rm.GRAD_BASE, self.grad_words32 * 4),))
         m.submodules.tx = tx = self.nic_tx = NicTx(max_payload_words=max_pw, window_packets=self.window_packets,
                                      credits=self.credits, timeout_cycles=self.timeout_cycles)

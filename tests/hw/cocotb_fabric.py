@@ -544,9 +544,20 @@ if cocotb is not None:
         counts: dict[str, int] = {}
         slot = {0: 0, 1: 0}
         rx_refused = 0
+        ring_full = 0
         while done < total:
             batch = min(total - done, tb.hw.ring_entries // 2)
             issued = []
+            for q in range(2):
+                if rng.random() < 0.3:
+                    # (engine idle) a doorbell more than RING_SIZE ahead is refused, changes nothing
+                    bad = slot[q] + tb.hw.ring_entries // 2 + rng.randrange(1, 5)
+                    await tb.write_csr(0, rm.dma_reg(q, "DOORBELL"), bad)
+                    err = await tb.read_csr(0, "ERR_CODE")
+                    assert err & 0xFF == rm.ErrorCode.RING_FULL and (err >> 16) == q, hex(err)
+                    assert await tb.read_csr(0, "ERR_INFO") == bad
+                    assert await tb.read_csr(0, rm.dma_reg(q, "TAIL")) == slot[q]
+                    ring_full += 1
             for _ in range(batch):
                 kind = rng.choice(kinds)
                 counts[kind] = counts.get(kind, 0) + 1
@@ -554,9 +565,11 @@ if cocotb is not None:
                 length = rng.randrange(1, 48) * 4
                 src = win_base + rng.randrange(0, (win_len - length) // 4) * 4
                 dst = rm.GRAD_BASE + half + w * slice_ + rng.randrange(0, (slice_ - length) // 4) * 4
+                # FENCE on COMPUTE_DONE >= 0 must pass at once (no compute half here)
                 d = dict(src_addr=src, length=length, peer=1, remote_addr=dst, window=w,
                          tag=rm.encode_tag(w + 1, 0, 7),
-                         flags=rng.choice([0, rm.DescFlag.REDUCE_ADD]))
+                         flags=rng.choice([0, rm.DescFlag.REDUCE_ADD])
+                         | rng.choice([0, 0, rm.DescFlag.FENCE]) | rng.choice([0, rm.DescFlag.IRQ]))
                 if kind == "version":
                     d["version"] = rng.choice([0, 2, 255])
                 elif kind == "zero":
@@ -599,6 +612,9 @@ if cocotb is not None:
         dut._log.info(f"descriptor kinds: {counts}")
         assert all(counts.get(k, 0) > 0 for k in kinds), counts
         assert await tb.read_csr(1, "RX_DROPS") == rx_refused
+        assert ring_full > 0
+        assert await tb.read_csr(0, "ERR_COUNT") == ring_full + sum(
+            counts.get(k, 0) for k in expected_code)
         cl = tb.run_model()
         await tb.compare_with_model(cl, check_trace=False)
         assert cl.devices[1].rx_drops == rx_refused

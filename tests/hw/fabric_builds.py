@@ -1,7 +1,8 @@
-"""The fabric models the communication tests share (one Verilator build per fabric size)."""
+"""The fabric models the communication tests share (one Verilator build per fabric variant)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from gradsync.model.numerics import FixedPointFormat
@@ -13,21 +14,30 @@ HW = HardwareConfig(gradient_words=4096, ring_entries=64, rx_windows=8, link_lat
 FMT = FixedPointFormat()
 
 
+def hardware(bytes_per_cycle: int = 4) -> HardwareConfig:
+    return dataclasses.replace(HW, link_bytes_per_cycle=bytes_per_cycle)
+
+
 @functools.cache
-def fabric_model(nodes: int):
+def fabric_model(nodes: int, bytes_per_cycle: int = 4):
     """Build (or reuse from the cache) the Verilator model of an N-node fabric."""
     from gradsync.firmware import regmap
     from gradsync.hw.fabric import Fabric
     from gradsync.sim.build import build_component
     from tests.hw.cocotb_fabric import fabric_kwargs
 
-    return build_component(Fabric(regmap, num_nodes=nodes, **fabric_kwargs(HW, FMT)),
-                           f"comm_fabric{nodes}")
+    hw = hardware(bytes_per_cycle)
+    suffix = "" if bytes_per_cycle == 4 else f"_b{bytes_per_cycle}"
+    return build_component(Fabric(regmap, num_nodes=nodes, **fabric_kwargs(hw, FMT)),
+                           f"comm_fabric{nodes}{suffix}")
 
 
-def run(nodes: int, testcase: str, tmp_path, seed: int = 1, **extra) -> None:
+def run(nodes: int, testcase: str, tmp_path, seed: int = 1, bytes_per_cycle: int = 4,
+        **extra) -> None:
+    """Run one scenario of ``tests/hw/cocotb_fabric.py`` on the N-node fabric."""
     from gradsync.sim.build import run_cocotb
     from tests.hw.cocotb_fabric import fabric_env
 
-    run_cocotb(fabric_model(nodes), "tests.hw.cocotb_fabric", testcase=testcase,
-               test_dir=tmp_path, extra_env=fabric_env(nodes, HW, FMT, seed, **extra))
+    run_cocotb(fabric_model(nodes, bytes_per_cycle), "tests.hw.cocotb_fabric", testcase=testcase,
+               test_dir=tmp_path,
+               extra_env=fabric_env(nodes, hardware(bytes_per_cycle), FMT, seed, **extra))

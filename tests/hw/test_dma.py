@@ -6,6 +6,7 @@ import pytest
 from gradsync.firmware import regmap as rm
 from gradsync.hw import dma, nic
 from gradsync.model import timing as tm
+from gradsync.model.timing import HardwareConfig
 from tests.hw.fabric_builds import HW
 
 
@@ -62,3 +63,36 @@ def test_dma_descriptor_fuzz_500(tmp_path):
     from tests.hw.fabric_builds import run
 
     run(2, "descriptor_fuzz", tmp_path, seed=11, descriptors=500)
+
+
+def test_fence_holds_the_chunk_until_compute_done_reaches_its_count():
+    """FENCE: nothing leaves before COMPUTE_DONE >= FENCE_COUNT; the first word leaves then."""
+    from tests.hw.comm_host import GB, Host, run_sim, small_fabric
+
+    dut = small_fabric()
+
+    async def bench(ctx):
+        h = Host(ctx, dut)
+        await h.window(1, 0, GB + 0x400, GB + 0x400, 256, 5)
+        await h.send(0, rm.Descriptor(src_addr=GB, length=256, peer=1, remote_addr=GB + 0x400,
+                                      window=0, tag=5, flags=rm.DescFlag.FENCE, fence_count=3))
+        ctx.set(dut.n0_compute_done, 2)
+        for _ in range(400):
+            await ctx.tick()
+        assert ctx.get(dut.n0_tx_packets) == 0
+        assert await h.read(0, rm.dma_reg(1, "DONE"), 1) == 0
+        released = await h.read(0, rm.offset("CYCLE_LO"), 1) + 1
+        ctx.set(dut.n0_compute_done, 3)
+        for _ in range(200):
+            await ctx.tick()
+        assert await h.read(0, rm.dma_reg(1, "DONE"), 1) == 1
+        recs = [rm.TraceRecord.decode([await h.read(0, rm.TRACE_MEM_BASE + 16 * r + 4 * k, 0)
+                                       for k in range(4)]) for r in range(4)]
+        tx = {r.event: r.cycle for r in recs if r.engine == rm.Engine.NIC_TX}
+        dma_ = {r.event: r.cycle for r in recs if r.engine == rm.Engine.DMA_LO}
+        assert tx[rm.TraceEvent.START] == released
+        hw = HardwareConfig(link_latency_cycles=6)
+        assert tx[rm.TraceEvent.END] - tx[rm.TraceEvent.START] == tm.chunk_tx_cycles(256, hw)
+        assert dma_[rm.TraceEvent.END] == tx[rm.TraceEvent.END] + 1
+
+    run_sim(dut, bench)

@@ -41,3 +41,13 @@ def test_four_node_random_descriptors(tmp_path):
     from tests.hw.fabric_builds import run
 
     run(4, "dma_random_descriptors", tmp_path, seed=8, descriptors=8)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["dma_random_descriptors", "allreduce"])
+def test_two_bytes_per_cycle_link_matches_model(scenario, tmp_path):
+    """A half-rate link: every chunk, packet and trace cycle still equals the model's formulas."""
+    from tests.hw.fabric_builds import run
+
+    run(2, scenario, tmp_path, seed=12, bytes_per_cycle=2)

@@ -2,67 +2,13 @@
 """NIC: reliable delivery under fault injection, window refusals; Amaranth simulator and Verilator."""
 
 import pytest
-from amaranth.sim import Simulator
 
 from gradsync.firmware import regmap as rm
 from gradsync.hw.fabric import Fabric
 from gradsync.hw.nic import NicRx, NicTx, header0
 from gradsync.model import timing as tm
 from gradsync.model.timing import HardwareConfig
-
-GB = rm.GRAD_BASE
-
-
-def _small_fabric():
-    return Fabric(rm, num_nodes=2, link_latency_cycles=6, rx_windows=4, gradient_words=1024,
-                  ring_entries=8)
-
-
-class Host:
-    """Host-bus helpers for Amaranth testbenches of the fabric."""
-
-    def __init__(self, ctx, dut):
-        self.ctx, self.dut = ctx, dut
-
-    async def write(self, n, addr, data, csr):
-        ctx, d = self.ctx, self.dut
-        ctx.set(getattr(d, f"n{n}_host_addr"), addr)
-        ctx.set(getattr(d, f"n{n}_host_wdata"), data)
-        ctx.set(getattr(d, f"n{n}_host_csr"), csr)
-        ctx.set(getattr(d, f"n{n}_host_we"), 1)
-        await ctx.tick()
-        ctx.set(getattr(d, f"n{n}_host_we"), 0)
-
-    async def read(self, n, addr, csr):
-        ctx, d = self.ctx, self.dut
-        ctx.set(getattr(d, f"n{n}_host_addr"), addr)
-        ctx.set(getattr(d, f"n{n}_host_csr"), csr)
-        ctx.set(getattr(d, f"n{n}_host_re"), 1)
-        await ctx.tick()
-        ctx.set(getattr(d, f"n{n}_host_re"), 0)
-        return ctx.get(getattr(d, f"n{n}_host_rdata"))
-
-    async def send(self, n, desc, slot=0, queue=1):
-        """Configure ``queue`` of node ``n`` over the whole memory and post ``desc``."""
-        await self.write(n, rm.dma_reg(queue, "RING_BASE"), rm.RING_MEM_BASE + 0x100 * queue, 1)
-        await self.write(n, rm.dma_reg(queue, "RING_SIZE"), 8, 1)
-        await self.write(n, rm.dma_reg(queue, "WIN_BASE"), GB, 1)
-        await self.write(n, rm.dma_reg(queue, "WIN_LEN"), 0x800, 1)
-        for j, w in enumerate(desc.encode()):
-            await self.write(n, rm.RING_MEM_BASE + 0x100 * queue + 32 * slot + 4 * j, w, 0)
-        await self.write(n, rm.dma_reg(queue, "DOORBELL"), slot + 1, 1)
-
-    async def window(self, n, w, dst, src, length, tag):
-        for name, value in (("DST", dst), ("SRC", src), ("LEN", length), ("TAG", tag),
-                            ("CTRL", 1)):
-            await self.write(n, rm.rx_window_reg(w, name), value, 1)
-
-
-def _run(dut, bench):
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+from tests.hw.comm_host import GB, Host, run_sim, small_fabric
 
 
 def test_corrupted_and_dropped_packets_are_resent_and_applied_once():
@@ -73,7 +19,7 @@ def test_corrupted_and_dropped_packets_are_resent_and_applied_once():
     (NAK or timeout), and the reduce-add must be applied exactly once (a
     second application would double the payload).
     """
-    dut = _small_fabric()
+    dut = small_fabric()
 
     async def bench(ctx):
         h = Host(ctx, dut)
@@ -101,12 +47,12 @@ def test_corrupted_and_dropped_packets_are_resent_and_applied_once():
             assert got == v * 0x00010001, f"word {i}: {got:#x}"
         assert await h.read(1, rm.rx_window_reg(1, "RECEIVED"), 1) == 1024
 
-    _run(dut, bench)
+    run_sim(dut, bench)
 
 
 @pytest.mark.parametrize("kind", ["closed", "tag", "below", "above"])
 def test_packet_outside_the_open_window_is_dropped_counted_and_writes_nothing(kind):
-    dut = _small_fabric()
+    dut = small_fabric()
     E = rm.ErrorCode
     code = {"closed": E.RX_NO_WINDOW, "tag": E.RX_TAG_MISMATCH, "below": E.RX_OUT_OF_WINDOW,
             "above": E.RX_OUT_OF_WINDOW}[kind]
@@ -140,7 +86,7 @@ def test_packet_outside_the_open_window_is_dropped_counted_and_writes_nothing(ki
         # the sender saw a normal completion: refusal is the receiver's business
         assert await h.read(0, rm.dma_reg(1, "ERRORS"), 1) == 0
 
-    _run(dut, bench)
+    run_sim(dut, bench)
 
 
 def test_credits_throttle_the_sender_without_losing_data():
@@ -169,7 +115,7 @@ def test_credits_throttle_the_sender_without_losing_data():
         hw = HardwareConfig(link_latency_cycles=6)
         assert recs[1].cycle - recs[0].cycle >= tm.descriptor_cycles(1024, hw) + 3 * (2 * 6 + 64)
 
-    _run(dut, bench)
+    run_sim(dut, bench)
 
 
 def test_header_word_layout():
