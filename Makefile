@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gradsync-installed
 
-.PHONY: run test test-fast lint bench setup clean-cache
+.PHONY: run doctor test test-fast lint bench setup clean-cache
 
 setup: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(STAMP)
+	$(BIN)/gradsync train --backend model --nodes 2 --schedule priority --steps 100 --out runs/latest
+
+doctor: $(STAMP)
 	$(BIN)/gradsync doctor
 
 lint: $(STAMP)

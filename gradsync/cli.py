@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into `head`): not an error of the run
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
