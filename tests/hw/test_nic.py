@@ -134,10 +134,10 @@ def test_nic_rejects_bad_parameters(cls, bad):
 
 @pytest.mark.rtl
 def test_allreduce_with_link_faults_two_nodes(tmp_path):
-    """3 % corrupted + 3 % dropped packets on both links and random stalls, under Verilator."""
+    """5 % corrupted + 5 % dropped packets on both links and random stalls, under Verilator."""
     from tests.hw.fabric_builds import run
 
-    run(2, "allreduce_with_faults", tmp_path, seed=9, words=2048, repeats=4)
+    run(2, "allreduce_with_faults", tmp_path, seed=9, words=2048, repeats=8)
 
 
 @pytest.mark.rtl
@@ -145,4 +145,4 @@ def test_allreduce_with_link_faults_two_nodes(tmp_path):
 def test_allreduce_with_link_faults_four_node_ring(tmp_path):
     from tests.hw.fabric_builds import run
 
-    run(4, "allreduce_with_faults", tmp_path, seed=10, words=2048, repeats=3)
+    run(4, "allreduce_with_faults", tmp_path, seed=11, words=2048, repeats=8)
