@@ -145,6 +145,7 @@ class ModelDevice:
         }
         self._irq_waiters: list[tuple[int, Future]] = []
         self._cycle_hi_latch = 0
+        self._sample_cycle: int | None = None  # set while a host read samples (see _read_at)
 
     # ---------------------------------------------------------------- helpers
     def _init_ro_registers(self) -> None:
@@ -261,7 +262,7 @@ class ModelDevice:
             if self.irq_status & mask & self.irq_mask:
                 # the host notices the line after its interrupt latency, then reads IRQ_STATUS
                 delay = self.hw.host_irq_latency_cycles + self.hw.host_read_cycles
-                self.sim.after(delay, lambda f=fut, m=mask: f.resolve(self.irq_status & m))
+                self._read_at(self.sim.now + delay, 0, mask).add_callback(fut.resolve)
             else:
                 still.append((mask, fut))
         self._irq_waiters = still
@@ -281,13 +282,31 @@ class ModelDevice:
         self.mmio_write(addr, value & M32)
 
     async def read32(self, addr: int) -> int:
-        await self.sim.delay(self.hw.host_read_cycles)
-        return self.mmio_read(addr)
+        return await self._read_at(self.sim.now + self.hw.host_read_cycles, addr)
+
+    def _read_at(self, cycle: int, addr: int, mask: int | None = None) -> Future:
+        """A read returning in ``cycle``: it samples the state at the end of ``cycle - 1``.
+
+        That is the AXI4-Lite read of the RTL: the address handshake in
+        ``cycle - 1`` captures that cycle's register values, which reach the
+        host in ``cycle``.  ``mask``: return ``IRQ_STATUS & mask`` instead.
+        """
+        fut = Future()
+
+        def sample() -> None:
+            self._sample_cycle = cycle - 1
+            try:
+                value = self.irq_status & mask if mask is not None else self.mmio_read(addr)
+            finally:
+                self._sample_cycle = None
+            fut.resolve(value)
+
+        self.sim.at_start(cycle, sample)
+        return fut
 
     async def wait_irq(self, mask: int) -> int:
         if self.irq_status & mask & self.irq_mask:
-            await self.sim.delay(self.hw.host_read_cycles)
-            return self.irq_status & mask
+            return await self._read_at(self.sim.now + self.hw.host_read_cycles, 0, mask)
         if not mask & self.irq_mask:
             raise ValueError(
                 f"wait_irq(0x{mask:x}) can never return: IRQ_MASK is 0x{self.irq_mask:x}"
@@ -354,8 +373,9 @@ class ModelDevice:
             return 0
         name = r.name
         if name == "CYCLE_LO":
-            self._cycle_hi_latch = (self.sim.now >> 32) & M32
-            return self.sim.now & M32
+            now = self.sim.now if self._sample_cycle is None else self._sample_cycle
+            self._cycle_hi_latch = (now >> 32) & M32
+            return now & M32
         if name == "CYCLE_HI":
             return self._cycle_hi_latch
         if name == "IRQ_STATUS":

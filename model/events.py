@@ -14,6 +14,8 @@ import heapq
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+_EARLY = 1 << 62  # at_start() callbacks sort before every at() callback of their cycle
+
 
 class SimulationError(RuntimeError):
     """The simulated system cannot make progress or a firmware task failed."""
@@ -76,6 +78,18 @@ class Simulator:
 
     def after(self, cycles: int, fn: Callable[[], None]) -> None:
         self.at(self.now + cycles, fn)
+
+    def at_start(self, cycle: int, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at ``cycle`` before every callback scheduled with :meth:`at`.
+
+        ``fn`` sees the state at the end of ``cycle - 1``: this is how a host
+        read samples a register (the RTL's AXI4-Lite read captures the state
+        of the cycle before its data reaches the host).
+        """
+        if cycle <= self.now:
+            raise SimulationError(f"cannot schedule at the start of {cycle} in cycle {self.now}")
+        heapq.heappush(self._heap, (cycle, self._seq - _EARLY, fn))
+        self._seq += 1
 
     def delay(self, cycles: int, value: Any = None) -> Future:
         fut = Future()
