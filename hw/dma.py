@@ -116,9 +116,10 @@ class DmaEngine(wiring.Component):
     crc_sent : In(1)
         From the transmitter: a new packet's CRC word left; ends the chunk.
     irq_done : Out(queues)
-        Pulse in the write-back cycle of a descriptor with the IRQ flag that
-        completed without error (a status register taking it is visible in
-        the completion cycle).
+        Pulse in the write-back cycle of a descriptor with the IRQ flag, also
+        of a refused one (which raises an error as well), so firmware waiting
+        on the queue is woken either way; a status register taking it is
+        visible in the completion cycle.
     trace : Out(TraceWrite).array(2)
         ``hw/events.py`` records for the CSR block's trace buffer.  Port 0,
         engine DMA_HI + queue: START (emitted after the fetch, stamped with
@@ -132,6 +133,9 @@ class DmaEngine(wiring.Component):
         the cycle of the write; code RING_FULL, index = queue, info = tail).
     busy : Out(1)
         A descriptor is being processed.
+    tx_cycles : Out(32)
+        ``PERF_TX_CYCLES``: cycles from each chunk's first word on the link to
+        the end of its transmission (``chunk_tx_cycles`` per fault-free chunk).
     """
 
     def __init__(self, *, queues: int = 2, ring_words: int = 4096, ring_entries: int = 64,
@@ -181,6 +185,7 @@ class DmaEngine(wiring.Component):
             "trace": Out(TraceWrite).array(2),
             "error": Out(ErrorEvent).array(2),
             "busy": Out(1),
+            "tx_cycles": Out(32),
         }
         for q in range(queues):
             ports.update({
@@ -418,7 +423,7 @@ class DmaEngine(wiring.Component):
                         m.d.sync += self.q(n, "done").eq(self.q(n, "done") + 1)
                         with m.If(code != 0):
                             m.d.sync += self.q(n, "errors").eq(self.q(n, "errors") + 1)
-                        with m.Elif(flags[1]):
+                        with m.If(flags[1]):
                             m.d.comb += self.irq_done[n].eq(1)
                 t = self.trace[0]
                 m.d.comb += [
@@ -441,4 +446,13 @@ class DmaEngine(wiring.Component):
                     ]
                 m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        sending = Signal()
+        with m.If(fsm.ongoing("SEND") & self.pkt.valid & self.pkt.ready & (wi == 0)
+                  & (rem == d_len)):
+            m.d.sync += sending.eq(1)
+        with m.If(fsm.ongoing("WRITEBACK")):
+            m.d.sync += sending.eq(0)
+        with m.If((sending | (fsm.ongoing("SEND") & self.pkt.valid & self.pkt.ready))
+                  & ~fsm.ongoing("WRITEBACK")):
+            m.d.sync += self.tx_cycles.eq(self.tx_cycles + 1)
         return m

@@ -261,7 +261,7 @@ class CommNode(wiring.Component):
                 bytes_per_cycle=self.link_bytes_per_cycle, header_bytes=12, crc_bytes=4), 32),
             "LINK_LATENCY": Const(self.link_latency_cycles, 32),
             "LINK_MAX_PAYLOAD": Const(self.max_payload_bytes, 32),
-            "PERF_TX_CYCLES": tx.busy_cycles,
+            "PERF_TX_CYCLES": dma.tx_cycles,
             "PERF_TX_BYTES": tx.bytes_sent,
             "PERF_TX_PACKETS": tx.packets_sent,
             "PERF_RX_PACKETS": rx.packets_applied,

@@ -298,6 +298,8 @@ class TB:
                         f"model {int(dev.ring[i + 7])}")
             regs = ["ERR_CODE", "ERR_INFO", "ERR_COUNT", "RX_DROPS", "RX_BYTES",
                     "PERF_TX_BYTES", "PERF_TX_PACKETS", "PERF_RX_PACKETS", "RX_DONE_LO"]
+            if timing:
+                regs.append("PERF_TX_CYCLES")
             for q in range(rm.DMA_QUEUES):
                 regs += [rm.dma_reg_name(q, f) for f in ("HEAD", "TAIL", "DONE", "ERRORS")]
             regs += [rm.rx_window_reg_name(w, "RECEIVED") for w in range(self.hw.rx_windows)]

@@ -96,3 +96,37 @@ def test_fence_holds_the_chunk_until_compute_done_reaches_its_count():
         assert dma_[rm.TraceEvent.END] == tx[rm.TraceEvent.END] + 1
 
     run_sim(dut, bench)
+
+
+def test_refused_descriptor_with_irq_flag_raises_queue_and_error_irqs_like_the_model():
+    from gradsync.model.cluster import Cluster
+    from gradsync.model.numerics import FixedPointFormat
+    from tests.hw.comm_host import GB, Host, run_sim, small_fabric
+
+    bad = rm.Descriptor(src_addr=GB, length=0, peer=1, remote_addr=GB + 0x400, window=0, tag=5,
+                        flags=rm.DescFlag.IRQ)
+    want = int(rm.Irq.DMA_Q1 | rm.Irq.ERROR)
+
+    # the golden model
+    cl = Cluster(2, HardwareConfig(gradient_words=1024, ring_entries=8, rx_windows=4),
+                 FixedPointFormat())
+    dev = cl.devices[0]
+    for name, value in (("RING_BASE", rm.RING_MEM_BASE + 0x100), ("RING_SIZE", 8),
+                        ("WIN_BASE", GB), ("WIN_LEN", 0x800)):
+        dev.mmio_write(rm.dma_reg(1, name), value)
+    dev.ring[0x40:0x48] = bad.encode()
+    dev.mmio_write(rm.dma_reg(1, "DOORBELL"), 1)
+    cl.sim.run()
+    assert dev.irq_status & want == want
+
+    dut = small_fabric()
+
+    async def bench(ctx):
+        h = Host(ctx, dut)
+        await h.send(0, bad)
+        for _ in range(40):
+            await ctx.tick()
+        assert await h.read(0, rm.offset("IRQ_STATUS"), 1) & want == want
+        assert await h.read(0, rm.dma_reg(1, "ERRORS"), 1) == 1
+
+    run_sim(dut, bench)
