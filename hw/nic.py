@@ -35,7 +35,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import crc, data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.link import AckMessage, LinkBeat
@@ -494,32 +494,48 @@ class NicRx(wiring.Component):
         nw = self.windows
         w_en = Signal(nw)
         w_armed = Signal(nw)
-        w_dst = Array(Signal(32, name=f"w{i}_dst") for i in range(nw))
-        w_src = Array(Signal(32, name=f"w{i}_src") for i in range(nw))
-        w_len = Array(Signal(32, name=f"w{i}_len") for i in range(nw))
-        w_tag = Array(Signal(32, name=f"w{i}_tag") for i in range(nw))
-        w_exp = Array(Signal(32, name=f"w{i}_expect") for i in range(nw))
-        w_rcv = Array(Signal(32, name=f"w{i}_received") for i in range(nw))
+        # Window tables: one memory per register, written by the CSR side; read
+        # asynchronously by the CSR side (cfg_window) and the applier (packet's
+        # window), so a table costs no cycle and no register mux.
+        aw = max(1, ceil_log2(nw))
+        cw = self.cfg_window
+        cw_ok = cw < nw
+        widx_ = Signal(aw)
+        tables = {}
+        for reg, name in ((WIN_DST, "dst"), (WIN_SRC, "src"), (WIN_LEN, "len"),
+                          (WIN_TAG, "tag"), (WIN_EXPECT, "expect"), (WIN_RECEIVED, "received")):
+            mem = Memory(shape=32, depth=nw, init=[])
+            m.submodules[f"win_{name}"] = mem
+            apply_w = mem.write_port() if reg == WIN_RECEIVED else None
+            cfg_w = mem.write_port()
+            apply_r = mem.read_port(domain="comb")
+            cfg_r = mem.read_port(domain="comb")
+            m.d.comb += [apply_r.addr.eq(widx_), cfg_r.addr.eq(cw[:aw]),
+                         cfg_w.addr.eq(cw[:aw])]
+            tables[reg] = (apply_r.data, cfg_r.data, cfg_w, apply_w)
+            if reg != WIN_RECEIVED:
+                m.d.comb += [cfg_w.data.eq(self.cfg_wdata),
+                             cfg_w.en.eq(self.cfg_we & cw_ok & (self.cfg_reg == reg))]
+        w_dst, w_src, w_len, w_tag, w_exp, w_rcv = (tables[r][0] for r in (
+            WIN_DST, WIN_SRC, WIN_LEN, WIN_TAG, WIN_EXPECT, WIN_RECEIVED))
         done = Signal(64)
         m.d.comb += self.done_bits.eq(done)
 
-        cw = self.cfg_window
-        cw_ok = cw < nw
         with m.If(cw_ok), m.Switch(self.cfg_reg):
             with m.Case(WIN_CTRL):
                 m.d.comb += self.cfg_rdata.eq(w_en.bit_select(cw, 1))
             with m.Case(WIN_DST):
-                m.d.comb += self.cfg_rdata.eq(w_dst[cw])
+                m.d.comb += self.cfg_rdata.eq(tables[WIN_DST][1])
             with m.Case(WIN_SRC):
-                m.d.comb += self.cfg_rdata.eq(w_src[cw])
+                m.d.comb += self.cfg_rdata.eq(tables[WIN_SRC][1])
             with m.Case(WIN_LEN):
-                m.d.comb += self.cfg_rdata.eq(w_len[cw])
+                m.d.comb += self.cfg_rdata.eq(tables[WIN_LEN][1])
             with m.Case(WIN_TAG):
-                m.d.comb += self.cfg_rdata.eq(w_tag[cw])
+                m.d.comb += self.cfg_rdata.eq(tables[WIN_TAG][1])
             with m.Case(WIN_EXPECT):
-                m.d.comb += self.cfg_rdata.eq(w_exp[cw])
+                m.d.comb += self.cfg_rdata.eq(tables[WIN_EXPECT][1])
             with m.Case(WIN_RECEIVED):
-                m.d.comb += self.cfg_rdata.eq(w_rcv[cw])
+                m.d.comb += self.cfg_rdata.eq(tables[WIN_RECEIVED][1])
 
         # ---------------------------------------------------------------- apply
         a_win = Signal(8)
@@ -550,16 +566,16 @@ class NicRx(wiring.Component):
             ]
 
         win_ok = a_win < nw
-        widx_ = a_win[:6]
+        m.d.comb += widx_.eq(a_win[:aw])
         check_code = Signal(8)
         end = Signal(33)
         wend = Signal(33)
-        m.d.comb += [end.eq(a_addr + bytes_), wend.eq(w_dst[widx_] + w_len[widx_])]
+        m.d.comb += [end.eq(a_addr + bytes_), wend.eq(w_dst + w_len)]
         with m.If(~win_ok | ~w_en.bit_select(widx_, 1)):
             m.d.comb += check_code.eq(RX_NO_WINDOW)
-        with m.Elif(w_tag[widx_] != a_tag):
+        with m.Elif(w_tag != a_tag):
             m.d.comb += check_code.eq(RX_TAG_MISMATCH)
-        with m.Elif((a_addr < w_dst[widx_]) | (end > wend)):
+        with m.Elif((a_addr < w_dst) | (end > wend)):
             m.d.comb += check_code.eq(RX_OUT_OF_WINDOW)
 
         with m.FSM(name="apply"):
@@ -575,11 +591,11 @@ class NicRx(wiring.Component):
                 m.next = "CHECK"
             with m.State("CHECK"):
                 # A refused packet takes the same time as an applied one but writes nothing.
-                off = (a_addr - w_dst[widx_])[2:]
+                off = (a_addr - w_dst)[2:]
                 m.d.sync += [
                     a_code.eq(check_code),
                     dst_w.eq(a_addr[2:]),
-                    src_w.eq(w_src[widx_][2:] + off),
+                    src_w.eq(w_src[2:] + off),
                     k.eq(0),
                 ]
                 m.next = "RUN"
@@ -620,16 +636,23 @@ class NicRx(wiring.Component):
 
         # Window register writes from the CSR side and RECEIVED updates from apply.
         new_rcv = Signal(32)
-        m.d.comb += new_rcv.eq(w_rcv[widx_] + bytes_)
+        m.d.comb += new_rcv.eq(w_rcv + bytes_)
         set_done = Signal(64)
         set_done_cfg = Signal(64)
+        rcv_cfg_w, rcv_apply_w = tables[WIN_RECEIVED][2], tables[WIN_RECEIVED][3]
+        rcv_clear = (self.cfg_we & cw_ok & (self.cfg_reg == WIN_CTRL) & self.cfg_wdata[0])
+        m.d.comb += [
+            rcv_cfg_w.data.eq(0), rcv_cfg_w.en.eq(rcv_clear),
+            rcv_apply_w.addr.eq(widx_), rcv_apply_w.data.eq(new_rcv),
+            # a clear of the same window in the same cycle wins
+            rcv_apply_w.en.eq(count_apply & ~(rcv_clear & (cw[:aw] == widx_))),
+        ]
         with m.If(count_apply):
             m.d.sync += [
-                w_rcv[widx_].eq(new_rcv),
                 self.packets_applied.eq(self.packets_applied + 1),
                 self.bytes_applied.eq(self.bytes_applied + bytes_),
             ]
-            with m.If(w_armed.bit_select(widx_, 1) & (new_rcv >= w_exp[widx_])):
+            with m.If(w_armed.bit_select(widx_, 1) & (new_rcv >= w_exp)):
                 m.d.comb += [set_done.eq(Const(1, 64) << widx_), self.rx_irq.eq(1)]
         clear_done = Signal(64)
         m.d.comb += clear_done.eq(self.done_clear)
@@ -641,21 +664,11 @@ class NicRx(wiring.Component):
                 bit = Const(1, nw) << cw
                 m.d.comb += en_next.eq(Mux(self.cfg_wdata[0], w_en | bit, w_en & ~bit))
                 with m.If(self.cfg_wdata[0]):
-                    m.d.sync += w_rcv[cw].eq(0)
                     m.d.comb += [clear_done.eq(self.done_clear | (Const(1, 64) << cw)),
                                  armed_next.eq(w_armed & ~set_done[:nw] & ~bit)]
-            with m.Case(WIN_DST):
-                m.d.sync += w_dst[cw].eq(self.cfg_wdata)
-            with m.Case(WIN_SRC):
-                m.d.sync += w_src[cw].eq(self.cfg_wdata)
-            with m.Case(WIN_LEN):
-                m.d.sync += w_len[cw].eq(self.cfg_wdata)
-            with m.Case(WIN_TAG):
-                m.d.sync += w_tag[cw].eq(self.cfg_wdata)
             with m.Case(WIN_EXPECT):
                 # Arming a window that already received enough completes it at once.
-                m.d.sync += w_exp[cw].eq(self.cfg_wdata)
-                with m.If(w_rcv[cw] >= self.cfg_wdata):
+                with m.If(tables[WIN_RECEIVED][1] >= self.cfg_wdata):
                     m.d.comb += [set_done_cfg.eq(Const(1, 64) << cw), self.rx_irq.eq(1)]
                 with m.Else():
                     m.d.comb += armed_next.eq(w_armed & ~set_done[:nw] | (Const(1, nw) << cw))
