@@ -110,7 +110,9 @@ class NicTx(wiring.Component):
                  credits: int = 16, timeout_cycles: int = 1024):
         if not 1 <= max_payload_words <= 128:
             raise ValueError(f"max_payload_words must be in 1..128, not {max_payload_words!r}")
-        exact_log2(window_packets)
+        if window_packets < 1 or window_packets & (window_packets - 1) or window_packets > 1 << 14:
+            raise ValueError(
+                f"window_packets must be a power of 2 in 1..16384, not {window_packets!r}")
         if not 1 <= credits < 1 << 15:
             raise ValueError(f"credits must be in 1..32767, not {credits!r}")
         if timeout_cycles < 1:

@@ -128,7 +128,7 @@ def test_header_word_layout():
     (NicRx, {"windows": 65}), (NicRx, {"operand_bits": 12}), (NicRx, {"max_payload_words": 200}),
 ])
 def test_nic_rejects_bad_parameters(cls, bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not"):
         cls(**bad)
 
 
