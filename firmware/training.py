@@ -19,6 +19,7 @@ the dA GEMMs keep the scale and the dW GEMMs shift it out (CMD_ARG = s).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +46,11 @@ class NodeResult:
 
 @dataclass
 class Observer:
-    """Host-side hooks a backend may provide (zero-cost backdoor reads for the record)."""
+    """Host-side hooks a backend may provide (zero-cost backdoor reads for the record).
+
+    ``weights`` may return an awaitable (the RTL backend's debug-port read),
+    which the firmware awaits; it must take no device cycles.
+    """
 
     weights: Callable[[int, int, int, int], None] = lambda step, layer, addr, n: None
     loss: Callable[[int, int, float], None] = lambda step, node, loss_sum: None
@@ -244,7 +249,9 @@ class NodeFirmware:
         )
         await drv.wait_until(lambda: not any(self.sends_outstanding))
         for i in range(1, self.nl + 1):
-            job.observer.weights(job.steps, i, self.lay.w[i], job.layers[i - 1] * job.layers[i])
+            await _observe(
+                job.observer.weights(job.steps, i, self.lay.w[i], job.layers[i - 1] * job.layers[i])
+            )
         self.records += await drv.drain_trace()
         return NodeResult(self.losses, self.records, self.chunk_bytes)
 
@@ -264,7 +271,7 @@ class NodeFirmware:
         last = 0
         for i in range(1, top + 1):
             await drv.wait_until(lambda i=i: self.updated[i] >= k)
-            job.observer.weights(k, i, lay.w[i], job.layers[i - 1] * job.layers[i])
+            await _observe(job.observer.weights(k, i, lay.w[i], job.layers[i - 1] * job.layers[i]))
             n_in, n_out = job.layers[i - 1], job.layers[i]
             last = await drv.launch(
                 rm.Opcode.GEMM,
@@ -495,6 +502,11 @@ class NodeFirmware:
             self._to_update.append(layer)
         elif len(self.reduced_layers) == self.nl:
             self._to_update.extend(range(1, self.nl + 1))
+
+
+async def _observe(result) -> None:
+    if inspect.isawaitable(result):
+        await result
 
 
 def check_chunk_bytes(chunk: int, grad_sram_bytes: int) -> None:

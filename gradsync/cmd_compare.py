@@ -16,7 +16,7 @@ DEFAULT_SCHEDULES = "sequential,fifo,priority"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="run every schedule on one configuration and print a table")
-    add_config_arguments(p, schedule=False, steps=5)
+    add_config_arguments(p, schedule=False, steps=5, backend="model")
     p.add_argument(
         "--schedules",
         default=DEFAULT_SCHEDULES,
@@ -29,10 +29,13 @@ def compare(args) -> list[dict]:
     from gradsync.firmware import experiment
 
     rows = []
-    backend = backend_for(args.backend)
+    backend = backend_for(args.backend, args)
     for name in args.schedules.split(","):
         cfg = config_from_args(args, schedule=name)
-        res = experiment.run(cfg, backend)
+        try:
+            res = experiment.run(cfg, backend)
+        except RuntimeError as exc:
+            raise ValueError(f"schedule {name}: {exc}") from None
         n = len(res.steps)
         rows.append(
             {

@@ -34,14 +34,24 @@ def _chunk(text: str) -> int | None:
 
 
 def add_config_arguments(
-    p: argparse.ArgumentParser, *, schedule: bool = True, steps: int = 100
+    p: argparse.ArgumentParser,
+    *,
+    schedule: bool = True,
+    steps: int = 100,
+    backend: str = "rtl",
 ) -> None:
     """Arguments shared by ``train`` and ``compare``."""
     p.add_argument(
         "--backend",
         choices=("model", "rtl"),
-        default="model",
-        help="device backend (default model)",
+        default=backend,
+        help=f"device backend: rtl (Verilator) or model (golden model) (default {backend})",
+    )
+    p.add_argument(
+        "--max-cycles",
+        type=int,
+        default=None,
+        help="cycle budget of a run; when spent the run stops naming what each node waits for",
     )
     p.add_argument("--nodes", type=int, default=2, help="simulated nodes (default 2)")
     if schedule:
@@ -106,19 +116,46 @@ def config_from_args(args, schedule: str | None = None):
         hardware=hw.to_dict(),
     )
     cfg.validate()
+    if args.backend == "rtl" or getattr(args, "check", False):
+        # the RTL build's memory sizes, on both backends (cycle-exact comparison)
+        from gradsync.sim.rtl_backend import sim_hardware
+
+        cfg = sim_hardware(cfg)
     return cfg
 
 
-def backend_for(name: str):
+def backend_for(name: str, args=None, capture: dict | None = None):
+    """The backend callable for ``--backend``; ``capture['result']`` receives its BackendResult."""
+    max_cycles = getattr(args, "max_cycles", None)
     if name == "model":
         from gradsync.model.backend import run_model
 
-        return run_model
-    try:
-        from gradsync.sim.backend import run_rtl  # type: ignore[import-not-found]
-    except ImportError:
-        raise ValueError("the RTL backend is not available yet; use --backend model") from None
-    return run_rtl
+        def model_backend(cfg, jobs):
+            res = run_model(cfg, jobs, max_cycles)
+            if capture is not None:
+                capture["result"] = res
+            return res
+
+        return model_backend
+    from gradsync.sim.rtl_backend import run_rtl
+
+    waves = getattr(args, "waves", False)
+
+    def rtl_backend(cfg, jobs):
+        from gradsync.sim.rtl_backend import default_waves
+
+        res = run_rtl(
+            cfg,
+            jobs,
+            waves=default_waves() if waves else None,
+            progress=getattr(args, "progress", None),
+            max_cycles=max_cycles,
+        )
+        if capture is not None:
+            capture["result"] = res
+        return res
+
+    return rtl_backend
 
 
 def add_parser(sub) -> None:
@@ -128,6 +165,23 @@ def add_parser(sub) -> None:
         "--out", type=Path, help="write results.json, weights/, trace.json, timeline.png here"
     )
     p.add_argument("--quiet", action="store_true", help="no per-step lines")
+    p.add_argument(
+        "--waves",
+        action="store_true",
+        help="RTL: also write a waveform (FST if Verilator has the lz4 headers, else VCD)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="after the run, run the golden model on the same config and compare every "
+        "weight and trace record; exit 1 on any difference",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="RTL: show step, cycle and simulation speed on stderr (default: on a terminal)",
+    )
     p.set_defaults(func=run)
 
 
@@ -135,9 +189,10 @@ def run(args) -> int:
     from gradsync.firmware import experiment
     from gradsync.firmware.outputs import write_all
 
+    captured: dict = {}
     try:
         cfg = config_from_args(args)
-        backend = backend_for(args.backend)
+        backend = backend_for(args.backend, args, captured)
     except ValueError as exc:
         print(f"gradsync train: {exc}", file=sys.stderr)
         return 2
@@ -154,6 +209,9 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"gradsync train: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a device error, a spent cycle budget, a failed simulation
+        print(f"gradsync train: {exc}", file=sys.stderr)
+        return 1
     last = res.steps[-1]
     mean_cycles = sum(m.cycles for m in res.steps) / len(res.steps)
     print(
@@ -162,7 +220,27 @@ def run(args) -> int:
         f"{res.total_cycles} cycles in {res.wall_seconds:.1f} s "
         f"({res.total_cycles / max(res.wall_seconds, 1e-9):,.0f} cycles/s)"
     )
+    if args.backend == "rtl":
+        from gradsync.sim.rtl_backend import LAST_RUN
+
+        print(
+            f"RTL: Verilator model {'reused from cache' if LAST_RUN.build_cached else 'built'} "
+            f"in {LAST_RUN.build_seconds:.1f} s, simulation {LAST_RUN.sim_seconds:.1f} s "
+            f"({res.total_cycles / max(LAST_RUN.sim_seconds, 1e-9):,.0f} cycles/s)"
+        )
+        if args.waves:
+            kind = LAST_RUN.waves.suffix[1:].upper() if LAST_RUN.waves else "no"
+            print(f"wrote {kind} waveform {LAST_RUN.waves}")
     if args.out:
         write_all(res, args.out, args.backend)
         print(f"wrote {args.out}/results.json, weights/, trace.json, timeline.png")
+    if args.check:
+        from gradsync.sim.check import check_run
+
+        report = check_run(cfg, captured["result"])
+        print(report.verdict())
+        for line in report.details[:10]:
+            print(f"  {line}")
+        if not report.ok:
+            return 1
     return 0

@@ -1,9 +1,29 @@
-"""The cocotb test module of an RTL training run (``sim/rtl_backend.py`` starts it).
+"""The cocotb test module of an RTL training run (started by ``sim/rtl_backend.py``).
 
-Placeholder while the cluster lands; see :func:`reset_to_cycle_zero`.
+One test, :func:`train`: it reads the run (``TrainConfig`` + per-node
+``NodeJob``) from the pickle named by ``$GRADSYNC_RTL_RUN``, calibrates the
+host bus, resets the cluster so that the firmware's first call starts in
+cycle 0 (as on the model backend), starts one unchanged
+:class:`~gradsync.firmware.training.NodeFirmware` per node as a cocotb task
+on an :class:`~gradsync.sim.rtl_device.RtlDevice`, and pickles a
+:class:`~gradsync.firmware.experiment.BackendResult` (or the error that
+stopped the run) to ``$GRADSYNC_RTL_RESULT``.  Weight snapshots are zero-time
+reads through each node's debug port, taken when the firmware's
+:class:`~gradsync.firmware.training.Observer` asks for them.
+
+A cycle budget (``max_cycles``) bounds the run: when it is exhausted the
+firmware tasks are stopped and the error names, per node, the engines that
+still have work and the RX tags still awaited, in the model backend's words.
+Progress (step, cycle, wall time) goes to ``$GRADSYNC_RTL_PROGRESS`` every
+``progress_cycles`` simulated cycles.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
 
 
 async def reset_to_cycle_zero(dut, cycles: int = 3) -> None:
@@ -18,3 +38,159 @@ async def reset_to_cycle_zero(dut, cycles: int = 3) -> None:
     dut.rst.value = 1
     await ClockCycles(dut.clk, cycles)
     dut.rst.value = 0
+
+
+async def outstanding(dev, fw) -> str:
+    """What a stuck node still waits for, read from its registers (model/device.py's wording)."""
+    from gradsync.firmware import regmap as rm
+
+    parts = []
+    done = await dev.read32(rm.offset("COMPUTE_DONE"))
+    busy = fw.drv.issued - done
+    if busy > 0:
+        parts.append(f"compute busy with {busy} command(s)")
+    for q in range(rm.DMA_QUEUES):
+        head = await dev.read32(rm.dma_reg(q, "HEAD"))
+        tail = await dev.read32(rm.dma_reg(q, "TAIL"))
+        if head != tail:
+            parts.append(
+                f"dma.{rm.DMA_QUEUE_NAMES[q]} has {(tail - head) & 0xFFFFFFFF} descriptor(s)"
+            )
+    waiting = []
+    for w in sorted(getattr(fw, "step_chunks", {})):
+        if not await dev.read32(rm.rx_window_reg(w, "CTRL")) & 1:
+            continue
+        expect = await dev.read32(rm.rx_window_reg(w, "EXPECT"))
+        received = await dev.read32(rm.rx_window_reg(w, "RECEIVED"))
+        if received < expect:
+            tag = await dev.read32(rm.rx_window_reg(w, "TAG"))
+            waiting.append("L{}c{}s{}".format(*rm.decode_tag(tag)))
+    if waiting:
+        parts.append("nic.rx waits for tags " + ", ".join(waiting))
+    return "; ".join(parts) or "idle"
+
+
+try:
+    import cocotb
+except ImportError:  # pragma: no cover - cocotb is a hard dependency
+    cocotb = None
+
+if cocotb is not None:
+
+    @cocotb.test()
+    async def train(dut):
+        """Train on the RTL cluster; the result (or the error) goes to a pickle."""
+        from cocotb.triggers import Combine, Event, First, Timer
+        from cocotb.utils import get_sim_time
+
+        from gradsync.firmware.training import NodeFirmware, Observer
+        from gradsync.model.backend import formats
+        from gradsync.sim.rtl_device import RtlDevice
+
+        with open(os.environ["GRADSYNC_RTL_RUN"], "rb") as f:
+            run = pickle.load(f)
+        cfg, jobs, opts = run["cfg"], run["jobs"], run["opts"]
+        out_path = os.environ["GRADSYNC_RTL_RESULT"]
+        progress_path = os.environ.get("GRADSYNC_RTL_PROGRESS")
+        period_ps = int(opts["clock_period_ns"]) * 1000
+        hw, fmt = formats(cfg)
+        for i, faults in enumerate(opts.get("link_faults", [])):
+            for name, value in faults.items():
+                getattr(dut, f"l{i}_{name}").value = value
+        devs = [RtlDevice(dut, f"n{i}_", hw, fmt, dut.clk, rst=dut.rst) for i in range(cfg.nodes)]
+        await reset_to_cycle_zero(dut)
+        latency = await devs[0].calibrate()
+        for d in devs:
+            d.latency = latency
+        for i, faults in enumerate(opts.get("link_faults", [])):
+            if "seed" in faults:  # latch the fault generator's seed during the reset
+                getattr(dut, f"l{i}_seed_load").value = 1
+        await reset_to_cycle_zero(dut)
+        for i, faults in enumerate(opts.get("link_faults", [])):
+            if "seed" in faults:
+                getattr(dut, f"l{i}_seed_load").value = 0
+
+        weights = {}
+        state = {"step": -1}
+        t_wall = time.perf_counter()
+
+        def observer(node: int, dev: RtlDevice) -> Observer:
+            async def snap(step: int, layer: int, addr: int, n: int) -> None:
+                weights[(node, step, layer)] = await dev.peek(addr, n)
+
+            def loss(step: int, _node: int, _loss: float) -> None:
+                if node == 0:
+                    state["step"] = step
+
+            return Observer(weights=snap, loss=loss)
+
+        fws = []
+        for i, (dev, job) in enumerate(zip(devs, jobs, strict=True)):
+            job.observer = observer(i, dev)
+            fws.append(NodeFirmware(dev, job))
+        failed = Event()
+        errors: list[tuple[str, str]] = []
+
+        async def guarded(fw: NodeFirmware):
+            try:
+                return await fw.run()
+            except Exception as exc:  # the firmware's own errors (DeviceError, ConfigError ...)
+                errors.append((type(exc).__name__, str(exc)))
+                failed.set()
+                return None
+
+        tasks = [cocotb.start_soon(guarded(fw)) for fw in fws]
+
+        def write_progress() -> None:
+            if progress_path:
+                cycle = devs[0].now()
+                wall = time.perf_counter() - t_wall
+                with open(progress_path + ".tmp", "w") as f:
+                    json.dump(
+                        {"step": state["step"], "steps": cfg.steps, "cycle": cycle, "wall": wall}, f
+                    )
+                os.replace(progress_path + ".tmp", progress_path)
+
+        async def progress() -> None:
+            while True:
+                await Timer(int(opts["progress_cycles"]) * period_ps, "ps")
+                write_progress()
+
+        reporter = cocotb.start_soon(progress())
+        max_cycles = opts.get("max_cycles")
+        waits = [Combine(*tasks), failed.wait()]
+        if max_cycles is not None:
+            t0 = get_sim_time("ps")
+            budget = Timer(max_cycles * period_ps - (t0 % period_ps) + 1, "ps")
+            waits.append(budget)
+        fired = await First(*waits)
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        error = None
+        if errors:
+            error = errors[0]
+        elif max_cycles is not None and fired is budget:
+            report = "; ".join(
+                [
+                    f"node {i}: {await outstanding(d, fw)}"
+                    for i, (d, fw) in enumerate(zip(devs, fws, strict=True))
+                ]
+            )
+            error = ("SimulationError", f"cycle budget of {max_cycles} exhausted ({report})")
+        results = [t.result() for t in tasks] if error is None else []
+        reporter.cancel()
+        write_progress()
+        total = devs[0].now()
+        if error is None:
+            from gradsync.firmware.experiment import BackendResult
+
+            payload = {
+                "result": BackendResult(results, weights, total),
+                "latency": latency,
+                "calls": [d.calls for d in devs],
+            }
+        else:
+            payload = {"error": error, "cycle": total}
+        with open(out_path, "wb") as f:
+            pickle.dump(payload, f)

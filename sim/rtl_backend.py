@@ -1,0 +1,206 @@
+"""The RTL backend of a training run: the firmware on N RTL nodes under Verilator.
+
+``run_rtl(cfg, jobs)`` is a :data:`gradsync.firmware.experiment.Backend`, the
+twin of ``gradsync.model.backend.run_model``: it builds (or reuses from the
+cache) the Verilator model of ``hw.cluster.Cluster`` for ``cfg``'s hardware,
+format and node count, and runs ``sim/train_cocotb.py`` in it; every node's
+firmware is the same ``NodeFirmware`` code the model backend runs, on an
+:class:`~gradsync.sim.rtl_device.RtlDevice`.  The simulator runs in its own
+process (cocotb's runner); the run goes in and the result comes back as
+pickles, progress as a small JSON file that a thread here prints to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gradsync.firmware.experiment import BackendResult, TrainConfig
+from gradsync.firmware.training import NodeJob
+
+#: Period of the generated clock (only sim time; no effect on speed).
+CLOCK_PERIOD_NS = 10
+#: Simulated cycles between progress reports.
+PROGRESS_CYCLES = 20_000
+
+
+class RtlRunError(RuntimeError):
+    """The RTL run stopped with an error (the firmware's message, or a spent cycle budget)."""
+
+
+@dataclasses.dataclass
+class RtlRunInfo:
+    """What the last :func:`run_rtl` measured (for the CLI and benchmarks)."""
+
+    build_seconds: float = 0.0
+    build_cached: bool = False
+    sim_seconds: float = 0.0
+    cycles: int = 0
+    waves: Path | None = None
+    latency: object = None
+
+
+LAST_RUN = RtlRunInfo()
+
+
+def sim_hardware(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the RTL build's memory sizes (``hw.cluster.SIM_HARDWARE``) where unset.
+
+    The model's defaults (64 Ki scratchpad words, 16 Ki trace records) make
+    a needlessly large Verilator build; both backends must use the same sizes
+    for a cycle-exact comparison, so the CLI applies this to both.
+    """
+    from gradsync.hw.cluster import SIM_HARDWARE
+    from gradsync.model.timing import DEFAULT_HARDWARE
+
+    hw = dict(cfg.hardware)
+    for name in ("scratchpad_words", "gradient_words", "trace_records"):
+        if hw.get(name, getattr(DEFAULT_HARDWARE, name)) == getattr(DEFAULT_HARDWARE, name):
+            hw[name] = getattr(SIM_HARDWARE, name)
+    return dataclasses.replace(cfg, hardware=hw)
+
+
+def build_cluster(cfg: TrainConfig, waves: str | None = None):
+    """The cached Verilator model of the cluster ``cfg`` runs on."""
+    from gradsync.hw.cluster import Cluster
+    from gradsync.model.backend import formats
+    from gradsync.sim.build import BuildOptions, build_component
+
+    hw, fmt = formats(cfg)
+    if cfg.nodes < 2:
+        raise ValueError(f"the RTL backend simulates 2 or more nodes, not {cfg.nodes}")
+    options = BuildOptions(clock_period_ns=CLOCK_PERIOD_NS, waves=waves)
+    return build_component(Cluster(hw, fmt, cfg.nodes), f"cluster{cfg.nodes}", options)
+
+
+def default_waves() -> str:
+    """FST where Verilator can write it (lz4 headers present), else VCD."""
+    from gradsync.sim.toolchain import have_lz4_headers
+
+    return "fst" if have_lz4_headers() else "vcd"
+
+
+def _progress_printer(path: Path, stop: threading.Event, out) -> None:
+    last = None
+    while not stop.wait(1.0):
+        try:
+            p = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if p == last:
+            continue
+        last = p
+        speed = p["cycle"] / max(p["wall"], 1e-9)
+        step = max(p["step"], 0)
+        print(
+            f"\r[rtl] step {step + 1}/{p['steps']}  cycle {p['cycle']:,}  {speed:,.0f} cycles/s  ",
+            end="",
+            file=out,
+            flush=True,
+        )
+    if last is not None:
+        print(file=out, flush=True)
+
+
+def run_rtl(
+    cfg: TrainConfig,
+    jobs: list[NodeJob],
+    *,
+    waves: str | None = None,
+    progress: bool | None = None,
+    max_cycles: int | None = None,
+    link_faults: list[dict] | None = None,
+    work_dir: Path | None = None,
+    on_info: Callable[[RtlRunInfo], None] | None = None,
+) -> BackendResult:
+    """Run ``jobs`` on the RTL cluster for ``cfg``; return what the model backend returns.
+
+    Parameters
+    ----------
+    waves:
+        ``None``, ``"vcd"`` or ``"fst"``: also write a waveform (its path is
+        in ``LAST_RUN.waves``).
+    progress:
+        Print step, cycle and simulation speed to stderr (default: when
+        stderr is a terminal).
+    max_cycles:
+        Cycle budget; when spent the run stops with :class:`RtlRunError`
+        naming each node's outstanding work.
+    link_faults:
+        Per link, fault-injection control values (``hw.fabric.LINK_CONTROLS``
+        names, e.g. ``{"drop_rate": 600, "seed": 7}``), set before reset.
+    """
+    from gradsync.sim.build import run_cocotb
+
+    t0 = time.perf_counter()
+    model = build_cluster(cfg, waves)
+    info = RtlRunInfo(build_seconds=time.perf_counter() - t0, build_cached=model.cached)
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="gradsync-rtl-"))
+    work.mkdir(parents=True, exist_ok=True)
+    run_file, result_file, progress_file = (
+        work / "run.pkl",
+        work / "result.pkl",
+        work / "progress.json",
+    )
+    result_file.unlink(missing_ok=True)
+    progress_file.unlink(missing_ok=True)
+    opts = {
+        "clock_period_ns": CLOCK_PERIOD_NS,
+        "progress_cycles": PROGRESS_CYCLES,
+        "max_cycles": max_cycles,
+        "link_faults": link_faults or [],
+    }
+    with open(run_file, "wb") as f:
+        pickle.dump({"cfg": cfg, "jobs": jobs, "opts": opts}, f)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    stop = threading.Event()
+    printer = None
+    if progress:
+        printer = threading.Thread(
+            target=_progress_printer, args=(progress_file, stop, sys.stderr), daemon=True
+        )
+        printer.start()
+    t1 = time.perf_counter()
+    try:
+        run_cocotb(
+            model,
+            "gradsync.sim.train_cocotb",
+            test_dir=work,
+            extra_env={
+                "GRADSYNC_RTL_RUN": str(run_file),
+                "GRADSYNC_RTL_RESULT": str(result_file),
+                "GRADSYNC_RTL_PROGRESS": str(progress_file),
+            },
+            waves=bool(waves),
+        )
+    finally:
+        stop.set()
+        if printer is not None:
+            printer.join()
+    info.sim_seconds = time.perf_counter() - t1
+    if waves:
+        found = sorted(work.glob(f"*.{waves}"), key=lambda p: p.stat().st_mtime)
+        info.waves = found[-1] if found else None
+    if not result_file.exists():
+        raise RtlRunError(f"the RTL run wrote no result; log: {work / 'sim.log'}")
+    with open(result_file, "rb") as f:
+        payload = pickle.load(f)
+    LAST_RUN.__dict__.update(info.__dict__)
+    if "error" in payload:
+        kind, message = payload["error"]
+        raise RtlRunError(f"{kind}: {message}")
+    res: BackendResult = payload["result"]
+    info.cycles = res.total_cycles
+    info.latency = payload["latency"]
+    LAST_RUN.__dict__.update(info.__dict__)
+    if on_info is not None:
+        on_info(info)
+    return res
