@@ -77,7 +77,12 @@ def build_cluster(cfg: TrainConfig, waves: str | None = None):
     if cfg.nodes < 2:
         raise ValueError(f"the RTL backend simulates 2 or more nodes, not {cfg.nodes}")
     options = BuildOptions(clock_period_ns=CLOCK_PERIOD_NS, waves=waves)
-    return build_component(Cluster(hw, fmt, cfg.nodes), f"cluster{cfg.nodes}", options)
+    # HOST trace stamps: RtlDevice sends the header beat host_bulk_setup_cycles - 1 cycles
+    # after the call and the last beat completes one cycle before the call returns
+    cluster = Cluster(
+        hw, fmt, cfg.nodes, host_lead_cycles=hw.host_bulk_setup_cycles - 1, host_lag_cycles=1
+    )
+    return build_component(cluster, f"cluster{cfg.nodes}", options)
 
 
 def default_waves() -> str:
@@ -158,7 +163,9 @@ def run_rtl(
         "link_faults": link_faults or [],
     }
     with open(run_file, "wb") as f:
-        pickle.dump({"cfg": cfg, "jobs": jobs, "opts": opts}, f)
+        # observers are the backend's own (set in the simulator process); they do not pickle
+        plain = [dataclasses.replace(j, observer=None) for j in jobs]
+        pickle.dump({"cfg": cfg, "jobs": plain, "opts": opts}, f)
     if progress is None:
         progress = sys.stderr.isatty()
     stop = threading.Event()

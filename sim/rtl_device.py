@@ -148,6 +148,10 @@ class RtlDevice:
         self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, prefix + "s_axil"), clk, rst)
         self.src = AxiStreamSource(AxiStreamBus.from_prefix(dut, prefix + "s_axis"), clk, rst)
         self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, prefix + "m_axis"), clk, rst)
+        import logging
+
+        for bus in (self.axil.write_if, self.axil.read_if, self.src, self.sink):
+            bus.log.setLevel(logging.WARNING)  # they log every frame at INFO
         self._cycle = getattr(dut, prefix + "cycle")
         self._irq = getattr(dut, prefix + "irq")
         self._dbg_addr = getattr(dut, prefix + "dbg_addr", None)
