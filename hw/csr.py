@@ -17,6 +17,12 @@ Registers fall in three groups:
   with the bits written as ones.
 
 Ports of engines that are not instantiated simply stay at 0.
+
+With ``rx_windows`` set, the ``WINn_*`` registers are not stored here but
+forwarded to the receiver (``hw/nic.py``'s ``cfg_*`` port, which keeps the
+window table): a write pulses ``win_we`` with ``win_index``/``win_reg``/
+``win_wdata``; a read returns ``win_rdata`` for the ``win_index``/``win_reg``
+it drives in the read's address cycle.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from amaranth.utils import ceil_log2
 from gradsync.firmware import regmap as rm
 
 from .events import ErrorEvent, TraceWrite
+from .sram import read_port_signature
 
 #: Registers whose behaviour lives in this block.
 INTERNAL = {
@@ -75,6 +82,14 @@ class CsrBlock(wiring.Component):
         Number of engine trace-write and error-event inputs.
     addr_bits:
         Width of the AXI4-Lite byte address (the map spans 0x0000..0x1FFF).
+    rx_windows:
+        ``None``: every ``WINn_*`` register is an ordinary engine port.
+        Otherwise the populated RX windows, whose registers are forwarded
+        (module docstring); windows at or above it read 0 and ignore writes.
+    trace_read_ports:
+        Read ports into the trace memory as 32-bit words (record ``r`` word
+        ``w`` at word address ``4 r + w``), for the host bulk port's dumps
+        of ``TRACE_MEM_BASE``.
 
     Attributes
     ----------
@@ -102,10 +117,15 @@ class CsrBlock(wiring.Component):
         highest-numbered one of a cycle is latched in ``ERR_CODE``/``ERR_INFO``.
     rw_<name>, wo_<name>, wo_data, ro_<name>, w1c_<name> :
         The engine-facing registers (see the module docstring).
+    win_index, win_reg, win_wdata, win_we, win_rdata :
+        Forwarded RX window registers (with ``rx_windows``).
+    trace_rd : In(read_port_signature).array(trace_read_ports)
+        Trace memory read ports: data the cycle after ``en``, held while ``en`` is low.
     """
 
     def __init__(self, *, constants: dict | None = None, trace_records: int = 1 << 14,
-                 trace_writers: int = 1, error_sources: int = 1, addr_bits: int = 13):
+                 trace_writers: int = 1, error_sources: int = 1, addr_bits: int = 13,
+                 rx_windows: int | None = None, trace_read_ports: int = 0):
         if trace_records < 2 or trace_records & (trace_records - 1):
             raise ValueError(f"trace_records must be a power of two >= 2, not {trace_records!r}")
         constants = dict(constants or {})
@@ -116,8 +136,14 @@ class CsrBlock(wiring.Component):
                           if name in rm.BY_NAME}
         self.trace_records = trace_records
         self.addr_bits = addr_bits
+        if rx_windows is not None and not 1 <= rx_windows <= rm.MAX_RX_WINDOWS:
+            raise ValueError(f"rx_windows must be in 1..{rm.MAX_RX_WINDOWS}, not {rx_windows!r}")
+        self.rx_windows = rx_windows
+        self.trace_read_ports = trace_read_ports
+        self.trace_word_bits = ceil_log2(trace_records * rm.TRACE_RECORD_WORDS)
         self.engine_regs = [r for r in rm.REGISTERS
-                            if r.name not in INTERNAL and r.name not in CONSTANTS]
+                            if r.name not in INTERNAL and r.name not in CONSTANTS
+                            and not self._forwarded(r)]
         ports = axil_signature(addr_bits)
         ports.update({
             "irq": Out(1), "now": Out(64), "irq_set": In(8),
@@ -125,6 +151,12 @@ class CsrBlock(wiring.Component):
             "err_in": In(ErrorEvent).array(error_sources),
             "wo_data": Out(32),
         })
+        if rx_windows is not None:
+            ports.update({"win_index": Out(6), "win_reg": Out(3), "win_wdata": Out(32),
+                          "win_we": Out(1), "win_rdata": In(32)})
+        if trace_read_ports:
+            ports["trace_rd"] = In(read_port_signature(self.trace_word_bits, 32)).array(
+                trace_read_ports)
         for r in self.engine_regs:
             if r.access is rm.Access.RW:
                 ports[f"rw_{r.name.lower()}"] = Out(32, init=r.reset)
@@ -135,6 +167,13 @@ class CsrBlock(wiring.Component):
                 if r.access is rm.Access.W1C:
                     ports[f"w1c_{r.name.lower()}"] = Out(32)
         super().__init__(ports)
+
+    def _forwarded(self, r) -> bool:
+        return self.rx_windows is not None and self._win_span[0] <= r.offset < self._win_span[1]
+
+    @property
+    def _win_span(self) -> tuple[int, int]:
+        return rm.RX_WINDOW_BASE, rm.RX_WINDOW_BASE + rm.RX_WINDOW_STRIDE * rm.MAX_RX_WINDOWS
 
     def port(self, kind: str, name: str):
         """The engine-facing port ``<kind>_<name>`` (e.g. ``port("rw", "CMD_A")``)."""
@@ -220,6 +259,28 @@ class CsrBlock(wiring.Component):
         trace_rd = trace_mem.read_port()
         m.d.comb += [trace_rd.addr.eq(tail), trace_rd.en.eq(1)]
         pop_word = Signal(2)
+        for i in range(self.trace_read_ports):
+            host = self.trace_rd[i]
+            rp = trace_mem.read_port()
+            word = Signal(2, name=f"trace_rd{i}_word")
+            m.d.comb += [rp.addr.eq(host.addr[2:]), rp.en.eq(host.en)]
+            with m.If(host.en):
+                m.d.sync += word.eq(host.addr[:2])
+            m.d.comb += host.data.eq(rp.data.as_value().word_select(word, 32))
+
+        # ---- forwarded RX window registers ----------------------------------------------------
+        fwd = self.rx_windows is not None
+        stride_bits = ceil_log2(rm.RX_WINDOW_STRIDE)
+        received = rm.offset("WIN0_RECEIVED") - rm.RX_WINDOW_BASE
+        if fwd:
+            lo, hi = self._win_span
+
+            def in_win(addr):
+                return (addr >= lo) & (addr < hi)
+
+            def win_fields(addr):
+                off = (addr - lo)[:16]
+                return off[stride_bits:stride_bits + 6], off[2:stride_bits]
 
         # ---- AXI4-Lite write ------------------------------------------------------------------
         m.d.comb += [ax["bresp"].eq(AXI_OKAY), ax["rresp"].eq(AXI_OKAY)]
@@ -236,9 +297,20 @@ class CsrBlock(wiring.Component):
         wdata = ax["wdata"]
         m.d.comb += self.wo_data.eq(wdata)
         tail_write = Signal()
+        win_write = Signal()
+        if fwd:
+            w_index, w_reg = win_fields(waddr)
+            m.d.comb += [
+                win_write.eq(wr_go & in_win(waddr)),
+                self.win_wdata.eq(wdata),
+                self.win_we.eq(win_write & (w_index < self.rx_windows)
+                               & (w_reg != received // 4)),
+                self.win_index.eq(w_index),
+                self.win_reg.eq(w_reg),
+            ]
         with m.If(wr_go), m.Switch(waddr):
             for r in rm.REGISTERS:
-                if r.access is rm.Access.RO:
+                if r.access is rm.Access.RO or self._forwarded(r):
                     continue
                 with m.Case(r.offset):
                     if r.name == "IRQ_STATUS":
@@ -260,16 +332,25 @@ class CsrBlock(wiring.Component):
 
         # ---- AXI4-Lite read -------------------------------------------------------------------
         rd_go = Signal()
-        m.d.comb += [rd_go.eq(ax["arvalid"] & ~ax["rvalid"]), ax["arready"].eq(rd_go)]
+        # A read of a window register waits while a window register is written (shared index).
+        m.d.comb += [rd_go.eq(ax["arvalid"] & ~ax["rvalid"]
+                              & ~(win_write & (in_win(ax["araddr"]) if fwd else 0))),
+                     ax["arready"].eq(rd_go)]
         with m.If(ax["rvalid"] & ax["rready"]):
             m.d.sync += ax["rvalid"].eq(0)
         cycle_hi = Signal(32)
         pop = Signal()
         with m.If(rd_go):
             m.d.sync += [ax["rvalid"].eq(1), ax["rdata"].eq(0)]
+            if fwd:
+                r_index, r_reg = win_fields(ax["araddr"])
+                with m.If(~win_write):
+                    m.d.comb += [self.win_index.eq(r_index), self.win_reg.eq(r_reg)]
+                with m.If(in_win(ax["araddr"]) & (r_index < self.rx_windows)):
+                    m.d.sync += ax["rdata"].eq(self.win_rdata)
             with m.Switch(ax["araddr"]):
                 for r in rm.REGISTERS:
-                    if r.access is rm.Access.WO:
+                    if r.access is rm.Access.WO or self._forwarded(r):
                         continue
                     with m.Case(r.offset):
                         value = self._read_value(r, locals())

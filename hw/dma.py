@@ -91,6 +91,9 @@ class DmaEngine(wiring.Component):
     ----------
     ring_addr, ring_wdata, ring_we, ring_rdata
         Host port of the ring memory (word address; read data one cycle later).
+    ring1_addr, ring1_wdata, ring1_we, ring1_rdata
+        A second host port (``host_lanes=2``), so a 64-bit host bus writes
+        two ring words per cycle; if both write one word, this one wins.
     q{n}_ring_base, q{n}_ring_size, q{n}_win_base, q{n}_win_len : In
         Queue configuration registers (``DMAn_RING_BASE`` ...).
     q{n}_doorbell, q{n}_doorbell_tail : In
@@ -141,7 +144,8 @@ class DmaEngine(wiring.Component):
     def __init__(self, *, queues: int = 2, ring_words: int = 4096, ring_entries: int = 64,
                  ring_base_addr: int = 0x3000_0000, ring_valid_words: int | None = None,
                  max_payload_bytes: int = 256, link_bytes_per_cycle: int = 4,
-                 src_regions: tuple[tuple[int, int], ...] = ((0x2000_0000, 1 << 16),)):
+                 src_regions: tuple[tuple[int, int], ...] = ((0x2000_0000, 1 << 16),),
+                 host_lanes: int = 1):
         if queues < 2:
             raise ValueError(f"queues must be >= 2, not {queues!r}")
         if ring_words & (ring_words - 1) or ring_words < DESCRIPTOR_WORDS:
@@ -149,6 +153,9 @@ class DmaEngine(wiring.Component):
         if max_payload_bytes % 4 or not 4 <= max_payload_bytes <= 512:
             raise ValueError(
                 f"max_payload_bytes must be a multiple of 4 in 4..512, not {max_payload_bytes!r}")
+        if host_lanes not in (1, 2):
+            raise ValueError(f"host_lanes must be 1 or 2, not {host_lanes!r}")
+        self.host_lanes = host_lanes
         if not src_regions:
             raise ValueError(f"src_regions must name at least one region, not {src_regions!r}")
         self.queues = queues
@@ -187,6 +194,9 @@ class DmaEngine(wiring.Component):
             "busy": Out(1),
             "tx_cycles": Out(32),
         }
+        if host_lanes == 2:
+            ports.update({"ring1_addr": In(ceil_log2(ring_words)), "ring1_wdata": In(32),
+                          "ring1_we": In(1), "ring1_rdata": Out(32)})
         for q in range(queues):
             ports.update({
                 f"q{q}_ring_base": In(32),
@@ -222,6 +232,16 @@ class DmaEngine(wiring.Component):
             host_w.data.eq(self.ring_wdata),
             host_w.en.eq(self.ring_we),
         ]
+        if self.host_lanes == 2:
+            host_r1 = ring.read_port()
+            host_w1 = ring.write_port()
+            m.d.comb += [
+                host_r1.addr.eq(self.ring1_addr),
+                self.ring1_rdata.eq(host_r1.data),
+                host_w1.addr.eq(self.ring1_addr),
+                host_w1.data.eq(self.ring1_wdata),
+                host_w1.en.eq(self.ring1_we),
+            ]
 
         heads = [self.q(n, "head") for n in range(Q)]
         tails = [self.q(n, "tail") for n in range(Q)]

@@ -49,6 +49,18 @@ def _pow2(n: int) -> int:
     return 1 << ceil_log2(max(1, n))
 
 
+def nic_timeouts(link_latency_cycles: int, link_bytes_per_cycle: int,
+                 max_payload_bytes: int) -> tuple[int, int]:
+    """(retransmission timeout, NAK hold-off) in cycles for a link, as every node uses them.
+
+    The hold-off is one round trip of the longest packet, its acknowledgement
+    and some slack; the timeout two of them plus margin.
+    """
+    max_packet = 4 + max_payload_bytes // 4
+    rtt = 2 * link_latency_cycles + max_packet * 4 // link_bytes_per_cycle + 16
+    return 2 * rtt + 64, rtt
+
+
 class CommNode(wiring.Component):
     """DMA engine + NIC transmitter/receiver + ring, gradient and trace memories.
 
@@ -117,11 +129,9 @@ class CommNode(wiring.Component):
         self.max_payload_bytes = max_payload_bytes
         self.credits = credits
         self.window_packets = window_packets
-        # One round trip of the longest packet, its acknowledgement and some slack.
-        max_packet = 4 + max_payload_bytes // 4
-        rtt = 2 * link_latency_cycles + max_packet * 4 // link_bytes_per_cycle + 16
-        self.timeout_cycles = timeout_cycles if timeout_cycles is not None else 2 * rtt + 64
-        self.nak_holdoff_cycles = rtt
+        timeout, self.nak_holdoff_cycles = nic_timeouts(
+            link_latency_cycles, link_bytes_per_cycle, max_payload_bytes)
+        self.timeout_cycles = timeout_cycles if timeout_cycles is not None else timeout
         self.trace_records = _pow2(trace_records)
         self.ring_words = _pow2(regmap.DMA_QUEUES * ring_entries * regmap.DESCRIPTOR_WORDS)
         ports = {

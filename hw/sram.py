@@ -52,6 +52,9 @@ class DeviceMemory(wiring.Component):
         Number of client ports of each kind.
     init_scratch, init_grad:
         Optional initial contents (simulation only).
+    debug_port:
+        Add ``dbg_addr``/``dbg_data``: a combinational (zero-latency) read of
+        one word, for testbenches that inspect memory without a clock edge.
 
     Attributes
     ----------
@@ -61,6 +64,9 @@ class DeviceMemory(wiring.Component):
     wr : In(write_port_signature).array(write_ports)
         Write ports; when two ports write the same word in one cycle the
         higher-numbered port wins.
+    dbg_addr : In(addr_bits), dbg_data : Out(width)
+        Only with ``debug_port``: ``dbg_data`` is the word at device word
+        address ``dbg_addr`` in the same cycle (0 outside both banks).
 
     Behaviour
     ---------
@@ -70,7 +76,8 @@ class DeviceMemory(wiring.Component):
     """
 
     def __init__(self, scratch_words: int, grad_words: int, width: int = 16,
-                 read_ports: int = 1, write_ports: int = 1, init_scratch=(), init_grad=()):
+                 read_ports: int = 1, write_ports: int = 1, init_scratch=(), init_grad=(),
+                 debug_port: bool = False):
         for name, value in (("scratch_words", scratch_words), ("grad_words", grad_words),
                             ("width", width), ("read_ports", read_ports),
                             ("write_ports", write_ports)):
@@ -81,10 +88,14 @@ class DeviceMemory(wiring.Component):
         self.width = width
         self.addr_bits = device_addr_bits(scratch_words, grad_words)
         self._init = (list(init_scratch), list(init_grad))
-        super().__init__({
+        self.debug_port = debug_port
+        ports = {
             "rd": In(read_port_signature(self.addr_bits, width)).array(read_ports),
             "wr": In(write_port_signature(self.addr_bits, width)).array(write_ports),
-        })
+        }
+        if debug_port:
+            ports.update({"dbg_addr": In(self.addr_bits), "dbg_data": Out(width)})
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -120,4 +131,13 @@ class DeviceMemory(wiring.Component):
                     wp.data.eq(port.data),
                     wp.en.eq(port.en & (bank == b) & (index < depth)),
                 ]
+
+        if self.debug_port:
+            bank = self.dbg_addr[index_bits]
+            index = self.dbg_addr[:index_bits]
+            for b, (mem, depth) in enumerate(banks):
+                rp = mem.read_port(domain="comb")
+                m.d.comb += rp.addr.eq(index)
+                with m.If((bank == b) & (index < depth)):
+                    m.d.comb += self.dbg_data.eq(rp.data)
         return m

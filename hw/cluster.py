@@ -1,0 +1,109 @@
+"""N full nodes joined by links: the top level the RTL backend of a training run simulates.
+
+``DESIGN.md`` ("N nodes"): node ``i`` (:class:`~gradsync.hw.node.Node`)
+transmits to node ``(i + 1) mod N`` over link ``i`` (``hw/link.py``) and
+receives from node ``(i - 1) mod N``; with N = 2 the two links form an
+exchange pair, with N > 2 a unidirectional ring, as in ``hw/fabric.py``.
+
+Port contract (``sim/rtl_device.py`` codes against it):
+
+* node ``i``: every host port of :class:`~gradsync.hw.node.Node` prefixed
+  ``n{i}_`` -- ``n{i}_s_axil_*`` (AXI4-Lite CSR), ``n{i}_s_axis_*`` /
+  ``n{i}_m_axis_*`` (bulk port), ``n{i}_irq``, ``n{i}_cycle``, and the
+  zero-time debug read ``n{i}_dbg_addr`` (in, device word address as
+  ``hw/sram.py`` numbers scratchpad then gradient words) / ``n{i}_dbg_data``
+  (out, combinational);
+* additionally node ``i``'s NIC counters ``n{i}_tx_packets`` ...
+  ``n{i}_rx_drops`` (``hw.fabric.NODE_COUNTERS``);
+* link ``i``: fault-injection controls ``l{i}_corrupt_rate`` ... and
+  counters ``l{i}_packets`` ... named as :class:`~gradsync.hw.fabric.Fabric`
+  names them (``hw.fabric.LINK_CONTROLS``/``LINK_COUNTERS``).
+
+:data:`SIM_HARDWARE` is THE hardware configuration of simulated training
+runs and of the node/cluster tests (one Verilator build serves both).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.model.timing import HardwareConfig
+
+from .fabric import LINK_CONTROLS, LINK_COUNTERS, NODE_COUNTERS
+from .link import Link
+from .node import HOST_PORTS, Node
+
+#: Hardware of simulated training: the model's defaults, with SRAMs and trace buffer
+#: just large enough for the default training run (``--layers 64,32,10
+#: --global-batch 64`` on 2 or more nodes: ``firmware.training.plan_memory`` needs
+#: 7104 scratchpad and 4736 gradient words at 16 bits; a step writes a few hundred
+#: trace records, which the firmware drains every step).
+SIM_HARDWARE = HardwareConfig(scratchpad_words=8192, gradient_words=8192, trace_records=2048)
+
+
+class Cluster(wiring.Component):
+    """N :class:`~gradsync.hw.node.Node` s in a ring of :class:`~gradsync.hw.link.Link` s, flat ports.
+
+    Parameters
+    ----------
+    hw, fmt:
+        Node and link configuration (``model.timing.HardwareConfig``,
+        ``model.numerics.FixedPointFormat``); every node and link is the same.
+    num_nodes:
+        Nodes (>= 2).
+    **node_kwargs:
+        Passed to every :class:`Node` (host trace stamps).
+
+    Attributes
+    ----------
+    n{i}_<host port>, n{i}_<counter>
+        Node ``i``'s ports (module docstring).
+    l{i}_<control>, l{i}_<counter>
+        Link ``i`` (node ``i`` to node ``i+1``) fault controls and counters;
+        with every control at 0 the link is fault-free.
+    """
+
+    def __init__(self, hw: HardwareConfig = SIM_HARDWARE, fmt: FixedPointFormat = DEFAULT_FORMAT,
+                 num_nodes: int = 2, **node_kwargs):
+        if not isinstance(num_nodes, int) or num_nodes < 2:
+            raise ValueError(f"num_nodes must be an int >= 2, not {num_nodes!r}")
+        self.hw, self.fmt, self.num_nodes = hw, fmt, num_nodes
+        #: The nodes and links (also reachable from Amaranth testbenches).
+        self.nodes = [Node(hw, fmt, i, num_nodes, **node_kwargs) for i in range(num_nodes)]
+        self.links = [Link(hw.link_latency_cycles, hw.link_bytes_per_cycle)
+                      for _ in range(num_nodes)]
+        ports = {}
+        for i, node in enumerate(self.nodes):
+            for name in HOST_PORTS + NODE_COUNTERS:
+                member = node.signature.members[name]
+                ports[f"n{i}_{name}"] = (In if member.flow is wiring.In else Out)(member.shape)
+            ports.update({f"l{i}_{c}": In(w) for c, w in LINK_CONTROLS.items()})
+            ports.update({f"l{i}_{c}": Out(32) for c in LINK_COUNTERS})
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self.num_nodes
+        for i, node in enumerate(self.nodes):
+            m.submodules[f"node{i}"] = node
+            for name in HOST_PORTS + NODE_COUNTERS:
+                mine, theirs = getattr(self, f"n{i}_{name}"), getattr(node, name)
+                if node.signature.members[name].flow is wiring.In:
+                    m.d.comb += theirs.eq(mine)
+                else:
+                    m.d.comb += mine.eq(theirs)
+        for i, link in enumerate(self.links):
+            m.submodules[f"link{i}"] = link
+            src, dst = self.nodes[i], self.nodes[(i + 1) % N]
+            wiring.connect(m, src.tx, link.tx)
+            wiring.connect(m, link.rx, dst.rx)
+            wiring.connect(m, dst.rx_ack, link.ack_tx)
+            wiring.connect(m, link.ack_rx, src.tx_ack)
+            for c in LINK_CONTROLS:
+                m.d.comb += getattr(link, c).eq(getattr(self, f"l{i}_{c}"))
+            for c in LINK_COUNTERS:
+                m.d.comb += getattr(self, f"l{i}_{c}").eq(getattr(link, c))
+        return m

@@ -1,0 +1,371 @@
+"""One full gradsync node: the compute half and the communication half behind one host interface.
+
+``DESIGN.md`` ("One node"): :class:`Node` joins the parts of
+``hw/compute_node.py`` (CSR block, compute sequencer with array and vector
+unit, scratchpad and gradient SRAMs, bulk port) with the DMA engine and NIC
+of ``hw/dma.py``/``hw/nic.py``, so that the host sees exactly what
+``model/device.py`` models:
+
+* ONE AXI4-Lite CSR port: the :class:`~gradsync.hw.csr.CsrBlock` generated
+  from ``firmware.regmap``; the communication registers are its engine ports
+  (``rw_dma*``, ``wo_dma*_doorbell``, ``ro_rx_*``, ``ro_perf_tx_*``) and the
+  RX window registers are forwarded to the receiver's window table
+  (``rx_windows``); no second decoder.
+* ONE bulk port (:class:`~gradsync.hw.bulk.BulkPort`): scratchpad and
+  gradient SRAM in operand words, ring memory (load/dump) and trace memory
+  (dump) in 32-bit words -- the regions ``ModelDevice.load``/``dump`` accept.
+* ONE interrupt line and ONE trace buffer, written by the compute sequencer
+  (COMPUTE, VECTOR), the DMA engine (DMA_HI/DMA_LO, NIC_TX), the receiver
+  (NIC_RX), the bulk port (HOST) and the error reports (ERROR).
+* ONE scratchpad + gradient SRAM (:class:`~gradsync.hw.sram.DeviceMemory`):
+  the array and vector unit read and write it, the DMA engine reads its
+  packet sources from it (either bank, as the model allows), the receiver
+  reduce-adds into it.  The DMA and the receiver work in 32-bit words; each
+  of their 32-bit ports is ``32 / operand_bits`` operand-word ports, the
+  lowest address in the low bits (the packet format of ``docs/comm.md``).
+
+The link ports (``tx``, ``tx_ack``, ``rx``, ``rx_ack``) are joined to the
+peers' by :class:`~gradsync.hw.cluster.Cluster`.
+
+Limits (not modelled in RTL): a received packet whose window lies outside
+both SRAMs is dropped silently instead of refused with ``RX_OUT_OF_WINDOW``
+(the firmware never opens such a window).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from gradsync.firmware import regmap as rm
+from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.model.timing import DEFAULT_HARDWARE, HardwareConfig
+
+from .bulk import WIDE_PER_BEAT, BulkPort
+from .compute_node import _CMD_FIELDS, csr_constants
+from .csr import CsrBlock, axil_signature
+from .dma import DmaEngine
+from .fabric import NODE_COUNTERS, nic_timeouts
+from .link import AckMessage, LinkBeat
+from .nic import NicRx, NicTx
+from .sequencer import ComputeSequencer
+from .sram import DeviceMemory, device_addr_bits
+
+#: The receiver addresses 32-bit words of the whole device byte address space.
+RX_ADDR_BITS = 30
+
+#: NIC flow control (``docs/comm.md``: enough that a fault-free transfer never stalls).
+NIC_CREDITS = 16
+NIC_WINDOW_PACKETS = 16
+
+#: Host ports of a node, shared with ``hw/compute_node.py`` (the cluster prefixes them).
+HOST_PORTS = (
+    *axil_signature(13),
+    "s_axis_tdata", "s_axis_tvalid", "s_axis_tready", "s_axis_tlast",
+    "m_axis_tdata", "m_axis_tvalid", "m_axis_tready", "m_axis_tlast",
+    "irq", "cycle", "dbg_addr", "dbg_data",
+)
+
+
+class Node(wiring.Component):
+    """A full node: compute + DMA + NIC, one CSR port, one bulk port, one IRQ, one trace buffer.
+
+    Parameters
+    ----------
+    hw:
+        ``model.timing.HardwareConfig`` (array, SRAM sizes, queues, windows,
+        trace depth, link bandwidth/latency, payload size).
+    fmt:
+        ``model.numerics.FixedPointFormat``.
+    node_id, num_nodes:
+        This node's index and the cluster size (``NODE_ID``, ``NUM_NODES``,
+        ``TX_PEER = (node_id + 1) % num_nodes``).
+    host_lead_cycles, host_lag_cycles, host_dump_lag_cycles:
+        Stamps of the HOST trace records (see :class:`~gradsync.hw.bulk.BulkPort`):
+        END = last beat + lag (loads; ``host_dump_lag_cycles`` for dumps:
+        cocotbext-axi's sink returns a frame a cycle sooner than its source
+        reports a frame sent), START = END - ``host_bulk_cycles(bytes)``
+        (``hw.host_bulk_*``: the host bus cost ``model/device.py`` charges;
+        ``sim/rtl_device.py`` pads before the header so the call takes
+        exactly that), or, with an int ``host_lead_cycles``, the header
+        handshake - lead.  The defaults (None, 1, 0) match
+        ``sim/rtl_device.py``.
+
+    Attributes
+    ----------
+    s_axil_* :
+        AXI4-Lite CSR slave (:class:`hw.csr.CsrBlock`).
+    s_axis_*, m_axis_* :
+        Host bulk port (:class:`hw.bulk.BulkPort`).
+    irq : Out(1)
+        ``(IRQ_STATUS & IRQ_MASK) != 0``.
+    cycle : Out(64)
+        The cycle counter (``CYCLE_LO``/``HI``).
+    dbg_addr : In, dbg_data : Out
+        Combinational read of one SRAM word at a device word address
+        (``hw/sram.py``: scratchpad words, then the gradient bank at bit
+        ``addr_bits - 1``), for testbenches; no clock edge needed.
+    tx, tx_ack, rx, rx_ack :
+        Link ports (``hw/link.py``): packets out, their acknowledgements in;
+        packets in, acknowledgements out.
+    tx_packets ... rx_drops : Out(32)
+        NIC counters (``hw.fabric.NODE_COUNTERS``).
+    """
+
+    def __init__(self, hw: HardwareConfig = DEFAULT_HARDWARE,
+                 fmt: FixedPointFormat = DEFAULT_FORMAT, node_id: int = 0, num_nodes: int = 2,
+                 *, host_lead_cycles: int | None = None, host_lag_cycles: int = 1,
+                 host_dump_lag_cycles: int = 0):
+        if not isinstance(hw, HardwareConfig):
+            raise TypeError(f"hw must be a model.timing.HardwareConfig, not {hw!r}")
+        if not isinstance(fmt, FixedPointFormat):
+            raise TypeError(f"fmt must be a model.numerics.FixedPointFormat, not {fmt!r}")
+        if num_nodes < 1 or not 0 <= node_id < num_nodes:
+            raise ValueError(f"node_id must be in 0..{num_nodes - 1}, not {node_id!r}")
+        if hw.trace_records & (hw.trace_records - 1):
+            raise ValueError(f"trace_records must be a power of two, not {hw.trace_records!r}")
+        if hw.packet_header_bytes != 12 or hw.packet_crc_bytes != 4:
+            raise ValueError("the NIC builds 12-byte headers and 4-byte CRCs, not "
+                             f"{hw.packet_header_bytes!r}/{hw.packet_crc_bytes!r}")
+        self.hw, self.fmt = hw, fmt
+        self.node_id, self.num_nodes = node_id, num_nodes
+        self.host_lead_cycles, self.host_lag_cycles = host_lead_cycles, host_lag_cycles
+        self.host_dump_lag_cycles = host_dump_lag_cycles
+        self.addr_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)
+        ports = axil_signature(13)
+        ports.update({
+            "s_axis_tdata": In(64), "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
+            "s_axis_tlast": In(1),
+            "m_axis_tdata": Out(64), "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
+            "m_axis_tlast": Out(1),
+            "irq": Out(1),
+            "cycle": Out(64),
+            "dbg_addr": In(self.addr_bits),
+            "dbg_data": Out(fmt.total_bits),
+            "tx": Out(stream.Signature(LinkBeat)),
+            "tx_ack": In(stream.Signature(AckMessage, always_ready=True)),
+            "rx": In(stream.Signature(LinkBeat, always_ready=True)),
+            "rx_ack": Out(stream.Signature(AckMessage, always_ready=True)),
+        })
+        ports.update({name: Out(32) for name in NODE_COUNTERS})
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        hw, fmt = self.hw, self.fmt
+        Q = rm.DMA_QUEUES
+        wb = fmt.word_bytes
+        lanes32 = 32 // fmt.total_bits  # operand words per 32-bit DMA/NIC word
+        index_bits = self.addr_bits - 1
+        ring_words = 1 << ceil_log2(Q * hw.ring_entries * rm.DESCRIPTOR_WORDS)
+        ring_valid = Q * hw.ring_entries * rm.DESCRIPTOR_WORDS
+        max_pw = hw.max_payload_bytes // 4
+
+        # ---- parts ---------------------------------------------------------------------------
+        seq = ComputeSequencer(
+            rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes,
+            total_bits=fmt.total_bits, frac_bits=fmt.frac_bits, acc_bits=fmt.acc_bits,
+            rounding=fmt.rounding, saturate=fmt.saturate, scratch_words=hw.scratchpad_words,
+            grad_words=hw.gradient_words, fifo_depth=hw.cmd_fifo_depth)
+        bulk = BulkPort(fmt.total_bits, hw.scratchpad_words, hw.gradient_words,
+                        wide_regions=True,
+                        wide_words=max(ring_words, hw.trace_records * rm.TRACE_RECORD_WORDS),
+                        host_trace=True, host_lead_cycles=self.host_lead_cycles,
+                        host_lag_cycles=self.host_lag_cycles,
+                        host_dump_lag_cycles=self.host_dump_lag_cycles,
+                        host_setup_cycles=hw.host_bulk_setup_cycles,
+                        host_bytes_per_cycle=hw.host_bulk_bytes_per_cycle)
+        mem = DeviceMemory(hw.scratchpad_words, hw.gradient_words, fmt.total_bits,
+                           read_ports=seq.n_read + bulk.per_beat + 2 * lanes32,
+                           write_ports=seq.n_write + bulk.per_beat + lanes32,
+                           debug_port=True)
+        dma = DmaEngine(
+            queues=Q, ring_words=ring_words, ring_entries=hw.ring_entries,
+            ring_base_addr=rm.RING_MEM_BASE, ring_valid_words=ring_valid,
+            max_payload_bytes=hw.max_payload_bytes, link_bytes_per_cycle=hw.link_bytes_per_cycle,
+            src_regions=((rm.SCRATCH_BASE, hw.scratchpad_words * wb),
+                         (rm.GRAD_BASE, hw.gradient_words * wb)),
+            host_lanes=WIDE_PER_BEAT)
+        timeout, holdoff = nic_timeouts(hw.link_latency_cycles, hw.link_bytes_per_cycle,
+                                        hw.max_payload_bytes)
+        tx = NicTx(max_payload_words=max_pw, window_packets=NIC_WINDOW_PACKETS,
+                   credits=NIC_CREDITS, timeout_cycles=timeout)
+        rx = NicRx(max_payload_words=max_pw, credits=NIC_CREDITS, windows=hw.rx_windows,
+                   mem_addr_width=RX_ADDR_BITS, operand_bits=fmt.total_bits,
+                   saturate=fmt.saturate, nak_holdoff_cycles=holdoff)
+        trace_writes = [seq.trace, dma.trace[0], dma.trace[1], rx.trace,
+                        bulk.trace[0], bulk.trace[1]]
+        errors = [seq.cmd_err, seq.launch_err, dma.error[0], dma.error[1], rx.error]
+        csr = CsrBlock(constants=csr_constants(hw, fmt, self.node_id, self.num_nodes),
+                       trace_records=hw.trace_records, trace_writers=len(trace_writes),
+                       error_sources=len(errors), rx_windows=hw.rx_windows,
+                       trace_read_ports=WIDE_PER_BEAT)
+        m.submodules.seq = seq
+        m.submodules.bulk = bulk
+        m.submodules.mem = mem
+        m.submodules.dma = dma
+        m.submodules.nic_tx = tx
+        m.submodules.nic_rx = rx
+        m.submodules.csr = csr
+
+        # ---- device memory: sequencer, bulk, DMA source, receiver (later writers win) --------
+        rd = iter(mem.rd)
+        wr = iter(mem.wr)
+        for port in list(seq.rd) + list(bulk.rd):
+            wiring.connect(m, port, next(rd))
+        for port in list(seq.wr) + list(bulk.wr):
+            wiring.connect(m, port, next(wr))
+
+        def lane_addr(bank, word32, lane):
+            """Device word address of operand ``lane`` of 32-bit word ``word32`` in ``bank``."""
+            index = Signal(len(word32) + ceil_log2(lanes32) + 1)
+            m.d.comb += index.eq(word32 * lanes32 + lane)
+            return index, Cat(index[:index_bits], bank)
+
+        # DMA source: always reading, the address held while back-pressured (as its SRAM port).
+        dma_data = []
+        for lane in range(lanes32):
+            port = next(rd)
+            _, addr = lane_addr(dma.src_region[0], dma.src_addr, lane)
+            m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
+            dma_data.append(port.data)
+        m.d.comb += dma.src_data.eq(Cat(*dma_data))
+
+        # Receiver: 32-bit word addresses of the byte address space; region nibble -> bank.
+        def rx_target(word32):
+            region = word32[RX_ADDR_BITS - 4:]
+            bank = region == (rm.GRAD_BASE >> 28)
+            ok = (region == (rm.SCRATCH_BASE >> 28)) | bank
+            return bank, ok, word32[:RX_ADDR_BITS - 4]
+
+        bank, _, word = rx_target(rx.mem_rd_addr)
+        rx_data = []
+        for lane in range(lanes32):
+            port = next(rd)
+            _, addr = lane_addr(bank, word, lane)
+            m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
+            rx_data.append(port.data)
+        m.d.comb += rx.mem_rd_data.eq(Cat(*rx_data))
+        bank, ok, word = rx_target(rx.mem_wr_addr)
+        for lane in range(lanes32):
+            port = next(wr)
+            index, addr = lane_addr(bank, word, lane)
+            size = Mux(bank, hw.gradient_words, hw.scratchpad_words)
+            m.d.comb += [
+                port.addr.eq(addr),
+                port.data.eq(rx.mem_wr_data[lane * fmt.total_bits:(lane + 1) * fmt.total_bits]),
+                port.en.eq(rx.mem_wr_en & ok & (index < size)),
+            ]
+        m.d.comb += [mem.dbg_addr.eq(self.dbg_addr), self.dbg_data.eq(mem.dbg_data)]
+
+        # ---- ring and trace memory for the bulk port ---------------------------------------------
+        for lane in range(WIDE_PER_BEAT):
+            sfx = "" if lane == 0 else str(lane)
+            w, r = bulk.ring_wr[lane], bulk.ring_rd[lane]
+            held = Signal(ceil_log2(ring_words), name=f"ring_rd{lane}_held")
+            with m.If(r.en):
+                m.d.sync += held.eq(r.addr)
+            m.d.comb += [
+                getattr(dma, f"ring{sfx}_addr").eq(Mux(w.en, w.addr, Mux(r.en, r.addr, held))),
+                getattr(dma, f"ring{sfx}_wdata").eq(w.data),
+                getattr(dma, f"ring{sfx}_we").eq(w.en & (w.addr < ring_valid)),
+                r.data.eq(getattr(dma, f"ring{sfx}_rdata")),
+            ]
+            t_bulk, t_csr = bulk.trace_rd[lane], csr.trace_rd[lane]
+            m.d.comb += [t_csr.addr.eq(t_bulk.addr), t_csr.en.eq(t_bulk.en),
+                         t_bulk.data.eq(t_csr.data)]
+        m.d.comb += [bulk.now.eq(csr.now), bulk.tag.eq(csr.port("rw", "HOST_TAG"))]
+
+        # ---- CSR <-> sequencer -----------------------------------------------------------------
+        m.d.comb += [seq.launch.eq(csr.port("wo", "CMD_LAUNCH")), seq.now.eq(csr.now)]
+        for field, name in _CMD_FIELDS.items():
+            m.d.comb += getattr(seq.launch_cmd, field).eq(csr.port("rw", name))
+        m.d.comb += [
+            csr.port("ro", "CMD_FIFO_FREE").eq(seq.fifo_free),
+            csr.port("ro", "COMPUTE_DONE").eq(seq.done_count),
+            csr.port("ro", "PERF_GEMM_CYCLES").eq(seq.gemm_busy_cycles),
+            csr.port("ro", "PERF_VECTOR_CYCLES").eq(seq.vector_busy_cycles),
+        ]
+
+        # ---- CSR <-> DMA engine and NIC (the seam of docs/comm.md) -------------------------------
+        wiring.connect(m, dma.pkt, tx.pkt)
+        m.d.comb += dma.crc_sent.eq(tx.crc_sent)
+        wiring.connect(m, wiring.flipped(self.tx), tx.link)
+        wiring.connect(m, wiring.flipped(self.tx_ack), tx.ack)
+        wiring.connect(m, wiring.flipped(self.rx), rx.link)
+        wiring.connect(m, wiring.flipped(self.rx_ack), rx.ack)
+        m.d.comb += [
+            dma.tx_peer.eq((self.node_id + 1) % self.num_nodes),
+            dma.peers_ok.eq(self.num_nodes >= 2),
+            dma.compute_done.eq(seq.done_count),
+            dma.cycle.eq(csr.now[:48]),
+            rx.now.eq(csr.now[:48]),
+        ]
+        for q in range(Q):
+            for field in ("RING_BASE", "RING_SIZE", "WIN_BASE", "WIN_LEN"):
+                m.d.comb += getattr(dma, f"q{q}_{field.lower()}").eq(
+                    csr.port("rw", rm.dma_reg_name(q, field)))
+            m.d.comb += [
+                getattr(dma, f"q{q}_doorbell").eq(csr.port("wo", rm.dma_reg_name(q, "DOORBELL"))),
+                getattr(dma, f"q{q}_doorbell_tail").eq(csr.wo_data),
+            ]
+            for field in ("HEAD", "TAIL", "DONE", "ERRORS"):
+                m.d.comb += csr.port("ro", rm.dma_reg_name(q, field)).eq(
+                    getattr(dma, f"q{q}_{field.lower()}"))
+        m.d.comb += [
+            csr.port("ro", "RX_DROPS").eq(rx.drops),
+            csr.port("ro", "RX_BYTES").eq(rx.bytes_applied),
+            csr.port("ro", "RX_DONE_LO").eq(rx.done_bits[:32]),
+            csr.port("ro", "RX_DONE_HI").eq(rx.done_bits[32:]),
+            rx.done_clear.eq(Cat(csr.port("w1c", "RX_DONE_LO"), csr.port("w1c", "RX_DONE_HI"))),
+            csr.port("ro", "PERF_TX_CYCLES").eq(dma.tx_cycles),
+            csr.port("ro", "PERF_TX_BYTES").eq(tx.bytes_sent),
+            csr.port("ro", "PERF_TX_PACKETS").eq(tx.packets_sent),
+            csr.port("ro", "PERF_RX_PACKETS").eq(rx.packets_applied),
+            rx.cfg_window.eq(csr.win_index),
+            rx.cfg_reg.eq(csr.win_reg),
+            rx.cfg_wdata.eq(csr.win_wdata),
+            rx.cfg_we.eq(csr.win_we),
+            csr.win_rdata.eq(rx.cfg_rdata),
+        ]
+
+        # ---- interrupts, trace, errors ------------------------------------------------------------
+        def irq_bit(irq):
+            return ceil_log2(int(irq))
+
+        irq_set = Signal(8)
+        m.d.comb += [
+            irq_set[irq_bit(rm.Irq.COMPUTE)].eq(seq.irq),
+            irq_set[irq_bit(rm.Irq.DMA_Q0)].eq(dma.irq_done[0]),
+            irq_set[irq_bit(rm.Irq.DMA_Q1)].eq(dma.irq_done[1]),
+            irq_set[irq_bit(rm.Irq.RX)].eq(rx.rx_irq),
+            csr.irq_set.eq(irq_set),
+        ]
+        for port, rec in zip(csr.trace_in, trace_writes, strict=True):
+            m.d.comb += port.eq(rec)
+        for port, err in zip(csr.err_in, errors, strict=True):
+            m.d.comb += port.eq(err)
+
+        # ---- host ports straight through --------------------------------------------------------
+        m.d.comb += [self.irq.eq(csr.irq), self.cycle.eq(csr.now)]
+        for name, member in axil_signature(13).items():
+            a, b = getattr(self, name), getattr(csr, name)
+            m.d.comb += (a.eq(b) if member.flow is wiring.Out else b.eq(a))
+        for name in ("s_axis_tdata", "s_axis_tvalid", "s_axis_tlast", "m_axis_tready"):
+            m.d.comb += getattr(bulk, name).eq(getattr(self, name))
+        for name in ("s_axis_tready", "m_axis_tdata", "m_axis_tvalid", "m_axis_tlast"):
+            m.d.comb += getattr(self, name).eq(getattr(bulk, name))
+        m.d.comb += [
+            self.tx_packets.eq(tx.packets_sent),
+            self.tx_retransmits.eq(tx.retransmits),
+            self.tx_timeouts.eq(tx.timeouts),
+            self.tx_naks.eq(tx.naks),
+            self.rx_packets.eq(rx.packets_applied),
+            self.rx_crc_errors.eq(rx.crc_errors),
+            self.rx_seq_errors.eq(rx.seq_errors),
+            self.rx_duplicates.eq(rx.duplicates),
+            self.rx_drops.eq(rx.drops),
+        ]
+        return m

@@ -1,0 +1,333 @@
+"""hw/cluster.py under Verilator against model/ : the same host programs on both, every value and cycle.
+
+Each node runs :func:`node_program` (compute commands, DMA descriptors on both
+queues, RX windows, error paths) through the device protocol: on the golden
+model (``model.cluster.Cluster``) and on the RTL cluster through
+``sim/rtl_device.py``'s :class:`RtlDevice` (cocotbext-axi AXI4-Lite master and
+AXI4-Stream source/sink).  Everything a program observes -- register values,
+the cycle each call returns in, dumped memory, the trace records per engine
+-- must be identical.  ``tests/hw/test_cluster.py`` and
+``tests/hw/test_node.py`` run the modules; ``CLUSTER_WANT`` carries the
+model's logs (JSON) and ``CLUSTER_SCENARIO`` the scenario name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from gradsync.firmware import regmap as rm
+from gradsync.model import numerics as nx
+from gradsync.model import timing as tm
+
+FMT = nx.FixedPointFormat()
+
+#: Gradient SRAM layout of the exchange (byte offsets from GRAD_BASE).
+G_OFF, R_OFF, C_OFF = 0, 4096, 12288
+BUF_WORDS = 1024
+#: (offset, length) in bytes of the chunks of the buffer, their queue and flags.
+CHUNKS = [(0, 512, 1, "reduce"), (512, 256, 1, "reduce"), (768, 768, 0, "fence"),
+          (1536, 512, 0, "plain")]
+RING_SIZE = 8
+IRQ_ALL = int(rm.Irq.COMPUTE | rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Irq.ERROR)
+BAD_TAG_WINDOW = 4
+
+
+def corner_words(rng, n: int, fmt: nx.FixedPointFormat = FMT) -> np.ndarray:
+    """Random operand words, a third of them at or next to the saturation rails."""
+    x = rng.integers(fmt.qmin, fmt.qmax + 1, size=n)
+    corners = rng.choice([fmt.qmin, fmt.qmin + 1, -1, 0, 1, fmt.qmax - 1, fmt.qmax], size=n)
+    return np.where(rng.random(n) < 0.33, corners, x)
+
+
+class Recorder:
+    """What a host program saw, with the cycle of each return (JSON-able)."""
+
+    def __init__(self, now):
+        self.now = now
+        self.log: list = []
+
+    def note(self, what: str, value=None) -> None:
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        self.log.append([what, self.now(), value])
+
+
+async def launch(dev, op, a, b, c, m, k, n, *, arg=0, tag=0, kind=rm.Kind.FWD, irq=1):
+    word = rm.reg("CMD_OPCODE").pack(opcode=int(op), trans_a=0, trans_b=0, irq=irq,
+                                     kind=int(kind))
+    for name, value in (("CMD_OPCODE", word), ("CMD_A", a), ("CMD_B", b), ("CMD_C", c),
+                        ("CMD_M", m), ("CMD_K", k), ("CMD_N", n), ("CMD_ARG", arg & 0xFFFF_FFFF),
+                        ("CMD_TAG", tag)):
+        await dev.write32(rm.offset(name), value)
+    await dev.write32(rm.offset("CMD_LAUNCH"), 1)
+
+
+async def post(dev, queue: int, slot: int, desc: rm.Descriptor) -> None:
+    addr = rm.RING_MEM_BASE + (queue * RING_SIZE + slot) * rm.DESCRIPTOR_BYTES
+    await dev.load(addr, np.array(desc.encode(), dtype=np.int64))
+    await dev.write32(rm.dma_reg(queue, "DOORBELL"), slot + 1)
+
+
+async def read_trace(dev, rec: Recorder) -> None:
+    """Drain the trace buffer with one bulk dump (as firmware.driver does); note it per engine."""
+    head = await dev.read32(rm.offset("TRACE_HEAD"))
+    tail = await dev.read32(rm.offset("TRACE_TAIL"))
+    n = head - tail
+    rec.note("trace_count", n)
+    words = await dev.dump(rm.TRACE_MEM_BASE + tail * rm.TRACE_RECORD_WORDS * 4,
+                           n * rm.TRACE_RECORD_WORDS)
+    await dev.write32(rm.offset("TRACE_TAIL"), head)
+    per_engine: dict[str, list] = {}
+    for i in range(n):
+        r = rm.TraceRecord.decode([int(w) for w in words[4 * i:4 * i + 4]])
+        per_engine.setdefault(str(r.engine), []).append(
+            [r.cycle, r.event, r.kind, r.tag, r.aux])
+    rec.note("trace", per_engine)
+
+
+async def node_program(dev, now, node: int, nodes: int, seed: int, role: str = "both") -> list:
+    """One node's host program.
+
+    ``role``: ``"both"`` -- the node computes, sends its buffer in chunks and
+    receives the peer's (the exchange-reduce); ``"send"`` -- computes and
+    sends only; ``"recv"`` -- only opens its windows and waits for them.
+    """
+    rec = Recorder(now)
+    rng = np.random.default_rng(seed * 100 + node)
+    wb = FMT.word_bytes
+    sends, recvs = role in ("both", "send"), role in ("both", "recv")
+    g = corner_words(rng, BUF_WORDS)
+    await dev.write32(rm.offset("IRQ_MASK"), IRQ_ALL)
+    await dev.write32(rm.offset("HOST_TAG"), 0x100 + node)
+    rec.note("id", [await dev.read32(rm.offset(n)) for n in ("NODE_ID", "NUM_NODES", "TX_PEER")])
+    await dev.load(rm.GRAD_BASE + G_OFF, g)
+    await dev.load(rm.GRAD_BASE + R_OFF, np.full(BUF_WORDS + 8, 0x1234))  # guard around R
+    for q in range(rm.DMA_QUEUES):
+        await dev.write32(rm.dma_reg(q, "RING_BASE"), rm.RING_MEM_BASE + q * RING_SIZE * 32)
+        await dev.write32(rm.dma_reg(q, "RING_SIZE"), RING_SIZE)
+        await dev.write32(rm.dma_reg(q, "WIN_BASE"), rm.GRAD_BASE)
+        await dev.write32(rm.dma_reg(q, "WIN_LEN"), R_OFF)
+    step = 3 + node
+    tags = [rm.encode_tag(2, c, step) for c in range(len(CHUNKS))]
+    if recvs:
+        peer_step = 3 + (node - 1) % nodes
+        for w, (off, length, _, _) in enumerate(CHUNKS + [(0, 64, 1, "bad")]):
+            base = rm.RX_WINDOW_BASE + w * rm.RX_WINDOW_STRIDE
+            await dev.write32(base + 0x00, 1)  # CTRL: enable, clear RECEIVED
+            await dev.write32(base + 0x04, rm.GRAD_BASE + R_OFF + off)  # DST
+            await dev.write32(base + 0x08, rm.GRAD_BASE + G_OFF + off)  # SRC
+            await dev.write32(base + 0x0C, length)  # LEN
+            await dev.write32(base + 0x10, rm.encode_tag(2, w, peer_step))  # TAG
+            await dev.write32(base + 0x14, length)  # EXPECT: arms
+        rec.note("win", [await dev.read32(rm.RX_WINDOW_BASE + 0x20 * 2 + o)
+                         for o in range(0, 0x20, 4)])
+    n_cmds = 0
+    if sends:
+        # Compute operands, then two commands that run while the descriptors go out.
+        m_, k_, n_ = 20, 37, 12
+        a = corner_words(rng, m_ * k_) // 64
+        b = corner_words(rng, k_ * n_) // 64
+        await dev.load(rm.SCRATCH_BASE, a)
+        await dev.load(rm.SCRATCH_BASE + 1024 * wb, b)
+        await launch(dev, rm.Opcode.GEMM, rm.SCRATCH_BASE, rm.SCRATCH_BASE + 1024 * wb,
+                     rm.GRAD_BASE + C_OFF, m_, k_, n_, tag=rm.encode_tag(1, 0, step))
+        await launch(dev, rm.Opcode.SGD, rm.SCRATCH_BASE, rm.GRAD_BASE + G_OFF,
+                     rm.SCRATCH_BASE + 2048 * wb, 4, 0, 40, arg=3, kind=rm.Kind.UPDATE,
+                     tag=rm.encode_tag(1, 1, step))
+        n_cmds = 2
+        slots = [0, 0]
+        peer = (node + 1) % nodes
+        for c, (off, length, q, how) in enumerate(CHUNKS):
+            flags = rm.DescFlag.IRQ
+            if how != "plain":
+                flags |= rm.DescFlag.REDUCE_ADD
+            if how == "fence":
+                flags |= rm.DescFlag.FENCE
+            d = rm.Descriptor(rm.GRAD_BASE + G_OFF + off, length, peer,
+                              rm.GRAD_BASE + R_OFF + off, c, tags[c], int(flags),
+                              fence_count=n_cmds if how == "fence" else 0)
+            await post(dev, q, slots[q], d)
+            slots[q] += 1
+            for _ in range(int(rng.integers(0, 6))):
+                rec.note("poll", [await dev.read32(rm.offset(n))
+                                  for n in ("DMA0_HEAD", "DMA1_HEAD", "COMPUTE_DONE")])
+        # A misaligned descriptor (refused locally) and one whose tag the peer's window refuses.
+        bad = rm.Descriptor(rm.GRAD_BASE + 2, 64, peer, rm.GRAD_BASE + R_OFF, 0, 0,
+                            int(rm.DescFlag.IRQ))
+        await post(dev, 1, slots[1], bad)
+        slots[1] += 1
+        wrong = rm.Descriptor(rm.GRAD_BASE, 64, peer, rm.GRAD_BASE + R_OFF, BAD_TAG_WINDOW,
+                              rm.encode_tag(9, 9, 9), int(rm.DescFlag.IRQ))
+        await post(dev, 1, slots[1], wrong)
+        slots[1] += 1
+    want_rx = (1 << len(CHUNKS)) - 1 if recvs else 0
+    want_errors = (1 if sends else 0) + (1 if recvs else 0)
+    while True:
+        state = {n: await dev.read32(rm.offset(n)) for n in (
+            "DMA0_DONE", "DMA1_DONE", "RX_DONE_LO", "COMPUTE_DONE", "ERR_COUNT")}
+        rec.note("state", state)
+        if (state["COMPUTE_DONE"] == n_cmds and state["RX_DONE_LO"] == want_rx
+                and state["ERR_COUNT"] == want_errors
+                and (not sends or (state["DMA0_DONE"], state["DMA1_DONE"]) == (2, 4))):
+            break
+        status = await dev.wait_irq(IRQ_ALL)
+        rec.note("irq", status)
+        await dev.write32(rm.offset("IRQ_STATUS"), status)
+    regs = ["ERR_CODE", "ERR_INFO", "RX_DROPS", "RX_BYTES", "PERF_GEMM_CYCLES",
+            "PERF_VECTOR_CYCLES", "PERF_TX_CYCLES", "PERF_TX_BYTES", "PERF_TX_PACKETS",
+            "PERF_RX_PACKETS", "DMA0_ERRORS", "DMA1_ERRORS", "DMA0_TAIL", "DMA1_TAIL"]
+    rec.note("regs", {n: await dev.read32(rm.offset(n)) for n in regs})
+    rec.note("received", [await dev.read32(rm.offset(rm.rx_window_reg_name(w, "RECEIVED")))
+                          for w in range(len(CHUNKS) + 1)])
+    rec.note("R", await dev.dump(rm.GRAD_BASE + R_OFF, BUF_WORDS + 8))
+    rec.note("ring", await dev.dump(rm.RING_MEM_BASE, 2 * RING_SIZE * rm.DESCRIPTOR_WORDS))
+    if sends:
+        rec.note("C", await dev.dump(rm.GRAD_BASE + C_OFF, 20 * 12))
+        rec.note("W", await dev.dump(rm.SCRATCH_BASE + 2048 * wb, 160))
+    await read_trace(dev, rec)
+    return rec.log
+
+
+def programs(scenario: str, nodes: int, seed: int):
+    roles = {"exchange": ["both"] * nodes, "node": ["send"] + ["recv"] * (nodes - 1)}[scenario]
+    return [(i, role) for i, role in enumerate(roles)]
+
+
+def model_logs(scenario: str, nodes: int, seed: int, hw: tm.HardwareConfig) -> list[list]:
+    """Run the scenario on the golden model; return each node's log."""
+    from gradsync.model.cluster import Cluster
+
+    cluster = Cluster(nodes, hw, FMT)
+
+    def program(i: int, role: str):
+        return lambda d: node_program(d, lambda: cluster.sim.now, i, nodes, seed, role)
+
+    run = cluster.run([program(i, role) for i, role in programs(scenario, nodes, seed)],
+                      max_cycles=200_000)
+    return json.loads(json.dumps(run.results))
+
+
+def cluster_env(scenario: str, nodes: int, seed: int, hw: tm.HardwareConfig) -> dict:
+    return {"CLUSTER_SCENARIO": scenario, "CLUSTER_NODES": str(nodes),
+            "CLUSTER_SEED": str(seed), "CLUSTER_HW": json.dumps(hw.to_dict()),
+            "CLUSTER_WANT": json.dumps(model_logs(scenario, nodes, seed, hw))}
+
+
+def trace_differences(got: list, want: list) -> list[str]:
+    """First differing record of every engine between the logs' trace entries."""
+    g = next((e[2] for e in got if e[0] == "trace"), {})
+    w = next((e[2] for e in want if e[0] == "trace"), {})
+    out = []
+    for engine in sorted(set(g) | set(w)):
+        ge, we = g.get(engine, []), w.get(engine, [])
+        for j, (a, b) in enumerate(zip(ge, we, strict=False)):
+            if a != b:
+                out.append(f"{rm.Engine(int(engine)).name} record {j}: RTL {a} != model {b}")
+                break
+        else:
+            if len(ge) != len(we):
+                out.append(f"{rm.Engine(int(engine)).name}: {len(ge)} records, model {len(we)}")
+    return out
+
+
+def compare_logs(got: list, want: list, who: str) -> None:
+    """Assert two host logs are identical, naming the first difference (trace: per engine)."""
+    diffs = trace_differences(got, want)
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):
+        if g[0] == "trace" and w[0] == "trace":
+            assert g[1] == w[1], f"{who}: trace read returned in cycle {g[1]}, model {w[1]}"
+            for engine in sorted(set(g[2]) | set(w[2])):
+                ge, we = g[2].get(engine, []), w[2].get(engine, [])
+                for j, (a, b) in enumerate(zip(ge, we, strict=False)):
+                    assert a == b, (f"{who}: engine {rm.Engine(int(engine)).name} record {j}: "
+                                    f"RTL {a} != model {b}")
+                assert len(ge) == len(we), (
+                    f"{who}: engine {rm.Engine(int(engine)).name}: {len(ge)} records, "
+                    f"model {len(we)}")
+            continue
+        assert g == w, (f"{who}: entry {i}: RTL {g} != model {w} (before: {got[max(0, i - 3):i]})"
+                        f"; trace: {diffs}")
+    assert len(got) == len(want), f"{who}: {len(got)} entries, model {len(want)}"
+
+
+try:
+    import cocotb
+except ImportError:  # pragma: no cover - cocotb is a hard dependency
+    cocotb = None
+
+
+def _device_class():
+    from gradsync.sim.rtl_device import RtlDevice
+
+    class EdgeSafeDevice(RtlDevice):
+        """RtlDevice whose interrupt wake-up counts the latency from the line's rising cycle.
+
+        ``RtlDevice.wait_irq`` awaits ``RisingEdge(irq)`` and then
+        ``ClockCycles``; when the simulator delivers the line's edge before
+        the clock's edge of the same time step, ``ClockCycles`` counts that
+        clock edge too and the host wakes a cycle early (seen with the RX
+        interrupt of node 0; the line itself rises in the model's cycle).
+        """
+
+        async def wait_irq(self, mask: int) -> int:
+            from cocotb.triggers import ReadOnly, RisingEdge
+
+            if int(self._irq.value) or self.irq_mask & ~mask or not mask & self.irq_mask:
+                return await super().wait_irq(mask)
+            self.calls["wait_irq"] += 1
+            await RisingEdge(self._irq)
+            await ReadOnly()
+            rise = int(self._cycle.value)
+            await RisingEdge(self.clk)
+            await self._until(rise + self.hw.host_irq_latency_cycles)
+            return await self.read32(rm.offset("IRQ_STATUS")) & mask
+
+    return EdgeSafeDevice
+
+
+async def start_devices(dut, nodes: int, hw: tm.HardwareConfig):
+    """RtlDevices of every node, bus latency calibrated on node 0, design reset to cycle 0."""
+    from gradsync.sim.train_cocotb import reset_to_cycle_zero
+
+    RtlDevice = _device_class()  # noqa: N806
+
+    for i in range(nodes):
+        getattr(dut, f"n{i}_dbg_addr").value = 0
+        for c in ("corrupt_rate", "drop_rate", "stall_rate", "stall_max", "seed", "seed_load"):
+            getattr(dut, f"l{i}_{c}").value = 0
+    first = RtlDevice(dut, "n0_", hw, FMT, dut.clk, rst=dut.rst)
+    await reset_to_cycle_zero(dut)
+    latency = await first.calibrate()
+    devs = [first] + [RtlDevice(dut, f"n{i}_", hw, FMT, dut.clk, latency, rst=dut.rst)
+                      for i in range(1, nodes)]
+    await reset_to_cycle_zero(dut)
+    return devs
+
+
+if cocotb is not None:
+
+    @cocotb.test()
+    async def programs_match_model(dut):
+        """Every node's host program sees on the RTL exactly what it sees on the golden model."""
+        from cocotb.triggers import with_timeout
+
+        scenario = os.environ["CLUSTER_SCENARIO"]
+        nodes, seed = int(os.environ["CLUSTER_NODES"]), int(os.environ["CLUSTER_SEED"])
+        hw = tm.HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
+        want = json.loads(os.environ["CLUSTER_WANT"])
+        devs = await start_devices(dut, nodes, hw)
+        tasks = [cocotb.start_soon(node_program(devs[i], devs[i].now, i, nodes, seed, role))
+                 for i, role in programs(scenario, nodes, seed)]
+        logs = []
+        for t in tasks:
+            logs.append(await with_timeout(t, 2_000_000, "ns"))
+        for i, (got, w) in enumerate(zip(logs, want, strict=True)):
+            compare_logs(json.loads(json.dumps(got)), w, f"node {i}")
+        # The debug port reads the SRAM the bulk port dumped, without a clock edge.
+        for i, dev in enumerate(devs):
+            r = next(e[2] for e in want[i] if e[0] == "R")
+            got = await dev.peek(rm.GRAD_BASE + R_OFF, len(r))
+            assert got.tolist() == r, f"node {i}: debug port differs from the dump of R"
