@@ -24,22 +24,10 @@ SMALL = TrainConfig(nodes=2, steps=2, global_batch=16, layers=(64, 16, 10), chun
 
 
 def assert_exact(rep) -> None:
-    """Zero numeric, event and cycle differences -- except one known RTL stamp (see below).
-
-    Known: ``hw/node.py`` stamps the HOST END record of a bulk *dump* one cycle
-    after the model's (loads are exact; the node has one ``host_lag_cycles``
-    for both directions, a dump's last beat completes one cycle later relative
-    to the host's return). Every other record and every weight must be exact.
-    """
+    """Zero numeric, event and cycle differences between the RTL run and the golden model."""
     assert rep.weight_mismatches == 0 and rep.event_mismatches == 0, rep.details
     assert rep.loss_mismatches == 0, rep.details
-    others = [
-        d
-        for d in rep.details
-        if "cycle" in d and not ("host END kind 10" in d and d.endswith("+1"))
-    ]
-    assert not others, "\n".join(others)
-    assert rep.max_cycle_difference <= 1
+    assert rep.max_cycle_difference == 0, "\n".join(rep.details)
 
 
 def _cfg(**kw) -> TrainConfig:
