@@ -32,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.model.timing import HardwareConfig
 
-from .fabric import LINK_CONTROLS, LINK_COUNTERS, NODE_COUNTERS
+from .fabric import LINK_CONTROLS, LINK_COUNTERS, NODE_COUNTERS, join_ring
 from .link import Link
 from .node import HOST_PORTS, Node
 
@@ -86,7 +86,6 @@ class Cluster(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        N = self.num_nodes
         for i, node in enumerate(self.nodes):
             m.submodules[f"node{i}"] = node
             for name in HOST_PORTS + NODE_COUNTERS:
@@ -95,15 +94,5 @@ class Cluster(wiring.Component):
                     m.d.comb += theirs.eq(mine)
                 else:
                     m.d.comb += mine.eq(theirs)
-        for i, link in enumerate(self.links):
-            m.submodules[f"link{i}"] = link
-            src, dst = self.nodes[i], self.nodes[(i + 1) % N]
-            wiring.connect(m, src.tx, link.tx)
-            wiring.connect(m, link.rx, dst.rx)
-            wiring.connect(m, dst.rx_ack, link.ack_tx)
-            wiring.connect(m, link.ack_rx, src.tx_ack)
-            for c in LINK_CONTROLS:
-                m.d.comb += getattr(link, c).eq(getattr(self, f"l{i}_{c}"))
-            for c in LINK_COUNTERS:
-                m.d.comb += getattr(self, f"l{i}_{c}").eq(getattr(link, c))
+        join_ring(m, self, self.nodes, self.links)
         return m

@@ -45,6 +45,45 @@ LINK_CONTROLS = {"corrupt_rate": 16, "drop_rate": 16, "stall_rate": 16, "stall_m
 LINK_COUNTERS = ("packets", "corrupted", "dropped", "stalls")
 
 
+#: Node counter port -> (NIC side, NicTx/NicRx attribute) that drives it.
+NIC_COUNTER_SOURCES = {
+    "tx_packets": ("tx", "packets_sent"), "tx_retransmits": ("tx", "retransmits"),
+    "tx_timeouts": ("tx", "timeouts"), "tx_naks": ("tx", "naks"),
+    "rx_packets": ("rx", "packets_applied"), "rx_crc_errors": ("rx", "crc_errors"),
+    "rx_seq_errors": ("rx", "seq_errors"), "rx_duplicates": ("rx", "duplicates"),
+    "rx_drops": ("rx", "drops"),
+}
+
+
+def drive_nic_counters(m: Module, top, tx: NicTx, rx: NicRx) -> None:
+    """Drive ``top``'s ``NODE_COUNTERS`` ports from the NIC's counters (CommNode and Node)."""
+    sides = {"tx": tx, "rx": rx}
+    m.d.comb += [
+        getattr(top, name).eq(getattr(sides[side], attr))
+        for name, (side, attr) in NIC_COUNTER_SOURCES.items()
+    ]
+
+
+def join_ring(m: Module, top, nodes, links) -> None:
+    """Node ``i`` transmits over ``links[i]`` to node ``(i + 1) mod N``; ``l{i}_*`` ports of ``top``.
+
+    Shared by :class:`Fabric` and ``hw.cluster.Cluster``: the link wiring,
+    the fault-injection controls (``LINK_CONTROLS``) and counters (``LINK_COUNTERS``).
+    """
+    n = len(nodes)
+    for i, link in enumerate(links):
+        m.submodules[f"link{i}"] = link
+        src, dst = nodes[i], nodes[(i + 1) % n]
+        wiring.connect(m, src.tx, link.tx)
+        wiring.connect(m, link.rx, dst.rx)
+        wiring.connect(m, dst.rx_ack, link.ack_tx)
+        wiring.connect(m, link.ack_rx, src.tx_ack)
+        for c in LINK_CONTROLS:
+            m.d.comb += getattr(link, c).eq(getattr(top, f"l{i}_{c}"))
+        for c in LINK_COUNTERS:
+            m.d.comb += getattr(top, f"l{i}_{c}").eq(getattr(link, c))
+
+
 def _pow2(n: int) -> int:
     return 1 << ceil_log2(max(1, n))
 
@@ -380,17 +419,7 @@ class CommNode(wiring.Component):
             with m.Case(4):
                 m.d.comb += self.host_rdata.eq(t_r.data.word_select(word_sel, 32))
 
-        m.d.comb += [
-            self.tx_packets.eq(tx.packets_sent),
-            self.tx_retransmits.eq(tx.retransmits),
-            self.tx_timeouts.eq(tx.timeouts),
-            self.tx_naks.eq(tx.naks),
-            self.rx_packets.eq(rx.packets_applied),
-            self.rx_crc_errors.eq(rx.crc_errors),
-            self.rx_seq_errors.eq(rx.seq_errors),
-            self.rx_duplicates.eq(rx.duplicates),
-            self.rx_drops.eq(rx.drops),
-        ]
+        drive_nic_counters(m, self, tx, rx)
         return m
 
 
@@ -455,16 +484,5 @@ class Fabric(wiring.Component):
                 m.d.comb += getattr(node, p).eq(getattr(self, f"n{i}_{p}"))
             for p in ("host_rdata", "irq", *NODE_COUNTERS):
                 m.d.comb += getattr(self, f"n{i}_{p}").eq(getattr(node, p))
-        for i in range(N):
-            link = self.links[i]
-            m.submodules[f"link{i}"] = link
-            src, dst = nodes[i], nodes[(i + 1) % N]
-            wiring.connect(m, src.tx, link.tx)
-            wiring.connect(m, link.rx, dst.rx)
-            wiring.connect(m, dst.rx_ack, link.ack_tx)
-            wiring.connect(m, link.ack_rx, src.tx_ack)
-            for c in LINK_CONTROLS:
-                m.d.comb += getattr(link, c).eq(getattr(self, f"l{i}_{c}"))
-            for c in LINK_COUNTERS:
-                m.d.comb += getattr(self, f"l{i}_{c}").eq(getattr(link, c))
+        join_ring(m, self, nodes, self.links)
         return m

@@ -47,7 +47,7 @@ from .bulk import WIDE_PER_BEAT, BulkPort
 from .compute_node import _CMD_FIELDS, csr_constants
 from .csr import CsrBlock, axil_signature
 from .dma import DmaEngine
-from .fabric import NODE_COUNTERS, nic_timeouts
+from .fabric import NODE_COUNTERS, drive_nic_counters, nic_timeouts
 from .link import AckMessage, LinkBeat
 from .nic import NicRx, NicTx
 from .sequencer import ComputeSequencer
@@ -357,15 +357,5 @@ class Node(wiring.Component):
             m.d.comb += getattr(bulk, name).eq(getattr(self, name))
         for name in ("s_axis_tready", "m_axis_tdata", "m_axis_tvalid", "m_axis_tlast"):
             m.d.comb += getattr(self, name).eq(getattr(bulk, name))
-        m.d.comb += [
-            self.tx_packets.eq(tx.packets_sent),
-            self.tx_retransmits.eq(tx.retransmits),
-            self.tx_timeouts.eq(tx.timeouts),
-            self.tx_naks.eq(tx.naks),
-            self.rx_packets.eq(rx.packets_applied),
-            self.rx_crc_errors.eq(rx.crc_errors),
-            self.rx_seq_errors.eq(rx.seq_errors),
-            self.rx_duplicates.eq(rx.duplicates),
-            self.rx_drops.eq(rx.drops),
-        ]
+        drive_nic_counters(m, self, tx, rx)
         return m
