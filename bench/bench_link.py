@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gradsync.firmware import regmap as rm  # noqa: E402
+from gradsync import regmap as rm  # noqa: E402
 from gradsync.model import numerics as nx  # noqa: E402
 from gradsync.model import timing as tm  # noqa: E402
 

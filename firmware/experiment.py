@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from gradsync import regmap as rm
 from gradsync.firmware import data as digits
-from gradsync.firmware import regmap as rm
 from gradsync.firmware.schedules import load_schedule
 from gradsync.firmware.training import ConfigError, NodeJob, NodeResult
 

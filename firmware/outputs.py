@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from gradsync import __version__
+from gradsync import regmap as rm
 from gradsync.firmware import data as digits
-from gradsync.firmware import regmap as rm
 from gradsync.firmware.experiment import Interval, RunResult, intervals
 
 FORMAT_VERSION = 1

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.firmware.collectives import ChunkPlan, chunk_plan
 from gradsync.firmware.device import Device
 from gradsync.firmware.driver import Driver

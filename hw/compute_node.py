@@ -13,7 +13,7 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.model.timing import DEFAULT_HARDWARE, HardwareConfig
 

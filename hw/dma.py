@@ -1,7 +1,7 @@
 """DMA engine: descriptor rings, strict-priority queues, validation, packetisation.
 
 The DMA engine of ``DESIGN.md`` ("One node"): firmware writes 8-word
-descriptors (layout in ``firmware.regmap``) into rings in the engine's ring
+descriptors (layout in ``gradsync.regmap``) into rings in the engine's ring
 memory and rings a queue's doorbell with the new tail.  Whenever the engine
 is idle it takes the next descriptor of the lowest-numbered non-empty queue
 (queue 0 has strict priority), so arbitration happens at descriptor (chunk)
@@ -32,32 +32,32 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from gradsync import regmap as rm
 from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.nic import TxWord
 
-#: ``firmware.regmap`` facts the engine is built from (``hw`` may not import the
-#: firmware; ``tests/hw/test_dma.py`` checks they agree).
-DESCRIPTOR_VERSION = 1
-DESCRIPTOR_WORDS = 8
-FLAG_REDUCE_ADD = 1 << 0
-FLAG_IRQ = 1 << 1
-FLAG_FENCE = 1 << 2
-ERR_OK = 0
-ERR_BAD_VERSION = 1
-ERR_ZERO_LENGTH = 2
-ERR_MISALIGNED = 3
-ERR_OUT_OF_WINDOW = 4
-ERR_UNKNOWN_PEER = 5
-ERR_RING_FULL = 14
+#: ``gradsync.regmap`` facts the engine is built from.
+DESCRIPTOR_VERSION = rm.DESCRIPTOR_VERSION
+DESCRIPTOR_WORDS = rm.DESCRIPTOR_WORDS
+FLAG_REDUCE_ADD = int(rm.DescFlag.REDUCE_ADD)
+FLAG_IRQ = int(rm.DescFlag.IRQ)
+FLAG_FENCE = int(rm.DescFlag.FENCE)
+ERR_OK = int(rm.ErrorCode.OK)
+ERR_BAD_VERSION = int(rm.ErrorCode.BAD_VERSION)
+ERR_ZERO_LENGTH = int(rm.ErrorCode.ZERO_LENGTH)
+ERR_MISALIGNED = int(rm.ErrorCode.MISALIGNED)
+ERR_OUT_OF_WINDOW = int(rm.ErrorCode.OUT_OF_WINDOW)
+ERR_UNKNOWN_PEER = int(rm.ErrorCode.UNKNOWN_PEER)
+ERR_RING_FULL = int(rm.ErrorCode.RING_FULL)
 
-#: ``firmware.regmap`` trace codes (Engine, TraceEvent, Kind).
-ENGINE_DMA_HI = 2
-ENGINE_NIC_TX = 4
-ENGINE_NIC_RX = 5
-EVENT_START = 0
-EVENT_END = 1
-KIND_SEND = 7
-KIND_RECV = 8
+#: ``gradsync.regmap`` trace codes (Engine, TraceEvent, Kind).
+ENGINE_DMA_HI = int(rm.Engine.DMA_HI)
+ENGINE_NIC_TX = int(rm.Engine.NIC_TX)
+ENGINE_NIC_RX = int(rm.Engine.NIC_RX)
+EVENT_START = int(rm.TraceEvent.START)
+EVENT_END = int(rm.TraceEvent.END)
+KIND_SEND = int(rm.Kind.SEND)
+KIND_RECV = int(rm.Kind.RECV)
 
 
 class DmaEngine(wiring.Component):

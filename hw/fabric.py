@@ -9,7 +9,7 @@ reduce-scatter + all-gather).
 compute half and the CSR block of ``hw/compute_node.py``/``hw/csr.py`` is:
 
 * a host bus (``host_*``) carrying both register accesses (``host_csr = 1``,
-  byte offsets of ``firmware.regmap``) and device-memory accesses (byte
+  byte offsets of ``gradsync.regmap``) and device-memory accesses (byte
   addresses of the regmap memory map) -- the CSR block forwards the
   communication registers here, the bulk port the memory accesses;
 * ``compute_done`` in (for FENCE descriptors) and ``irq`` out;
@@ -17,9 +17,9 @@ compute half and the CSR block of ``hw/compute_node.py``/``hw/csr.py`` is:
   joins, its ports (DMA source read, RX read + write, host) move to
   ``hw/sram.py``'s gradient SRAM.
 
-``hw`` may not import the firmware, so the register map is passed in as
-``regmap`` (the ``gradsync.firmware.regmap`` module or anything with the same
-names); only its offsets and enumerations are used, at elaboration.
+The register map is passed in as ``regmap`` (the ``gradsync.regmap`` module
+or anything with the same names, so a test can try a variant); only its
+offsets and enumerations are used, at elaboration.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class CommNode(wiring.Component):
     Parameters
     ----------
     regmap:
-        The register map module (``gradsync.firmware.regmap``).
+        The register map module (``gradsync.regmap``).
     node_id, num_nodes:
         This node's index and the fabric size; the transmit link reaches
         ``(node_id + 1) % num_nodes``.

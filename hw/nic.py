@@ -37,6 +37,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from gradsync import regmap as rm
 from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.link import AckMessage, LinkBeat
 
@@ -46,16 +47,15 @@ TxWord = data.StructLayout({"data": 32, "last": 1, "chunk_end": 1})
 
 HEADER_WORDS = 3
 
-#: Error codes the receiver reports (values of ``firmware.regmap.ErrorCode``;
-#: ``hw`` may not import the firmware, a test checks they agree).
-RX_NO_WINDOW = 6
-RX_TAG_MISMATCH = 7
-RX_OUT_OF_WINDOW = 8
+#: Error codes the receiver reports (``gradsync.regmap.ErrorCode``).
+RX_NO_WINDOW = int(rm.ErrorCode.RX_NO_WINDOW)
+RX_TAG_MISMATCH = int(rm.ErrorCode.RX_TAG_MISMATCH)
+RX_OUT_OF_WINDOW = int(rm.ErrorCode.RX_OUT_OF_WINDOW)
 
-#: ``firmware.regmap`` trace codes used by the receiver.
-ENGINE_NIC_RX = 5
-EVENT_END = 1
-KIND_RECV = 8
+#: ``gradsync.regmap`` trace codes used by the receiver.
+ENGINE_NIC_RX = int(rm.Engine.NIC_RX)
+EVENT_END = int(rm.TraceEvent.END)
+KIND_RECV = int(rm.Kind.RECV)
 
 #: RX window register indices (byte offset / 4 inside a window's block).
 WIN_CTRL, WIN_DST, WIN_SRC, WIN_LEN, WIN_TAG, WIN_EXPECT, WIN_RECEIVED = range(7)

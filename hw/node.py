@@ -7,7 +7,7 @@ of ``hw/dma.py``/``hw/nic.py``, so that the host sees exactly what
 ``model/device.py`` models:
 
 * ONE AXI4-Lite CSR port: the :class:`~gradsync.hw.csr.CsrBlock` generated
-  from ``firmware.regmap``; the communication registers are its engine ports
+  from ``gradsync.regmap``; the communication registers are its engine ports
   (``rw_dma*``, ``wo_dma*_doorbell``, ``ro_rx_*``, ``ro_perf_tx_*``) and the
   RX window registers are forwarded to the receiver's window table
   (``rx_windows``); no second decoder.
@@ -39,7 +39,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.model.timing import DEFAULT_HARDWARE, HardwareConfig
 

@@ -1,7 +1,7 @@
 """Compute sequencer: command FIFO, validation, GEMM tiling on the array, vector streaming.
 
 ``DESIGN.md`` ("One node"): the engine behind the ``CMD_*`` registers of
-``firmware.regmap``. It takes commands in order from a FIFO, refuses
+``gradsync.regmap``. It takes commands in order from a FIFO, refuses
 malformed ones before touching memory, runs a GEMM of any ``M x K x N`` by
 tiling it onto the ``R x C`` systolic array (``hw/array.py``) or streams a
 vector op through the vector unit (``hw/vector.py``), and reports start/end
@@ -16,7 +16,7 @@ from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 
 from .array import SystolicArray
 from .events import ErrorEvent, TraceWrite

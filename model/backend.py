@@ -7,7 +7,7 @@ the firmware reports (they cost no simulated cycles).
 
 from __future__ import annotations
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.firmware.experiment import BackendResult, TrainConfig
 from gradsync.firmware.training import NodeFirmware, NodeJob, Observer
 from gradsync.model import numerics as nx

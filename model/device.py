@@ -2,7 +2,7 @@
 
 It implements the firmware's device protocol (``firmware.device.Device``) on
 the discrete-event kernel of :mod:`model.events`: the same registers
-(``firmware.regmap``), the same descriptors in ring memory, the same
+(``gradsync.regmap``), the same descriptors in ring memory, the same
 interrupts, with every engine's occupancy taken from :mod:`model.timing` and
 every result computed by :mod:`model.numerics`.
 
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.model import numerics as nx
 from gradsync.model import timing as tm
 from gradsync.model.events import Future, Simulator

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from gradsync import regmap as rm
+
 # --- fixed latencies (cycles) -------------------------------------------------
 
 #: Compute sequencer: pop the command FIFO and decode one command.
@@ -27,8 +29,8 @@ SRAM_READ_LATENCY_CYCLES = 1
 WRITEBACK_LATENCY_CYCLES = 1
 #: Vector unit pipeline depth (multiply, round, saturate stages).
 VECTOR_PIPELINE_CYCLES = 3
-#: 32-bit words in one DMA descriptor (see ``firmware.regmap``).
-DESCRIPTOR_WORDS = 8
+#: 32-bit words in one DMA descriptor (see ``gradsync.regmap``).
+DESCRIPTOR_WORDS = rm.DESCRIPTOR_WORDS
 #: Descriptor validation after its last word is fetched.
 DESCRIPTOR_CHECK_CYCLES = 1
 #: Writing the descriptor's status word back to ring memory on completion.

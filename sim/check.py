@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.firmware.experiment import BackendResult, TrainConfig, build_jobs
 
 #: How many individual differences a report lists.

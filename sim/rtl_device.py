@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.hw.bulk import BEAT_BITS, bulk_header
 from gradsync.hw.sram import device_addr_bits
 from gradsync.model import numerics as nx

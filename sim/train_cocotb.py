@@ -42,7 +42,7 @@ async def reset_to_cycle_zero(dut, cycles: int = 3) -> None:
 
 async def outstanding(dev, fw) -> str:
     """What a stuck node still waits for, read from its registers (model/device.py's wording)."""
-    from gradsync.firmware import regmap as rm
+    from gradsync import regmap as rm
 
     parts = []
     done = await dev.read32(rm.offset("COMPUTE_DONE"))

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.model import numerics as nx
 from gradsync.model import timing as tm
 

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.hw.bulk import bulk_header
 from gradsync.model import numerics as nx
 from gradsync.model import timing as tm

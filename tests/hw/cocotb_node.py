@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.model import timing as tm
 from tests.hw.cocotb_cluster import FMT, corner_words, start_devices
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth.sim import Simulator
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.hw.fabric import Fabric
 
 GB = rm.GRAD_BASE

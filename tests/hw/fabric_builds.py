@@ -21,7 +21,7 @@ def hardware(bytes_per_cycle: int = 4) -> HardwareConfig:
 @functools.cache
 def fabric_model(nodes: int, bytes_per_cycle: int = 4):
     """Build (or reuse from the cache) the Verilator model of an N-node fabric."""
-    from gradsync.firmware import regmap
+    from gradsync import regmap
     from gradsync.hw.fabric import Fabric
     from gradsync.sim.build import build_component
     from tests.hw.cocotb_fabric import fabric_kwargs

@@ -3,25 +3,16 @@
 
 import pytest
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.hw import dma, nic
 from gradsync.model import timing as tm
 from gradsync.model.timing import HardwareConfig
 from tests.hw.fabric_builds import HW
 
 
-def test_engine_constants_match_the_register_map():
-    """hw may not import the firmware, so the copies of its facts are checked here."""
-    assert dma.DESCRIPTOR_VERSION == rm.DESCRIPTOR_VERSION
+def test_engine_layouts_match_the_register_map():
+    """Layouts the engines encode structurally (not by importing a constant) agree with the regmap."""
     assert dma.DESCRIPTOR_WORDS == rm.DESCRIPTOR_WORDS == tm.DESCRIPTOR_WORDS
-    assert (dma.FLAG_REDUCE_ADD, dma.FLAG_IRQ, dma.FLAG_FENCE) == (
-        rm.DescFlag.REDUCE_ADD, rm.DescFlag.IRQ, rm.DescFlag.FENCE)
-    E = rm.ErrorCode
-    assert (dma.ERR_BAD_VERSION, dma.ERR_ZERO_LENGTH, dma.ERR_MISALIGNED, dma.ERR_OUT_OF_WINDOW,
-            dma.ERR_UNKNOWN_PEER, dma.ERR_RING_FULL) == (
-        E.BAD_VERSION, E.ZERO_LENGTH, E.MISALIGNED, E.OUT_OF_WINDOW, E.UNKNOWN_PEER, E.RING_FULL)
-    assert (nic.RX_NO_WINDOW, nic.RX_TAG_MISMATCH, nic.RX_OUT_OF_WINDOW) == (
-        E.RX_NO_WINDOW, E.RX_TAG_MISMATCH, E.RX_OUT_OF_WINDOW)
     assert rm.DMA_ALIGN_BYTES == 4
     # RX window register order of nic.WIN_* is the regmap's
     names = ["CTRL", "DST", "SRC", "LEN", "TAG", "EXPECT", "RECEIVED"]

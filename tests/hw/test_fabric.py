@@ -3,7 +3,7 @@
 
 import pytest
 
-from gradsync.firmware import regmap
+from gradsync import regmap
 from gradsync.hw.fabric import CommNode, Fabric
 
 

@@ -3,7 +3,7 @@
 
 import pytest
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.hw.fabric import Fabric
 from gradsync.hw.nic import NicRx, NicTx, header0
 from gradsync.model import timing as tm

@@ -19,7 +19,7 @@ from tests.hw.test_cluster import run
 
 def test_cluster_ports_are_the_compute_node_ports_prefixed():
     """n{i}_ + ComputeNode's host ports (+ debug port), l{i}_ as Fabric names them."""
-    from gradsync.firmware import regmap
+    from gradsync import regmap
 
     compute = set(ComputeNode(SIM_HARDWARE, FMT).signature.members) - {"dma_rd", "dma_wr"}
     assert set(HOST_PORTS) == compute | {"dbg_addr", "dbg_data"}

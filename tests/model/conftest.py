@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.model import numerics as nx
 from gradsync.model import timing as tm
 from gradsync.model.cluster import Cluster

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.firmware.collectives import chunk_plan
 from gradsync.firmware.driver import Driver
 from gradsync.firmware.training import split_chunks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.model import timing as tm
 
 from .conftest import FMT, HW, gaddr, run_programs

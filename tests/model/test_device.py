@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradsync.firmware import regmap as rm
+from gradsync import regmap as rm
 from gradsync.firmware.driver import IRQ_ENABLED
 from gradsync.model import numerics as nx
 from gradsync.model import timing as tm

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gradsync import regmap as rm
 from gradsync.firmware import data as digits
-from gradsync.firmware import regmap as rm
 from gradsync.firmware.experiment import TrainConfig, build_jobs
 from gradsync.firmware.training import plan_memory
 from gradsync.model import numerics as nx

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+from gradsync import regmap as rm
 from gradsync.firmware import data as digits
-from gradsync.firmware import regmap as rm
 from gradsync.firmware.experiment import TrainConfig, build_jobs
 from gradsync.model.backend import run_model
 from gradsync.sim.check import compare

@@ -11,8 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from gradsync import regmap as rm
 from gradsync.firmware import data as digits
-from gradsync.firmware import regmap as rm
 from gradsync.firmware.experiment import TrainConfig, build_jobs, intervals
 
 pytest.importorskip("gradsync.hw.cluster")

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from gradsync import regmap as rm
 from gradsync.cli import main
-from gradsync.firmware import regmap as rm
 from gradsync.firmware.experiment import TrainConfig, intervals, run
 from gradsync.model import numerics as nx
 from gradsync.model import timing as tm
