@@ -19,7 +19,7 @@ import numpy as np
 from gradsync import regmap as rm
 from gradsync.firmware import data as digits
 from gradsync.firmware.schedules import load_schedule
-from gradsync.firmware.training import ConfigError, NodeJob, NodeResult
+from gradsync.firmware.training import ConfigError, NodeJob, NodeResult, plan_memory
 
 MAX_STEPS = 4096  # trace tags carry the step modulo 4096
 
@@ -53,6 +53,18 @@ class TrainConfig:
         ):
             raise ConfigError(
                 f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {self.chunk_bytes}"
+            )
+        hw = self.hardware
+        if "scratchpad_words" in hw and "gradient_words" in hw:
+            # the firmware plans the same layout from the device's size registers at start;
+            # checking here refuses an impossible configuration before a backend is built
+            word_bytes = int(self.fixed_point.get("total_bits", 16)) // 8
+            plan_memory(
+                tuple(self.layers),
+                self.global_batch // self.nodes,
+                word_bytes,
+                int(hw["scratchpad_words"]),
+                int(hw["gradient_words"]),
             )
 
     def to_dict(self) -> dict:

@@ -115,12 +115,12 @@ def config_from_args(args, schedule: str | None = None):
         fixed_point=fmt.to_dict(),
         hardware=hw.to_dict(),
     )
-    cfg.validate()
     if args.backend == "rtl" or getattr(args, "check", False):
         # the RTL build's memory sizes, on both backends (cycle-exact comparison)
         from gradsync.sim.rtl_backend import sim_hardware
 
         cfg = sim_hardware(cfg)
+    cfg.validate()
     return cfg
 
 

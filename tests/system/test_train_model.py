@@ -221,6 +221,25 @@ def test_impossible_configs_fail_with_one_clear_message(argv, text, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+def test_rtl_config_that_does_not_fit_the_simulated_sram_is_refused_before_any_build(
+    capsys, monkeypatch
+):
+    """The RTL build's SRAM sizes are checked up front: no Verilator build, no simulation."""
+    import gradsync.sim.rtl_backend as rb
+
+    def no_build(*a, **kw):
+        raise AssertionError("the RTL cluster was built for a configuration that cannot fit")
+
+    monkeypatch.setattr(rb, "build_cluster", no_build)
+    code = main(["train", "--backend", "rtl", "--steps", "1", "--layers", "64,128,10"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (
+        "gradsync train: layers 64,128,10 (widest 128) with a local batch of 32 need 20352 "
+        "scratchpad words but the device has 8192"
+    )
+
+
 def test_gemm_longer_than_the_exact_accumulator_is_refused_before_running():
     from gradsync.firmware.training import ConfigError
 
