@@ -139,15 +139,14 @@ def backend_for(name: str, args=None, capture: dict | None = None):
         return model_backend
     from gradsync.sim.rtl_backend import run_rtl
 
-    waves = getattr(args, "waves", False)
+    waves = getattr(args, "waves", None) or None  # "vcd"/"fst" (set by run()) or off
 
     def rtl_backend(cfg, jobs):
-        from gradsync.sim.rtl_backend import default_waves
-
         res = run_rtl(
             cfg,
             jobs,
-            waves=default_waves() if waves else None,
+            waves=waves,
+            waves_dir=getattr(args, "out", None),
             progress=getattr(args, "progress", None),
             max_cycles=max_cycles,
         )
@@ -156,6 +155,26 @@ def backend_for(name: str, args=None, capture: dict | None = None):
         return res
 
     return rtl_backend
+
+
+def _waves_problem(args) -> str | None:
+    """Why ``--waves`` cannot be honoured for these arguments (before a long run)."""
+    if args.backend != "rtl":
+        return "--waves needs --backend rtl: the golden model has no signals to dump."
+    if args.out is None:
+        return "--waves writes the waveform into the run's output directory; add --out DIR."
+    return None
+
+
+def _report_waves(args) -> None:
+    from gradsync.sim.rtl_backend import waves_path
+
+    path = waves_path(args.out, args.waves)
+    if path.is_file():
+        size = path.stat().st_size / 1e6
+        print(f"wrote {args.waves.upper()} waveform {path} ({size:.1f} MB)")
+    else:
+        print(f"no waveform written: the simulator did not create {path}", file=sys.stderr)
 
 
 def add_parser(sub) -> None:
@@ -168,7 +187,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--waves",
         action="store_true",
-        help="RTL: also write a waveform (FST if Verilator has the lz4 headers, else VCD)",
+        help="RTL: also write a waveform of the whole cluster to OUT/waves.fst (when the "
+        "lz4 and zlib development files are installed) or else OUT/waves.vcd",
     )
     p.add_argument(
         "--check",
@@ -190,6 +210,15 @@ def run(args) -> int:
     from gradsync.firmware.outputs import write_all
 
     captured: dict = {}
+    if args.waves:
+        problem = _waves_problem(args)
+        if problem:
+            print(f"gradsync train: {problem}", file=sys.stderr)
+            return 2
+        from gradsync.sim.rtl_backend import default_waves, waves_path
+
+        args.waves = default_waves()
+        waves_path(args.out, args.waves).unlink(missing_ok=True)  # never report a stale one
     try:
         cfg = config_from_args(args)
         backend = backend_for(args.backend, args, captured)
@@ -211,6 +240,8 @@ def run(args) -> int:
         return 2
     except RuntimeError as exc:  # a device error, a spent cycle budget, a failed simulation
         print(f"gradsync train: {exc}", file=sys.stderr)
+        if args.waves:
+            _report_waves(args)  # the waveform of a failed run is the one to look at
         return 1
     last = res.steps[-1]
     mean_cycles = sum(m.cycles for m in res.steps) / len(res.steps)
@@ -229,8 +260,7 @@ def run(args) -> int:
             f"({res.total_cycles / max(LAST_RUN.sim_seconds, 1e-9):,.0f} cycles/s)"
         )
         if args.waves:
-            kind = LAST_RUN.waves.suffix[1:].upper() if LAST_RUN.waves else "no"
-            print(f"wrote {kind} waveform {LAST_RUN.waves}")
+            _report_waves(args)
     if args.out:
         write_all(res, args.out, args.backend)
         print(f"wrote {args.out}/results.json, weights/, trace.json, timeline.png")

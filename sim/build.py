@@ -41,12 +41,18 @@ from gradsync.sim.toolchain import (
     ToolchainError,
     check_host_tools,
     find_verilator,
-    have_lz4_headers,
+    fst_problem,
     make_flags,
 )
 
 #: Bump when the way a model is built changes, so old cache entries are not reused.
 BUILD_SCRIPT_VERSION = 3
+
+#: Bump when only the way a *waves* build is made changes: it enters the key of
+#: waves builds alone, so the (long) non-wave builds stay cached. 2: make is run
+#: with VM_TRACE=1 (version 1 compiled the tracing model but not the trace
+#: writer, so ``--trace`` at run time failed).
+WAVES_BUILD_VERSION = 2
 
 #: Name of the generated wrapper module when the clock is generated in the model.
 WRAPPER_TOP = "gradsync_tb"
@@ -74,7 +80,10 @@ class BuildOptions:
     clock_period_ns:
         Period of the generated clock; must be an even number of nanoseconds.
     waves:
-        ``None``, ``"vcd"`` or ``"fst"``: compile tracing support in.
+        ``None``, ``"vcd"`` or ``"fst"``: compile tracing support in (FST needs
+        the lz4 and zlib development files, see
+        :func:`~gradsync.sim.toolchain.fst_problem`). The trace is written
+        only when :func:`run_cocotb` gets ``waves_file``.
     public:
         ``"ports"``: only the top wrapper's signals are visible to cocotb (fast);
         ``"all"``: every signal (cocotb's runner default ``--public-flat-rw``,
@@ -99,11 +108,8 @@ class BuildOptions:
             raise ValueError(
                 f"clock_period_ns must be a positive even number, not {self.clock_period_ns!r}"
             )
-        if self.waves == "fst" and not have_lz4_headers():
-            raise ToolchainError(
-                "FST waveforms need the lz4 headers (Debian: apt-get install liblz4-dev); "
-                "use waves='vcd' instead."
-            )
+        if self.waves == "fst" and (problem := fst_problem()) is not None:
+            raise ToolchainError(f"{problem}; use waves='vcd' instead.")
 
 
 @dataclass(frozen=True)
@@ -207,16 +213,27 @@ def _versions() -> dict[str, str]:
 
 
 def build_key(verilog_text: str, toplevel: str, options: BuildOptions) -> str:
-    blob = json.dumps(
-        {
-            "verilog": verilog_text,
-            "top": toplevel,
-            "options": asdict(options),
-            "versions": _versions(),
-        },
-        sort_keys=True,
-    )
+    fields = {
+        "verilog": verilog_text,
+        "top": toplevel,
+        "options": asdict(options),
+        "versions": _versions(),
+    }
+    if options.waves:  # absent otherwise, so non-wave keys never change with it
+        fields["waves_build"] = WAVES_BUILD_VERSION
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _no_waves_env() -> Iterator[None]:
+    """Hide ``WAVES`` from cocotb's runner: it would override our choice, unkeyed."""
+    saved = os.environ.pop("WAVES", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["WAVES"] = saved
 
 
 @contextlib.contextmanager
@@ -322,10 +339,10 @@ def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, optio
         args.insert(0, "--no-public-flat-rw")
     if options.internal_clock:
         args.append("--timing")
-    if options.waves == "fst":
+    if options.waves == "fst":  # the runner adds --trace too; --trace-fst wins
         args += ["--trace-fst", "--trace-structs"]
     elif options.waves == "vcd":
-        args += ["--trace", "--trace-structs"]
+        args += ["--trace-structs"]
     args += list(options.extra_args)
 
     runner = _runner(verilator)
@@ -335,15 +352,18 @@ def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, optio
     try:
         from cocotb_tools.runner import VerilatorControlFile
 
-        runner.build(
-            sources=[VerilatorControlFile(str(vlt))] + [str(s) for s in sources[1:]],
-            hdl_toplevel=toplevel,
-            build_args=args,
-            build_dir=work,
-            timescale=("1ns", "1ps"),
-            waves=False,  # tracing flags are passed explicitly above
-            log_file=log_file,
-        )
+        with _no_waves_env():
+            runner.build(
+                sources=[VerilatorControlFile(str(vlt))] + [str(s) for s in sources[1:]],
+                hdl_toplevel=toplevel,
+                build_args=args,
+                build_dir=work,
+                timescale=("1ns", "1ps"),
+                # waves=True is what makes the runner call make with VM_TRACE=1 (else
+                # VM_TRACE=0 overrides Vtop_classes.mk and the trace writer is left out)
+                waves=options.waves is not None,
+                log_file=log_file,
+            )
     except (SystemExit, Exception) as exc:
         tail = log_file.read_text()[-3000:] if log_file.exists() else ""
         raise BuildError(
@@ -373,12 +393,16 @@ def run_cocotb(
     test_dir: Path | None = None,
     extra_env: Mapping[str, str] | None = None,
     seed: int | None = None,
-    waves: bool = False,
+    waves_file: Path | None = None,
 ) -> Path:
     """Run cocotb tests from ``test_module`` on a built model; raise on any failure.
 
     Returns the results XML. ``extra_env`` reaches the tests as environment
     variables (use it to pass design parameters to the testbench).
+    ``waves_file``: write the whole design's waveform there (the model must be
+    built with ``BuildOptions(waves=...)`` and the suffix must match it: ``.vcd``
+    or ``.fst``). The simulator writes it as it runs, so it is complete even
+    when a test fails.
     """
     from cocotb_tools.check_results import get_results
 
@@ -388,24 +412,41 @@ def run_cocotb(
         Path(test_dir) if test_dir is not None else Path(tempfile.mkdtemp(prefix="gradsync-sim-"))
     )
     test_dir.mkdir(parents=True, exist_ok=True)
+    test_args: list[str] = []
+    if waves_file is not None:
+        waves_file = Path(waves_file).resolve()
+        if model.options.waves is None:
+            raise ValueError(
+                f"{model.directory.name} was built without tracing; build it with "
+                "BuildOptions(waves='vcd') or 'fst' to write a waveform"
+            )
+        if waves_file.suffix != f".{model.options.waves}":
+            raise ValueError(
+                f"waves_file must end in .{model.options.waves} for this model, not {waves_file.name!r}"
+            )
+        waves_file.parent.mkdir(parents=True, exist_ok=True)
+        waves_file.unlink(missing_ok=True)
+        test_args = ["--trace-file", str(waves_file)]  # cocotb's verilator.cpp: else dump.vcd
     results = test_dir / "results.xml"
     env = dict(extra_env or {})
     env.setdefault("GRADSYNC_TOPLEVEL_IS_WRAPPER", "1" if model.options.internal_clock else "0")
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)  # we check the results ourselves
     try:
-        runner.test(
-            test_module=test_module,
-            hdl_toplevel=model.toplevel,
-            hdl_toplevel_lang="verilog",
-            build_dir=model.directory,
-            test_dir=test_dir,
-            results_xml=str(results),
-            testcase=testcase,
-            seed=seed,
-            extra_env=env,
-            waves=waves,
-            log_file=test_dir / "sim.log",
-        )
+        with _no_waves_env():
+            runner.test(
+                test_module=test_module,
+                hdl_toplevel=model.toplevel,
+                hdl_toplevel_lang="verilog",
+                build_dir=model.directory,
+                test_dir=test_dir,
+                results_xml=str(results),
+                testcase=testcase,
+                seed=seed,
+                extra_env=env,
+                waves=waves_file is not None,
+                test_args=test_args,
+                log_file=test_dir / "sim.log",
+            )
     except SystemExit as exc:
         if not results.exists():
             raise SimulationFailure(

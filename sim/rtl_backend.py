@@ -86,10 +86,15 @@ def build_cluster(cfg: TrainConfig, waves: str | None = None):
 
 
 def default_waves() -> str:
-    """FST where Verilator can write it (lz4 headers present), else VCD."""
-    from gradsync.sim.toolchain import have_lz4_headers
+    """FST where Verilator can build its FST writer (lz4 and zlib dev files), else VCD."""
+    from gradsync.sim.toolchain import can_write_fst
 
-    return "fst" if have_lz4_headers() else "vcd"
+    return "fst" if can_write_fst() else "vcd"
+
+
+def waves_path(directory: Path, waves: str) -> Path:
+    """Where a run writes its waveform: ``DIR/waves.vcd`` or ``DIR/waves.fst``."""
+    return Path(directory) / f"waves.{waves}"
 
 
 def _progress_printer(path: Path, stop: threading.Event, out) -> None:
@@ -119,6 +124,7 @@ def run_rtl(
     jobs: list[NodeJob],
     *,
     waves: str | None = None,
+    waves_dir: Path | None = None,
     progress: bool | None = None,
     max_cycles: int | None = None,
     link_faults: list[dict] | None = None,
@@ -130,8 +136,11 @@ def run_rtl(
     Parameters
     ----------
     waves:
-        ``None``, ``"vcd"`` or ``"fst"``: also write a waveform (its path is
-        in ``LAST_RUN.waves``).
+        ``None``, ``"vcd"`` or ``"fst"``: also write a waveform of the whole
+        cluster, ``waves_dir/waves.<fmt>`` (default: the work directory); its
+        path is in ``LAST_RUN.waves``. The file is complete also when the run
+        fails. Tracing is a separate (cached) Verilator build and slows the
+        simulation.
     progress:
         Print step, cycle and simulation speed to stderr (default: when
         stderr is a terminal).
@@ -175,6 +184,7 @@ def run_rtl(
             target=_progress_printer, args=(progress_file, stop, sys.stderr), daemon=True
         )
         printer.start()
+    wave_file = waves_path(waves_dir or work, waves) if waves else None
     t1 = time.perf_counter()
     try:
         run_cocotb(
@@ -186,16 +196,15 @@ def run_rtl(
                 "GRADSYNC_RTL_RESULT": str(result_file),
                 "GRADSYNC_RTL_PROGRESS": str(progress_file),
             },
-            waves=bool(waves),
+            waves_file=wave_file,
         )
     finally:
         stop.set()
         if printer is not None:
             printer.join()
+    if wave_file is not None and wave_file.is_file():
+        info.waves = wave_file
     info.sim_seconds = time.perf_counter() - t1
-    if waves:
-        found = sorted(work.glob(f"*.{waves}"), key=lambda p: p.stat().st_mtime)
-        info.waves = found[-1] if found else None
     if not result_file.exists():
         raise RtlRunError(f"the RTL run wrote no result; log: {work / 'sim.log'}")
     with open(result_file, "rb") as f:

@@ -19,10 +19,13 @@ Known facts about the 5.48.0 wheel that :func:`make_flags` works around:
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
 import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +126,47 @@ def make_flags(opt_fast: str = "-O3", timing: bool = False) -> str:
     return " ".join(flags)
 
 
-def have_lz4_headers() -> bool:
-    """FST tracing needs lz4.h (Debian's liblz4-dev); VCD needs nothing."""
-    return any(Path(d, "lz4.h").is_file() for d in ("/usr/include", "/usr/local/include"))
+#: What Verilator 5.048's FST writer (``include/fstcpp``) compiles and links against:
+#: ``fstcpp_writer.cpp`` includes ``lz4.h`` and ``zlib.h`` and ``verilated.mk`` adds
+#: ``-llz4 -lz``. VCD tracing needs neither.
+_FST_PROBE = """\
+#include <lz4.h>
+#include <zlib.h>
+int main() { return LZ4_versionNumber() > 0 && zlibVersion()[0] ? 0 : 1; }
+"""
+
+
+@functools.cache
+def fst_problem() -> str | None:
+    """Why Verilator cannot build FST tracing here, or ``None`` if it can.
+
+    Compiles and links a two-line program the way ``verilated.mk`` builds the
+    FST writer (``-llz4 -lz``), so it honours the compiler's own search paths
+    (and ``CPATH``/``LIBRARY_PATH``) instead of guessing directories. Both the
+    headers and the unversioned ``liblz4.so`` come from Debian's ``liblz4-dev``;
+    the runtime package ``liblz4-1`` alone is not enough.
+    """
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        return "FST waveforms need a C++ compiler (g++) to build Verilator's FST writer"
+    with tempfile.TemporaryDirectory(prefix="gradsync-fst-probe-") as tmp:
+        proc = subprocess.run(
+            [compiler, "-x", "c++", "-", "-o", str(Path(tmp, "probe")), "-llz4", "-lz"],
+            input=_FST_PROBE,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode == 0:
+        return None
+    missing = [name for name in ("lz4.h", "zlib.h", "-llz4", "-lz") if name in proc.stderr]
+    return (
+        "FST waveforms need the lz4 and zlib development files, which the compiler "
+        f"cannot find ({', '.join(missing) or 'probe build failed'}; Debian: "
+        "apt-get install liblz4-dev zlib1g-dev)"
+    )
+
+
+def can_write_fst() -> bool:
+    """True when a Verilator model built here can write FST (see :func:`fst_problem`)."""
+    return fst_problem() is None
