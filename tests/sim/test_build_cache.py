@@ -83,3 +83,73 @@ def test_concurrent_builds_share_one_cache_entry(tmp_path):
     finally:
         del os.environ["GRADSYNC_CACHE"]
     assert again.cached and str(again.directory) == results[0][0]
+
+
+@pytest.mark.rtl
+def test_elaboration_index_skips_verilog_generation_and_misses_on_any_change(tmp_path, monkeypatch):
+    """A warm call with ``params`` reuses the model without elaborating; changes miss the index."""
+    monkeypatch.setenv("GRADSYNC_CACHE", str(tmp_path))
+    first = build_component(Counter(2), "ctr", params={"step": 2})
+    assert not first.cached
+    assert len(list((tmp_path / "verilator" / "index").glob("ctr-*.json"))) == 1
+
+    calls = []
+    real = simbuild.to_verilog
+
+    def counting(component, name):
+        calls.append(name)
+        return real(component, name)
+
+    monkeypatch.setattr(simbuild, "to_verilog", counting)
+    again = build_component(Counter(2), "ctr", params={"step": 2})
+    assert calls == [] and again.cached
+    assert (again.directory, again.key, again.ports, again.toplevel) == (
+        first.directory, first.key, first.ports, first.toplevel)
+
+    # every miss elaborates and goes on to the Verilog-hash cache
+    class Missed(Exception):
+        pass
+
+    def no_build(verilog_text, design_top, options):
+        raise Missed(verilog_text == real(Counter(2), "ctr"))
+
+    monkeypatch.setattr(simbuild, "build_verilog", no_build)
+
+    def misses(component, params) -> bool:
+        """True if the call elaborated; reports whether the Verilog equals Counter(2)'s."""
+        before = len(calls)
+        with pytest.raises(Missed) as missed:
+            build_component(component, "ctr", params=params)
+        assert len(calls) == before + 1
+        return missed.value.args[0]
+
+    assert misses(Counter(3), {"step": 3}) is False  # other parameters
+    with monkeypatch.context() as m:  # changed design sources
+        m.setattr(simbuild, "source_digest", lambda *a, **k: "edited")
+        assert misses(Counter(2), {"step": 2}) is True
+    with monkeypatch.context() as m:  # the bypass switch
+        m.setenv("GRADSYNC_REELABORATE", "1")
+        assert misses(Counter(2), {"step": 2}) is True
+    # an index entry whose model was deleted from the cache
+    (first.directory / "gradsync_build.json").unlink()
+    assert misses(Counter(2), {"step": 2}) is True
+
+
+def test_elaboration_key_covers_class_params_options_and_sources(monkeypatch):
+    key = simbuild.elaboration_key
+    base = key(Counter(1), "ctr", BuildOptions(), {"step": 1})
+    assert base == key(Counter(1), "ctr", BuildOptions(), {"step": 1})
+    assert base != key(Counter(1), "ctr", BuildOptions(), {"step": 2})
+    assert base != key(Counter(1), "ctr2", BuildOptions(), {"step": 1})
+    assert base != key(Counter(1), "ctr", BuildOptions(opt_fast="-O1"), {"step": 1})
+    assert base != key(Counter(1), "ctr", BuildOptions(waves="vcd"), {"step": 1})
+    monkeypatch.setattr(simbuild, "source_digest", lambda *a, **k: "edited")
+    assert base != key(Counter(1), "ctr", BuildOptions(), {"step": 1})
+
+
+def test_source_digest_reads_the_hardware_and_model_sources():
+    digest = simbuild.source_digest()
+    assert digest == simbuild.source_digest() and len(digest) == 64
+    assert simbuild.source_digest(("gradsync.hw",)) != digest
+    with pytest.raises(simbuild.BuildError, match="no_such_pkg"):
+        simbuild.source_digest(("gradsync.no_such_pkg",))
