@@ -28,8 +28,10 @@ call at cycle ``t``    RTL (model cycle in brackets)
 ``read32``             AR handshake in ``t+R-1`` (the value is the state of
                        that cycle), returns in ``t+R`` [``R = host_read_cycles``]
 ``wait_irq``           line already high: a read of ``IRQ_STATUS``; else wake
-                       on the line's rising edge ``e`` (no polling), wait
-                       ``host_irq_latency_cycles``, then read ``IRQ_STATUS``
+                       on the line's rising edge (no polling) in cycle ``e``
+                       and read ``IRQ_STATUS`` so that the read returns in
+                       ``e+L+R`` [``L = host_irq_latency_cycles``]; ``e`` is
+                       the cycle counter at the end of the edge's time step
 ``load``/``dump``      header beat, data beats at one per cycle; the last
                        beat completes in ``t + host_bulk_cycles(bytes)``
 =====================  =====================================================
@@ -259,8 +261,10 @@ class RtlDevice:
         self.calls["write32"] += 1
 
     async def read32(self, addr: int) -> int:
+        return await self._read_returning_in(self.now() + self.hw.host_read_cycles, addr)
+
+    async def _read_returning_in(self, target: int, addr: int) -> int:
         lat = self._lat()
-        target = self.now() + self.hw.host_read_cycles
         await self._until(target - lat.read)
         value = await self._axil_read(addr)
         self._arrived(f"read of 0x{addr:03x}", target)
@@ -268,7 +272,7 @@ class RtlDevice:
         return value
 
     async def wait_irq(self, mask: int) -> int:
-        from cocotb.triggers import ClockCycles, RisingEdge
+        from cocotb.triggers import ReadOnly, RisingEdge
 
         if self.irq_mask & ~mask:
             # the line would also rise for causes the caller does not wait for
@@ -281,11 +285,24 @@ class RtlDevice:
                 f"wait_irq(0x{mask:x}) can never return: IRQ_MASK is 0x{self.irq_mask:x}"
             )
         self.calls["wait_irq"] += 1
-        if not int(self._irq.value):
-            await RisingEdge(self._irq)
-            if self.hw.host_irq_latency_cycles:
-                await ClockCycles(self.clk, self.hw.host_irq_latency_cycles)
-        return await self.read32(_IRQ_STATUS) & mask
+        if int(self._irq.value):
+            return await self.read32(_IRQ_STATUS) & mask
+        # The line is a register output: it rises in the time step of the clock edge that
+        # begins its cycle, and the simulator reports both edges of that step in an order
+        # of its own.  cocotb 2 resumes a task inside the value-change callback that woke
+        # it, and RisingEdge(clk) is one shared trigger that the bus models keep primed:
+        # if irq's edge is reported first, clock edges counted from here (ClockCycles)
+        # include the clock edge of this very step and the host wakes a cycle early.  So
+        # wait for the end of the step (ReadOnly: every edge of it delivered), take the
+        # line's cycle from the counter there and time the read from it.
+        await RisingEdge(self._irq)
+        await ReadOnly()
+        rise = self.now()
+        # Leave the read-only phase (the host may drive the bus again) in cycle rise + 1;
+        # HardwareConfig keeps host_irq_latency_cycles >= 1, so the read can still start in time.
+        await RisingEdge(self.clk)
+        target = rise + self.hw.host_irq_latency_cycles + self.hw.host_read_cycles
+        return await self._read_returning_in(target, _IRQ_STATUS) & mask
 
     async def load(self, addr: int, array: np.ndarray) -> None:
         data = np.asarray(array, dtype=np.int64).reshape(-1)

@@ -259,40 +259,10 @@ except ImportError:  # pragma: no cover - cocotb is a hard dependency
     cocotb = None
 
 
-def _device_class():
-    from gradsync.sim.rtl_device import RtlDevice
-
-    class EdgeSafeDevice(RtlDevice):
-        """RtlDevice whose interrupt wake-up counts the latency from the line's rising cycle.
-
-        ``RtlDevice.wait_irq`` awaits ``RisingEdge(irq)`` and then
-        ``ClockCycles``; when the simulator delivers the line's edge before
-        the clock's edge of the same time step, ``ClockCycles`` counts that
-        clock edge too and the host wakes a cycle early (seen with the RX
-        interrupt of node 0; the line itself rises in the model's cycle).
-        """
-
-        async def wait_irq(self, mask: int) -> int:
-            from cocotb.triggers import ReadOnly, RisingEdge
-
-            if int(self._irq.value) or self.irq_mask & ~mask or not mask & self.irq_mask:
-                return await super().wait_irq(mask)
-            self.calls["wait_irq"] += 1
-            await RisingEdge(self._irq)
-            await ReadOnly()
-            rise = int(self._cycle.value)
-            await RisingEdge(self.clk)
-            await self._until(rise + self.hw.host_irq_latency_cycles)
-            return await self.read32(rm.offset("IRQ_STATUS")) & mask
-
-    return EdgeSafeDevice
-
-
 async def start_devices(dut, nodes: int, hw: tm.HardwareConfig):
     """RtlDevices of every node, bus latency calibrated on node 0, design reset to cycle 0."""
+    from gradsync.sim.rtl_device import RtlDevice
     from gradsync.sim.train_cocotb import reset_to_cycle_zero
-
-    RtlDevice = _device_class()  # noqa: N806
 
     for i in range(nodes):
         getattr(dut, f"n{i}_dbg_addr").value = 0
