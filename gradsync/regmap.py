@@ -139,7 +139,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_PEER = 5  #: destination is not the node's link peer
     RX_NO_WINDOW = 6  #: received packet for a disabled RX window
     RX_TAG_MISMATCH = 7  #: received packet's tag differs from the window's tag
-    RX_OUT_OF_WINDOW = 8  #: received packet's address range leaves the window
+    RX_OUT_OF_WINDOW = 8  #: received packet's range leaves the window or the SRAMs, or misaligned
     CMD_BAD_OPCODE = 9  #: unknown compute opcode
     CMD_ZERO_DIM = 10  #: a compute dimension is 0
     CMD_OUT_OF_BOUNDS = 11  #: an operand range leaves its SRAM or is misaligned

@@ -205,7 +205,8 @@ class CommNode(wiring.Component):
         m.submodules.tx = tx = self.nic_tx = NicTx(max_payload_words=max_pw, window_packets=self.window_packets,
                                      credits=self.credits, timeout_cycles=self.timeout_cycles)
         m.submodules.rxu = rx = self.nic_rx = NicRx(max_payload_words=max_pw, credits=self.credits,
-                                      windows=self.rx_windows, mem_addr_width=self.grad_aw,
+                                      windows=self.rx_windows,
+                                      regions=((rm.GRAD_BASE, self.grad_words32 * 4),),
                                       operand_bits=self.operand_bits, saturate=self.saturate,
                                       nak_holdoff_cycles=self.nak_holdoff_cycles)
         wiring.connect(m, dma.pkt, tx.pkt)

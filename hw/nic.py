@@ -10,8 +10,9 @@ The NIC of ``DESIGN.md`` ("NIC + links"), in two components joined by a
 * :class:`NicRx` stores each arriving packet, checks its CRC and sequence
   number, commits good in-order packets (acknowledging them), and applies
   them one at a time to the gradient memory after checking them against the
-  RX window the firmware opened: a plain write or a saturating reduce-add
-  ``dst[i] = sat(src[i] + payload[i])``.  Every packet is applied exactly once.
+  RX window the firmware opened and against the device memory it may touch:
+  a plain write or a saturating reduce-add ``dst[i] = sat(src[i] + payload[i])``.
+  Every packet is applied exactly once.
 
 Packet format (32-bit words, little-endian fields)::
 
@@ -296,9 +297,15 @@ class NicRx(wiring.Component):
         ``credits + 1`` packet buffers (one more for the packet arriving).
     windows:
         RX windows (1..64).
-    mem_addr_width:
-        Address width of the 32-bit-word gradient memory; byte address ``a``
-        maps to word ``(a >> 2) mod 2**mem_addr_width``.
+    regions:
+        ``(base, bytes)`` of the device-memory regions a packet may touch
+        (``model/device.py``'s SRAMs: scratchpad and gradient, or only the
+        gradient SRAM in ``hw/fabric.py``'s ``CommNode``).  A packet is
+        applied only if its destination range -- and, for a reduce-add, its
+        source range -- lies inside one region and is 32-bit aligned; else
+        it is refused with ``RX_OUT_OF_WINDOW`` like a packet outside its
+        window.  The memory ports address 32-bit words
+        ``(addr - base) >> 2`` of a region, with the region's index beside.
     operand_bits, saturate:
         Operand format of the reduce-add (8, 16 or 32 bits per lane).
     nak_holdoff_cycles:
@@ -312,9 +319,9 @@ class NicRx(wiring.Component):
         From the link; always ready (the receiver absorbs one word per cycle).
     ack : Out(stream of AckMessage)
         Acknowledgements/credits/NAKs back to the transmitter.
-    mem_rd_addr, mem_rd_data, mem_wr_addr, mem_wr_data, mem_wr_en
-        Gradient memory ports: synchronous read (data one cycle after the
-        address), write.
+    mem_rd_addr, mem_rd_region, mem_rd_data, mem_wr_addr, mem_wr_region, mem_wr_data, mem_wr_en
+        Device memory ports (word address in the region, region index):
+        synchronous read (data one cycle after the address), write.
     cfg_window, cfg_reg, cfg_wdata, cfg_we, cfg_rdata
         RX window registers (``WIN_*`` indices); ``cfg_rdata`` is
         combinational.  Writing CTRL with bit 0 set clears RECEIVED and the
@@ -331,8 +338,10 @@ class NicRx(wiring.Component):
         (aux = bytes) or refused (aux = 0), emitted one cycle before and
         stamped with the cycle it is visible (the model traces no RX START).
     error : Out(ErrorEvent)
-        A packet refused by the window checks (index = window, info = tag),
-        emitted one cycle before the refusal is visible.
+        A packet refused by the window checks (index = window, info = tag,
+        code ``RX_NO_WINDOW``, ``RX_TAG_MISMATCH`` or ``RX_OUT_OF_WINDOW``:
+        outside the window or outside ``regions``), emitted one cycle before
+        the refusal is visible.
     packets_applied, bytes_applied, drops, crc_errors, seq_errors, duplicates : Out(32)
 
     Timing
@@ -347,19 +356,25 @@ class NicRx(wiring.Component):
     """
 
     def __init__(self, *, max_payload_words: int = 64, credits: int = 16, windows: int = 64,
-                 mem_addr_width: int = 14, operand_bits: int = 16, saturate: bool = True,
-                 nak_holdoff_cycles: int = 256):
+                 regions: tuple[tuple[int, int], ...] = ((rm.GRAD_BASE, 1 << 16),),
+                 operand_bits: int = 16, saturate: bool = True, nak_holdoff_cycles: int = 256):
         if not 1 <= windows <= 64:
             raise ValueError(f"windows must be in 1..64, not {windows!r}")
         if operand_bits not in (8, 16, 32):
             raise ValueError(f"operand_bits must be 8, 16 or 32, not {operand_bits!r}")
         if not 1 <= max_payload_words <= 128:
             raise ValueError(f"max_payload_words must be in 1..128, not {max_payload_words!r}")
+        regions = tuple(tuple(r) for r in regions)
+        if not regions or any(len(r) != 2 or r[0] % 4 or r[1] < 4 or r[0] + r[1] > 1 << 32
+                              for r in regions):
+            raise ValueError("regions must be (base, bytes) pairs with 4-byte aligned bases, "
+                             f"at least 4 bytes, inside the 32-bit address space, not {regions!r}")
         self.max_payload_words = max_payload_words
         self.credits = credits
         self.nak_holdoff_cycles = nak_holdoff_cycles
         self.windows = windows
-        self.mem_addr_width = mem_addr_width
+        self.regions = regions
+        self.mem_addr_width = max(1, ceil_log2(max(size for _, size in regions) // 4))
         self.operand_bits = operand_bits
         self.saturate = saturate
         self.stride = HEADER_WORDS + max_payload_words
@@ -367,9 +382,11 @@ class NicRx(wiring.Component):
         super().__init__({
             "link": In(stream.Signature(LinkBeat, always_ready=True)),
             "ack": Out(stream.Signature(AckMessage, always_ready=True)),
-            "mem_rd_addr": Out(mem_addr_width),
+            "mem_rd_addr": Out(self.mem_addr_width),
+            "mem_rd_region": Out(range(len(regions))),
             "mem_rd_data": In(32),
-            "mem_wr_addr": Out(mem_addr_width),
+            "mem_wr_addr": Out(self.mem_addr_width),
+            "mem_wr_region": Out(range(len(regions))),
             "mem_wr_data": Out(32),
             "mem_wr_en": Out(1),
             "cfg_window": In(6),
@@ -548,8 +565,12 @@ class NicRx(wiring.Component):
         k = Signal(8)
         dst_w = Signal(self.mem_addr_width)
         src_w = Signal(self.mem_addr_width)
+        nreg = len(self.regions)
+        dst_r = Signal(range(nreg))
+        src_r = Signal(range(nreg))
         p_valid = Signal()
         p_addr = Signal(self.mem_addr_width)
+        p_region = Signal(range(nreg))
         p_reduce = Signal()
         free = Signal()
         a_code = Signal(8)
@@ -562,6 +583,7 @@ class NicRx(wiring.Component):
         with m.If(p_valid):
             m.d.comb += [
                 self.mem_wr_addr.eq(p_addr),
+                self.mem_wr_region.eq(p_region),
                 self.mem_wr_data.eq(Mux(p_reduce, self._reduce(self.mem_rd_data, br.data),
                                         br.data)),
                 self.mem_wr_en.eq(1),
@@ -572,13 +594,31 @@ class NicRx(wiring.Component):
         check_code = Signal(8)
         end = Signal(33)
         wend = Signal(33)
-        m.d.comb += [end.eq(a_addr + bytes_), wend.eq(w_dst + w_len)]
+        # Source of a reduce-add: the window's SRC plus the packet's offset in the window
+        # (meaningful once the packet is inside the window); 33 bits, as the model's
+        # unbounded sum may pass 2**32 and must then fall outside every region, not wrap.
+        off = Signal(32)
+        src = Signal(33)
+        src_end = Signal(34)
+        m.d.comb += [end.eq(a_addr + bytes_), wend.eq(w_dst + w_len), off.eq(a_addr - w_dst),
+                     src.eq(w_src + off), src_end.eq(src + bytes_)]
+        dst_in, src_in = Signal(), Signal()
+        dst_region, src_region = Signal(range(nreg)), Signal(range(nreg))
+        for i, (base, size) in enumerate(self.regions):
+            with m.If((a_addr >= base) & (end <= base + size)):
+                m.d.comb += [dst_in.eq(1), dst_region.eq(i)]
+            with m.If((src >= base) & (src_end <= base + size)):
+                m.d.comb += [src_in.eq(1), src_region.eq(i)]
+        # The data path moves 32-bit words: a range must start on one (DMA_ALIGN_BYTES).
+        mem_ok = (dst_in & (a_addr[:2] == 0)
+                  & (~a_reduce | (src_in & (src[:2] == 0))))
         with m.If(~win_ok | ~w_en.bit_select(widx_, 1)):
             m.d.comb += check_code.eq(RX_NO_WINDOW)
         with m.Elif(w_tag != a_tag):
             m.d.comb += check_code.eq(RX_TAG_MISMATCH)
-        with m.Elif((a_addr < w_dst) | (end > wend)):
+        with m.Elif((a_addr < w_dst) | (end > wend) | ~mem_ok):
             m.d.comb += check_code.eq(RX_OUT_OF_WINDOW)
+        bases = Array(Const(base, 32) for base, _ in self.regions)
 
         with m.FSM(name="apply"):
             with m.State("IDLE"), m.If(rd_slot != wr_slot):
@@ -593,11 +633,12 @@ class NicRx(wiring.Component):
                 m.next = "CHECK"
             with m.State("CHECK"):
                 # A refused packet takes the same time as an applied one but writes nothing.
-                off = (a_addr - w_dst)[2:]
                 m.d.sync += [
                     a_code.eq(check_code),
-                    dst_w.eq(a_addr[2:]),
-                    src_w.eq(w_src[2:] + off),
+                    dst_w.eq((a_addr - bases[dst_region])[2:]),
+                    dst_r.eq(dst_region),
+                    src_w.eq((src[:32] - bases[src_region])[2:]),
+                    src_r.eq(src_region),
                     k.eq(0),
                 ]
                 m.next = "RUN"
@@ -605,8 +646,9 @@ class NicRx(wiring.Component):
                 m.d.comb += [
                     br.addr.eq(rd_slot * self.stride + HEADER_WORDS + k),
                     self.mem_rd_addr.eq(src_w + k),
+                    self.mem_rd_region.eq(src_r),
                 ]
-                m.d.sync += [p_valid.eq(a_code == 0), p_addr.eq(dst_w + k),
+                m.d.sync += [p_valid.eq(a_code == 0), p_addr.eq(dst_w + k), p_region.eq(dst_r),
                              p_reduce.eq(a_reduce), k.eq(k + 1)]
                 with m.If(k + 1 == a_pw):
                     m.next = "LAST"

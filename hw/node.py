@@ -27,9 +27,9 @@ of ``hw/dma.py``/``hw/nic.py``, so that the host sees exactly what
 The link ports (``tx``, ``tx_ack``, ``rx``, ``rx_ack``) are joined to the
 peers' by :class:`~gradsync.hw.cluster.Cluster`.
 
-Limits (not modelled in RTL): a received packet whose window lies outside
-both SRAMs is dropped silently instead of refused with ``RX_OUT_OF_WINDOW``
-(the firmware never opens such a window).
+A received packet whose range (or reduce-add source) is not inside one SRAM
+is refused with ``RX_OUT_OF_WINDOW`` and writes nothing, as in the model
+(``NicRx``'s ``regions``).
 """
 
 from __future__ import annotations
@@ -52,9 +52,6 @@ from .link import AckMessage, LinkBeat
 from .nic import NicRx, NicTx
 from .sequencer import ComputeSequencer
 from .sram import DeviceMemory, device_addr_bits
-
-#: The receiver addresses 32-bit words of the whole device byte address space.
-RX_ADDR_BITS = 30
 
 #: NIC flow control (``docs/comm.md``: enough that a fault-free transfer never stalls).
 NIC_CREDITS = 16
@@ -193,7 +190,9 @@ class Node(wiring.Component):
         tx = NicTx(max_payload_words=max_pw, window_packets=NIC_WINDOW_PACKETS,
                    credits=NIC_CREDITS, timeout_cycles=timeout)
         rx = NicRx(max_payload_words=max_pw, credits=NIC_CREDITS, windows=hw.rx_windows,
-                   mem_addr_width=RX_ADDR_BITS, operand_bits=fmt.total_bits,
+                   regions=((rm.SCRATCH_BASE, hw.scratchpad_words * wb),
+                            (rm.GRAD_BASE, hw.gradient_words * wb)),
+                   operand_bits=fmt.total_bits,
                    saturate=fmt.saturate, nak_holdoff_cycles=holdoff)
         trace_writes = [seq.trace, dma.trace[0], dma.trace[1], rx.trace,
                         bulk.trace[0], bulk.trace[1]]
@@ -233,30 +232,22 @@ class Node(wiring.Component):
             dma_data.append(port.data)
         m.d.comb += dma.src_data.eq(Cat(*dma_data))
 
-        # Receiver: 32-bit word addresses of the byte address space; region nibble -> bank.
-        def rx_target(word32):
-            region = word32[RX_ADDR_BITS - 4:]
-            bank = region == (rm.GRAD_BASE >> 28)
-            ok = (region == (rm.SCRATCH_BASE >> 28)) | bank
-            return bank, ok, word32[:RX_ADDR_BITS - 4]
-
-        bank, _, word = rx_target(rx.mem_rd_addr)
+        # Receiver: 32-bit words of its regions, region 0 the scratchpad (bank 0), 1 the
+        # gradient SRAM (bank 1); it writes only ranges it checked to lie inside one.
         rx_data = []
         for lane in range(lanes32):
             port = next(rd)
-            _, addr = lane_addr(bank, word, lane)
+            _, addr = lane_addr(rx.mem_rd_region, rx.mem_rd_addr, lane)
             m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
             rx_data.append(port.data)
         m.d.comb += rx.mem_rd_data.eq(Cat(*rx_data))
-        bank, ok, word = rx_target(rx.mem_wr_addr)
         for lane in range(lanes32):
             port = next(wr)
-            index, addr = lane_addr(bank, word, lane)
-            size = Mux(bank, hw.gradient_words, hw.scratchpad_words)
+            _, addr = lane_addr(rx.mem_wr_region, rx.mem_wr_addr, lane)
             m.d.comb += [
                 port.addr.eq(addr),
                 port.data.eq(rx.mem_wr_data[lane * fmt.total_bits:(lane + 1) * fmt.total_bits]),
-                port.en.eq(rx.mem_wr_en & ok & (index < size)),
+                port.en.eq(rx.mem_wr_en),
             ]
         m.d.comb += [mem.dbg_addr.eq(self.dbg_addr), self.dbg_data.eq(mem.dbg_data)]
 

@@ -825,9 +825,14 @@ class ModelDevice:
             elif not (w.dst <= pkt.addr and pkt.addr + nbytes <= w.dst + w.length):
                 code = rm.ErrorCode.RX_OUT_OF_WINDOW
             else:
+                # The packet must lie inside one SRAM, and so must a reduce-add's source; both
+                # 32-bit aligned, since the receiver moves the packet's 32-bit payload words
+                # (``_region`` alone would accept operand alignment, which the RTL cannot do).
+                src_addr = w.src + (pkt.addr - w.dst)
                 dst = self._region(pkt.addr, len(pkt.payload))
-                src = self._region(w.src + (pkt.addr - w.dst), len(pkt.payload))
-                if dst is None or (pkt.reduce and src is None):
+                src = self._region(src_addr, len(pkt.payload))
+                a = rm.DMA_ALIGN_BYTES
+                if dst is None or pkt.addr % a or (pkt.reduce and (src is None or src_addr % a)):
                     code = rm.ErrorCode.RX_OUT_OF_WINDOW
         if code is not rm.ErrorCode.OK:
             self.rx_drops += 1

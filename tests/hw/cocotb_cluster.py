@@ -191,9 +191,113 @@ async def node_program(dev, now, node: int, nodes: int, seed: int, role: str = "
     return rec.log
 
 
+#: Guard word written around every RX target of the ``rx_memory`` scenario.
+GUARD = 0x1234
+#: Bytes of each packet (one descriptor, one packet) of the ``rx_memory`` scenario.
+RX_MEM_BYTES = 64
+
+
+def rx_memory_windows(hw: tm.HardwareConfig) -> list[tuple[str, int, int, bool]]:
+    """The ``rx_memory`` scenario's RX windows: (name, DST, SRC, reduce-add), window = index.
+
+    Each window is LEN = RX_MEM_BYTES long, so every packet lies inside its window; all but
+    the last lie (or read) outside the SRAMs and must be refused with RX_OUT_OF_WINDOW.
+    """
+    wb = FMT.word_bytes
+    s_end = rm.SCRATCH_BASE + hw.scratchpad_words * wb
+    g_end = rm.GRAD_BASE + hw.gradient_words * wb
+    half = RX_MEM_BYTES // 2
+    return [
+        ("dst_past_grad_end", g_end, rm.GRAD_BASE, False),
+        ("dst_below_scratch", rm.SCRATCH_BASE - 0x1000, rm.GRAD_BASE, False),
+        ("dst_straddles_scratch_end", s_end - half, rm.GRAD_BASE, False),
+        ("dst_straddles_grad_end", g_end - half, rm.GRAD_BASE, True),
+        ("src_in_ring_memory", rm.GRAD_BASE + 0x100, rm.RING_MEM_BASE, True),
+        ("src_straddles_grad_end", rm.GRAD_BASE + 0x200, g_end - half, True),
+        ("src_misaligned", rm.GRAD_BASE + 0x300, rm.GRAD_BASE + 2, True),
+        # accepted: the last bytes of the scratchpad from the last bytes of the gradient SRAM
+        ("ok_at_the_ends", s_end - RX_MEM_BYTES, g_end - RX_MEM_BYTES, True),
+    ]
+
+
+def rx_memory_guards(hw: tm.HardwareConfig) -> list[tuple[int, int]]:
+    """(address, words) of the guard blocks: the ends of both SRAMs and the in-SRAM targets."""
+    wb, n = FMT.word_bytes, 64
+    return [(rm.SCRATCH_BASE + (hw.scratchpad_words - n) * wb, n),
+            (rm.GRAD_BASE + (hw.gradient_words - n) * wb, n),
+            (rm.GRAD_BASE, 0x400 // wb)]
+
+
+async def rx_memory_program(dev, now, node: int, hw: tm.HardwareConfig) -> list:
+    """Node 1 opens windows whose packets leave the SRAMs; node 0 sends one packet into each.
+
+    The receiver must refuse every such packet exactly as the model does (RX_OUT_OF_WINDOW,
+    ERR_INFO = tag, NIC_RX END with aux 0 and an ERROR record, IRQ, RX_DROPS) and write
+    nothing: guard words fill both SRAMs' ends and the in-SRAM targets.
+    """
+    rec = Recorder(now)
+    wb = FMT.word_bytes
+    wins = rx_memory_windows(hw)
+    await dev.write32(rm.offset("IRQ_MASK"), IRQ_ALL)
+    await dev.write32(rm.offset("HOST_TAG"), 0x200 + node)
+    if node == 1:
+        for addr, n in rx_memory_guards(hw):
+            await dev.load(addr, np.full(n, GUARD))
+        for w, (_, dst, src, _) in enumerate(wins):
+            for name, value in (("CTRL", 1), ("DST", dst), ("SRC", src), ("LEN", RX_MEM_BYTES),
+                                ("TAG", rm.encode_tag(3, w, 1)), ("EXPECT", RX_MEM_BYTES)):
+                await dev.write32(rm.rx_window_reg(w, name), value)
+        while True:
+            state = {n: await dev.read32(rm.offset(n)) for n in ("RX_DONE_LO", "ERR_COUNT")}
+            rec.note("state", state)
+            if state["RX_DONE_LO"] >> (len(wins) - 1) & 1:  # applied in order: the last one
+                break
+            status = await dev.wait_irq(IRQ_ALL)
+            rec.note("irq", [status, await dev.read32(rm.offset("ERR_CODE")),
+                             await dev.read32(rm.offset("ERR_INFO"))])
+            await dev.write32(rm.offset("IRQ_STATUS"), status)
+        rec.note("regs", {n: await dev.read32(rm.offset(n)) for n in (
+            "ERR_CODE", "ERR_INFO", "RX_DROPS", "RX_BYTES", "PERF_RX_PACKETS")})
+        rec.note("received", [await dev.read32(rm.rx_window_reg(w, "RECEIVED"))
+                              for w in range(len(wins))])
+        for addr, n in rx_memory_guards(hw):
+            rec.note("guard", await dev.dump(addr, n))
+    else:
+        for q in range(rm.DMA_QUEUES):
+            await dev.write32(rm.dma_reg(q, "RING_BASE"), rm.RING_MEM_BASE + q * RING_SIZE * 32)
+            await dev.write32(rm.dma_reg(q, "RING_SIZE"), RING_SIZE)
+            await dev.write32(rm.dma_reg(q, "WIN_BASE"), rm.GRAD_BASE)
+            await dev.write32(rm.dma_reg(q, "WIN_LEN"), hw.gradient_words * wb)
+        await dev.load(rm.GRAD_BASE, corner_words(np.random.default_rng(5), 0x400 // wb))
+        # let the receiver fill its guards and open its windows first
+        await dev.load(rm.SCRATCH_BASE, np.zeros(hw.scratchpad_words))
+        for w, (_, dst, _, reduce) in enumerate(wins):
+            flags = rm.DescFlag.REDUCE_ADD if reduce else 0
+            if w == len(wins) - 1:
+                flags |= rm.DescFlag.IRQ
+            await post(dev, w // RING_SIZE, w % RING_SIZE,
+                       rm.Descriptor(rm.GRAD_BASE + 0x40 * w, RX_MEM_BYTES, 1, dst, w,
+                                     rm.encode_tag(3, w, 1), int(flags)))
+        status = await dev.wait_irq(IRQ_ALL)
+        rec.note("irq", status)
+        rec.note("done", [await dev.read32(rm.dma_reg(q, "DONE")) for q in range(rm.DMA_QUEUES)])
+    await read_trace(dev, rec)
+    return rec.log
+
+
 def programs(scenario: str, nodes: int, seed: int):
-    roles = {"exchange": ["both"] * nodes, "node": ["send"] + ["recv"] * (nodes - 1)}[scenario]
+    roles = {"exchange": ["both"] * nodes, "node": ["send"] + ["recv"] * (nodes - 1),
+             "rx_memory": ["rx_memory"] * nodes}[scenario]
     return [(i, role) for i, role in enumerate(roles)]
+
+
+def program(dev, now, node: int, nodes: int, seed: int, role: str, hw: tm.HardwareConfig):
+    """The host program of ``node`` in ``role`` (a coroutine)."""
+    if role == "rx_memory":
+        if nodes != 2:
+            raise ValueError(f"the rx_memory scenario runs on 2 nodes, not {nodes!r}")
+        return rx_memory_program(dev, now, node, hw)
+    return node_program(dev, now, node, nodes, seed, role)
 
 
 def model_logs(scenario: str, nodes: int, seed: int, hw: tm.HardwareConfig) -> list[list]:
@@ -202,10 +306,10 @@ def model_logs(scenario: str, nodes: int, seed: int, hw: tm.HardwareConfig) -> l
 
     cluster = Cluster(nodes, hw, FMT)
 
-    def program(i: int, role: str):
-        return lambda d: node_program(d, lambda: cluster.sim.now, i, nodes, seed, role)
+    def factory(i: int, role: str):
+        return lambda d: program(d, lambda: cluster.sim.now, i, nodes, seed, role, hw)
 
-    run = cluster.run([program(i, role) for i, role in programs(scenario, nodes, seed)],
+    run = cluster.run([factory(i, role) for i, role in programs(scenario, nodes, seed)],
                       max_cycles=200_000)
     return json.loads(json.dumps(run.results))
 
@@ -289,7 +393,7 @@ if cocotb is not None:
         hw = tm.HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
         want = json.loads(os.environ["CLUSTER_WANT"])
         devs = await start_devices(dut, nodes, hw)
-        tasks = [cocotb.start_soon(node_program(devs[i], devs[i].now, i, nodes, seed, role))
+        tasks = [cocotb.start_soon(program(devs[i], devs[i].now, i, nodes, seed, role, hw))
                  for i, role in programs(scenario, nodes, seed)]
         logs = []
         for t in tasks:
@@ -298,6 +402,13 @@ if cocotb is not None:
             compare_logs(json.loads(json.dumps(got)), w, f"node {i}")
         # The debug port reads the SRAM the bulk port dumped, without a clock edge.
         for i, dev in enumerate(devs):
-            r = next(e[2] for e in want[i] if e[0] == "R")
-            got = await dev.peek(rm.GRAD_BASE + R_OFF, len(r))
-            assert got.tolist() == r, f"node {i}: debug port differs from the dump of R"
+            if scenario == "rx_memory":
+                dumps = [e[2] for e in want[i] if e[0] == "guard"]
+                blocks = rx_memory_guards(hw) if dumps else []
+            else:
+                dumps = [next(e[2] for e in want[i] if e[0] == "R")]
+                blocks = [(rm.GRAD_BASE + R_OFF, len(dumps[0]))]
+            for (addr, n), dumped in zip(blocks, dumps, strict=True):
+                got = await dev.peek(addr, n)
+                assert got.tolist() == dumped, (
+                    f"node {i}: debug port differs from the dump at 0x{addr:08x}")

@@ -89,6 +89,45 @@ def test_packet_outside_the_open_window_is_dropped_counted_and_writes_nothing(ki
     run_sim(dut, bench)
 
 
+@pytest.mark.parametrize("kind", ["past_end", "straddles_end", "scratchpad", "src_past_end",
+                                  "src_misaligned"])
+def test_packet_outside_the_gradient_memory_is_refused_and_writes_nothing(kind):
+    """Inside its window but not inside the node's memory (``CommNode``: the gradient SRAM only,
+    2 KiB here) or not 32-bit aligned: RX_OUT_OF_WINDOW, and not one word of memory written
+    (the receiver used to wrap such addresses into the memory)."""
+    dut = small_fabric()
+    end = GB + 0x800
+    dst, src = {"past_end": (end, GB), "straddles_end": (end - 0x20, GB),
+                "scratchpad": (rm.SCRATCH_BASE, GB), "src_past_end": (GB + 0x400, end - 0x20),
+                "src_misaligned": (GB + 0x400, GB + 2)}[kind]
+    tag = 0x99
+
+    async def bench(ctx):
+        h = Host(ctx, dut)
+        for i in range(16):
+            await h.write(0, GB + 4 * i, 0x0101_0101 * (i + 1), 0)
+        for i in range(512):
+            await h.write(1, GB + 4 * i, 0x0BAD_0000 + i, 0)
+        await h.window(1, 1, dst, src, 0x100, tag)
+        await h.write(1, rm.offset("IRQ_MASK"), int(rm.Irq.ERROR | rm.Irq.RX), 1)
+        await h.send(0, rm.Descriptor(src_addr=GB, length=64, peer=1, remote_addr=dst,
+                                      window=1, tag=tag, flags=rm.DescFlag.REDUCE_ADD))
+        for _ in range(300):
+            await ctx.tick()
+        assert ctx.get(dut.n1_rx_packets) == 0
+        assert await h.read(1, rm.offset("RX_DROPS"), 1) == 1
+        err = await h.read(1, rm.offset("ERR_CODE"), 1)
+        assert (err & 0xFF, (err >> 8) & 0xF, err >> 16) == (
+            rm.ErrorCode.RX_OUT_OF_WINDOW, rm.Engine.NIC_RX, 1)
+        assert await h.read(1, rm.offset("ERR_INFO"), 1) == tag
+        assert await h.read(1, rm.offset("IRQ_STATUS"), 1) == int(rm.Irq.ERROR)
+        assert await h.read(1, rm.rx_window_reg(1, "RECEIVED"), 1) == 0
+        for i in range(512):
+            assert await h.read(1, GB + 4 * i, 0) == 0x0BAD_0000 + i, f"word {i} was written"
+
+    run_sim(dut, bench)
+
+
 def test_credits_throttle_the_sender_without_losing_data():
     """One credit: the sender waits for each packet to be applied; data still complete."""
     dut = Fabric(rm, num_nodes=2, link_latency_cycles=6, rx_windows=4, gradient_words=1024,
@@ -126,6 +165,8 @@ def test_header_word_layout():
 @pytest.mark.parametrize("cls,bad", [
     (NicTx, {"max_payload_words": 0}), (NicTx, {"window_packets": 12}), (NicTx, {"credits": 0}),
     (NicRx, {"windows": 65}), (NicRx, {"operand_bits": 12}), (NicRx, {"max_payload_words": 200}),
+    (NicRx, {"regions": ()}), (NicRx, {"regions": ((rm.GRAD_BASE + 2, 1024),)}),
+    (NicRx, {"regions": ((0xFFFF_F000, 0x2000),)}),
 ])
 def test_nic_rejects_bad_parameters(cls, bad):
     with pytest.raises(ValueError, match="not"):

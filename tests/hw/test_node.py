@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import pytest
 
+from gradsync import regmap as rm
 from gradsync.firmware.training import plan_memory
 from gradsync.hw.cluster import SIM_HARDWARE, Cluster
 from gradsync.hw.compute_node import ComputeNode
 from gradsync.hw.fabric import LINK_CONTROLS, LINK_COUNTERS, Fabric
 from gradsync.hw.node import HOST_PORTS, Node
-from tests.hw.cocotb_cluster import FMT
+from tests.hw.cocotb_cluster import (
+    FMT,
+    GUARD,
+    RX_MEM_BYTES,
+    model_logs,
+    rx_memory_guards,
+    rx_memory_windows,
+)
 from tests.hw.test_cluster import run
 
 
@@ -63,3 +71,43 @@ def test_node_compute_and_descriptors_match_model(tmp_path):
 @pytest.mark.slow
 def test_node_bulk_regions_and_debug_port(tmp_path):
     run(2, "tests.hw.cocotb_node", tmp_path, "node", seed=1)
+
+
+def test_rx_memory_scenario_refuses_on_the_model():
+    """The scenario is meaningful: on the model every packet outside the SRAMs is refused with
+    RX_OUT_OF_WINDOW (ERR_INFO = its tag, aux-0 NIC_RX END + ERROR record), nothing but the one
+    good packet is written, and that one lands on the scratchpad's last words."""
+    wins = rx_memory_windows(SIM_HARDWARE)
+    full = model_logs("rx_memory", 2, 1, SIM_HARDWARE)[1]
+    log = {what: value for what, _, value in full if what not in ("guard", "irq", "state")}
+    bad = len(wins) - 1
+    regs = log["regs"]
+    assert rm.reg("ERR_CODE").field("code").get(regs["ERR_CODE"]) == rm.ErrorCode.RX_OUT_OF_WINDOW
+    assert (regs["RX_DROPS"], regs["RX_BYTES"], regs["PERF_RX_PACKETS"]) == (bad, RX_MEM_BYTES, 1)
+    assert log["received"] == [0] * bad + [RX_MEM_BYTES]
+    irqs = [e[2] for e in full if e[0] == "irq"]
+    assert irqs and all(rm.reg("ERR_CODE").field("code").get(code)
+                        in (0, rm.ErrorCode.RX_OUT_OF_WINDOW) for _, code, _ in irqs)
+    nic_rx = log["trace"][str(int(rm.Engine.NIC_RX))]
+    ends = [r for r in nic_rx if r[1] == rm.TraceEvent.END]
+    errors = [r for r in nic_rx if r[1] == rm.TraceEvent.ERROR]
+    assert [r[3] for r in ends] == [rm.encode_tag(3, w, 1) for w in range(len(wins))]
+    assert [r[4] for r in ends] == [0] * bad + [RX_MEM_BYTES]
+    assert [(r[3], r[4]) for r in errors] == [
+        (rm.encode_tag(3, w, 1), rm.ErrorCode.RX_OUT_OF_WINDOW) for w in range(bad)]
+    assert [r[0] for r in errors] == [r[0] for r in ends[:bad]]
+    guards = [g for what, _, g in full if what == "guard"]
+    assert len(guards) == len(rx_memory_guards(SIM_HARDWARE))
+    written = RX_MEM_BYTES // FMT.word_bytes  # the good packet: the scratchpad's last words
+    assert all(w == GUARD for w in guards[0][:-written])
+    assert any(w != GUARD for w in guards[0][-written:])
+    assert all(w == GUARD for g in guards[1:] for w in g)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_node_refuses_packets_outside_its_srams_as_the_model(tmp_path):
+    """Windows whose packets leave both SRAMs, straddle an SRAM's end or reduce from outside
+    them: the RTL refuses each as the model does (error code, ERR_INFO, trace, IRQ cycle) and
+    writes no guard word."""
+    run(2, "tests.hw.cocotb_cluster", tmp_path, "rx_memory", seed=1)

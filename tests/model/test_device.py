@@ -285,6 +285,68 @@ def test_packet_outside_open_window_is_dropped_and_writes_nothing(window_change,
     assert (cl.devices[1].grad[:1024] == GUARD).all()
 
 
+@pytest.mark.parametrize(
+    "dst, src",
+    [
+        # the window (and the packet) lies outside both SRAMs
+        (0x0800_0000, gaddr(0)),
+        # the window straddles the gradient SRAM's end: the packet's last 32 bytes leave it
+        (gaddr(HW.gradient_words - 16), gaddr(0)),
+        # the reduce-add source lies outside both SRAMs
+        (gaddr(512), rm.RING_MEM_BASE),
+        # operand-aligned but not 32-bit aligned source: the receiver moves 32-bit words
+        (gaddr(512), gaddr(1)),
+    ],
+    ids=["dst_outside_srams", "dst_straddles_grad_end", "src_outside_srams", "src_misaligned"],
+)
+def test_packet_outside_device_memory_is_refused_and_writes_nothing(dst, src):
+    """Inside its window but not inside one SRAM (or not 32-bit aligned): RX_OUT_OF_WINDOW,
+    ERR_INFO = tag, an ERROR record at the refusal, nothing written, nothing counted received."""
+    tag = rm.encode_tag(1, 0, 0)
+    desc = rm.Descriptor(
+        src_addr=gaddr(0),
+        length=64,
+        peer=1,
+        remote_addr=dst,
+        window=3,
+        tag=tag,
+        flags=int(rm.DescFlag.REDUCE_ADD),
+    )
+    out = {}
+
+    async def sender(dev):
+        await setup_queues(dev)
+        await dev.load(gaddr(0), np.arange(32))
+        for _ in range(3):  # let the receiver fill its guards and open its window first
+            await dev.load(saddr(0), np.zeros(HW.scratchpad_words))
+        await post(dev, 0, 0, desc)
+
+    async def receiver(dev):
+        await setup_queues(dev)
+        await dev.load(gaddr(0), np.full(HW.gradient_words, GUARD))
+        await dev.load(saddr(0), np.full(HW.scratchpad_words, GUARD))
+        await open_window(dev, 3, dst, src, 256, tag, 64)
+        out["status"] = await dev.wait_irq(int(rm.Irq.ERROR | rm.Irq.RX))
+        out["err"] = await dev.read32(rm.offset("ERR_CODE"))
+        out["info"] = await dev.read32(rm.offset("ERR_INFO"))
+        out["drops"] = await dev.read32(rm.offset("RX_DROPS"))
+        out["received"] = await dev.read32(rm.rx_window_reg(3, "RECEIVED"))
+
+    cl = run_programs([sender, receiver])
+    err = rm.reg("ERR_CODE")
+    assert out["status"] == int(rm.Irq.ERROR)
+    assert err.field("code").get(out["err"]) == rm.ErrorCode.RX_OUT_OF_WINDOW
+    assert err.field("engine").get(out["err"]) == rm.Engine.NIC_RX
+    assert err.field("index").get(out["err"]) == 3
+    assert (out["info"], out["drops"], out["received"]) == (tag, 1, 0)
+    rx = cl.devices[1]
+    assert (rx.grad == GUARD).all() and (rx.scratch == GUARD).all()
+    end, error = [r for r in rx.trace if r.engine == rm.Engine.NIC_RX]
+    assert (end.event, end.tag, end.aux) == (rm.TraceEvent.END, tag, 0)
+    assert (error.event, error.cycle, error.tag, error.aux) == (
+        rm.TraceEvent.ERROR, end.cycle, tag, rm.ErrorCode.RX_OUT_OF_WINDOW)
+
+
 def test_reduce_add_transfer_timing_and_saturation():
     n_words = 300  # 600 bytes: packets of 256, 256, 88
     local = np.full(n_words, 30000)
