@@ -26,6 +26,28 @@ _CMD_FIELDS = {"word": "CMD_OPCODE", "a": "CMD_A", "b": "CMD_B", "c": "CMD_C", "
                "k": "CMD_K", "n": "CMD_N", "arg": "CMD_ARG", "tag": "CMD_TAG"}
 
 
+def make_sequencer(hw: HardwareConfig, fmt: FixedPointFormat) -> ComputeSequencer:
+    """The compute sequencer (array, vector unit, tiling) of a node built for ``hw``/``fmt``."""
+    return ComputeSequencer(
+        rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes,
+        total_bits=fmt.total_bits, frac_bits=fmt.frac_bits, acc_bits=fmt.acc_bits,
+        rounding=fmt.rounding, saturate=fmt.saturate, scratch_words=hw.scratchpad_words,
+        grad_words=hw.gradient_words, fifo_depth=hw.cmd_fifo_depth)
+
+
+def connect_sequencer(m: Module, csr: CsrBlock, seq: ComputeSequencer) -> None:
+    """CSR <-> sequencer: the CMD_* launch registers in, the FIFO, done and perf counters out."""
+    m.d.comb += [seq.launch.eq(csr.port("wo", "CMD_LAUNCH")), seq.now.eq(csr.now)]
+    for field, name in _CMD_FIELDS.items():
+        m.d.comb += getattr(seq.launch_cmd, field).eq(csr.port("rw", name))
+    m.d.comb += [
+        csr.port("ro", "CMD_FIFO_FREE").eq(seq.fifo_free),
+        csr.port("ro", "COMPUTE_DONE").eq(seq.done_count),
+        csr.port("ro", "PERF_GEMM_CYCLES").eq(seq.gemm_busy_cycles),
+        csr.port("ro", "PERF_VECTOR_CYCLES").eq(seq.vector_busy_cycles),
+    ]
+
+
 def csr_constants(hw: HardwareConfig, fmt: FixedPointFormat, node_id: int = 0,
                   num_nodes: int = 1) -> dict[str, int]:
     """Values of the build-constant registers, computed as ``model.device`` does."""
@@ -104,11 +126,7 @@ class ComputeNode(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         hw, fmt = self.hw, self.fmt
-        seq = ComputeSequencer(
-            rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes,
-            total_bits=fmt.total_bits, frac_bits=fmt.frac_bits, acc_bits=fmt.acc_bits,
-            rounding=fmt.rounding, saturate=fmt.saturate, scratch_words=hw.scratchpad_words,
-            grad_words=hw.gradient_words, fifo_depth=hw.cmd_fifo_depth)
+        seq = make_sequencer(hw, fmt)
         bulk = BulkPort(fmt.total_bits, hw.scratchpad_words, hw.gradient_words)
         mem = DeviceMemory(hw.scratchpad_words, hw.gradient_words, fmt.total_bits,
                            read_ports=seq.n_read + bulk.per_beat + self.dma_ports,
@@ -133,14 +151,8 @@ class ComputeNode(wiring.Component):
             wiring.connect(m, wiring.flipped(port), next(wr))
 
         # CSR <-> sequencer.
-        m.d.comb += [seq.launch.eq(csr.port("wo", "CMD_LAUNCH")), seq.now.eq(csr.now)]
-        for field, name in _CMD_FIELDS.items():
-            m.d.comb += getattr(seq.launch_cmd, field).eq(csr.port("rw", name))
+        connect_sequencer(m, csr, seq)
         m.d.comb += [
-            csr.port("ro", "CMD_FIFO_FREE").eq(seq.fifo_free),
-            csr.port("ro", "COMPUTE_DONE").eq(seq.done_count),
-            csr.port("ro", "PERF_GEMM_CYCLES").eq(seq.gemm_busy_cycles),
-            csr.port("ro", "PERF_VECTOR_CYCLES").eq(seq.vector_busy_cycles),
             csr.irq_set.eq(seq.irq << (rm.Irq.COMPUTE.bit_length() - 1)),
             csr.trace_in[0].eq(seq.trace),
             csr.err_in[0].eq(seq.cmd_err),

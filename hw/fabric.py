@@ -100,6 +100,18 @@ def nic_timeouts(link_latency_cycles: int, link_bytes_per_cycle: int,
     return 2 * rtt + 64, rtt
 
 
+def link_ports() -> dict:
+    """A node's link side: beats out and in, acks both ways, and its NIC/link counters."""
+    ports = {
+        "tx": Out(stream.Signature(LinkBeat)),
+        "tx_ack": In(stream.Signature(AckMessage, always_ready=True)),
+        "rx": In(stream.Signature(LinkBeat, always_ready=True)),
+        "rx_ack": Out(stream.Signature(AckMessage, always_ready=True)),
+    }
+    ports.update({name: Out(32) for name in NODE_COUNTERS})
+    return ports
+
+
 class CommNode(wiring.Component):
     """DMA engine + NIC transmitter/receiver + ring, gradient and trace memories.
 
@@ -178,12 +190,8 @@ class CommNode(wiring.Component):
             "host_csr": In(1), "host_rdata": Out(32),
             "irq": Out(1),
             "compute_done": In(32),
-            "tx": Out(stream.Signature(LinkBeat)),
-            "tx_ack": In(stream.Signature(AckMessage, always_ready=True)),
-            "rx": In(stream.Signature(LinkBeat, always_ready=True)),
-            "rx_ack": Out(stream.Signature(AckMessage, always_ready=True)),
         }
-        ports.update({name: Out(32) for name in NODE_COUNTERS})
+        ports.update(link_ports())
         super().__init__(ports)
 
     def elaborate(self, platform):

@@ -35,7 +35,7 @@ is refused with ``RX_OUT_OF_WINDOW`` and writes nothing, as in the model
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -44,13 +44,11 @@ from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.model.timing import DEFAULT_HARDWARE, HardwareConfig
 
 from .bulk import WIDE_PER_BEAT, BulkPort
-from .compute_node import _CMD_FIELDS, csr_constants
+from .compute_node import connect_sequencer, csr_constants, make_sequencer
 from .csr import CsrBlock, axil_signature
 from .dma import DmaEngine
-from .fabric import NODE_COUNTERS, drive_nic_counters, nic_timeouts
-from .link import AckMessage, LinkBeat
+from .fabric import drive_nic_counters, link_ports, nic_timeouts
 from .nic import NicRx, NicTx
-from .sequencer import ComputeSequencer
 from .sram import DeviceMemory, device_addr_bits
 
 #: NIC flow control (``docs/comm.md``: enough that a fault-free transfer never stalls).
@@ -141,12 +139,8 @@ class Node(wiring.Component):
             "cycle": Out(64),
             "dbg_addr": In(self.addr_bits),
             "dbg_data": Out(fmt.total_bits),
-            "tx": Out(stream.Signature(LinkBeat)),
-            "tx_ack": In(stream.Signature(AckMessage, always_ready=True)),
-            "rx": In(stream.Signature(LinkBeat, always_ready=True)),
-            "rx_ack": Out(stream.Signature(AckMessage, always_ready=True)),
         })
-        ports.update({name: Out(32) for name in NODE_COUNTERS})
+        ports.update(link_ports())
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -161,11 +155,7 @@ class Node(wiring.Component):
         max_pw = hw.max_payload_bytes // 4
 
         # ---- parts ---------------------------------------------------------------------------
-        seq = ComputeSequencer(
-            rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes,
-            total_bits=fmt.total_bits, frac_bits=fmt.frac_bits, acc_bits=fmt.acc_bits,
-            rounding=fmt.rounding, saturate=fmt.saturate, scratch_words=hw.scratchpad_words,
-            grad_words=hw.gradient_words, fifo_depth=hw.cmd_fifo_depth)
+        seq = make_sequencer(hw, fmt)
         bulk = BulkPort(fmt.total_bits, hw.scratchpad_words, hw.gradient_words,
                         wide_regions=True,
                         wide_words=max(ring_words, hw.trace_records * rm.TRACE_RECORD_WORDS),
@@ -270,15 +260,7 @@ class Node(wiring.Component):
         m.d.comb += [bulk.now.eq(csr.now), bulk.tag.eq(csr.port("rw", "HOST_TAG"))]
 
         # ---- CSR <-> sequencer -----------------------------------------------------------------
-        m.d.comb += [seq.launch.eq(csr.port("wo", "CMD_LAUNCH")), seq.now.eq(csr.now)]
-        for field, name in _CMD_FIELDS.items():
-            m.d.comb += getattr(seq.launch_cmd, field).eq(csr.port("rw", name))
-        m.d.comb += [
-            csr.port("ro", "CMD_FIFO_FREE").eq(seq.fifo_free),
-            csr.port("ro", "COMPUTE_DONE").eq(seq.done_count),
-            csr.port("ro", "PERF_GEMM_CYCLES").eq(seq.gemm_busy_cycles),
-            csr.port("ro", "PERF_VECTOR_CYCLES").eq(seq.vector_busy_cycles),
-        ]
+        connect_sequencer(m, csr, seq)
 
         # ---- CSR <-> DMA engine and NIC (the seam of docs/comm.md) -------------------------------
         wiring.connect(m, dma.pkt, tx.pkt)
