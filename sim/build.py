@@ -490,6 +490,21 @@ def build_component(
     return model
 
 
+def cocotb_library_path(existing: str | None = None) -> str:
+    """``LD_LIBRARY_PATH`` that finds this environment's cocotb VPI library first.
+
+    A Verilator executable records the cocotb library folder of the venv that
+    built it (RUNPATH). The cache is shared by every checkout and venv of the
+    user (same cocotb version: it is in the key), so a model may outlive the
+    venv that built it; ``LD_LIBRARY_PATH`` is searched before RUNPATH, and
+    points the model at the running venv's own copy.
+    """
+    from cocotb_tools.config import libs_dir
+
+    existing = existing if existing is not None else os.environ.get("LD_LIBRARY_PATH", "")
+    return os.pathsep.join(p for p in (str(libs_dir), existing) if p)
+
+
 def run_cocotb(
     model: BuiltModel,
     test_module: str,
@@ -535,6 +550,7 @@ def run_cocotb(
     results = test_dir / "results.xml"
     env = dict(extra_env or {})
     env.setdefault("GRADSYNC_TOPLEVEL_IS_WRAPPER", "1" if model.options.internal_clock else "0")
+    env["LD_LIBRARY_PATH"] = cocotb_library_path(env.get("LD_LIBRARY_PATH"))
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)  # we check the results ourselves
     try:
         with _no_waves_env():

@@ -75,13 +75,9 @@ def test_concurrent_builds_share_one_cache_entry(tmp_path):
     entries = [p for p in (tmp_path / "verilator").iterdir() if not p.name.startswith(".")]
     assert len(entries) == 1
     # a third build in this process is a cache hit with the same model
-    import os
-
-    os.environ["GRADSYNC_CACHE"] = str(tmp_path)
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # restores the caller's GRADSYNC_CACHE, set or not
+        mp.setenv("GRADSYNC_CACHE", str(tmp_path))
         again = build_component(Counter(5), "ctr")
-    finally:
-        del os.environ["GRADSYNC_CACHE"]
     assert again.cached and str(again.directory) == results[0][0]
 
 
@@ -153,3 +149,35 @@ def test_source_digest_reads_the_hardware_and_model_sources():
     assert simbuild.source_digest(("gradsync.hw",)) != digest
     with pytest.raises(simbuild.BuildError, match="no_such_pkg"):
         simbuild.source_digest(("gradsync.no_such_pkg",))
+
+
+@pytest.mark.rtl
+def test_cached_model_runs_after_the_venv_that_built_it_is_gone(tmp_path):
+    """The cache outlives venvs: a model whose recorded cocotb library folder is gone still runs."""
+    import dataclasses
+    import re
+    import shutil
+
+    from cocotb_tools.config import libs_dir
+
+    from gradsync.hw.pe import ProcessingElement
+    from gradsync.sim.build import run_cocotb
+    from gradsync.sim.pe_selftest import pe_env
+
+    model = build_component(ProcessingElement(16, 32, True), "pe_16_32")
+    moved = tmp_path / model.directory.name
+    shutil.copytree(model.directory, moved)
+    exe = moved / model.toplevel
+    binary = exe.read_bytes()
+    # the RUNPATH: the cocotb library folder of whichever venv built the cached model
+    found = re.search(rb"/[^\0:]*/cocotb/libs(?=[\0:])", binary)
+    assert found is not None
+    recorded = found.group(0)
+    exe.write_bytes(binary.replace(recorded, recorded.replace(b"cocotb/libs", b"cocotb/gone")))
+    assert str(libs_dir).encode() not in exe.read_bytes()
+    run_cocotb(
+        dataclasses.replace(model, directory=moved),
+        "gradsync.sim.pe_selftest",
+        extra_env=pe_env(16, 32, True, cycles=200, seed=3),
+        test_dir=tmp_path / "run",
+    )
