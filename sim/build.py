@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -417,7 +418,7 @@ def elaboration_key(component, name: str, options: BuildOptions, params) -> str:
     design sources incl. the class's own module, the build options and tool versions)."""
     import inspect
 
-    cls = type(component)
+    cls = component.func if isinstance(component, functools.partial) else type(component)
     fields = {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "params": params,
@@ -457,6 +458,8 @@ def build_component(
 ) -> BuiltModel:
     """Generate Verilog for an Amaranth component and build (or reuse) its model.
 
+    ``component`` may also be a ``functools.partial`` of the component's
+    class, constructed only when the index misses (no unused elaboratables).
     ``params``: a JSON-able description of everything the component was
     constructed from. With it, the build is also recorded in an elaboration
     index keyed by :func:`elaboration_key`, and a later call with the same
@@ -474,6 +477,8 @@ def build_component(
         hit = _from_index(index, options)
         if hit is not None:
             return hit
+    if isinstance(component, functools.partial):
+        component = component()
     model = build_verilog(to_verilog(component, name), name, options)
     if use_index:
         entry = {

@@ -13,6 +13,7 @@ pickles, progress as a small JSON file that a thread here prints to stderr.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pickle
 import sys
@@ -80,7 +81,10 @@ def build_cluster(cfg: TrainConfig, waves: str | None = None):
     # HOST trace stamps: RtlDevice sends the header beat host_bulk_setup_cycles - 1 cycles
     # after the call and the last beat completes one cycle before the call returns
     lead, lag = hw.host_bulk_setup_cycles - 1, 1
-    cluster = Cluster(hw, fmt, cfg.nodes, host_lead_cycles=lead, host_lag_cycles=lag)
+    # built only if the elaboration index misses
+    cluster = functools.partial(
+        Cluster, hw, fmt, cfg.nodes, host_lead_cycles=lead, host_lag_cycles=lag
+    )
     params = {
         "hardware": hw.to_dict(),
         "format": fmt.to_dict(),

@@ -131,6 +131,27 @@ def test_elaboration_index_skips_verilog_generation_and_misses_on_any_change(tmp
     assert misses(Counter(2), {"step": 2}) is True
 
 
+@pytest.mark.rtl
+def test_partial_is_constructed_only_when_the_index_misses(tmp_path, monkeypatch):
+    import functools
+
+    monkeypatch.setenv("GRADSYNC_CACHE", str(tmp_path))
+    made = []
+
+    class Counted(Counter):
+        def __init__(self, step):
+            made.append(step)
+            super().__init__(step)
+
+    first = build_component(functools.partial(Counted, 4), "ctr", params={"step": 4})
+    assert made == [4] and not first.cached
+    again = build_component(functools.partial(Counted, 4), "ctr", params={"step": 4})
+    assert made == [4] and again.cached and again.key == first.key
+    assert simbuild.elaboration_key(
+        functools.partial(Counted, 4), "ctr", BuildOptions(), {"step": 4}
+    ) == simbuild.elaboration_key(Counted(4), "ctr", BuildOptions(), {"step": 4})
+
+
 def test_elaboration_key_covers_class_params_options_and_sources(monkeypatch):
     key = simbuild.elaboration_key
     base = key(Counter(1), "ctr", BuildOptions(), {"step": 1})
