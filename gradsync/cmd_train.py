@@ -149,6 +149,7 @@ def backend_for(name: str, args=None, capture: dict | None = None):
             waves_dir=getattr(args, "out", None),
             progress=getattr(args, "progress", None),
             max_cycles=max_cycles,
+            link_faults=getattr(args, "link_faults_parsed", None),
         )
         if capture is not None:
             capture["result"] = res
@@ -177,6 +178,36 @@ def _report_waves(args) -> None:
         print(f"no waveform written: the simulator did not create {path}", file=sys.stderr)
 
 
+def _counter_line(counters: dict) -> str:
+    links = {k: sum(c[k] for c in counters["links"]) for k in counters["links"][0]}
+    nodes = {k: sum(c[k] for c in counters["nodes"]) for k in counters["nodes"][0]}
+    return (
+        f"links: {links['packets']} packets, {links['corrupted']} corrupted, "
+        f"{links['dropped']} dropped, {links['stalls']} stalls; NICs: "
+        f"{nodes['tx_retransmits']} retransmitted, {nodes['tx_timeouts']} timeouts, "
+        f"{nodes['tx_naks']} NAKs, {nodes['rx_crc_errors']} CRC errors, "
+        f"{nodes['rx_duplicates']} duplicates discarded"
+    )
+
+
+def _add_rtl_record(args) -> None:
+    """results.json["rtl"]: the build, the simulation and the link/NIC counters of the run."""
+    import json
+
+    from gradsync.sim.rtl_backend import LAST_RUN
+
+    path = args.out / "results.json"
+    results = json.loads(path.read_text())
+    results["rtl"] = {
+        "build_cached": LAST_RUN.build_cached,
+        "build_seconds": round(LAST_RUN.build_seconds, 3),
+        "sim_seconds": round(LAST_RUN.sim_seconds, 3),
+        "link_faults": getattr(args, "link_faults_parsed", None) or [],
+        "counters": LAST_RUN.counters,
+    }
+    path.write_text(json.dumps(results, indent=1))
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train an MLP on digits across N simulated nodes")
     add_config_arguments(p)
@@ -189,6 +220,13 @@ def add_parser(sub) -> None:
         action="store_true",
         help="RTL: also write a waveform of the whole cluster to OUT/waves.fst (when the "
         "lz4 and zlib development files are installed) or else OUT/waves.vcd",
+    )
+    p.add_argument(
+        "--link-faults",
+        metavar="SPEC",
+        help="RTL: inject faults on every link, e.g. corrupt=600,drop=600 (rates per 65536 "
+        "packets; also stall=R per cycle, stall-max=N cycles, seed=S); the NICs must "
+        "recover them and the weights stay those of a fault-free run",
     )
     p.add_argument(
         "--check",
@@ -221,6 +259,12 @@ def run(args) -> int:
         waves_path(args.out, args.waves).unlink(missing_ok=True)  # never report a stale one
     try:
         cfg = config_from_args(args)
+        if args.link_faults is not None:
+            if args.backend != "rtl":
+                raise ValueError("--link-faults needs --backend rtl: the golden model's links are ideal")
+            from gradsync.sim.rtl_backend import link_faults_from_spec
+
+            args.link_faults_parsed = link_faults_from_spec(args.link_faults, cfg.nodes)
         backend = backend_for(args.backend, args, captured)
     except ValueError as exc:
         print(f"gradsync train: {exc}", file=sys.stderr)
@@ -261,16 +305,20 @@ def run(args) -> int:
         )
         if args.waves:
             _report_waves(args)
+        if LAST_RUN.counters:
+            print(_counter_line(LAST_RUN.counters))
     if args.out:
         write_all(res, args.out, args.backend)
+        if args.backend == "rtl":
+            _add_rtl_record(args)
         print(f"wrote {args.out}/results.json, weights/, trace.json, timeline.png")
     if args.check:
         from gradsync.sim.check import check_run
 
-        report = check_run(cfg, captured["result"])
+        report = check_run(cfg, captured["result"], timing=args.link_faults is None)
         print(report.verdict())
-        for line in report.details[:10]:
-            print(f"  {line}")
         if not report.ok:
+            for line in report.details[:10]:
+                print(f"  {line}")
             return 1
     return 0

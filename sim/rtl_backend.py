@@ -46,6 +46,8 @@ class RtlRunInfo:
     cycles: int = 0
     waves: Path | None = None
     latency: object = None
+    #: ``{"links": [{LINK_COUNTERS: n}], "nodes": [{NODE_COUNTERS: n}]}`` at the end of the run
+    counters: dict | None = None
 
 
 LAST_RUN = RtlRunInfo()
@@ -67,6 +69,46 @@ def sim_hardware(cfg: TrainConfig) -> TrainConfig:
             hw[name] = getattr(SIM_HARDWARE, name)
     return dataclasses.replace(cfg, hardware=hw)
 
+
+
+#: ``--link-faults`` keys -> link control ports (``hw.fabric.LINK_CONTROLS``).
+FAULT_KEYS = {"corrupt": "corrupt_rate", "drop": "drop_rate", "stall": "stall_rate",
+              "stall-max": "stall_max", "seed": "seed"}
+
+
+def link_faults_from_spec(spec: str, links: int) -> list[dict]:
+    """Per-link fault controls from ``corrupt=R,drop=R,stall=R,stall-max=N,seed=S``.
+
+    Rates are per 65536 (corrupt, drop: per packet; stall: per cycle, each
+    stall lasting up to ``stall-max`` cycles). Every link gets the same rates
+    and its own generator seed, ``seed + link`` (default seed 1).
+    """
+    from gradsync.hw.fabric import LINK_CONTROLS
+
+    values: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in FAULT_KEYS:
+            raise ValueError(
+                f"--link-faults takes {', '.join(k + '=N' for k in FAULT_KEYS)}, not {item!r}"
+            )
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise ValueError(f"--link-faults {key} must be an integer, not {text.strip()!r}") from None
+        port = FAULT_KEYS[key]
+        limit = (1 << LINK_CONTROLS[port]) - 1 - (links if port == "seed" else 0)
+        low = 1 if port == "seed" else 0
+        if not low <= value <= limit:
+            raise ValueError(f"--link-faults {key} must be in {low}..{limit}, not {value}")
+        values[port] = value
+    if not values:
+        raise ValueError("--link-faults needs at least one of corrupt=, drop=, stall=")
+    if values.get("stall_rate") and not values.get("stall_max"):
+        values["stall_max"] = 16
+    seed = values.pop("seed", 1)
+    return [dict(values, seed=seed + i) for i in range(links)]
 
 def build_cluster(cfg: TrainConfig, waves: str | None = None):
     """The cached Verilator model of the cluster ``cfg`` runs on."""
@@ -219,6 +261,7 @@ def run_rtl(
         raise RtlRunError(f"the RTL run wrote no result; log: {work / 'sim.log'}")
     with open(result_file, "rb") as f:
         payload = pickle.load(f)
+    info.counters = payload.get("counters")
     LAST_RUN.__dict__.update(info.__dict__)
     if "error" in payload:
         kind, message = payload["error"]

@@ -182,6 +182,18 @@ if cocotb is not None:
         reporter.cancel()
         write_progress()
         total = devs[0].now()
+        from gradsync.hw.fabric import LINK_COUNTERS, NODE_COUNTERS
+
+        counters = {
+            "links": [
+                {c: int(getattr(dut, f"l{i}_{c}").value) for c in LINK_COUNTERS}
+                for i in range(cfg.nodes)
+            ],
+            "nodes": [
+                {c: int(getattr(dut, f"n{i}_{c}").value) for c in NODE_COUNTERS}
+                for i in range(cfg.nodes)
+            ],
+        }
         if error is None:
             from gradsync.firmware.experiment import BackendResult
 
@@ -192,5 +204,6 @@ if cocotb is not None:
             }
         else:
             payload = {"error": error, "cycle": total}
+        payload["counters"] = counters
         with open(out_path, "wb") as f:
             pickle.dump(payload, f)

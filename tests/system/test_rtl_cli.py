@@ -56,6 +56,12 @@ def test_results_json_equal_to_the_model_backend(runs):
         model["totals"].pop(key)
     rtl.pop("backend")
     model.pop("backend")
+    record = rtl.pop("rtl")  # the RTL run's own record: build, simulation, link/NIC counters
+    assert record["link_faults"] == [] and record["sim_seconds"] > 0
+    links, nodes = record["counters"]["links"], record["counters"]["nodes"]
+    assert len(links) == len(nodes) == 2
+    assert all(c["corrupted"] == c["dropped"] == 0 and c["packets"] > 0 for c in links)
+    assert all(c["tx_retransmits"] == 0 and c["tx_packets"] == c["rx_packets"] > 0 for c in nodes)
     assert rtl == model
     assert rtl["totals"]["cycles"] > 0 and len(rtl["steps"]) == 2
 
@@ -83,3 +89,30 @@ def test_trace_json_identical_to_the_model_backend(runs):
         assert a == b, f"event {i}: rtl {a} != model {b}"
     kinds = {e["tid"] for e in ev_r}
     assert {"compute", "vector", "dma.hi", "nic.tx", "nic.rx", "host"} <= kinds
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_link_faults_from_the_cli_are_recovered_and_checked(runs, tmp_path, capsys):
+    """--link-faults: the NICs resend what the links corrupt and drop; --check still passes
+    (weights, losses and event order identical to the golden model, cycles not compared)."""
+    out = tmp_path / "faulty"
+    argv = [*ARGS, "--backend", "rtl", "--out", str(out), "--link-faults", "corrupt=6000,drop=6000,seed=11"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "check OK against the golden model" in text
+    assert "(not checked: link faults were injected)" in text
+    record = json.loads((out / "results.json").read_text())["rtl"]
+    assert record["link_faults"] == [
+        {"corrupt_rate": 6000, "drop_rate": 6000, "seed": 11},
+        {"corrupt_rate": 6000, "drop_rate": 6000, "seed": 12},
+    ]
+    links, nodes = record["counters"]["links"], record["counters"]["nodes"]
+    faults = sum(c["corrupted"] + c["dropped"] for c in links)
+    assert faults > 0 and sum(c["tx_retransmits"] for c in nodes) >= faults
+    assert f"links: {sum(c['packets'] for c in links)} packets" in text
+    for k in range(3):  # the weights of the fault-free run, bit for bit
+        a = np.load(out / "weights" / f"step_{k:04d}.npz")
+        b = np.load(runs["rtl"] / "weights" / f"step_{k:04d}.npz")
+        assert all(np.array_equal(a[n], b[n]) for n in b.files)

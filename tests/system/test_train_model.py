@@ -313,3 +313,37 @@ def test_compare_prints_a_row_per_schedule(capsys):
     rows = {line.split()[0]: line.split() for line in text.splitlines()[3:]}
     assert set(rows) == {"sequential", "fifo", "priority"}
     assert float(rows["priority"][2]) < float(rows["fifo"][2]) < float(rows["sequential"][2])
+
+
+@pytest.mark.parametrize(
+    "spec, text",
+    [
+        ("corrupt=70000", "--link-faults corrupt must be in 0..65535, not 70000"),
+        ("seed=0", "--link-faults seed must be in 1..4294967293, not 0"),
+        ("flip=3", "--link-faults takes corrupt=N, drop=N, stall=N, stall-max=N, seed=N, not 'flip=3'"),
+        ("drop=lots", "--link-faults drop must be an integer, not 'lots'"),
+        (",", "--link-faults needs at least one of corrupt=, drop=, stall="),
+    ],
+)
+def test_bad_link_fault_specs_are_refused_with_one_message(spec, text, capsys, monkeypatch):
+    import gradsync.sim.rtl_backend as rb
+
+    monkeypatch.setattr(rb, "build_cluster", lambda *a, **k: pytest.fail("built for a bad spec"))
+    code = main(["train", "--backend", "rtl", "--steps", "1", "--link-faults", spec])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"gradsync train: {text}"
+
+
+def test_link_faults_need_the_rtl_backend(capsys):
+    code = main(["train", "--backend", "model", "--steps", "1", "--link-faults", "drop=5"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "gradsync train: --link-faults needs --backend rtl: the golden model's links are ideal"
+
+
+def test_link_fault_spec_gives_every_link_its_own_seed():
+    from gradsync.sim.rtl_backend import link_faults_from_spec
+
+    assert link_faults_from_spec("drop=600, stall=100 ,seed=0x10", 3) == [
+        {"drop_rate": 600, "stall_rate": 100, "stall_max": 16, "seed": 16 + i} for i in range(3)
+    ]
