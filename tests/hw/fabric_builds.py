@@ -28,8 +28,10 @@ def fabric_model(nodes: int, bytes_per_cycle: int = 4):
 
     hw = hardware(bytes_per_cycle)
     suffix = "" if bytes_per_cycle == 4 else f"_b{bytes_per_cycle}"
-    return build_component(Fabric(regmap, num_nodes=nodes, **fabric_kwargs(hw, FMT)),
-                           f"comm_fabric{nodes}{suffix}")
+    kwargs = fabric_kwargs(hw, FMT)
+    return build_component(functools.partial(Fabric, regmap, num_nodes=nodes, **kwargs),
+                           f"comm_fabric{nodes}{suffix}",
+                           params={"regmap": regmap.__name__, "num_nodes": nodes, **kwargs})
 
 
 def run(nodes: int, testcase: str, tmp_path, seed: int = 1, bytes_per_cycle: int = 4,

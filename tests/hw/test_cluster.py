@@ -18,7 +18,9 @@ def cluster_model(nodes: int):
     from gradsync.hw.cluster import Cluster
     from gradsync.sim.build import build_component
 
-    return build_component(Cluster(SIM_HARDWARE, FMT, nodes), f"cluster{nodes}")
+    params = {"hardware": SIM_HARDWARE.to_dict(), "format": FMT.to_dict(), "nodes": nodes}
+    return build_component(functools.partial(Cluster, SIM_HARDWARE, FMT, nodes), f"cluster{nodes}",
+                           params=params)
 
 
 def run(nodes: int, module: str, tmp_path, scenario: str = "exchange", seed: int = 1) -> None:

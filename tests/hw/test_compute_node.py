@@ -1,5 +1,7 @@
 """The compute node under Verilator via cocotb against the golden model (tests/hw/cocotb_compute_node.py)."""
 
+import functools
+
 import pytest
 
 from gradsync.model.numerics import FixedPointFormat
@@ -18,7 +20,9 @@ def build(hw):
     from gradsync.hw.compute_node import ComputeNode
     from gradsync.sim.build import build_component
 
-    return build_component(ComputeNode(hw, FMT), f"compute_node_{hw.array_rows}x{hw.array_cols}")
+    return build_component(functools.partial(ComputeNode, hw, FMT),
+                           f"compute_node_{hw.array_rows}x{hw.array_cols}",
+                           params={"hardware": hw.to_dict(), "format": FMT.to_dict()})
 
 
 @pytest.mark.rtl
