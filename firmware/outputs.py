@@ -210,9 +210,13 @@ def write_timeline(res: RunResult, path: Path, max_steps: int = 3) -> None:
     plt.close(fig)
 
 
-def write_all(res: RunResult, out: Path, backend: str) -> None:
+def write_all(res: RunResult, out: Path, backend: str, extra: dict | None = None) -> None:
+    """Write the run's record into ``out``; ``extra`` adds backend-specific top-level
+    keys to results.json (the RTL backend's ``rtl`` record)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results_dict(res, backend), indent=1))
+    results = results_dict(res, backend)
+    results.update(extra or {})
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     wdir = out / "weights"
     wdir.mkdir(exist_ok=True)
     frac = int(res.config.fixed_point.get("frac_bits", 10))

@@ -190,22 +190,17 @@ def _counter_line(counters: dict) -> str:
     )
 
 
-def _add_rtl_record(args) -> None:
+def _rtl_record(args) -> dict:
     """results.json["rtl"]: the build, the simulation and the link/NIC counters of the run."""
-    import json
-
     from gradsync.sim.rtl_backend import LAST_RUN
 
-    path = args.out / "results.json"
-    results = json.loads(path.read_text())
-    results["rtl"] = {
+    return {
         "build_cached": LAST_RUN.build_cached,
         "build_seconds": round(LAST_RUN.build_seconds, 3),
         "sim_seconds": round(LAST_RUN.sim_seconds, 3),
         "link_faults": getattr(args, "link_faults_parsed", None) or [],
         "counters": LAST_RUN.counters,
     }
-    path.write_text(json.dumps(results, indent=1))
 
 
 def add_parser(sub) -> None:
@@ -308,9 +303,8 @@ def run(args) -> int:
         if LAST_RUN.counters:
             print(_counter_line(LAST_RUN.counters))
     if args.out:
-        write_all(res, args.out, args.backend)
-        if args.backend == "rtl":
-            _add_rtl_record(args)
+        extra = {"rtl": _rtl_record(args)} if args.backend == "rtl" else None
+        write_all(res, args.out, args.backend, extra)
         print(f"wrote {args.out}/results.json, weights/, trace.json, timeline.png")
     if args.check:
         from gradsync.sim.check import check_run

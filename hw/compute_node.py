@@ -35,6 +35,18 @@ def make_sequencer(hw: HardwareConfig, fmt: FixedPointFormat) -> ComputeSequence
         grad_words=hw.gradient_words, fifo_depth=hw.cmd_fifo_depth)
 
 
+def connect_compute_memory(m: Module, mem: DeviceMemory, seq: ComputeSequencer, bulk: BulkPort):
+    """Give the sequencer, then the bulk port, the first memory ports (a later write port
+    wins a collision); return iterators over the remaining (read, write) ports."""
+    rd = iter(mem.rd)
+    wr = iter(mem.wr)
+    for port in list(seq.rd) + list(bulk.rd):
+        wiring.connect(m, port, next(rd))
+    for port in list(seq.wr) + list(bulk.wr):
+        wiring.connect(m, port, next(wr))
+    return rd, wr
+
+
 def connect_sequencer(m: Module, csr: CsrBlock, seq: ComputeSequencer) -> None:
     """CSR <-> sequencer: the CMD_* launch registers in, the FIFO, done and perf counters out."""
     m.d.comb += [seq.launch.eq(csr.port("wo", "CMD_LAUNCH")), seq.now.eq(csr.now)]
@@ -139,12 +151,7 @@ class ComputeNode(wiring.Component):
         m.submodules.csr = csr
 
         # Memory ports: sequencer, then bulk, then DMA (a later write port wins a collision).
-        rd = iter(mem.rd)
-        wr = iter(mem.wr)
-        for port in list(seq.rd) + list(bulk.rd):
-            wiring.connect(m, port, next(rd))
-        for port in list(seq.wr) + list(bulk.wr):
-            wiring.connect(m, port, next(wr))
+        rd, wr = connect_compute_memory(m, mem, seq, bulk)
         for port in self.dma_rd:
             wiring.connect(m, wiring.flipped(port), next(rd))
         for port in self.dma_wr:

@@ -64,6 +64,17 @@ def drive_nic_counters(m: Module, top, tx: NicTx, rx: NicRx) -> None:
     ]
 
 
+def connect_nic(m: Module, top, dma, tx: NicTx, rx: NicRx) -> None:
+    """DMA packets into the transmitter (CRC back to the DMA for its write-back), and the
+    transmitter and receiver on ``top``'s link ports ``tx``/``tx_ack``/``rx``/``rx_ack``."""
+    wiring.connect(m, dma.pkt, tx.pkt)
+    m.d.comb += dma.crc_sent.eq(tx.crc_sent)
+    wiring.connect(m, wiring.flipped(top.tx), tx.link)
+    wiring.connect(m, wiring.flipped(top.tx_ack), tx.ack)
+    wiring.connect(m, wiring.flipped(top.rx), rx.link)
+    wiring.connect(m, wiring.flipped(top.rx_ack), rx.ack)
+
+
 def join_ring(m: Module, top, nodes, links) -> None:
     """Node ``i`` transmits over ``links[i]`` to node ``(i + 1) mod N``; ``l{i}_*`` ports of ``top``.
 
@@ -217,12 +228,7 @@ class CommNode(wiring.Component):
                                       regions=((rm.GRAD_BASE, self.grad_words32 * 4),),
                                       operand_bits=self.operand_bits, saturate=self.saturate,
                                       nak_holdoff_cycles=self.nak_holdoff_cycles)
-        wiring.connect(m, dma.pkt, tx.pkt)
-        m.d.comb += dma.crc_sent.eq(tx.crc_sent)
-        wiring.connect(m, wiring.flipped(self.tx), tx.link)
-        wiring.connect(m, wiring.flipped(self.tx_ack), tx.ack)
-        wiring.connect(m, wiring.flipped(self.rx), rx.link)
-        wiring.connect(m, wiring.flipped(self.rx_ack), rx.ack)
+        connect_nic(m, self, dma, tx, rx)
         m.d.comb += [
             dma.tx_peer.eq(self.tx_peer),
             dma.peers_ok.eq(self.num_nodes >= 2),

@@ -44,10 +44,15 @@ from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.model.timing import DEFAULT_HARDWARE, HardwareConfig
 
 from .bulk import WIDE_PER_BEAT, BulkPort
-from .compute_node import connect_sequencer, csr_constants, make_sequencer
+from .compute_node import (
+    connect_compute_memory,
+    connect_sequencer,
+    csr_constants,
+    make_sequencer,
+)
 from .csr import CsrBlock, axil_signature
 from .dma import DmaEngine
-from .fabric import drive_nic_counters, link_ports, nic_timeouts
+from .fabric import connect_nic, drive_nic_counters, link_ports, nic_timeouts
 from .nic import NicRx, NicTx
 from .sram import DeviceMemory, device_addr_bits
 
@@ -200,12 +205,7 @@ class Node(wiring.Component):
         m.submodules.csr = csr
 
         # ---- device memory: sequencer, bulk, DMA source, receiver (later writers win) --------
-        rd = iter(mem.rd)
-        wr = iter(mem.wr)
-        for port in list(seq.rd) + list(bulk.rd):
-            wiring.connect(m, port, next(rd))
-        for port in list(seq.wr) + list(bulk.wr):
-            wiring.connect(m, port, next(wr))
+        rd, wr = connect_compute_memory(m, mem, seq, bulk)
 
         def lane_addr(bank, word32, lane):
             """Device word address of operand ``lane`` of 32-bit word ``word32`` in ``bank``."""
@@ -263,12 +263,7 @@ class Node(wiring.Component):
         connect_sequencer(m, csr, seq)
 
         # ---- CSR <-> DMA engine and NIC (the seam of docs/comm.md) -------------------------------
-        wiring.connect(m, dma.pkt, tx.pkt)
-        m.d.comb += dma.crc_sent.eq(tx.crc_sent)
-        wiring.connect(m, wiring.flipped(self.tx), tx.link)
-        wiring.connect(m, wiring.flipped(self.tx_ack), tx.ack)
-        wiring.connect(m, wiring.flipped(self.rx), rx.link)
-        wiring.connect(m, wiring.flipped(self.rx_ack), rx.ack)
+        connect_nic(m, self, dma, tx, rx)
         m.d.comb += [
             dma.tx_peer.eq((self.node_id + 1) % self.num_nodes),
             dma.peers_ok.eq(self.num_nodes >= 2),

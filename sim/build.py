@@ -213,15 +213,16 @@ def _versions() -> dict[str, str]:
     }
 
 
-def build_key(verilog_text: str, toplevel: str, options: BuildOptions) -> str:
-    fields = {
-        "verilog": verilog_text,
-        "top": toplevel,
-        "options": asdict(options),
-        "versions": _versions(),
-    }
+def _build_fields(options: BuildOptions) -> dict:
+    """What besides the design decides a build: the options and the tool versions."""
+    fields = {"options": asdict(options), "versions": _versions()}
     if options.waves:  # absent otherwise, so non-wave keys never change with it
         fields["waves_build"] = WAVES_BUILD_VERSION
+    return fields
+
+
+def build_key(verilog_text: str, toplevel: str, options: BuildOptions) -> str:
+    fields = {"verilog": verilog_text, "top": toplevel, **_build_fields(options)}
     blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -423,13 +424,10 @@ def elaboration_key(component, name: str, options: BuildOptions, params) -> str:
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "params": params,
         "name": name,
-        "options": asdict(options),
-        "versions": _versions(),
         "sources": source_digest(extra_files=[Path(inspect.getfile(cls))]),
+        **_build_fields(options),
     }
-    if options.waves:
-        fields["waves_build"] = WAVES_BUILD_VERSION
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _index_file(name: str, key: str) -> Path:
@@ -460,8 +458,8 @@ def build_component(
 
     ``component`` may also be a ``functools.partial`` of the component's
     class, constructed only when the index misses (no unused elaboratables).
-    ``params``: a JSON-able description of everything the component was
-    constructed from. With it, the build is also recorded in an elaboration
+    ``params``: a JSON-serialisable description of everything the component
+    was constructed from. With it, the build is also recorded in an elaboration
     index keyed by :func:`elaboration_key`, and a later call with the same
     key returns the cached model without generating Verilog at all (the slow
     part of a warm call: 13-34 s for a 2-node cluster). Any change of the

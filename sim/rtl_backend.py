@@ -70,7 +70,6 @@ def sim_hardware(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, hardware=hw)
 
 
-
 #: ``--link-faults`` keys -> link control ports (``hw.fabric.LINK_CONTROLS``).
 FAULT_KEYS = {"corrupt": "corrupt_rate", "drop": "drop_rate", "stall": "stall_rate",
               "stall-max": "stall_max", "seed": "seed"}
@@ -109,6 +108,7 @@ def link_faults_from_spec(spec: str, links: int) -> list[dict]:
         values["stall_max"] = 16
     seed = values.pop("seed", 1)
     return [dict(values, seed=seed + i) for i in range(links)]
+
 
 def build_cluster(cfg: TrainConfig, waves: str | None = None):
     """The cached Verilator model of the cluster ``cfg`` runs on."""
