@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 from gradsync.hw.compute_node import ComputeNode
-from gradsync.model.numerics import FixedPointFormat
-from gradsync.model.timing import HardwareConfig, gemm_cycles
 from gradsync.sim.build import BuildOptions, build_component, run_cocotb
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
+from gradsync.spec.timing import gemm_cycles
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.hw.cocotb_compute_node import node_env  # noqa: E402

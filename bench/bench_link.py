@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gradsync import regmap as rm  # noqa: E402
-from gradsync.model import numerics as nx  # noqa: E402
-from gradsync.model import timing as tm  # noqa: E402
+from gradsync.spec import regmap as rm  # noqa: E402
+from gradsync.spec import timing as tm  # noqa: E402
+from gradsync.spec.formats import FixedPointFormat  # noqa: E402
+from gradsync.spec.hardware import HardwareConfig  # noqa: E402
 
 RING_ENTRIES = 64
 
@@ -118,10 +119,10 @@ def main(argv=None) -> int:
     from gradsync.sim.build import build_component, run_cocotb
     from tests.hw.cocotb_fabric import fabric_env, fabric_kwargs
 
-    hw = tm.HardwareConfig(gradient_words=4096, ring_entries=RING_ENTRIES, rx_windows=8,
+    hw = HardwareConfig(gradient_words=4096, ring_entries=RING_ENTRIES, rx_windows=8,
                            link_latency_cycles=args.latency,
                            link_bytes_per_cycle=args.bytes_per_cycle, trace_records=2048)
-    fmt = nx.FixedPointFormat()
+    fmt = FixedPointFormat()
     t0 = time.perf_counter()
     model = build_component(Fabric(rm, num_nodes=2, **fabric_kwargs(hw, fmt)),
                             f"comm_fabric2_bench_l{args.latency}_b{args.bytes_per_cycle}")

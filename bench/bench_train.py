@@ -22,9 +22,9 @@ import numpy as np
 
 from gradsync.firmware import experiment
 from gradsync.firmware.experiment import TrainConfig
-from gradsync.model.backend import run_model
-from gradsync.model.timing import HardwareConfig
-from gradsync.sim.rtl_backend import LAST_RUN, run_rtl, sim_hardware
+from gradsync.model_backend import run_model
+from gradsync.sim.rtl_backend import LAST_RUN, run_rtl
+from gradsync.spec.hardware import HardwareConfig
 
 
 def _timed(cfg: TrainConfig, backend) -> tuple[experiment.RunResult, float]:
@@ -41,15 +41,13 @@ def main() -> None:
     p.add_argument("--global-batch", type=int, default=64)
     p.add_argument("--layers", default="64,32,10")
     args = p.parse_args()
-    cfg = sim_hardware(
-        TrainConfig(
-            nodes=args.nodes,
-            steps=args.steps,
-            schedule=args.schedule,
-            global_batch=args.global_batch,
-            layers=tuple(int(x) for x in args.layers.split(",")),
-            hardware=HardwareConfig().to_dict(),
-        )
+    cfg = TrainConfig(
+        nodes=args.nodes,
+        steps=args.steps,
+        schedule=args.schedule,
+        global_batch=args.global_batch,
+        layers=tuple(int(x) for x in args.layers.split(",")),
+        hardware=HardwareConfig(),
     )
     model, model_wall = _timed(cfg, lambda c, j: run_model(c, j))
     rtl, rtl_wall = _timed(cfg, lambda c, j: run_rtl(c, j, progress=False))
@@ -63,8 +61,10 @@ def main() -> None:
         f"config: {cfg.nodes} nodes, {cfg.schedule}, {cfg.steps} steps, layers "
         f"{','.join(map(str, cfg.layers))}, global batch {cfg.global_batch}; cache {cache}"
     )
-    print(f"model backend: {model_wall:7.1f} s wall, {model.total_cycles} cycles, "
-          f"{model.total_cycles / model_wall:,.0f} cycles/s")
+    print(
+        f"model backend: {model_wall:7.1f} s wall, {model.total_cycles} cycles, "
+        f"{model.total_cycles / model_wall:,.0f} cycles/s"
+    )
     print(
         f"RTL backend:   {rtl_wall:7.1f} s wall = build {LAST_RUN.build_seconds:.1f} s "
         f"({'reused from cache' if LAST_RUN.build_cached else 'fresh'}) + simulation "

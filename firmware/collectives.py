@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradsync.regmap import DMA_ALIGN_BYTES
+from gradsync.spec.regmap import DMA_ALIGN_BYTES
 
 
 @dataclass(frozen=True)

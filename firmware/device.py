@@ -18,7 +18,7 @@ class Device(Protocol):
     """Asynchronous access to one node.
 
     ``read32``/``write32``
-        32-bit MMIO on the CSR port at byte offsets of ``gradsync.regmap``.
+        32-bit MMIO on the CSR port at byte offsets of ``gradsync.spec.regmap``.
     ``wait_irq(mask)``
         Return once the node's interrupt line is asserted
         (``IRQ_STATUS & IRQ_MASK``) with a cause in ``mask``; returns

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradsync import regmap as rm
 from gradsync.firmware.device import Device
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.link import LinkConfig
 
 IRQ_ENABLED = rm.Irq.COMPUTE | rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Irq.ERROR
 
@@ -22,52 +24,17 @@ class DeviceError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class HostFormat:
-    """The device's fixed-point format as read from HW_FORMAT (host-side conversions)."""
-
-    total_bits: int
-    frac_bits: int
-    nearest_even: bool
-    saturate: bool
-    acc_bits: int = 40
-
-    @property
-    def max_exact_k(self) -> int:
-        """Longest GEMM inner dimension the accumulator sums without wrapping."""
-        return ((1 << (self.acc_bits - 1)) - 1) // (1 << (2 * (self.total_bits - 1)))
-
-    @property
-    def word_bytes(self) -> int:
-        return self.total_bits // 8
-
-    def quantize(self, values: np.ndarray) -> np.ndarray:
-        scaled = np.asarray(values, dtype=np.float64) * float(1 << self.frac_bits)
-        raw = np.rint(scaled) if self.nearest_even else np.floor(scaled)
-        lo, hi = -(1 << (self.total_bits - 1)), (1 << (self.total_bits - 1)) - 1
-        raw = np.clip(raw, -(2.0**62), 2.0**62).astype(np.int64)
-        if self.saturate:
-            return np.clip(raw, lo, hi)
-        return ((raw - lo) & ((1 << self.total_bits) - 1)) + lo
-
-    def dequantize(self, raw: np.ndarray) -> np.ndarray:
-        return np.asarray(raw, dtype=np.float64) * 2.0**-self.frac_bits
-
-
-@dataclass(frozen=True)
 class DeviceInfo:
     node_id: int
     num_nodes: int
     tx_peer: int
-    fmt: HostFormat
+    fmt: FixedPointFormat
     scratch_words: int
     grad_words: int
     ring_entries: int
     rx_windows: int
     cmd_fifo_depth: int
-    link_bytes_per_cycle: int
-    link_latency_cycles: int
-    link_framing_bytes: int
-    max_payload_bytes: int
+    link: LinkConfig
     trace_depth: int
 
 
@@ -105,32 +72,23 @@ class Driver:
             raise DeviceError(
                 f"register map major version {version >> 16} is not {rm.REGMAP_VERSION >> 16}"
             )
-        fmt_word = await self.read("HW_FORMAT")
-        f = rm.reg("HW_FORMAT")
         queues = await self.read("HW_QUEUES")
         q = rm.reg("HW_QUEUES")
-        link = await self.read("LINK_INFO")
-        lk = rm.reg("LINK_INFO")
         self.info = DeviceInfo(
             node_id=await self.read("NODE_ID"),
             num_nodes=await self.read("NUM_NODES"),
             tx_peer=await self.read("TX_PEER"),
-            fmt=HostFormat(
-                f.field("total_bits").get(fmt_word),
-                f.field("frac_bits").get(fmt_word),
-                bool(f.field("nearest_even").get(fmt_word)),
-                bool(f.field("saturate").get(fmt_word)),
-                f.field("acc_bits").get(fmt_word),
-            ),
+            fmt=FixedPointFormat.from_register(await self.read("HW_FORMAT")),
             scratch_words=await self.read("SCRATCH_WORDS"),
             grad_words=await self.read("GRAD_WORDS"),
             ring_entries=q.field("ring_entries").get(queues),
             rx_windows=q.field("rx_windows").get(queues),
             cmd_fifo_depth=q.field("cmd_fifo_depth").get(queues),
-            link_bytes_per_cycle=lk.field("bytes_per_cycle").get(link),
-            link_latency_cycles=await self.read("LINK_LATENCY"),
-            link_framing_bytes=lk.field("header_bytes").get(link) + lk.field("crc_bytes").get(link),
-            max_payload_bytes=await self.read("LINK_MAX_PAYLOAD"),
+            link=LinkConfig.from_registers(
+                await self.read("LINK_INFO"),
+                await self.read("LINK_LATENCY"),
+                await self.read("LINK_MAX_PAYLOAD"),
+            ),
             trace_depth=await self.read("TRACE_DEPTH"),
         )
         self.ring_size = self.info.ring_entries

@@ -3,7 +3,7 @@
 Backend-independent: a backend is a callable that runs one
 :class:`~gradsync.firmware.training.NodeFirmware` per node on its devices and
 returns a :class:`BackendResult` (the model backend lives in
-``gradsync.model.backend``; the RTL backend in ``gradsync.sim``).  Everything
+``gradsync.model_backend``; the RTL backend in ``gradsync.sim``).  Everything
 reported — cycles per step, layer-1-ready cycle, exposed communication — is
 computed from the hardware trace records the firmware read from the devices.
 """
@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gradsync import regmap as rm
 from gradsync.firmware import data as digits
 from gradsync.firmware.schedules import load_schedule
 from gradsync.firmware.training import ConfigError, NodeJob, NodeResult, plan_memory
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig
 
 MAX_STEPS = 4096  # trace tags carry the step modulo 4096
 
@@ -34,8 +36,8 @@ class TrainConfig:
     global_batch: int = 64
     learning_rate: float = 0.25
     seed: int = 0
-    fixed_point: dict = field(default_factory=dict)  #: FixedPointFormat fields
-    hardware: dict = field(default_factory=dict)  #: HardwareConfig fields
+    fixed_point: FixedPointFormat = DEFAULT_FORMAT
+    hardware: HardwareConfig = DEFAULT_HARDWARE
 
     def validate(self) -> None:
         if self.nodes < 1:
@@ -54,18 +56,15 @@ class TrainConfig:
             raise ConfigError(
                 f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {self.chunk_bytes}"
             )
-        hw = self.hardware
-        if "scratchpad_words" in hw and "gradient_words" in hw:
-            # the firmware plans the same layout from the device's size registers at start;
-            # checking here refuses an impossible configuration before a backend is built
-            word_bytes = int(self.fixed_point.get("total_bits", 16)) // 8
-            plan_memory(
-                tuple(self.layers),
-                self.global_batch // self.nodes,
-                word_bytes,
-                int(hw["scratchpad_words"]),
-                int(hw["gradient_words"]),
-            )
+        # the firmware plans the same layout from the device's size registers at start;
+        # checking here refuses an impossible configuration before a backend is built
+        plan_memory(
+            tuple(self.layers),
+            self.global_batch // self.nodes,
+            self.fixed_point.word_bytes,
+            self.hardware.scratchpad_words,
+            self.hardware.gradient_words,
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -318,7 +317,7 @@ def run(
         weights.append(per_layer)
     ivs = [iv for node, nr in enumerate(res.nodes) for iv in intervals(nr.records, node)]
     timing = step_timing(ivs, cfg.steps, cfg.nodes)
-    frac = int(cfg.fixed_point.get("frac_bits", 10))
+    frac = cfg.fixed_point.frac_bits
     metrics = []
     for k in range(cfg.steps):
         loss = sum(nr.losses[k] for nr in res.nodes) / cfg.global_batch

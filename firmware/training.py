@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradsync import regmap as rm
 from gradsync.firmware.collectives import ChunkPlan, chunk_plan
 from gradsync.firmware.device import Device
 from gradsync.firmware.driver import Driver
-from gradsync.firmware.schedules import Schedule, SendTask, auto_chunk_bytes
+from gradsync.firmware.schedules import Schedule, SendTask
+from gradsync.spec import regmap as rm
+from gradsync.spec.link import auto_chunk_bytes
 
 
 class ConfigError(ValueError):
@@ -65,7 +66,7 @@ class NodeJob:
     global_batch: int
     learning_rate: float
     schedule: Schedule
-    chunk_bytes: int | None  #: None: automatic (see schedules.auto_chunk_bytes)
+    chunk_bytes: int | None  #: None: automatic (see gradsync.spec.link.auto_chunk_bytes)
     init_weights: list[np.ndarray]  #: float64 (in_l, out_l) per layer
     inputs: list[np.ndarray]  #: per step, float64 (local batch, features)
     labels: list[np.ndarray]  #: per step, int (local batch,)
@@ -207,13 +208,7 @@ class NodeFirmware:
             await self.dev.write32(rm.dma_reg(qi, "WIN_LEN"), self.lay.grad_window_bytes)
         chunk = job.chunk_bytes
         if chunk is None:
-            chunk = auto_chunk_bytes(
-                info.link_bytes_per_cycle,
-                info.link_latency_cycles,
-                info.link_framing_bytes,
-                info.max_payload_bytes,
-                info.fmt.word_bytes,
-            )
+            chunk = auto_chunk_bytes(info.link, info.fmt.word_bytes)
         check_chunk_bytes(chunk, info.grad_words * info.fmt.word_bytes)
         self.chunk_bytes = chunk
         self.chunks = [[]] + [

@@ -11,6 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import DEFAULT_PRESET, PRESET_HELP, PRESETS, preset
+
 
 def _layers(text: str) -> tuple[int, ...]:
     try:
@@ -78,6 +81,14 @@ def add_config_arguments(
         "--seed", type=int, default=0, help="data split, batches and initial weights (default 0)"
     )
     hw = p.add_argument_group("hardware")
+    hw.add_argument(
+        "--hardware",
+        choices=tuple(PRESETS),
+        default=DEFAULT_PRESET,
+        metavar="NAME",
+        help="hardware preset, the same on both backends: "
+        + "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()),
+    )
     hw.add_argument("--array", default="8x8", help="systolic array RxC (default 8x8)")
     hw.add_argument("--link-bytes-per-cycle", type=int, default=4)
     hw.add_argument("--link-latency-cycles", type=int, default=50)
@@ -88,21 +99,20 @@ def add_config_arguments(
 
 def config_from_args(args, schedule: str | None = None):
     from gradsync.firmware.experiment import TrainConfig
-    from gradsync.model import numerics as nx
-    from gradsync.model import timing as tm
 
     try:
         rows, cols = (int(x) for x in args.array.lower().split("x"))
     except ValueError:
         raise ValueError(f"--array must look like 8x8, not {args.array!r}") from None
-    hw = tm.HardwareConfig(
+    hw = preset(
+        args.hardware,
         array_rows=rows,
         array_cols=cols,
         link_bytes_per_cycle=args.link_bytes_per_cycle,
         link_latency_cycles=args.link_latency_cycles,
         max_payload_bytes=args.max_payload_bytes,
     )
-    fmt = nx.FixedPointFormat(total_bits=args.total_bits, frac_bits=args.frac_bits)
+    fmt = FixedPointFormat(total_bits=args.total_bits, frac_bits=args.frac_bits)
     cfg = TrainConfig(
         nodes=args.nodes,
         schedule=schedule or args.schedule,
@@ -112,14 +122,9 @@ def config_from_args(args, schedule: str | None = None):
         global_batch=args.global_batch,
         learning_rate=args.lr,
         seed=args.seed,
-        fixed_point=fmt.to_dict(),
-        hardware=hw.to_dict(),
+        fixed_point=fmt,
+        hardware=hw,
     )
-    if args.backend == "rtl" or getattr(args, "check", False):
-        # the RTL build's memory sizes, on both backends (cycle-exact comparison)
-        from gradsync.sim.rtl_backend import sim_hardware
-
-        cfg = sim_hardware(cfg)
     cfg.validate()
     return cfg
 
@@ -128,7 +133,7 @@ def backend_for(name: str, args=None, capture: dict | None = None):
     """The backend callable for ``--backend``; ``capture['result']`` receives its BackendResult."""
     max_cycles = getattr(args, "max_cycles", None)
     if name == "model":
-        from gradsync.model.backend import run_model
+        from gradsync.model_backend import run_model
 
         def model_backend(cfg, jobs):
             res = run_model(cfg, jobs, max_cycles)
@@ -240,7 +245,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from gradsync.firmware import experiment
-    from gradsync.firmware.outputs import write_all
+    from gradsync.outputs import write_all
 
     captured: dict = {}
     if args.waves:

@@ -5,7 +5,7 @@
 cocotbext-axi's ``AxiStreamSource``/``AxiStreamSink`` so thousands of words
 cost one Python call, not one bus transaction per word.
 
-Regions (``gradsync.regmap`` memory map): the scratchpad and gradient SRAMs
+Regions (``gradsync.spec.regmap`` memory map): the scratchpad and gradient SRAMs
 in operand words, and -- when the node has them (``wide_regions``) -- ring
 memory (load and dump) and trace memory (dump) in 32-bit words, as
 ``model/device.py``'s ``load``/``dump`` accept them.
@@ -18,7 +18,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from gradsync import regmap as rm
+from gradsync.spec import regmap as rm
 
 from .events import TraceWrite
 from .sram import device_addr_bits, read_port_signature, write_port_signature

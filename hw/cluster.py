@@ -19,8 +19,9 @@ Port contract (``sim/rtl_device.py`` codes against it):
   counters ``l{i}_packets`` ... named as :class:`~gradsync.hw.fabric.Fabric`
   names them (``hw.fabric.LINK_CONTROLS``/``LINK_COUNTERS``).
 
-:data:`SIM_HARDWARE` is THE hardware configuration of simulated training
-runs and of the node/cluster tests (one Verilator build serves both).
+Its default hardware is ``gradsync.spec.hardware.DEFAULT_HARDWARE``, the
+preset both backends run by default (one Verilator build serves training runs
+and the node/cluster tests).
 """
 
 from __future__ import annotations
@@ -29,19 +30,12 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
-from gradsync.model.timing import HardwareConfig
+from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig
 
 from .fabric import LINK_CONTROLS, LINK_COUNTERS, NODE_COUNTERS, join_ring
 from .link import Link
 from .node import HOST_PORTS, Node
-
-#: Hardware of simulated training: the model's defaults, with SRAMs and trace buffer
-#: just large enough for the default training run (``--layers 64,32,10
-#: --global-batch 64`` on 2 or more nodes: ``firmware.training.plan_memory`` needs
-#: 7104 scratchpad and 4736 gradient words at 16 bits; a step writes a few hundred
-#: trace records, which the firmware drains every step).
-SIM_HARDWARE = HardwareConfig(scratchpad_words=8192, gradient_words=8192, trace_records=2048)
 
 
 class Cluster(wiring.Component):
@@ -50,8 +44,8 @@ class Cluster(wiring.Component):
     Parameters
     ----------
     hw, fmt:
-        Node and link configuration (``model.timing.HardwareConfig``,
-        ``model.numerics.FixedPointFormat``); every node and link is the same.
+        Node and link configuration (``model.HardwareConfig``,
+        ``model.FixedPointFormat``); every node and link is the same.
     num_nodes:
         Nodes (>= 2).
     **node_kwargs:
@@ -66,7 +60,7 @@ class Cluster(wiring.Component):
         with every control at 0 the link is fault-free.
     """
 
-    def __init__(self, hw: HardwareConfig = SIM_HARDWARE, fmt: FixedPointFormat = DEFAULT_FORMAT,
+    def __init__(self, hw: HardwareConfig = DEFAULT_HARDWARE, fmt: FixedPointFormat = DEFAULT_FORMAT,
                  num_nodes: int = 2, **node_kwargs):
         if not isinstance(num_nodes, int) or num_nodes < 2:
             raise ValueError(f"num_nodes must be an int >= 2, not {num_nodes!r}")

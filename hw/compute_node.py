@@ -13,9 +13,9 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from gradsync import regmap as rm
-from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
-from gradsync.model.timing import DEFAULT_HARDWARE, HardwareConfig
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
 
 from .bulk import BulkPort
 from .csr import CsrBlock, axil_signature
@@ -60,42 +60,16 @@ def connect_sequencer(m: Module, csr: CsrBlock, seq: ComputeSequencer) -> None:
     ]
 
 
-def csr_constants(hw: HardwareConfig, fmt: FixedPointFormat, node_id: int = 0,
-                  num_nodes: int = 1) -> dict[str, int]:
-    """Values of the build-constant registers, computed as ``model.device`` does."""
-    return {
-        "NODE_ID": node_id,
-        "NUM_NODES": num_nodes,
-        "TX_PEER": (node_id + 1) % num_nodes,
-        "HW_ARRAY": rm.reg("HW_ARRAY").pack(rows=hw.array_rows, cols=hw.array_cols,
-                                            lanes=hw.vector_lanes),
-        "HW_FORMAT": rm.reg("HW_FORMAT").pack(
-            total_bits=fmt.total_bits, frac_bits=fmt.frac_bits, acc_bits=fmt.acc_bits,
-            nearest_even=int(fmt.rounding == "nearest-even"), saturate=int(fmt.saturate)),
-        "SCRATCH_WORDS": hw.scratchpad_words,
-        "GRAD_WORDS": hw.gradient_words,
-        "HW_QUEUES": rm.reg("HW_QUEUES").pack(ring_entries=hw.ring_entries,
-                                              rx_windows=hw.rx_windows,
-                                              cmd_fifo_depth=hw.cmd_fifo_depth),
-        "TRACE_DEPTH": hw.trace_records,
-        "LINK_INFO": rm.reg("LINK_INFO").pack(bytes_per_cycle=hw.link_bytes_per_cycle,
-                                              header_bytes=hw.packet_header_bytes,
-                                              crc_bytes=hw.packet_crc_bytes),
-        "LINK_LATENCY": hw.link_latency_cycles,
-        "LINK_MAX_PAYLOAD": hw.max_payload_bytes,
-    }
-
-
 class ComputeNode(wiring.Component):
     """The compute half of a node, with its host-facing ports.
 
     Parameters
     ----------
     hw:
-        ``model.timing.HardwareConfig`` (array, lanes, SRAM sizes, FIFO and
+        ``model.HardwareConfig`` (array, lanes, SRAM sizes, FIFO and
         trace depth are used here).
     fmt:
-        ``model.numerics.FixedPointFormat``.
+        ``model.FixedPointFormat``.
     dma_ports:
         Number of read and of write memory ports left for the DMA engine/NIC.
 
@@ -116,9 +90,9 @@ class ComputeNode(wiring.Component):
     def __init__(self, hw: HardwareConfig = DEFAULT_HARDWARE,
                  fmt: FixedPointFormat = DEFAULT_FORMAT, *, dma_ports: int = 1):
         if not isinstance(hw, HardwareConfig):
-            raise TypeError(f"hw must be a model.timing.HardwareConfig, not {hw!r}")
+            raise TypeError(f"hw must be a model.HardwareConfig, not {hw!r}")
         if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"fmt must be a model.numerics.FixedPointFormat, not {fmt!r}")
+            raise TypeError(f"fmt must be a model.FixedPointFormat, not {fmt!r}")
         self.hw, self.fmt = hw, fmt
         self.dma_ports = dma_ports
         addr_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)
@@ -143,7 +117,7 @@ class ComputeNode(wiring.Component):
         mem = DeviceMemory(hw.scratchpad_words, hw.gradient_words, fmt.total_bits,
                            read_ports=seq.n_read + bulk.per_beat + self.dma_ports,
                            write_ports=seq.n_write + bulk.per_beat + self.dma_ports)
-        csr = CsrBlock(constants=csr_constants(hw, fmt), trace_records=hw.trace_records,
+        csr = CsrBlock(constants=constant_registers(hw, fmt), trace_records=hw.trace_records,
                        trace_writers=1, error_sources=2)
         m.submodules.seq = seq
         m.submodules.bulk = bulk

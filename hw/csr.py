@@ -1,8 +1,8 @@
-"""CSR block generated from ``gradsync.regmap``: AXI4-Lite slave, cycle counter, IRQ, errors, trace.
+"""CSR block generated from ``gradsync.spec.regmap``: AXI4-Lite slave, cycle counter, IRQ, errors, trace.
 
 ``DESIGN.md`` ("One node", "Observability"): the host's only window into a
 node besides the bulk port. Offsets, access types and reset values come from
-``gradsync.regmap.REGISTERS`` at elaboration time; nothing is copied by hand.
+``gradsync.spec.regmap.REGISTERS`` at elaboration time; nothing is copied by hand.
 
 Registers fall in three groups:
 
@@ -32,7 +32,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from gradsync import regmap as rm
+from gradsync.spec import regmap as rm
 
 from .events import ErrorEvent, TraceWrite
 from .sram import read_port_signature
@@ -69,7 +69,7 @@ def axil_signature(addr_bits: int) -> dict:
 
 
 class CsrBlock(wiring.Component):
-    """AXI4-Lite register file of one node, generated from ``gradsync.regmap``.
+    """AXI4-Lite register file of one node, generated from ``gradsync.spec.regmap``.
 
     Parameters
     ----------
@@ -105,7 +105,7 @@ class CsrBlock(wiring.Component):
     now : Out(64)
         The free-running cycle counter (0 in the first cycle after reset).
     irq_set : In(8)
-        Set bits of ``IRQ_STATUS`` (``gradsync.regmap.Irq``); visible next cycle.
+        Set bits of ``IRQ_STATUS`` (``gradsync.spec.regmap.Irq``); visible next cycle.
     trace_in : In(TraceWrite).array(trace_writers)
         Records to append; all valid ones of a cycle are stored in port
         order, visible next cycle. With ``CONTROL.trace_enable`` clear they

@@ -1,7 +1,7 @@
 """DMA engine: descriptor rings, strict-priority queues, validation, packetisation.
 
 The DMA engine of ``DESIGN.md`` ("One node"): firmware writes 8-word
-descriptors (layout in ``gradsync.regmap``) into rings in the engine's ring
+descriptors (layout in ``gradsync.spec.regmap``) into rings in the engine's ring
 memory and rings a queue's doorbell with the new tail.  Whenever the engine
 is idle it takes the next descriptor of the lowest-numbered non-empty queue
 (queue 0 has strict priority), so arbitration happens at descriptor (chunk)
@@ -32,11 +32,11 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from gradsync import regmap as rm
 from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.nic import TxWord
+from gradsync.spec import regmap as rm
 
-#: ``gradsync.regmap`` facts the engine is built from.
+#: ``gradsync.spec.regmap`` facts the engine is built from.
 DESCRIPTOR_VERSION = rm.DESCRIPTOR_VERSION
 DESCRIPTOR_WORDS = rm.DESCRIPTOR_WORDS
 FLAG_REDUCE_ADD = int(rm.DescFlag.REDUCE_ADD)
@@ -50,7 +50,7 @@ ERR_OUT_OF_WINDOW = int(rm.ErrorCode.OUT_OF_WINDOW)
 ERR_UNKNOWN_PEER = int(rm.ErrorCode.UNKNOWN_PEER)
 ERR_RING_FULL = int(rm.ErrorCode.RING_FULL)
 
-#: ``gradsync.regmap`` trace codes (Engine, TraceEvent, Kind).
+#: ``gradsync.spec.regmap`` trace codes (Engine, TraceEvent, Kind).
 ENGINE_DMA_HI = int(rm.Engine.DMA_HI)
 ENGINE_NIC_TX = int(rm.Engine.NIC_TX)
 ENGINE_NIC_RX = int(rm.Engine.NIC_RX)

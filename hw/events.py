@@ -3,7 +3,7 @@
 Every engine of a node (compute sequencer here; DMA and NIC in ``hw/dma.py``,
 ``hw/nic.py``) reports through these two layouts, so the CSR block
 (``hw/csr.py``) can keep one trace buffer and one error register for all of
-them. Field meanings are those of ``gradsync.regmap``'s trace record and
+them. Field meanings are those of ``gradsync.spec.regmap``'s trace record and
 ``ERR_CODE``/``ERR_INFO`` registers.
 """
 

@@ -9,7 +9,7 @@ reduce-scatter + all-gather).
 compute half and the CSR block of ``hw/compute_node.py``/``hw/csr.py`` is:
 
 * a host bus (``host_*``) carrying both register accesses (``host_csr = 1``,
-  byte offsets of ``gradsync.regmap``) and device-memory accesses (byte
+  byte offsets of ``gradsync.spec.regmap``) and device-memory accesses (byte
   addresses of the regmap memory map) -- the CSR block forwards the
   communication registers here, the bulk port the memory accesses;
 * ``compute_done`` in (for FENCE descriptors) and ``irq`` out;
@@ -17,7 +17,7 @@ compute half and the CSR block of ``hw/compute_node.py``/``hw/csr.py`` is:
   joins, its ports (DMA source read, RX read + write, host) move to
   ``hw/sram.py``'s gradient SRAM.
 
-The register map is passed in as ``regmap`` (the ``gradsync.regmap`` module
+The register map is passed in as ``regmap`` (the ``gradsync.spec.regmap`` module
 or anything with the same names, so a test can try a variant); only its
 offsets and enumerations are used, at elaboration.
 """
@@ -129,7 +129,7 @@ class CommNode(wiring.Component):
     Parameters
     ----------
     regmap:
-        The register map module (``gradsync.regmap``).
+        The register map module (``gradsync.spec.regmap``).
     node_id, num_nodes:
         This node's index and the fabric size; the transmit link reaches
         ``(node_id + 1) % num_nodes``.
@@ -138,7 +138,7 @@ class CommNode(wiring.Component):
     operand_bits, saturate:
         Operand format of the receiver's reduce-add.
     ring_entries, rx_windows, max_payload_bytes:
-        As ``model.timing.HardwareConfig``.
+        As ``model.HardwareConfig``.
     credits, window_packets, timeout_cycles:
         NIC flow control and retransmission (see :class:`NicTx`); the
         timeout defaults to two round trips of a maximum-size packet.

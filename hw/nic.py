@@ -38,9 +38,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from gradsync import regmap as rm
 from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.link import AckMessage, LinkBeat
+from gradsync.spec import regmap as rm
 
 #: A word from the DMA engine to the transmitter: ``last`` ends a packet,
 #: ``chunk_end`` marks the last packet of a descriptor.
@@ -48,12 +48,12 @@ TxWord = data.StructLayout({"data": 32, "last": 1, "chunk_end": 1})
 
 HEADER_WORDS = 3
 
-#: Error codes the receiver reports (``gradsync.regmap.ErrorCode``).
+#: Error codes the receiver reports (``gradsync.spec.regmap.ErrorCode``).
 RX_NO_WINDOW = int(rm.ErrorCode.RX_NO_WINDOW)
 RX_TAG_MISMATCH = int(rm.ErrorCode.RX_TAG_MISMATCH)
 RX_OUT_OF_WINDOW = int(rm.ErrorCode.RX_OUT_OF_WINDOW)
 
-#: ``gradsync.regmap`` trace codes used by the receiver.
+#: ``gradsync.spec.regmap`` trace codes used by the receiver.
 ENGINE_NIC_RX = int(rm.Engine.NIC_RX)
 EVENT_END = int(rm.TraceEvent.END)
 KIND_RECV = int(rm.Kind.RECV)

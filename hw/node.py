@@ -7,7 +7,7 @@ of ``hw/dma.py``/``hw/nic.py``, so that the host sees exactly what
 ``model/device.py`` models:
 
 * ONE AXI4-Lite CSR port: the :class:`~gradsync.hw.csr.CsrBlock` generated
-  from ``gradsync.regmap``; the communication registers are its engine ports
+  from ``gradsync.spec.regmap``; the communication registers are its engine ports
   (``rw_dma*``, ``wo_dma*_doorbell``, ``ro_rx_*``, ``ro_perf_tx_*``) and the
   RX window registers are forwarded to the receiver's window table
   (``rx_windows``); no second decoder.
@@ -39,15 +39,14 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from gradsync import regmap as rm
-from gradsync.model.numerics import DEFAULT_FORMAT, FixedPointFormat
-from gradsync.model.timing import DEFAULT_HARDWARE, HardwareConfig
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
 
 from .bulk import WIDE_PER_BEAT, BulkPort
 from .compute_node import (
     connect_compute_memory,
     connect_sequencer,
-    csr_constants,
     make_sequencer,
 )
 from .csr import CsrBlock, axil_signature
@@ -75,10 +74,10 @@ class Node(wiring.Component):
     Parameters
     ----------
     hw:
-        ``model.timing.HardwareConfig`` (array, SRAM sizes, queues, windows,
+        ``model.HardwareConfig`` (array, SRAM sizes, queues, windows,
         trace depth, link bandwidth/latency, payload size).
     fmt:
-        ``model.numerics.FixedPointFormat``.
+        ``model.FixedPointFormat``.
     node_id, num_nodes:
         This node's index and the cluster size (``NODE_ID``, ``NUM_NODES``,
         ``TX_PEER = (node_id + 1) % num_nodes``).
@@ -119,9 +118,9 @@ class Node(wiring.Component):
                  *, host_lead_cycles: int | None = None, host_lag_cycles: int = 1,
                  host_dump_lag_cycles: int = 0):
         if not isinstance(hw, HardwareConfig):
-            raise TypeError(f"hw must be a model.timing.HardwareConfig, not {hw!r}")
+            raise TypeError(f"hw must be a model.HardwareConfig, not {hw!r}")
         if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"fmt must be a model.numerics.FixedPointFormat, not {fmt!r}")
+            raise TypeError(f"fmt must be a model.FixedPointFormat, not {fmt!r}")
         if num_nodes < 1 or not 0 <= node_id < num_nodes:
             raise ValueError(f"node_id must be in 0..{num_nodes - 1}, not {node_id!r}")
         if hw.trace_records & (hw.trace_records - 1):
@@ -192,7 +191,7 @@ class Node(wiring.Component):
         trace_writes = [seq.trace, dma.trace[0], dma.trace[1], rx.trace,
                         bulk.trace[0], bulk.trace[1]]
         errors = [seq.cmd_err, seq.launch_err, dma.error[0], dma.error[1], rx.error]
-        csr = CsrBlock(constants=csr_constants(hw, fmt, self.node_id, self.num_nodes),
+        csr = CsrBlock(constants=constant_registers(hw, fmt, self.node_id, self.num_nodes),
                        trace_records=hw.trace_records, trace_writers=len(trace_writes),
                        error_sources=len(errors), rx_windows=hw.rx_windows,
                        trace_read_ports=WIDE_PER_BEAT)

@@ -1,7 +1,7 @@
 """Compute sequencer: command FIFO, validation, GEMM tiling on the array, vector streaming.
 
 ``DESIGN.md`` ("One node"): the engine behind the ``CMD_*`` registers of
-``gradsync.regmap``. It takes commands in order from a FIFO, refuses
+``gradsync.spec.regmap``. It takes commands in order from a FIFO, refuses
 malformed ones before touching memory, runs a GEMM of any ``M x K x N`` by
 tiling it onto the ``R x C`` systolic array (``hw/array.py``) or streams a
 vector op through the vector unit (``hw/vector.py``), and reports start/end
@@ -16,7 +16,8 @@ from amaranth.lib import data, fifo, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from gradsync import regmap as rm
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import FixedPointFormat
 
 from .array import SystolicArray
 from .events import ErrorEvent, TraceWrite
@@ -42,11 +43,6 @@ def _field(value, name: str):
     return value[f.lsb:f.lsb + f.width]
 
 
-def max_exact_k(total_bits: int, acc_bits: int) -> int:
-    """Largest K whose accumulation cannot wrap (``model.numerics.max_exact_k``)."""
-    return ((1 << (acc_bits - 1)) - 1) // (1 << (2 * (total_bits - 1)))
-
-
 class ComputeSequencer(wiring.Component):
     """In-order executor of compute commands.
 
@@ -55,7 +51,7 @@ class ComputeSequencer(wiring.Component):
     rows, cols, lanes:
         Systolic array size ``R x C`` and vector lanes ``L``.
     total_bits, frac_bits, acc_bits, rounding, saturate:
-        The fixed-point format (``model.numerics.FixedPointFormat``).
+        The fixed-point format (``model.FixedPointFormat``).
     scratch_words, grad_words:
         SRAM bank sizes in operand words (for the bounds checks and addresses).
     fifo_depth:
@@ -109,8 +105,8 @@ class ComputeSequencer(wiring.Component):
                  frac_bits: int = 10, acc_bits: int = 40, rounding: str = "nearest-even",
                  saturate: bool = True, scratch_words: int = 1 << 16, grad_words: int = 1 << 15,
                  fifo_depth: int = 16):
-        if total_bits not in (8, 16, 32):
-            raise ValueError(f"total_bits must be 8, 16 or 32, not {total_bits!r}")
+        # validates the format parameters and answers max_exact_k
+        self.fmt = FixedPointFormat(total_bits, frac_bits, acc_bits, rounding, bool(saturate))
         if not isinstance(fifo_depth, int) or fifo_depth < 1:
             raise ValueError(f"fifo_depth must be a positive integer, not {fifo_depth!r}")
         self.array = SystolicArray(rows, cols, total_bits, acc_bits)
@@ -217,7 +213,7 @@ class ComputeSequencer(wiring.Component):
             m.d.comb += code.eq(rm.ErrorCode.OK)
         with m.Elif((cmd.m == 0) | (cmd.n == 0) | (is_gemm & (cmd.k == 0))):
             m.d.comb += code.eq(rm.ErrorCode.CMD_ZERO_DIM)
-        with m.Elif(is_gemm & (cmd.k > max_exact_k(tb, self.acc_bits))):
+        with m.Elif(is_gemm & (cmd.k > self.fmt.max_exact_k)):
             m.d.comb += code.eq(rm.ErrorCode.CMD_K_TOO_LARGE)
         with m.Elif(~ok_a | ((is_gemm | two_operand) & ~ok_b) | ~ok_c):
             m.d.comb += code.eq(rm.ErrorCode.CMD_OUT_OF_BOUNDS)

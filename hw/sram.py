@@ -6,7 +6,7 @@ are operand-word memories built with :mod:`amaranth.lib.memory`. Clients see
 one *device word address* space: bit ``addr_bits - 1`` selects the bank
 (0: scratchpad, 1: gradient SRAM), the bits below it index the bank's words.
 ``hw/sequencer.py`` turns the register map's byte addresses
-(``gradsync.regmap.SCRATCH_BASE`` / ``GRAD_BASE``) into this form.
+(``gradsync.spec.regmap.SCRATCH_BASE`` / ``GRAD_BASE``) into this form.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class VectorUnit(wiring.Component):
     lanes:
         Elements per cycle (1..64).
     total_bits, frac_bits, rounding, saturate:
-        The fixed-point format (``model.numerics.FixedPointFormat``).
+        The fixed-point format (``model.FixedPointFormat``).
 
     Attributes
     ----------

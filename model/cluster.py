@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
-from gradsync.firmware.device import Device
-from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
 from gradsync.model.device import ModelDevice
 from gradsync.model.events import SimulationError, Simulator
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
 
 @dataclass
@@ -28,7 +27,7 @@ class ClusterRun:
 
 
 class Cluster:
-    def __init__(self, nodes: int, hw: tm.HardwareConfig, fmt: nx.FixedPointFormat) -> None:
+    def __init__(self, nodes: int, hw: HardwareConfig, fmt: FixedPointFormat) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes!r}")
         self.sim = Simulator()
@@ -37,7 +36,7 @@ class Cluster:
             dev.link_to = self.devices[(i + 1) % nodes]
 
     def run(
-        self, programs: list[Callable[[Device], Coroutine]], max_cycles: int | None = None
+        self, programs: list[Callable[[ModelDevice], Coroutine]], max_cycles: int | None = None
     ) -> ClusterRun:
         if len(programs) != len(self.devices):
             raise ValueError(f"{len(programs)} programs for {len(self.devices)} nodes")

@@ -2,7 +2,7 @@
 
 It implements the firmware's device protocol (``firmware.device.Device``) on
 the discrete-event kernel of :mod:`model.events`: the same registers
-(``gradsync.regmap``), the same descriptors in ring memory, the same
+(``gradsync.spec.regmap``), the same descriptors in ring memory, the same
 interrupts, with every engine's occupancy taken from :mod:`model.timing` and
 every result computed by :mod:`model.numerics`.
 
@@ -19,7 +19,7 @@ Engines (see ``DESIGN.md``, "One node"):
   it (plain write or saturating reduce-add), see ``timing.rx_visible_cycle``.
 
 Host protocol costs (MMIO, interrupt latency, bulk transfers) come from the
-``host_*`` fields of :class:`~gradsync.model.timing.HardwareConfig`; the
+``host_*`` fields of :class:`~gradsync.model.HardwareConfig`; the
 ``firmware.device.Device`` docstring states the rules.
 """
 
@@ -30,10 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradsync import regmap as rm
 from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
 from gradsync.model.events import Future, Simulator
+from gradsync.spec import link as lk
+from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig, constant_registers
 
 M32 = 0xFFFF_FFFF
 _CONTROL = rm.offset("CONTROL")
@@ -102,8 +105,8 @@ class ModelDevice:
         sim: Simulator,
         node_id: int,
         num_nodes: int,
-        hw: tm.HardwareConfig,
-        fmt: nx.FixedPointFormat,
+        hw: HardwareConfig,
+        fmt: FixedPointFormat,
     ) -> None:
         self.sim = sim
         self.node_id = node_id
@@ -149,49 +152,9 @@ class ModelDevice:
 
     # ---------------------------------------------------------------- helpers
     def _init_ro_registers(self) -> None:
-        hw, fmt = self.hw, self.fmt
-
-        def put(name: str, value: int) -> None:
+        consts = constant_registers(self.hw, self.fmt, self.node_id, self.num_nodes)
+        for name, value in consts.items():
             self.regs[rm.offset(name)] = value & M32
-
-        put("NODE_ID", self.node_id)
-        put("NUM_NODES", self.num_nodes)
-        put("TX_PEER", self.tx_peer)
-        put(
-            "HW_ARRAY",
-            rm.reg("HW_ARRAY").pack(rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes),
-        )
-        put(
-            "HW_FORMAT",
-            rm.reg("HW_FORMAT").pack(
-                total_bits=fmt.total_bits,
-                frac_bits=fmt.frac_bits,
-                acc_bits=fmt.acc_bits,
-                nearest_even=int(fmt.rounding == "nearest-even"),
-                saturate=int(fmt.saturate),
-            ),
-        )
-        put("SCRATCH_WORDS", hw.scratchpad_words)
-        put("GRAD_WORDS", hw.gradient_words)
-        put(
-            "HW_QUEUES",
-            rm.reg("HW_QUEUES").pack(
-                ring_entries=hw.ring_entries,
-                rx_windows=hw.rx_windows,
-                cmd_fifo_depth=hw.cmd_fifo_depth,
-            ),
-        )
-        put("TRACE_DEPTH", hw.trace_records)
-        put(
-            "LINK_INFO",
-            rm.reg("LINK_INFO").pack(
-                bytes_per_cycle=hw.link_bytes_per_cycle,
-                header_bytes=hw.packet_header_bytes,
-                crc_bytes=hw.packet_crc_bytes,
-            ),
-        )
-        put("LINK_LATENCY", hw.link_latency_cycles)
-        put("LINK_MAX_PAYLOAD", hw.max_payload_bytes)
 
     def _region(self, addr: int, n_words: int) -> tuple[np.ndarray, int] | None:
         """(array, first index) of an operand range, or None if it is not inside one SRAM."""
@@ -229,23 +192,7 @@ class ModelDevice:
         if not self._trace_pending:
             return
         slots = np.array([s for s, _ in self._trace_pending], dtype=np.int64)
-        recs = [r for _, r in self._trace_pending]
-        cycle = np.array([r.cycle for r in recs], dtype=np.int64)
-        info = (
-            ((cycle >> 32) & 0xFFFF)
-            | (np.array([r.engine for r in recs], dtype=np.int64) << 16)
-            | (np.array([r.event for r in recs], dtype=np.int64) << 20)
-            | (np.array([r.kind for r in recs], dtype=np.int64) << 24)
-        )
-        words = np.stack(
-            [
-                cycle & M32,
-                info,
-                np.array([r.tag for r in recs], dtype=np.int64),
-                np.array([r.aux for r in recs], dtype=np.int64),
-            ],
-            axis=1,
-        )
+        words = rm.encode_trace_records([r for _, r in self._trace_pending])
         self._trace_words.reshape(-1, rm.TRACE_RECORD_WORDS)[slots] = words
         self._trace_pending = []
 
@@ -324,7 +271,7 @@ class ModelDevice:
             data = data & M32
         else:
             data = (
-                nx.saturate(data, self.fmt)
+                self.fmt.saturate_raw(data)
                 if self.fmt.saturate
                 else nx.wrap(data, self.fmt.total_bits)
             )
@@ -526,7 +473,7 @@ class ModelDevice:
         if op is rm.Opcode.GEMM:
             if min(cmd.m, cmd.k, cmd.n) < 1:
                 return rm.ErrorCode.CMD_ZERO_DIM, ()
-            if cmd.k > nx.max_exact_k(self.fmt):
+            if cmd.k > self.fmt.max_exact_k:
                 return rm.ErrorCode.CMD_K_TOO_LARGE, ()
             sizes = (cmd.m * cmd.k, cmd.k * cmd.n, cmd.m * cmd.n)
         else:
@@ -715,8 +662,8 @@ class ModelDevice:
         self._trace(rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
         offset_bytes = 0
         peer = self.link_to
-        for payload in tm.packet_payloads(d.length, self.hw):
-            t_end = t + tm.packet_cycles(payload, self.hw)
+        for payload in lk.packet_payloads(d.length, self.hw.link):
+            t_end = t + lk.packet_cycles(payload, self.hw.link)
             words = data[offset_bytes // self.wb : (offset_bytes + payload) // self.wb]
             pkt = Packet(
                 self.node_id,

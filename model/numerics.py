@@ -1,4 +1,4 @@
-"""Bit-exact fixed-point numerics of the gradsync device: the single source of truth.
+"""Bit-exact fixed-point arithmetic of the gradsync device, as the golden model computes it.
 
 Every arithmetic result the device produces (systolic-array GEMM, vector-unit
 ops, the NIC's reduce-add on receive) is defined here with integer NumPy, so the
@@ -7,12 +7,15 @@ against the same functions.  See ``DESIGN.md`` ("Numerics").
 
 Conventions
 -----------
+* The format (widths, rounding, saturation, host conversions) is
+  :class:`gradsync.spec.formats.FixedPointFormat`; this module holds the
+  operations.
 * Operands are two's-complement integers of ``total_bits`` bits holding the
   real value ``raw * 2**-frac_bits``.  Arrays of raw values are ``int64``.
 * A GEMM multiplies operands exactly (``2 * total_bits`` bit products with
   ``2 * frac_bits`` fractional bits) and accumulates them in an
   ``acc_bits``-wide two's-complement accumulator that *wraps* (plain adder);
-  :func:`max_exact_k` gives the largest K for which wrap cannot occur and the
+  :attr:`~gradsync.spec.formats.FixedPointFormat.max_exact_k` gives the largest K for which wrap cannot occur and the
   device refuses larger K.  Because wrapping addition is associative, the
   accumulation order (which differs between a tiled array and NumPy) does not
   change a single bit.
@@ -25,92 +28,20 @@ Conventions
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
-ROUNDING_MODES = ("nearest-even", "truncate")
+from gradsync.spec.formats import ROUNDING_MODES, FixedPointFormat, wrap
 
-
-@dataclass(frozen=True)
-class FixedPointFormat:
-    """A signed fixed-point operand format and its accumulator.
-
-    Parameters
-    ----------
-    total_bits:
-        Operand width in bits (8, 16 or 32; memory words hold one operand).
-    frac_bits:
-        Fractional bits of an operand.
-    acc_bits:
-        Accumulator width of a processing element, at least ``2 * total_bits``.
-    rounding:
-        ``"nearest-even"`` or ``"truncate"``, used by every right shift.
-    saturate:
-        Clamp results to the operand range on write-back, reduce-add and
-        update; if false, results wrap modulo ``2**total_bits``.
-    """
-
-    total_bits: int = 16
-    frac_bits: int = 10
-    acc_bits: int = 40
-    rounding: str = "nearest-even"
-    saturate: bool = True
-
-    def __post_init__(self) -> None:
-        if self.total_bits not in (8, 16, 32):
-            raise ValueError(f"total_bits must be 8, 16 or 32, not {self.total_bits!r}")
-        if not 0 <= self.frac_bits < self.total_bits:
-            raise ValueError(f"frac_bits must be in [0, {self.total_bits}), not {self.frac_bits!r}")
-        if not 2 * self.total_bits <= self.acc_bits <= 62:
-            raise ValueError(
-                f"acc_bits must be in [{2 * self.total_bits}, 62], not {self.acc_bits!r}"
-            )
-        if self.rounding not in ROUNDING_MODES:
-            raise ValueError(f"rounding must be one of {ROUNDING_MODES}, not {self.rounding!r}")
-
-    @property
-    def word_bytes(self) -> int:
-        """Bytes per operand word in device memory and on the link."""
-        return self.total_bits // 8
-
-    @property
-    def qmin(self) -> int:
-        return -(1 << (self.total_bits - 1))
-
-    @property
-    def qmax(self) -> int:
-        return (1 << (self.total_bits - 1)) - 1
-
-    @property
-    def lsb(self) -> float:
-        """Real value of one least-significant bit."""
-        return 2.0**-self.frac_bits
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-DEFAULT_FORMAT = FixedPointFormat()
+__all__ = ["FixedPointFormat", "wrap"]  # re-exported: the ops below take them
 
 
 def _as_int(x: np.ndarray | int) -> np.ndarray:
     return np.asarray(x, dtype=np.int64)
 
 
-def wrap(x: np.ndarray | int, bits: int) -> np.ndarray:
-    """Two's-complement wrap of integers to ``bits`` bits."""
-    x = _as_int(x)
-    half = np.int64(1) << (bits - 1)
-    return ((x + half) & ((np.int64(1) << bits) - 1)) - half
-
-
 def saturate(x: np.ndarray | int, fmt: FixedPointFormat) -> np.ndarray:
-    """Clamp (or wrap, if ``fmt.saturate`` is false) to the operand range."""
-    x = _as_int(x)
-    if fmt.saturate:
-        return np.clip(x, fmt.qmin, fmt.qmax)
-    return wrap(x, fmt.total_bits)
+    """Clamp (or wrap) to the operand range: ``FixedPointFormat.saturate_raw``."""
+    return fmt.saturate_raw(x)
 
 
 def round_shift(x: np.ndarray | int, shift: int, rounding: str) -> np.ndarray:
@@ -135,28 +66,6 @@ def round_shift(x: np.ndarray | int, shift: int, rounding: str) -> np.ndarray:
     return floor + up.astype(np.int64)
 
 
-def quantize(values: np.ndarray | float, fmt: FixedPointFormat) -> np.ndarray:
-    """Real values -> raw operand integers (round to nearest even, then saturate)."""
-    scaled = np.asarray(values, dtype=np.float64) * float(1 << fmt.frac_bits)
-    if fmt.rounding == "truncate":
-        raw = np.floor(scaled)
-    else:
-        raw = np.rint(scaled)  # IEEE round-half-to-even
-    raw = np.clip(raw, -(2.0**62), 2.0**62).astype(np.int64)
-    return saturate(raw, fmt)
-
-
-def dequantize(raw: np.ndarray | int, fmt: FixedPointFormat) -> np.ndarray:
-    """Raw operand integers -> float64 real values (exact)."""
-    return _as_int(raw).astype(np.float64) * fmt.lsb
-
-
-def max_exact_k(fmt: FixedPointFormat) -> int:
-    """Largest inner dimension K whose accumulation can never wrap the accumulator."""
-    max_product = 1 << (2 * (fmt.total_bits - 1))  # |qmin * qmin|
-    return ((1 << (fmt.acc_bits - 1)) - 1) // max_product
-
-
 def gemm_accumulate(a: np.ndarray, b: np.ndarray, fmt: FixedPointFormat) -> np.ndarray:
     """Exact accumulator contents of ``a @ b`` (raw operands), wrapped to ``acc_bits``."""
     a = _as_int(a)
@@ -166,7 +75,7 @@ def gemm_accumulate(a: np.ndarray, b: np.ndarray, fmt: FixedPointFormat) -> np.n
     # Products fit 2*total_bits <= 64 bits; split the sum so int64 never overflows.
     k = a.shape[1]
     step = max(1, (1 << (62 - 2 * fmt.total_bits)))
-    acc = np.zeros((a.shape[0], b.shape[1]), dtype=np.int64)
+    acc = np.zeros((a.shape[0], b.shape[1]))
     for k0 in range(0, k, step):
         acc = wrap(acc + a[:, k0 : k0 + step] @ b[k0 : k0 + step, :], fmt.acc_bits)
     return wrap(acc, fmt.acc_bits)
@@ -235,13 +144,3 @@ def sgd_update(
     """
     step = round_shift(_as_int(grads) * int(lr_raw), fmt.frac_bits, fmt.rounding)
     return saturate(_as_int(weights) - step, fmt)
-
-
-def to_unsigned(raw: np.ndarray, fmt: FixedPointFormat) -> np.ndarray:
-    """Raw signed values -> unsigned memory words (as stored in device SRAM)."""
-    return _as_int(raw) & ((np.int64(1) << fmt.total_bits) - 1)
-
-
-def from_unsigned(words: np.ndarray, fmt: FixedPointFormat) -> np.ndarray:
-    """Unsigned memory words -> raw signed values."""
-    return wrap(_as_int(words), fmt.total_bits)

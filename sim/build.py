@@ -383,7 +383,7 @@ def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, optio
 
 
 #: Packages whose source determines the Verilog of every gradsync component.
-DESIGN_SOURCES = ("gradsync.hw", "gradsync.model", "gradsync.regmap")
+DESIGN_SOURCES = ("gradsync.hw", "gradsync.spec")
 
 
 def source_digest(modules: Sequence[str] = DESIGN_SOURCES, extra_files: Sequence[Path] = ()) -> str:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradsync import regmap as rm
 from gradsync.firmware.experiment import BackendResult, TrainConfig, build_jobs
+from gradsync.spec import regmap as rm
 
 #: How many individual differences a report lists.
 SHOW = 5
@@ -159,7 +159,7 @@ def check_run(cfg: TrainConfig, rtl: BackendResult, *, timing: bool = True) -> C
     order of events must still be identical.
     """
     from gradsync.firmware import data as digits
-    from gradsync.model.backend import run_model
+    from gradsync.model_backend import run_model
 
     jobs, _ = build_jobs(cfg, digits.load(cfg.seed))
     rep = compare(rtl, run_model(cfg, jobs))

@@ -1,7 +1,7 @@
 """The RTL backend of a training run: the firmware on N RTL nodes under Verilator.
 
 ``run_rtl(cfg, jobs)`` is a :data:`gradsync.firmware.experiment.Backend`, the
-twin of ``gradsync.model.backend.run_model``: it builds (or reuses from the
+twin of ``gradsync.model_backend.run_model``: it builds (or reuses from the
 cache) the Verilator model of ``hw.cluster.Cluster`` for ``cfg``'s hardware,
 format and node count, and runs ``sim/train_cocotb.py`` in it; every node's
 firmware is the same ``NodeFirmware`` code the model backend runs, on an
@@ -53,23 +53,6 @@ class RtlRunInfo:
 LAST_RUN = RtlRunInfo()
 
 
-def sim_hardware(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with the RTL build's memory sizes (``hw.cluster.SIM_HARDWARE``) where unset.
-
-    The model's defaults (64 Ki scratchpad words, 16 Ki trace records) make
-    a needlessly large Verilator build; both backends must use the same sizes
-    for a cycle-exact comparison, so the CLI applies this to both.
-    """
-    from gradsync.hw.cluster import SIM_HARDWARE
-    from gradsync.model.timing import DEFAULT_HARDWARE
-
-    hw = dict(cfg.hardware)
-    for name in ("scratchpad_words", "gradient_words", "trace_records"):
-        if hw.get(name, getattr(DEFAULT_HARDWARE, name)) == getattr(DEFAULT_HARDWARE, name):
-            hw[name] = getattr(SIM_HARDWARE, name)
-    return dataclasses.replace(cfg, hardware=hw)
-
-
 #: ``--link-faults`` keys -> link control ports (``hw.fabric.LINK_CONTROLS``).
 FAULT_KEYS = {"corrupt": "corrupt_rate", "drop": "drop_rate", "stall": "stall_rate",
               "stall-max": "stall_max", "seed": "seed"}
@@ -113,10 +96,9 @@ def link_faults_from_spec(spec: str, links: int) -> list[dict]:
 def build_cluster(cfg: TrainConfig, waves: str | None = None):
     """The cached Verilator model of the cluster ``cfg`` runs on."""
     from gradsync.hw.cluster import Cluster
-    from gradsync.model.backend import formats
     from gradsync.sim.build import BuildOptions, build_component
 
-    hw, fmt = formats(cfg)
+    hw, fmt = cfg.hardware, cfg.fixed_point
     if cfg.nodes < 2:
         raise ValueError(f"the RTL backend simulates 2 or more nodes, not {cfg.nodes}")
     options = BuildOptions(clock_period_ns=CLOCK_PERIOD_NS, waves=waves)

@@ -47,11 +47,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradsync import regmap as rm
 from gradsync.hw.bulk import BEAT_BITS, bulk_header
 from gradsync.hw.sram import device_addr_bits
 from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
+from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
 M32 = 0xFFFF_FFFF
 BEAT_BYTES = BEAT_BITS // 8
@@ -76,7 +78,7 @@ class BusLatency:
     bulk_load: int
     bulk_dump: int
 
-    def check(self, hw: tm.HardwareConfig) -> None:
+    def check(self, hw: HardwareConfig) -> None:
         """Raise if the model charges fewer cycles than the bus needs (no padding can fix it)."""
         problems = []
         if self.write > hw.host_write_cycles:
@@ -127,8 +129,8 @@ class RtlDevice:
         self,
         dut,
         prefix: str,
-        hw: tm.HardwareConfig,
-        fmt: nx.FixedPointFormat,
+        hw: HardwareConfig,
+        fmt: FixedPointFormat,
         clk,
         latency: BusLatency | None = None,
         *,
@@ -227,7 +229,7 @@ class RtlDevice:
         write = await timed(self._axil_write(rm.offset("ID"), 0))
         read = await timed(self._axil_read(rm.offset("ID")))
         per = BEAT_BITS // self.fmt.total_bits
-        one = nx.to_unsigned(np.zeros(per, dtype=np.int64), self.fmt).astype(f"<u{self.wb}")
+        one = self.fmt.to_unsigned(np.zeros(per, dtype=np.int64)).astype(f"<u{self.wb}")
         loads, dumps = [], []
         for beats in (1, 2):
             words = per * beats
@@ -311,11 +313,11 @@ class RtlDevice:
             payload = (data & M32).astype("<u4").tobytes()
         else:
             sat = (
-                nx.saturate(data, self.fmt)
+                self.fmt.saturate_raw(data)
                 if self.fmt.saturate
                 else nx.wrap(data, self.fmt.total_bits)
             )
-            payload = nx.to_unsigned(sat, self.fmt).astype(f"<u{self.wb}").tobytes()
+            payload = self.fmt.to_unsigned(sat).astype(f"<u{self.wb}").tobytes()
         payload += bytes(-len(payload) % BEAT_BYTES)
         await self._timed_bulk("load", addr, len(data), word_bytes, payload, False)
 
@@ -325,7 +327,7 @@ class RtlDevice:
         if word_bytes == 4:
             return np.frombuffer(raw, dtype="<u4")[:n].astype(np.int64)
         words = np.frombuffer(raw, dtype=f"<u{self.wb}")[:n].astype(np.int64)
-        return nx.from_unsigned(words, self.fmt)
+        return self.fmt.from_unsigned(words)
 
     async def _timed_bulk(self, what, addr, n, word_bytes, payload, dump) -> bytes:
         lat = self._lat()
@@ -390,4 +392,4 @@ class RtlDevice:
             out[i] = int(self._dbg_data.value)
         if self.now() != c0 or get_sim_time("ps") - t0 != n:
             raise HostTimingError("debug read crossed a clock edge")
-        return nx.from_unsigned(out, self.fmt)
+        return self.fmt.from_unsigned(out)

@@ -42,7 +42,7 @@ async def reset_to_cycle_zero(dut, cycles: int = 3) -> None:
 
 async def outstanding(dev, fw) -> str:
     """What a stuck node still waits for, read from its registers (model/device.py's wording)."""
-    from gradsync import regmap as rm
+    from gradsync.spec import regmap as rm
 
     parts = []
     done = await dev.read32(rm.offset("COMPUTE_DONE"))
@@ -84,7 +84,6 @@ if cocotb is not None:
         from cocotb.utils import get_sim_time
 
         from gradsync.firmware.training import NodeFirmware, Observer
-        from gradsync.model.backend import formats
         from gradsync.sim.rtl_device import RtlDevice
 
         with open(os.environ["GRADSYNC_RTL_RUN"], "rb") as f:
@@ -93,7 +92,7 @@ if cocotb is not None:
         out_path = os.environ["GRADSYNC_RTL_RESULT"]
         progress_path = os.environ.get("GRADSYNC_RTL_PROGRESS")
         period_ps = int(opts["clock_period_ns"]) * 1000
-        hw, fmt = formats(cfg)
+        hw, fmt = cfg.hardware, cfg.fixed_point
         for i, faults in enumerate(opts.get("link_faults", [])):
             for name, value in faults.items():
                 getattr(dut, f"l{i}_{name}").value = value

@@ -6,7 +6,6 @@ import pytest
 
 from gradsync.firmware import schedules as sc
 from gradsync.firmware.data import batch_indices, load
-from gradsync.firmware.driver import HostFormat
 
 
 def task(layer, chunk=0, phase=0, seq=0):
@@ -53,32 +52,6 @@ def test_user_schedule_errors_name_the_problem(tmp_path):
     )
     mine = sc.load_schedule(f"{f}:Mine")
     assert mine.max_inflight == 4 and mine.priority(task(1)) < mine.priority(task(2))
-
-
-def test_auto_chunk_meets_target_and_is_smallest():
-    args = dict(
-        bytes_per_cycle=4, latency_cycles=50, framing_bytes=16, max_payload=256, word_bytes=2
-    )
-    chunk = sc.auto_chunk_bytes(**args)
-    eff = sc.chunk_link_efficiency(chunk, 4, 50, 16, 256)
-    assert eff >= 0.8 > sc.chunk_link_efficiency(chunk - 256, 4, 50, 16, 256)
-    # by hand: 1024 B = 4 packets of 272 wire bytes = 272 cycles; +50 latency; 1024/(4*322) = 0.795
-    assert sc.chunk_link_efficiency(1024, 4, 50, 16, 256) == pytest.approx(1024 / (4 * 322))
-    assert chunk == 1280
-
-
-def test_host_format_quantize_matches_rounding_rules():
-    f = HostFormat(16, 10, True, True)
-    assert f.quantize([2**-11, 3 * 2**-11, -(2**-11), 40.0, -40.0]).tolist() == [
-        0,
-        2,
-        0,
-        32767,
-        -32768,
-    ]
-    assert f.max_exact_k == 511  # 511 * 2**30 < 2**39 <= 512 * 2**30
-    t = HostFormat(16, 10, False, False)
-    assert t.quantize([-(2**-11), 32.0]).tolist() == [-1, -32768]
 
 
 def test_batches_shard_the_global_batch_without_overlap():

@@ -18,11 +18,11 @@ import os
 
 import numpy as np
 
-from gradsync import regmap as rm
-from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
-FMT = nx.FixedPointFormat()
+FMT = FixedPointFormat()
 
 #: Gradient SRAM layout of the exchange (byte offsets from GRAD_BASE).
 G_OFF, R_OFF, C_OFF = 0, 4096, 12288
@@ -35,7 +35,7 @@ IRQ_ALL = int(rm.Irq.COMPUTE | rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Ir
 BAD_TAG_WINDOW = 4
 
 
-def corner_words(rng, n: int, fmt: nx.FixedPointFormat = FMT) -> np.ndarray:
+def corner_words(rng, n: int, fmt: FixedPointFormat = FMT) -> np.ndarray:
     """Random operand words, a third of them at or next to the saturation rails."""
     x = rng.integers(fmt.qmin, fmt.qmax + 1, size=n)
     corners = rng.choice([fmt.qmin, fmt.qmin + 1, -1, 0, 1, fmt.qmax - 1, fmt.qmax], size=n)
@@ -197,7 +197,7 @@ GUARD = 0x1234
 RX_MEM_BYTES = 64
 
 
-def rx_memory_windows(hw: tm.HardwareConfig) -> list[tuple[str, int, int, bool]]:
+def rx_memory_windows(hw: HardwareConfig) -> list[tuple[str, int, int, bool]]:
     """The ``rx_memory`` scenario's RX windows: (name, DST, SRC, reduce-add), window = index.
 
     Each window is LEN = RX_MEM_BYTES long, so every packet lies inside its window; all but
@@ -220,7 +220,7 @@ def rx_memory_windows(hw: tm.HardwareConfig) -> list[tuple[str, int, int, bool]]
     ]
 
 
-def rx_memory_guards(hw: tm.HardwareConfig) -> list[tuple[int, int]]:
+def rx_memory_guards(hw: HardwareConfig) -> list[tuple[int, int]]:
     """(address, words) of the guard blocks: the ends of both SRAMs and the in-SRAM targets."""
     wb, n = FMT.word_bytes, 64
     return [(rm.SCRATCH_BASE + (hw.scratchpad_words - n) * wb, n),
@@ -228,7 +228,7 @@ def rx_memory_guards(hw: tm.HardwareConfig) -> list[tuple[int, int]]:
             (rm.GRAD_BASE, 0x400 // wb)]
 
 
-async def rx_memory_program(dev, now, node: int, hw: tm.HardwareConfig) -> list:
+async def rx_memory_program(dev, now, node: int, hw: HardwareConfig) -> list:
     """Node 1 opens windows whose packets leave the SRAMs; node 0 sends one packet into each.
 
     The receiver must refuse every such packet exactly as the model does (RX_OUT_OF_WINDOW,
@@ -291,7 +291,7 @@ def programs(scenario: str, nodes: int, seed: int):
     return [(i, role) for i, role in enumerate(roles)]
 
 
-def program(dev, now, node: int, nodes: int, seed: int, role: str, hw: tm.HardwareConfig):
+def program(dev, now, node: int, nodes: int, seed: int, role: str, hw: HardwareConfig):
     """The host program of ``node`` in ``role`` (a coroutine)."""
     if role == "rx_memory":
         if nodes != 2:
@@ -300,7 +300,7 @@ def program(dev, now, node: int, nodes: int, seed: int, role: str, hw: tm.Hardwa
     return node_program(dev, now, node, nodes, seed, role)
 
 
-def model_logs(scenario: str, nodes: int, seed: int, hw: tm.HardwareConfig) -> list[list]:
+def model_logs(scenario: str, nodes: int, seed: int, hw: HardwareConfig) -> list[list]:
     """Run the scenario on the golden model; return each node's log."""
     from gradsync.model.cluster import Cluster
 
@@ -314,7 +314,7 @@ def model_logs(scenario: str, nodes: int, seed: int, hw: tm.HardwareConfig) -> l
     return json.loads(json.dumps(run.results))
 
 
-def cluster_env(scenario: str, nodes: int, seed: int, hw: tm.HardwareConfig) -> dict:
+def cluster_env(scenario: str, nodes: int, seed: int, hw: HardwareConfig) -> dict:
     return {"CLUSTER_SCENARIO": scenario, "CLUSTER_NODES": str(nodes),
             "CLUSTER_SEED": str(seed), "CLUSTER_HW": json.dumps(hw.to_dict()),
             "CLUSTER_WANT": json.dumps(model_logs(scenario, nodes, seed, hw))}
@@ -363,7 +363,7 @@ except ImportError:  # pragma: no cover - cocotb is a hard dependency
     cocotb = None
 
 
-async def start_devices(dut, nodes: int, hw: tm.HardwareConfig):
+async def start_devices(dut, nodes: int, hw: HardwareConfig):
     """RtlDevices of every node, bus latency calibrated on node 0, design reset to cycle 0."""
     from gradsync.sim.rtl_device import RtlDevice
     from gradsync.sim.train_cocotb import reset_to_cycle_zero
@@ -390,7 +390,7 @@ if cocotb is not None:
 
         scenario = os.environ["CLUSTER_SCENARIO"]
         nodes, seed = int(os.environ["CLUSTER_NODES"]), int(os.environ["CLUSTER_SEED"])
-        hw = tm.HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
+        hw = HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
         want = json.loads(os.environ["CLUSTER_WANT"])
         devs = await start_devices(dut, nodes, hw)
         tasks = [cocotb.start_soon(program(devs[i], devs[i].now, i, nodes, seed, role, hw))

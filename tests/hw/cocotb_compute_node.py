@@ -1,8 +1,8 @@
 """cocotb tests of hw/compute_node.py under Verilator, checked against model/ bit for bit and cycle for cycle.
 
 Parameters come from the environment (see :func:`node_env`): ``NODE_HW`` and
-``NODE_FMT`` are JSON of ``model.timing.HardwareConfig`` /
-``model.numerics.FixedPointFormat``; ``NODE_SEED``; ``NODE_GEMMS`` (random
+``NODE_FMT`` are JSON of ``model.HardwareConfig`` /
+``model.FixedPointFormat``; ``NODE_SEED``; ``NODE_GEMMS`` (random
 GEMMs per run).
 """
 
@@ -13,22 +13,24 @@ import os
 
 import numpy as np
 
-from gradsync import regmap as rm
 from gradsync.hw.bulk import bulk_header
 from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
+from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
 GUARD = 0x5A5A  # guard word pattern around every result region
 
 
-def node_env(hw: tm.HardwareConfig, fmt: nx.FixedPointFormat, seed: int = 1, gemms: int = 20) -> dict:
+def node_env(hw: HardwareConfig, fmt: FixedPointFormat, seed: int = 1, gemms: int = 20) -> dict:
     return {"NODE_HW": json.dumps(hw.to_dict()), "NODE_FMT": json.dumps(fmt.to_dict()),
             "NODE_SEED": str(seed), "NODE_GEMMS": str(gemms)}
 
 
 def params():
-    hw = tm.HardwareConfig(**json.loads(os.environ["NODE_HW"]))
-    fmt = nx.FixedPointFormat(**json.loads(os.environ["NODE_FMT"]))
+    hw = HardwareConfig(**json.loads(os.environ["NODE_HW"]))
+    fmt = FixedPointFormat(**json.loads(os.environ["NODE_FMT"]))
     return hw, fmt, int(os.environ.get("NODE_SEED", "1")), int(os.environ.get("NODE_GEMMS", "20"))
 
 
@@ -87,7 +89,7 @@ class TB:
 
     # -- bulk memory ----------------------------------------------------------------------------
     def _word_bytes(self, words) -> bytes:
-        raw = nx.to_unsigned(np.asarray(words), self.fmt).astype(f"<u{self.wb}")
+        raw = self.fmt.to_unsigned(np.asarray(words)).astype(f"<u{self.wb}")
         b = raw.tobytes()
         return b + bytes(-len(b) % 8)
 
@@ -102,7 +104,7 @@ class TB:
         frame = await self.sink.recv()
         raw = np.frombuffer(bytes(frame.tdata), dtype=f"<u{self.wb}")[:n]
         assert len(raw) == n
-        return nx.from_unsigned(raw.astype(np.int64), self.fmt)
+        return self.fmt.from_unsigned(raw.astype(np.int64))
 
     # -- compute commands -----------------------------------------------------------------------
     async def launch(self, opcode, a, b, c, m, k, n, arg=0, tag=0, trans_a=0, trans_b=0, irq=1, kind=0):
@@ -259,7 +261,7 @@ if cocotb is not None:
             (rm.Opcode.GEMM, a, b, c, 0, 4, 4, rm.ErrorCode.CMD_ZERO_DIM),
             (rm.Opcode.GEMM, a, b, c, 4, 0, 4, rm.ErrorCode.CMD_ZERO_DIM),
             (rm.Opcode.RELU, a, b, c, 3, 1, 0, rm.ErrorCode.CMD_ZERO_DIM),
-            (rm.Opcode.GEMM, a, b, c, 2, nx.max_exact_k(fmt) + 1, 2, rm.ErrorCode.CMD_K_TOO_LARGE),
+            (rm.Opcode.GEMM, a, b, c, 2, fmt.max_exact_k + 1, 2, rm.ErrorCode.CMD_K_TOO_LARGE),
             (rm.Opcode.GEMM, a, b, last_grad, 4, 4, 4, rm.ErrorCode.CMD_OUT_OF_BOUNDS),
             (rm.Opcode.GEMM, a + 1, b, c, 4, 4, 4, rm.ErrorCode.CMD_OUT_OF_BOUNDS),
             (rm.Opcode.GEMM, a, 0x0800_0000, c, 4, 4, 4, rm.ErrorCode.CMD_OUT_OF_BOUNDS),

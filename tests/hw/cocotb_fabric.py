@@ -21,14 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradsync import regmap as rm
 from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
+from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
 M32 = 0xFFFF_FFFF
 
 
-def fabric_env(nodes: int, hw: tm.HardwareConfig, fmt: nx.FixedPointFormat, seed: int,
+def fabric_env(nodes: int, hw: HardwareConfig, fmt: FixedPointFormat, seed: int,
                **extra) -> dict[str, str]:
     env = {
         "FABRIC_NODES": str(nodes),
@@ -40,7 +42,7 @@ def fabric_env(nodes: int, hw: tm.HardwareConfig, fmt: nx.FixedPointFormat, seed
     return env
 
 
-def fabric_kwargs(hw: tm.HardwareConfig, fmt: nx.FixedPointFormat) -> dict:
+def fabric_kwargs(hw: HardwareConfig, fmt: FixedPointFormat) -> dict:
     """CommNode/Fabric parameters for a model ``HardwareConfig``."""
     return dict(
         link_latency_cycles=hw.link_latency_cycles,
@@ -64,7 +66,7 @@ class HostWrite:
     value: int
 
 
-def words_to_operands(words, fmt: nx.FixedPointFormat) -> np.ndarray:
+def words_to_operands(words, fmt: FixedPointFormat) -> np.ndarray:
     """32-bit memory words -> signed operands, lowest address in the low bits."""
     bits = fmt.total_bits
     lanes = 32 // bits
@@ -75,7 +77,7 @@ def words_to_operands(words, fmt: nx.FixedPointFormat) -> np.ndarray:
     return nx.wrap(out, bits)
 
 
-def operands_to_words(ops, fmt: nx.FixedPointFormat) -> list[int]:
+def operands_to_words(ops, fmt: FixedPointFormat) -> list[int]:
     bits = fmt.total_bits
     lanes = 32 // bits
     ops = [int(x) & ((1 << bits) - 1) for x in ops]
@@ -84,7 +86,7 @@ def operands_to_words(ops, fmt: nx.FixedPointFormat) -> list[int]:
     return [sum(ops[i + j] << (j * bits) for j in range(lanes)) for i in range(0, len(ops), lanes)]
 
 
-def random_operands(rng: np.random.Generator, n: int, fmt: nx.FixedPointFormat) -> np.ndarray:
+def random_operands(rng: np.random.Generator, n: int, fmt: FixedPointFormat) -> np.ndarray:
     """Random operands, a quarter of them at or next to the saturation rails."""
     x = rng.integers(fmt.qmin, fmt.qmax + 1, size=n)
     rails = rng.choice([fmt.qmin, fmt.qmin + 1, fmt.qmax - 1, fmt.qmax], size=n)
@@ -104,8 +106,8 @@ class TB:
     def __init__(self, dut):
         self.dut = dut
         self.nodes = int(os.environ["FABRIC_NODES"])
-        self.hw = tm.HardwareConfig(**json.loads(os.environ["FABRIC_HW"]))
-        self.fmt = nx.FixedPointFormat(**json.loads(os.environ["FABRIC_FMT"]))
+        self.hw = HardwareConfig(**json.loads(os.environ["FABRIC_HW"]))
+        self.fmt = FixedPointFormat(**json.loads(os.environ["FABRIC_FMT"]))
         self.seed = int(os.environ.get("FABRIC_SEED", "1"))
         self.wb = self.fmt.word_bytes
         self.now = 0  # RTL cycle counter value in the current cycle

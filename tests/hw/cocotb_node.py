@@ -15,8 +15,9 @@ import os
 
 import numpy as np
 
-from gradsync import regmap as rm
-from gradsync.model import timing as tm
+from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
+from gradsync.spec.hardware import HardwareConfig
 from tests.hw.cocotb_cluster import FMT, corner_words, start_devices
 
 try:
@@ -29,7 +30,7 @@ if cocotb is not None:
     @cocotb.test()
     async def bulk_regions_and_debug_port(dut):
         """Loads land where the debug port and dumps see them; ring and trace memory round-trip."""
-        hw = tm.HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
+        hw = HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
         dev = (await start_devices(dut, 2, hw))[0]
         wb = FMT.word_bytes
         rng = np.random.default_rng(7)

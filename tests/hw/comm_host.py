@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from amaranth.sim import Simulator
 
-from gradsync import regmap as rm
 from gradsync.hw.fabric import Fabric
+from gradsync.spec import regmap as rm
 
 GB = rm.GRAD_BASE
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from gradsync.model.numerics import FixedPointFormat
-from gradsync.model.timing import HardwareConfig
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
 #: Test configuration: small memories and trace so builds stay quick; real link latency.
 HW = HardwareConfig(gradient_words=4096, ring_entries=64, rx_windows=8, link_latency_cycles=30,
@@ -21,9 +21,9 @@ def hardware(bytes_per_cycle: int = 4) -> HardwareConfig:
 @functools.cache
 def fabric_model(nodes: int, bytes_per_cycle: int = 4):
     """Build (or reuse from the cache) the Verilator model of an N-node fabric."""
-    from gradsync import regmap
     from gradsync.hw.fabric import Fabric
     from gradsync.sim.build import build_component
+    from gradsync.spec import regmap
     from tests.hw.cocotb_fabric import fabric_kwargs
 
     hw = hardware(bytes_per_cycle)

@@ -7,8 +7,8 @@ import functools
 import numpy as np
 import pytest
 
-from gradsync.hw.cluster import SIM_HARDWARE
 from gradsync.model import numerics as nx
+from gradsync.spec.hardware import DEFAULT_HARDWARE as SIM_HARDWARE
 from tests.hw.cocotb_cluster import BUF_WORDS, CHUNKS, FMT, corner_words, model_logs
 
 

@@ -4,8 +4,8 @@ import functools
 
 import pytest
 
-from gradsync.model.numerics import FixedPointFormat
-from gradsync.model.timing import HardwareConfig
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
 #: Small SRAMs and trace keep the builds quick; timing formulas do not depend on them.
 SMALL = dict(scratchpad_words=4096, gradient_words=2048, trace_records=256, cmd_fifo_depth=4)

@@ -3,10 +3,11 @@
 
 import pytest
 
-from gradsync import regmap as rm
 from gradsync.hw import dma, nic
-from gradsync.model import timing as tm
-from gradsync.model.timing import HardwareConfig
+from gradsync.spec import link as lk
+from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
+from gradsync.spec.hardware import HardwareConfig
 from tests.hw.fabric_builds import HW
 
 
@@ -83,7 +84,7 @@ def test_fence_holds_the_chunk_until_compute_done_reaches_its_count():
         dma_ = {r.event: r.cycle for r in recs if r.engine == rm.Engine.DMA_LO}
         assert tx[rm.TraceEvent.START] == released
         hw = HardwareConfig(link_latency_cycles=6)
-        assert tx[rm.TraceEvent.END] - tx[rm.TraceEvent.START] == tm.chunk_tx_cycles(256, hw)
+        assert tx[rm.TraceEvent.END] - tx[rm.TraceEvent.START] == lk.chunk_tx_cycles(256, hw.link)
         assert dma_[rm.TraceEvent.END] == tx[rm.TraceEvent.END] + 1
 
     run_sim(dut, bench)
@@ -91,7 +92,7 @@ def test_fence_holds_the_chunk_until_compute_done_reaches_its_count():
 
 def test_refused_descriptor_with_irq_flag_raises_queue_and_error_irqs_like_the_model():
     from gradsync.model.cluster import Cluster
-    from gradsync.model.numerics import FixedPointFormat
+    from gradsync.spec.formats import FixedPointFormat
     from tests.hw.comm_host import GB, Host, run_sim, small_fabric
 
     bad = rm.Descriptor(src_addr=GB, length=0, peer=1, remote_addr=GB + 0x400, window=0, tag=5,

@@ -3,8 +3,8 @@
 
 import pytest
 
-from gradsync import regmap
 from gradsync.hw.fabric import CommNode, Fabric
+from gradsync.spec import regmap
 
 
 @pytest.mark.parametrize("bad", [{"num_nodes": 1}])

@@ -3,11 +3,11 @@
 
 import pytest
 
-from gradsync import regmap as rm
 from gradsync.hw.fabric import Fabric
 from gradsync.hw.nic import NicRx, NicTx, header0
-from gradsync.model import timing as tm
-from gradsync.model.timing import HardwareConfig
+from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
+from gradsync.spec.hardware import HardwareConfig
 from tests.hw.comm_host import GB, Host, run_sim, small_fabric
 
 

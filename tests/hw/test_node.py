@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from gradsync import regmap as rm
 from gradsync.firmware.training import plan_memory
-from gradsync.hw.cluster import SIM_HARDWARE, Cluster
+from gradsync.hw.cluster import Cluster
 from gradsync.hw.compute_node import ComputeNode
 from gradsync.hw.fabric import LINK_CONTROLS, LINK_COUNTERS, Fabric
 from gradsync.hw.node import HOST_PORTS, Node
+from gradsync.spec import regmap as rm
+from gradsync.spec.hardware import DEFAULT_HARDWARE as SIM_HARDWARE
 from tests.hw.cocotb_cluster import (
     FMT,
     GUARD,
@@ -27,7 +28,7 @@ from tests.hw.test_cluster import run
 
 def test_cluster_ports_are_the_compute_node_ports_prefixed():
     """n{i}_ + ComputeNode's host ports (+ debug port), l{i}_ as Fabric names them."""
-    from gradsync import regmap
+    from gradsync.spec import regmap
 
     compute = set(ComputeNode(SIM_HARDWARE, FMT).signature.members) - {"dma_rd", "dma_wr"}
     assert set(HOST_PORTS) == compute | {"dbg_addr", "dbg_data"}

@@ -7,6 +7,7 @@ from amaranth.sim import Simulator
 
 from gradsync.hw.vector import VectorOp, VectorUnit
 from gradsync.model import numerics as nx
+from gradsync.spec.formats import FixedPointFormat
 
 OPS = {
     VectorOp.RELU: lambda x, y, arg, fmt: nx.relu(x),
@@ -28,9 +29,9 @@ def corner_operands(rng, fmt, n):
 
 
 FORMATS = [
-    nx.FixedPointFormat(16, 10, 40, "nearest-even", True),
-    nx.FixedPointFormat(16, 10, 40, "truncate", True),
-    nx.FixedPointFormat(8, 4, 24, "nearest-even", False),
+    FixedPointFormat(16, 10, 40, "nearest-even", True),
+    FixedPointFormat(16, 10, 40, "truncate", True),
+    FixedPointFormat(8, 4, 24, "nearest-even", False),
 ]
 
 

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from gradsync import regmap as rm
-from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
 from gradsync.model.cluster import Cluster
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
-FMT = nx.FixedPointFormat()
-HW = tm.HardwareConfig(scratchpad_words=4096, gradient_words=4096, ring_entries=8)
+FMT = FixedPointFormat()
+HW = HardwareConfig(scratchpad_words=4096, gradient_words=4096, ring_entries=8)
 
 
 def run_programs(programs, nodes=None, hw=HW, fmt=FMT):

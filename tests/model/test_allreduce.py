@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradsync import regmap as rm
 from gradsync.firmware.collectives import chunk_plan
 from gradsync.firmware.driver import Driver
 from gradsync.firmware.training import split_chunks
+from gradsync.spec import regmap as rm
 
 from .conftest import FMT, HW, gaddr, run_programs
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradsync import regmap as rm
-from gradsync.model import timing as tm
+from gradsync.spec import link as lk
+from gradsync.spec import regmap as rm
 
 from .conftest import FMT, HW, gaddr, run_programs
 from .test_device import open_window, setup_queues
@@ -102,7 +102,7 @@ def test_descriptor_fuzz_codes_memory_and_drops():
             lo = (d.remote_addr - rm.GRAD_BASE) // 2
             n = d.length // 2
             if lo < RX_WORD or lo + n > RX_WORD + RX_WORDS:
-                drops += tm.ceil_div(d.length, HW.max_payload_bytes)
+                drops += lk.ceil_div(d.length, HW.max_payload_bytes)
                 continue
             s = (d.src_addr - rm.GRAD_BASE) // 2
             want_mem[lo : lo + n] = source[s : s + n]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradsync import regmap as rm
 from gradsync.firmware.driver import IRQ_ENABLED
 from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
+from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
 
 from .conftest import FMT, HW, gaddr, run_programs, saddr
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from gradsync.model import timing as tm
+from gradsync.spec import link as lk
+from gradsync.spec import timing as tm
+from gradsync.spec.hardware import HardwareConfig
 
-HW = tm.HardwareConfig()
+HW = HardwareConfig()
 
 
 def reference_gemm_cycles(m: int, k: int, n: int, rows: int, cols: int) -> int:
@@ -38,7 +40,7 @@ def reference_gemm_cycles(m: int, k: int, n: int, rows: int, cols: int) -> int:
     "m, k, n", [(1, 1, 1), (8, 8, 8), (9, 3, 17), (32, 64, 32), (64, 2, 10), (5, 100, 7)]
 )
 def test_gemm_cycles_match_element_level_schedule(rows, cols, m, k, n):
-    hw = tm.HardwareConfig(array_rows=rows, array_cols=cols)
+    hw = HardwareConfig(array_rows=rows, array_cols=cols)
     assert tm.gemm_cycles(m, k, n, hw) == reference_gemm_cycles(m, k, n, rows, cols)
 
 
@@ -54,20 +56,11 @@ def test_vector_and_descriptor_and_packet_cycles():
     assert tm.vector_cycles("sgd", 65, HW) == 2 + 1 + 9 + 3 + 1
     assert tm.descriptor_fetch_cycles(HW) == 1 + 8 + 1
     # 12 header + 256 payload + 4 CRC = 272 bytes at 4 B/cycle
-    assert tm.packet_cycles(256, HW) == 68
-    assert tm.packet_payloads(600, HW) == [256, 256, 88]
-    assert tm.chunk_tx_cycles(600, HW) == 68 + 68 + 26
+    assert lk.packet_cycles(256, HW.link) == 68
+    assert lk.packet_payloads(600, HW.link) == [256, 256, 88]
+    assert lk.chunk_tx_cycles(600, HW.link) == 68 + 68 + 26
     assert tm.descriptor_cycles(600, HW) == 10 + 162 + 1
     assert tm.host_bulk_cycles(100, HW) == 16 + 13
-
-
-def test_auto_chunk_is_smallest_candidate_meeting_efficiency():
-    hw = tm.HardwareConfig(link_latency_cycles=200)
-    chunk = tm.auto_chunk_bytes(hw, 2, 0.8)
-    assert tm.link_efficiency(chunk, hw) >= 0.8
-    assert (
-        chunk == hw.max_payload_bytes or tm.link_efficiency(chunk - hw.max_payload_bytes, hw) < 0.8
-    )
 
 
 @pytest.mark.parametrize(
@@ -75,23 +68,10 @@ def test_auto_chunk_is_smallest_candidate_meeting_efficiency():
     [
         (lambda: tm.gemm_cycles(0, 4, 4, HW), r"\(0, 4, 4\)"),
         (lambda: tm.vector_cycles("tanh", 4, HW), "not 'tanh'"),
-        (lambda: tm.HardwareConfig(array_rows=0), "array_rows must be >= 1, not 0"),
-        (lambda: tm.HardwareConfig(max_payload_bytes=6), "not 6"),
+        (lambda: HardwareConfig(array_rows=0), "array_rows must be >= 1, not 0"),
+        (lambda: HardwareConfig(max_payload_bytes=6), "not 6"),
     ],
 )
 def test_bad_arguments_name_the_value(call, text):
     with pytest.raises((ValueError, TypeError), match=text):
         call()
-
-
-@pytest.mark.parametrize(
-    "bpc, latency, payload", [(4, 50, 256), (1, 200, 128), (8, 20, 512), (2, 0, 64)]
-)
-def test_firmware_auto_chunk_rule_equals_model_rule(bpc, latency, payload):
-    from gradsync.firmware.schedules import auto_chunk_bytes
-
-    hw = tm.HardwareConfig(
-        link_bytes_per_cycle=bpc, link_latency_cycles=latency, max_payload_bytes=payload
-    )
-    framing = hw.packet_header_bytes + hw.packet_crc_bytes
-    assert auto_chunk_bytes(bpc, latency, framing, payload, 2) == tm.auto_chunk_bytes(hw, 2)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from gradsync.firmware import data as digits
 from gradsync.firmware.experiment import TrainConfig, build_jobs
-from gradsync.model import timing as tm
-from gradsync.model.backend import run_model_cluster
+from gradsync.model_backend import run_model_cluster
+from gradsync.spec.hardware import HardwareConfig
 
 
 def test_firmware_reads_every_record_bit_exactly_across_wraps():
-    hw = tm.HardwareConfig(trace_records=512).to_dict()
+    hw = HardwareConfig(trace_records=512)
     cfg = TrainConfig(nodes=2, steps=20, hardware=hw)
     jobs, _ = build_jobs(cfg, digits.load(0))
     res, cluster = run_model_cluster(cfg, jobs)

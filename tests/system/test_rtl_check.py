@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from gradsync import regmap as rm
 from gradsync.firmware import data as digits
 from gradsync.firmware.experiment import TrainConfig, build_jobs
-from gradsync.model.backend import run_model
+from gradsync.model_backend import run_model
 from gradsync.sim.check import compare
+from gradsync.spec import regmap as rm
 
 CFG = TrainConfig(nodes=2, steps=2, schedule="priority", global_batch=8, layers=(64, 16, 10))
 

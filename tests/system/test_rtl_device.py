@@ -16,13 +16,13 @@ import os
 import numpy as np
 import pytest
 
-from gradsync import regmap as rm
-from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig
 
 SMALL = dict(scratchpad_words=4096, gradient_words=2048, trace_records=256, cmd_fifo_depth=4)
-HW = tm.HardwareConfig(array_rows=8, array_cols=8, vector_lanes=8, **SMALL)
-FMT = nx.FixedPointFormat()
+HW = HardwareConfig(array_rows=8, array_cols=8, vector_lanes=8, **SMALL)
+FMT = FixedPointFormat()
 
 
 async def host_program(dev, now, seed: int) -> list:

@@ -11,7 +11,7 @@ goes next is the schedule's choice: ``priority`` hands out the lowest layer
 first, ``fifo`` production order.  (With layers (64, 16, 10) and 256-byte
 chunks layer 2's two chunks are all posted before layer 1 is ready, and the
 order is not the buffer's to decide.)  32 + 16 + 10 chunks fit the 64 RX
-windows; the gradients fit ``sim_hardware``'s 8192-word SRAM.
+windows; the gradients fit the default preset's 8192-word SRAM.
 
 "Sent" is the NIC_TX END record of the chunk's descriptor: the cycle after
 the last word of its last packet left on the link (with 2 nodes a chunk is
@@ -26,18 +26,18 @@ import dataclasses
 
 import pytest
 
-from gradsync import regmap as rm
 from gradsync.firmware import experiment
 from gradsync.firmware.experiment import TrainConfig, intervals
 from gradsync.firmware.schedules import load_schedule
 from gradsync.firmware.training import split_chunks
-from gradsync.model import timing as tm
-from gradsync.model.backend import formats, run_model
+from gradsync.model_backend import run_model
+from gradsync.spec import regmap as rm
+from gradsync.spec.hardware import HardwareConfig
 
 pytest.importorskip("gradsync.hw.cluster")
 
 from gradsync.sim.check import check_run  # noqa: E402
-from gradsync.sim.rtl_backend import run_rtl, sim_hardware  # noqa: E402
+from gradsync.sim.rtl_backend import run_rtl  # noqa: E402
 from tests.system.test_rtl_train import assert_exact  # noqa: E402
 
 COMM_BOUND = TrainConfig(
@@ -46,7 +46,7 @@ COMM_BOUND = TrainConfig(
     global_batch=16,
     layers=(64, 16, 32, 10),
     chunk_bytes=64,
-    hardware=tm.HardwareConfig(link_bytes_per_cycle=1, link_latency_cycles=100).to_dict(),
+    hardware=HardwareConfig(link_bytes_per_cycle=1, link_latency_cycles=100),
 )
 SCHEDULES = ("fifo", "priority")
 
@@ -66,7 +66,7 @@ def runs(tmp_path_factory):
 
     def get(schedule: str) -> ScheduleRun:
         if schedule not in made:
-            cfg = sim_hardware(dataclasses.replace(COMM_BOUND, schedule=schedule))
+            cfg = dataclasses.replace(COMM_BOUND, schedule=schedule)
             work = tmp_path_factory.mktemp(schedule)
             got = {}
 
@@ -114,7 +114,7 @@ def pairs(run: ScheduleRun):
     queue holds in flight.
     """
     cfg = run.cfg
-    word_bytes = formats(cfg)[1].word_bytes
+    word_bytes = cfg.fixed_point.word_bytes
     max_inflight = load_schedule(cfg.schedule).max_inflight
     top = len(cfg.layers) - 1
     for node in range(cfg.nodes):

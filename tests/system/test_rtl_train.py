@@ -11,14 +11,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from gradsync import regmap as rm
 from gradsync.firmware import data as digits
 from gradsync.firmware.experiment import TrainConfig, build_jobs, intervals
+from gradsync.spec import regmap as rm
 
 pytest.importorskip("gradsync.hw.cluster")
 
 from gradsync.sim.check import check_run  # noqa: E402
-from gradsync.sim.rtl_backend import RtlRunError, run_rtl, sim_hardware  # noqa: E402
+from gradsync.sim.rtl_backend import RtlRunError, run_rtl  # noqa: E402
 
 SMALL = TrainConfig(nodes=2, steps=2, global_batch=16, layers=(64, 16, 10), chunk_bytes=256)
 
@@ -31,7 +31,7 @@ def assert_exact(rep) -> None:
 
 
 def _cfg(**kw) -> TrainConfig:
-    return sim_hardware(dataclasses.replace(SMALL, **kw))
+    return dataclasses.replace(SMALL, **kw)
 
 
 def _rtl(cfg: TrainConfig, tmp_path, **kw):

@@ -8,14 +8,16 @@ import time
 import numpy as np
 import pytest
 
-from gradsync import regmap as rm
 from gradsync.cli import main
 from gradsync.firmware.experiment import TrainConfig, intervals, run
 from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
-from gradsync.model.backend import run_model
+from gradsync.model_backend import run_model
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.hardware import HardwareConfig, preset
 
-COMM_BOUND = tm.HardwareConfig(link_bytes_per_cycle=1, link_latency_cycles=100).to_dict()
+# 64,64,64,10 needs the large preset's SRAMs
+COMM_BOUND = preset("large", link_bytes_per_cycle=1, link_latency_cycles=100)
 COMM_LAYERS = (64, 64, 64, 10)
 
 
@@ -111,21 +113,21 @@ def recompute_step(rec: dict, w_raw: list[np.ndarray], step: int) -> list[np.nda
     from sklearn.datasets import load_digits
 
     cfg = rec["config"]
-    fmt = nx.FixedPointFormat(**cfg["fixed_point"])
+    fmt = FixedPointFormat(**cfg["fixed_point"])
     d = load_digits()
     gb = cfg["global_batch"]
     s = int(np.floor(np.log2(gb)))
-    lr = int(nx.quantize(cfg["learning_rate"], fmt))
+    lr = int(fmt.quantize(cfg["learning_rate"]))
     per_node = []
     for idx in rec["steps"][step]["batch_indices"]:
-        x = nx.quantize(d.data[idx] * cfg["data"]["input_scale"], fmt)
+        x = fmt.quantize(d.data[idx] * cfg["data"]["input_scale"])
         a1 = nx.relu(nx.gemm(x, w_raw[0], fmt))
         z2 = nx.gemm(a1, w_raw[1], fmt)
-        logits = nx.dequantize(z2, fmt)
+        logits = fmt.dequantize(z2)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
         p[np.arange(len(idx)), d.target[idx]] -= 1.0
-        dz2 = nx.quantize(p / gb * 2**s, fmt)
+        dz2 = fmt.quantize(p / gb * 2**s)
         dw2 = nx.gemm(a1, dz2, fmt, trans_a=True, extra_shift=s)
         dz1 = nx.relu_backward(nx.gemm(dz2, w_raw[1], fmt, trans_b=True), a1)
         dw1 = nx.gemm(x, dz1, fmt, trans_a=True, extra_shift=s)
@@ -243,7 +245,7 @@ def test_rtl_config_that_does_not_fit_the_simulated_sram_is_refused_before_any_b
 def test_gemm_longer_than_the_exact_accumulator_is_refused_before_running():
     from gradsync.firmware.training import ConfigError
 
-    big = tm.HardwareConfig(scratchpad_words=1 << 17, gradient_words=1 << 17).to_dict()
+    big = HardwareConfig(scratchpad_words=1 << 17, gradient_words=1 << 17)
     cfg = TrainConfig(layers=(64, 520, 10), global_batch=16, steps=1, hardware=big)
     with pytest.raises(ConfigError, match="layer width 520 exceeds the 511-term sums the 40-bit"):
         run(cfg, run_model)
@@ -306,6 +308,8 @@ def test_compare_prints_a_row_per_schedule(capsys):
             "1",
             "--link-latency-cycles",
             "100",
+            "--hardware",
+            "large",
         ]
     )
     text = capsys.readouterr().out

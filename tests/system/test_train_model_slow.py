@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gradsync.firmware.experiment import TrainConfig, run
-from gradsync.model.backend import run_model
+from gradsync.model_backend import run_model
 
 
 @pytest.mark.slow

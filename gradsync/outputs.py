@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from gradsync import __version__
-from gradsync import regmap as rm
 from gradsync.firmware import data as digits
 from gradsync.firmware.experiment import Interval, RunResult, intervals
+from gradsync.spec import regmap as rm
 
 FORMAT_VERSION = 1
 
@@ -219,7 +219,7 @@ def write_all(res: RunResult, out: Path, backend: str, extra: dict | None = None
     (out / "results.json").write_text(json.dumps(results, indent=1))
     wdir = out / "weights"
     wdir.mkdir(exist_ok=True)
-    frac = int(res.config.fixed_point.get("frac_bits", 10))
+    frac = res.config.fixed_point.frac_bits
     for k, layers in enumerate(res.weights):
         arrays = {}
         for i, w in enumerate(layers, start=1):

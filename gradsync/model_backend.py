@@ -7,16 +7,10 @@ the firmware reports (they cost no simulated cycles).
 
 from __future__ import annotations
 
-from gradsync import regmap as rm
 from gradsync.firmware.experiment import BackendResult, TrainConfig
 from gradsync.firmware.training import NodeFirmware, NodeJob, Observer
-from gradsync.model import numerics as nx
-from gradsync.model import timing as tm
 from gradsync.model.cluster import Cluster
-
-
-def formats(cfg: TrainConfig) -> tuple[tm.HardwareConfig, nx.FixedPointFormat]:
-    return tm.HardwareConfig(**cfg.hardware), nx.FixedPointFormat(**cfg.fixed_point)
+from gradsync.spec import regmap as rm
 
 
 def run_model(
@@ -29,7 +23,7 @@ def run_model_cluster(
     cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = None
 ) -> tuple[BackendResult, Cluster]:
     """:func:`run_model`, also returning the cluster for backdoor inspection (tests)."""
-    hw, fmt = formats(cfg)
+    hw, fmt = cfg.hardware, cfg.fixed_point
     cluster = Cluster(cfg.nodes, hw, fmt)
     weights = {}
 

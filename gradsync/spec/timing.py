@@ -1,5 +1,8 @@
 """Closed cycle formulas of the gradsync device: the single source of timing truth.
 
+Compute, DMA, receiver and host-bus timing; the link's framing and packet
+timing are in :mod:`gradsync.spec.link`.
+
 Every engine of the golden model takes exactly the number of cycles these
 functions return, and the RTL must hit them exactly (issue 5/6 block tests
 compare command-to-interrupt cycle counts against them).  Formulas are plain
@@ -15,9 +18,9 @@ of their predecessor.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-from gradsync import regmap as rm
+from gradsync.spec import regmap as rm
+from gradsync.spec.hardware import HardwareConfig
+from gradsync.spec.link import ceil_div, chunk_tx_cycles
 
 # --- fixed latencies (cycles) -------------------------------------------------
 
@@ -29,7 +32,7 @@ SRAM_READ_LATENCY_CYCLES = 1
 WRITEBACK_LATENCY_CYCLES = 1
 #: Vector unit pipeline depth (multiply, round, saturate stages).
 VECTOR_PIPELINE_CYCLES = 3
-#: 32-bit words in one DMA descriptor (see ``gradsync.regmap``).
+#: 32-bit words in one DMA descriptor (see ``gradsync.spec.regmap``).
 DESCRIPTOR_WORDS = rm.DESCRIPTOR_WORDS
 #: Descriptor validation after its last word is fetched.
 DESCRIPTOR_CHECK_CYCLES = 1
@@ -39,58 +42,6 @@ DESCRIPTOR_WRITEBACK_CYCLES = 1
 #: before its first payload word is applied (store-and-forward: a packet is
 #: applied only after its CRC word arrived, one 32-bit word per cycle).
 RX_APPLY_LATENCY_CYCLES = 3
-
-
-@dataclass(frozen=True)
-class HardwareConfig:
-    """Parameters of one node and its link.  Units are in the names.
-
-    Memory sizes are in operand words (the fixed-point format's width).
-    """
-
-    array_rows: int = 8
-    array_cols: int = 8
-    vector_lanes: int = 8
-    scratchpad_words: int = 1 << 16
-    gradient_words: int = 1 << 15
-    ring_entries: int = 64
-    cmd_fifo_depth: int = 16
-    rx_windows: int = 64
-    trace_records: int = 1 << 14
-    link_bytes_per_cycle: int = 4
-    link_latency_cycles: int = 50
-    packet_header_bytes: int = 12
-    packet_crc_bytes: int = 4
-    max_payload_bytes: int = 256
-    host_write_cycles: int = 4
-    host_read_cycles: int = 8
-    host_irq_latency_cycles: int = 10
-    host_bulk_setup_cycles: int = 16
-    host_bulk_bytes_per_cycle: int = 8
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, not {value!r}")
-            minimum = 0 if name in ("link_latency_cycles", "packet_crc_bytes") else 1
-            if value < minimum:
-                raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
-        if self.max_payload_bytes % 4:
-            raise ValueError(
-                f"max_payload_bytes must be a multiple of 4, not {self.max_payload_bytes!r}"
-            )
-        if self.rx_windows > 64:
-            raise ValueError(f"rx_windows must be <= 64, not {self.rx_windows!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-DEFAULT_HARDWARE = HardwareConfig()
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def gemm_tiles(m: int, n: int, hw: HardwareConfig) -> int:
@@ -177,28 +128,6 @@ def descriptor_fetch_cycles(hw: HardwareConfig) -> int:
     return SRAM_READ_LATENCY_CYCLES + DESCRIPTOR_WORDS + DESCRIPTOR_CHECK_CYCLES
 
 
-def packet_payloads(length_bytes: int, hw: HardwareConfig) -> list[int]:
-    """Payload sizes of the packets a chunk of ``length_bytes`` is cut into."""
-    full, rest = divmod(length_bytes, hw.max_payload_bytes)
-    return [hw.max_payload_bytes] * full + ([rest] if rest else [])
-
-
-def packet_cycles(payload_bytes: int, hw: HardwareConfig) -> int:
-    """Cycles one packet occupies the transmitter (serialisation only).
-
-    ``ceil((header + payload + CRC) / link_bytes_per_cycle)``; packets of a
-    chunk are sent back to back.  The receiver sees the packet's last byte
-    ``link_latency_cycles`` after the transmitter sent it.
-    """
-    wire = hw.packet_header_bytes + payload_bytes + hw.packet_crc_bytes
-    return ceil_div(wire, hw.link_bytes_per_cycle)
-
-
-def chunk_tx_cycles(length_bytes: int, hw: HardwareConfig) -> int:
-    """Transmitter busy time of one chunk (one descriptor), without the fetch."""
-    return sum(packet_cycles(p, hw) for p in packet_payloads(length_bytes, hw))
-
-
 def descriptor_cycles(length_bytes: int, hw: HardwareConfig) -> int:
     """DMA engine occupancy of one valid descriptor, grant to completion.
 
@@ -209,7 +138,7 @@ def descriptor_cycles(length_bytes: int, hw: HardwareConfig) -> int:
     """
     return (
         descriptor_fetch_cycles(hw)
-        + chunk_tx_cycles(length_bytes, hw)
+        + chunk_tx_cycles(length_bytes, hw.link)
         + (DESCRIPTOR_WRITEBACK_CYCLES)
     )
 
@@ -271,32 +200,3 @@ def rx_visible_cycle(crc_arrival: int, applier_free: int, payload_bytes: int) ->
 def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
     """Cycles of a host bulk load or dump of ``n_bytes`` of device memory."""
     return hw.host_bulk_setup_cycles + ceil_div(max(n_bytes, 0), hw.host_bulk_bytes_per_cycle)
-
-
-def link_efficiency(chunk_bytes: int, hw: HardwareConfig) -> float:
-    """Payload fraction of a chunk's link time including framing and latency.
-
-    ``chunk / (bytes_per_cycle * (chunk_tx_cycles(chunk) + link_latency))`` —
-    the quantity ``--chunk-bytes auto`` drives above a target.  The firmware
-    computes the same rule from the ``LINK_*`` registers.
-    """
-    busy = chunk_tx_cycles(chunk_bytes, hw) + hw.link_latency_cycles
-    return chunk_bytes / (hw.link_bytes_per_cycle * busy)
-
-
-def auto_chunk_bytes(hw: HardwareConfig, word_bytes: int, target_efficiency: float = 0.8) -> int:
-    """Smallest chunk (multiple of ``max_payload_bytes``) with link efficiency >= target.
-
-    Small chunks let a lower layer overtake sooner; each chunk pays header,
-    CRC, descriptor fetch and link latency once, so the chunk must be large
-    enough to amortise them.  If no chunk up to 64 packets reaches the target
-    the largest candidate is returned.
-    """
-    if not 0.0 < target_efficiency < 1.0:
-        raise ValueError(f"target_efficiency must be in (0, 1), not {target_efficiency!r}")
-    candidate = hw.max_payload_bytes
-    for packets in range(1, 65):
-        candidate = packets * hw.max_payload_bytes
-        if link_efficiency(candidate, hw) >= target_efficiency:
-            break
-    return candidate - candidate % word_bytes

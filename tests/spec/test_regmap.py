@@ -8,9 +8,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gradsync import regmap as rm
+from gradsync.spec import regmap as rm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_offsets_unique_aligned_and_fields_disjoint():

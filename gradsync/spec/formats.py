@@ -1,0 +1,164 @@
+"""Number formats of the device: what an operand word means, defined once.
+
+The RTL (``hw/``) takes its widths and rounding from these objects at
+elaboration, the golden model (``model/numerics.py``) computes every device
+result with them, and the firmware (``firmware/``) converts host values to and
+from device words with :meth:`FixedPointFormat.quantize` /
+:meth:`FixedPointFormat.dequantize` after reading the format back from the
+``HW_FORMAT`` register (:meth:`FixedPointFormat.from_register`).
+
+A format is a frozen dataclass with a ``name``, ``word_bytes``, ``to_dict``,
+``quantize``/``dequantize`` and its ``HW_FORMAT`` encoding; a floating-point
+format joins by providing the same (nothing here assumes integers beyond
+:class:`FixedPointFormat` itself).
+
+Conventions of the fixed-point format
+-------------------------------------
+* Operands are two's-complement integers of ``total_bits`` bits holding the
+  real value ``raw * 2**-frac_bits``; arrays of raw values are ``int64``.
+* A GEMM accumulates exact products in an ``acc_bits``-wide accumulator that
+  wraps; :meth:`FixedPointFormat.max_exact_k` is the longest inner dimension
+  that cannot wrap, and the device refuses longer ones.
+* Rounding ``"nearest-even"``: add half, and on an exact tie round to the even
+  result. ``"truncate"``: arithmetic shift (round towards minus infinity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from gradsync.spec import regmap as rm
+
+ROUNDING_MODES = ("nearest-even", "truncate")
+
+
+def wrap(x: np.ndarray | int, bits: int) -> np.ndarray:
+    """Two's-complement wrap of integers to ``bits`` bits."""
+    x = np.asarray(x, dtype=np.int64)
+    half = np.int64(1) << (bits - 1)
+    return ((x + half) & ((np.int64(1) << bits) - 1)) - half
+
+
+@dataclass(frozen=True)
+class FixedPointFormat:
+    """A signed fixed-point operand format and its accumulator.
+
+    Parameters
+    ----------
+    total_bits:
+        Operand width in bits (8, 16 or 32; memory words hold one operand).
+    frac_bits:
+        Fractional bits of an operand.
+    acc_bits:
+        Accumulator width of a processing element, at least ``2 * total_bits``.
+    rounding:
+        ``"nearest-even"`` or ``"truncate"``, used by every right shift.
+    saturate:
+        Clamp results to the operand range on write-back, reduce-add and
+        update; if false, results wrap modulo ``2**total_bits``.
+    """
+
+    total_bits: int = 16
+    frac_bits: int = 10
+    acc_bits: int = 40
+    rounding: str = "nearest-even"
+    saturate: bool = True
+
+    #: Format family, as recorded in ``results.json`` and ``docs/outputs.md``.
+    name = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.total_bits not in (8, 16, 32):
+            raise ValueError(f"total_bits must be 8, 16 or 32, not {self.total_bits!r}")
+        if not 0 <= self.frac_bits < self.total_bits:
+            raise ValueError(f"frac_bits must be in [0, {self.total_bits}), not {self.frac_bits!r}")
+        if not 2 * self.total_bits <= self.acc_bits <= 62:
+            raise ValueError(
+                f"acc_bits must be in [{2 * self.total_bits}, 62], not {self.acc_bits!r}"
+            )
+        if self.rounding not in ROUNDING_MODES:
+            raise ValueError(f"rounding must be one of {ROUNDING_MODES}, not {self.rounding!r}")
+
+    @property
+    def word_bytes(self) -> int:
+        """Bytes per operand word in device memory and on the link."""
+        return self.total_bits // 8
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.total_bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.total_bits - 1)) - 1
+
+    @property
+    def lsb(self) -> float:
+        """Real value of one least-significant bit."""
+        return 2.0**-self.frac_bits
+
+    @property
+    def max_exact_k(self) -> int:
+        """Largest GEMM inner dimension K whose accumulation can never wrap the accumulator."""
+        max_product = 1 << (2 * (self.total_bits - 1))  # |qmin * qmin|
+        return ((1 << (self.acc_bits - 1)) - 1) // max_product
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # --- raw integers ------------------------------------------------------------
+
+    def saturate_raw(self, x: np.ndarray | int) -> np.ndarray:
+        """Clamp (or wrap, if ``saturate`` is false) integers to the operand range."""
+        x = np.asarray(x, dtype=np.int64)
+        if self.saturate:
+            return np.clip(x, self.qmin, self.qmax)
+        return wrap(x, self.total_bits)
+
+    def quantize(self, values: np.ndarray | float) -> np.ndarray:
+        """Real values -> raw operand integers (format rounding, then saturate)."""
+        scaled = np.asarray(values, dtype=np.float64) * float(1 << self.frac_bits)
+        raw = np.floor(scaled) if self.rounding == "truncate" else np.rint(scaled)
+        raw = np.clip(raw, -(2.0**62), 2.0**62).astype(np.int64)
+        return self.saturate_raw(raw)
+
+    def dequantize(self, raw: np.ndarray | int) -> np.ndarray:
+        """Raw operand integers -> float64 real values (exact)."""
+        return np.asarray(raw, dtype=np.int64).astype(np.float64) * self.lsb
+
+    def to_unsigned(self, raw: np.ndarray | int) -> np.ndarray:
+        """Raw signed values -> unsigned memory words (as stored in device SRAM)."""
+        return np.asarray(raw, dtype=np.int64) & ((np.int64(1) << self.total_bits) - 1)
+
+    def from_unsigned(self, words: np.ndarray | int) -> np.ndarray:
+        """Unsigned memory words -> raw signed values."""
+        return wrap(words, self.total_bits)
+
+    # --- the HW_FORMAT register ---------------------------------------------------
+
+    def to_register(self) -> int:
+        """The value of the read-only ``HW_FORMAT`` register of a device in this format."""
+        return rm.reg("HW_FORMAT").pack(
+            total_bits=self.total_bits,
+            frac_bits=self.frac_bits,
+            acc_bits=self.acc_bits,
+            nearest_even=int(self.rounding == "nearest-even"),
+            saturate=int(self.saturate),
+        )
+
+    @classmethod
+    def from_register(cls, word: int) -> FixedPointFormat:
+        """The format a device reports in ``HW_FORMAT`` (the firmware's view of the device)."""
+        f = rm.reg("HW_FORMAT")
+        return cls(
+            total_bits=f.field("total_bits").get(word),
+            frac_bits=f.field("frac_bits").get(word),
+            acc_bits=f.field("acc_bits").get(word),
+            rounding="nearest-even" if f.field("nearest_even").get(word) else "truncate",
+            saturate=bool(f.field("saturate").get(word)),
+        )
+
+
+DEFAULT_FORMAT = FixedPointFormat()

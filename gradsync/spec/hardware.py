@@ -1,0 +1,141 @@
+"""The hardware configuration of a node and its link, and the named presets.
+
+One :class:`HardwareConfig` describes the device every room builds or
+models: the RTL elaborates it (``hw/``), the golden model times it
+(``model/``), the firmware reads it back from the build-constant registers
+(:func:`constant_registers`), and the CLI picks one of :data:`PRESETS` by name
+(``--hardware NAME``).  Both backends default to the same preset,
+:data:`DEFAULT_PRESET`, so ``gradsync train --backend model`` and
+``--backend rtl`` with the same flags run the same hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from gradsync.spec import regmap as rm
+from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.link import PACKET_CRC_BYTES, PACKET_HEADER_BYTES, LinkConfig
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Parameters of one node and its link.  Units are in the names.
+
+    Memory sizes are in operand words (the number format's width).  The
+    defaults are the ``small`` preset (:data:`PRESETS`).
+    """
+
+    array_rows: int = 8
+    array_cols: int = 8
+    vector_lanes: int = 8
+    scratchpad_words: int = 8192
+    gradient_words: int = 8192
+    ring_entries: int = 64
+    cmd_fifo_depth: int = 16
+    rx_windows: int = 64
+    trace_records: int = 2048
+    link_bytes_per_cycle: int = 4
+    link_latency_cycles: int = 50
+    packet_header_bytes: int = PACKET_HEADER_BYTES
+    packet_crc_bytes: int = PACKET_CRC_BYTES
+    max_payload_bytes: int = 256
+    host_write_cycles: int = 4
+    host_read_cycles: int = 8
+    host_irq_latency_cycles: int = 10
+    host_bulk_setup_cycles: int = 16
+    host_bulk_bytes_per_cycle: int = 8
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+            minimum = 0 if name in ("link_latency_cycles", "packet_crc_bytes") else 1
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+        if self.max_payload_bytes % 4:
+            raise ValueError(
+                f"max_payload_bytes must be a multiple of 4, not {self.max_payload_bytes!r}"
+            )
+        if self.rx_windows > rm.MAX_RX_WINDOWS:
+            raise ValueError(f"rx_windows must be <= {rm.MAX_RX_WINDOWS}, not {self.rx_windows!r}")
+
+    @property
+    def link(self) -> LinkConfig:
+        """The link facts the timing of a chunk depends on."""
+        return LinkConfig(
+            bytes_per_cycle=self.link_bytes_per_cycle,
+            latency_cycles=self.link_latency_cycles,
+            header_bytes=self.packet_header_bytes,
+            crc_bytes=self.packet_crc_bytes,
+            max_payload_bytes=self.max_payload_bytes,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Named hardware presets (``gradsync train --hardware NAME``).
+PRESETS: dict[str, HardwareConfig] = {
+    # SRAMs and trace buffer just large enough for the default training run
+    # (--layers 64,32,10 --global-batch 64 on 2 or more nodes needs 7104
+    # scratchpad and 4736 gradient words at 16 bits); small Verilator builds
+    "small": HardwareConfig(),
+    # room for wider layers: 64 Ki scratchpad / 32 Ki gradient words, 16 Ki trace records
+    "large": HardwareConfig(
+        scratchpad_words=1 << 16, gradient_words=1 << 15, trace_records=1 << 14
+    ),
+}
+#: What both backends run unless told otherwise.
+DEFAULT_PRESET = "small"
+DEFAULT_HARDWARE = PRESETS[DEFAULT_PRESET]
+
+PRESET_HELP = {
+    "small": "8 Ki scratchpad + 8 Ki gradient words, 2 Ki trace records (default)",
+    "large": "64 Ki scratchpad + 32 Ki gradient words, 16 Ki trace records",
+}
+
+
+def preset(name: str, **overrides: int) -> HardwareConfig:
+    """The preset ``name``, with ``overrides`` replacing some of its fields."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"hardware preset must be one of {', '.join(PRESETS)}, not {name!r}"
+        ) from None
+    return replace(base, **overrides)
+
+
+def constant_registers(
+    hw: HardwareConfig, fmt: FixedPointFormat, node_id: int = 0, num_nodes: int = 1
+) -> dict[str, int]:
+    """Values of the build-constant (read-only) registers of node ``node_id``.
+
+    The RTL's CSR block is generated with these values and the golden model
+    presets its registers with them; the firmware decodes them at start-up.
+    """
+    return {
+        "NODE_ID": node_id,
+        "NUM_NODES": num_nodes,
+        "TX_PEER": (node_id + 1) % num_nodes,
+        "HW_ARRAY": rm.reg("HW_ARRAY").pack(
+            rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes
+        ),
+        "HW_FORMAT": fmt.to_register(),
+        "SCRATCH_WORDS": hw.scratchpad_words,
+        "GRAD_WORDS": hw.gradient_words,
+        "HW_QUEUES": rm.reg("HW_QUEUES").pack(
+            ring_entries=hw.ring_entries,
+            rx_windows=hw.rx_windows,
+            cmd_fifo_depth=hw.cmd_fifo_depth,
+        ),
+        "TRACE_DEPTH": hw.trace_records,
+        "LINK_INFO": rm.reg("LINK_INFO").pack(
+            bytes_per_cycle=hw.link_bytes_per_cycle,
+            header_bytes=hw.packet_header_bytes,
+            crc_bytes=hw.packet_crc_bytes,
+        ),
+        "LINK_LATENCY": hw.link_latency_cycles,
+        "LINK_MAX_PAYLOAD": hw.max_payload_bytes,
+    }

@@ -1,0 +1,112 @@
+"""Link framing and the timing of a chunk on a link: packets, efficiency, automatic chunk size.
+
+A chunk (one DMA descriptor) is cut into packets of at most
+``max_payload_bytes``; every packet carries a :data:`PACKET_HEADER_BYTES`
+header and a :data:`PACKET_CRC_BYTES` CRC and is serialised at
+``bytes_per_cycle``; the receiver sees its last byte ``latency_cycles``
+later.  The NIC (``hw/nic.py``) builds exactly this framing, the golden model
+times it with these functions, and the firmware picks ``--chunk-bytes auto``
+with :func:`auto_chunk_bytes` from the ``LINK_*`` registers
+(:meth:`LinkConfig.from_registers`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gradsync.spec import regmap as rm
+
+#: Packet header: the link word of sequence/window/flags/length, address, tag.
+PACKET_HEADER_BYTES = 12
+#: CRC-32 trailer of every packet.
+PACKET_CRC_BYTES = 4
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """A link as the sender sees it."""
+
+    bytes_per_cycle: int
+    latency_cycles: int
+    max_payload_bytes: int
+    header_bytes: int = PACKET_HEADER_BYTES
+    crc_bytes: int = PACKET_CRC_BYTES
+
+    @property
+    def framing_bytes(self) -> int:
+        return self.header_bytes + self.crc_bytes
+
+    @classmethod
+    def from_registers(cls, link_info: int, latency_cycles: int, max_payload_bytes: int):
+        """The link a device reports in ``LINK_INFO``, ``LINK_LATENCY``, ``LINK_MAX_PAYLOAD``."""
+        r = rm.reg("LINK_INFO")
+        return cls(
+            bytes_per_cycle=r.field("bytes_per_cycle").get(link_info),
+            latency_cycles=latency_cycles,
+            max_payload_bytes=max_payload_bytes,
+            header_bytes=r.field("header_bytes").get(link_info),
+            crc_bytes=r.field("crc_bytes").get(link_info),
+        )
+
+
+def packet_payloads(length_bytes: int, link: LinkConfig) -> list[int]:
+    """Payload sizes of the packets a chunk of ``length_bytes`` is cut into."""
+    full, rest = divmod(length_bytes, link.max_payload_bytes)
+    return [link.max_payload_bytes] * full + ([rest] if rest else [])
+
+
+def packet_cycles(payload_bytes: int, link: LinkConfig) -> int:
+    """Cycles one packet occupies the transmitter (serialisation only).
+
+    ``ceil((header + payload + CRC) / bytes_per_cycle)``; packets of a chunk
+    are sent back to back.
+    """
+    return ceil_div(link.framing_bytes + payload_bytes, link.bytes_per_cycle)
+
+
+def chunk_tx_cycles(length_bytes: int, link: LinkConfig) -> int:
+    """Transmitter busy time of one chunk (one descriptor), without the descriptor fetch."""
+    return sum(packet_cycles(p, link) for p in packet_payloads(length_bytes, link))
+
+
+def link_efficiency(chunk_bytes: int, link: LinkConfig) -> float:
+    """Payload fraction of a chunk's link time including framing and latency.
+
+    ``chunk / (bytes_per_cycle * (chunk_tx_cycles(chunk) + latency))`` -- the
+    quantity ``--chunk-bytes auto`` drives above a target.
+    """
+    busy = chunk_tx_cycles(chunk_bytes, link) + link.latency_cycles
+    return chunk_bytes / (link.bytes_per_cycle * busy)
+
+
+def auto_chunk_bytes(link: LinkConfig, word_bytes: int, target_efficiency: float = 0.8) -> int:
+    """Smallest chunk (whole number of full packets) with link efficiency >= target.
+
+    Small chunks let a lower layer overtake sooner; each chunk pays header,
+    CRC and link latency, so it must be large enough to amortise them.  If no
+    chunk up to 64 packets reaches the target the largest candidate is
+    returned.  The result is a multiple of ``word_bytes``.
+    """
+    if not 0.0 < target_efficiency < 1.0:
+        raise ValueError(f"target_efficiency must be in (0, 1), not {target_efficiency!r}")
+    candidate = link.max_payload_bytes
+    for packets in range(1, 65):
+        candidate = packets * link.max_payload_bytes
+        if link_efficiency(candidate, link) >= target_efficiency:
+            break
+    return candidate - candidate % word_bytes
+
+
+def nic_timeouts(link: LinkConfig) -> tuple[int, int]:
+    """(retransmission timeout, NAK hold-off) in cycles, as every NIC uses them.
+
+    The hold-off is one round trip of the longest packet, its acknowledgement
+    and some slack; the timeout two of them plus margin.
+    """
+    max_packet_words = ceil_div(link.framing_bytes + link.max_payload_bytes, 4)
+    rtt = 2 * link.latency_cycles + max_packet_words * 4 // link.bytes_per_cycle + 16
+    return 2 * rtt + 64, rtt
