@@ -38,6 +38,10 @@ class ConfigError(ValueError):
     """A training configuration the device cannot run; the message names the value."""
 
 
+class MemoryPlanError(ConfigError):
+    """The layers and batch do not fit the device's SRAMs (a larger hardware preset may)."""
+
+
 @dataclass
 class NodeResult:
     losses: list[float]  #: summed cross-entropy of the node's shard, per step
@@ -108,7 +112,7 @@ def plan_memory(
     dz = [0] + [take(local_batch * layers[i + 1]) for i in range(nl)]
     if sp > scratch_words:
         widest = max(layers)
-        raise ConfigError(
+        raise MemoryPlanError(
             f"layers {','.join(map(str, layers))} (widest {widest}) with a local batch of "
             f"{local_batch} need {sp} scratchpad words but the device has {scratch_words}"
         )
@@ -121,7 +125,7 @@ def plan_memory(
         r.append(rm.GRAD_BASE + gp + nb)
         gp += 2 * nb
     if gp > grad_words * word_bytes:
-        raise ConfigError(
+        raise MemoryPlanError(
             f"layers {','.join(map(str, layers))} need {gp // word_bytes} gradient SRAM words "
             f"but the device has {grad_words}"
         )

@@ -99,6 +99,7 @@ def add_config_arguments(
 
 def config_from_args(args, schedule: str | None = None):
     from gradsync.firmware.experiment import TrainConfig
+    from gradsync.firmware.training import MemoryPlanError
 
     try:
         rows, cols = (int(x) for x in args.array.lower().split("x"))
@@ -125,7 +126,17 @@ def config_from_args(args, schedule: str | None = None):
         fixed_point=fmt,
         hardware=hw,
     )
-    cfg.validate()
+    try:
+        cfg.validate()
+    except MemoryPlanError as exc:
+        bigger = [
+            name
+            for name, other in PRESETS.items()
+            if other.scratchpad_words > hw.scratchpad_words
+            or other.gradient_words > hw.gradient_words
+        ]
+        hint = f" (--hardware {args.hardware}); try --hardware {bigger[0]}" if bigger else ""
+        raise MemoryPlanError(f"{exc}{hint}") from None
     return cfg
 
 
