@@ -18,13 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradsync.model import numerics as nx
-from gradsync.model.csr import CsrBlock
-from gradsync.model.events import Simulator
-from gradsync.model.sram import OperandSrams
+from gradsync.model.engine import Engine, NodeParts
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
-from gradsync.spec.formats import FixedPointFormat
-from gradsync.spec.hardware import HardwareConfig
 
 _OPCODE = rm.reg("CMD_OPCODE")
 #: The staged command registers, in the order of :class:`_Command`'s fields.
@@ -54,7 +50,7 @@ class _Command:
         return _OPCODE.field(name).get(self.word)
 
 
-class ComputeEngine:
+class ComputeEngine(Engine):
     """In-order command FIFO feeding the systolic array and the vector unit.
 
     Attributes
@@ -69,20 +65,9 @@ class ComputeEngine:
         Called after every retired command (the DMA engine's fence check).
     """
 
-    def __init__(
-        self,
-        sim: Simulator,
-        hw: HardwareConfig,
-        fmt: FixedPointFormat,
-        csr: CsrBlock,
-        srams: OperandSrams,
-    ) -> None:
-        self.sim = sim
-        self.hw = hw
-        self.fmt = fmt
-        self.csr = csr
-        self.trace = csr.trace
-        self.srams = srams
+    def __init__(self, parts: NodeParts) -> None:
+        super().__init__(parts)
+        csr = self.csr
         self.fifo: deque[_Command] = deque()
         self.busy = False
         self.launched = 0

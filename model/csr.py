@@ -22,6 +22,7 @@ with :func:`gradsync.spec.regmap.decode_register`.  The trace buffer
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import make_dataclass
 from functools import partial
 
 from gradsync.model.events import Simulator
@@ -32,6 +33,14 @@ from gradsync.spec.hardware import HardwareConfig
 M32 = 0xFFFF_FFFF
 _CONTROL = rm.offset("CONTROL")
 _ERR_CODE = rm.reg("ERR_CODE")
+
+
+def register_state(name: str, array: rm.RegisterArray, *extra: tuple) -> type:
+    """A dataclass holding one queue's or window's registers: an ``int`` attribute (reset 0)
+    per readable register of ``array``, named as the register in lower case (``ring_base``
+    for ``DMAq_RING_BASE``), then the ``extra`` fields (``make_dataclass`` triples)."""
+    fields = [(f.lower(), int, 0) for f, _, access in array.fields if access is not rm.Access.WO]
+    return make_dataclass(name, fields + list(extra))
 
 
 class CsrBlock:

@@ -19,11 +19,14 @@ file each, as ``hw/`` does (``DESIGN.md``, "One node"):
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
 
 from gradsync.model.compute import ComputeEngine
 from gradsync.model.csr import CsrBlock
-from gradsync.model.dma import DmaEngine, DmaQueue
+from gradsync.model.dma import DmaEngine
+from gradsync.model.engine import NodeParts
 from gradsync.model.events import Simulator
 from gradsync.model.host import HostPort
 from gradsync.model.nic import Nic, Packet
@@ -48,6 +51,9 @@ class ModelDevice:
         The engines (see the module docstring).
     trace:
         Every trace record ever written, dropped ones included.
+    trace_head, trace_tail, trace_drops, irq_status, irq_mask, err_count, compute_done,
+    queues, windows, rx_done, rx_drops, perf:
+        Read-only views of the engines' state (see each engine).
     """
 
     def __init__(
@@ -69,20 +75,11 @@ class ModelDevice:
         self.grad = self.srams.grad
         self.ring = np.zeros(hw.ring_entries * rm.DMA_QUEUES * rm.DESCRIPTOR_WORDS, dtype=np.int64)
         self.csr = CsrBlock(sim, hw, constant_registers(hw, fmt, node_id, num_nodes))
-        self.compute = ComputeEngine(sim, hw, fmt, self.csr, self.srams)
-        self.nic = Nic(sim, hw, fmt, node_id, self.csr, self.srams)
-        self.dma = DmaEngine(
-            sim,
-            hw,
-            self.csr,
-            self.srams,
-            self.ring,
-            self.nic,
-            self.compute,
-            self.tx_peer,
-            num_nodes,
-        )
-        self.host = HostPort(sim, hw, fmt, self.csr, self.srams, self.ring)
+        parts = NodeParts(sim, hw, fmt, self.csr, self.srams)
+        self.compute = ComputeEngine(parts)
+        self.nic = Nic(parts, node_id)
+        self.dma = DmaEngine(parts, self.ring, self.nic, self.compute, self.tx_peer, num_nodes)
+        self.host = HostPort(parts, self.ring)
         self.compute.on_retire = self.dma.check_fence
         self.csr.on_irq_change = self.host.check_irq_waiters
         self.csr.check_complete()
@@ -125,49 +122,19 @@ class ModelDevice:
     def receive(self, pkt: Packet) -> None:
         self.nic.receive(pkt)
 
-    @property
-    def trace(self) -> list[rm.TraceRecord]:
-        return self.csr.trace.records
-
-    @property
-    def trace_head(self) -> int:
-        return self.csr.trace.head
-
-    @property
-    def trace_tail(self) -> int:
-        return self.csr.trace.tail
-
-    @property
-    def trace_drops(self) -> int:
-        return self.csr.trace.drops
-
-    @property
-    def irq_status(self) -> int:
-        return self.csr.irq_status
-
-    @property
-    def irq_mask(self) -> int:
-        return self.csr.irq_mask
-
-    @property
-    def err_count(self) -> int:
-        return self.csr.err_count
-
-    @property
-    def compute_done(self) -> int:
-        return self.compute.done
-
-    @property
-    def queues(self) -> list[DmaQueue]:
-        return self.dma.queues
-
-    @property
-    def rx_done(self) -> int:
-        return self.nic.rx_done
-
-    @property
-    def rx_drops(self) -> int:
-        return self.nic.rx_drops
+    # read-only views of engine state, under the names tests and reports use
+    trace = property(attrgetter("csr.trace.records"))
+    trace_head = property(attrgetter("csr.trace.head"))
+    trace_tail = property(attrgetter("csr.trace.tail"))
+    trace_drops = property(attrgetter("csr.trace.drops"))
+    irq_status = property(attrgetter("csr.irq_status"))
+    irq_mask = property(attrgetter("csr.irq_mask"))
+    err_count = property(attrgetter("csr.err_count"))
+    compute_done = property(attrgetter("compute.done"))
+    queues = property(attrgetter("dma.queues"))
+    windows = property(attrgetter("nic.windows"))
+    rx_done = property(attrgetter("nic.rx_done"))
+    rx_drops = property(attrgetter("nic.rx_drops"))
 
     @property
     def perf(self) -> dict[str, int]:

@@ -12,37 +12,24 @@ and the status and completion cycle are written back into the ring.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from gradsync.model.compute import ComputeEngine
-from gradsync.model.csr import CsrBlock
-from gradsync.model.events import Simulator
+from gradsync.model.csr import register_state
+from gradsync.model.engine import Engine, NodeParts
 from gradsync.model.nic import Nic
-from gradsync.model.sram import OperandSrams
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
-from gradsync.spec.hardware import HardwareConfig
 
 M32 = 0xFFFF_FFFF
 
 
-@dataclass
-class DmaQueue:
-    """One descriptor queue; its fields are its ``DMAq_*`` registers, in lower case."""
-
-    ring_base: int = 0
-    ring_size: int = 0
-    head: int = 0
-    tail: int = 0
-    win_base: int = 0
-    win_len: int = 0
-    done: int = 0
-    errors: int = 0
+#: One descriptor queue: ``ring_base``, ``ring_size``, ``head``, ``tail``, ``win_base``,
+#: ``win_len``, ``done``, ``errors`` (its ``DMAq_*`` registers).
+DmaQueue = register_state("DmaQueue", rm.DMA_QUEUE_ARRAY)
 
 
-class DmaEngine:
+class DmaEngine(Engine):
     """Descriptor rings and the one DMA engine that drains them.
 
     Parameters
@@ -59,21 +46,14 @@ class DmaEngine:
 
     def __init__(
         self,
-        sim: Simulator,
-        hw: HardwareConfig,
-        csr: CsrBlock,
-        srams: OperandSrams,
+        parts: NodeParts,
         ring: np.ndarray,
         nic: Nic,
         compute: ComputeEngine,
         tx_peer: int,
         num_nodes: int,
     ) -> None:
-        self.sim = sim
-        self.hw = hw
-        self.csr = csr
-        self.trace = csr.trace
-        self.srams = srams
+        super().__init__(parts)
         self.ring = ring
         self.nic = nic
         self.compute = compute
@@ -82,7 +62,7 @@ class DmaEngine:
         self.queues = [DmaQueue() for _ in range(rm.DMA_QUEUES)]
         self.busy = False
         self._fence_waiting: tuple[int, rm.Descriptor, int, int] | None = None
-        csr.bind_array(rm.DMA_QUEUE_ARRAY, read=self._read_queue, write=self._write_queue)
+        self.csr.bind_array(rm.DMA_QUEUE_ARRAY, read=self._read_queue, write=self._write_queue)
 
     def _read_queue(self, q_idx: int, field: str) -> int:
         return getattr(self.queues[q_idx], field.lower())

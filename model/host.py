@@ -19,44 +19,26 @@ from __future__ import annotations
 import numpy as np
 
 from gradsync.model import numerics as nx
-from gradsync.model.csr import CsrBlock
-from gradsync.model.events import Future, Simulator
-from gradsync.model.sram import OperandSrams
+from gradsync.model.engine import Engine, NodeParts
+from gradsync.model.events import Future
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
-from gradsync.spec.formats import FixedPointFormat
-from gradsync.spec.hardware import HardwareConfig
 
 M32 = 0xFFFF_FFFF
 _HOST_TAG = rm.offset("HOST_TAG")
 
 
-class HostPort:
+class HostPort(Engine):
     """The host's register port, interrupt line and bulk port of one node.
 
     Parameters
     ----------
-    csr:
-        The node's CSR block (registers, IRQ state, trace buffer).
-    srams, ring:
-        Operand SRAMs and ring memory, the bulk port's targets besides trace memory.
+    ring:
+        Ring memory; with the operand SRAMs and trace memory, the bulk port's targets.
     """
 
-    def __init__(
-        self,
-        sim: Simulator,
-        hw: HardwareConfig,
-        fmt: FixedPointFormat,
-        csr: CsrBlock,
-        srams: OperandSrams,
-        ring: np.ndarray,
-    ) -> None:
-        self.sim = sim
-        self.hw = hw
-        self.fmt = fmt
-        self.csr = csr
-        self.trace = csr.trace
-        self.srams = srams
+    def __init__(self, parts: NodeParts, ring: np.ndarray) -> None:
+        super().__init__(parts)
         self.ring = ring
         self._irq_waiters: list[tuple[int, Future]] = []
 

@@ -18,14 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from gradsync.model import numerics as nx
-from gradsync.model.csr import CsrBlock
-from gradsync.model.events import Simulator
-from gradsync.model.sram import OperandSrams
+from gradsync.model.csr import register_state
+from gradsync.model.engine import Engine, NodeParts
 from gradsync.spec import link as lk
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
-from gradsync.spec.formats import FixedPointFormat
-from gradsync.spec.hardware import HardwareConfig
 
 M32 = 0xFFFF_FFFF
 
@@ -39,18 +36,9 @@ _COUNTER_REGISTERS = {
 }
 
 
-@dataclass
-class _Window:
-    """One RX window; the first seven fields are its ``WINn_*`` registers, in lower case."""
-
-    ctrl: int = 0
-    dst: int = 0
-    src: int = 0
-    len: int = 0
-    tag: int = 0
-    expect: int = 0
-    received: int = 0
-    armed: bool = False
+#: One RX window: ``ctrl``, ``dst``, ``src``, ``len``, ``tag``, ``expect``, ``received`` (its
+#: ``WINn_*`` registers) and ``armed`` (EXPECT written and not yet reached).
+RxWindow = register_state("RxWindow", rm.RX_WINDOW_ARRAY, ("armed", bool, False))
 
 
 @dataclass(frozen=True)
@@ -63,7 +51,7 @@ class Packet:
     reduce: bool
 
 
-class Nic:
+class Nic(Engine):
     """Transmitter and receiver of one node.
 
     Attributes
@@ -80,25 +68,13 @@ class Nic:
         Transmit busy cycles, bytes and packets; packets and bytes applied.
     """
 
-    def __init__(
-        self,
-        sim: Simulator,
-        hw: HardwareConfig,
-        fmt: FixedPointFormat,
-        node_id: int,
-        csr: CsrBlock,
-        srams: OperandSrams,
-    ) -> None:
-        self.sim = sim
-        self.hw = hw
-        self.fmt = fmt
-        self.wb = fmt.word_bytes
+    def __init__(self, parts: NodeParts, node_id: int) -> None:
+        super().__init__(parts)
+        csr = self.csr
+        self.wb = self.fmt.word_bytes
         self.node_id = node_id
-        self.csr = csr
-        self.trace = csr.trace
-        self.srams = srams
         self.peer: Nic | None = None
-        self.windows = [_Window() for _ in range(hw.rx_windows)]
+        self.windows = [RxWindow() for _ in range(self.hw.rx_windows)]
         self.rx_done = 0
         self.rx_drops = 0
         self.rx_free_at = 0
