@@ -533,6 +533,61 @@ def rx_window_reg(window: int, name: str) -> int:
     return offset(rx_window_reg_name(window, name))
 
 
+@dataclass(frozen=True)
+class RegisterArray:
+    """A block of registers repeated per DMA queue or per RX window.
+
+    Register ``field`` of instance ``index`` sits at ``base + index * stride +``
+    the field's offset in :attr:`fields` (``(name, offset, access)`` triples).
+    """
+
+    base: int
+    stride: int
+    count: int
+    fields: tuple[tuple[str, int, Access], ...]
+
+    def decode(self, offset: int) -> tuple[int, str] | None:
+        """``(index, field name)`` of the register at ``offset``, or None outside the array."""
+        index, rel = divmod(offset - self.base, self.stride)
+        if not 0 <= index < self.count:
+            return None
+        for name, field_offset, _ in self.fields:
+            if field_offset == rel:
+                return index, name
+        return None
+
+
+DMA_QUEUE_ARRAY = RegisterArray(
+    DMA_QUEUE_BASE, DMA_QUEUE_STRIDE, DMA_QUEUES, tuple(t[:3] for t in _DMA_QUEUE_TEMPLATE)
+)
+RX_WINDOW_ARRAY = RegisterArray(
+    RX_WINDOW_BASE, RX_WINDOW_STRIDE, MAX_RX_WINDOWS, tuple(t[:3] for t in _RX_WINDOW_TEMPLATE)
+)
+
+
+@dataclass(frozen=True)
+class DecodedRegister:
+    """A register and, for a DMA-queue or RX-window register, which instance and field it is."""
+
+    register: Register
+    array: RegisterArray | None = None
+    index: int | None = None  #: queue or window number
+    field: str | None = None  #: name within the array, e.g. "HEAD" of DMA1_HEAD
+
+
+def decode_register(offset: int) -> DecodedRegister | None:
+    """What the CSR port finds at byte ``offset`` (None: unmapped), decoded by offset
+    arithmetic for the per-queue and per-window registers."""
+    r = BY_OFFSET.get(offset)
+    if r is None:
+        return None
+    for array in (DMA_QUEUE_ARRAY, RX_WINDOW_ARRAY):
+        hit = array.decode(offset)
+        if hit is not None:
+            return DecodedRegister(r, array, *hit)
+    return DecodedRegister(r)
+
+
 # --- DMA descriptor ------------------------------------------------------------------
 
 DESCRIPTOR_WORDS = 8

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from gradsync.firmware.driver import IRQ_ENABLED
 from gradsync.model.cluster import Cluster
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
@@ -31,3 +33,77 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(1234)
+
+
+# --- helpers driving a modelled node through its registers (test_compute/dma/nic/device) ---
+
+OPW = rm.reg("CMD_OPCODE")
+
+
+async def launch(dev, opcode, a, b, c, m, k, n, *, arg=0, trans_a=0, trans_b=0, kind=0, tag=0):
+    word = OPW.pack(opcode=int(opcode), trans_a=trans_a, trans_b=trans_b, irq=1, kind=int(kind))
+    for name, v in (
+        ("CMD_OPCODE", word),
+        ("CMD_A", a),
+        ("CMD_B", b),
+        ("CMD_C", c),
+        ("CMD_M", m),
+        ("CMD_K", k),
+        ("CMD_N", n),
+        ("CMD_ARG", arg & 0xFFFFFFFF),
+        ("CMD_TAG", tag),
+    ):
+        await dev.write32(rm.offset(name), v)
+    await dev.write32(rm.offset("CMD_LAUNCH"), 1)
+
+
+async def setup_queues(dev, win_len=HW.gradient_words * 2):
+    for q in range(2):
+        await dev.write32(rm.dma_reg(q, "RING_BASE"), rm.RING_MEM_BASE + q * HW.ring_entries * 32)
+        await dev.write32(rm.dma_reg(q, "RING_SIZE"), HW.ring_entries)
+        await dev.write32(rm.dma_reg(q, "WIN_BASE"), rm.GRAD_BASE)
+        await dev.write32(rm.dma_reg(q, "WIN_LEN"), win_len)
+    await dev.write32(rm.offset("IRQ_MASK"), int(IRQ_ENABLED))
+
+
+async def post(dev, q, slot, desc):
+    await dev.load(rm.RING_MEM_BASE + (q * HW.ring_entries + slot) * 32, np.array(desc.encode()))
+    await dev.write32(rm.dma_reg(q, "DOORBELL"), slot + 1)
+
+
+async def open_window(dev, w, dst, src, length, tag, expect):
+    for name, v in (
+        ("DST", dst),
+        ("SRC", src),
+        ("LEN", length),
+        ("TAG", tag),
+        ("CTRL", 1),
+        ("EXPECT", expect),
+    ):
+        await dev.write32(rm.rx_window_reg(w, name), v)
+
+
+def idle(dev):
+    async def prog():
+        return None
+
+    return prog()
+
+
+def intervals(dev, engine):
+    out, open_ = [], []
+    for r in dev.trace:
+        if r.engine != engine:
+            continue
+        if engine == rm.Engine.NIC_RX:  # one END record per packet, when it is applied
+            assert r.event == rm.TraceEvent.END
+            out.append((None, r.cycle, r.tag, r.aux))
+        elif r.event == rm.TraceEvent.START:
+            open_.append(r)
+        elif r.event == rm.TraceEvent.END:
+            s = open_.pop(0)
+            out.append((s.cycle, r.cycle, s.tag, r.aux))
+    return out
+
+
+GUARD = 0x1234

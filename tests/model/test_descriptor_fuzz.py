@@ -7,8 +7,7 @@ import numpy as np
 from gradsync.spec import link as lk
 from gradsync.spec import regmap as rm
 
-from .conftest import FMT, HW, gaddr, run_programs
-from .test_device import open_window, setup_queues
+from .conftest import FMT, HW, gaddr, open_window, run_programs, setup_queues
 
 WIN_BASE_WORD, WIN_WORDS = 0, 1024  # the queues' source window (gradient SRAM words 0..1023)
 RX_WORD, RX_WORDS = 2048, 1024  # the receiver's window

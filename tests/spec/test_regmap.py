@@ -95,3 +95,36 @@ def test_register_pack_and_status_word():
 
 def test_committed_register_doc_is_current():
     assert (ROOT / "docs" / "registers.md").read_text() == rm.render_markdown()
+
+
+def test_decode_register_finds_every_queue_and_window_register_by_offset():
+    """Against the names the map was built with: every DMA-queue and RX-window register
+    (window 10 and above included) decodes to its instance and field, the rest to no array."""
+    arrays = {rm.DMA_QUEUE_ARRAY: rm.dma_reg_name, rm.RX_WINDOW_ARRAY: rm.rx_window_reg_name}
+    seen = {rm.DMA_QUEUE_ARRAY: set(), rm.RX_WINDOW_ARRAY: set()}
+    for r in rm.REGISTERS:
+        d = rm.decode_register(r.offset)
+        assert d.register is r
+        if d.array is None:
+            assert (d.index, d.field) == (None, None)
+            assert not r.name.startswith(("DMA", "WIN")), r.name
+            continue
+        assert arrays[d.array](d.index, d.field) == r.name
+        seen[d.array].add(d.index)
+    assert seen[rm.DMA_QUEUE_ARRAY] == set(range(rm.DMA_QUEUES))
+    assert seen[rm.RX_WINDOW_ARRAY] == set(range(rm.MAX_RX_WINDOWS))
+    d = rm.decode_register(rm.rx_window_reg(37, "EXPECT"))
+    assert (d.array, d.index, d.field) == (rm.RX_WINDOW_ARRAY, 37, "EXPECT")
+
+
+def test_decode_register_of_unmapped_offsets_is_none():
+    last_queue_reg = max(o for _, o, _ in rm.DMA_QUEUE_ARRAY.fields)
+    for off in (
+        0x05C,  # gap in the global block
+        rm.DMA_QUEUE_BASE + last_queue_reg + 4,  # gap after queue 0's registers
+        rm.DMA_QUEUE_BASE + rm.DMA_QUEUES * rm.DMA_QUEUE_STRIDE,  # a third queue's RING_BASE
+        rm.RX_WINDOW_BASE + rm.MAX_RX_WINDOWS * rm.RX_WINDOW_STRIDE,  # window 64
+        rm.RX_WINDOW_BASE + 0x1C,  # gap after window 0's registers
+    ):
+        assert rm.decode_register(off) is None, hex(off)
+        assert all(a.decode(off) is None for a in (rm.DMA_QUEUE_ARRAY, rm.RX_WINDOW_ARRAY))

@@ -1,0 +1,102 @@
+"""Trace buffer of a modelled node: records, trace memory, drops, the TRACE_DATA pop port.
+
+Part of the CSR block (:mod:`model.csr`), as in ``hw/csr.py``.  Engines call
+:meth:`TraceBuffer.record` with the events ``gradsync.spec.regmap.TRACE_SOURCES``
+lists; while ``CONTROL.trace_enable`` is set a record goes into the ring of
+``hw.trace_records`` slots, or counts in ``TRACE_DROPS`` when the host has not
+consumed enough.  Irq.TRACE is raised whenever the buffer is at least half
+full after a write.  The host reads records through the ``TRACE_DATA`` pop
+port or bulk-dumps trace memory and advances ``TRACE_TAIL``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gradsync.model.events import Simulator
+from gradsync.spec import regmap as rm
+from gradsync.spec.hardware import HardwareConfig
+
+if TYPE_CHECKING:
+    from gradsync.model.csr import CsrBlock
+
+M32 = 0xFFFF_FFFF
+
+
+class TraceBuffer:
+    """Trace ring of one node, with its ``TRACE_*`` registers bound on ``csr``.
+
+    Attributes
+    ----------
+    records:
+        Every record ever written, dropped ones included (for the model's own use).
+    words:
+        Trace memory: ``hw.trace_records`` slots of ``TRACE_RECORD_WORDS`` words.
+    head, tail, drops:
+        Records written and consumed (free-running), records lost to a full buffer.
+    """
+
+    def __init__(self, sim: Simulator, hw: HardwareConfig, csr: CsrBlock) -> None:
+        self.sim = sim
+        self.csr = csr
+        self.depth = hw.trace_records
+        self.records: list[rm.TraceRecord] = []
+        self.words = np.zeros(self.depth * rm.TRACE_RECORD_WORDS, dtype=np.int64)
+        self._pending: list[tuple[int, rm.TraceRecord]] = []
+        self.head = 0
+        self.tail = 0
+        self.drops = 0
+        self._pop_word = 0
+        csr.bind("TRACE_COUNT", read=lambda: self.head - self.tail)
+        csr.bind("TRACE_HEAD", read=lambda: self.head)
+        csr.bind("TRACE_TAIL", read=lambda: self.tail, write=self._store_tail)
+        csr.bind("TRACE_DROPS", read=lambda: self.drops)
+        csr.bind("TRACE_DATA", read=self._pop)
+
+    def record(
+        self, engine: int, event: int, kind: int, tag: int, aux: int = 0, cycle: int | None = None
+    ) -> None:
+        """Write one record stamped ``cycle`` (default: now), if tracing is enabled."""
+        if not self.csr.trace_enabled:
+            return
+        rec = rm.TraceRecord(
+            self.sim.now if cycle is None else cycle, engine, event, kind, tag & M32, aux & M32
+        )
+        self.records.append(rec)
+        if self.head - self.tail >= self.depth:
+            self.drops += 1
+            return
+        # trace memory words are materialised when the host reads them (see flush)
+        self._pending.append((self.head % self.depth, rec))
+        self.head += 1
+        if self.head - self.tail >= self.depth // 2:
+            self.csr.raise_irq(rm.Irq.TRACE)
+
+    def flush(self) -> None:
+        """Encode pending records into trace memory (vectorised; same words as TraceRecord.encode)."""
+        if not self._pending:
+            return
+        slots = np.array([s for s, _ in self._pending], dtype=np.int64)
+        words = rm.encode_trace_records([r for _, r in self._pending])
+        self.words.reshape(-1, rm.TRACE_RECORD_WORDS)[slots] = words
+        self._pending = []
+
+    def _pop(self) -> int:
+        """``TRACE_DATA``: the oldest record's next word; its last word advances the tail."""
+        if self.head == self.tail:
+            return 0
+        self.flush()
+        slot = self.tail % self.depth
+        word = int(self.words[slot * rm.TRACE_RECORD_WORDS + self._pop_word])
+        self._pop_word += 1
+        if self._pop_word == rm.TRACE_RECORD_WORDS:
+            self._pop_word = 0
+            self.tail += 1
+        return word
+
+    def _store_tail(self, value: int) -> None:
+        if self.tail <= value <= self.head:
+            self.tail = value
+            self._pop_word = 0
