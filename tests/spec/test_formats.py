@@ -43,9 +43,7 @@ def test_max_exact_k_by_hand():
 
 @pytest.mark.parametrize(
     "total, frac, acc, rounding, sat",
-    list(
-        itertools.product((8, 16), (0, 7), (None,), ("nearest-even", "truncate"), (True, False))
-    ),
+    list(itertools.product((8, 16), (0, 7), (None,), ("nearest-even", "truncate"), (True, False))),
 )
 def test_hw_format_register_round_trip(total, frac, acc, rounding, sat):
     f = FixedPointFormat(total, frac, 2 * total + 6, rounding, sat)

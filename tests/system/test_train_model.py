@@ -238,7 +238,7 @@ def test_rtl_config_that_does_not_fit_the_simulated_sram_is_refused_before_any_b
     assert code == 2
     assert err.strip() == (
         "gradsync train: layers 64,128,10 (widest 128) with a local batch of 32 need 20352 "
-        "scratchpad words but the device has 8192"
+        "scratchpad words but the device has 8192 (--hardware small); try --hardware large"
     )
 
 
