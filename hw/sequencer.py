@@ -36,18 +36,7 @@ from .vector import VectorOp, VectorUnit, round_shift, saturate
 
 #: A staged command as the CSR block pushes it (register values, plus the launch number).
 CommandLayout = data.StructLayout(
-    {
-        "word": 32,
-        "a": 32,
-        "b": 32,
-        "c": 32,
-        "m": 32,
-        "k": 32,
-        "n": 32,
-        "arg": 32,
-        "tag": 32,
-        "index": 32,
-    }
+    dict.fromkeys(("word", "a", "b", "c", "m", "k", "n", "arg", "tag", "index"), 32)
 )
 
 _VECTOR_OPS = {
@@ -111,7 +100,8 @@ class CommandQueue(wiring.Component):
 
     Attributes
     ----------
-    launch : In(1), launch_cmd : In(CommandLayout), fifo_free : Out(32), launch_err : Out(ErrorEvent)
+    launch : In(1), launch_cmd : In(CommandLayout)
+    fifo_free : Out(32), launch_err : Out(ErrorEvent)
         As on :class:`ComputeSequencer`.
     cmd : Out(stream.Signature(CommandLayout))
         The oldest command, ``index`` set to its launch number (0, 1, ...).
