@@ -11,7 +11,7 @@ any byte moves; a refused one is completed with its error code and nothing is
 sent.  A valid one is cut into packets of at most ``max_payload_bytes`` that
 are streamed to the NIC transmitter back to back.
 
-Cycle timing (``t`` = grant cycle; see ``model/timing.py``)::
+Cycle timing (``t`` = grant cycle; see ``gradsync.spec.timing``)::
 
     t .. t+8        fetch the 8 descriptor words (one per cycle, 1-cycle SRAM)
     t+9             validate
