@@ -11,7 +11,7 @@ any byte moves; a refused one is completed with its error code and nothing is
 sent.  A valid one is cut into packets of at most ``max_payload_bytes`` that
 are streamed to the NIC transmitter back to back.
 
-Cycle timing (``t`` = grant cycle; see ``model/timing.py``)::
+Cycle timing (``t`` = grant cycle; see ``gradsync.spec.timing``)::
 
     t .. t+8        fetch the 8 descriptor words (one per cycle, 1-cycle SRAM)
     t+9             validate
@@ -21,14 +21,19 @@ Cycle timing (``t`` = grant cycle; see ``model/timing.py``)::
 
 which is ``descriptor_cycles`` (``refused_descriptor_cycles``) of the model.
 A doorbell written in cycle ``d`` makes the queue non-empty in ``d+1``.
+
+:class:`DmaEngine` is the ring memory and the structure; each idea is its own part::
+
+    doorbells -> DmaQueues -grant-> DescriptorFetcher -job-> PacketStreamer -pkt-> NIC
+                 (rings, arbiter) <------------- retire ------ (FENCE, write-back)
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Array, Module, Mux, Signal
+from amaranth.lib import data, wiring
 from amaranth.lib import stream as _stream
-from amaranth.lib import wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -58,6 +63,543 @@ EVENT_START = int(rm.TraceEvent.START)
 EVENT_END = int(rm.TraceEvent.END)
 KIND_SEND = int(rm.Kind.SEND)
 KIND_RECV = int(rm.Kind.RECV)
+
+
+#: The eight descriptor words as the engine holds them (``regmap.DESCRIPTOR_LAYOUT``):
+#: word 0 split into its fields, the others whole.
+DescriptorLayout = data.StructLayout(
+    {
+        name.lower(): data.StructLayout({f.name: f.width for f in fields}) if word == 0 else 32
+        for word, name, fields, _ in rm.DESCRIPTOR_LAYOUT
+    }
+)
+
+
+def _flag(flags, flag: int):
+    """The bit of ``DescFlag`` ``flag`` in a descriptor's flags field."""
+    return flags[ceil_log2(flag)]
+
+
+def _record(port, **fields) -> list:
+    """Assignments that emit one trace or error record on ``port``."""
+    return [port.valid.eq(1)] + [getattr(port, name).eq(value) for name, value in fields.items()]
+
+
+def queue_ports(queues: int, *, windows: bool) -> dict:
+    """The per-queue register ports ``q{n}_*`` (``DMAn_*``), with or without the window."""
+    ports = {}
+    for q in range(queues):
+        ports.update({f"q{q}_ring_base": In(32), f"q{q}_ring_size": In(32)})
+        if windows:
+            ports.update({f"q{q}_win_base": In(32), f"q{q}_win_len": In(32)})
+        ports.update(
+            {
+                f"q{q}_doorbell": In(1),
+                f"q{q}_doorbell_tail": In(32),
+                f"q{q}_head": Out(32),
+                f"q{q}_tail": Out(32),
+                f"q{q}_done": Out(32),
+                f"q{q}_errors": Out(32),
+            }
+        )
+    return ports
+
+
+def _send_record(port, cycle, engine, event, tag, aux) -> list:
+    """Assignments that emit one trace record of a send (``Kind.SEND``) on ``port``."""
+    return _record(port, cycle=cycle, engine=engine, event=event, kind=KIND_SEND, tag=tag, aux=aux)
+
+
+def grant_signature(queues: int, ring_addr_bits: int) -> wiring.Signature:
+    """The strict-priority arbiter's choice, as :class:`DescriptorFetcher` sees it.
+
+    Members (from the arbiter's side)
+    ---------------------------------
+    valid : Out(1)
+        Some queue is non-empty.
+    queue : Out(range(queues))
+        The lowest-numbered non-empty queue.
+    addr : Out(ring_addr_bits)
+        Ring-memory word address of its HEAD slot (driven even when not ``valid``).
+    index : Out(16)
+        Its HEAD (the descriptor's index in error reports).
+    take : In(1)
+        The fetcher takes the descriptor: HEAD advances.
+
+    Not a stream: a doorbell of a higher-priority queue changes the choice until it is taken.
+    """
+    return wiring.Signature(
+        {
+            "valid": Out(1),
+            "queue": Out(range(queues)),
+            "addr": Out(ring_addr_bits),
+            "index": Out(16),
+            "take": In(1),
+        }
+    )
+
+
+def retire_layout(queues: int) -> data.StructLayout:
+    """A completed descriptor, as the write-back reports it to its queue."""
+    return data.StructLayout({"queue": range(queues), "failed": 1, "irq": 1})
+
+
+def descriptor_job_signature(queues: int, ring_addr_bits: int, regions: int) -> wiring.Signature:
+    """A fetched descriptor, as :class:`DescriptorFetcher` hands it to :class:`PacketStreamer`.
+
+    Members (from the fetcher's side)
+    ---------------------------------
+    start : Out(1)
+        Pulse: the descriptor is fetched and validated (``t+9``).
+    code : Out(8), region : Out(range(regions))
+        Valid with ``start``: its ``ErrorCode`` (0 if valid) and source region.
+    desc : Out(DescriptorLayout)
+        The descriptor words; held until ``done``.
+    queue, slot, index, grant_cycle : Out
+        Its queue, the ring word address of its slot, its HEAD index and the grant
+        cycle; held until ``done``.
+    done : In(1)
+        The write-back cycle: the fetcher may take the next grant in the next cycle.
+    """
+    return wiring.Signature(
+        {
+            "start": Out(1),
+            "code": Out(8),
+            "region": Out(range(regions)),
+            "desc": Out(DescriptorLayout),
+            "queue": Out(range(queues)),
+            "slot": Out(ring_addr_bits),
+            "index": Out(16),
+            "grant_cycle": Out(48),
+            "done": In(1),
+        }
+    )
+
+
+class DmaQueues(wiring.Component):
+    """The per-queue ring state: doorbells, HEAD/TAIL/DONE/ERRORS, strict-priority arbiter.
+
+    Parameters
+    ----------
+    queues, ring_entries, ring_base_addr, ring_valid_words, ring_addr_bits:
+        As for :class:`DmaEngine` (``ring_addr_bits``: ring-memory word address width).
+
+    Attributes
+    ----------
+    q{n}_ring_base, q{n}_ring_size, q{n}_doorbell, q{n}_doorbell_tail : In
+    q{n}_head, q{n}_tail, q{n}_done, q{n}_errors : Out(32)
+        As on :class:`DmaEngine`.
+    refused : Out(ErrorEvent)
+        A refused doorbell (``DmaEngine.error[1]``).
+    grant : Out(grant_signature)
+    retire : In(stream.Signature(retire_layout, always_ready=True))
+        A completed descriptor: DONE (and ERRORS if it failed) count up in the next
+        cycle; ``irq_done`` of its queue pulses now if ``irq``.
+    irq_done : Out(queues)
+    """
+
+    def __init__(
+        self,
+        queues: int,
+        ring_entries: int,
+        ring_base_addr: int,
+        ring_valid_words: int,
+        ring_addr_bits: int,
+    ):
+        self.queues, self.ring_entries = queues, ring_entries
+        self.ring_base_addr, self.ring_valid_words = ring_base_addr, ring_valid_words
+        self.ring_addr_bits = ring_addr_bits
+        ports = {
+            "refused": Out(ErrorEvent),
+            "grant": Out(grant_signature(queues, ring_addr_bits)),
+            "retire": In(_stream.Signature(retire_layout(queues), always_ready=True)),
+            "irq_done": Out(queues),
+        }
+        ports.update(queue_ports(queues, windows=False))
+        super().__init__(ports)
+
+    def q(self, n: int, name: str):
+        return getattr(self, f"q{n}_{name}")
+
+    def elaborate(self, platform):
+        m = Module()
+        Q = self.queues
+        heads = [self.q(n, "head") for n in range(Q)]
+        tails = [self.q(n, "tail") for n in range(Q)]
+        slot_idx = [Signal(16, name=f"q{n}_slot") for n in range(Q)]
+
+        # Doorbells.
+        for n in range(Q):
+            size = self.q(n, "ring_size")
+            with m.If(self.q(n, "doorbell")):
+                ahead = (self.q(n, "doorbell_tail") - heads[n])[:32]
+                base = self.q(n, "ring_base")
+                ring_end = Signal(33, name=f"q{n}_ring_end")
+                m.d.comb += ring_end.eq(((base - self.ring_base_addr)[:32] >> 2) + (size[:16] << 3))
+                ring_bad = (
+                    (size == 0)
+                    | (size > self.ring_entries)
+                    | (base[0:5] != 0)
+                    | (base < self.ring_base_addr)
+                    | (ring_end > self.ring_valid_words)
+                )
+                with m.If(ring_bad | (ahead > size)):
+                    m.d.comb += _record(
+                        self.refused,
+                        code=ERR_RING_FULL,
+                        engine=ENGINE_DMA_HI + n,
+                        index=n,
+                        info=self.q(n, "doorbell_tail"),
+                    )
+                with m.Else():
+                    m.d.sync += tails[n].eq(self.q(n, "doorbell_tail"))
+
+        # Strict priority: the lowest-numbered non-empty queue wins.
+        grant = self.grant
+        for n in reversed(range(Q)):
+            with m.If(heads[n] != tails[n]):
+                m.d.comb += [grant.valid.eq(1), grant.queue.eq(n)]
+        m.d.comb += [
+            grant.addr.eq(
+                (
+                    Array(self.q(n, "ring_base") for n in range(Q))[grant.queue][2:]
+                    + (Array(slot_idx)[grant.queue] << 3)
+                )[: self.ring_addr_bits]
+            ),
+            grant.index.eq(Array(heads)[grant.queue]),
+        ]
+        for n in range(Q):
+            with m.If(grant.take & (grant.queue == n)):
+                m.d.sync += [
+                    heads[n].eq(heads[n] + 1),
+                    slot_idx[n].eq(
+                        Mux(slot_idx[n] + 1 >= self.q(n, "ring_size"), 0, slot_idx[n] + 1)
+                    ),
+                ]
+
+        # Completion.
+        done = self.retire.payload
+        for n in range(Q):
+            with m.If(self.retire.valid & (done.queue == n)):
+                m.d.sync += self.q(n, "done").eq(self.q(n, "done") + 1)
+                with m.If(done.failed):
+                    m.d.sync += self.q(n, "errors").eq(self.q(n, "errors") + 1)
+                with m.If(done.irq):
+                    m.d.comb += self.irq_done[n].eq(1)
+        return m
+
+
+class DescriptorFetcher(wiring.Component):
+    """Takes the granted descriptor, fetches its eight words and validates them.
+
+    Validation, in the model's order, before any byte moves: version, zero length,
+    alignment of length/source/remote address, source range inside the queue's
+    window and inside a source region, destination peer.
+
+    Parameters
+    ----------
+    queues, ring_addr_bits, src_regions:
+        As for :class:`DmaEngine`.
+
+    Attributes
+    ----------
+    grant : In(grant_signature)
+        Taken in ``IDLE`` (grant cycle ``t``).
+    ring : In(ReadPort.Signature)
+        The fetcher's read port of the ring memory: words at ``t+1 .. t+8``.
+    win_base, win_len : In(32)
+        ``DMAn_WIN_BASE``/``DMAn_WIN_LEN`` of ``job.queue``.
+    tx_peer : In(8), peers_ok : In(1), cycle : In(48)
+        As on :class:`DmaEngine`.
+    job : Out(descriptor_job_signature)
+        ``start`` at ``t+9``; the fetcher waits for ``done`` before the next grant.
+    busy : Out(1)
+        Not waiting for a grant.
+    """
+
+    def __init__(self, queues: int, ring_addr_bits: int, src_regions):
+        self.queues, self.ring_addr_bits = queues, ring_addr_bits
+        self.src_regions = tuple(src_regions)
+        super().__init__(
+            {
+                "grant": In(grant_signature(queues, ring_addr_bits)),
+                "ring": In(ReadPort.Signature(addr_width=ring_addr_bits, shape=32)),
+                "win_base": In(32),
+                "win_len": In(32),
+                "tx_peer": In(8),
+                "peers_ok": In(1),
+                "cycle": In(48),
+                "job": Out(descriptor_job_signature(queues, ring_addr_bits, len(src_regions))),
+                "busy": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        job = self.job
+        desc = job.desc
+        fc = Signal(3)
+
+        # Validation (combinational on the fetched words, taken at CHECK).
+        check = job.code
+        src_end = Signal(33)
+        win_end = Signal(33)
+        m.d.comb += [
+            src_end.eq(desc.src_addr + desc.length),
+            win_end.eq(self.win_base + self.win_len),
+        ]
+        in_region = Signal()
+        for i, (base, size) in enumerate(self.src_regions):
+            with m.If((desc.src_addr >= base) & (src_end <= base + size)):
+                m.d.comb += [in_region.eq(1), job.region.eq(i)]
+        with m.If(desc.control.version != DESCRIPTOR_VERSION):
+            m.d.comb += check.eq(ERR_BAD_VERSION)
+        with m.Elif(desc.length == 0):
+            m.d.comb += check.eq(ERR_ZERO_LENGTH)
+        with m.Elif(
+            (desc.length[0:2] != 0) | (desc.src_addr[0:2] != 0) | (desc.remote_addr[0:2] != 0)
+        ):
+            m.d.comb += check.eq(ERR_MISALIGNED)
+        with m.Elif((desc.src_addr < self.win_base) | (src_end > win_end) | ~in_region):
+            m.d.comb += check.eq(ERR_OUT_OF_WINDOW)
+        with m.Elif((desc.control.peer != self.tx_peer) | ~self.peers_ok):
+            m.d.comb += check.eq(ERR_UNKNOWN_PEER)
+
+        with m.FSM(name="fetch") as fsm:
+            with m.State("IDLE"):
+                m.d.comb += self.ring.addr.eq(self.grant.addr)
+                with m.If(self.grant.valid):
+                    m.d.comb += self.grant.take.eq(1)
+                    m.d.sync += [
+                        job.queue.eq(self.grant.queue),
+                        job.index.eq(self.grant.index),
+                        job.grant_cycle.eq(self.cycle),
+                        job.slot.eq(self.grant.addr),
+                        fc.eq(0),
+                    ]
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += self.ring.addr.eq(job.slot + fc + 1)
+                m.d.sync += [desc.as_value().word_select(fc, 32).eq(self.ring.data), fc.eq(fc + 1)]
+                with m.If(fc == DESCRIPTOR_WORDS - 1):
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += job.start.eq(1)
+                m.next = "WAIT"
+            with m.State("WAIT"), m.If(job.done):
+                m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
+class PacketStreamer(wiring.Component):
+    """Runs a validated descriptor: FENCE, packets to the NIC, status write-back, completion.
+
+    A valid descriptor's payload is cut into packets of at most ``max_payload_bytes``
+    (header words H0 = window | REDUCE_ADD << 8 | (words - 1) << 9, H1 = tag, H2 =
+    remote address, then the payload read from ``src_*``), streamed back to back; a
+    refused one goes straight to the write-back. The write-back cycle writes STATUS
+    and DONE_CYCLE into the descriptor's slot, reports ``retire`` to its queue,
+    the trace END records and, if refused, the error.
+
+    Parameters
+    ----------
+    queues, ring_addr_bits, src_regions, src_addr_width, max_payload_bytes:
+        As for :class:`DmaEngine`.
+    word_period:
+        Cycles the link needs per 32-bit word (``4 / link_bytes_per_cycle``).
+
+    Attributes
+    ----------
+    job : In(descriptor_job_signature)
+    compute_done : In(32), cycle : In(48)
+    src_addr, src_region : Out, src_data : In(32)
+    pkt : Out(stream of TxWord), crc_sent : In(1)
+        As on :class:`DmaEngine`.
+    status, done_cycle : In(WritePort.Signature)
+        Write ports of the ring memory for the STATUS and DONE_CYCLE words.
+    retire : Out(stream.Signature(retire_layout, always_ready=True))
+    trace : Out(TraceWrite).array(2), error : Out(ErrorEvent), tx_cycles : Out(32)
+        ``DmaEngine.trace``, ``DmaEngine.error[0]``, ``DmaEngine.tx_cycles``.
+    """
+
+    def __init__(
+        self,
+        *,
+        queues: int,
+        ring_addr_bits: int,
+        src_regions,
+        src_addr_width: int,
+        max_payload_bytes: int,
+        word_period: int,
+    ):
+        self.src_regions = tuple(src_regions)
+        self.max_payload_bytes = max_payload_bytes
+        self.word_period = word_period
+        write_port = WritePort.Signature(addr_width=ring_addr_bits, shape=32)
+        super().__init__(
+            {
+                "job": In(descriptor_job_signature(queues, ring_addr_bits, len(src_regions))),
+                "compute_done": In(32),
+                "cycle": In(48),
+                "src_addr": Out(src_addr_width),
+                "src_region": Out(range(len(src_regions))),
+                "src_data": In(32),
+                "pkt": Out(_stream.Signature(TxWord)),
+                "crc_sent": In(1),
+                "status": In(write_port),
+                "done_cycle": In(write_port),
+                "retire": Out(_stream.Signature(retire_layout(queues), always_ready=True)),
+                "trace": Out(TraceWrite).array(2),
+                "error": Out(ErrorEvent),
+                "tx_cycles": Out(32),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        job, pkt = self.job, self.pkt
+        d = job.desc
+        flags = d.control.flags
+        d_len, d_tag = d.length, d.tag
+        code = Signal(8)
+        rem = Signal(32)  # bytes not yet packetised (incl. current packet)
+        wi = Signal(8)  # word index within the current packet
+        pw = Signal(8)  # payload words of the current packet
+        ptr = Signal(len(self.src_addr))  # word whose data is on src_data
+        raddr = Signal(32)
+        region = Signal.like(self.src_region)
+        hold = Signal(2)
+        fence_wait = Signal()
+        maxw = self.max_payload_bytes // 4
+        m.d.comb += [self.src_addr.eq(ptr), self.src_region.eq(region)]
+        m.d.comb += pw.eq(Mux(rem[2:] > maxw, maxw, rem[2:]))
+        dma_trace, tx_trace = self.trace
+        queue_engine = ENGINE_DMA_HI + job.queue
+
+        with m.FSM(name="send") as fsm:
+            with m.State("IDLE"), m.If(job.start):
+                m.d.comb += _send_record(
+                    dma_trace, job.grant_cycle, queue_engine, EVENT_START, d_tag, d_len
+                )
+                m.d.sync += [
+                    code.eq(job.code),
+                    rem.eq(d_len),
+                    wi.eq(0),
+                    raddr.eq(d.remote_addr),
+                    region.eq(job.region),
+                    ptr.eq((d.src_addr - Array(b for b, _ in self.src_regions)[job.region])[2:]),
+                ]
+                with m.If(job.code != 0):
+                    m.next = "WRITEBACK"
+                with m.Else():
+                    m.d.sync += fence_wait.eq(_flag(flags, FLAG_FENCE))
+                    m.next = "SEND"
+            with m.State("SEND"):
+                # FENCE: hold the first word until COMPUTE_DONE - FENCE_COUNT >= 0;
+                # it leaves in the cycle the counter shows the value (as in the model).
+                go = ~fence_wait | ~(self.compute_done - d.fence_count)[31]
+                with m.If(go):
+                    m.d.sync += fence_wait.eq(0)
+                last = wi == 2 + pw
+                with m.Switch(wi):
+                    with m.Case(0):
+                        m.d.comb += pkt.p.data.eq(
+                            d.control.window
+                            | (_flag(flags, FLAG_REDUCE_ADD) << 8)
+                            | ((pw - 1)[:7] << 9)
+                        )
+                    with m.Case(1):
+                        m.d.comb += pkt.p.data.eq(d_tag)
+                    with m.Case(2):
+                        m.d.comb += pkt.p.data.eq(raddr)
+                    with m.Default():
+                        m.d.comb += pkt.p.data.eq(self.src_data)
+                fire = go & pkt.ready
+                m.d.comb += [
+                    pkt.valid.eq(go),
+                    pkt.p.last.eq(last),
+                    pkt.p.chunk_end.eq(last & (rem[2:] == pw)),
+                ]
+                with m.If(fire & (wi >= 3)):
+                    m.d.comb += self.src_addr.eq(ptr + 1)
+                    m.d.sync += ptr.eq(ptr + 1)
+                with m.If(fire & (wi == 0) & (rem == d_len)):
+                    m.d.comb += _send_record(
+                        tx_trace, self.cycle, ENGINE_NIC_TX, EVENT_START, d_tag, d_len
+                    )
+                with m.If(fire):
+                    m.d.sync += wi.eq(wi + 1)
+                    with m.If(last):
+                        m.d.sync += [
+                            wi.eq(0),
+                            rem.eq(rem - (pw << 2)),
+                            raddr.eq(raddr + (pw << 2)),
+                        ]
+                        with m.If(rem[2:] == pw):
+                            m.next = "WAIT_CRC"
+            with m.State("WAIT_CRC"), m.If(self.crc_sent):
+                if self.word_period > 1:
+                    m.d.sync += hold.eq(self.word_period - 2)
+                    m.next = "LINK_TAIL"
+                else:
+                    m.next = "WRITEBACK"
+            with m.State("LINK_TAIL"):
+                # A slow link is busy for word_period cycles per word: the chunk's
+                # transmission ends word_period - 1 cycles after its last word was taken.
+                with m.If(hold == 0):
+                    m.next = "WRITEBACK"
+                with m.Else():
+                    m.d.sync += hold.eq(hold - 1)
+            with m.State("WRITEBACK"):
+                m.d.comb += [
+                    self.status.addr.eq(job.slot + 6),
+                    self.status.data.eq((1 << 31) | code),
+                    self.status.en.eq(1),
+                    self.done_cycle.addr.eq(job.slot + 7),
+                    self.done_cycle.data.eq(self.cycle + 1),
+                    self.done_cycle.en.eq(1),
+                    job.done.eq(1),
+                    self.retire.valid.eq(1),
+                    self.retire.payload.queue.eq(job.queue),
+                    self.retire.payload.failed.eq(code != 0),
+                    self.retire.payload.irq.eq(_flag(flags, FLAG_IRQ)),
+                ]
+                m.d.comb += _send_record(
+                    dma_trace,
+                    self.cycle + 1,
+                    queue_engine,
+                    EVENT_END,
+                    d_tag,
+                    Mux(code != 0, code, d_len),
+                )
+                with m.If(code == 0):
+                    m.d.comb += _send_record(
+                        tx_trace, self.cycle, ENGINE_NIC_TX, EVENT_END, d_tag, d_len
+                    )
+                with m.Else():
+                    m.d.comb += _record(
+                        self.error, code=code, engine=queue_engine, index=job.index, info=d.src_addr
+                    )
+                m.next = "IDLE"
+
+        self._count_tx_cycles(
+            m,
+            fsm.ongoing("SEND") & pkt.valid & pkt.ready,
+            (wi == 0) & (rem == d_len),
+            fsm.ongoing("WRITEBACK"),
+        )
+        return m
+
+    def _count_tx_cycles(self, m: Module, word_taken, first_of_chunk, writeback) -> None:
+        """``PERF_TX_CYCLES``: from the chunk's first word on the link to its write-back."""
+        sending = Signal()
+        with m.If(word_taken & first_of_chunk):
+            m.d.sync += sending.eq(1)
+        with m.If(writeback):
+            m.d.sync += sending.eq(0)
+        with m.If((sending | word_taken) & ~writeback):
+            m.d.sync += self.tx_cycles.eq(self.tx_cycles + 1)
 
 
 class DmaEngine(wiring.Component):
@@ -141,18 +683,27 @@ class DmaEngine(wiring.Component):
         the end of its transmission (``chunk_tx_cycles`` per fault-free chunk).
     """
 
-    def __init__(self, *, queues: int = 2, ring_words: int = 4096, ring_entries: int = 64,
-                 ring_base_addr: int = 0x3000_0000, ring_valid_words: int | None = None,
-                 max_payload_bytes: int = 256, link_bytes_per_cycle: int = 4,
-                 src_regions: tuple[tuple[int, int], ...] = ((0x2000_0000, 1 << 16),),
-                 host_lanes: int = 1):
+    def __init__(
+        self,
+        *,
+        queues: int = 2,
+        ring_words: int = 4096,
+        ring_entries: int = 64,
+        ring_base_addr: int = 0x3000_0000,
+        ring_valid_words: int | None = None,
+        max_payload_bytes: int = 256,
+        link_bytes_per_cycle: int = 4,
+        src_regions: tuple[tuple[int, int], ...] = ((0x2000_0000, 1 << 16),),
+        host_lanes: int = 1,
+    ):
         if queues < 2:
             raise ValueError(f"queues must be >= 2, not {queues!r}")
         if ring_words & (ring_words - 1) or ring_words < DESCRIPTOR_WORDS:
             raise ValueError(f"ring_words must be a power of 2 >= 8, not {ring_words!r}")
         if max_payload_bytes % 4 or not 4 <= max_payload_bytes <= 512:
             raise ValueError(
-                f"max_payload_bytes must be a multiple of 4 in 4..512, not {max_payload_bytes!r}")
+                f"max_payload_bytes must be a multiple of 4 in 4..512, not {max_payload_bytes!r}"
+            )
         if host_lanes not in (1, 2):
             raise ValueError(f"host_lanes must be 1 or 2, not {host_lanes!r}")
         self.host_lanes = host_lanes
@@ -165,12 +716,14 @@ class DmaEngine(wiring.Component):
         if ring_base_addr % (4 * ring_words) or self.ring_valid_words > ring_words:
             raise ValueError(
                 f"ring_base_addr {ring_base_addr:#x} must be aligned to the ring memory size and "
-                f"ring_valid_words <= {ring_words}, not {ring_valid_words!r}")
+                f"ring_valid_words <= {ring_words}, not {ring_valid_words!r}"
+            )
         self.ring_entries = ring_entries
         self.max_payload_bytes = max_payload_bytes
         if link_bytes_per_cycle not in (1, 2, 4):
             raise ValueError(
-                f"link_bytes_per_cycle must be 1, 2 or 4, not {link_bytes_per_cycle!r}")
+                f"link_bytes_per_cycle must be 1, 2 or 4, not {link_bytes_per_cycle!r}"
+            )
         self.word_period = 4 // link_bytes_per_cycle
         self.src_regions = tuple(src_regions)
         self.src_addr_width = max(1, ceil_log2(max(size for _, size in src_regions) // 4))
@@ -195,284 +748,90 @@ class DmaEngine(wiring.Component):
             "tx_cycles": Out(32),
         }
         if host_lanes == 2:
-            ports.update({"ring1_addr": In(ceil_log2(ring_words)), "ring1_wdata": In(32),
-                          "ring1_we": In(1), "ring1_rdata": Out(32)})
-        for q in range(queues):
-            ports.update({
-                f"q{q}_ring_base": In(32),
-                f"q{q}_ring_size": In(32),
-                f"q{q}_win_base": In(32),
-                f"q{q}_win_len": In(32),
-                f"q{q}_doorbell": In(1),
-                f"q{q}_doorbell_tail": In(32),
-                f"q{q}_head": Out(32),
-                f"q{q}_tail": Out(32),
-                f"q{q}_done": Out(32),
-                f"q{q}_errors": Out(32),
-            })
+            ports.update(
+                {
+                    "ring1_addr": In(ceil_log2(ring_words)),
+                    "ring1_wdata": In(32),
+                    "ring1_we": In(1),
+                    "ring1_rdata": Out(32),
+                }
+            )
+        ports.update(queue_ports(queues, windows=True))
         super().__init__(ports)
 
     def q(self, n: int, name: str):
         return getattr(self, f"q{n}_{name}")
 
+    def _host_port(self, m: Module, ring: Memory, lane: int) -> None:
+        """Host lane ``lane``: a read and a write port of the ring memory at its address."""
+        prefix = "ring" if lane == 0 else f"ring{lane}"
+        addr, wdata, we, rdata = (
+            getattr(self, f"{prefix}_{name}") for name in ("addr", "wdata", "we", "rdata")
+        )
+        read, write = ring.read_port(), ring.write_port()
+        m.d.comb += [
+            read.addr.eq(addr),
+            rdata.eq(read.data),
+            write.addr.eq(addr),
+            write.data.eq(wdata),
+            write.en.eq(we),
+        ]
+
     def elaborate(self, platform):
         m = Module()
         Q = self.queues
         aw = ceil_log2(self.ring_words)
+        m.submodules.queues = queues = DmaQueues(
+            Q, self.ring_entries, self.ring_base_addr, self.ring_valid_words, aw
+        )
+        m.submodules.fetcher = fetcher = DescriptorFetcher(Q, aw, self.src_regions)
+        m.submodules.streamer = streamer = PacketStreamer(
+            queues=Q,
+            ring_addr_bits=aw,
+            src_regions=self.src_regions,
+            src_addr_width=self.src_addr_width,
+            max_payload_bytes=self.max_payload_bytes,
+            word_period=self.word_period,
+        )
+
+        # Ring memory; port order fixes write priority (a later port wins a collision).
         m.submodules.ring = ring = Memory(shape=32, depth=self.ring_words, init=[])
-        host_r = ring.read_port()
-        host_w = ring.write_port()
-        dma_r = ring.read_port()
-        wb_status = ring.write_port()
-        wb_cycle = ring.write_port()
-        m.d.comb += [
-            host_r.addr.eq(self.ring_addr),
-            self.ring_rdata.eq(host_r.data),
-            host_w.addr.eq(self.ring_addr),
-            host_w.data.eq(self.ring_wdata),
-            host_w.en.eq(self.ring_we),
-        ]
+        self._host_port(m, ring, 0)
+        wiring.connect(m, fetcher.ring, ring.read_port())
+        wiring.connect(m, streamer.status, ring.write_port())
+        wiring.connect(m, streamer.done_cycle, ring.write_port())
         if self.host_lanes == 2:
-            host_r1 = ring.read_port()
-            host_w1 = ring.write_port()
-            m.d.comb += [
-                host_r1.addr.eq(self.ring1_addr),
-                self.ring1_rdata.eq(host_r1.data),
-                host_w1.addr.eq(self.ring1_addr),
-                host_w1.data.eq(self.ring1_wdata),
-                host_w1.en.eq(self.ring1_we),
-            ]
+            self._host_port(m, ring, 1)
 
-        heads = [self.q(n, "head") for n in range(Q)]
-        tails = [self.q(n, "tail") for n in range(Q)]
-        slot_idx = [Signal(16, name=f"q{n}_slot") for n in range(Q)]
+        wiring.connect(m, queues.grant, fetcher.grant)
+        wiring.connect(m, fetcher.job, streamer.job)
+        wiring.connect(m, streamer.retire, queues.retire)
+        wiring.connect(m, streamer.pkt, wiring.flipped(self.pkt))
 
-        # Doorbells.
         for n in range(Q):
-            size = self.q(n, "ring_size")
-            with m.If(self.q(n, "doorbell")):
-                ahead = (self.q(n, "doorbell_tail") - heads[n])[:32]
-                base = self.q(n, "ring_base")
-                ring_end = Signal(33, name=f"q{n}_ring_end")
-                m.d.comb += ring_end.eq(((base - self.ring_base_addr)[:32] >> 2)
-                                        + (size[:16] << 3))
-                ring_bad = ((size == 0) | (size > self.ring_entries) | (base[0:5] != 0)
-                            | (base < self.ring_base_addr) | (ring_end > self.ring_valid_words))
-                with m.If(ring_bad | (ahead > size)):
-                    e = self.error[1]
-                    m.d.comb += [
-                        e.valid.eq(1),
-                        e.code.eq(ERR_RING_FULL),
-                        e.engine.eq(ENGINE_DMA_HI + n),
-                        e.index.eq(n),
-                        e.info.eq(self.q(n, "doorbell_tail")),
-                    ]
-                with m.Else():
-                    m.d.sync += tails[n].eq(self.q(n, "doorbell_tail"))
-
-        # Current descriptor.
-        cur_q = Signal(range(Q))
-        slot_base = Signal(aw)
-        desc = Array(Signal(32, name=f"desc_w{i}") for i in range(DESCRIPTOR_WORDS))
-        fc = Signal(3)
-        code = Signal(8)
-        d_ctrl, d_src, d_len, d_remote, d_tag, d_fence = (desc[i] for i in range(6))
-        version = d_ctrl[0:8]
-        flags = d_ctrl[8:16]
-        peer = d_ctrl[16:24]
-        window = d_ctrl[24:32]
-
-        win_base = Array(self.q(n, "win_base") for n in range(Q))[cur_q]
-        win_len = Array(self.q(n, "win_len") for n in range(Q))[cur_q]
-
-        # Validation (combinational on the fetched words, registered at CHECK).
-        check = Signal(8)
-        src_end = Signal(33)
-        win_end = Signal(33)
-        m.d.comb += [src_end.eq(d_src + d_len), win_end.eq(win_base + win_len)]
-        in_region = Signal()
-        region_idx = Signal(range(len(self.src_regions)))
-        for i, (base, size) in enumerate(self.src_regions):
-            with m.If((d_src >= base) & (src_end <= base + size)):
-                m.d.comb += [in_region.eq(1), region_idx.eq(i)]
-        with m.If(version != DESCRIPTOR_VERSION):
-            m.d.comb += check.eq(ERR_BAD_VERSION)
-        with m.Elif(d_len == 0):
-            m.d.comb += check.eq(ERR_ZERO_LENGTH)
-        with m.Elif((d_len[0:2] != 0) | (d_src[0:2] != 0) | (d_remote[0:2] != 0)):
-            m.d.comb += check.eq(ERR_MISALIGNED)
-        with m.Elif((d_src < win_base) | (src_end > win_end) | ~in_region):
-            m.d.comb += check.eq(ERR_OUT_OF_WINDOW)
-        with m.Elif((peer != self.tx_peer) | ~self.peers_ok):
-            m.d.comb += check.eq(ERR_UNKNOWN_PEER)
-
-        # Packetiser state.
-        rem = Signal(32)           # bytes not yet packetised (incl. current packet)
-        wi = Signal(8)             # word index within the current packet
-        pw = Signal(8)             # payload words of the current packet
-        ptr = Signal(self.src_addr_width)   # word whose data is on src_data
-        raddr = Signal(32)
-        region = Signal(range(len(self.src_regions)))
-        maxw = self.max_payload_bytes // 4
-        m.d.comb += [self.src_addr.eq(ptr), self.src_region.eq(region)]
-        m.d.comb += pw.eq(Mux(rem[2:] > maxw, maxw, rem[2:]))
-
-
-        hold = Signal(2)
-        fence_wait = Signal()
-        any_ready = Signal()
-        grant = Signal(range(Q))
-        grant_cycle = Signal(48)
-        for n in reversed(range(Q)):
-            with m.If(heads[n] != tails[n]):
-                m.d.comb += [any_ready.eq(1), grant.eq(n)]
-
-        with m.FSM(name="dma") as fsm:
-            with m.State("IDLE"):
-                # Strict priority: the lowest-numbered non-empty queue wins.
-                m.d.comb += dma_r.addr.eq(
-                    (Array(self.q(n, "ring_base") for n in range(Q))[grant][2:]
-                     + (Array(slot_idx)[grant] << 3))[:aw])
-                with m.If(any_ready):
-                    m.d.sync += [
-                        cur_q.eq(grant),
-                        grant_cycle.eq(self.cycle),
-                        slot_base.eq(dma_r.addr),
-                        fc.eq(0),
-                    ]
-                    for n in range(Q):
-                        with m.If(grant == n):
-                            m.d.sync += [
-                                heads[n].eq(heads[n] + 1),
-                                slot_idx[n].eq(Mux(slot_idx[n] + 1 >= self.q(n, "ring_size"),
-                                                   0, slot_idx[n] + 1)),
-                            ]
-                    m.next = "FETCH"
-            with m.State("FETCH"):
-                m.d.comb += dma_r.addr.eq(slot_base + fc + 1)
-                m.d.sync += [desc[fc].eq(dma_r.data), fc.eq(fc + 1)]
-                with m.If(fc == DESCRIPTOR_WORDS - 1):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                t = self.trace[0]
-                m.d.comb += [
-                    t.valid.eq(1), t.cycle.eq(grant_cycle), t.engine.eq(ENGINE_DMA_HI + cur_q),
-                    t.event.eq(EVENT_START), t.kind.eq(KIND_SEND), t.tag.eq(d_tag),
-                    t.aux.eq(d_len),
-                ]
-                m.d.sync += [
-                    code.eq(check),
-                    rem.eq(d_len),
-                    wi.eq(0),
-                    raddr.eq(d_remote),
-                    region.eq(region_idx),
-                    ptr.eq((d_src - Array(b for b, _ in self.src_regions)[region_idx])[2:]),
-                ]
-                with m.If(check != 0):
-                    m.next = "WRITEBACK"
-                with m.Else():
-                    m.d.sync += fence_wait.eq(flags[2])
-                    m.next = "SEND"
-            with m.State("SEND"):
-                # FENCE: hold the first word until COMPUTE_DONE - FENCE_COUNT >= 0;
-                # it leaves in the cycle the counter shows the value (as in the model).
-                go = ~fence_wait | ~(self.compute_done - d_fence)[31]
-                with m.If(go):
-                    m.d.sync += fence_wait.eq(0)
-                last = wi == 2 + pw
-                with m.Switch(wi):
-                    with m.Case(0):
-                        m.d.comb += self.pkt.p.data.eq(
-                            window | (flags[0] << 8) | ((pw - 1)[:7] << 9))
-                    with m.Case(1):
-                        m.d.comb += self.pkt.p.data.eq(d_tag)
-                    with m.Case(2):
-                        m.d.comb += self.pkt.p.data.eq(raddr)
-                    with m.Default():
-                        m.d.comb += self.pkt.p.data.eq(self.src_data)
-                fire = go & self.pkt.ready
-                m.d.comb += [
-                    self.pkt.valid.eq(go),
-                    self.pkt.p.last.eq(last),
-                    self.pkt.p.chunk_end.eq(last & (rem[2:] == pw)),
-                ]
-                with m.If(fire & (wi >= 3)):
-                    m.d.comb += self.src_addr.eq(ptr + 1)
-                    m.d.sync += ptr.eq(ptr + 1)
-                with m.If(fire & (wi == 0) & (rem == d_len)):
-                    t = self.trace[1]
-                    m.d.comb += [
-                        t.valid.eq(1), t.cycle.eq(self.cycle), t.engine.eq(ENGINE_NIC_TX),
-                        t.event.eq(EVENT_START), t.kind.eq(KIND_SEND), t.tag.eq(d_tag),
-                        t.aux.eq(d_len),
-                    ]
-                with m.If(fire):
-                    m.d.sync += wi.eq(wi + 1)
-                    with m.If(last):
-                        m.d.sync += [
-                            wi.eq(0),
-                            rem.eq(rem - (pw << 2)),
-                            raddr.eq(raddr + (pw << 2)),
-                        ]
-                        with m.If(rem[2:] == pw):
-                            m.next = "WAIT_CRC"
-            with m.State("WAIT_CRC"), m.If(self.crc_sent):
-                if self.word_period > 1:
-                    m.d.sync += hold.eq(self.word_period - 2)
-                    m.next = "LINK_TAIL"
-                else:
-                    m.next = "WRITEBACK"
-            with m.State("LINK_TAIL"):
-                # A slow link is busy for word_period cycles per word: the chunk's
-                # transmission ends word_period - 1 cycles after its last word was taken.
-                with m.If(hold == 0):
-                    m.next = "WRITEBACK"
-                with m.Else():
-                    m.d.sync += hold.eq(hold - 1)
-            with m.State("WRITEBACK"):
-                m.d.comb += [
-                    wb_status.addr.eq(slot_base + 6),
-                    wb_status.data.eq((1 << 31) | code),
-                    wb_status.en.eq(1),
-                    wb_cycle.addr.eq(slot_base + 7),
-                    wb_cycle.data.eq(self.cycle + 1),
-                    wb_cycle.en.eq(1),
-                ]
-                for n in range(Q):
-                    with m.If(cur_q == n):
-                        m.d.sync += self.q(n, "done").eq(self.q(n, "done") + 1)
-                        with m.If(code != 0):
-                            m.d.sync += self.q(n, "errors").eq(self.q(n, "errors") + 1)
-                        with m.If(flags[1]):
-                            m.d.comb += self.irq_done[n].eq(1)
-                t = self.trace[0]
-                m.d.comb += [
-                    t.valid.eq(1), t.cycle.eq(self.cycle + 1),
-                    t.engine.eq(ENGINE_DMA_HI + cur_q), t.event.eq(EVENT_END),
-                    t.kind.eq(KIND_SEND), t.tag.eq(d_tag), t.aux.eq(Mux(code != 0, code, d_len)),
-                ]
-                with m.If(code == 0):
-                    t = self.trace[1]
-                    m.d.comb += [
-                        t.valid.eq(1), t.cycle.eq(self.cycle), t.engine.eq(ENGINE_NIC_TX),
-                        t.event.eq(EVENT_END), t.kind.eq(KIND_SEND), t.tag.eq(d_tag),
-                        t.aux.eq(d_len),
-                    ]
-                with m.Else():
-                    e = self.error[0]
-                    m.d.comb += [
-                        e.valid.eq(1), e.code.eq(code), e.engine.eq(ENGINE_DMA_HI + cur_q),
-                        e.index.eq(Array(heads)[cur_q] - 1), e.info.eq(d_src),
-                    ]
-                m.next = "IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
-        sending = Signal()
-        with m.If(fsm.ongoing("SEND") & self.pkt.valid & self.pkt.ready & (wi == 0)
-                  & (rem == d_len)):
-            m.d.sync += sending.eq(1)
-        with m.If(fsm.ongoing("WRITEBACK")):
-            m.d.sync += sending.eq(0)
-        with m.If((sending | (fsm.ongoing("SEND") & self.pkt.valid & self.pkt.ready))
-                  & ~fsm.ongoing("WRITEBACK")):
-            m.d.sync += self.tx_cycles.eq(self.tx_cycles + 1)
+            for name in ("ring_base", "ring_size", "doorbell", "doorbell_tail"):
+                m.d.comb += queues.q(n, name).eq(self.q(n, name))
+            for name in ("head", "tail", "done", "errors"):
+                m.d.comb += self.q(n, name).eq(queues.q(n, name))
+        window = fetcher.job.queue
+        m.d.comb += [
+            fetcher.win_base.eq(Array(self.q(n, "win_base") for n in range(Q))[window]),
+            fetcher.win_len.eq(Array(self.q(n, "win_len") for n in range(Q))[window]),
+            fetcher.tx_peer.eq(self.tx_peer),
+            fetcher.peers_ok.eq(self.peers_ok),
+            fetcher.cycle.eq(self.cycle),
+            streamer.compute_done.eq(self.compute_done),
+            streamer.cycle.eq(self.cycle),
+            streamer.src_data.eq(self.src_data),
+            streamer.crc_sent.eq(self.crc_sent),
+            self.src_addr.eq(streamer.src_addr),
+            self.src_region.eq(streamer.src_region),
+            self.irq_done.eq(queues.irq_done),
+            self.trace[0].eq(streamer.trace[0]),
+            self.trace[1].eq(streamer.trace[1]),
+            self.error[0].eq(streamer.error),
+            self.error[1].eq(queues.refused),
+            self.busy.eq(fetcher.busy),
+            self.tx_cycles.eq(streamer.tx_cycles),
+        ]
         return m
