@@ -28,7 +28,7 @@ def build(hw):
 
 
 #: (config, pauses): both geometries pause-free (cycle-exact), the 8x8 node once more with
-#: random idle and back-pressure on every host port (results and command cycles still exact).
+#: random idle cycles on every host source (results and command cycles still exact).
 RUNS = [("8x8", False), ("4x8", False), ("8x8", True)]
 
 
