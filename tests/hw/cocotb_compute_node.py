@@ -18,7 +18,7 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.triggers import FallingEdge, RisingEdge, Timer
+from cocotb.triggers import FallingEdge, RisingEdge, Timer, with_timeout
 from cocotbext.axi import (
     AxiLiteBus,
     AxiLiteMaster,
@@ -36,6 +36,9 @@ from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
 
 GUARD = 0x5A5A  # guard word pattern around every result region
+#: Simulated time a dump or an interrupt may take before the test fails instead of hanging:
+#: 1M cycles, far above any command that fits the SRAMs (bench_gemm's default: 8k cycles).
+WAIT_LIMIT_US = 10_000
 
 
 def node_env(
@@ -149,7 +152,7 @@ class TB:
         await self.src.send(
             AxiStreamFrame(bulk_header(byte_addr, n, dump=True).to_bytes(8, "little"))
         )
-        frame = await self.sink.recv()
+        frame = await with_timeout(self.sink.recv(), WAIT_LIMIT_US, "us")
         raw = np.frombuffer(bytes(frame.tdata), dtype=f"<u{self.wb}")[:n]
         assert len(raw) == n
         return self.fmt.from_unsigned(raw.astype(np.int64))
@@ -178,7 +181,7 @@ class TB:
     async def wait_irq(self) -> int:
         """Wait for the IRQ line; return the cycle in which it rose."""
         if not int(self.dut.irq.value):
-            await RisingEdge(self.dut.irq)
+            await with_timeout(RisingEdge(self.dut.irq), WAIT_LIMIT_US, "us")
         return int(self.dut.cycle.value)
 
     async def trace_records(self) -> list[rm.TraceRecord]:
