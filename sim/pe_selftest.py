@@ -16,6 +16,9 @@ import os
 import random
 from dataclasses import dataclass
 
+import cocotb
+from cocotb.triggers import FallingEdge, Timer
+
 
 @dataclass(frozen=True)
 class PEInputs:
@@ -127,52 +130,44 @@ def pe_env(
     }
 
 
-try:
-    import cocotb
-    from cocotb.triggers import FallingEdge, Timer
-except ImportError:  # pragma: no cover - cocotb is a hard dependency
-    cocotb = None
+@cocotb.test()
+async def pe_matches_reference(dut):
+    """Drive random and corner operands; every registered output matches the reference."""
+    p = params_from_env()
+    inputs = stimulus(p["operand_bits"], p["cycles"], p["seed"])
+    expected = reference(inputs, p["acc_bits"], p["saturate"])
+    if os.environ.get("GRADSYNC_TOPLEVEL_IS_WRAPPER") != "1":
+        from cocotb.clock import Clock
 
-if cocotb is not None:
-
-    @cocotb.test()
-    async def pe_matches_reference(dut):
-        """Drive random and corner operands; every registered output matches the reference."""
-        p = params_from_env()
-        inputs = stimulus(p["operand_bits"], p["cycles"], p["seed"])
-        expected = reference(inputs, p["acc_bits"], p["saturate"])
-        if os.environ.get("GRADSYNC_TOPLEVEL_IS_WRAPPER") != "1":
-            from cocotb.clock import Clock
-
-            Clock(dut.clk, 10, unit="ns").start()
-        dut.rst.value = 1
-        for name in ("a_in", "b_in", "valid_in", "first_in", "last_in"):
-            getattr(dut, name).value = 0
-        await Timer(1, unit="ns")
-        for _ in range(3):
-            await FallingEdge(dut.clk)
-        dut.rst.value = 0
-        fields = (
-            "a_out",
-            "b_out",
-            "valid_out",
-            "first_out",
-            "last_out",
-            "acc",
-            "result",
-            "result_valid",
-        )
-        signed_fields = {"a_out", "b_out", "acc", "result"}
-        for cycle, (x, want) in enumerate(zip(inputs, expected, strict=True)):
-            dut.a_in.value = x.a
-            dut.b_in.value = x.b
-            dut.valid_in.value = x.valid
-            dut.first_in.value = x.first
-            dut.last_in.value = x.last
-            await FallingEdge(dut.clk)
-            for name in fields:
-                raw = getattr(dut, name).value
-                got = raw.to_signed() if name in signed_fields else int(raw)
-                assert got == getattr(want, name), (
-                    f"cycle {cycle}: {name} = {got}, reference {getattr(want, name)} after {x}"
-                )
+        Clock(dut.clk, 10, unit="ns").start()
+    dut.rst.value = 1
+    for name in ("a_in", "b_in", "valid_in", "first_in", "last_in"):
+        getattr(dut, name).value = 0
+    await Timer(1, unit="ns")
+    for _ in range(3):
+        await FallingEdge(dut.clk)
+    dut.rst.value = 0
+    fields = (
+        "a_out",
+        "b_out",
+        "valid_out",
+        "first_out",
+        "last_out",
+        "acc",
+        "result",
+        "result_valid",
+    )
+    signed_fields = {"a_out", "b_out", "acc", "result"}
+    for cycle, (x, want) in enumerate(zip(inputs, expected, strict=True)):
+        dut.a_in.value = x.a
+        dut.b_in.value = x.b
+        dut.valid_in.value = x.valid
+        dut.first_in.value = x.first
+        dut.last_in.value = x.last
+        await FallingEdge(dut.clk)
+        for name in fields:
+            raw = getattr(dut, name).value
+            got = raw.to_signed() if name in signed_fields else int(raw)
+            assert got == getattr(want, name), (
+                f"cycle {cycle}: {name} = {got}, reference {getattr(want, name)} after {x}"
+            )

@@ -25,6 +25,8 @@ import os
 import pickle
 import time
 
+import cocotb
+
 
 async def reset_to_cycle_zero(dut, cycles: int = 3) -> None:
     """Pulse ``dut.rst``; return right after the edge that begins cycle 0 (``cycle`` reads 0).
@@ -70,139 +72,132 @@ async def outstanding(dev, fw) -> str:
     return "; ".join(parts) or "idle"
 
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover - cocotb is a hard dependency
-    cocotb = None
+@cocotb.test()
+async def train(dut):
+    """Train on the RTL cluster; the result (or the error) goes to a pickle."""
+    from cocotb.triggers import Combine, Event, First, Timer
+    from cocotb.utils import get_sim_time
 
-if cocotb is not None:
+    from gradsync.firmware.training import NodeFirmware, Observer
+    from gradsync.sim.rtl_device import RtlDevice
 
-    @cocotb.test()
-    async def train(dut):
-        """Train on the RTL cluster; the result (or the error) goes to a pickle."""
-        from cocotb.triggers import Combine, Event, First, Timer
-        from cocotb.utils import get_sim_time
+    with open(os.environ["GRADSYNC_RTL_RUN"], "rb") as f:
+        run = pickle.load(f)
+    cfg, jobs, opts = run["cfg"], run["jobs"], run["opts"]
+    out_path = os.environ["GRADSYNC_RTL_RESULT"]
+    progress_path = os.environ.get("GRADSYNC_RTL_PROGRESS")
+    period_ps = int(opts["clock_period_ns"]) * 1000
+    hw, fmt = cfg.hardware, cfg.fixed_point
+    for i, faults in enumerate(opts.get("link_faults", [])):
+        for name, value in faults.items():
+            getattr(dut, f"l{i}_{name}").value = value
+    devs = [RtlDevice(dut, f"n{i}_", hw, fmt, dut.clk, rst=dut.rst) for i in range(cfg.nodes)]
+    await reset_to_cycle_zero(dut)
+    latency = await devs[0].calibrate()
+    for d in devs:
+        d.latency = latency
+    for i, faults in enumerate(opts.get("link_faults", [])):
+        if "seed" in faults:  # latch the fault generator's seed during the reset
+            getattr(dut, f"l{i}_seed_load").value = 1
+    await reset_to_cycle_zero(dut)
+    for i, faults in enumerate(opts.get("link_faults", [])):
+        if "seed" in faults:
+            getattr(dut, f"l{i}_seed_load").value = 0
 
-        from gradsync.firmware.training import NodeFirmware, Observer
-        from gradsync.sim.rtl_device import RtlDevice
+    weights = {}
+    state = {"step": -1}
+    t_wall = time.perf_counter()
 
-        with open(os.environ["GRADSYNC_RTL_RUN"], "rb") as f:
-            run = pickle.load(f)
-        cfg, jobs, opts = run["cfg"], run["jobs"], run["opts"]
-        out_path = os.environ["GRADSYNC_RTL_RESULT"]
-        progress_path = os.environ.get("GRADSYNC_RTL_PROGRESS")
-        period_ps = int(opts["clock_period_ns"]) * 1000
-        hw, fmt = cfg.hardware, cfg.fixed_point
-        for i, faults in enumerate(opts.get("link_faults", [])):
-            for name, value in faults.items():
-                getattr(dut, f"l{i}_{name}").value = value
-        devs = [RtlDevice(dut, f"n{i}_", hw, fmt, dut.clk, rst=dut.rst) for i in range(cfg.nodes)]
-        await reset_to_cycle_zero(dut)
-        latency = await devs[0].calibrate()
-        for d in devs:
-            d.latency = latency
-        for i, faults in enumerate(opts.get("link_faults", [])):
-            if "seed" in faults:  # latch the fault generator's seed during the reset
-                getattr(dut, f"l{i}_seed_load").value = 1
-        await reset_to_cycle_zero(dut)
-        for i, faults in enumerate(opts.get("link_faults", [])):
-            if "seed" in faults:
-                getattr(dut, f"l{i}_seed_load").value = 0
+    def observer(node: int, dev: RtlDevice) -> Observer:
+        async def snap(step: int, layer: int, addr: int, n: int) -> None:
+            weights[(node, step, layer)] = await dev.peek(addr, n)
 
-        weights = {}
-        state = {"step": -1}
-        t_wall = time.perf_counter()
+        def loss(step: int, _node: int, _loss: float) -> None:
+            if node == 0:
+                state["step"] = step
 
-        def observer(node: int, dev: RtlDevice) -> Observer:
-            async def snap(step: int, layer: int, addr: int, n: int) -> None:
-                weights[(node, step, layer)] = await dev.peek(addr, n)
+        return Observer(weights=snap, loss=loss)
 
-            def loss(step: int, _node: int, _loss: float) -> None:
-                if node == 0:
-                    state["step"] = step
+    fws = []
+    for i, (dev, job) in enumerate(zip(devs, jobs, strict=True)):
+        job.observer = observer(i, dev)
+        fws.append(NodeFirmware(dev, job))
+    failed = Event()
+    errors: list[tuple[str, str]] = []
 
-            return Observer(weights=snap, loss=loss)
+    async def guarded(fw: NodeFirmware):
+        try:
+            return await fw.run()
+        except Exception as exc:  # the firmware's own errors (DeviceError, ConfigError ...)
+            errors.append((type(exc).__name__, str(exc)))
+            failed.set()
+            return None
 
-        fws = []
-        for i, (dev, job) in enumerate(zip(devs, jobs, strict=True)):
-            job.observer = observer(i, dev)
-            fws.append(NodeFirmware(dev, job))
-        failed = Event()
-        errors: list[tuple[str, str]] = []
+    tasks = [cocotb.start_soon(guarded(fw)) for fw in fws]
 
-        async def guarded(fw: NodeFirmware):
-            try:
-                return await fw.run()
-            except Exception as exc:  # the firmware's own errors (DeviceError, ConfigError ...)
-                errors.append((type(exc).__name__, str(exc)))
-                failed.set()
-                return None
+    def write_progress() -> None:
+        if progress_path:
+            cycle = devs[0].now()
+            wall = time.perf_counter() - t_wall
+            with open(progress_path + ".tmp", "w") as f:
+                json.dump(
+                    {"step": state["step"], "steps": cfg.steps, "cycle": cycle, "wall": wall}, f
+                )
+            os.replace(progress_path + ".tmp", progress_path)
 
-        tasks = [cocotb.start_soon(guarded(fw)) for fw in fws]
+    async def progress() -> None:
+        while True:
+            await Timer(int(opts["progress_cycles"]) * period_ps, "ps")
+            write_progress()
 
-        def write_progress() -> None:
-            if progress_path:
-                cycle = devs[0].now()
-                wall = time.perf_counter() - t_wall
-                with open(progress_path + ".tmp", "w") as f:
-                    json.dump(
-                        {"step": state["step"], "steps": cfg.steps, "cycle": cycle, "wall": wall}, f
-                    )
-                os.replace(progress_path + ".tmp", progress_path)
+    reporter = cocotb.start_soon(progress())
+    max_cycles = opts.get("max_cycles")
+    waits = [Combine(*tasks), failed.wait()]
+    if max_cycles is not None:
+        t0 = get_sim_time("ps")
+        budget = Timer(max_cycles * period_ps - (t0 % period_ps) + 1, "ps")
+        waits.append(budget)
+    fired = await First(*waits)
+    for t in tasks:
+        if not t.done():
+            t.cancel()
+    error = None
+    if errors:
+        error = errors[0]
+    elif max_cycles is not None and fired is budget:
+        report = "; ".join(
+            [
+                f"node {i}: {await outstanding(d, fw)}"
+                for i, (d, fw) in enumerate(zip(devs, fws, strict=True))
+            ]
+        )
+        error = ("SimulationError", f"cycle budget of {max_cycles} exhausted ({report})")
+    results = [t.result() for t in tasks] if error is None else []
+    reporter.cancel()
+    write_progress()
+    total = devs[0].now()
+    from gradsync.hw.fabric import LINK_COUNTERS, NODE_COUNTERS
 
-        async def progress() -> None:
-            while True:
-                await Timer(int(opts["progress_cycles"]) * period_ps, "ps")
-                write_progress()
+    counters = {
+        "links": [
+            {c: int(getattr(dut, f"l{i}_{c}").value) for c in LINK_COUNTERS}
+            for i in range(cfg.nodes)
+        ],
+        "nodes": [
+            {c: int(getattr(dut, f"n{i}_{c}").value) for c in NODE_COUNTERS}
+            for i in range(cfg.nodes)
+        ],
+    }
+    if error is None:
+        from gradsync.firmware.experiment import BackendResult
 
-        reporter = cocotb.start_soon(progress())
-        max_cycles = opts.get("max_cycles")
-        waits = [Combine(*tasks), failed.wait()]
-        if max_cycles is not None:
-            t0 = get_sim_time("ps")
-            budget = Timer(max_cycles * period_ps - (t0 % period_ps) + 1, "ps")
-            waits.append(budget)
-        fired = await First(*waits)
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-        error = None
-        if errors:
-            error = errors[0]
-        elif max_cycles is not None and fired is budget:
-            report = "; ".join(
-                [
-                    f"node {i}: {await outstanding(d, fw)}"
-                    for i, (d, fw) in enumerate(zip(devs, fws, strict=True))
-                ]
-            )
-            error = ("SimulationError", f"cycle budget of {max_cycles} exhausted ({report})")
-        results = [t.result() for t in tasks] if error is None else []
-        reporter.cancel()
-        write_progress()
-        total = devs[0].now()
-        from gradsync.hw.fabric import LINK_COUNTERS, NODE_COUNTERS
-
-        counters = {
-            "links": [
-                {c: int(getattr(dut, f"l{i}_{c}").value) for c in LINK_COUNTERS}
-                for i in range(cfg.nodes)
-            ],
-            "nodes": [
-                {c: int(getattr(dut, f"n{i}_{c}").value) for c in NODE_COUNTERS}
-                for i in range(cfg.nodes)
-            ],
+        payload = {
+            "result": BackendResult(results, weights, total),
+            "latency": latency,
+            "calls": [d.calls for d in devs],
         }
-        if error is None:
-            from gradsync.firmware.experiment import BackendResult
-
-            payload = {
-                "result": BackendResult(results, weights, total),
-                "latency": latency,
-                "calls": [d.calls for d in devs],
-            }
-        else:
-            payload = {"error": error, "cycle": total}
-        payload["counters"] = counters
-        with open(out_path, "wb") as f:
-            pickle.dump(payload, f)
+    else:
+        payload = {"error": error, "cycle": total}
+    payload["counters"] = counters
+    with open(out_path, "wb") as f:
+        pickle.dump(payload, f)

@@ -38,7 +38,9 @@ def _run_tiles(rows, cols, tiles, gap, bits=16, acc_bits=40):
             else:
                 ctx.set(dut.in_valid, 0)
             if ctx.get(dut.out_valid):
-                seen.append((c, ctx.get(dut.out_row), [ctx.get(dut.out_data[j]) for j in range(cols)]))
+                seen.append(
+                    (c, ctx.get(dut.out_row), [ctx.get(dut.out_data[j]) for j in range(cols)])
+                )
             await ctx.tick()
 
     sim = Simulator(dut)
@@ -78,7 +80,18 @@ def test_array_elaborates_16x16():
     assert "pe_15_15" in rtlil.convert(SystolicArray(16, 16))
 
 
-@pytest.mark.parametrize("bad", [{"rows": 0}, {"cols": 65}, {"operand_bits": 16, "acc_bits": 20}])
-def test_array_rejects_bad_parameters(bad):
-    with pytest.raises(ValueError, match="not"):
-        SystolicArray(**bad)
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rows": 0}, "rows must be an integer in 1..64, not 0"),
+        ({"rows": 65}, "rows must be an integer in 1..64, not 65"),
+        ({"cols": 65}, "cols must be an integer in 1..64, not 65"),
+        ({"cols": "8"}, "cols must be an integer in 1..64, not '8'"),
+        ({"operand_bits": 1}, "operand_bits must be an integer in 2..32, not 1"),
+        ({"operand_bits": 16, "acc_bits": 20}, "acc_bits must be an integer in 32..64, not 20"),
+        ({"operand_bits": 8, "acc_bits": 65}, "acc_bits must be an integer in 16..64, not 65"),
+    ],
+)
+def test_array_rejects_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        SystolicArray(**kwargs)

@@ -16,7 +16,16 @@ def test_pe_amaranth_sim(operand_bits, acc_bits, saturate):
     dut = ProcessingElement(operand_bits, acc_bits, saturate)
     inputs = stimulus(operand_bits, cycles=1500, seed=operand_bits * 7 + acc_bits)
     expected = reference(inputs, acc_bits, saturate)
-    fields = ("a_out", "b_out", "valid_out", "first_out", "last_out", "acc", "result", "result_valid")
+    fields = (
+        "a_out",
+        "b_out",
+        "valid_out",
+        "first_out",
+        "last_out",
+        "acc",
+        "result",
+        "result_valid",
+    )
 
     async def bench(ctx):
         for cycle, (x, want) in enumerate(zip(inputs, expected, strict=True)):
@@ -28,7 +37,9 @@ def test_pe_amaranth_sim(operand_bits, acc_bits, saturate):
             await ctx.tick()
             for name in fields:
                 got = ctx.get(getattr(dut, name))
-                assert got == getattr(want, name), f"cycle {cycle}: {name} = {got}, want {getattr(want, name)} after {x}"
+                assert got == getattr(want, name), (
+                    f"cycle {cycle}: {name} = {got}, want {getattr(want, name)} after {x}"
+                )
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -43,10 +54,25 @@ def test_reference_hits_saturation_corners():
     assert (1 << 31) - 1 in accs and -(1 << 31) in accs
 
 
-@pytest.mark.parametrize("bad", [{"operand_bits": 1}, {"operand_bits": 16, "acc_bits": 31}, {"acc_bits": 65}])
-def test_pe_rejects_bad_parameters(bad):
-    with pytest.raises(ValueError, match="not"):
-        ProcessingElement(**bad)
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"operand_bits": 1}, "operand_bits must be an integer in 2..32, not 1"),
+        ({"operand_bits": 33}, "operand_bits must be an integer in 2..32, not 33"),
+        ({"operand_bits": 8.0}, "operand_bits must be an integer in 2..32, not 8.0"),
+        (
+            {"operand_bits": 16, "acc_bits": 31},
+            r"acc_bits must be an integer in 32..64 \(at least twice operand_bits=16\), not 31",
+        ),
+        (
+            {"operand_bits": 16, "acc_bits": 65},
+            r"acc_bits must be an integer in 32..64 \(at least twice operand_bits=16\), not 65",
+        ),
+    ],
+)
+def test_pe_rejects_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        ProcessingElement(**kwargs)
 
 
 @pytest.mark.rtl
@@ -55,7 +81,9 @@ def test_pe_verilator(operand_bits, acc_bits, saturate, tmp_path):
     from gradsync.sim.build import build_component, run_cocotb
     from gradsync.sim.pe_selftest import pe_env
 
-    model = build_component(ProcessingElement(operand_bits, acc_bits, saturate), f"pe_{operand_bits}_{acc_bits}")
+    model = build_component(
+        ProcessingElement(operand_bits, acc_bits, saturate), f"pe_{operand_bits}_{acc_bits}"
+    )
     run_cocotb(
         model,
         "gradsync.sim.pe_selftest",

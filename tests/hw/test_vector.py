@@ -19,9 +19,19 @@ OPS = {
 
 def corner_operands(rng, fmt, n):
     """Random words with a third drawn from the saturation and rounding corners."""
-    corners = np.array([fmt.qmin, fmt.qmin + 1, -1, 0, 1, fmt.qmax - 1, fmt.qmax,
-                        1 << (fmt.frac_bits - 1) if fmt.frac_bits else 1,
-                        -(1 << (fmt.frac_bits - 1)) if fmt.frac_bits else -1])
+    corners = np.array(
+        [
+            fmt.qmin,
+            fmt.qmin + 1,
+            -1,
+            0,
+            1,
+            fmt.qmax - 1,
+            fmt.qmax,
+            1 << (fmt.frac_bits - 1) if fmt.frac_bits else 1,
+            -(1 << (fmt.frac_bits - 1)) if fmt.frac_bits else -1,
+        ]
+    )
     x = rng.integers(fmt.qmin, fmt.qmax + 1, size=n)
     pick = rng.random(n) < 0.35
     x[pick] = rng.choice(corners, size=int(pick.sum()))
@@ -35,7 +45,9 @@ FORMATS = [
 ]
 
 
-@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f.total_bits}.{f.frac_bits}-{f.rounding}-sat{int(f.saturate)}")
+@pytest.mark.parametrize(
+    "fmt", FORMATS, ids=lambda f: f"{f.total_bits}.{f.frac_bits}-{f.rounding}-sat{int(f.saturate)}"
+)
 @pytest.mark.parametrize("op", list(VectorOp), ids=lambda o: o.name)
 def test_vector_op_matches_golden_model(op, fmt):
     lanes = 4
@@ -43,8 +55,14 @@ def test_vector_op_matches_golden_model(op, fmt):
     beats = 120
     x = corner_operands(rng, fmt, beats * lanes)
     y = corner_operands(rng, fmt, beats * lanes)
-    args = [fmt.qmax, fmt.qmin, 1 << fmt.frac_bits, 3, -(1 << fmt.frac_bits) + 1,
-            int(rng.integers(fmt.qmin, fmt.qmax + 1))]
+    args = [
+        fmt.qmax,
+        fmt.qmin,
+        1 << fmt.frac_bits,
+        3,
+        -(1 << fmt.frac_bits) + 1,
+        int(rng.integers(fmt.qmin, fmt.qmax + 1)),
+    ]
     dut = VectorUnit(lanes, fmt.total_bits, fmt.frac_bits, fmt.rounding, fmt.saturate)
     got = {}
 
@@ -84,3 +102,23 @@ def test_vector_op_matches_golden_model(op, fmt):
         # The stimulus must reach both rails, or saturation is untested.
         want = np.concatenate([OPS[op](x, y, a, fmt) for a in args])
         assert (want == fmt.qmax).any() and (want == fmt.qmin).any()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lanes": 0}, "lanes must be an integer in 1..64, not 0"),
+        ({"lanes": 65}, "lanes must be an integer in 1..64, not 65"),
+        ({"total_bits": 1}, "total_bits must be an integer in 2..32, not 1"),
+        ({"total_bits": 33}, "total_bits must be an integer in 2..32, not 33"),
+        ({"total_bits": 16, "frac_bits": 16}, r"frac_bits must be in \[0, 16\), not 16"),
+        ({"frac_bits": -1}, r"frac_bits must be in \[0, 16\), not -1"),
+        (
+            {"rounding": "nearest"},
+            r"rounding must be one of \('nearest-even', 'truncate'\), not 'nearest'",
+        ),
+    ],
+)
+def test_vector_rejects_bad_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        VectorUnit(**kwargs)

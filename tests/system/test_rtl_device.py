@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+import cocotb
 import numpy as np
 import pytest
 
@@ -98,31 +99,24 @@ def model_log(seed: int) -> list:
     return run.results[0]
 
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover
-    cocotb = None
+@cocotb.test()
+async def protocol_matches_model(dut):
+    """The host program observes the same values in the same cycles on the RTL as on the model."""
+    from gradsync.sim.rtl_device import RtlDevice
+    from gradsync.sim.train_cocotb import reset_to_cycle_zero
 
-if cocotb is not None:
-
-    @cocotb.test()
-    async def protocol_matches_model(dut):
-        """The host program observes the same values in the same cycles on the RTL as on the model."""
-        from gradsync.sim.rtl_device import RtlDevice
-        from gradsync.sim.train_cocotb import reset_to_cycle_zero
-
-        seed = int(os.environ["PROTO_SEED"])
-        dev = RtlDevice(dut, "", HW, FMT, dut.clk, rst=dut.rst)
-        await reset_to_cycle_zero(dut)
-        await dev.calibrate()
-        await reset_to_cycle_zero(dut)
-        log = await host_program(dev, dev.now, seed)
-        want = json.loads(os.environ["PROTO_WANT"])
-        got = json.loads(json.dumps(log))
-        for i, (g, w) in enumerate(zip(got, want, strict=False)):
-            assert g == w, f"entry {i}: RTL {g} != model {w} (previous {got[max(0, i - 3) : i]})"
-        assert len(got) == len(want), (len(got), len(want))
-        assert sum(1 for e in got if e[0] == "record") >= 24
+    seed = int(os.environ["PROTO_SEED"])
+    dev = RtlDevice(dut, "", HW, FMT, dut.clk, rst=dut.rst)
+    await reset_to_cycle_zero(dut)
+    await dev.calibrate()
+    await reset_to_cycle_zero(dut)
+    log = await host_program(dev, dev.now, seed)
+    want = json.loads(os.environ["PROTO_WANT"])
+    got = json.loads(json.dumps(log))
+    for i, (g, w) in enumerate(zip(got, want, strict=False)):
+        assert g == w, f"entry {i}: RTL {g} != model {w} (previous {got[max(0, i - 3) : i]})"
+    assert len(got) == len(want), (len(got), len(want))
+    assert sum(1 for e in got if e[0] == "record") >= 24
 
 
 @pytest.mark.rtl
