@@ -51,7 +51,30 @@ CONSTANTS = {
     "LINK_LATENCY", "LINK_MAX_PAYLOAD",
 }
 
-TraceRecordLayout = data.StructLayout({"w0": 32, "w1": 32, "w2": 32, "w3": 32})
+#: One trace record in the trace memory: ``w<i>`` is word ``i`` of ``rm.TRACE_RECORD_LAYOUT``.
+TraceRecordLayout = data.StructLayout({f"w{i}": 32 for i in range(rm.TRACE_RECORD_WORDS)})
+
+
+def pack_trace_record(w) -> list:
+    """The words of trace record ``w`` (a :data:`TraceWrite`), as ``rm.TRACE_RECORD_LAYOUT`` lays them out."""
+    values = {
+        "CYCLE_LO": w.cycle[:32], "TAG": w.tag, "AUX": w.aux,
+        "cycle_hi": w.cycle[32:], "engine": w.engine, "event": w.event, "kind": w.kind,
+    }
+    words = []
+    for index, name, fields, _doc in rm.TRACE_RECORD_LAYOUT:
+        assert index == len(words), "TRACE_RECORD_LAYOUT lists the words in order"
+        if fields is None:
+            words.append(values[name])
+            continue
+        parts, pos = [], 0
+        for f in sorted(fields, key=lambda f: f.lsb):
+            if f.lsb > pos:
+                parts.append(Const(0, f.lsb - pos))
+            parts.append(values[f.name][:f.width])
+            pos = f.lsb + f.width
+        words.append(Cat(*parts))
+    return words
 
 AXI_OKAY = 0b00
 
@@ -229,7 +252,6 @@ class CsrBlock(wiring.Component):
         drops = Signal(32)
         used = Signal(ptr_bits)
         m.d.comb += used.eq(head - tail)
-        info = rm.TRACE_RECORD_LAYOUT[1][2]
         stored = Const(0, len(writes).bit_length())
         dropped = Const(0, len(writes).bit_length())
         for w in writes:
@@ -239,12 +261,8 @@ class CsrBlock(wiring.Component):
             m.d.comb += [
                 wp.en.eq(go),
                 wp.addr.eq(head + stored),
-                wp.data.w0.eq(w.cycle[:32]),
-                wp.data.w1.eq(Cat(w.cycle[32:48], w.engine, w.event, w.kind)),
-                wp.data.w2.eq(w.tag),
-                wp.data.w3.eq(w.aux),
+                *(wp.data[f"w{i}"].eq(word) for i, word in enumerate(pack_trace_record(w))),
             ]
-            assert [f.lsb for f in info] == [0, 16, 20, 24]
             next_stored = Signal(len(writes).bit_length() + 1)
             next_dropped = Signal(len(writes).bit_length() + 1)
             m.d.comb += [next_stored.eq(stored + go),

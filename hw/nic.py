@@ -41,12 +41,22 @@ from amaranth.utils import ceil_log2, exact_log2
 from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.link import AckMessage, LinkBeat
 from gradsync.spec import regmap as rm
+from gradsync.spec.link import PACKET_CRC_BYTES, PACKET_HEADER_BYTES
 
 #: A word from the DMA engine to the transmitter: ``last`` ends a packet,
 #: ``chunk_end`` marks the last packet of a descriptor.
 TxWord = data.StructLayout({"data": 32, "last": 1, "chunk_end": 1})
 
-HEADER_WORDS = 3
+#: Link words of a packet's header, from ``gradsync.spec.link``'s framing.
+HEADER_WORDS = PACKET_HEADER_BYTES // 4
+# The NIC parses exactly H0..H2 (module docstring) and trails one CRC-32 link word (_crc32):
+# a different framing in the spec must change this file too, not pass silently.
+if (HEADER_WORDS, PACKET_HEADER_BYTES % 4, PACKET_CRC_BYTES) != (3, 0, 4):
+    raise ValueError(
+        "hw/nic.py frames packets as three 32-bit header words and a CRC-32 word, so "
+        "gradsync.spec.link must give PACKET_HEADER_BYTES 12 and PACKET_CRC_BYTES 4, not "
+        f"{PACKET_HEADER_BYTES!r} and {PACKET_CRC_BYTES!r}"
+    )
 
 #: Error codes the receiver reports (``gradsync.spec.regmap.ErrorCode``).
 RX_NO_WINDOW = int(rm.ErrorCode.RX_NO_WINDOW)
