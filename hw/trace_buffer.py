@@ -104,7 +104,13 @@ class TraceBuffer(wiring.Component):
         The ``TRACE_*`` registers. A TRACE_DATA pop of an empty buffer changes
         nothing; a TRACE_TAIL write moves the tail only within the records
         written (``TAIL - old TAIL <= COUNT``) and restarts a pop in progress.
-        When a pop and such a write meet in one cycle, the write wins.
+        When a pop and such a write meet in one cycle, the write wins.  The
+        memory read behind ``data`` is synchronous: a new tail record (after
+        its predecessor's last pop, a TAIL write, or its own store into an
+        empty buffer) shows in ``data`` one cycle after ``count``/``tail``
+        say so.  The AXI4-Lite front end accepts one read every other cycle,
+        which covers consecutive pops, but not a TRACE_DATA read in the cycle
+        right after a TAIL write or a store into an empty buffer.
     rd : In(read_port_signature).array(read_ports)
         Data the cycle after ``en``, held while ``en`` is low.
     """
