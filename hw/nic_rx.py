@@ -93,6 +93,58 @@ def window_lookup_signature(mem_addr_width: int, regions: int) -> wiring.Signatu
     )
 
 
+def _link_ports() -> dict:
+    """The link side of the receiver (NicRx's and RxFrontEnd's)."""
+    return {
+        "link": In(stream.Signature(LinkBeat, always_ready=True)),
+        "ack": Out(stream.Signature(AckMessage, always_ready=True)),
+    }
+
+
+def _memory_ports(mem_addr_width: int, regions: int) -> dict:
+    """The device-memory ports (NicRx's and RxApplier's)."""
+    return {
+        "mem_rd_addr": Out(mem_addr_width),
+        "mem_rd_region": Out(range(regions)),
+        "mem_rd_data": In(32),
+        "mem_wr_addr": Out(mem_addr_width),
+        "mem_wr_region": Out(range(regions)),
+        "mem_wr_data": Out(32),
+        "mem_wr_en": Out(1),
+    }
+
+
+def _window_register_ports() -> dict:
+    """The RX window registers and done bits (NicRx's and RxWindowTable's)."""
+    return {
+        "cfg_window": In(6),
+        "cfg_reg": In(3),
+        "cfg_wdata": In(32),
+        "cfg_we": In(1),
+        "cfg_rdata": Out(32),
+        "done_bits": Out(64),
+        "done_clear": In(64),
+        "rx_irq": Out(1),
+    }
+
+
+def _report_ports() -> dict:
+    """Trace, error and apply counters (NicRx's and RxApplier's)."""
+    return {
+        "now": In(48),
+        "trace": Out(TraceWrite),
+        "error": Out(ErrorEvent),
+        "packets_applied": Out(32),
+        "bytes_applied": Out(32),
+        "drops": Out(32),
+    }
+
+
+def _arrival_counter_ports() -> dict:
+    """The front end's error counters (NicRx's and RxFrontEnd's)."""
+    return {"crc_errors": Out(32), "seq_errors": Out(32), "duplicates": Out(32)}
+
+
 class RxFrontEnd(wiring.Component):
     """Receiver front end: packet buffer, CRC and sequence check, ACK/NAK and credits.
 
@@ -127,13 +179,10 @@ class RxFrontEnd(wiring.Component):
         self.slots = credits + 1
         super().__init__(
             {
-                "link": In(stream.Signature(LinkBeat, always_ready=True)),
-                "ack": Out(stream.Signature(AckMessage, always_ready=True)),
+                **_link_ports(),
                 "packets": Out(stream.Signature(PacketHeader)),
                 "payload": In(payload_port_signature(max_payload_words)),
-                "crc_errors": Out(32),
-                "seq_errors": Out(32),
-                "duplicates": Out(32),
+                **_arrival_counter_ports(),
             }
         )
 
@@ -269,14 +318,7 @@ class RxWindowTable(wiring.Component):
         super().__init__(
             {
                 "lookup": In(window_lookup_signature(mem_addr_width, len(regions))),
-                "cfg_window": In(6),
-                "cfg_reg": In(3),
-                "cfg_wdata": In(32),
-                "cfg_we": In(1),
-                "cfg_rdata": Out(32),
-                "done_bits": Out(64),
-                "done_clear": In(64),
-                "rx_irq": Out(1),
+                **_window_register_ports(),
             }
         )
 
@@ -450,25 +492,13 @@ class RxApplier(wiring.Component):
     ):
         self.operand_bits = operand_bits
         self.saturate = saturate
-        nreg = len(regions)
         super().__init__(
             {
                 "packets": In(stream.Signature(PacketHeader)),
                 "payload": Out(payload_port_signature(max_payload_words)),
-                "lookup": Out(window_lookup_signature(mem_addr_width, nreg)),
-                "mem_rd_addr": Out(mem_addr_width),
-                "mem_rd_region": Out(range(nreg)),
-                "mem_rd_data": In(32),
-                "mem_wr_addr": Out(mem_addr_width),
-                "mem_wr_region": Out(range(nreg)),
-                "mem_wr_data": Out(32),
-                "mem_wr_en": Out(1),
-                "now": In(48),
-                "trace": Out(TraceWrite),
-                "error": Out(ErrorEvent),
-                "packets_applied": Out(32),
-                "bytes_applied": Out(32),
-                "drops": Out(32),
+                "lookup": Out(window_lookup_signature(mem_addr_width, len(regions))),
+                **_memory_ports(mem_addr_width, len(regions)),
+                **_report_ports(),
             }
         )
 
@@ -694,32 +724,11 @@ class NicRx(wiring.Component):
         self.slots = credits + 1
         super().__init__(
             {
-                "link": In(stream.Signature(LinkBeat, always_ready=True)),
-                "ack": Out(stream.Signature(AckMessage, always_ready=True)),
-                "mem_rd_addr": Out(self.mem_addr_width),
-                "mem_rd_region": Out(range(len(regions))),
-                "mem_rd_data": In(32),
-                "mem_wr_addr": Out(self.mem_addr_width),
-                "mem_wr_region": Out(range(len(regions))),
-                "mem_wr_data": Out(32),
-                "mem_wr_en": Out(1),
-                "cfg_window": In(6),
-                "cfg_reg": In(3),
-                "cfg_wdata": In(32),
-                "cfg_we": In(1),
-                "cfg_rdata": Out(32),
-                "done_bits": Out(64),
-                "done_clear": In(64),
-                "rx_irq": Out(1),
-                "now": In(48),
-                "trace": Out(TraceWrite),
-                "error": Out(ErrorEvent),
-                "packets_applied": Out(32),
-                "bytes_applied": Out(32),
-                "drops": Out(32),
-                "crc_errors": Out(32),
-                "seq_errors": Out(32),
-                "duplicates": Out(32),
+                **_link_ports(),
+                **_memory_ports(self.mem_addr_width, len(regions)),
+                **_window_register_ports(),
+                **_report_ports(),
+                **_arrival_counter_ports(),
             }
         )
 
@@ -746,44 +755,12 @@ class NicRx(wiring.Component):
         wiring.connect(m, applier.payload, front.payload)
         wiring.connect(m, applier.lookup, windows.lookup)
         # The flat ports of NicRx (Node's and the tests' view), each owned by one part.
-        for part, names in (
-            (front, ("crc_errors", "seq_errors", "duplicates")),
-            (
-                windows,
-                (
-                    "cfg_window",
-                    "cfg_reg",
-                    "cfg_wdata",
-                    "cfg_we",
-                    "cfg_rdata",
-                    "done_bits",
-                    "done_clear",
-                    "rx_irq",
-                ),
-            ),
-            (
-                applier,
-                (
-                    "mem_rd_addr",
-                    "mem_rd_region",
-                    "mem_rd_data",
-                    "mem_wr_addr",
-                    "mem_wr_region",
-                    "mem_wr_data",
-                    "mem_wr_en",
-                    "now",
-                    "trace",
-                    "error",
-                    "packets_applied",
-                    "bytes_applied",
-                    "drops",
-                ),
-            ),
+        for part, ports in (
+            (front, _arrival_counter_ports()),
+            (windows, _window_register_ports()),
+            (applier, {**_memory_ports(self.mem_addr_width, len(self.regions)), **_report_ports()}),
         ):
-            for name in names:
+            for name, member in ports.items():
                 outer, inner = getattr(self, name), getattr(part, name)
-                if self.signature.members[name].flow is wiring.In:
-                    m.d.comb += inner.eq(outer)
-                else:
-                    m.d.comb += outer.eq(inner)
+                m.d.comb += inner.eq(outer) if member.flow is In else outer.eq(inner)
         return m
