@@ -23,49 +23,170 @@ forwarded to the receiver (``hw/nic.py``'s ``cfg_*`` port, which keeps the
 window table): a write pulses ``win_we`` with ``win_index``/``win_reg``/
 ``win_wdata``; a read returns ``win_rdata`` for the ``win_index``/``win_reg``
 it drives in the read's address cycle.
+
+The block is a register file (:class:`CsrBlock`, which decodes the map) with
+three parts joined to it by ``wiring.connect``: the AXI4-Lite front end
+(``hw/axil.py``), the trace buffer (``hw/trace_buffer.py``) and
+:class:`IrqErrorLatch` (``IRQ_*``, ``ERR_*``).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
-from amaranth.lib import data, memory, wiring
+from amaranth.hdl import Const, Module, Signal
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.spec import regmap as rm
 
+from .axil import AxiLiteTarget, axil_signature, register_bus_signature
 from .events import ErrorEvent, TraceWrite
 from .sram import read_port_signature
+from .trace_buffer import TraceBuffer, pack_fields, trace_regs_signature
+
+__all__ = ["CONSTANTS", "INTERNAL", "CsrBlock", "IrqErrorLatch", "axil_signature"]
 
 #: Registers whose behaviour lives in this block.
 INTERNAL = {
-    "CYCLE_LO", "CYCLE_HI", "IRQ_STATUS", "IRQ_MASK", "IRQ_PENDING",
-    "ERR_CODE", "ERR_INFO", "ERR_COUNT",
-    "TRACE_COUNT", "TRACE_DATA", "TRACE_HEAD", "TRACE_TAIL", "TRACE_DROPS",
+    "CYCLE_LO",
+    "CYCLE_HI",
+    "IRQ_STATUS",
+    "IRQ_MASK",
+    "IRQ_PENDING",
+    "ERR_CODE",
+    "ERR_INFO",
+    "ERR_COUNT",
+    "TRACE_COUNT",
+    "TRACE_DATA",
+    "TRACE_HEAD",
+    "TRACE_TAIL",
+    "TRACE_DROPS",
 }
 
 #: Read-only build constants; values come from the ``constants`` parameter (default: reset).
 CONSTANTS = {
-    "ID", "VERSION", "NODE_ID", "NUM_NODES", "TX_PEER", "HW_ARRAY", "HW_FORMAT",
-    "SCRATCH_WORDS", "GRAD_WORDS", "HW_QUEUES", "TRACE_DEPTH", "LINK_INFO",
-    "LINK_LATENCY", "LINK_MAX_PAYLOAD",
+    "ID",
+    "VERSION",
+    "NODE_ID",
+    "NUM_NODES",
+    "TX_PEER",
+    "HW_ARRAY",
+    "HW_FORMAT",
+    "SCRATCH_WORDS",
+    "GRAD_WORDS",
+    "HW_QUEUES",
+    "TRACE_DEPTH",
+    "LINK_INFO",
+    "LINK_LATENCY",
+    "LINK_MAX_PAYLOAD",
 }
 
-TraceRecordLayout = data.StructLayout({"w0": 32, "w1": 32, "w2": 32, "w3": 32})
 
-AXI_OKAY = 0b00
+def irq_regs_signature() -> wiring.Signature:
+    """The ``IRQ_*`` and ``ERR_*`` registers as the register file sees :class:`IrqErrorLatch`.
+
+    Members
+    -------
+    clear : Out(32)
+        Bits written as ones to IRQ_STATUS (W1C).
+    mask_we, mask_wdata : Out
+        A write of IRQ_MASK.
+    status, mask, err_code, err_info, err_count : In(32)
+        IRQ_STATUS, IRQ_MASK, ERR_CODE, ERR_INFO, ERR_COUNT.
+    """
+    return wiring.Signature(
+        {
+            "clear": Out(32),
+            "mask_we": Out(1),
+            "mask_wdata": Out(32),
+            "status": In(32),
+            "mask": In(32),
+            "err_code": In(32),
+            "err_info": In(32),
+            "err_count": In(32),
+        }
+    )
 
 
-def axil_signature(addr_bits: int) -> dict:
-    """Flat AXI4-Lite slave ports named as cocotbext-axi's ``AxiLiteBus.from_prefix(dut, "s_axil")``."""
-    p = "s_axil_"
-    return {
-        p + "awaddr": In(addr_bits), p + "awprot": In(3), p + "awvalid": In(1), p + "awready": Out(1),
-        p + "wdata": In(32), p + "wstrb": In(4), p + "wvalid": In(1), p + "wready": Out(1),
-        p + "bresp": Out(2), p + "bvalid": Out(1), p + "bready": In(1),
-        p + "araddr": In(addr_bits), p + "arprot": In(3), p + "arvalid": In(1), p + "arready": Out(1),
-        p + "rdata": Out(32), p + "rresp": Out(2), p + "rvalid": Out(1), p + "rready": In(1),
-    }
+class IrqErrorLatch(wiring.Component):
+    """Interrupt status and mask; the latest error, the error count and the errors' trace records.
+
+    Parameters
+    ----------
+    error_sources:
+        Number of error-event inputs.
+
+    Attributes
+    ----------
+    err_in : In(ErrorEvent).array(error_sources)
+        Each valid event counts in ERR_COUNT and sets ``Irq.ERROR``; the
+        highest-numbered one of a cycle is latched in ERR_CODE/ERR_INFO; all
+        visible next cycle.
+    err_trace : Out(TraceWrite).array(error_sources)
+        The ERROR trace record of each event (tag = info, aux = code), stamped ``now + 1``.
+    now : In(48)
+        The cycle counter.
+    irq_set : In(32)
+        IRQ_STATUS bits to set (besides ``Irq.ERROR``); visible next cycle.
+    irq : Out(1)
+        ``(IRQ_STATUS & IRQ_MASK) != 0``.
+    regs : In(irq_regs_signature)
+        The registers; a W1C clear and a set of one bit in one cycle leave it set.
+    """
+
+    def __init__(self, *, error_sources: int):
+        super().__init__(
+            {
+                "err_in": In(ErrorEvent).array(error_sources),
+                "err_trace": Out(TraceWrite).array(error_sources),
+                "now": In(48),
+                "irq_set": In(32),
+                "irq": Out(1),
+                "regs": In(irq_regs_signature()),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        regs = self.regs
+        status = Signal(32)
+        mask = Signal(32)
+        n_err = Signal(range(len(self.err_in) + 1))
+        m.d.comb += n_err.eq(sum(e.valid for e in self.err_in))
+        set_bits = self.irq_set | ((n_err != 0) << (rm.Irq.ERROR.bit_length() - 1))
+        m.d.sync += status.eq((status & ~regs.clear) | set_bits)
+        with m.If(regs.mask_we):
+            m.d.sync += mask.eq(regs.mask_wdata)
+        m.d.comb += [
+            self.irq.eq((status & mask) != 0),
+            regs.status.eq(status),
+            regs.mask.eq(mask),
+        ]
+
+        code, info, count = Signal(32), Signal(32), Signal(32)
+        m.d.sync += count.eq(count + n_err)
+        code_fields = rm.reg("ERR_CODE").fields
+        for e, rec in zip(self.err_in, self.err_trace, strict=True):
+            with m.If(e.valid):
+                m.d.sync += [
+                    code.eq(
+                        pack_fields(
+                            code_fields, {"code": e.code, "engine": e.engine, "index": e.index}
+                        )
+                    ),
+                    info.eq(e.info),
+                ]
+            m.d.comb += [
+                rec.valid.eq(e.valid),
+                rec.cycle.eq(self.now + 1),
+                rec.engine.eq(e.engine),
+                rec.event.eq(rm.TraceEvent.ERROR),
+                rec.kind.eq(rm.Kind.OTHER),
+                rec.tag.eq(e.info),
+                rec.aux.eq(e.code),
+            ]
+        m.d.comb += [regs.err_code.eq(code), regs.err_info.eq(info), regs.err_count.eq(count)]
+        return m
 
 
 class CsrBlock(wiring.Component):
@@ -123,17 +244,28 @@ class CsrBlock(wiring.Component):
         Trace memory read ports: data the cycle after ``en``, held while ``en`` is low.
     """
 
-    def __init__(self, *, constants: dict | None = None, trace_records: int = 1 << 14,
-                 trace_writers: int = 1, error_sources: int = 1, addr_bits: int = 13,
-                 rx_windows: int | None = None, trace_read_ports: int = 0):
+    def __init__(
+        self,
+        *,
+        constants: dict | None = None,
+        trace_records: int = 1 << 14,
+        trace_writers: int = 1,
+        error_sources: int = 1,
+        addr_bits: int = 13,
+        rx_windows: int | None = None,
+        trace_read_ports: int = 0,
+    ):
         if trace_records < 2 or trace_records & (trace_records - 1):
             raise ValueError(f"trace_records must be a power of two >= 2, not {trace_records!r}")
         constants = dict(constants or {})
         unknown = set(constants) - CONSTANTS
         if unknown:
             raise ValueError(f"constants only cover {sorted(CONSTANTS)}, not {sorted(unknown)!r}")
-        self.constants = {name: constants.get(name, rm.reg(name).reset) for name in CONSTANTS
-                          if name in rm.BY_NAME}
+        self.constants = {
+            name: constants.get(name, rm.reg(name).reset)
+            for name in CONSTANTS
+            if name in rm.BY_NAME
+        }
         self.trace_records = trace_records
         self.addr_bits = addr_bits
         if rx_windows is not None and not 1 <= rx_windows <= rm.MAX_RX_WINDOWS:
@@ -141,22 +273,36 @@ class CsrBlock(wiring.Component):
         self.rx_windows = rx_windows
         self.trace_read_ports = trace_read_ports
         self.trace_word_bits = ceil_log2(trace_records * rm.TRACE_RECORD_WORDS)
-        self.engine_regs = [r for r in rm.REGISTERS
-                            if r.name not in INTERNAL and r.name not in CONSTANTS
-                            and not self._forwarded(r)]
+        self.engine_regs = [
+            r
+            for r in rm.REGISTERS
+            if r.name not in INTERNAL and r.name not in CONSTANTS and not self._forwarded(r)
+        ]
         ports = axil_signature(addr_bits)
-        ports.update({
-            "irq": Out(1), "now": Out(64), "irq_set": In(8),
-            "trace_in": In(TraceWrite).array(trace_writers),
-            "err_in": In(ErrorEvent).array(error_sources),
-            "wo_data": Out(32),
-        })
+        ports.update(
+            {
+                "irq": Out(1),
+                "now": Out(64),
+                "irq_set": In(8),
+                "trace_in": In(TraceWrite).array(trace_writers),
+                "err_in": In(ErrorEvent).array(error_sources),
+                "wo_data": Out(32),
+            }
+        )
         if rx_windows is not None:
-            ports.update({"win_index": Out(6), "win_reg": Out(3), "win_wdata": Out(32),
-                          "win_we": Out(1), "win_rdata": In(32)})
+            ports.update(
+                {
+                    "win_index": Out(6),
+                    "win_reg": Out(3),
+                    "win_wdata": Out(32),
+                    "win_we": Out(1),
+                    "win_rdata": In(32),
+                }
+            )
         if trace_read_ports:
             ports["trace_rd"] = In(read_port_signature(self.trace_word_bits, 32)).array(
-                trace_read_ports)
+                trace_read_ports
+            )
         for r in self.engine_regs:
             if r.access is rm.Access.RW:
                 ports[f"rw_{r.name.lower()}"] = Out(32, init=r.reset)
@@ -181,221 +327,131 @@ class CsrBlock(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ax = {k[len("s_axil_"):]: getattr(self, k) for k in axil_signature(self.addr_bits)}
-        depth = self.trace_records
-        ptr_bits = ceil_log2(depth) + 1
-
-        # ---- cycle counter, IRQ -------------------------------------------------------
-        m.d.sync += self.now.eq(self.now + 1)
-        irq_status = Signal(32)
-        irq_mask = Signal(32)
-        irq_set = Signal(32)
-        irq_clear = Signal(32)
-        m.d.sync += irq_status.eq((irq_status & ~irq_clear) | irq_set)
-        m.d.comb += self.irq.eq((irq_status & irq_mask) != 0)
-        control = self.rw_control
-        trace_enable = control[rm.reg("CONTROL").field("trace_enable").lsb]
-
-        # ---- errors -------------------------------------------------------------------------
-        err_code = Signal(32)
-        err_info = Signal(32)
-        err_count = Signal(32)
-        code_reg = rm.reg("ERR_CODE")
-        n_err = Signal(range(len(self.err_in) + 1))
-        m.d.comb += n_err.eq(sum(e.valid for e in self.err_in))
-        m.d.sync += err_count.eq(err_count + n_err)
-        for e in self.err_in:
-            with m.If(e.valid):
-                m.d.sync += [
-                    err_code.eq(Cat(e.code, e.engine, Const(0, 4), e.index)),
-                    err_info.eq(e.info),
-                ]
-        assert [f.lsb for f in code_reg.fields] == [0, 8, 16]
-
-        # ---- trace buffer ---------------------------------------------------------------------
-        writes = list(self.trace_in)
-        for e in self.err_in:
-            rec = Signal(TraceWrite)
-            m.d.comb += [
-                rec.valid.eq(e.valid), rec.cycle.eq(self.now + 1), rec.engine.eq(e.engine),
-                rec.event.eq(rm.TraceEvent.ERROR), rec.kind.eq(rm.Kind.OTHER),
-                rec.tag.eq(e.info), rec.aux.eq(e.code),
-            ]
-            writes.append(rec)
-        trace_mem = memory.Memory(shape=TraceRecordLayout, depth=depth, init=[])
-        m.submodules.trace_mem = trace_mem
-        head = Signal(32)
-        tail = Signal(32)
-        drops = Signal(32)
-        used = Signal(ptr_bits)
-        m.d.comb += used.eq(head - tail)
-        info = rm.TRACE_RECORD_LAYOUT[1][2]
-        stored = Const(0, len(writes).bit_length())
-        dropped = Const(0, len(writes).bit_length())
-        for w in writes:
-            wp = trace_mem.write_port()
-            go = Signal()
-            m.d.comb += go.eq(w.valid & trace_enable & (used + stored < depth))
-            m.d.comb += [
-                wp.en.eq(go),
-                wp.addr.eq(head + stored),
-                wp.data.w0.eq(w.cycle[:32]),
-                wp.data.w1.eq(Cat(w.cycle[32:48], w.engine, w.event, w.kind)),
-                wp.data.w2.eq(w.tag),
-                wp.data.w3.eq(w.aux),
-            ]
-            assert [f.lsb for f in info] == [0, 16, 20, 24]
-            next_stored = Signal(len(writes).bit_length() + 1)
-            next_dropped = Signal(len(writes).bit_length() + 1)
-            m.d.comb += [next_stored.eq(stored + go),
-                         next_dropped.eq(dropped + (w.valid & trace_enable & ~go))]
-            stored, dropped = next_stored, next_dropped
-        m.d.sync += [head.eq(head + stored), drops.eq(drops + dropped)]
-        half = Signal()
-        m.d.comb += half.eq((stored != 0) & (used + stored >= depth // 2))
-        trace_irq = Signal(32)
-        m.d.comb += trace_irq.eq(half << (rm.Irq.TRACE.bit_length() - 1))
-
-        trace_rd = trace_mem.read_port()
-        m.d.comb += [trace_rd.addr.eq(tail), trace_rd.en.eq(1)]
-        pop_word = Signal(2)
+        m.submodules.axil = axil = AxiLiteTarget(self.addr_bits)
+        m.submodules.irq_latch = irq = IrqErrorLatch(error_sources=len(self.err_in))
+        m.submodules.trace = trace = TraceBuffer(
+            records=self.trace_records,
+            writers=len(self.trace_in) + len(self.err_in),
+            read_ports=self.trace_read_ports,
+        )
+        # This block's ends of the three parts' interfaces.
+        bus = register_bus_signature(self.addr_bits).flip().create()
+        irq_regs = irq_regs_signature().create()
+        trace_regs = trace_regs_signature(trace.count_bits).create()
+        wiring.connect(m, axil.bus, bus)
+        wiring.connect(m, irq_regs, irq.regs)
+        wiring.connect(m, trace_regs, trace.regs)
+        for name, member in axil_signature(self.addr_bits).items():
+            outer, inner = getattr(self, name), getattr(axil, name)
+            m.d.comb += inner.eq(outer) if member.flow is In else outer.eq(inner)
         for i in range(self.trace_read_ports):
-            host = self.trace_rd[i]
-            rp = trace_mem.read_port()
-            word = Signal(2, name=f"trace_rd{i}_word")
-            m.d.comb += [rp.addr.eq(host.addr[2:]), rp.en.eq(host.en)]
-            with m.If(host.en):
-                m.d.sync += word.eq(host.addr[:2])
-            m.d.comb += host.data.eq(rp.data.as_value().word_select(word, 32))
+            wiring.connect(m, wiring.flipped(self.trace_rd[i]), trace.rd[i])
 
-        # ---- forwarded RX window registers ----------------------------------------------------
+        # ---- cycle counter, IRQ, errors, trace inputs ------------------------------------
+        m.d.sync += self.now.eq(self.now + 1)
+        trace_enable = self.rw_control[rm.reg("CONTROL").field("trace_enable").lsb]
+        m.d.comb += [
+            irq.now.eq(self.now[:48]),
+            irq.irq_set.eq(self.irq_set | (trace.half << (rm.Irq.TRACE.bit_length() - 1))),
+            self.irq.eq(irq.irq),
+            trace.enable.eq(trace_enable),
+            *(w.eq(r) for w, r in zip(trace.writes, [*self.trace_in, *irq.err_trace], strict=True)),
+        ]
+        for outer, inner in zip(self.err_in, irq.err_in, strict=True):
+            m.d.comb += inner.eq(outer)
+
+        # ---- forwarded RX window registers ---------------------------------------------
         fwd = self.rx_windows is not None
-        stride_bits = ceil_log2(rm.RX_WINDOW_STRIDE)
-        received = rm.offset("WIN0_RECEIVED") - rm.RX_WINDOW_BASE
+        win_write = Signal()
         if fwd:
             lo, hi = self._win_span
+            stride_bits = ceil_log2(rm.RX_WINDOW_STRIDE)
+            received = (rm.offset("WIN0_RECEIVED") - rm.RX_WINDOW_BASE) // 4
 
             def in_win(addr):
                 return (addr >= lo) & (addr < hi)
 
             def win_fields(addr):
                 off = (addr - lo)[:16]
-                return off[stride_bits:stride_bits + 6], off[2:stride_bits]
+                return off[stride_bits : stride_bits + 6], off[2:stride_bits]
 
-        # ---- AXI4-Lite write ------------------------------------------------------------------
-        m.d.comb += [ax["bresp"].eq(AXI_OKAY), ax["rresp"].eq(AXI_OKAY)]
-        wr_go = Signal()
-        m.d.comb += [
-            wr_go.eq(ax["awvalid"] & ax["wvalid"] & ~ax["bvalid"]),
-            ax["awready"].eq(wr_go), ax["wready"].eq(wr_go),
-        ]
-        with m.If(ax["bvalid"] & ax["bready"]):
-            m.d.sync += ax["bvalid"].eq(0)
-        with m.If(wr_go):
-            m.d.sync += ax["bvalid"].eq(1)
-        waddr = ax["awaddr"]
-        wdata = ax["wdata"]
-        m.d.comb += self.wo_data.eq(wdata)
-        tail_write = Signal()
-        win_write = Signal()
-        if fwd:
-            w_index, w_reg = win_fields(waddr)
+            w_index, w_reg = win_fields(bus.w_addr)
+            r_index, r_reg = win_fields(bus.r_addr)
             m.d.comb += [
-                win_write.eq(wr_go & in_win(waddr)),
-                self.win_wdata.eq(wdata),
-                self.win_we.eq(win_write & (w_index < self.rx_windows)
-                               & (w_reg != received // 4)),
+                win_write.eq(bus.w_en & in_win(bus.w_addr)),
+                self.win_wdata.eq(bus.w_data),
+                self.win_we.eq(win_write & (w_index < self.rx_windows) & (w_reg != received)),
                 self.win_index.eq(w_index),
                 self.win_reg.eq(w_reg),
+                # A read of a window register waits while one is written (shared index).
+                bus.r_stall.eq(win_write & in_win(bus.r_addr)),
             ]
-        with m.If(wr_go), m.Switch(waddr):
+            with m.If(bus.r_en & ~win_write):
+                m.d.comb += [self.win_index.eq(r_index), self.win_reg.eq(r_reg)]
+            with m.If(in_win(bus.r_addr) & (r_index < self.rx_windows)):
+                m.d.comb += bus.r_data.eq(self.win_rdata)
+
+        # ---- register writes ---------------------------------------------------------------
+        m.d.comb += [
+            self.wo_data.eq(bus.w_data),
+            irq_regs.mask_wdata.eq(bus.w_data),
+            trace_regs.tail_wdata.eq(bus.w_data),
+        ]
+        with m.If(bus.w_en), m.Switch(bus.w_addr):
             for r in rm.REGISTERS:
                 if r.access is rm.Access.RO or self._forwarded(r):
                     continue
                 with m.Case(r.offset):
                     if r.name == "IRQ_STATUS":
-                        m.d.comb += irq_clear.eq(wdata)
+                        m.d.comb += irq_regs.clear.eq(bus.w_data)
                     elif r.name == "IRQ_MASK":
-                        m.d.sync += irq_mask.eq(wdata)
+                        m.d.comb += irq_regs.mask_we.eq(1)
                     elif r.name == "TRACE_TAIL":
-                        # Only forward within the written records; a pop in progress restarts.
-                        with m.If((wdata - tail)[:32] <= used):
-                            m.d.comb += tail_write.eq(1)
+                        m.d.comb += trace_regs.tail_we.eq(1)
                     elif r.access is rm.Access.RW:
-                        m.d.sync += self.port("rw", r.name).eq(wdata)
+                        m.d.sync += self.port("rw", r.name).eq(bus.w_data)
                     elif r.access is rm.Access.WO:
                         m.d.comb += self.port("wo", r.name).eq(1)
                     elif r.access is rm.Access.W1C:
-                        m.d.comb += self.port("w1c", r.name).eq(wdata)
-        m.d.comb += irq_set.eq(self.irq_set | ((n_err != 0) << (rm.Irq.ERROR.bit_length() - 1))
-                               | trace_irq)
+                        m.d.comb += self.port("w1c", r.name).eq(bus.w_data)
 
-        # ---- AXI4-Lite read -------------------------------------------------------------------
-        rd_go = Signal()
-        # A read of a window register waits while a window register is written (shared index).
-        m.d.comb += [rd_go.eq(ax["arvalid"] & ~ax["rvalid"]
-                              & ~(win_write & (in_win(ax["araddr"]) if fwd else 0))),
-                     ax["arready"].eq(rd_go)]
-        with m.If(ax["rvalid"] & ax["rready"]):
-            m.d.sync += ax["rvalid"].eq(0)
+        # ---- register reads ----------------------------------------------------------------
         cycle_hi = Signal(32)
-        pop = Signal()
-        with m.If(rd_go):
-            m.d.sync += [ax["rvalid"].eq(1), ax["rdata"].eq(0)]
-            if fwd:
-                r_index, r_reg = win_fields(ax["araddr"])
-                with m.If(~win_write):
-                    m.d.comb += [self.win_index.eq(r_index), self.win_reg.eq(r_reg)]
-                with m.If(in_win(ax["araddr"]) & (r_index < self.rx_windows)):
-                    m.d.sync += ax["rdata"].eq(self.win_rdata)
-            with m.Switch(ax["araddr"]):
-                for r in rm.REGISTERS:
-                    if r.access is rm.Access.WO or self._forwarded(r):
-                        continue
-                    with m.Case(r.offset):
-                        value = self._read_value(r, locals())
-                        m.d.sync += ax["rdata"].eq(value)
-                        if r.name == "CYCLE_LO":
+        internal = {
+            "CYCLE_LO": self.now[:32],
+            "CYCLE_HI": cycle_hi,
+            "IRQ_STATUS": irq_regs.status,
+            "IRQ_MASK": irq_regs.mask,
+            "IRQ_PENDING": irq_regs.status & irq_regs.mask,
+            "ERR_CODE": irq_regs.err_code,
+            "ERR_INFO": irq_regs.err_info,
+            "ERR_COUNT": irq_regs.err_count,
+            "TRACE_COUNT": trace_regs.count,
+            "TRACE_HEAD": trace_regs.head,
+            "TRACE_TAIL": trace_regs.tail,
+            "TRACE_DROPS": trace_regs.drops,
+            "TRACE_DATA": trace_regs.data,
+        }
+        with m.Switch(bus.r_addr):
+            for r in rm.REGISTERS:
+                if r.access is rm.Access.WO or self._forwarded(r):
+                    continue
+                with m.Case(r.offset):
+                    m.d.comb += bus.r_data.eq(self._read_value(r, internal))
+                    # Side effects of an accepted read.
+                    if r.name == "CYCLE_LO":
+                        with m.If(bus.r_en):
                             m.d.sync += cycle_hi.eq(self.now[32:])
-                        elif r.name == "TRACE_DATA":
-                            m.d.comb += pop.eq(used != 0)
-        with m.If(pop):
-            m.d.sync += pop_word.eq(pop_word + 1)
-            with m.If(pop_word == rm.TRACE_RECORD_WORDS - 1):
-                m.d.sync += tail.eq(tail + 1)
-        with m.If(tail_write):
-            m.d.sync += [tail.eq(wdata), pop_word.eq(0)]
+                    elif r.name == "TRACE_DATA":
+                        m.d.comb += trace_regs.pop.eq(bus.r_en)
         return m
 
-    def _read_value(self, r, env):
-        """The value a read of register ``r`` returns (evaluated in :meth:`elaborate`)."""
-        name = r.name
-        if name in self.constants:
-            return Const(self.constants[name] & 0xFFFF_FFFF, 32)
-        table = {
-            "CYCLE_LO": lambda: self.now[:32],
-            "CYCLE_HI": lambda: env["cycle_hi"],
-            "IRQ_STATUS": lambda: env["irq_status"],
-            "IRQ_MASK": lambda: env["irq_mask"],
-            "IRQ_PENDING": lambda: env["irq_status"] & env["irq_mask"],
-            "ERR_CODE": lambda: env["err_code"],
-            "ERR_INFO": lambda: env["err_info"],
-            "ERR_COUNT": lambda: env["err_count"],
-            "TRACE_COUNT": lambda: env["used"],
-            "TRACE_HEAD": lambda: env["head"],
-            "TRACE_TAIL": lambda: env["tail"],
-            "TRACE_DROPS": lambda: env["drops"],
-            "TRACE_DATA": lambda: self._trace_word(env),
-        }
-        if name in table:
-            return table[name]()
+    def _read_value(self, r, internal: dict):
+        """The value a read of register ``r`` returns: constant, internal, or an engine port."""
+        if r.name in self.constants:
+            return Const(self.constants[r.name] & 0xFFFF_FFFF, 32)
+        if r.name in internal:
+            return internal[r.name]
         if r.access is rm.Access.RW:
-            return self.port("rw", name)
-        return self.port("ro", name)
-
-    @staticmethod
-    def _trace_word(env):
-        rec = env["trace_rd"].data
-        word = env["pop_word"]
-        value = Mux(word == 0, rec.w0, Mux(word == 1, rec.w1, Mux(word == 2, rec.w2, rec.w3)))
-        return Mux(env["used"] != 0, value, 0)
+            return self.port("rw", r.name)
+        return self.port("ro", r.name)

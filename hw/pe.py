@@ -12,10 +12,7 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-
-def saturate_bounds(bits: int) -> tuple[int, int]:
-    """The signed range of a ``bits``-wide two's-complement word."""
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+from .arith import saturate
 
 
 class ProcessingElement(wiring.Component):
@@ -69,18 +66,26 @@ class ProcessingElement(wiring.Component):
         self.saturate = bool(saturate)
         op = signed(operand_bits)
         acc = signed(acc_bits)
-        super().__init__({
-            "a_in": In(op), "b_in": In(op),
-            "valid_in": In(1), "first_in": In(1), "last_in": In(1),
-            "a_out": Out(op), "b_out": Out(op),
-            "valid_out": Out(1), "first_out": Out(1), "last_out": Out(1),
-            "acc": Out(acc),
-            "result": Out(acc), "result_valid": Out(1),
-        })
+        super().__init__(
+            {
+                "a_in": In(op),
+                "b_in": In(op),
+                "valid_in": In(1),
+                "first_in": In(1),
+                "last_in": In(1),
+                "a_out": Out(op),
+                "b_out": Out(op),
+                "valid_out": Out(1),
+                "first_out": Out(1),
+                "last_out": Out(1),
+                "acc": Out(acc),
+                "result": Out(acc),
+                "result_valid": Out(1),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
-        lo, hi = saturate_bounds(self.acc_bits)
 
         m.d.sync += [
             self.a_out.eq(self.a_in),
@@ -94,21 +99,12 @@ class ProcessingElement(wiring.Component):
         product = Signal(signed(2 * self.operand_bits))
         base = Signal(signed(self.acc_bits))
         wide = Signal(signed(self.acc_bits + 1))
-        new = Signal(signed(self.acc_bits))
         m.d.comb += [
             product.eq(self.a_in * self.b_in),
             base.eq(Mux(self.first_in, 0, self.acc)),
             wide.eq(base + product),
         ]
-        if self.saturate:
-            with m.If(wide > hi):
-                m.d.comb += new.eq(hi)
-            with m.Elif(wide < lo):
-                m.d.comb += new.eq(lo)
-            with m.Else():
-                m.d.comb += new.eq(wide)
-        else:
-            m.d.comb += new.eq(wide)
+        new = saturate(m, wide, self.acc_bits, self.saturate, "new")
 
         with m.If(self.valid_in):
             m.d.sync += self.acc.eq(new)

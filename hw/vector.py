@@ -15,6 +15,8 @@ from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import saturate
+
 ROUNDING_MODES = ("nearest-even", "truncate")
 
 
@@ -56,22 +58,6 @@ def round_shift(m: Module, value, shift, max_shift: int, rounding: str, name: st
     return out
 
 
-def saturate(m: Module, value, bits: int, clamp: bool, name: str):
-    """Clamp (``clamp``) or wrap a signed value to ``bits`` bits, as ``model.numerics.saturate``."""
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    out = Signal(signed(bits), name=name)
-    if clamp:
-        with m.If(value > hi):
-            m.d.comb += out.eq(hi)
-        with m.Elif(value < lo):
-            m.d.comb += out.eq(lo)
-        with m.Else():
-            m.d.comb += out.eq(value)
-    else:
-        m.d.comb += out.eq(value)  # truncation is two's-complement wrap
-    return out
-
-
 class VectorUnit(wiring.Component):
     """``lanes`` element-wise lanes, fully pipelined, three register stages.
 
@@ -102,8 +88,14 @@ class VectorUnit(wiring.Component):
     is accepted every cycle; there is no back-pressure and no error case.
     """
 
-    def __init__(self, lanes: int = 8, total_bits: int = 16, frac_bits: int = 10,
-                 rounding: str = "nearest-even", saturate: bool = True):
+    def __init__(
+        self,
+        lanes: int = 8,
+        total_bits: int = 16,
+        frac_bits: int = 10,
+        rounding: str = "nearest-even",
+        saturate: bool = True,
+    ):
         if not isinstance(lanes, int) or not 1 <= lanes <= 64:
             raise ValueError(f"lanes must be an integer in 1..64, not {lanes!r}")
         if not isinstance(total_bits, int) or not 2 <= total_bits <= 32:
@@ -118,17 +110,19 @@ class VectorUnit(wiring.Component):
         self.rounding = rounding
         self.saturate = bool(saturate)
         word = data.ArrayLayout(signed(total_bits), lanes)
-        super().__init__({
-            "op": In(VectorOp),
-            "arg": In(signed(total_bits)),
-            "in_valid": In(1),
-            "in_mask": In(lanes),
-            "x": In(word),
-            "y": In(word),
-            "out_valid": Out(1),
-            "out_mask": Out(lanes),
-            "out": Out(word),
-        })
+        super().__init__(
+            {
+                "op": In(VectorOp),
+                "arg": In(signed(total_bits)),
+                "in_valid": In(1),
+                "in_mask": In(lanes),
+                "x": In(word),
+                "y": In(word),
+                "out_valid": Out(1),
+                "out_mask": Out(lanes),
+                "out": Out(word),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -137,8 +131,14 @@ class VectorUnit(wiring.Component):
         # Control pipeline.
         v = [Signal(name=f"valid_s{i}") for i in (1, 2, 3)]
         k = [Signal(self.lanes, name=f"mask_s{i}") for i in (1, 2, 3)]
-        m.d.sync += [v[0].eq(self.in_valid), k[0].eq(self.in_mask),
-                     v[1].eq(v[0]), k[1].eq(k[0]), v[2].eq(v[1]), k[2].eq(k[1])]
+        m.d.sync += [
+            v[0].eq(self.in_valid),
+            k[0].eq(self.in_mask),
+            v[1].eq(v[0]),
+            k[1].eq(k[0]),
+            v[2].eq(v[1]),
+            k[2].eq(k[1]),
+        ]
         m.d.comb += [self.out_valid.eq(v[2]), self.out_mask.eq(k[2])]
         op1 = Signal(VectorOp, name="op_s1")
         op2 = Signal(VectorOp, name="op_s2")
@@ -156,8 +156,9 @@ class VectorUnit(wiring.Component):
                 pos1.eq(Mux(self.op == VectorOp.RELU_BWD, y, x) > 0),
             ]
             # Stage 2: round the product back to frac_bits.
-            rounded = round_shift(m, prod, self.frac_bits, self.frac_bits, self.rounding,
-                                  f"rs{lane}")
+            rounded = round_shift(
+                m, prod, self.frac_bits, self.frac_bits, self.rounding, f"rs{lane}"
+            )
             r2 = Signal(signed(prod_w), name=f"r{lane}_s2")
             x2 = Signal(signed(tb), name=f"x{lane}_s2")
             pos2 = Signal(name=f"pos{lane}_s2")

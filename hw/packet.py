@@ -1,0 +1,54 @@
+"""The link packet as the NIC builds and parses it: words, header fields, CRC.
+
+``DESIGN.md`` ("NIC + links"): the DMA engine (``hw/dma.py``) emits
+:data:`TxWord` packets, the transmitter (``hw/nic.py``) stamps the sequence
+number and appends the CRC, the receiver (``hw/nic_rx.py``) checks both and
+hands :data:`PacketHeader` to its applier.  The byte counts come from
+``gradsync.spec.link`` (``PACKET_HEADER_BYTES``, ``PACKET_CRC_BYTES``), which
+the golden model's timing uses too.
+
+Packet format (32-bit words, little-endian fields)::
+
+    H0  [7:0] RX window  [8] reduce-add  [15:9] payload words - 1  [31:16] sequence
+    H1  tag (layer, chunk, step)
+    H2  destination byte address in the receiver's memory
+    payload words (each holds 32 / operand_bits operands, lowest address in the low bits)
+    CRC-32 (Ethernet polynomial) over H0..payload
+"""
+
+from __future__ import annotations
+
+from amaranth.lib import crc, data
+
+from gradsync.spec.link import PACKET_CRC_BYTES, PACKET_HEADER_BYTES
+
+#: A word from the DMA engine to the transmitter: ``last`` ends a packet,
+#: ``chunk_end`` marks the last packet of a descriptor.
+TxWord = data.StructLayout({"data": 32, "last": 1, "chunk_end": 1})
+
+#: Link words of a packet's header, from ``gradsync.spec.link``'s framing.
+HEADER_WORDS = PACKET_HEADER_BYTES // 4
+# The NIC parses exactly H0..H2 (module docstring) and trails one CRC-32 link word (crc32):
+# a different framing in the spec must change this file too, not pass silently.
+if (HEADER_WORDS, PACKET_HEADER_BYTES % 4, PACKET_CRC_BYTES) != (3, 0, 4):
+    raise ValueError(
+        "hw/packet.py frames packets as three 32-bit header words and a CRC-32 word, so "
+        "gradsync.spec.link must give PACKET_HEADER_BYTES 12 and PACKET_CRC_BYTES 4, not "
+        f"{PACKET_HEADER_BYTES!r} and {PACKET_CRC_BYTES!r}"
+    )
+
+#: The H0 word's fields.
+Header0 = data.StructLayout({"window": 8, "reduce": 1, "words_minus_1": 7, "seq": 16})
+
+#: A packet's header as the receiver's front end hands it to the applier: H0, H1, H2.
+PacketHeader = data.StructLayout({"h0": Header0, "tag": 32, "addr": 32})
+
+
+def crc32() -> crc.Parameters:
+    """The packet CRC: CRC-32 (Ethernet) over 32-bit words."""
+    return crc.catalog.CRC32_ETHERNET(32)
+
+
+def header0(window, reduce, payload_words, seq=0):
+    """Python helper: the H0 word (tests and models build packets with it)."""
+    return (window & 0xFF) | (int(reduce) << 8) | ((payload_words - 1) << 9) | (seq << 16)
