@@ -439,9 +439,14 @@ class RxWindowTable(wiring.Component):
                         armed_next.eq(w_armed & ~set_done[:nw] & ~bit),
                     ]
             with m.Case(WIN_EXPECT):
-                # Arming a window that already received enough completes it at once.
+                # Arming a window that already received enough completes it at once
+                # and leaves it disarmed (as the model: done once per EXPECT).
                 with m.If(tables[WIN_RECEIVED][1] >= self.cfg_wdata):
-                    m.d.comb += [set_done_cfg.eq(Const(1, 64) << cw), self.rx_irq.eq(1)]
+                    m.d.comb += [
+                        set_done_cfg.eq(Const(1, 64) << cw),
+                        self.rx_irq.eq(1),
+                        armed_next.eq(w_armed & ~set_done[:nw] & ~(Const(1, nw) << cw)),
+                    ]
                 with m.Else():
                     m.d.comb += armed_next.eq(w_armed & ~set_done[:nw] | (Const(1, nw) << cw))
         m.d.sync += [

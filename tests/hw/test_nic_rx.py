@@ -125,8 +125,6 @@ def _random_packet(rng, ref):
 def _random_write(rng, ref):
     reg = rng.randrange(7)
     idx = rng.randrange(NW + 1)
-    if reg == WIN_EXPECT and idx < NW and ref.windows[idx].armed:
-        reg = WIN_CTRL  # re-arming an armed window: see the xfail test below
     value = {
         WIN_CTRL: rng.choice([0, 1, 1, 3]),
         WIN_DST: rng.choice([0x1000, 0x1040, 0x40F0, 0x4000, 0x3FF0]),
@@ -201,12 +199,6 @@ def test_window_table_checks_counts_and_done_bits_follow_the_model_rules(seed):
     assert seen["irqs"] > 0 and seen["dones"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RTL differs from the model (found in this split, unchanged by it): an EXPECT write "
-    "that completes an already armed window at once leaves it armed, so the next packet sets "
-    "its done bit and raises the RX interrupt again; the model disarms it",
-)
 def test_expect_write_that_completes_an_armed_window_disarms_it():
     dut = RxWindowTable(windows=1, regions=REGIONS, mem_addr_width=6)
 
