@@ -16,8 +16,13 @@ from __future__ import annotations
 import json
 import os
 
+import cocotb
 import numpy as np
+from cocotb.triggers import with_timeout
 
+from gradsync.hw.link import LINK_CONTROLS
+from gradsync.sim.rtl_device import RtlDevice
+from gradsync.sim.train_cocotb import reset_to_cycle_zero
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
@@ -357,58 +362,47 @@ def compare_logs(got: list, want: list, who: str) -> None:
     assert len(got) == len(want), f"{who}: {len(got)} entries, model {len(want)}"
 
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover - cocotb is a hard dependency
-    cocotb = None
-
-
-async def start_devices(dut, nodes: int, hw: HardwareConfig):
-    """RtlDevices of every node, bus latency calibrated on node 0, design reset to cycle 0."""
-    from gradsync.sim.rtl_device import RtlDevice
-    from gradsync.sim.train_cocotb import reset_to_cycle_zero
-
+async def start_devices(dut, nodes: int, hw: HardwareConfig, device=RtlDevice) -> list:
+    """``device``s (:class:`RtlDevice` or a subclass) of every node, bus latency calibrated on
+    node 0, link faults off, design reset to cycle 0."""
     for i in range(nodes):
         getattr(dut, f"n{i}_dbg_addr").value = 0
-        for c in ("corrupt_rate", "drop_rate", "stall_rate", "stall_max", "seed", "seed_load"):
+        for c in LINK_CONTROLS:
             getattr(dut, f"l{i}_{c}").value = 0
-    first = RtlDevice(dut, "n0_", hw, FMT, dut.clk, rst=dut.rst)
+    first = device(dut, "n0_", hw, FMT, dut.clk, rst=dut.rst)
     await reset_to_cycle_zero(dut)
     latency = await first.calibrate()
-    devs = [first] + [RtlDevice(dut, f"n{i}_", hw, FMT, dut.clk, latency, rst=dut.rst)
+    devs = [first] + [device(dut, f"n{i}_", hw, FMT, dut.clk, latency, rst=dut.rst)
                       for i in range(1, nodes)]
     await reset_to_cycle_zero(dut)
     return devs
 
 
-if cocotb is not None:
+@cocotb.test()
+async def programs_match_model(dut):
+    """Every node's host program sees on the RTL exactly what it sees on the golden model."""
 
-    @cocotb.test()
-    async def programs_match_model(dut):
-        """Every node's host program sees on the RTL exactly what it sees on the golden model."""
-        from cocotb.triggers import with_timeout
-
-        scenario = os.environ["CLUSTER_SCENARIO"]
-        nodes, seed = int(os.environ["CLUSTER_NODES"]), int(os.environ["CLUSTER_SEED"])
-        hw = HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
-        want = json.loads(os.environ["CLUSTER_WANT"])
-        devs = await start_devices(dut, nodes, hw)
-        tasks = [cocotb.start_soon(program(devs[i], devs[i].now, i, nodes, seed, role, hw))
-                 for i, role in programs(scenario, nodes, seed)]
-        logs = []
-        for t in tasks:
-            logs.append(await with_timeout(t, 2_000_000, "ns"))
-        for i, (got, w) in enumerate(zip(logs, want, strict=True)):
-            compare_logs(json.loads(json.dumps(got)), w, f"node {i}")
-        # The debug port reads the SRAM the bulk port dumped, without a clock edge.
-        for i, dev in enumerate(devs):
-            if scenario == "rx_memory":
-                dumps = [e[2] for e in want[i] if e[0] == "guard"]
-                blocks = rx_memory_guards(hw) if dumps else []
-            else:
-                dumps = [next(e[2] for e in want[i] if e[0] == "R")]
-                blocks = [(rm.GRAD_BASE + R_OFF, len(dumps[0]))]
-            for (addr, n), dumped in zip(blocks, dumps, strict=True):
-                got = await dev.peek(addr, n)
-                assert got.tolist() == dumped, (
-                    f"node {i}: debug port differs from the dump at 0x{addr:08x}")
+    scenario = os.environ["CLUSTER_SCENARIO"]
+    nodes, seed = int(os.environ["CLUSTER_NODES"]), int(os.environ["CLUSTER_SEED"])
+    hw = HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
+    want = json.loads(os.environ["CLUSTER_WANT"])
+    devs = await start_devices(dut, nodes, hw)
+    tasks = [cocotb.start_soon(program(devs[i], devs[i].now, i, nodes, seed, role, hw))
+             for i, role in programs(scenario, nodes, seed)]
+    logs = []
+    for t in tasks:
+        logs.append(await with_timeout(t, 2_000_000, "ns"))
+    for i, (got, w) in enumerate(zip(logs, want, strict=True)):
+        compare_logs(json.loads(json.dumps(got)), w, f"node {i}")
+    # The debug port reads the SRAM the bulk port dumped, without a clock edge.
+    for i, dev in enumerate(devs):
+        if scenario == "rx_memory":
+            dumps = [e[2] for e in want[i] if e[0] == "guard"]
+            blocks = rx_memory_guards(hw) if dumps else []
+        else:
+            dumps = [next(e[2] for e in want[i] if e[0] == "R")]
+            blocks = [(rm.GRAD_BASE + R_OFF, len(dumps[0]))]
+        for (addr, n), dumped in zip(blocks, dumps, strict=True):
+            got = await dev.peek(addr, n)
+            assert got.tolist() == dumped, (
+                f"node {i}: debug port differs from the dump at 0x{addr:08x}")

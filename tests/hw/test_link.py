@@ -1,10 +1,13 @@
 # amaranth: UnusedElaboratable=no
 """Link: latency, bandwidth, fault injection and its counters, in Amaranth's simulator."""
 
+import re
+
 import pytest
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from gradsync.hw.link import Link
+from gradsync.hw.link import LINK_CONTROLS, LINK_COUNTERS, Link
 
 
 def _packets(n, words, seed=0):
@@ -126,7 +129,19 @@ def test_stalls_hold_ready_low_and_lose_nothing():
     assert [(d, last) for _, d, last in words] == beats
 
 
-@pytest.mark.parametrize("bad", [{"latency_cycles": -1}, {"latency_cycles": 3, "bytes_per_cycle": 3}])
-def test_link_rejects_bad_parameters(bad):
-    with pytest.raises(ValueError, match="not"):
+@pytest.mark.parametrize("bad,match", [
+    ({"latency_cycles": -1}, "latency_cycles must be an int >= 0, not -1"),
+    ({"latency_cycles": 3, "bytes_per_cycle": 3}, "bytes_per_cycle must be 1, 2 or 4, not 3"),
+])
+def test_link_rejects_bad_parameters(bad, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
         Link(**bad)
+
+
+def test_link_ports_are_its_fault_controls_and_counters():
+    """The cluster's l{i}_* ports come from LINK_CONTROLS/LINK_COUNTERS: the Link's own ports."""
+    members = Link(1).signature.members
+    for name, width in LINK_CONTROLS.items():
+        assert members[name].flow is In and members[name].shape == width, name
+    for name in LINK_COUNTERS:
+        assert members[name].flow is Out and members[name].shape == 32, name
