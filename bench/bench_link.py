@@ -1,6 +1,7 @@
 """Link benchmark: utilisation of long transfers and simulation speed of a 2-node exchange.
 
-Runs the 2-node communication fabric (``hw/fabric.py``) under Verilator:
+Runs a 2-node cluster of communication-only nodes (``hw/cluster.py``,
+``Node(compute=False)``) under Verilator:
 
 * for two chunk sizes, node 0 streams ``rounds x 64`` descriptors (plain
   writes) to node 1; link utilisation = payload bytes / (link bytes per
@@ -28,17 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import cocotb  # noqa: E402
+
 from gradsync.spec import regmap as rm  # noqa: E402
 from gradsync.spec import timing as tm  # noqa: E402
 from gradsync.spec.formats import FixedPointFormat  # noqa: E402
 from gradsync.spec.hardware import HardwareConfig  # noqa: E402
 
 RING_ENTRIES = 64
-
-try:
-    import cocotb
-except ImportError:  # pragma: no cover
-    cocotb = None
 
 
 async def _stream(tb, senders, chunk: int, count: int) -> dict:
@@ -53,10 +51,10 @@ async def _stream(tb, senders, chunk: int, count: int) -> dict:
             d = rm.Descriptor(src_addr=rm.GRAD_BASE + (i * 4) % (half - chunk), length=chunk,
                               peer=peer, remote_addr=rm.GRAD_BASE + half, window=0, tag=0x1234)
             slot = (heads[n] + i) % RING_ENTRIES
-            await tb.write_mem(n, rm.RING_MEM_BASE + 32 * slot, d.encode())
-    start = tb.now
+            await tb.load_ring(n, rm.RING_MEM_BASE + 32 * slot, d.encode())
     for n in senders:
         await tb.write_csr(n, rm.dma_reg(1, "DOORBELL"), heads[n] + count)
+    start = tb.log[-len(senders)].cycle  # the first doorbell's AW/W handshake
     t0 = time.perf_counter()
     sim_start = tb.now
     await tb.wait_until(tb.all_idle, step=256)
@@ -65,46 +63,44 @@ async def _stream(tb, senders, chunk: int, count: int) -> dict:
     last = 0
     for n in senders:
         slot = (heads[n] + count - 1) % RING_ENTRIES
-        last = max(last, (await tb.read_mem(n, rm.RING_MEM_BASE + 32 * slot + 28, 1))[0])
-        status = (await tb.read_mem(n, rm.RING_MEM_BASE + 32 * slot + 24, 1))[0]
+        status, done_cycle = await tb.read_ring(n, rm.RING_MEM_BASE + 32 * slot + 24, 2)
+        last = max(last, done_cycle)
         assert status == rm.descriptor_status(rm.ErrorCode.OK), hex(status)
     first_grant = start + 1  # the doorbell written in `start` is visible one cycle later
     return {"cycles": last - first_grant, "wall_seconds": wall, "sim_cycles": sim_cycles}
 
 
-if cocotb is not None:
+@cocotb.test()
+async def link_benchmark(dut):
+    from tests.hw.cocotb_comm import CommTB
 
-    @cocotb.test()
-    async def link_benchmark(dut):
-        from tests.hw.cocotb_fabric import TB
-
-        tb = TB(dut)
-        await tb.cycle_reset()
-        for n in range(tb.nodes):
-            await tb.setup_queue(n, 1, 0, RING_ENTRIES, rm.GRAD_BASE,
-                                 tb.hw.gradient_words * tb.wb)
-        chunks = [int(c) for c in os.environ["BENCH_CHUNKS"].split(",")]
-        rounds = int(os.environ["BENCH_ROUNDS"])
-        out = {"utilisation": [], "exchange": None}
-        for chunk in chunks:
-            cycles = 0
-            for _ in range(rounds):
-                cycles += (await _stream(tb, [0], chunk, RING_ENTRIES))["cycles"]
-            payload = chunk * RING_ENTRIES * rounds
-            out["utilisation"].append({
-                "chunk_bytes": chunk, "payload_bytes": payload, "cycles": cycles,
-                "utilisation": payload / (tb.hw.link_bytes_per_cycle * cycles),
-                "model": chunk / (tb.hw.link_bytes_per_cycle * tm.descriptor_cycles(chunk, tb.hw)),
-            })
-        ex = {"sim_cycles": 0, "wall_seconds": 0.0}
+    tb = CommTB(dut)
+    await tb.cycle_reset()
+    for n in range(tb.nodes):
+        await tb.setup_queue(n, 1, 0, RING_ENTRIES, rm.GRAD_BASE,
+                             tb.hw.gradient_words * tb.wb)
+    chunks = [int(c) for c in os.environ["BENCH_CHUNKS"].split(",")]
+    rounds = int(os.environ["BENCH_ROUNDS"])
+    out = {"utilisation": [], "exchange": None}
+    for chunk in chunks:
+        cycles = 0
         for _ in range(rounds):
-            r = await _stream(tb, list(range(tb.nodes)), chunks[-1], RING_ENTRIES)
-            ex["sim_cycles"] += r["sim_cycles"]
-            ex["wall_seconds"] += r["wall_seconds"]
-        ex["cycles_per_second"] = ex["sim_cycles"] / ex["wall_seconds"]
-        ex["bytes"] = tb.nodes * rounds * RING_ENTRIES * chunks[-1]
-        out["exchange"] = ex
-        Path(os.environ["BENCH_OUT"]).write_text(json.dumps(out))
+            cycles += (await _stream(tb, [0], chunk, RING_ENTRIES))["cycles"]
+        payload = chunk * RING_ENTRIES * rounds
+        out["utilisation"].append({
+            "chunk_bytes": chunk, "payload_bytes": payload, "cycles": cycles,
+            "utilisation": payload / (tb.hw.link_bytes_per_cycle * cycles),
+            "model": chunk / (tb.hw.link_bytes_per_cycle * tm.descriptor_cycles(chunk, tb.hw)),
+        })
+    ex = {"sim_cycles": 0, "wall_seconds": 0.0}
+    for _ in range(rounds):
+        r = await _stream(tb, list(range(tb.nodes)), chunks[-1], RING_ENTRIES)
+        ex["sim_cycles"] += r["sim_cycles"]
+        ex["wall_seconds"] += r["wall_seconds"]
+    ex["cycles_per_second"] = ex["sim_cycles"] / ex["wall_seconds"]
+    ex["bytes"] = tb.nodes * rounds * RING_ENTRIES * chunks[-1]
+    out["exchange"] = ex
+    Path(os.environ["BENCH_OUT"]).write_text(json.dumps(out))
 
 
 def main(argv=None) -> int:
@@ -115,22 +111,22 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", default="256,2048", help="chunk sizes in bytes")
     args = ap.parse_args(argv)
 
-    from gradsync.hw.fabric import Fabric
+    from gradsync.hw.cluster import Cluster
     from gradsync.sim.build import build_component, run_cocotb
-    from tests.hw.cocotb_fabric import fabric_env, fabric_kwargs
+    from tests.hw.cocotb_comm import comm_env
 
     hw = HardwareConfig(gradient_words=4096, ring_entries=RING_ENTRIES, rx_windows=8,
                            link_latency_cycles=args.latency,
                            link_bytes_per_cycle=args.bytes_per_cycle, trace_records=2048)
     fmt = FixedPointFormat()
     t0 = time.perf_counter()
-    model = build_component(Fabric(rm, num_nodes=2, **fabric_kwargs(hw, fmt)),
-                            f"comm_fabric2_bench_l{args.latency}_b{args.bytes_per_cycle}")
+    model = build_component(Cluster(hw, fmt, 2, compute=False),
+                            f"comm2_bench_l{args.latency}_b{args.bytes_per_cycle}")
     print(f"Verilator model: {'cached' if model.cached else 'built'} "
           f"(build {model.build_seconds:.1f} s, this step {time.perf_counter() - t0:.1f} s)")
     with tempfile.TemporaryDirectory(prefix="gradsync-bench-") as tmp:
         out = Path(tmp) / "bench.json"
-        env = fabric_env(2, hw, fmt, 1, )
+        env = comm_env(2, hw, fmt, 1)
         env.update({"BENCH_CHUNKS": args.chunks, "BENCH_ROUNDS": str(args.rounds),
                     "BENCH_OUT": str(out)})
         run_cocotb(model, "bench_link", test_dir=Path(tmp), extra_env=env)
