@@ -99,7 +99,7 @@ def test_two_node_exchange_bit_and_cycle_exact(tmp_path):
 
 @pytest.mark.rtl
 def test_two_node_exchange_with_bus_pauses_matches_model(tmp_path):
-    """Random pauses on every AXI4-Lite channel and both bulk streams: the same results."""
+    """Random idle cycles on the host's AXI4-Lite and bulk load channels: the same results."""
     from tests.hw.comm_builds import run
 
     run(2, "allreduce", tmp_path, seed=5, words=2048, pauses=True)

@@ -50,9 +50,9 @@ def test_dma_random_descriptors_match_model(seed, tmp_path):
 @pytest.mark.rtl
 @pytest.mark.parametrize("seed", [1, 2])
 def test_dma_random_descriptors_with_bus_pauses_match_model(seed, tmp_path):
-    """As above with random pauses on every AXI4-Lite channel and both bulk streams: the host
-    calls take longer, but memories, statuses, registers and per-engine event order still
-    equal the model's (which replays the RTL's write cycles)."""
+    """As above with random idle cycles on the host's AXI4-Lite AW/W/AR channels and bulk load
+    stream: registers are written in other cycles, and memories, statuses, registers and every
+    trace record (cycles included) still equal the model's, which replays those cycles."""
     from tests.hw.comm_builds import run
 
     run(2, "dma_random_descriptors", tmp_path, seed=seed, descriptors=16, pauses=True)

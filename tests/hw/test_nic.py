@@ -191,7 +191,7 @@ def test_allreduce_with_link_faults_and_bus_pauses(tmp_path):
     """Link faults and random pauses on every host bus channel at once: data still exact."""
     from tests.hw.comm_builds import run
 
-    run(2, "allreduce_with_faults", tmp_path, seed=10, words=2048, repeats=4, pauses=True)
+    run(2, "allreduce_with_faults", tmp_path, seed=10, words=2048, repeats=8, pauses=True)
 
 
 @pytest.mark.rtl
