@@ -48,8 +48,14 @@ async def _stream(tb, senders, chunk: int, count: int) -> dict:
         await tb.open_window(peer, 0, rm.GRAD_BASE + half, rm.GRAD_BASE + half, chunk, 0x1234)
         heads[n] = await tb.read_csr(n, rm.dma_reg(1, "TAIL"))
         for i in range(count):
-            d = rm.Descriptor(src_addr=rm.GRAD_BASE + (i * 4) % (half - chunk), length=chunk,
-                              peer=peer, remote_addr=rm.GRAD_BASE + half, window=0, tag=0x1234)
+            d = rm.Descriptor(
+                src_addr=rm.GRAD_BASE + (i * 4) % (half - chunk),
+                length=chunk,
+                peer=peer,
+                remote_addr=rm.GRAD_BASE + half,
+                window=0,
+                tag=0x1234,
+            )
             slot = (heads[n] + i) % RING_ENTRIES
             await tb.load_ring(n, rm.RING_MEM_BASE + 32 * slot, d.encode())
     for n in senders:
@@ -77,8 +83,7 @@ async def link_benchmark(dut):
     tb = CommTB(dut)
     await tb.cycle_reset()
     for n in range(tb.nodes):
-        await tb.setup_queue(n, 1, 0, RING_ENTRIES, rm.GRAD_BASE,
-                             tb.hw.gradient_words * tb.wb)
+        await tb.setup_queue(n, 1, 0, RING_ENTRIES, rm.GRAD_BASE, tb.hw.gradient_words * tb.wb)
     chunks = [int(c) for c in os.environ["BENCH_CHUNKS"].split(",")]
     rounds = int(os.environ["BENCH_ROUNDS"])
     out = {"utilisation": [], "exchange": None}
@@ -87,11 +92,15 @@ async def link_benchmark(dut):
         for _ in range(rounds):
             cycles += (await _stream(tb, [0], chunk, RING_ENTRIES))["cycles"]
         payload = chunk * RING_ENTRIES * rounds
-        out["utilisation"].append({
-            "chunk_bytes": chunk, "payload_bytes": payload, "cycles": cycles,
-            "utilisation": payload / (tb.hw.link_bytes_per_cycle * cycles),
-            "model": chunk / (tb.hw.link_bytes_per_cycle * tm.descriptor_cycles(chunk, tb.hw)),
-        })
+        out["utilisation"].append(
+            {
+                "chunk_bytes": chunk,
+                "payload_bytes": payload,
+                "cycles": cycles,
+                "utilisation": payload / (tb.hw.link_bytes_per_cycle * cycles),
+                "model": chunk / (tb.hw.link_bytes_per_cycle * tm.descriptor_cycles(chunk, tb.hw)),
+            }
+        )
     ex = {"sim_cycles": 0, "wall_seconds": 0.0}
     for _ in range(rounds):
         r = await _stream(tb, list(range(tb.nodes)), chunks[-1], RING_ENTRIES)
@@ -115,32 +124,47 @@ def main(argv=None) -> int:
     from gradsync.sim.build import build_component, run_cocotb
     from tests.hw.cocotb_comm import comm_env
 
-    hw = HardwareConfig(gradient_words=4096, ring_entries=RING_ENTRIES, rx_windows=8,
-                           link_latency_cycles=args.latency,
-                           link_bytes_per_cycle=args.bytes_per_cycle, trace_records=2048)
+    hw = HardwareConfig(
+        gradient_words=4096,
+        ring_entries=RING_ENTRIES,
+        rx_windows=8,
+        link_latency_cycles=args.latency,
+        link_bytes_per_cycle=args.bytes_per_cycle,
+        trace_records=2048,
+    )
     fmt = FixedPointFormat()
     t0 = time.perf_counter()
-    model = build_component(Cluster(hw, fmt, 2, compute=False),
-                            f"comm2_bench_l{args.latency}_b{args.bytes_per_cycle}")
-    print(f"Verilator model: {'cached' if model.cached else 'built'} "
-          f"(build {model.build_seconds:.1f} s, this step {time.perf_counter() - t0:.1f} s)")
+    model = build_component(
+        Cluster(hw, fmt, 2, compute=False), f"comm2_bench_l{args.latency}_b{args.bytes_per_cycle}"
+    )
+    print(
+        f"Verilator model: {'cached' if model.cached else 'built'} "
+        f"(build {model.build_seconds:.1f} s, this step {time.perf_counter() - t0:.1f} s)"
+    )
     with tempfile.TemporaryDirectory(prefix="gradsync-bench-") as tmp:
         out = Path(tmp) / "bench.json"
         env = comm_env(2, hw, fmt, 1)
-        env.update({"BENCH_CHUNKS": args.chunks, "BENCH_ROUNDS": str(args.rounds),
-                    "BENCH_OUT": str(out)})
+        env.update(
+            {"BENCH_CHUNKS": args.chunks, "BENCH_ROUNDS": str(args.rounds), "BENCH_OUT": str(out)}
+        )
         run_cocotb(model, "bench_link", test_dir=Path(tmp), extra_env=env)
         res = json.loads(out.read_text())
-    print(f"link: {hw.link_bytes_per_cycle} B/cycle, latency {hw.link_latency_cycles} cycles, "
-          f"header {hw.packet_header_bytes} B + CRC {hw.packet_crc_bytes} B, "
-          f"max payload {hw.max_payload_bytes} B")
+    print(
+        f"link: {hw.link_bytes_per_cycle} B/cycle, latency {hw.link_latency_cycles} cycles, "
+        f"header {hw.packet_header_bytes} B + CRC {hw.packet_crc_bytes} B, "
+        f"max payload {hw.max_payload_bytes} B"
+    )
     print(f"{'chunk B':>8} {'payload B':>10} {'cycles':>8} {'utilisation':>12} {'model':>8}")
     for u in res["utilisation"]:
-        print(f"{u['chunk_bytes']:>8} {u['payload_bytes']:>10} {u['cycles']:>8} "
-              f"{u['utilisation']:>12.4f} {u['model']:>8.4f}")
+        print(
+            f"{u['chunk_bytes']:>8} {u['payload_bytes']:>10} {u['cycles']:>8} "
+            f"{u['utilisation']:>12.4f} {u['model']:>8.4f}"
+        )
     ex = res["exchange"]
-    print(f"2-node exchange: {ex['bytes']} B in {ex['sim_cycles']} simulated cycles, "
-          f"{ex['wall_seconds']:.2f} s wall: {ex['cycles_per_second']:,.0f} simulated cycles/s")
+    print(
+        f"2-node exchange: {ex['bytes']} B in {ex['sim_cycles']} simulated cycles, "
+        f"{ex['wall_seconds']:.2f} s wall: {ex['cycles_per_second']:,.0f} simulated cycles/s"
+    )
     return 0
 
 

@@ -47,16 +47,18 @@ from tests.hw.cocotb_cluster import start_devices
 M32 = 0xFFFF_FFFF
 
 
-def comm_env(nodes: int, hw: HardwareConfig, fmt: FixedPointFormat, seed: int,
-             **extra) -> dict[str, str]:
+def comm_env(
+    nodes: int, hw: HardwareConfig, fmt: FixedPointFormat, seed: int, **extra
+) -> dict[str, str]:
     env = {
         "COMM_NODES": str(nodes),
         "COMM_HW": json.dumps(hw.to_dict()),
         "COMM_FMT": json.dumps(fmt.to_dict()),
         "COMM_SEED": str(seed),
     }
-    env.update({f"COMM_{k.upper()}": str(int(v) if isinstance(v, bool) else v)
-                for k, v in extra.items()})
+    env.update(
+        {f"COMM_{k.upper()}": str(int(v) if isinstance(v, bool) else v) for k, v in extra.items()}
+    )
     return env
 
 
@@ -157,8 +159,12 @@ class CommTB:
         design holding a beat the sink already counted (the bus locks up).
         """
         for dev in self.devs:
-            channels = (dev.axil.write_if.aw_channel, dev.axil.write_if.w_channel,
-                        dev.axil.read_if.ar_channel, dev.src)
+            channels = (
+                dev.axil.write_if.aw_channel,
+                dev.axil.write_if.w_channel,
+                dev.axil.read_if.ar_channel,
+                dev.src,
+            )
             for ch in channels:
                 ch.set_pause_generator(random_pauses(random.Random(rng.random()), idle))
 
@@ -215,20 +221,41 @@ class CommTB:
         start = self.now
         while not await predicate():
             if self.now - start > budget:
-                raise AssertionError(f"condition not met within {budget} cycles; "
-                                     f"{await self.status()}")
+                raise AssertionError(
+                    f"condition not met within {budget} cycles; {await self.status()}"
+                )
             await self.wait(step)
 
     async def status(self) -> str:
         """Counters of every node and link, for failure messages."""
         parts = []
         for n in range(self.nodes):
-            regs = {name: await self.read_csr(n, name) for name in (
-                "DMA0_TAIL", "DMA0_DONE", "DMA1_TAIL", "DMA1_DONE", "RX_DONE_LO", "ERR_CODE",
-                "ERR_COUNT")}
-            ctr = {c: int(self.sig(n, c).value) for c in (
-                "tx_packets", "tx_retransmits", "tx_timeouts", "tx_naks", "rx_packets",
-                "rx_crc_errors", "rx_seq_errors", "rx_duplicates", "rx_drops")}
+            regs = {
+                name: await self.read_csr(n, name)
+                for name in (
+                    "DMA0_TAIL",
+                    "DMA0_DONE",
+                    "DMA1_TAIL",
+                    "DMA1_DONE",
+                    "RX_DONE_LO",
+                    "ERR_CODE",
+                    "ERR_COUNT",
+                )
+            }
+            ctr = {
+                c: int(self.sig(n, c).value)
+                for c in (
+                    "tx_packets",
+                    "tx_retransmits",
+                    "tx_timeouts",
+                    "tx_naks",
+                    "rx_packets",
+                    "rx_crc_errors",
+                    "rx_seq_errors",
+                    "rx_duplicates",
+                    "rx_drops",
+                )
+            }
             lnk = {c: int(self.link(n, c).value) for c in ("packets", "corrupted", "dropped")}
             parts.append(f"node {n}: {regs} {ctr} link {lnk}")
         return "; ".join(parts)
@@ -236,7 +263,8 @@ class CommTB:
     async def dma_idle(self, node: int) -> bool:
         for q in range(rm.DMA_QUEUES):
             if await self.read_csr(node, rm.dma_reg(q, "DONE")) != await self.read_csr(
-                    node, rm.dma_reg(q, "TAIL")):
+                node, rm.dma_reg(q, "TAIL")
+            ):
                 return False
         return True
 
@@ -257,21 +285,25 @@ class CommTB:
         head = await self.read_csr(node, "TRACE_HEAD")
         drops = await self.read_csr(node, "TRACE_DROPS")
         assert drops == 0 and head <= self.hw.trace_records, (
-            f"trace of node {node} overflowed ({head} records, {drops} dropped)")
+            f"trace of node {node} overflowed ({head} records, {drops} dropped)"
+        )
         words = await self.devs[node].dump(rm.TRACE_MEM_BASE, head * rm.TRACE_RECORD_WORDS)
-        return [rm.TraceRecord.decode([int(w) for w in words[4 * r:4 * r + 4]])
-                for r in range(head)]
+        return [
+            rm.TraceRecord.decode([int(w) for w in words[4 * r : 4 * r + 4]]) for r in range(head)
+        ]
 
     # --------------------------------------------------------- configuration
-    async def setup_queue(self, node: int, q: int, ring_base: int, ring_size: int,
-                          win_base: int, win_len: int):
+    async def setup_queue(
+        self, node: int, q: int, ring_base: int, ring_size: int, win_base: int, win_len: int
+    ):
         await self.write_csr(node, rm.dma_reg(q, "RING_BASE"), rm.RING_MEM_BASE + ring_base)
         await self.write_csr(node, rm.dma_reg(q, "RING_SIZE"), ring_size)
         await self.write_csr(node, rm.dma_reg(q, "WIN_BASE"), win_base)
         await self.write_csr(node, rm.dma_reg(q, "WIN_LEN"), win_len)
 
-    async def open_window(self, node: int, w: int, dst: int, src: int, length: int, tag: int,
-                          expect: int = 0):
+    async def open_window(
+        self, node: int, w: int, dst: int, src: int, length: int, tag: int, expect: int = 0
+    ):
         await self.write_csr(node, rm.rx_window_reg(w, "DST"), dst)
         await self.write_csr(node, rm.rx_window_reg(w, "SRC"), src)
         await self.write_csr(node, rm.rx_window_reg(w, "LEN"), length)
@@ -292,10 +324,10 @@ class CommTB:
                 dev.mmio_write(op.addr, op.value)
             elif op.kind == "grad":
                 first = op.addr // self.wb
-                dev.grad[first:first + len(op.value)] = op.value
+                dev.grad[first : first + len(op.value)] = op.value
             else:
                 first = (op.addr - rm.RING_MEM_BASE) // 4
-                dev.ring[first:first + len(op.value)] = op.value
+                dev.ring[first : first + len(op.value)] = op.value
 
         for op in self.log:
             dev = cl.devices[op.node]
@@ -303,8 +335,9 @@ class CommTB:
         cl.sim.run()
         return cl
 
-    async def compare_with_model(self, cl, *, timing: bool = True, check_trace: bool = True,
-                                 ordered: bool = True):
+    async def compare_with_model(
+        self, cl, *, timing: bool = True, check_trace: bool = True, ordered: bool = True
+    ):
         """Memories, registers, descriptor status words (and the trace) equal the model.
 
         ``timing`` also compares every cycle: DONE_CYCLE words, ``PERF_TX_CYCLES``
@@ -317,13 +350,24 @@ class CommTB:
             for i in range(0, len(ring), rm.DESCRIPTOR_WORDS):
                 st_rtl, st_model = ring[i + 6], int(dev.ring[i + 6]) & M32
                 assert st_rtl == st_model, (
-                    f"node {n} ring slot word {i}: STATUS rtl {st_rtl:#x} model {st_model:#x}")
+                    f"node {n} ring slot word {i}: STATUS rtl {st_rtl:#x} model {st_model:#x}"
+                )
                 if timing:
                     assert ring[i + 7] == int(dev.ring[i + 7]) & M32, (
                         f"node {n} ring word {i}: DONE_CYCLE rtl {ring[i + 7]} "
-                        f"model {int(dev.ring[i + 7])}")
-            regs = ["ERR_CODE", "ERR_INFO", "ERR_COUNT", "RX_DROPS", "RX_BYTES",
-                    "PERF_TX_BYTES", "PERF_TX_PACKETS", "PERF_RX_PACKETS", "RX_DONE_LO"]
+                        f"model {int(dev.ring[i + 7])}"
+                    )
+            regs = [
+                "ERR_CODE",
+                "ERR_INFO",
+                "ERR_COUNT",
+                "RX_DROPS",
+                "RX_BYTES",
+                "PERF_TX_BYTES",
+                "PERF_TX_PACKETS",
+                "PERF_RX_PACKETS",
+                "RX_DONE_LO",
+            ]
             if timing:
                 regs.append("PERF_TX_CYCLES")
             for q in range(rm.DMA_QUEUES):
@@ -337,11 +381,13 @@ class CommTB:
             diff = np.flatnonzero(grad != dev.grad)
             assert not len(diff), (
                 f"node {n}: {len(diff)} gradient words differ from the model, first at operand "
-                f"{diff[0]}: rtl {grad[diff[0]]} model {dev.grad[diff[0]]}")
+                f"{diff[0]}: rtl {grad[diff[0]]} model {dev.grad[diff[0]]}"
+            )
             mask = int(rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Irq.ERROR)
             got = await self.read_csr(n, "IRQ_STATUS") & mask
             assert got == dev.irq_status & mask, (
-                f"node {n} IRQ_STATUS rtl {got:#x} model {dev.irq_status & mask:#x}")
+                f"node {n} IRQ_STATUS rtl {got:#x} model {dev.irq_status & mask:#x}"
+            )
             if check_trace:
                 await self.compare_trace(n, dev, timing, ordered)
 
@@ -356,9 +402,15 @@ class CommTB:
         engines = (rm.Engine.DMA_HI, rm.Engine.DMA_LO, rm.Engine.NIC_TX, rm.Engine.NIC_RX)
         got_all = await self.trace(n)
         for engine in engines:
+
             def key(r):
-                return (int(r.cycle) if timing else 0, int(r.event), int(r.kind), int(r.tag),
-                        int(r.aux))
+                return (
+                    int(r.cycle) if timing else 0,
+                    int(r.event),
+                    int(r.kind),
+                    int(r.tag),
+                    int(r.aux),
+                )
 
             def keep(r, engine=engine):
                 return int(r.engine) == engine
@@ -369,11 +421,13 @@ class CommTB:
                 want.sort()
                 got.sort()
             for i, (g, w) in enumerate(zip(got, want, strict=False)):
-                assert g == w, (f"node {n} {rm.ENGINE_NAMES[engine]} record {i} "
-                                f"(cycle, event, kind, tag, aux): rtl {g} model {w}")
+                assert g == w, (
+                    f"node {n} {rm.ENGINE_NAMES[engine]} record {i} "
+                    f"(cycle, event, kind, tag, aux): rtl {g} model {w}"
+                )
             assert len(got) == len(want), (
-                f"node {n} {rm.ENGINE_NAMES[engine]}: rtl has {len(got)} records, "
-                f"model {len(want)}")
+                f"node {n} {rm.ENGINE_NAMES[engine]}: rtl has {len(got)} records, model {len(want)}"
+            )
 
 
 # ------------------------------------------------------------------ scenarios
@@ -388,8 +442,15 @@ class Placement:
     length: int
 
 
-def _layout(rng: random.Random, count: int, max_len: int, region_off: int, region_len: int,
-            align: int = 4, guard: int = 8) -> list[tuple[int, int]]:
+def _layout(
+    rng: random.Random,
+    count: int,
+    max_len: int,
+    region_off: int,
+    region_len: int,
+    align: int = 4,
+    guard: int = 8,
+) -> list[tuple[int, int]]:
     """``count`` non-overlapping (offset, length) ranges with >= ``guard`` bytes between them."""
     out = []
     off = region_off + guard
@@ -403,7 +464,6 @@ def _layout(rng: random.Random, count: int, max_len: int, region_off: int, regio
 
 
 @cocotb.test()
-
 async def dma_random_descriptors(dut):
     """Random descriptors on both queues of every node, doorbells at random times.
 
@@ -437,10 +497,22 @@ async def dma_random_descriptors(dut):
             flags = rm.DescFlag.REDUCE_ADD if rng.random() < 0.6 else 0
             if rng.random() < 0.5:
                 flags |= rm.DescFlag.IRQ
-            posts[n].append((win, rm.Descriptor(
-                src_addr=rm.GRAD_BASE + src_off, length=length, peer=peer,
-                remote_addr=rm.GRAD_BASE + dst_off, window=win, tag=tag, flags=flags),
-                dst_off, length))
+            posts[n].append(
+                (
+                    win,
+                    rm.Descriptor(
+                        src_addr=rm.GRAD_BASE + src_off,
+                        length=length,
+                        peer=peer,
+                        remote_addr=rm.GRAD_BASE + dst_off,
+                        window=win,
+                        tag=tag,
+                        flags=flags,
+                    ),
+                    dst_off,
+                    length,
+                )
+            )
     # open windows on each receiver: one window per descriptor, reused in rounds
     rounds = 1 + (per_node - 1) // tb.hw.rx_windows
     for r in range(rounds):
@@ -450,11 +522,13 @@ async def dma_random_descriptors(dut):
                 if i // tb.hw.rx_windows != r:
                     continue
                 src = rm.GRAD_BASE + rng.randrange(0, (half - length) // 4) * 4
-                await tb.open_window(peer, win, d.remote_addr, src, length, d.tag,
-                                     expect=length)
+                await tb.open_window(peer, win, d.remote_addr, src, length, d.tag, expect=length)
         # post this round's descriptors on random queues with random gaps
-        heads = {(n, q): await tb.read_csr(n, rm.dma_reg(q, "TAIL"))
-                 for n in range(tb.nodes) for q in range(rm.DMA_QUEUES)}
+        heads = {
+            (n, q): await tb.read_csr(n, rm.dma_reg(q, "TAIL"))
+            for n in range(tb.nodes)
+            for q in range(rm.DMA_QUEUES)
+        }
         for n in range(tb.nodes):
             for i, (_win, d, _dst, _len) in enumerate(posts[n]):
                 if i // tb.hw.rx_windows != r:
@@ -479,12 +553,11 @@ async def dma_random_descriptors(dut):
         grad = await tb.dump_grad(peer)
         touched = np.zeros(tb.hw.gradient_words, dtype=bool)
         for _win, _d, dst_off, length in posts[n]:
-            touched[dst_off // tb.wb:(dst_off + length) // tb.wb] = True
+            touched[dst_off // tb.wb : (dst_off + length) // tb.wb] = True
         assert np.array_equal(grad[~touched], init[peer][~touched]), "guard words changed"
 
 
 @cocotb.test()
-
 async def priority_overtake(dut):
     """A high-priority chunk posted during a long low-priority one starts right after it.
 
@@ -509,11 +582,21 @@ async def priority_overtake(dut):
     dsts = [half, half + lo_len, half + 2 * lo_len]
     lens = [lo_len, lo_len, hi_len]
     for w in range(3):
-        await tb.open_window(1, w, rm.GRAD_BASE + dsts[w], rm.GRAD_BASE + dsts[w],
-                             lens[w], tags[w], expect=lens[w])
-    descs = [rm.Descriptor(src_addr=rm.GRAD_BASE + 4 * w, length=lens[w], peer=1,
-                           remote_addr=rm.GRAD_BASE + dsts[w], window=w, tag=tags[w],
-                           flags=rm.DescFlag.REDUCE_ADD) for w in range(3)]
+        await tb.open_window(
+            1, w, rm.GRAD_BASE + dsts[w], rm.GRAD_BASE + dsts[w], lens[w], tags[w], expect=lens[w]
+        )
+    descs = [
+        rm.Descriptor(
+            src_addr=rm.GRAD_BASE + 4 * w,
+            length=lens[w],
+            peer=1,
+            remote_addr=rm.GRAD_BASE + dsts[w],
+            window=w,
+            tag=tags[w],
+            flags=rm.DescFlag.REDUCE_ADD,
+        )
+        for w in range(3)
+    ]
     await tb.load_ring(0, rm.RING_MEM_BASE + 0x400, descs[0].encode())
     await tb.load_ring(0, rm.RING_MEM_BASE + 0x400 + 32, descs[1].encode())
     await tb.load_ring(0, rm.RING_MEM_BASE, descs[2].encode())
@@ -532,13 +615,13 @@ async def priority_overtake(dut):
     assert starts[tags[1]] == ends[tags[2]], "second low chunk did not wait for the high one"
     bound = tm.descriptor_cycles(lo_len, tb.hw)
     assert starts[tags[2]] - (posted + 1) <= bound, (
-        f"high priority waited {starts[tags[2]] - posted - 1} > bound {bound}")
+        f"high priority waited {starts[tags[2]] - posted - 1} > bound {bound}"
+    )
     cl = tb.run_model()
     await tb.compare_with_model(cl)
 
 
 @cocotb.test()
-
 async def descriptor_fuzz(dut):
     """Hundreds of random valid and invalid descriptors; codes and memory equal the model.
 
@@ -565,13 +648,25 @@ async def descriptor_fuzz(dut):
     for w in range(nwin - 1):  # the last window stays closed
         dst = rm.GRAD_BASE + half + w * slice_
         await tb.open_window(1, w, dst, dst - half, slice_, rm.encode_tag(w + 1, 0, 7))
-    kinds = ["ok"] * 6 + ["version", "zero", "misaligned", "window", "peer",
-                          "rx_closed", "rx_tag", "rx_range"]
+    kinds = ["ok"] * 6 + [
+        "version",
+        "zero",
+        "misaligned",
+        "window",
+        "peer",
+        "rx_closed",
+        "rx_tag",
+        "rx_range",
+    ]
     # the refusal each kind must produce, from the regmap's validation order
     E = rm.ErrorCode
-    expected_code = {"version": E.BAD_VERSION, "zero": E.ZERO_LENGTH,
-                     "misaligned": E.MISALIGNED, "window": E.OUT_OF_WINDOW,
-                     "peer": E.UNKNOWN_PEER}
+    expected_code = {
+        "version": E.BAD_VERSION,
+        "zero": E.ZERO_LENGTH,
+        "misaligned": E.MISALIGNED,
+        "window": E.OUT_OF_WINDOW,
+        "peer": E.UNKNOWN_PEER,
+    }
     done = 0
     counts: dict[str, int] = {}
     slot = {0: 0, 1: 0}
@@ -598,10 +693,17 @@ async def descriptor_fuzz(dut):
             src = win_base + rng.randrange(0, (win_len - length) // 4) * 4
             dst = rm.GRAD_BASE + half + w * slice_ + rng.randrange(0, (slice_ - length) // 4) * 4
             # FENCE on COMPUTE_DONE >= 0 must pass at once (no compute half here)
-            d = dict(src_addr=src, length=length, peer=1, remote_addr=dst, window=w,
-                     tag=rm.encode_tag(w + 1, 0, 7),
-                     flags=rng.choice([0, rm.DescFlag.REDUCE_ADD])
-                     | rng.choice([0, 0, rm.DescFlag.FENCE]) | rng.choice([0, rm.DescFlag.IRQ]))
+            d = dict(
+                src_addr=src,
+                length=length,
+                peer=1,
+                remote_addr=dst,
+                window=w,
+                tag=rm.encode_tag(w + 1, 0, 7),
+                flags=rng.choice([0, rm.DescFlag.REDUCE_ADD])
+                | rng.choice([0, 0, rm.DescFlag.FENCE])
+                | rng.choice([0, rm.DescFlag.IRQ]),
+            )
             if kind == "version":
                 d["version"] = rng.choice([0, 2, 255])
             elif kind == "zero":
@@ -610,8 +712,12 @@ async def descriptor_fuzz(dut):
                 field = rng.choice(["length", "src_addr", "remote_addr"])
                 d[field] += rng.randrange(1, 4)
             elif kind == "window":
-                d["src_addr"] = rng.choice([win_base - 4 * rng.randrange(1, 16),
-                                            win_base + win_len - length + 4 * rng.randrange(1, 16)])
+                d["src_addr"] = rng.choice(
+                    [
+                        win_base - 4 * rng.randrange(1, 16),
+                        win_base + win_len - length + 4 * rng.randrange(1, 16),
+                    ]
+                )
             elif kind == "peer":
                 d["peer"] = rng.choice([0, 2, 7, 255])
             elif kind == "rx_closed":
@@ -619,13 +725,17 @@ async def descriptor_fuzz(dut):
             elif kind == "rx_tag":
                 d["tag"] = rm.encode_tag(w + 1, 1 + rng.randrange(0, 8), 7)
             elif kind == "rx_range":
-                d["remote_addr"] = rng.choice([
-                    rm.GRAD_BASE + half + w * slice_ - 4 * rng.randrange(1, 8),
-                    rm.GRAD_BASE + half + (w + 1) * slice_ - length + 4 * rng.randrange(1, 8)])
+                d["remote_addr"] = rng.choice(
+                    [
+                        rm.GRAD_BASE + half + w * slice_ - 4 * rng.randrange(1, 8),
+                        rm.GRAD_BASE + half + (w + 1) * slice_ - length + 4 * rng.randrange(1, 8),
+                    ]
+                )
             q = rng.randrange(2)
             s = slot[q] % (tb.hw.ring_entries // 2)
-            await tb.load_ring(0, rm.RING_MEM_BASE + 0x400 * q + 32 * s,
-                               rm.Descriptor(**d).encode())
+            await tb.load_ring(
+                0, rm.RING_MEM_BASE + 0x400 * q + 32 * s, rm.Descriptor(**d).encode()
+            )
             issued.append((q, s, int(expected_code.get(kind, E.OK)), kind))
             rx_refused += kind.startswith("rx_")
             slot[q] += 1
@@ -639,7 +749,8 @@ async def descriptor_fuzz(dut):
             status = ring[(0x400 * q + 32 * s + 24) // 4]
             assert status == rm.descriptor_status(code), (
                 f"descriptor {kind!r} in queue {q} slot {s}: status {status:#x}, "
-                f"want {rm.descriptor_status(code):#x}")
+                f"want {rm.descriptor_status(code):#x}"
+            )
         done += batch
     await tb.wait(2 * tb.hw.link_latency_cycles + 100)
     dut._log.info(f"descriptor kinds: {counts}")
@@ -647,7 +758,8 @@ async def descriptor_fuzz(dut):
     assert await tb.read_csr(1, "RX_DROPS") == rx_refused
     assert ring_full > 0
     assert await tb.read_csr(0, "ERR_COUNT") == ring_full + sum(
-        counts.get(k, 0) for k in expected_code)
+        counts.get(k, 0) for k in expected_code
+    )
     cl = tb.run_model()
     await tb.compare_with_model(cl, check_trace=False)
     assert cl.devices[1].rx_drops == rx_refused
@@ -686,11 +798,15 @@ async def _ring_allreduce(tb: CommTB, words_per_node: int, step_tag: int, faults
                 continue
             peer = (i + 1) % N
             sl = slice(c * chunk_ops, (c + 1) * chunk_ops)
-            ref[peer][sl] = nx.add_saturating(snap[peer][sl], snap[i][sl], tb.fmt) if red \
-                else snap[i][sl]
+            ref[peer][sl] = (
+                nx.add_saturating(snap[peer][sl], snap[i][sl], tb.fmt) if red else snap[i][sl]
+            )
     # drive the steps
-    tails = {(n, q): await tb.read_csr(n, rm.dma_reg(q, "TAIL"))
-             for n in range(N) for q in range(rm.DMA_QUEUES)}
+    tails = {
+        (n, q): await tb.read_csr(n, rm.dma_reg(q, "TAIL"))
+        for n in range(N)
+        for q in range(rm.DMA_QUEUES)
+    }
     for s in range(2 * (N - 1)):
         for st, i, c, _red in steps:
             if st != s:
@@ -699,19 +815,26 @@ async def _ring_allreduce(tb: CommTB, words_per_node: int, step_tag: int, faults
             w = s % tb.hw.rx_windows
             off = c * chunk
             tag = rm.encode_tag(1, c, step_tag + s)
-            await tb.open_window(peer, w, rm.GRAD_BASE + off, rm.GRAD_BASE + off, chunk, tag,
-                                 expect=chunk)
+            await tb.open_window(
+                peer, w, rm.GRAD_BASE + off, rm.GRAD_BASE + off, chunk, tag, expect=chunk
+            )
         for st, i, c, red in steps:
             if st != s:
                 continue
             w = s % tb.hw.rx_windows
-            d = rm.Descriptor(src_addr=rm.GRAD_BASE + c * chunk, length=chunk,
-                              peer=(i + 1) % N, remote_addr=rm.GRAD_BASE + c * chunk,
-                              window=w, tag=rm.encode_tag(1, c, step_tag + s),
-                              flags=(rm.DescFlag.REDUCE_ADD if red else 0) | rm.DescFlag.IRQ)
+            d = rm.Descriptor(
+                src_addr=rm.GRAD_BASE + c * chunk,
+                length=chunk,
+                peer=(i + 1) % N,
+                remote_addr=rm.GRAD_BASE + c * chunk,
+                window=w,
+                tag=rm.encode_tag(1, c, step_tag + s),
+                flags=(rm.DescFlag.REDUCE_ADD if red else 0) | rm.DescFlag.IRQ,
+            )
             q = s % 2
-            await tb.load_ring(i, rm.RING_MEM_BASE + 0x400 * q + 32 * (tails[(i, q)] % 16),
-                               d.encode())
+            await tb.load_ring(
+                i, rm.RING_MEM_BASE + 0x400 * q + 32 * (tails[(i, q)] % 16), d.encode()
+            )
             tails[(i, q)] += 1
             await tb.write_csr(i, rm.dma_reg(q, "DOORBELL"), tails[(i, q)])
         w = s % tb.hw.rx_windows
@@ -729,7 +852,6 @@ async def _ring_allreduce(tb: CommTB, words_per_node: int, step_tag: int, faults
 
 
 @cocotb.test()
-
 async def allreduce(dut):
     """2-node exchange or 4-node ring all-reduce, bit-exact incl. saturation, cycle-exact."""
     tb = CommTB(dut)
@@ -739,8 +861,8 @@ async def allreduce(dut):
     await tb.wait(2 * tb.hw.link_latency_cycles + 100)
     for n in range(tb.nodes):
         grad = await tb.dump_grad(n)
-        assert np.array_equal(grad[:len(ref[n])], ref[n]), f"node {n} differs from NumPy"
-        assert np.array_equal(grad[:len(ref[0])], ref[0]), f"node {n} differs from node 0"
+        assert np.array_equal(grad[: len(ref[n])], ref[n]), f"node {n} differs from NumPy"
+        assert np.array_equal(grad[: len(ref[0])], ref[0]), f"node {n} differs from node 0"
         sat = np.sum((ref[n] == tb.fmt.qmax) | (ref[n] == tb.fmt.qmin))
         assert sat > 0, "the stimulus never saturated"
     cl = tb.run_model()
@@ -748,7 +870,6 @@ async def allreduce(dut):
 
 
 @cocotb.test()
-
 async def allreduce_with_faults(dut):
     """The all-reduce with bit errors, drops and stalls on every link; data still exact."""
     tb = CommTB(dut)
@@ -771,7 +892,7 @@ async def allreduce_with_faults(dut):
     await tb.wait(4 * tb.hw.link_latency_cycles + 400)
     for n in range(tb.nodes):
         grad = await tb.dump_grad(n)
-        assert np.array_equal(grad[:len(total_ref[n])], total_ref[n]), f"node {n} wrong"
+        assert np.array_equal(grad[: len(total_ref[n])], total_ref[n]), f"node {n} wrong"
     cl = tb.run_model()
     await tb.compare_with_model(cl, timing=False, ordered=False)
     corrupted = sum(int(tb.link(i, "corrupted").value) for i in range(tb.nodes))
@@ -782,8 +903,10 @@ async def allreduce_with_faults(dut):
     applied = sum(int(tb.sig(n, "rx_packets").value) for n in range(tb.nodes))
     sent = sum(int(tb.sig(n, "tx_packets").value) for n in range(tb.nodes))
     packets = sum(int(tb.link(i, "packets").value) for i in range(tb.nodes))
-    dut._log.info(f"packets on links {packets}, new packets {sent}, corrupted {corrupted}, "
-                  f"dropped {dropped}, stalls {stalls}, resent {resent}, crc errors {crc}")
+    dut._log.info(
+        f"packets on links {packets}, new packets {sent}, corrupted {corrupted}, "
+        f"dropped {dropped}, stalls {stalls}, resent {resent}, crc errors {crc}"
+    )
     naks = sum(int(tb.sig(n, "tx_naks").value) for n in range(tb.nodes))
     timeouts = sum(int(tb.sig(n, "tx_timeouts").value) for n in range(tb.nodes))
     dut._log.info(f"NAKs acted on {naks}, timeouts {timeouts}")
@@ -791,11 +914,14 @@ async def allreduce_with_faults(dut):
         per = {c: int(tb.link(i, c).value) for c in ("packets", "corrupted", "dropped", "stalls")}
         dut._log.info(f"link {i}: {per}")
         assert per["corrupted"] > 0 and per["dropped"] > 0 and per["stalls"] > 0, (
-            f"link {i} saw no fault of some kind: {per}")
+            f"link {i} saw no fault of some kind: {per}"
+        )
         assert (per["corrupted"] + per["dropped"]) * 100 >= per["packets"], (
-            f"link {i}: fewer than 1 in 100 packets faulted: {per}")
+            f"link {i}: fewer than 1 in 100 packets faulted: {per}"
+        )
     assert naks > 0 and timeouts > 0, "both recovery paths (NAK, timeout) must be exercised"
     assert resent > 0 and crc > 0, "faults were not detected and resent"
     assert applied == sent == sum(d.perf["rx_pkts"] for d in cl.devices), (
-        f"applied {applied} sent {sent}: a packet was lost or applied twice")
+        f"applied {applied} sent {sent}: a packet was lost or applied twice"
+    )
     assert packets == sent + resent

@@ -30,9 +30,13 @@ async def bulk_regions_and_debug_port(dut):
     wb = FMT.word_bytes
     rng = np.random.default_rng(7)
     await dev.write32(rm.offset("HOST_TAG"), 0xABC)
-    cases = [(rm.SCRATCH_BASE, 0, 37), (rm.SCRATCH_BASE, hw.scratchpad_words - 9, 9),
-             (rm.GRAD_BASE, 0, 5), (rm.GRAD_BASE, 1001, 300),
-             (rm.GRAD_BASE, hw.gradient_words - 4, 4)]
+    cases = [
+        (rm.SCRATCH_BASE, 0, 37),
+        (rm.SCRATCH_BASE, hw.scratchpad_words - 9, 9),
+        (rm.GRAD_BASE, 0, 5),
+        (rm.GRAD_BASE, 1001, 300),
+        (rm.GRAD_BASE, hw.gradient_words - 4, 4),
+    ]
     loaded = []
     for base, first, n in cases:
         words = corner_words(rng, n)
@@ -57,8 +61,7 @@ async def bulk_regions_and_debug_port(dut):
     words = await dev.dump(rm.TRACE_MEM_BASE, 4 * head)
     popped = [await dev.read32(rm.offset("TRACE_DATA")) for _ in range(4 * 6)]
     assert words[:24].tolist() == popped
-    recs = [rm.TraceRecord.decode([int(w) for w in words[4 * i:4 * i + 4]])
-            for i in range(head)]
+    recs = [rm.TraceRecord.decode([int(w) for w in words[4 * i : 4 * i + 4]]) for i in range(head)]
     assert all(r.engine == rm.Engine.HOST and r.tag == 0xABC for r in recs)
     kinds = [r.kind for r in recs[::2]]
     assert kinds == ([rm.Kind.LOAD] * 5 + [rm.Kind.DUMP] * 5 + [rm.Kind.RING, rm.Kind.DUMP]), kinds

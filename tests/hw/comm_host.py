@@ -19,8 +19,14 @@ from gradsync.spec.hardware import HardwareConfig
 
 GB = rm.GRAD_BASE
 #: Small memories (2 KiB each SRAM) and a short link, so the Python simulator is quick.
-HW = HardwareConfig(scratchpad_words=1024, gradient_words=1024, ring_entries=8, rx_windows=4,
-                    link_latency_cycles=6, trace_records=256)
+HW = HardwareConfig(
+    scratchpad_words=1024,
+    gradient_words=1024,
+    ring_entries=8,
+    rx_windows=4,
+    link_latency_cycles=6,
+    trace_records=256,
+)
 FMT = FixedPointFormat()
 M32 = 0xFFFF_FFFF
 
@@ -121,15 +127,14 @@ class Host:
         await self.write(n, rm.dma_reg(queue, "DOORBELL"), slot + 1)
 
     async def window(self, n, w, dst, src, length, tag):
-        for name, value in (("DST", dst), ("SRC", src), ("LEN", length), ("TAG", tag),
-                            ("CTRL", 1)):
+        for name, value in (("DST", dst), ("SRC", src), ("LEN", length), ("TAG", tag), ("CTRL", 1)):
             await self.write(n, rm.rx_window_reg(w, name), value)
 
     async def trace(self, n: int) -> list[rm.TraceRecord]:
         """Every record in node ``n``'s trace buffer (the bulk port's own HOST records too)."""
         head = await self.read(n, rm.offset("TRACE_HEAD"))
         words = await self.dump(n, rm.TRACE_MEM_BASE, head * rm.TRACE_RECORD_WORDS)
-        return [rm.TraceRecord.decode(words[4 * r:4 * r + 4]) for r in range(head)]
+        return [rm.TraceRecord.decode(words[4 * r : 4 * r + 4]) for r in range(head)]
 
 
 def run_sim(dut, bench):

@@ -25,16 +25,21 @@ def cluster_model(nodes: int):
     from gradsync.sim.build import build_component
 
     params = {"hardware": SIM_HARDWARE.to_dict(), "format": FMT.to_dict(), "nodes": nodes}
-    return build_component(functools.partial(Cluster, SIM_HARDWARE, FMT, nodes), f"cluster{nodes}",
-                           params=params)
+    return build_component(
+        functools.partial(Cluster, SIM_HARDWARE, FMT, nodes), f"cluster{nodes}", params=params
+    )
 
 
 def run(nodes: int, module: str, tmp_path, scenario: str = "exchange", seed: int = 1) -> None:
     from gradsync.sim.build import run_cocotb
     from tests.hw.cocotb_cluster import cluster_env
 
-    run_cocotb(cluster_model(nodes), module, test_dir=tmp_path,
-               extra_env=cluster_env(scenario, nodes, seed, SIM_HARDWARE))
+    run_cocotb(
+        cluster_model(nodes),
+        module,
+        test_dir=tmp_path,
+        extra_env=cluster_env(scenario, nodes, seed, SIM_HARDWARE),
+    )
 
 
 def test_exchange_scenario_reduces_on_the_model():
@@ -74,7 +79,9 @@ def test_cluster4_ring_matches_model(tmp_path):
 def test_cluster_rejects_bad_parameters(nodes):
     from gradsync.hw.cluster import Cluster
 
-    with pytest.raises(ValueError, match=re.escape(f"num_nodes must be an int >= 2, not {nodes!r}")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"num_nodes must be an int >= 2, not {nodes!r}")
+    ):
         Cluster(SIM_HARDWARE, FMT, nodes)
 
 

@@ -24,15 +24,18 @@ def test_engine_layouts_match_the_register_map():
     assert HW.packet_header_bytes == nic.HEADER_WORDS * 4 and HW.packet_crc_bytes == 4
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"queues": 1}, "queues must be >= 2, not 1"),
-    ({"ring_words": 1000}, "ring_words must be a power of 2 >= 8, not 1000"),
-    ({"max_payload_bytes": 6}, "max_payload_bytes must be a multiple of 4 in 4..512, not 6"),
-    ({"src_regions": ()}, "src_regions must name at least one region, not ()"),
-    ({"ring_base_addr": 0x3000_0004}, "ring_base_addr 0x30000004 must be aligned"),
-    ({"host_lanes": 3}, "host_lanes must be 1 or 2, not 3"),
-    ({"link_bytes_per_cycle": 3}, "link_bytes_per_cycle must be 1, 2 or 4, not 3"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"queues": 1}, "queues must be >= 2, not 1"),
+        ({"ring_words": 1000}, "ring_words must be a power of 2 >= 8, not 1000"),
+        ({"max_payload_bytes": 6}, "max_payload_bytes must be a multiple of 4 in 4..512, not 6"),
+        ({"src_regions": ()}, "src_regions must name at least one region, not ()"),
+        ({"ring_base_addr": 0x3000_0004}, "ring_base_addr 0x30000004 must be aligned"),
+        ({"host_lanes": 3}, "host_lanes must be 1 or 2, not 3"),
+        ({"link_bytes_per_cycle": 3}, "link_bytes_per_cycle must be 1, 2 or 4, not 3"),
+    ],
+)
 def test_engine_rejects_bad_parameters(bad, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         dma.DmaEngine(**bad)
@@ -90,8 +93,19 @@ def test_fence_holds_the_chunk_until_compute_done_reaches_its_count():
     async def bench(ctx):
         h = Host(ctx, dut)
         await h.window(1, 0, GB + 0x400, GB + 0x400, 256, 5)
-        await h.send(0, rm.Descriptor(src_addr=GB, length=256, peer=1, remote_addr=GB + 0x400,
-                                      window=0, tag=5, flags=rm.DescFlag.FENCE, fence_count=3))
+        await h.send(
+            0,
+            rm.Descriptor(
+                src_addr=GB,
+                length=256,
+                peer=1,
+                remote_addr=GB + 0x400,
+                window=0,
+                tag=5,
+                flags=rm.DescFlag.FENCE,
+                fence_count=3,
+            ),
+        )
         ctx.set(dut.n0_compute_done, 2)
         for _ in range(400):
             await ctx.tick()
@@ -117,15 +131,26 @@ def test_refused_descriptor_with_irq_flag_raises_queue_and_error_irqs_like_the_m
     from gradsync.model.cluster import Cluster
     from tests.hw.comm_host import FMT, GB, HW, Host, run_sim, small_cluster
 
-    bad = rm.Descriptor(src_addr=GB, length=0, peer=1, remote_addr=GB + 0x400, window=0, tag=5,
-                        flags=rm.DescFlag.IRQ)
+    bad = rm.Descriptor(
+        src_addr=GB,
+        length=0,
+        peer=1,
+        remote_addr=GB + 0x400,
+        window=0,
+        tag=5,
+        flags=rm.DescFlag.IRQ,
+    )
     want = int(rm.Irq.DMA_Q1 | rm.Irq.ERROR)
 
     # the golden model
     cl = Cluster(2, HW, FMT)
     dev = cl.devices[0]
-    for name, value in (("RING_BASE", rm.RING_MEM_BASE + 0x100), ("RING_SIZE", 8),
-                        ("WIN_BASE", GB), ("WIN_LEN", 0x800)):
+    for name, value in (
+        ("RING_BASE", rm.RING_MEM_BASE + 0x100),
+        ("RING_SIZE", 8),
+        ("WIN_BASE", GB),
+        ("WIN_LEN", 0x800),
+    ):
         dev.mmio_write(rm.dma_reg(1, name), value)
     dev.ring[0x40:0x48] = bad.encode()
     dev.mmio_write(rm.dma_reg(1, "DOORBELL"), 1)

@@ -28,8 +28,18 @@ def test_corrupted_and_dropped_packets_are_resent_and_applied_once():
         await h.window(1, 1, GB + 0x400, GB + 0x400, 1024, 0x55)
         ctx.set(dut.l0_corrupt_rate, 0xFFFF)
         ctx.set(dut.l0_drop_rate, 0x8000)
-        await h.send(0, rm.Descriptor(src_addr=GB, length=1024, peer=1, remote_addr=GB + 0x400,
-                                      window=1, tag=0x55, flags=rm.DescFlag.REDUCE_ADD))
+        await h.send(
+            0,
+            rm.Descriptor(
+                src_addr=GB,
+                length=1024,
+                peer=1,
+                remote_addr=GB + 0x400,
+                window=1,
+                tag=0x55,
+                flags=rm.DescFlag.REDUCE_ADD,
+            ),
+        )
         for _ in range(600):
             await ctx.tick()
         assert ctx.get(dut.n1_rx_packets) == 0, "a corrupted packet was applied"
@@ -52,8 +62,12 @@ def test_corrupted_and_dropped_packets_are_resent_and_applied_once():
 def test_packet_outside_the_open_window_is_dropped_counted_and_writes_nothing(kind):
     dut = small_cluster()
     E = rm.ErrorCode
-    code = {"closed": E.RX_NO_WINDOW, "tag": E.RX_TAG_MISMATCH, "below": E.RX_OUT_OF_WINDOW,
-            "above": E.RX_OUT_OF_WINDOW}[kind]
+    code = {
+        "closed": E.RX_NO_WINDOW,
+        "tag": E.RX_TAG_MISMATCH,
+        "below": E.RX_OUT_OF_WINDOW,
+        "above": E.RX_OUT_OF_WINDOW,
+    }[kind]
 
     async def bench(ctx):
         h = Host(ctx, dut)
@@ -65,8 +79,18 @@ def test_packet_outside_the_open_window_is_dropped_counted_and_writes_nothing(ki
         window = 3 if kind == "closed" else 2
         tag = 0x78 if kind == "tag" else 0x77
         await h.write(1, rm.offset("IRQ_MASK"), int(rm.Irq.ERROR))
-        await h.send(0, rm.Descriptor(src_addr=GB, length=64, peer=1, remote_addr=GB + remote,
-                                      window=window, tag=tag, flags=rm.DescFlag.REDUCE_ADD))
+        await h.send(
+            0,
+            rm.Descriptor(
+                src_addr=GB,
+                length=64,
+                peer=1,
+                remote_addr=GB + remote,
+                window=window,
+                tag=tag,
+                flags=rm.DescFlag.REDUCE_ADD,
+            ),
+        )
         for _ in range(300):
             await ctx.tick()
         assert await h.read(1, rm.offset("RX_DROPS")) == 1
@@ -77,7 +101,8 @@ def test_packet_outside_the_open_window_is_dropped_counted_and_writes_nothing(ki
         assert await h.read(1, rm.offset("ERR_INFO")) == tag
         assert ctx.get(dut.n1_irq) == 1
         assert await h.dump(1, GB + 0x400, 192) == [0x0BAD_F00D + i for i in range(192)], (
-            "memory was written")
+            "memory was written"
+        )
         assert await h.read(1, rm.rx_window_reg(2, "RECEIVED")) == 0
         # the sender saw a normal completion: refusal is the receiver's business
         assert await h.read(0, rm.dma_reg(1, "ERRORS")) == 0
@@ -85,8 +110,17 @@ def test_packet_outside_the_open_window_is_dropped_counted_and_writes_nothing(ki
     run_sim(dut, bench)
 
 
-@pytest.mark.parametrize("kind", ["past_end", "straddles_end", "past_scratchpad",
-                                  "straddles_scratchpad", "src_past_end", "src_misaligned"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "past_end",
+        "straddles_end",
+        "past_scratchpad",
+        "straddles_scratchpad",
+        "src_past_end",
+        "src_misaligned",
+    ],
+)
 def test_packet_outside_the_node_memory_is_refused_and_writes_nothing(kind):
     """Inside its window but not inside one of the node's SRAMs (2 KiB each here) or not 32-bit
     aligned: RX_OUT_OF_WINDOW, and not one word of memory written (the receiver used to wrap
@@ -94,11 +128,14 @@ def test_packet_outside_the_node_memory_is_refused_and_writes_nothing(kind):
     dut = small_cluster()
     end = GB + HW.gradient_words * FMT.word_bytes
     scratch_end = rm.SCRATCH_BASE + HW.scratchpad_words * FMT.word_bytes
-    dst, src = {"past_end": (end, GB), "straddles_end": (end - 0x20, GB),
-                "past_scratchpad": (scratch_end, GB),
-                "straddles_scratchpad": (scratch_end - 0x20, GB),
-                "src_past_end": (GB + 0x400, end - 0x20),
-                "src_misaligned": (GB + 0x400, GB + 2)}[kind]
+    dst, src = {
+        "past_end": (end, GB),
+        "straddles_end": (end - 0x20, GB),
+        "past_scratchpad": (scratch_end, GB),
+        "straddles_scratchpad": (scratch_end - 0x20, GB),
+        "src_past_end": (GB + 0x400, end - 0x20),
+        "src_misaligned": (GB + 0x400, GB + 2),
+    }[kind]
     tag = 0x99
 
     async def bench(ctx):
@@ -109,22 +146,37 @@ def test_packet_outside_the_node_memory_is_refused_and_writes_nothing(kind):
         await h.load(1, rm.SCRATCH_BASE, guard)
         await h.window(1, 1, dst, src, 0x100, tag)
         await h.write(1, rm.offset("IRQ_MASK"), int(rm.Irq.ERROR | rm.Irq.RX))
-        await h.send(0, rm.Descriptor(src_addr=GB, length=64, peer=1, remote_addr=dst,
-                                      window=1, tag=tag, flags=rm.DescFlag.REDUCE_ADD))
+        await h.send(
+            0,
+            rm.Descriptor(
+                src_addr=GB,
+                length=64,
+                peer=1,
+                remote_addr=dst,
+                window=1,
+                tag=tag,
+                flags=rm.DescFlag.REDUCE_ADD,
+            ),
+        )
         for _ in range(300):
             await ctx.tick()
         assert ctx.get(dut.n1_rx_packets) == 0
         assert await h.read(1, rm.offset("RX_DROPS")) == 1
         err = await h.read(1, rm.offset("ERR_CODE"))
         assert (err & 0xFF, (err >> 8) & 0xF, err >> 16) == (
-            rm.ErrorCode.RX_OUT_OF_WINDOW, rm.Engine.NIC_RX, 1)
+            rm.ErrorCode.RX_OUT_OF_WINDOW,
+            rm.Engine.NIC_RX,
+            1,
+        )
         assert await h.read(1, rm.offset("ERR_INFO")) == tag
         assert await h.read(1, rm.offset("IRQ_STATUS")) == int(rm.Irq.ERROR)
         assert await h.read(1, rm.rx_window_reg(1, "RECEIVED")) == 0
         for base in (GB, rm.SCRATCH_BASE):
             got = await h.dump(1, base, 512)
-            assert got == guard, (f"word {next(i for i, g in enumerate(got) if g != guard[i])} "
-                                  f"of the SRAM at {base:#x} was written")
+            assert got == guard, (
+                f"word {next(i for i, g in enumerate(got) if g != guard[i])} "
+                f"of the SRAM at {base:#x} was written"
+            )
 
     run_sim(dut, bench)
 
@@ -137,8 +189,12 @@ def test_credits_throttle_the_sender_without_losing_data():
         h = Host(ctx, dut)
         await h.load(0, GB, list(range(256)))
         await h.window(1, 0, GB + 0x400, GB + 0x400, 1024, 9)
-        await h.send(0, rm.Descriptor(src_addr=GB, length=1024, peer=1, remote_addr=GB + 0x400,
-                                      window=0, tag=9))
+        await h.send(
+            0,
+            rm.Descriptor(
+                src_addr=GB, length=1024, peer=1, remote_addr=GB + 0x400, window=0, tag=9
+            ),
+        )
         for _ in range(1500):
             await ctx.tick()
         assert await h.read(0, rm.dma_reg(1, "DONE")) == 1
@@ -154,25 +210,35 @@ def test_credits_throttle_the_sender_without_losing_data():
 
 def test_header_word_layout():
     assert header0(window=5, reduce=True, payload_words=64, seq=0x1234) == (
-        5 | 1 << 8 | 63 << 9 | 0x1234 << 16)
+        5 | 1 << 8 | 63 << 9 | 0x1234 << 16
+    )
 
 
-_REGIONS = ("regions must be (base, bytes) pairs with 4-byte aligned bases, at least 4 bytes, "
-            "inside the 32-bit address space, not ")
+_REGIONS = (
+    "regions must be (base, bytes) pairs with 4-byte aligned bases, at least 4 bytes, "
+    "inside the 32-bit address space, not "
+)
 
 
-@pytest.mark.parametrize("cls,bad,match", [
-    (NicTx, {"max_payload_words": 0}, "max_payload_words must be in 1..128, not 0"),
-    (NicTx, {"window_packets": 12}, "window_packets must be a power of 2 in 1..16384, not 12"),
-    (NicTx, {"credits": 0}, "credits must be in 1..32767, not 0"),
-    (NicTx, {"timeout_cycles": 0}, "timeout_cycles must be >= 1, not 0"),
-    (NicRx, {"windows": 65}, "windows must be in 1..64, not 65"),
-    (NicRx, {"operand_bits": 12}, "operand_bits must be 8, 16 or 32, not 12"),
-    (NicRx, {"max_payload_words": 200}, "max_payload_words must be in 1..128, not 200"),
-    (NicRx, {"regions": ()}, _REGIONS + "()"),
-    (NicRx, {"regions": ((rm.GRAD_BASE + 2, 1024),)}, _REGIONS + repr(((rm.GRAD_BASE + 2, 1024),))),
-    (NicRx, {"regions": ((0xFFFF_F000, 0x2000),)}, _REGIONS + repr(((0xFFFF_F000, 0x2000),))),
-])
+@pytest.mark.parametrize(
+    "cls,bad,match",
+    [
+        (NicTx, {"max_payload_words": 0}, "max_payload_words must be in 1..128, not 0"),
+        (NicTx, {"window_packets": 12}, "window_packets must be a power of 2 in 1..16384, not 12"),
+        (NicTx, {"credits": 0}, "credits must be in 1..32767, not 0"),
+        (NicTx, {"timeout_cycles": 0}, "timeout_cycles must be >= 1, not 0"),
+        (NicRx, {"windows": 65}, "windows must be in 1..64, not 65"),
+        (NicRx, {"operand_bits": 12}, "operand_bits must be 8, 16 or 32, not 12"),
+        (NicRx, {"max_payload_words": 200}, "max_payload_words must be in 1..128, not 200"),
+        (NicRx, {"regions": ()}, _REGIONS + "()"),
+        (
+            NicRx,
+            {"regions": ((rm.GRAD_BASE + 2, 1024),)},
+            _REGIONS + repr(((rm.GRAD_BASE + 2, 1024),)),
+        ),
+        (NicRx, {"regions": ((0xFFFF_F000, 0x2000),)}, _REGIONS + repr(((0xFFFF_F000, 0x2000),))),
+    ],
+)
 def test_nic_rejects_bad_parameters(cls, bad, match):
     with pytest.raises(ValueError, match=re.escape(match)):
         cls(**bad)

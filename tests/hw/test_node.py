@@ -49,23 +49,44 @@ def test_cluster_ports_are_the_compute_node_ports_prefixed():
 def test_sim_hardware_fits_the_default_training_run():
     """SIM_HARDWARE holds --layers 64,32,10 --global-batch 64 on 2 and 4 nodes, and is not much larger."""
     for nodes in (2, 4):
-        lay = plan_memory((64, 32, 10), 64 // nodes, FMT.word_bytes,
-                          SIM_HARDWARE.scratchpad_words, SIM_HARDWARE.gradient_words)
+        lay = plan_memory(
+            (64, 32, 10),
+            64 // nodes,
+            FMT.word_bytes,
+            SIM_HARDWARE.scratchpad_words,
+            SIM_HARDWARE.gradient_words,
+        )
         assert lay.grad_window_bytes // FMT.word_bytes <= SIM_HARDWARE.gradient_words
     with pytest.raises(Exception, match="scratchpad"):
-        plan_memory((64, 32, 10), 64 // 2, FMT.word_bytes, SIM_HARDWARE.scratchpad_words // 2,
-                    SIM_HARDWARE.gradient_words)
+        plan_memory(
+            (64, 32, 10),
+            64 // 2,
+            FMT.word_bytes,
+            SIM_HARDWARE.scratchpad_words // 2,
+            SIM_HARDWARE.gradient_words,
+        )
 
 
-@pytest.mark.parametrize("args,kwargs,error,match", [
-    ((SIM_HARDWARE, FMT, 2, 2), {}, ValueError, "node_id must be in 0..1, not 2"),
-    (({}, FMT), {}, TypeError, "hw must be a HardwareConfig, not {}"),
-    ((SIM_HARDWARE, 16), {}, TypeError, "fmt must be a FixedPointFormat, not 16"),
-    ((dataclasses.replace(SIM_HARDWARE, trace_records=1000), FMT), {}, ValueError,
-     "trace_records must be a power of two, not 1000"),
-    ((dataclasses.replace(SIM_HARDWARE, packet_header_bytes=16), FMT), {}, ValueError,
-     "packet_header_bytes/packet_crc_bytes must be 12/4 (the NIC's framing), not 16/4"),
-])
+@pytest.mark.parametrize(
+    "args,kwargs,error,match",
+    [
+        ((SIM_HARDWARE, FMT, 2, 2), {}, ValueError, "node_id must be in 0..1, not 2"),
+        (({}, FMT), {}, TypeError, "hw must be a HardwareConfig, not {}"),
+        ((SIM_HARDWARE, 16), {}, TypeError, "fmt must be a FixedPointFormat, not 16"),
+        (
+            (dataclasses.replace(SIM_HARDWARE, trace_records=1000), FMT),
+            {},
+            ValueError,
+            "trace_records must be a power of two, not 1000",
+        ),
+        (
+            (dataclasses.replace(SIM_HARDWARE, packet_header_bytes=16), FMT),
+            {},
+            ValueError,
+            "packet_header_bytes/packet_crc_bytes must be 12/4 (the NIC's framing), not 16/4",
+        ),
+    ],
+)
 def test_node_rejects_bad_parameters(args, kwargs, error, match):
     with pytest.raises(error, match=re.escape(match)):
         Node(*args, **kwargs)
@@ -98,15 +119,18 @@ def test_rx_memory_scenario_refuses_on_the_model():
     assert (regs["RX_DROPS"], regs["RX_BYTES"], regs["PERF_RX_PACKETS"]) == (bad, RX_MEM_BYTES, 1)
     assert log["received"] == [0] * bad + [RX_MEM_BYTES]
     irqs = [e[2] for e in full if e[0] == "irq"]
-    assert irqs and all(rm.reg("ERR_CODE").field("code").get(code)
-                        in (0, rm.ErrorCode.RX_OUT_OF_WINDOW) for _, code, _ in irqs)
+    assert irqs and all(
+        rm.reg("ERR_CODE").field("code").get(code) in (0, rm.ErrorCode.RX_OUT_OF_WINDOW)
+        for _, code, _ in irqs
+    )
     nic_rx = log["trace"][str(int(rm.Engine.NIC_RX))]
     ends = [r for r in nic_rx if r[1] == rm.TraceEvent.END]
     errors = [r for r in nic_rx if r[1] == rm.TraceEvent.ERROR]
     assert [r[3] for r in ends] == [rm.encode_tag(3, w, 1) for w in range(len(wins))]
     assert [r[4] for r in ends] == [0] * bad + [RX_MEM_BYTES]
     assert [(r[3], r[4]) for r in errors] == [
-        (rm.encode_tag(3, w, 1), rm.ErrorCode.RX_OUT_OF_WINDOW) for w in range(bad)]
+        (rm.encode_tag(3, w, 1), rm.ErrorCode.RX_OUT_OF_WINDOW) for w in range(bad)
+    ]
     assert [r[0] for r in errors] == [r[0] for r in ends[:bad]]
     guards = [g for what, _, g in full if what == "guard"]
     assert len(guards) == len(rx_memory_guards(SIM_HARDWARE))
