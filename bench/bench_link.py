@@ -1,6 +1,7 @@
 """Link benchmark: utilisation of long transfers and simulation speed of a 2-node exchange.
 
-Runs the 2-node communication fabric (``hw/fabric.py``) under Verilator:
+Runs a 2-node cluster of communication-only nodes (``hw/cluster.py``,
+``Node(compute=False)``) under Verilator:
 
 * for two chunk sizes, node 0 streams ``rounds x 64`` descriptors (plain
   writes) to node 1; link utilisation = payload bytes / (link bytes per
@@ -24,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import cocotb
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import cocotb  # noqa: E402
 
 from gradsync.spec import regmap as rm  # noqa: E402
 from gradsync.spec import timing as tm  # noqa: E402
@@ -56,10 +57,10 @@ async def _stream(tb, senders, chunk: int, count: int) -> dict:
                 tag=0x1234,
             )
             slot = (heads[n] + i) % RING_ENTRIES
-            await tb.write_mem(n, rm.RING_MEM_BASE + 32 * slot, d.encode())
-    start = tb.now
+            await tb.load_ring(n, rm.RING_MEM_BASE + 32 * slot, d.encode())
     for n in senders:
         await tb.write_csr(n, rm.dma_reg(1, "DOORBELL"), heads[n] + count)
+    start = tb.log[-len(senders)].cycle  # the first doorbell's AW/W handshake
     t0 = time.perf_counter()
     sim_start = tb.now
     await tb.wait_until(tb.all_idle, step=256)
@@ -68,8 +69,8 @@ async def _stream(tb, senders, chunk: int, count: int) -> dict:
     last = 0
     for n in senders:
         slot = (heads[n] + count - 1) % RING_ENTRIES
-        last = max(last, (await tb.read_mem(n, rm.RING_MEM_BASE + 32 * slot + 28, 1))[0])
-        status = (await tb.read_mem(n, rm.RING_MEM_BASE + 32 * slot + 24, 1))[0]
+        status, done_cycle = await tb.read_ring(n, rm.RING_MEM_BASE + 32 * slot + 24, 2)
+        last = max(last, done_cycle)
         assert status == rm.descriptor_status(rm.ErrorCode.OK), hex(status)
     first_grant = start + 1  # the doorbell written in `start` is visible one cycle later
     return {"cycles": last - first_grant, "wall_seconds": wall, "sim_cycles": sim_cycles}
@@ -77,9 +78,9 @@ async def _stream(tb, senders, chunk: int, count: int) -> dict:
 
 @cocotb.test()
 async def link_benchmark(dut):
-    from tests.hw.cocotb_fabric import TB
+    from tests.hw.cocotb_comm import CommTB
 
-    tb = TB(dut)
+    tb = CommTB(dut)
     await tb.cycle_reset()
     for n in range(tb.nodes):
         await tb.setup_queue(n, 1, 0, RING_ENTRIES, rm.GRAD_BASE, tb.hw.gradient_words * tb.wb)
@@ -119,9 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", default="256,2048", help="chunk sizes in bytes")
     args = ap.parse_args(argv)
 
-    from gradsync.hw.fabric import Fabric
+    from gradsync.hw.cluster import Cluster
     from gradsync.sim.build import build_component, run_cocotb
-    from tests.hw.cocotb_fabric import fabric_env, fabric_kwargs
+    from tests.hw.cocotb_comm import comm_env
 
     hw = HardwareConfig(
         gradient_words=4096,
@@ -134,8 +135,7 @@ def main(argv=None) -> int:
     fmt = FixedPointFormat()
     t0 = time.perf_counter()
     model = build_component(
-        Fabric(rm, num_nodes=2, **fabric_kwargs(hw, fmt)),
-        f"comm_fabric2_bench_l{args.latency}_b{args.bytes_per_cycle}",
+        Cluster(hw, fmt, 2, compute=False), f"comm2_bench_l{args.latency}_b{args.bytes_per_cycle}"
     )
     print(
         f"Verilator model: {'cached' if model.cached else 'built'} "
@@ -143,12 +143,7 @@ def main(argv=None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="gradsync-bench-") as tmp:
         out = Path(tmp) / "bench.json"
-        env = fabric_env(
-            2,
-            hw,
-            fmt,
-            1,
-        )
+        env = comm_env(2, hw, fmt, 1)
         env.update(
             {"BENCH_CHUNKS": args.chunks, "BENCH_ROUNDS": str(args.rounds), "BENCH_OUT": str(out)}
         )

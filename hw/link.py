@@ -22,6 +22,26 @@ LinkBeat = data.StructLayout({"data": 32, "last": 1})
 #: The receiver's acknowledge/credit message (see ``hw/nic.py``).
 AckMessage = data.StructLayout({"exp": 16, "limit": 16, "nak": 1})
 
+#: Fault-injection control ports of a link and their widths (a cluster exposes them
+#: per link as ``l{i}_<name>``; ``sim/rtl_backend.py``'s ``--link-faults`` drives them).
+LINK_CONTROLS = {
+    "corrupt_rate": 16,
+    "drop_rate": 16,
+    "stall_rate": 16,
+    "stall_max": 8,
+    "seed": 32,
+    "seed_load": 1,
+}
+#: Counter ports of a link (32 bits each; ``l{i}_<name>`` of a cluster).
+LINK_COUNTERS = ("packets", "corrupted", "dropped", "stalls")
+
+
+def link_fault_ports() -> dict:
+    """The fault controls (in) and counters (out) of one link, as a signature dict."""
+    ports = {name: In(width) for name, width in LINK_CONTROLS.items()}
+    ports.update({name: Out(32) for name in LINK_COUNTERS})
+    return ports
+
 
 def _xorshift32(x):
     """One step of Marsaglia's xorshift32 on an Amaranth value (never reaches 0 from non-zero)."""
@@ -75,22 +95,15 @@ class Link(wiring.Component):
             raise ValueError(f"bytes_per_cycle must be 1, 2 or 4, not {bytes_per_cycle!r}")
         self.latency_cycles = latency_cycles
         self.bytes_per_cycle = bytes_per_cycle
-        super().__init__({
-            "tx": In(stream.Signature(LinkBeat)),
-            "rx": Out(stream.Signature(LinkBeat, always_ready=True)),
-            "ack_tx": In(stream.Signature(AckMessage, always_ready=True)),
-            "ack_rx": Out(stream.Signature(AckMessage, always_ready=True)),
-            "corrupt_rate": In(16),
-            "drop_rate": In(16),
-            "stall_rate": In(16),
-            "stall_max": In(8),
-            "seed": In(32),
-            "seed_load": In(1),
-            "packets": Out(32),
-            "corrupted": Out(32),
-            "dropped": Out(32),
-            "stalls": Out(32),
-        })
+        super().__init__(
+            {
+                "tx": In(stream.Signature(LinkBeat)),
+                "rx": Out(stream.Signature(LinkBeat, always_ready=True)),
+                "ack_tx": In(stream.Signature(AckMessage, always_ready=True)),
+                "ack_rx": Out(stream.Signature(AckMessage, always_ready=True)),
+                **link_fault_ports(),
+            }
+        )
 
     def _delay(self, m: Module, valid, payload, width: int):
         """``latency_cycles`` register stages; returns (valid, payload) at the far end."""
@@ -145,8 +158,13 @@ class Link(wiring.Component):
         cbit_now = Signal(5)
         m.d.comb += [
             drop_now.eq(Mux(first, rng_pkt[0:16] < self.drop_rate, drop_pkt)),
-            corrupt_now.eq(Mux(first, ~(rng_pkt[0:16] < self.drop_rate)
-                                & (rng_pkt[16:32] < self.corrupt_rate), corrupt_pkt)),
+            corrupt_now.eq(
+                Mux(
+                    first,
+                    ~(rng_pkt[0:16] < self.drop_rate) & (rng_pkt[16:32] < self.corrupt_rate),
+                    corrupt_pkt,
+                )
+            ),
             cword_now.eq(Mux(first, rng_cyc[0:2], corrupt_word)),
             cbit_now.eq(Mux(first, rng_cyc[2:7], corrupt_bit)),
         ]
@@ -178,8 +196,8 @@ class Link(wiring.Component):
         v, p = self._delay(m, accepted & ~drop_now, beat.as_value(), len(beat.as_value()))
         m.d.comb += [self.rx.valid.eq(v), self.rx.p.eq(p)]
 
-        av, ap = self._delay(m, self.ack_tx.valid, self.ack_tx.p.as_value(),
-                             len(self.ack_tx.p.as_value()))
+        av, ap = self._delay(
+            m, self.ack_tx.valid, self.ack_tx.p.as_value(), len(self.ack_tx.p.as_value())
+        )
         m.d.comb += [self.ack_rx.valid.eq(av), self.ack_rx.p.eq(ap)]
         return m
-

@@ -27,6 +27,12 @@ of ``hw/dma.py``/``hw/nic.py``, so that the host sees exactly what
 The link ports (``tx``, ``tx_ack``, ``rx``, ``rx_ack``) are joined to the
 peers' by :class:`~gradsync.hw.cluster.Cluster`.
 
+``Node(..., compute=False)`` is the same node without the compute half (no
+sequencer, array or vector unit): the communication block tests build it,
+since it compiles several times faster; its ``compute_done`` input stands in
+for the sequencer's completion count (``COMPUTE_DONE``, FENCE descriptors).
+The CSR block, bulk port, SRAMs, DMA engine and NIC are the very same.
+
 A received packet whose range (or reduce-add source) is not inside one SRAM
 is refused with ``RX_OUT_OF_WINDOW`` and writes nothing, as in the model
 (``NicRx``'s ``regions``).
@@ -35,13 +41,14 @@ is refused with ``RX_OUT_OF_WINDOW`` and writes nothing, as in the model
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
+from gradsync.spec.link import PACKET_CRC_BYTES, PACKET_HEADER_BYTES, nic_timeouts
 
 from .bulk import WIDE_PER_BEAT, BulkPort
 from .compute_node import (
@@ -51,7 +58,7 @@ from .compute_node import (
 )
 from .csr import CsrBlock, axil_signature
 from .dma import DmaEngine
-from .fabric import connect_nic, drive_nic_counters, link_ports, nic_timeouts
+from .link import AckMessage, LinkBeat
 from .nic import NicRx, NicTx
 from .sram import DeviceMemory, device_addr_bits
 
@@ -62,10 +69,77 @@ NIC_WINDOW_PACKETS = 16
 #: Host ports of a node, shared with ``hw/compute_node.py`` (the cluster prefixes them).
 HOST_PORTS = (
     *axil_signature(13),
-    "s_axis_tdata", "s_axis_tvalid", "s_axis_tready", "s_axis_tlast",
-    "m_axis_tdata", "m_axis_tvalid", "m_axis_tready", "m_axis_tlast",
-    "irq", "cycle", "dbg_addr", "dbg_data",
+    "s_axis_tdata",
+    "s_axis_tvalid",
+    "s_axis_tready",
+    "s_axis_tlast",
+    "m_axis_tdata",
+    "m_axis_tvalid",
+    "m_axis_tready",
+    "m_axis_tlast",
+    "irq",
+    "cycle",
+    "dbg_addr",
+    "dbg_data",
 )
+
+#: Counters every node exposes as ports (beside the registers).
+NODE_COUNTERS = (
+    "tx_packets",
+    "tx_retransmits",
+    "tx_timeouts",
+    "tx_naks",
+    "rx_packets",
+    "rx_crc_errors",
+    "rx_seq_errors",
+    "rx_duplicates",
+    "rx_drops",
+)
+
+#: Node counter port -> (NIC side, NicTx/NicRx attribute) that drives it.
+NIC_COUNTER_SOURCES = {
+    "tx_packets": ("tx", "packets_sent"),
+    "tx_retransmits": ("tx", "retransmits"),
+    "tx_timeouts": ("tx", "timeouts"),
+    "tx_naks": ("tx", "naks"),
+    "rx_packets": ("rx", "packets_applied"),
+    "rx_crc_errors": ("rx", "crc_errors"),
+    "rx_seq_errors": ("rx", "seq_errors"),
+    "rx_duplicates": ("rx", "duplicates"),
+    "rx_drops": ("rx", "drops"),
+}
+
+
+def link_ports() -> dict:
+    """A node's link side: beats out and in, acks both ways, and its NIC counters."""
+    ports = {
+        "tx": Out(stream.Signature(LinkBeat)),
+        "tx_ack": In(stream.Signature(AckMessage, always_ready=True)),
+        "rx": In(stream.Signature(LinkBeat, always_ready=True)),
+        "rx_ack": Out(stream.Signature(AckMessage, always_ready=True)),
+    }
+    ports.update({name: Out(32) for name in NODE_COUNTERS})
+    return ports
+
+
+def drive_nic_counters(m: Module, top, tx: NicTx, rx: NicRx) -> None:
+    """Drive ``top``'s ``NODE_COUNTERS`` ports from the NIC's counters."""
+    sides = {"tx": tx, "rx": rx}
+    m.d.comb += [
+        getattr(top, name).eq(getattr(sides[side], attr))
+        for name, (side, attr) in NIC_COUNTER_SOURCES.items()
+    ]
+
+
+def connect_nic(m: Module, top, dma: DmaEngine, tx: NicTx, rx: NicRx) -> None:
+    """DMA packets into the transmitter (CRC back to the DMA for its write-back), and the
+    transmitter and receiver on ``top``'s link ports ``tx``/``tx_ack``/``rx``/``rx_ack``."""
+    wiring.connect(m, dma.pkt, tx.pkt)
+    m.d.comb += dma.crc_sent.eq(tx.crc_sent)
+    wiring.connect(m, wiring.flipped(top.tx), tx.link)
+    wiring.connect(m, wiring.flipped(top.tx_ack), tx.ack)
+    wiring.connect(m, wiring.flipped(top.rx), rx.link)
+    wiring.connect(m, wiring.flipped(top.rx_ack), rx.ack)
 
 
 class Node(wiring.Component):
@@ -74,10 +148,10 @@ class Node(wiring.Component):
     Parameters
     ----------
     hw:
-        ``model.HardwareConfig`` (array, SRAM sizes, queues, windows,
-        trace depth, link bandwidth/latency, payload size).
+        ``HardwareConfig`` (array, SRAM sizes, queues, windows, trace depth,
+        link bandwidth/latency, payload size).
     fmt:
-        ``model.FixedPointFormat``.
+        ``FixedPointFormat``.
     node_id, num_nodes:
         This node's index and the cluster size (``NODE_ID``, ``NUM_NODES``,
         ``TX_PEER = (node_id + 1) % num_nodes``).
@@ -91,6 +165,13 @@ class Node(wiring.Component):
         exactly that), or, with an int ``host_lead_cycles``, the header
         handshake - lead.  The defaults (None, 1, 0) match
         ``sim/rtl_device.py``.
+    compute:
+        ``False`` leaves out the compute half (module docstring): no
+        sequencer, ``COMPUTE_DONE`` reads the ``compute_done`` input and the
+        other compute registers read 0.
+    credits:
+        NIC flow-control credits (receive buffers a sender may fill ahead;
+        :class:`~gradsync.hw.nic.NicTx`).
 
     Attributes
     ----------
@@ -110,41 +191,64 @@ class Node(wiring.Component):
         Link ports (``hw/link.py``): packets out, their acknowledgements in;
         packets in, acknowledgements out.
     tx_packets ... rx_drops : Out(32)
-        NIC counters (``hw.fabric.NODE_COUNTERS``).
+        NIC counters (:data:`NODE_COUNTERS`).
+    compute_done : In(32)
+        Only with ``compute=False``: the completion count FENCE descriptors wait on.
     """
 
-    def __init__(self, hw: HardwareConfig = DEFAULT_HARDWARE,
-                 fmt: FixedPointFormat = DEFAULT_FORMAT, node_id: int = 0, num_nodes: int = 2,
-                 *, host_lead_cycles: int | None = None, host_lag_cycles: int = 1,
-                 host_dump_lag_cycles: int = 0):
+    def __init__(
+        self,
+        hw: HardwareConfig = DEFAULT_HARDWARE,
+        fmt: FixedPointFormat = DEFAULT_FORMAT,
+        node_id: int = 0,
+        num_nodes: int = 2,
+        *,
+        host_lead_cycles: int | None = None,
+        host_lag_cycles: int = 1,
+        host_dump_lag_cycles: int = 0,
+        compute: bool = True,
+        credits: int = NIC_CREDITS,
+    ):
         if not isinstance(hw, HardwareConfig):
-            raise TypeError(f"hw must be a model.HardwareConfig, not {hw!r}")
+            raise TypeError(f"hw must be a HardwareConfig, not {hw!r}")
         if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"fmt must be a model.FixedPointFormat, not {fmt!r}")
+            raise TypeError(f"fmt must be a FixedPointFormat, not {fmt!r}")
         if num_nodes < 1 or not 0 <= node_id < num_nodes:
             raise ValueError(f"node_id must be in 0..{num_nodes - 1}, not {node_id!r}")
         if hw.trace_records & (hw.trace_records - 1):
             raise ValueError(f"trace_records must be a power of two, not {hw.trace_records!r}")
-        if hw.packet_header_bytes != 12 or hw.packet_crc_bytes != 4:
-            raise ValueError("the NIC builds 12-byte headers and 4-byte CRCs, not "
-                             f"{hw.packet_header_bytes!r}/{hw.packet_crc_bytes!r}")
+        framing = (hw.packet_header_bytes, hw.packet_crc_bytes)
+        if framing != (PACKET_HEADER_BYTES, PACKET_CRC_BYTES):
+            raise ValueError(
+                f"packet_header_bytes/packet_crc_bytes must be {PACKET_HEADER_BYTES}/"
+                f"{PACKET_CRC_BYTES} (the NIC's framing), not {framing[0]!r}/{framing[1]!r}"
+            )
         self.hw, self.fmt = hw, fmt
         self.node_id, self.num_nodes = node_id, num_nodes
         self.host_lead_cycles, self.host_lag_cycles = host_lead_cycles, host_lag_cycles
         self.host_dump_lag_cycles = host_dump_lag_cycles
+        self.compute, self.credits = compute, credits
         self.addr_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)
         ports = axil_signature(13)
-        ports.update({
-            "s_axis_tdata": In(64), "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
-            "s_axis_tlast": In(1),
-            "m_axis_tdata": Out(64), "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
-            "m_axis_tlast": Out(1),
-            "irq": Out(1),
-            "cycle": Out(64),
-            "dbg_addr": In(self.addr_bits),
-            "dbg_data": Out(fmt.total_bits),
-        })
+        ports.update(
+            {
+                "s_axis_tdata": In(64),
+                "s_axis_tvalid": In(1),
+                "s_axis_tready": Out(1),
+                "s_axis_tlast": In(1),
+                "m_axis_tdata": Out(64),
+                "m_axis_tvalid": Out(1),
+                "m_axis_tready": In(1),
+                "m_axis_tlast": Out(1),
+                "irq": Out(1),
+                "cycle": Out(64),
+                "dbg_addr": In(self.addr_bits),
+                "dbg_data": Out(fmt.total_bits),
+            }
+        )
         ports.update(link_ports())
+        if not compute:
+            ports["compute_done"] = In(32)
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -153,49 +257,80 @@ class Node(wiring.Component):
         Q = rm.DMA_QUEUES
         wb = fmt.word_bytes
         lanes32 = 32 // fmt.total_bits  # operand words per 32-bit DMA/NIC word
-        index_bits = self.addr_bits - 1
         ring_words = 1 << ceil_log2(Q * hw.ring_entries * rm.DESCRIPTOR_WORDS)
         ring_valid = Q * hw.ring_entries * rm.DESCRIPTOR_WORDS
         max_pw = hw.max_payload_bytes // 4
 
         # ---- parts ---------------------------------------------------------------------------
-        seq = make_sequencer(hw, fmt)
-        bulk = BulkPort(fmt.total_bits, hw.scratchpad_words, hw.gradient_words,
-                        wide_regions=True,
-                        wide_words=max(ring_words, hw.trace_records * rm.TRACE_RECORD_WORDS),
-                        host_trace=True, host_lead_cycles=self.host_lead_cycles,
-                        host_lag_cycles=self.host_lag_cycles,
-                        host_dump_lag_cycles=self.host_dump_lag_cycles,
-                        host_setup_cycles=hw.host_bulk_setup_cycles,
-                        host_bytes_per_cycle=hw.host_bulk_bytes_per_cycle)
-        mem = DeviceMemory(hw.scratchpad_words, hw.gradient_words, fmt.total_bits,
-                           read_ports=seq.n_read + bulk.per_beat + 2 * lanes32,
-                           write_ports=seq.n_write + bulk.per_beat + lanes32,
-                           debug_port=True)
+        seq = make_sequencer(hw, fmt) if self.compute else None
+        bulk = BulkPort(
+            fmt.total_bits,
+            hw.scratchpad_words,
+            hw.gradient_words,
+            wide_regions=True,
+            wide_words=max(ring_words, hw.trace_records * rm.TRACE_RECORD_WORDS),
+            host_trace=True,
+            host_lead_cycles=self.host_lead_cycles,
+            host_lag_cycles=self.host_lag_cycles,
+            host_dump_lag_cycles=self.host_dump_lag_cycles,
+            host_setup_cycles=hw.host_bulk_setup_cycles,
+            host_bytes_per_cycle=hw.host_bulk_bytes_per_cycle,
+        )
+        seq_read, seq_write = (seq.n_read, seq.n_write) if seq else (0, 0)
+        mem = DeviceMemory(
+            hw.scratchpad_words,
+            hw.gradient_words,
+            fmt.total_bits,
+            read_ports=seq_read + bulk.per_beat + 2 * lanes32,
+            write_ports=seq_write + bulk.per_beat + lanes32,
+            debug_port=True,
+        )
+        regions = (
+            (rm.SCRATCH_BASE, hw.scratchpad_words * wb),
+            (rm.GRAD_BASE, hw.gradient_words * wb),
+        )
         dma = DmaEngine(
-            queues=Q, ring_words=ring_words, ring_entries=hw.ring_entries,
-            ring_base_addr=rm.RING_MEM_BASE, ring_valid_words=ring_valid,
-            max_payload_bytes=hw.max_payload_bytes, link_bytes_per_cycle=hw.link_bytes_per_cycle,
-            src_regions=((rm.SCRATCH_BASE, hw.scratchpad_words * wb),
-                         (rm.GRAD_BASE, hw.gradient_words * wb)),
-            host_lanes=WIDE_PER_BEAT)
-        timeout, holdoff = nic_timeouts(hw.link_latency_cycles, hw.link_bytes_per_cycle,
-                                        hw.max_payload_bytes)
-        tx = NicTx(max_payload_words=max_pw, window_packets=NIC_WINDOW_PACKETS,
-                   credits=NIC_CREDITS, timeout_cycles=timeout)
-        rx = NicRx(max_payload_words=max_pw, credits=NIC_CREDITS, windows=hw.rx_windows,
-                   regions=((rm.SCRATCH_BASE, hw.scratchpad_words * wb),
-                            (rm.GRAD_BASE, hw.gradient_words * wb)),
-                   operand_bits=fmt.total_bits,
-                   saturate=fmt.saturate, nak_holdoff_cycles=holdoff)
-        trace_writes = [seq.trace, dma.trace[0], dma.trace[1], rx.trace,
-                        bulk.trace[0], bulk.trace[1]]
-        errors = [seq.cmd_err, seq.launch_err, dma.error[0], dma.error[1], rx.error]
-        csr = CsrBlock(constants=constant_registers(hw, fmt, self.node_id, self.num_nodes),
-                       trace_records=hw.trace_records, trace_writers=len(trace_writes),
-                       error_sources=len(errors), rx_windows=hw.rx_windows,
-                       trace_read_ports=WIDE_PER_BEAT)
-        m.submodules.seq = seq
+            queues=Q,
+            ring_words=ring_words,
+            ring_entries=hw.ring_entries,
+            ring_base_addr=rm.RING_MEM_BASE,
+            ring_valid_words=ring_valid,
+            max_payload_bytes=hw.max_payload_bytes,
+            link_bytes_per_cycle=hw.link_bytes_per_cycle,
+            src_regions=regions,
+            host_lanes=WIDE_PER_BEAT,
+        )
+        timeout, holdoff = nic_timeouts(hw.link)
+        tx = NicTx(
+            max_payload_words=max_pw,
+            window_packets=NIC_WINDOW_PACKETS,
+            credits=self.credits,
+            timeout_cycles=timeout,
+        )
+        rx = NicRx(
+            max_payload_words=max_pw,
+            credits=self.credits,
+            windows=hw.rx_windows,
+            regions=regions,
+            operand_bits=fmt.total_bits,
+            saturate=fmt.saturate,
+            nak_holdoff_cycles=holdoff,
+        )
+        trace_writes = [dma.trace[0], dma.trace[1], rx.trace, bulk.trace[0], bulk.trace[1]]
+        errors = [dma.error[0], dma.error[1], rx.error]
+        if seq:
+            trace_writes.insert(0, seq.trace)
+            errors[:0] = [seq.cmd_err, seq.launch_err]
+        csr = CsrBlock(
+            constants=constant_registers(hw, fmt, self.node_id, self.num_nodes),
+            trace_records=hw.trace_records,
+            trace_writers=len(trace_writes),
+            error_sources=len(errors),
+            rx_windows=hw.rx_windows,
+            trace_read_ports=WIDE_PER_BEAT,
+        )
+        if seq:
+            m.submodules.seq = seq
         m.submodules.bulk = bulk
         m.submodules.mem = mem
         m.submodules.dma = dma
@@ -204,7 +339,71 @@ class Node(wiring.Component):
         m.submodules.csr = csr
 
         # ---- device memory: sequencer, bulk, DMA source, receiver (later writers win) --------
-        rd, wr = connect_compute_memory(m, mem, seq, bulk)
+        if seq:
+            rd, wr = connect_compute_memory(m, mem, seq, bulk)
+        else:
+            rd, wr = iter(mem.rd), iter(mem.wr)
+            for port in bulk.rd:
+                wiring.connect(m, port, next(rd))
+            for port in bulk.wr:
+                wiring.connect(m, port, next(wr))
+        self._connect_comm_memory(m, mem, dma, rx, rd, wr)
+
+        # ---- ring and trace memory for the bulk port ---------------------------------------------
+        self._connect_wide_regions(m, bulk, dma, csr, ring_words, ring_valid)
+
+        # ---- CSR <-> sequencer -----------------------------------------------------------------
+        if seq:
+            connect_sequencer(m, csr, seq)
+            compute_done = seq.done_count
+        else:
+            compute_done = self.compute_done
+            m.d.comb += csr.port("ro", "COMPUTE_DONE").eq(compute_done)
+
+        # ---- CSR <-> DMA engine and NIC (the seam of docs/comm.md) -------------------------------
+        connect_nic(m, self, dma, tx, rx)
+        m.d.comb += [
+            dma.tx_peer.eq((self.node_id + 1) % self.num_nodes),
+            dma.peers_ok.eq(self.num_nodes >= 2),
+            dma.compute_done.eq(compute_done),
+            dma.cycle.eq(csr.now[:48]),
+            rx.now.eq(csr.now[:48]),
+        ]
+        self._connect_comm_registers(m, csr, dma, tx, rx)
+
+        # ---- interrupts, trace, errors ------------------------------------------------------------
+        def irq_bit(irq):
+            return ceil_log2(int(irq))
+
+        irq_set = Signal(8)
+        if seq:
+            m.d.comb += irq_set[irq_bit(rm.Irq.COMPUTE)].eq(seq.irq)
+        m.d.comb += [
+            irq_set[irq_bit(rm.Irq.DMA_Q0)].eq(dma.irq_done[0]),
+            irq_set[irq_bit(rm.Irq.DMA_Q1)].eq(dma.irq_done[1]),
+            irq_set[irq_bit(rm.Irq.RX)].eq(rx.rx_irq),
+            csr.irq_set.eq(irq_set),
+        ]
+        for port, rec in zip(csr.trace_in, trace_writes, strict=True):
+            m.d.comb += port.eq(rec)
+        for port, err in zip(csr.err_in, errors, strict=True):
+            m.d.comb += port.eq(err)
+
+        # ---- host ports straight through --------------------------------------------------------
+        self._connect_host_ports(m, csr, bulk)
+        drive_nic_counters(m, self, tx, rx)
+        return m
+
+    def _connect_comm_memory(self, m, mem, dma, rx, rd, wr):
+        """The DMA source and the receiver on the remaining SRAM ports, and the debug port.
+
+        The DMA and the receiver work in 32-bit words; each of their 32-bit
+        ports is ``32 / operand_bits`` operand-word ports, lowest address in
+        the low bits.
+        """
+        fmt = self.fmt
+        lanes32 = 32 // fmt.total_bits
+        index_bits = self.addr_bits - 1
 
         def lane_addr(bank, word32, lane):
             """Device word address of operand ``lane`` of 32-bit word ``word32`` in ``bank``."""
@@ -235,12 +434,14 @@ class Node(wiring.Component):
             _, addr = lane_addr(rx.mem_wr_region, rx.mem_wr_addr, lane)
             m.d.comb += [
                 port.addr.eq(addr),
-                port.data.eq(rx.mem_wr_data[lane * fmt.total_bits:(lane + 1) * fmt.total_bits]),
+                port.data.eq(rx.mem_wr_data[lane * fmt.total_bits : (lane + 1) * fmt.total_bits]),
                 port.en.eq(rx.mem_wr_en),
             ]
         m.d.comb += [mem.dbg_addr.eq(self.dbg_addr), self.dbg_data.eq(mem.dbg_data)]
 
-        # ---- ring and trace memory for the bulk port ---------------------------------------------
+    @staticmethod
+    def _connect_wide_regions(m, bulk, dma, csr, ring_words, ring_valid):
+        """The bulk port's ring memory (the DMA engine's) and trace memory (the CSR block's)."""
         for lane in range(WIDE_PER_BEAT):
             sfx = "" if lane == 0 else str(lane)
             w, r = bulk.ring_wr[lane], bulk.ring_rd[lane]
@@ -254,33 +455,29 @@ class Node(wiring.Component):
                 r.data.eq(getattr(dma, f"ring{sfx}_rdata")),
             ]
             t_bulk, t_csr = bulk.trace_rd[lane], csr.trace_rd[lane]
-            m.d.comb += [t_csr.addr.eq(t_bulk.addr), t_csr.en.eq(t_bulk.en),
-                         t_bulk.data.eq(t_csr.data)]
+            m.d.comb += [
+                t_csr.addr.eq(t_bulk.addr),
+                t_csr.en.eq(t_bulk.en),
+                t_bulk.data.eq(t_csr.data),
+            ]
         m.d.comb += [bulk.now.eq(csr.now), bulk.tag.eq(csr.port("rw", "HOST_TAG"))]
 
-        # ---- CSR <-> sequencer -----------------------------------------------------------------
-        connect_sequencer(m, csr, seq)
-
-        # ---- CSR <-> DMA engine and NIC (the seam of docs/comm.md) -------------------------------
-        connect_nic(m, self, dma, tx, rx)
-        m.d.comb += [
-            dma.tx_peer.eq((self.node_id + 1) % self.num_nodes),
-            dma.peers_ok.eq(self.num_nodes >= 2),
-            dma.compute_done.eq(seq.done_count),
-            dma.cycle.eq(csr.now[:48]),
-            rx.now.eq(csr.now[:48]),
-        ]
-        for q in range(Q):
+    @staticmethod
+    def _connect_comm_registers(m, csr, dma, tx, rx):
+        """The CSR block's DMA, RX and PERF_TX registers and the forwarded RX window registers."""
+        for q in range(rm.DMA_QUEUES):
             for field in ("RING_BASE", "RING_SIZE", "WIN_BASE", "WIN_LEN"):
                 m.d.comb += getattr(dma, f"q{q}_{field.lower()}").eq(
-                    csr.port("rw", rm.dma_reg_name(q, field)))
+                    csr.port("rw", rm.dma_reg_name(q, field))
+                )
             m.d.comb += [
                 getattr(dma, f"q{q}_doorbell").eq(csr.port("wo", rm.dma_reg_name(q, "DOORBELL"))),
                 getattr(dma, f"q{q}_doorbell_tail").eq(csr.wo_data),
             ]
             for field in ("HEAD", "TAIL", "DONE", "ERRORS"):
                 m.d.comb += csr.port("ro", rm.dma_reg_name(q, field)).eq(
-                    getattr(dma, f"q{q}_{field.lower()}"))
+                    getattr(dma, f"q{q}_{field.lower()}")
+                )
         m.d.comb += [
             csr.port("ro", "RX_DROPS").eq(rx.drops),
             csr.port("ro", "RX_BYTES").eq(rx.bytes_applied),
@@ -298,31 +495,13 @@ class Node(wiring.Component):
             csr.win_rdata.eq(rx.cfg_rdata),
         ]
 
-        # ---- interrupts, trace, errors ------------------------------------------------------------
-        def irq_bit(irq):
-            return ceil_log2(int(irq))
-
-        irq_set = Signal(8)
-        m.d.comb += [
-            irq_set[irq_bit(rm.Irq.COMPUTE)].eq(seq.irq),
-            irq_set[irq_bit(rm.Irq.DMA_Q0)].eq(dma.irq_done[0]),
-            irq_set[irq_bit(rm.Irq.DMA_Q1)].eq(dma.irq_done[1]),
-            irq_set[irq_bit(rm.Irq.RX)].eq(rx.rx_irq),
-            csr.irq_set.eq(irq_set),
-        ]
-        for port, rec in zip(csr.trace_in, trace_writes, strict=True):
-            m.d.comb += port.eq(rec)
-        for port, err in zip(csr.err_in, errors, strict=True):
-            m.d.comb += port.eq(err)
-
-        # ---- host ports straight through --------------------------------------------------------
+    def _connect_host_ports(self, m, csr, bulk):
+        """IRQ, cycle counter, AXI4-Lite (CSR block) and AXI4-Stream (bulk port) straight through."""
         m.d.comb += [self.irq.eq(csr.irq), self.cycle.eq(csr.now)]
         for name, member in axil_signature(13).items():
             a, b = getattr(self, name), getattr(csr, name)
-            m.d.comb += (a.eq(b) if member.flow is wiring.Out else b.eq(a))
+            m.d.comb += a.eq(b) if member.flow is wiring.Out else b.eq(a)
         for name in ("s_axis_tdata", "s_axis_tvalid", "s_axis_tlast", "m_axis_tready"):
             m.d.comb += getattr(bulk, name).eq(getattr(self, name))
         for name in ("s_axis_tready", "m_axis_tdata", "m_axis_tvalid", "m_axis_tlast"):
             m.d.comb += getattr(self, name).eq(getattr(bulk, name))
-        drive_nic_counters(m, self, tx, rx)
-        return m

@@ -53,7 +53,7 @@ class RtlRunInfo:
 LAST_RUN = RtlRunInfo()
 
 
-#: ``--link-faults`` keys -> link control ports (``hw.fabric.LINK_CONTROLS``).
+#: ``--link-faults`` keys -> link control ports (``hw.link.LINK_CONTROLS``).
 FAULT_KEYS = {"corrupt": "corrupt_rate", "drop": "drop_rate", "stall": "stall_rate",
               "stall-max": "stall_max", "seed": "seed"}
 
@@ -65,7 +65,7 @@ def link_faults_from_spec(spec: str, links: int) -> list[dict]:
     stall lasting up to ``stall-max`` cycles). Every link gets the same rates
     and its own generator seed, ``seed + link`` (default seed 1).
     """
-    from gradsync.hw.fabric import LINK_CONTROLS
+    from gradsync.hw.link import LINK_CONTROLS
 
     values: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in spec.split(","))):
@@ -182,7 +182,7 @@ def run_rtl(
         Cycle budget; when spent the run stops with :class:`RtlRunError`
         naming each node's outstanding work.
     link_faults:
-        Per link, fault-injection control values (``hw.fabric.LINK_CONTROLS``
+        Per link, fault-injection control values (``hw.link.LINK_CONTROLS``
         names, e.g. ``{"drop_rate": 600, "seed": 7}``), set before reset.
     """
     from gradsync.sim.build import run_cocotb

@@ -176,7 +176,8 @@ async def train(dut):
     reporter.cancel()
     write_progress()
     total = devs[0].now()
-    from gradsync.hw.fabric import LINK_COUNTERS, NODE_COUNTERS
+    from gradsync.hw.link import LINK_COUNTERS
+    from gradsync.hw.node import NODE_COUNTERS
 
     counters = {
         "links": [

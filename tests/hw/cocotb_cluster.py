@@ -16,8 +16,13 @@ from __future__ import annotations
 import json
 import os
 
+import cocotb
 import numpy as np
+from cocotb.triggers import with_timeout
 
+from gradsync.hw.link import LINK_CONTROLS
+from gradsync.sim.rtl_device import RtlDevice
+from gradsync.sim.train_cocotb import reset_to_cycle_zero
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
@@ -28,8 +33,12 @@ FMT = FixedPointFormat()
 G_OFF, R_OFF, C_OFF = 0, 4096, 12288
 BUF_WORDS = 1024
 #: (offset, length) in bytes of the chunks of the buffer, their queue and flags.
-CHUNKS = [(0, 512, 1, "reduce"), (512, 256, 1, "reduce"), (768, 768, 0, "fence"),
-          (1536, 512, 0, "plain")]
+CHUNKS = [
+    (0, 512, 1, "reduce"),
+    (512, 256, 1, "reduce"),
+    (768, 768, 0, "fence"),
+    (1536, 512, 0, "plain"),
+]
 RING_SIZE = 8
 IRQ_ALL = int(rm.Irq.COMPUTE | rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Irq.ERROR)
 BAD_TAG_WINDOW = 4
@@ -56,11 +65,18 @@ class Recorder:
 
 
 async def launch(dev, op, a, b, c, m, k, n, *, arg=0, tag=0, kind=rm.Kind.FWD, irq=1):
-    word = rm.reg("CMD_OPCODE").pack(opcode=int(op), trans_a=0, trans_b=0, irq=irq,
-                                     kind=int(kind))
-    for name, value in (("CMD_OPCODE", word), ("CMD_A", a), ("CMD_B", b), ("CMD_C", c),
-                        ("CMD_M", m), ("CMD_K", k), ("CMD_N", n), ("CMD_ARG", arg & 0xFFFF_FFFF),
-                        ("CMD_TAG", tag)):
+    word = rm.reg("CMD_OPCODE").pack(opcode=int(op), trans_a=0, trans_b=0, irq=irq, kind=int(kind))
+    for name, value in (
+        ("CMD_OPCODE", word),
+        ("CMD_A", a),
+        ("CMD_B", b),
+        ("CMD_C", c),
+        ("CMD_M", m),
+        ("CMD_K", k),
+        ("CMD_N", n),
+        ("CMD_ARG", arg & 0xFFFF_FFFF),
+        ("CMD_TAG", tag),
+    ):
         await dev.write32(rm.offset(name), value)
     await dev.write32(rm.offset("CMD_LAUNCH"), 1)
 
@@ -77,14 +93,14 @@ async def read_trace(dev, rec: Recorder) -> None:
     tail = await dev.read32(rm.offset("TRACE_TAIL"))
     n = head - tail
     rec.note("trace_count", n)
-    words = await dev.dump(rm.TRACE_MEM_BASE + tail * rm.TRACE_RECORD_WORDS * 4,
-                           n * rm.TRACE_RECORD_WORDS)
+    words = await dev.dump(
+        rm.TRACE_MEM_BASE + tail * rm.TRACE_RECORD_WORDS * 4, n * rm.TRACE_RECORD_WORDS
+    )
     await dev.write32(rm.offset("TRACE_TAIL"), head)
     per_engine: dict[str, list] = {}
     for i in range(n):
-        r = rm.TraceRecord.decode([int(w) for w in words[4 * i:4 * i + 4]])
-        per_engine.setdefault(str(r.engine), []).append(
-            [r.cycle, r.event, r.kind, r.tag, r.aux])
+        r = rm.TraceRecord.decode([int(w) for w in words[4 * i : 4 * i + 4]])
+        per_engine.setdefault(str(r.engine), []).append([r.cycle, r.event, r.kind, r.tag, r.aux])
     rec.note("trace", per_engine)
 
 
@@ -122,8 +138,9 @@ async def node_program(dev, now, node: int, nodes: int, seed: int, role: str = "
             await dev.write32(base + 0x0C, length)  # LEN
             await dev.write32(base + 0x10, rm.encode_tag(2, w, peer_step))  # TAG
             await dev.write32(base + 0x14, length)  # EXPECT: arms
-        rec.note("win", [await dev.read32(rm.RX_WINDOW_BASE + 0x20 * 2 + o)
-                         for o in range(0, 0x20, 4)])
+        rec.note(
+            "win", [await dev.read32(rm.RX_WINDOW_BASE + 0x20 * 2 + o) for o in range(0, 0x20, 4)]
+        )
     n_cmds = 0
     if sends:
         # Compute operands, then two commands that run while the descriptors go out.
@@ -132,11 +149,30 @@ async def node_program(dev, now, node: int, nodes: int, seed: int, role: str = "
         b = corner_words(rng, k_ * n_) // 64
         await dev.load(rm.SCRATCH_BASE, a)
         await dev.load(rm.SCRATCH_BASE + 1024 * wb, b)
-        await launch(dev, rm.Opcode.GEMM, rm.SCRATCH_BASE, rm.SCRATCH_BASE + 1024 * wb,
-                     rm.GRAD_BASE + C_OFF, m_, k_, n_, tag=rm.encode_tag(1, 0, step))
-        await launch(dev, rm.Opcode.SGD, rm.SCRATCH_BASE, rm.GRAD_BASE + G_OFF,
-                     rm.SCRATCH_BASE + 2048 * wb, 4, 0, 40, arg=3, kind=rm.Kind.UPDATE,
-                     tag=rm.encode_tag(1, 1, step))
+        await launch(
+            dev,
+            rm.Opcode.GEMM,
+            rm.SCRATCH_BASE,
+            rm.SCRATCH_BASE + 1024 * wb,
+            rm.GRAD_BASE + C_OFF,
+            m_,
+            k_,
+            n_,
+            tag=rm.encode_tag(1, 0, step),
+        )
+        await launch(
+            dev,
+            rm.Opcode.SGD,
+            rm.SCRATCH_BASE,
+            rm.GRAD_BASE + G_OFF,
+            rm.SCRATCH_BASE + 2048 * wb,
+            4,
+            0,
+            40,
+            arg=3,
+            kind=rm.Kind.UPDATE,
+            tag=rm.encode_tag(1, 1, step),
+        )
         n_cmds = 2
         slots = [0, 0]
         peer = (node + 1) % nodes
@@ -146,42 +182,85 @@ async def node_program(dev, now, node: int, nodes: int, seed: int, role: str = "
                 flags |= rm.DescFlag.REDUCE_ADD
             if how == "fence":
                 flags |= rm.DescFlag.FENCE
-            d = rm.Descriptor(rm.GRAD_BASE + G_OFF + off, length, peer,
-                              rm.GRAD_BASE + R_OFF + off, c, tags[c], int(flags),
-                              fence_count=n_cmds if how == "fence" else 0)
+            d = rm.Descriptor(
+                rm.GRAD_BASE + G_OFF + off,
+                length,
+                peer,
+                rm.GRAD_BASE + R_OFF + off,
+                c,
+                tags[c],
+                int(flags),
+                fence_count=n_cmds if how == "fence" else 0,
+            )
             await post(dev, q, slots[q], d)
             slots[q] += 1
             for _ in range(int(rng.integers(0, 6))):
-                rec.note("poll", [await dev.read32(rm.offset(n))
-                                  for n in ("DMA0_HEAD", "DMA1_HEAD", "COMPUTE_DONE")])
+                rec.note(
+                    "poll",
+                    [
+                        await dev.read32(rm.offset(n))
+                        for n in ("DMA0_HEAD", "DMA1_HEAD", "COMPUTE_DONE")
+                    ],
+                )
         # A misaligned descriptor (refused locally) and one whose tag the peer's window refuses.
-        bad = rm.Descriptor(rm.GRAD_BASE + 2, 64, peer, rm.GRAD_BASE + R_OFF, 0, 0,
-                            int(rm.DescFlag.IRQ))
+        bad = rm.Descriptor(
+            rm.GRAD_BASE + 2, 64, peer, rm.GRAD_BASE + R_OFF, 0, 0, int(rm.DescFlag.IRQ)
+        )
         await post(dev, 1, slots[1], bad)
         slots[1] += 1
-        wrong = rm.Descriptor(rm.GRAD_BASE, 64, peer, rm.GRAD_BASE + R_OFF, BAD_TAG_WINDOW,
-                              rm.encode_tag(9, 9, 9), int(rm.DescFlag.IRQ))
+        wrong = rm.Descriptor(
+            rm.GRAD_BASE,
+            64,
+            peer,
+            rm.GRAD_BASE + R_OFF,
+            BAD_TAG_WINDOW,
+            rm.encode_tag(9, 9, 9),
+            int(rm.DescFlag.IRQ),
+        )
         await post(dev, 1, slots[1], wrong)
         slots[1] += 1
     want_rx = (1 << len(CHUNKS)) - 1 if recvs else 0
     want_errors = (1 if sends else 0) + (1 if recvs else 0)
     while True:
-        state = {n: await dev.read32(rm.offset(n)) for n in (
-            "DMA0_DONE", "DMA1_DONE", "RX_DONE_LO", "COMPUTE_DONE", "ERR_COUNT")}
+        state = {
+            n: await dev.read32(rm.offset(n))
+            for n in ("DMA0_DONE", "DMA1_DONE", "RX_DONE_LO", "COMPUTE_DONE", "ERR_COUNT")
+        }
         rec.note("state", state)
-        if (state["COMPUTE_DONE"] == n_cmds and state["RX_DONE_LO"] == want_rx
-                and state["ERR_COUNT"] == want_errors
-                and (not sends or (state["DMA0_DONE"], state["DMA1_DONE"]) == (2, 4))):
+        if (
+            state["COMPUTE_DONE"] == n_cmds
+            and state["RX_DONE_LO"] == want_rx
+            and state["ERR_COUNT"] == want_errors
+            and (not sends or (state["DMA0_DONE"], state["DMA1_DONE"]) == (2, 4))
+        ):
             break
         status = await dev.wait_irq(IRQ_ALL)
         rec.note("irq", status)
         await dev.write32(rm.offset("IRQ_STATUS"), status)
-    regs = ["ERR_CODE", "ERR_INFO", "RX_DROPS", "RX_BYTES", "PERF_GEMM_CYCLES",
-            "PERF_VECTOR_CYCLES", "PERF_TX_CYCLES", "PERF_TX_BYTES", "PERF_TX_PACKETS",
-            "PERF_RX_PACKETS", "DMA0_ERRORS", "DMA1_ERRORS", "DMA0_TAIL", "DMA1_TAIL"]
+    regs = [
+        "ERR_CODE",
+        "ERR_INFO",
+        "RX_DROPS",
+        "RX_BYTES",
+        "PERF_GEMM_CYCLES",
+        "PERF_VECTOR_CYCLES",
+        "PERF_TX_CYCLES",
+        "PERF_TX_BYTES",
+        "PERF_TX_PACKETS",
+        "PERF_RX_PACKETS",
+        "DMA0_ERRORS",
+        "DMA1_ERRORS",
+        "DMA0_TAIL",
+        "DMA1_TAIL",
+    ]
     rec.note("regs", {n: await dev.read32(rm.offset(n)) for n in regs})
-    rec.note("received", [await dev.read32(rm.offset(rm.rx_window_reg_name(w, "RECEIVED")))
-                          for w in range(len(CHUNKS) + 1)])
+    rec.note(
+        "received",
+        [
+            await dev.read32(rm.offset(rm.rx_window_reg_name(w, "RECEIVED")))
+            for w in range(len(CHUNKS) + 1)
+        ],
+    )
     rec.note("R", await dev.dump(rm.GRAD_BASE + R_OFF, BUF_WORDS + 8))
     rec.note("ring", await dev.dump(rm.RING_MEM_BASE, 2 * RING_SIZE * rm.DESCRIPTOR_WORDS))
     if sends:
@@ -223,9 +302,11 @@ def rx_memory_windows(hw: HardwareConfig) -> list[tuple[str, int, int, bool]]:
 def rx_memory_guards(hw: HardwareConfig) -> list[tuple[int, int]]:
     """(address, words) of the guard blocks: the ends of both SRAMs and the in-SRAM targets."""
     wb, n = FMT.word_bytes, 64
-    return [(rm.SCRATCH_BASE + (hw.scratchpad_words - n) * wb, n),
-            (rm.GRAD_BASE + (hw.gradient_words - n) * wb, n),
-            (rm.GRAD_BASE, 0x400 // wb)]
+    return [
+        (rm.SCRATCH_BASE + (hw.scratchpad_words - n) * wb, n),
+        (rm.GRAD_BASE + (hw.gradient_words - n) * wb, n),
+        (rm.GRAD_BASE, 0x400 // wb),
+    ]
 
 
 async def rx_memory_program(dev, now, node: int, hw: HardwareConfig) -> list:
@@ -244,8 +325,14 @@ async def rx_memory_program(dev, now, node: int, hw: HardwareConfig) -> list:
         for addr, n in rx_memory_guards(hw):
             await dev.load(addr, np.full(n, GUARD))
         for w, (_, dst, src, _) in enumerate(wins):
-            for name, value in (("CTRL", 1), ("DST", dst), ("SRC", src), ("LEN", RX_MEM_BYTES),
-                                ("TAG", rm.encode_tag(3, w, 1)), ("EXPECT", RX_MEM_BYTES)):
+            for name, value in (
+                ("CTRL", 1),
+                ("DST", dst),
+                ("SRC", src),
+                ("LEN", RX_MEM_BYTES),
+                ("TAG", rm.encode_tag(3, w, 1)),
+                ("EXPECT", RX_MEM_BYTES),
+            ):
                 await dev.write32(rm.rx_window_reg(w, name), value)
         while True:
             state = {n: await dev.read32(rm.offset(n)) for n in ("RX_DONE_LO", "ERR_COUNT")}
@@ -253,13 +340,26 @@ async def rx_memory_program(dev, now, node: int, hw: HardwareConfig) -> list:
             if state["RX_DONE_LO"] >> (len(wins) - 1) & 1:  # applied in order: the last one
                 break
             status = await dev.wait_irq(IRQ_ALL)
-            rec.note("irq", [status, await dev.read32(rm.offset("ERR_CODE")),
-                             await dev.read32(rm.offset("ERR_INFO"))])
+            rec.note(
+                "irq",
+                [
+                    status,
+                    await dev.read32(rm.offset("ERR_CODE")),
+                    await dev.read32(rm.offset("ERR_INFO")),
+                ],
+            )
             await dev.write32(rm.offset("IRQ_STATUS"), status)
-        rec.note("regs", {n: await dev.read32(rm.offset(n)) for n in (
-            "ERR_CODE", "ERR_INFO", "RX_DROPS", "RX_BYTES", "PERF_RX_PACKETS")})
-        rec.note("received", [await dev.read32(rm.rx_window_reg(w, "RECEIVED"))
-                              for w in range(len(wins))])
+        rec.note(
+            "regs",
+            {
+                n: await dev.read32(rm.offset(n))
+                for n in ("ERR_CODE", "ERR_INFO", "RX_DROPS", "RX_BYTES", "PERF_RX_PACKETS")
+            },
+        )
+        rec.note(
+            "received",
+            [await dev.read32(rm.rx_window_reg(w, "RECEIVED")) for w in range(len(wins))],
+        )
         for addr, n in rx_memory_guards(hw):
             rec.note("guard", await dev.dump(addr, n))
     else:
@@ -275,9 +375,20 @@ async def rx_memory_program(dev, now, node: int, hw: HardwareConfig) -> list:
             flags = rm.DescFlag.REDUCE_ADD if reduce else 0
             if w == len(wins) - 1:
                 flags |= rm.DescFlag.IRQ
-            await post(dev, w // RING_SIZE, w % RING_SIZE,
-                       rm.Descriptor(rm.GRAD_BASE + 0x40 * w, RX_MEM_BYTES, 1, dst, w,
-                                     rm.encode_tag(3, w, 1), int(flags)))
+            await post(
+                dev,
+                w // RING_SIZE,
+                w % RING_SIZE,
+                rm.Descriptor(
+                    rm.GRAD_BASE + 0x40 * w,
+                    RX_MEM_BYTES,
+                    1,
+                    dst,
+                    w,
+                    rm.encode_tag(3, w, 1),
+                    int(flags),
+                ),
+            )
         status = await dev.wait_irq(IRQ_ALL)
         rec.note("irq", status)
         rec.note("done", [await dev.read32(rm.dma_reg(q, "DONE")) for q in range(rm.DMA_QUEUES)])
@@ -286,8 +397,11 @@ async def rx_memory_program(dev, now, node: int, hw: HardwareConfig) -> list:
 
 
 def programs(scenario: str, nodes: int, seed: int):
-    roles = {"exchange": ["both"] * nodes, "node": ["send"] + ["recv"] * (nodes - 1),
-             "rx_memory": ["rx_memory"] * nodes}[scenario]
+    roles = {
+        "exchange": ["both"] * nodes,
+        "node": ["send"] + ["recv"] * (nodes - 1),
+        "rx_memory": ["rx_memory"] * nodes,
+    }[scenario]
     return [(i, role) for i, role in enumerate(roles)]
 
 
@@ -309,15 +423,20 @@ def model_logs(scenario: str, nodes: int, seed: int, hw: HardwareConfig) -> list
     def factory(i: int, role: str):
         return lambda d: program(d, lambda: cluster.sim.now, i, nodes, seed, role, hw)
 
-    run = cluster.run([factory(i, role) for i, role in programs(scenario, nodes, seed)],
-                      max_cycles=200_000)
+    run = cluster.run(
+        [factory(i, role) for i, role in programs(scenario, nodes, seed)], max_cycles=200_000
+    )
     return json.loads(json.dumps(run.results))
 
 
 def cluster_env(scenario: str, nodes: int, seed: int, hw: HardwareConfig) -> dict:
-    return {"CLUSTER_SCENARIO": scenario, "CLUSTER_NODES": str(nodes),
-            "CLUSTER_SEED": str(seed), "CLUSTER_HW": json.dumps(hw.to_dict()),
-            "CLUSTER_WANT": json.dumps(model_logs(scenario, nodes, seed, hw))}
+    return {
+        "CLUSTER_SCENARIO": scenario,
+        "CLUSTER_NODES": str(nodes),
+        "CLUSTER_SEED": str(seed),
+        "CLUSTER_HW": json.dumps(hw.to_dict()),
+        "CLUSTER_WANT": json.dumps(model_logs(scenario, nodes, seed, hw)),
+    }
 
 
 def trace_differences(got: list, want: list) -> list[str]:
@@ -346,69 +465,67 @@ def compare_logs(got: list, want: list, who: str) -> None:
             for engine in sorted(set(g[2]) | set(w[2])):
                 ge, we = g[2].get(engine, []), w[2].get(engine, [])
                 for j, (a, b) in enumerate(zip(ge, we, strict=False)):
-                    assert a == b, (f"{who}: engine {rm.Engine(int(engine)).name} record {j}: "
-                                    f"RTL {a} != model {b}")
+                    assert a == b, (
+                        f"{who}: engine {rm.Engine(int(engine)).name} record {j}: "
+                        f"RTL {a} != model {b}"
+                    )
                 assert len(ge) == len(we), (
                     f"{who}: engine {rm.Engine(int(engine)).name}: {len(ge)} records, "
-                    f"model {len(we)}")
+                    f"model {len(we)}"
+                )
             continue
-        assert g == w, (f"{who}: entry {i}: RTL {g} != model {w} (before: {got[max(0, i - 3):i]})"
-                        f"; trace: {diffs}")
+        assert g == w, (
+            f"{who}: entry {i}: RTL {g} != model {w} (before: {got[max(0, i - 3) : i]})"
+            f"; trace: {diffs}"
+        )
     assert len(got) == len(want), f"{who}: {len(got)} entries, model {len(want)}"
 
 
-try:
-    import cocotb
-except ImportError:  # pragma: no cover - cocotb is a hard dependency
-    cocotb = None
-
-
-async def start_devices(dut, nodes: int, hw: HardwareConfig):
-    """RtlDevices of every node, bus latency calibrated on node 0, design reset to cycle 0."""
-    from gradsync.sim.rtl_device import RtlDevice
-    from gradsync.sim.train_cocotb import reset_to_cycle_zero
-
+async def start_devices(dut, nodes: int, hw: HardwareConfig, device=RtlDevice) -> list:
+    """``device``s (:class:`RtlDevice` or a subclass) of every node, bus latency calibrated on
+    node 0, link faults off, design reset to cycle 0."""
     for i in range(nodes):
         getattr(dut, f"n{i}_dbg_addr").value = 0
-        for c in ("corrupt_rate", "drop_rate", "stall_rate", "stall_max", "seed", "seed_load"):
+        for c in LINK_CONTROLS:
             getattr(dut, f"l{i}_{c}").value = 0
-    first = RtlDevice(dut, "n0_", hw, FMT, dut.clk, rst=dut.rst)
+    first = device(dut, "n0_", hw, FMT, dut.clk, rst=dut.rst)
     await reset_to_cycle_zero(dut)
     latency = await first.calibrate()
-    devs = [first] + [RtlDevice(dut, f"n{i}_", hw, FMT, dut.clk, latency, rst=dut.rst)
-                      for i in range(1, nodes)]
+    devs = [first] + [
+        device(dut, f"n{i}_", hw, FMT, dut.clk, latency, rst=dut.rst) for i in range(1, nodes)
+    ]
     await reset_to_cycle_zero(dut)
     return devs
 
 
-if cocotb is not None:
+@cocotb.test()
+async def programs_match_model(dut):
+    """Every node's host program sees on the RTL exactly what it sees on the golden model."""
 
-    @cocotb.test()
-    async def programs_match_model(dut):
-        """Every node's host program sees on the RTL exactly what it sees on the golden model."""
-        from cocotb.triggers import with_timeout
-
-        scenario = os.environ["CLUSTER_SCENARIO"]
-        nodes, seed = int(os.environ["CLUSTER_NODES"]), int(os.environ["CLUSTER_SEED"])
-        hw = HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
-        want = json.loads(os.environ["CLUSTER_WANT"])
-        devs = await start_devices(dut, nodes, hw)
-        tasks = [cocotb.start_soon(program(devs[i], devs[i].now, i, nodes, seed, role, hw))
-                 for i, role in programs(scenario, nodes, seed)]
-        logs = []
-        for t in tasks:
-            logs.append(await with_timeout(t, 2_000_000, "ns"))
-        for i, (got, w) in enumerate(zip(logs, want, strict=True)):
-            compare_logs(json.loads(json.dumps(got)), w, f"node {i}")
-        # The debug port reads the SRAM the bulk port dumped, without a clock edge.
-        for i, dev in enumerate(devs):
-            if scenario == "rx_memory":
-                dumps = [e[2] for e in want[i] if e[0] == "guard"]
-                blocks = rx_memory_guards(hw) if dumps else []
-            else:
-                dumps = [next(e[2] for e in want[i] if e[0] == "R")]
-                blocks = [(rm.GRAD_BASE + R_OFF, len(dumps[0]))]
-            for (addr, n), dumped in zip(blocks, dumps, strict=True):
-                got = await dev.peek(addr, n)
-                assert got.tolist() == dumped, (
-                    f"node {i}: debug port differs from the dump at 0x{addr:08x}")
+    scenario = os.environ["CLUSTER_SCENARIO"]
+    nodes, seed = int(os.environ["CLUSTER_NODES"]), int(os.environ["CLUSTER_SEED"])
+    hw = HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
+    want = json.loads(os.environ["CLUSTER_WANT"])
+    devs = await start_devices(dut, nodes, hw)
+    tasks = [
+        cocotb.start_soon(program(devs[i], devs[i].now, i, nodes, seed, role, hw))
+        for i, role in programs(scenario, nodes, seed)
+    ]
+    logs = []
+    for t in tasks:
+        logs.append(await with_timeout(t, 2_000_000, "ns"))
+    for i, (got, w) in enumerate(zip(logs, want, strict=True)):
+        compare_logs(json.loads(json.dumps(got)), w, f"node {i}")
+    # The debug port reads the SRAM the bulk port dumped, without a clock edge.
+    for i, dev in enumerate(devs):
+        if scenario == "rx_memory":
+            dumps = [e[2] for e in want[i] if e[0] == "guard"]
+            blocks = rx_memory_guards(hw) if dumps else []
+        else:
+            dumps = [next(e[2] for e in want[i] if e[0] == "R")]
+            blocks = [(rm.GRAD_BASE + R_OFF, len(dumps[0]))]
+        for (addr, n), dumped in zip(blocks, dumps, strict=True):
+            got = await dev.peek(addr, n)
+            assert got.tolist() == dumped, (
+                f"node {i}: debug port differs from the dump at 0x{addr:08x}"
+            )

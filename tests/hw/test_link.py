@@ -1,10 +1,13 @@
 # amaranth: UnusedElaboratable=no
 """Link: latency, bandwidth, fault injection and its counters, in Amaranth's simulator."""
 
+import re
+
 import pytest
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from gradsync.hw.link import Link
+from gradsync.hw.link import LINK_CONTROLS, LINK_COUNTERS, Link
 
 
 def _packets(n, words, seed=0):
@@ -41,7 +44,8 @@ def _run(link, beats, *, rates=None, cycles=None, seed=None):
             ctx.set(link.ack_tx.valid, int(cycle == 3))
             ctx.set(link.ack_tx.p.exp, 0x1234)
             _, _, ready, rv, rdata, rlast, av = await ctx.tick().sample(
-                link.tx.ready, link.rx.valid, link.rx.p.data, link.rx.p.last, link.ack_rx.valid)
+                link.tx.ready, link.rx.valid, link.rx.p.data, link.rx.p.last, link.ack_rx.valid
+            )
             if i < len(beats) and ready:
                 accepted.append(cycle)
                 i += 1
@@ -50,8 +54,9 @@ def _run(link, beats, *, rates=None, cycles=None, seed=None):
             if av:
                 arrived.append((cycle, "ack", 0))
             cycle += 1
-        counters = {c: ctx.get(getattr(link, c)) for c in
-                    ("packets", "corrupted", "dropped", "stalls")}
+        counters = {
+            c: ctx.get(getattr(link, c)) for c in ("packets", "corrupted", "dropped", "stalls")
+        }
         result.append(counters)
 
     result = []
@@ -69,7 +74,8 @@ def test_every_word_arrives_exactly_latency_cycles_later(latency):
     accepted, arrived, counters = _run(link, beats)
     data = [a for a in arrived if a[1] != "ack"]
     assert [(c, d, last) for c, d, last in data] == [
-        (t + latency, d, last) for t, (d, last) in zip(accepted, beats, strict=True)]
+        (t + latency, d, last) for t, (d, last) in zip(accepted, beats, strict=True)
+    ]
     assert accepted == list(range(len(beats))), "a fault-free link must accept a word per cycle"
     assert counters == {"packets": 5, "corrupted": 0, "dropped": 0, "stalls": 0}
     acks = [a for a in arrived if a[1] == "ack"]
@@ -97,7 +103,9 @@ def test_drop_rate_drops_whole_packets_and_counts_them():
     assert len(words) == 5 * (400 - counters["dropped"])
     assert all(w[2] == (i % 5 == 4) for i, w in enumerate(words))
     sent = {(d, last) for d, last in beats}
-    assert all((d, last) in sent for _, d, last in words), "dropping must not alter the other packets"
+    assert all((d, last) in sent for _, d, last in words), (
+        "dropping must not alter the other packets"
+    )
 
 
 def test_corrupt_rate_flips_exactly_one_bit_of_a_corrupted_packet():
@@ -118,15 +126,31 @@ def test_corrupt_rate_flips_exactly_one_bit_of_a_corrupted_packet():
 def test_stalls_hold_ready_low_and_lose_nothing():
     link = Link(4)
     beats = _packets(50, 8)
-    accepted, arrived, counters = _run(link, beats, rates={"stall_rate": 3000, "stall_max": 30},
-                                       seed=5, cycles=4000)
+    accepted, arrived, counters = _run(
+        link, beats, rates={"stall_rate": 3000, "stall_max": 30}, seed=5, cycles=4000
+    )
     assert counters["stalls"] > 0
     assert accepted[-1] > len(beats), "stalls did not slow the link down"
     words = [a for a in arrived if a[1] != "ack"]
     assert [(d, last) for _, d, last in words] == beats
 
 
-@pytest.mark.parametrize("bad", [{"latency_cycles": -1}, {"latency_cycles": 3, "bytes_per_cycle": 3}])
-def test_link_rejects_bad_parameters(bad):
-    with pytest.raises(ValueError, match="not"):
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"latency_cycles": -1}, "latency_cycles must be an int >= 0, not -1"),
+        ({"latency_cycles": 3, "bytes_per_cycle": 3}, "bytes_per_cycle must be 1, 2 or 4, not 3"),
+    ],
+)
+def test_link_rejects_bad_parameters(bad, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
         Link(**bad)
+
+
+def test_link_ports_are_its_fault_controls_and_counters():
+    """The cluster's l{i}_* ports come from LINK_CONTROLS/LINK_COUNTERS: the Link's own ports."""
+    members = Link(1).signature.members
+    for name, width in LINK_CONTROLS.items():
+        assert members[name].flow is In and members[name].shape == width, name
+    for name in LINK_COUNTERS:
+        assert members[name].flow is Out and members[name].shape == 32, name

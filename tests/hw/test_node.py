@@ -6,13 +6,17 @@ The Verilator tests run on node 0 of the shared 2-node cluster build
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
+from amaranth.lib.wiring import In, Out
 
 from gradsync.firmware.training import plan_memory
 from gradsync.hw.cluster import Cluster
 from gradsync.hw.compute_node import ComputeNode
-from gradsync.hw.fabric import LINK_CONTROLS, LINK_COUNTERS, Fabric
-from gradsync.hw.node import HOST_PORTS, Node
+from gradsync.hw.link import LINK_CONTROLS, LINK_COUNTERS
+from gradsync.hw.node import HOST_PORTS, NODE_COUNTERS, Node
 from gradsync.spec import regmap as rm
 from gradsync.spec.hardware import DEFAULT_HARDWARE as SIM_HARDWARE
 from tests.hw.cocotb_cluster import (
@@ -27,17 +31,17 @@ from tests.hw.test_cluster import run
 
 
 def test_cluster_ports_are_the_compute_node_ports_prefixed():
-    """n{i}_ + ComputeNode's host ports (+ debug port), l{i}_ as Fabric names them."""
-    from gradsync.spec import regmap
-
+    """n{i}_ + ComputeNode's host ports (+ debug port) and NIC counters; l{i}_ + each link's
+    fault controls and counters, as wide as the link's own ports."""
     compute = set(ComputeNode(SIM_HARDWARE, FMT).signature.members) - {"dma_rd", "dma_wr"}
     assert set(HOST_PORTS) == compute | {"dbg_addr", "dbg_data"}
-    cluster = set(Cluster(SIM_HARDWARE, FMT, 3).signature.members)
-    fabric = set(Fabric(regmap, num_nodes=3).signature.members)
+    cluster = Cluster(SIM_HARDWARE, FMT, 3).signature.members
     for i in range(3):
-        assert {f"n{i}_{p}" for p in HOST_PORTS} <= cluster
-        links = {f"l{i}_{c}" for c in (*LINK_CONTROLS, *LINK_COUNTERS)}
-        assert links <= cluster and links <= fabric
+        assert {f"n{i}_{p}" for p in (*HOST_PORTS, *NODE_COUNTERS)} <= set(cluster)
+        for c, width in LINK_CONTROLS.items():
+            assert cluster[f"l{i}_{c}"].flow is In and cluster[f"l{i}_{c}"].shape == width
+        for c in LINK_COUNTERS:
+            assert cluster[f"l{i}_{c}"].flow is Out and cluster[f"l{i}_{c}"].shape == 32
     node = Node(SIM_HARDWARE, FMT, 0, 2)
     assert node.signature.members["dbg_data"].shape == FMT.total_bits
 
@@ -45,19 +49,47 @@ def test_cluster_ports_are_the_compute_node_ports_prefixed():
 def test_sim_hardware_fits_the_default_training_run():
     """SIM_HARDWARE holds --layers 64,32,10 --global-batch 64 on 2 and 4 nodes, and is not much larger."""
     for nodes in (2, 4):
-        lay = plan_memory((64, 32, 10), 64 // nodes, FMT.word_bytes,
-                          SIM_HARDWARE.scratchpad_words, SIM_HARDWARE.gradient_words)
+        lay = plan_memory(
+            (64, 32, 10),
+            64 // nodes,
+            FMT.word_bytes,
+            SIM_HARDWARE.scratchpad_words,
+            SIM_HARDWARE.gradient_words,
+        )
         assert lay.grad_window_bytes // FMT.word_bytes <= SIM_HARDWARE.gradient_words
     with pytest.raises(Exception, match="scratchpad"):
-        plan_memory((64, 32, 10), 64 // 2, FMT.word_bytes, SIM_HARDWARE.scratchpad_words // 2,
-                    SIM_HARDWARE.gradient_words)
+        plan_memory(
+            (64, 32, 10),
+            64 // 2,
+            FMT.word_bytes,
+            SIM_HARDWARE.scratchpad_words // 2,
+            SIM_HARDWARE.gradient_words,
+        )
 
 
-def test_node_rejects_bad_parameters():
-    with pytest.raises(ValueError, match="node_id"):
-        Node(SIM_HARDWARE, FMT, 2, 2)
-    with pytest.raises(TypeError, match="HardwareConfig"):
-        Node({}, FMT)
+@pytest.mark.parametrize(
+    "args,kwargs,error,match",
+    [
+        ((SIM_HARDWARE, FMT, 2, 2), {}, ValueError, "node_id must be in 0..1, not 2"),
+        (({}, FMT), {}, TypeError, "hw must be a HardwareConfig, not {}"),
+        ((SIM_HARDWARE, 16), {}, TypeError, "fmt must be a FixedPointFormat, not 16"),
+        (
+            (dataclasses.replace(SIM_HARDWARE, trace_records=1000), FMT),
+            {},
+            ValueError,
+            "trace_records must be a power of two, not 1000",
+        ),
+        (
+            (dataclasses.replace(SIM_HARDWARE, packet_header_bytes=16), FMT),
+            {},
+            ValueError,
+            "packet_header_bytes/packet_crc_bytes must be 12/4 (the NIC's framing), not 16/4",
+        ),
+    ],
+)
+def test_node_rejects_bad_parameters(args, kwargs, error, match):
+    with pytest.raises(error, match=re.escape(match)):
+        Node(*args, **kwargs)
 
 
 @pytest.mark.rtl
@@ -87,15 +119,18 @@ def test_rx_memory_scenario_refuses_on_the_model():
     assert (regs["RX_DROPS"], regs["RX_BYTES"], regs["PERF_RX_PACKETS"]) == (bad, RX_MEM_BYTES, 1)
     assert log["received"] == [0] * bad + [RX_MEM_BYTES]
     irqs = [e[2] for e in full if e[0] == "irq"]
-    assert irqs and all(rm.reg("ERR_CODE").field("code").get(code)
-                        in (0, rm.ErrorCode.RX_OUT_OF_WINDOW) for _, code, _ in irqs)
+    assert irqs and all(
+        rm.reg("ERR_CODE").field("code").get(code) in (0, rm.ErrorCode.RX_OUT_OF_WINDOW)
+        for _, code, _ in irqs
+    )
     nic_rx = log["trace"][str(int(rm.Engine.NIC_RX))]
     ends = [r for r in nic_rx if r[1] == rm.TraceEvent.END]
     errors = [r for r in nic_rx if r[1] == rm.TraceEvent.ERROR]
     assert [r[3] for r in ends] == [rm.encode_tag(3, w, 1) for w in range(len(wins))]
     assert [r[4] for r in ends] == [0] * bad + [RX_MEM_BYTES]
     assert [(r[3], r[4]) for r in errors] == [
-        (rm.encode_tag(3, w, 1), rm.ErrorCode.RX_OUT_OF_WINDOW) for w in range(bad)]
+        (rm.encode_tag(3, w, 1), rm.ErrorCode.RX_OUT_OF_WINDOW) for w in range(bad)
+    ]
     assert [r[0] for r in errors] == [r[0] for r in ends[:bad]]
     guards = [g for what, _, g in full if what == "guard"]
     assert len(guards) == len(rx_memory_guards(SIM_HARDWARE))
