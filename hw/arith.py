@@ -1,4 +1,4 @@
-"""Fixed-point arithmetic shared by the data paths: the saturating (or wrapping) narrowing.
+"""Fixed-point arithmetic shared by the data paths: saturating narrowing and rounding shift.
 
 ``DESIGN.md`` ("One node", "NIC + links"): the PE accumulator (``hw/pe.py``),
 the vector unit and the GEMM write-back (``hw/vector.py``,
@@ -6,13 +6,16 @@ the vector unit and the GEMM write-back (``hw/vector.py``,
 wider signed sum to an operand or accumulator width the same way, which is
 ``gradsync.spec.formats.FixedPointFormat.saturate_raw``: clamp to the signed
 range with ``saturate``, else keep the low bits (two's-complement wrap).
-:func:`add_lanes` is the NIC's reduce-add of packed operands on top of it,
+:func:`round_shift` is ``gradsync.model.numerics.round_shift`` in logic (the
+vector unit and the GEMM write-back). :func:`add_lanes` is the NIC's reduce-add of packed operands on top of it,
 ``gradsync.model.numerics.add_saturating`` lane by lane.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+
+from gradsync.spec.formats import ROUNDING_MODES
 
 
 def saturate_bounds(bits: int) -> tuple[int, int]:
@@ -94,3 +97,32 @@ def add_lanes(m: Module, a, b, lane_bits: int, clamp: bool, name: str):
         m.d.comb += total.eq(x + y)
         lanes.append(saturate(m, total, lane_bits, clamp, f"{name}{i}_sat"))
     return Cat(*lanes)
+
+
+def round_shift(m: Module, value, shift, max_shift: int, rounding: str, name: str):
+    """``model.numerics.round_shift`` in logic: arithmetic right shift with rounding.
+
+    ``value`` is signed; ``shift`` a constant or an unsigned signal whose value
+    must not exceed ``max_shift``. Returns a signed signal as wide as ``value``
+    (the shifted result always fits). Combinational.
+    """
+    if rounding not in ROUNDING_MODES:
+        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, not {rounding!r}")
+    width = len(value)
+    floor = Signal(signed(width), name=f"{name}_floor")
+    m.d.comb += floor.eq(value >> shift)
+    if rounding == "truncate":
+        return floor
+    # rem = value - floor * 2**shift, in [0, 2**shift); compare 2*rem against 2**shift.
+    rem2 = Signal(unsigned(max_shift + 2), name=f"{name}_rem2")
+    unit = Signal(unsigned(max_shift + 2), name=f"{name}_unit")
+    m.d.comb += [
+        rem2.eq((value - (floor << shift)) << 1),
+        unit.eq(Const(1, unsigned(max_shift + 2)) << shift),
+    ]
+    up = (rem2 > unit) | ((rem2 == unit) & floor[0])
+    if isinstance(shift, int) and shift == 0:
+        return floor
+    out = Signal(signed(width), name=f"{name}_rounded")
+    m.d.comb += out.eq(floor + Mux((shift != 0) & up, 1, 0))
+    return out

@@ -636,8 +636,7 @@ class NicRx(wiring.Component):
         RX windows (1..64).
     regions:
         ``(base, bytes)`` of the device-memory regions a packet may touch
-        (``model/device.py``'s SRAMs: scratchpad and gradient, or only the
-        gradient SRAM in ``hw/fabric.py``'s ``CommNode``).  A packet is
+        (the node's SRAMs: scratchpad and gradient).  A packet is
         applied only if its destination range -- and, for a reduce-add, its
         source range -- lies inside one region and is 32-bit aligned; else
         it is refused with ``RX_OUT_OF_WINDOW`` like a packet outside its

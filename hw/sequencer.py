@@ -29,10 +29,11 @@ from amaranth.utils import ceil_log2
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
 
+from .arith import round_shift, saturate
 from .array import SystolicArray
 from .events import ErrorEvent, TraceWrite
 from .sram import device_addr_bits, read_port_signature, write_port_signature
-from .vector import VectorOp, VectorUnit, round_shift, saturate
+from .vector import VectorOp, VectorUnit
 
 #: A staged command as the CSR block pushes it (register values, plus the launch number).
 CommandLayout = data.StructLayout(

@@ -3,21 +3,21 @@
 ``DESIGN.md`` ("One node"): the element-wise half of the compute engine. The
 arithmetic is ``model.numerics`` (``relu``, ``relu_backward``, ``scale``,
 ``sgd_update``) bit for bit; the pipeline depth is
-``model.timing.VECTOR_PIPELINE_CYCLES``. Also home of :func:`round_shift`,
-the rounding right shift shared with the GEMM write-back.
+``gradsync.spec.timing.VECTOR_PIPELINE_CYCLES``; rounding and saturation
+come from ``hw/arith.py``, shared with the GEMM write-back and the NIC.
 """
 
 from __future__ import annotations
 
 import enum
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import saturate
+from gradsync.spec.formats import ROUNDING_MODES
 
-ROUNDING_MODES = ("nearest-even", "truncate")
+from .arith import round_shift, saturate
 
 
 class VectorOp(enum.IntEnum):
@@ -27,35 +27,6 @@ class VectorOp(enum.IntEnum):
     RELU_BWD = 1  #: out = y > 0 ? x : 0   (x: gradient, y: forward activation)
     SCALE = 2  #: out = sat(round_shift(x * arg, frac_bits))
     SGD = 3  #: out = sat(x - round_shift(arg * y, frac_bits))
-
-
-def round_shift(m: Module, value, shift, max_shift: int, rounding: str, name: str):
-    """``model.numerics.round_shift`` in logic: arithmetic right shift with rounding.
-
-    ``value`` is signed; ``shift`` a constant or an unsigned signal whose value
-    must not exceed ``max_shift``. Returns a signed signal as wide as ``value``
-    (the shifted result always fits). Combinational.
-    """
-    if rounding not in ROUNDING_MODES:
-        raise ValueError(f"rounding must be one of {ROUNDING_MODES}, not {rounding!r}")
-    width = len(value)
-    floor = Signal(signed(width), name=f"{name}_floor")
-    m.d.comb += floor.eq(value >> shift)
-    if rounding == "truncate":
-        return floor
-    # rem = value - floor * 2**shift, in [0, 2**shift); compare 2*rem against 2**shift.
-    rem2 = Signal(unsigned(max_shift + 2), name=f"{name}_rem2")
-    unit = Signal(unsigned(max_shift + 2), name=f"{name}_unit")
-    m.d.comb += [
-        rem2.eq((value - (floor << shift)) << 1),
-        unit.eq(Const(1, unsigned(max_shift + 2)) << shift),
-    ]
-    up = (rem2 > unit) | ((rem2 == unit) & floor[0])
-    if isinstance(shift, int) and shift == 0:
-        return floor
-    out = Signal(signed(width), name=f"{name}_rounded")
-    m.d.comb += out.eq(floor + Mux((shift != 0) & up, 1, 0))
-    return out
 
 
 class VectorUnit(wiring.Component):

@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 
 from gradsync.model import numerics as nx
-from gradsync.spec.hardware import DEFAULT_HARDWARE as SIM_HARDWARE
+from gradsync.spec.hardware import DEFAULT_HARDWARE
 from tests.hw.cocotb_cluster import BUF_WORDS, CHUNKS, FMT, corner_words, model_logs
 
 
 @functools.cache
 def cluster_model(nodes: int):
-    """Build (or reuse from the cache) the Verilator model of an N-node cluster of SIM_HARDWARE."""
+    """Build (or reuse from the cache) the Verilator model of an N-node cluster of DEFAULT_HARDWARE."""
     from gradsync.hw.cluster import Cluster
     from gradsync.sim.build import build_component
 
-    params = {"hardware": SIM_HARDWARE.to_dict(), "format": FMT.to_dict(), "nodes": nodes}
+    params = {"hardware": DEFAULT_HARDWARE.to_dict(), "format": FMT.to_dict(), "nodes": nodes}
     return build_component(
-        functools.partial(Cluster, SIM_HARDWARE, FMT, nodes), f"cluster{nodes}", params=params
+        functools.partial(Cluster, DEFAULT_HARDWARE, FMT, nodes), f"cluster{nodes}", params=params
     )
 
 
@@ -38,13 +38,13 @@ def run(nodes: int, module: str, tmp_path, scenario: str = "exchange", seed: int
         cluster_model(nodes),
         module,
         test_dir=tmp_path,
-        extra_env=cluster_env(scenario, nodes, seed, SIM_HARDWARE),
+        extra_env=cluster_env(scenario, nodes, seed, DEFAULT_HARDWARE),
     )
 
 
 def test_exchange_scenario_reduces_on_the_model():
     """The scenario is meaningful: the model's R is sat(local + peer) (plain chunk: peer), rails hit."""
-    logs = model_logs("exchange", 2, 1, SIM_HARDWARE)
+    logs = model_logs("exchange", 2, 1, DEFAULT_HARDWARE)
     g = [corner_words(np.random.default_rng(100 + i), BUF_WORDS) for i in range(2)]
     for i in range(2):
         r = np.array(next(e[2] for e in logs[i] if e[0] == "R"))
@@ -82,15 +82,15 @@ def test_cluster_rejects_bad_parameters(nodes):
     with pytest.raises(
         ValueError, match=re.escape(f"num_nodes must be an int >= 2, not {nodes!r}")
     ):
-        Cluster(SIM_HARDWARE, FMT, nodes)
+        Cluster(DEFAULT_HARDWARE, FMT, nodes)
 
 
 def test_communication_only_cluster_has_the_full_node_ports_and_compute_done():
     """Cluster(compute=False): the same n{i}_/l{i}_ ports, plus the stand-in n{i}_compute_done."""
     from gradsync.hw.cluster import Cluster
 
-    full = Cluster(SIM_HARDWARE, FMT, 2).signature.members
-    comm = Cluster(SIM_HARDWARE, FMT, 2, compute=False).signature.members
+    full = Cluster(DEFAULT_HARDWARE, FMT, 2).signature.members
+    comm = Cluster(DEFAULT_HARDWARE, FMT, 2, compute=False).signature.members
     assert set(comm) - set(full) == {"n0_compute_done", "n1_compute_done"}
     assert set(full) <= set(comm)
 

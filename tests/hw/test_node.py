@@ -18,7 +18,7 @@ from gradsync.hw.compute_node import ComputeNode
 from gradsync.hw.link import LINK_CONTROLS, LINK_COUNTERS
 from gradsync.hw.node import HOST_PORTS, NODE_COUNTERS, Node
 from gradsync.spec import regmap as rm
-from gradsync.spec.hardware import DEFAULT_HARDWARE as SIM_HARDWARE
+from gradsync.spec.hardware import DEFAULT_HARDWARE
 from tests.hw.cocotb_cluster import (
     FMT,
     GUARD,
@@ -33,54 +33,54 @@ from tests.hw.test_cluster import run
 def test_cluster_ports_are_the_compute_node_ports_prefixed():
     """n{i}_ + ComputeNode's host ports (+ debug port) and NIC counters; l{i}_ + each link's
     fault controls and counters, as wide as the link's own ports."""
-    compute = set(ComputeNode(SIM_HARDWARE, FMT).signature.members) - {"dma_rd", "dma_wr"}
+    compute = set(ComputeNode(DEFAULT_HARDWARE, FMT).signature.members) - {"dma_rd", "dma_wr"}
     assert set(HOST_PORTS) == compute | {"dbg_addr", "dbg_data"}
-    cluster = Cluster(SIM_HARDWARE, FMT, 3).signature.members
+    cluster = Cluster(DEFAULT_HARDWARE, FMT, 3).signature.members
     for i in range(3):
         assert {f"n{i}_{p}" for p in (*HOST_PORTS, *NODE_COUNTERS)} <= set(cluster)
         for c, width in LINK_CONTROLS.items():
             assert cluster[f"l{i}_{c}"].flow is In and cluster[f"l{i}_{c}"].shape == width
         for c in LINK_COUNTERS:
             assert cluster[f"l{i}_{c}"].flow is Out and cluster[f"l{i}_{c}"].shape == 32
-    node = Node(SIM_HARDWARE, FMT, 0, 2)
+    node = Node(DEFAULT_HARDWARE, FMT, 0, 2)
     assert node.signature.members["dbg_data"].shape == FMT.total_bits
 
 
 def test_sim_hardware_fits_the_default_training_run():
-    """SIM_HARDWARE holds --layers 64,32,10 --global-batch 64 on 2 and 4 nodes, and is not much larger."""
+    """DEFAULT_HARDWARE holds --layers 64,32,10 --global-batch 64 on 2 and 4 nodes, and is not much larger."""
     for nodes in (2, 4):
         lay = plan_memory(
             (64, 32, 10),
             64 // nodes,
             FMT.word_bytes,
-            SIM_HARDWARE.scratchpad_words,
-            SIM_HARDWARE.gradient_words,
+            DEFAULT_HARDWARE.scratchpad_words,
+            DEFAULT_HARDWARE.gradient_words,
         )
-        assert lay.grad_window_bytes // FMT.word_bytes <= SIM_HARDWARE.gradient_words
+        assert lay.grad_window_bytes // FMT.word_bytes <= DEFAULT_HARDWARE.gradient_words
     with pytest.raises(Exception, match="scratchpad"):
         plan_memory(
             (64, 32, 10),
             64 // 2,
             FMT.word_bytes,
-            SIM_HARDWARE.scratchpad_words // 2,
-            SIM_HARDWARE.gradient_words,
+            DEFAULT_HARDWARE.scratchpad_words // 2,
+            DEFAULT_HARDWARE.gradient_words,
         )
 
 
 @pytest.mark.parametrize(
     "args,kwargs,error,match",
     [
-        ((SIM_HARDWARE, FMT, 2, 2), {}, ValueError, "node_id must be in 0..1, not 2"),
+        ((DEFAULT_HARDWARE, FMT, 2, 2), {}, ValueError, "node_id must be in 0..1, not 2"),
         (({}, FMT), {}, TypeError, "hw must be a HardwareConfig, not {}"),
-        ((SIM_HARDWARE, 16), {}, TypeError, "fmt must be a FixedPointFormat, not 16"),
+        ((DEFAULT_HARDWARE, 16), {}, TypeError, "fmt must be a FixedPointFormat, not 16"),
         (
-            (dataclasses.replace(SIM_HARDWARE, trace_records=1000), FMT),
+            (dataclasses.replace(DEFAULT_HARDWARE, trace_records=1000), FMT),
             {},
             ValueError,
             "trace_records must be a power of two, not 1000",
         ),
         (
-            (dataclasses.replace(SIM_HARDWARE, packet_header_bytes=16), FMT),
+            (dataclasses.replace(DEFAULT_HARDWARE, packet_header_bytes=16), FMT),
             {},
             ValueError,
             "packet_header_bytes/packet_crc_bytes must be 12/4 (the NIC's framing), not 16/4",
@@ -110,8 +110,8 @@ def test_rx_memory_scenario_refuses_on_the_model():
     """The scenario is meaningful: on the model every packet outside the SRAMs is refused with
     RX_OUT_OF_WINDOW (ERR_INFO = its tag, aux-0 NIC_RX END + ERROR record), nothing but the one
     good packet is written, and that one lands on the scratchpad's last words."""
-    wins = rx_memory_windows(SIM_HARDWARE)
-    full = model_logs("rx_memory", 2, 1, SIM_HARDWARE)[1]
+    wins = rx_memory_windows(DEFAULT_HARDWARE)
+    full = model_logs("rx_memory", 2, 1, DEFAULT_HARDWARE)[1]
     log = {what: value for what, _, value in full if what not in ("guard", "irq", "state")}
     bad = len(wins) - 1
     regs = log["regs"]
@@ -133,7 +133,7 @@ def test_rx_memory_scenario_refuses_on_the_model():
     ]
     assert [r[0] for r in errors] == [r[0] for r in ends[:bad]]
     guards = [g for what, _, g in full if what == "guard"]
-    assert len(guards) == len(rx_memory_guards(SIM_HARDWARE))
+    assert len(guards) == len(rx_memory_guards(DEFAULT_HARDWARE))
     written = RX_MEM_BYTES // FMT.word_bytes  # the good packet: the scratchpad's last words
     assert all(w == GUARD for w in guards[0][:-written])
     assert any(w != GUARD for w in guards[0][-written:])
