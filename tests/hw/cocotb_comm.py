@@ -36,6 +36,7 @@ import numpy as np
 from cocotb.queue import Queue
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
+from gradsync.hw.node import NODE_COUNTERS
 from gradsync.model import numerics as nx
 from gradsync.sim.rtl_device import HostTimingError, RtlDevice
 from gradsync.spec import regmap as rm
@@ -242,20 +243,7 @@ class CommTB:
                     "ERR_COUNT",
                 )
             }
-            ctr = {
-                c: int(self.sig(n, c).value)
-                for c in (
-                    "tx_packets",
-                    "tx_retransmits",
-                    "tx_timeouts",
-                    "tx_naks",
-                    "rx_packets",
-                    "rx_crc_errors",
-                    "rx_seq_errors",
-                    "rx_duplicates",
-                    "rx_drops",
-                )
-            }
+            ctr = {c: int(self.sig(n, c).value) for c in NODE_COUNTERS}
             lnk = {c: int(self.link(n, c).value) for c in ("packets", "corrupted", "dropped")}
             parts.append(f"node {n}: {regs} {ctr} link {lnk}")
         return "; ".join(parts)
