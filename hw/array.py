@@ -4,7 +4,7 @@ The GEMM engine of one node (``DESIGN.md``, "One node"): the compute
 sequencer (``hw/sequencer.py``) streams one *beat* per cycle — a column of
 ``R`` A operands and a row of ``C`` B operands — and the array returns each
 finished ``R x C`` tile one row of ``C`` accumulators per cycle. Timing is the
-one ``model.timing.gemm_cycles`` documents.
+one ``gradsync.spec.timing.gemm_cycles`` documents.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class BulkPort(wiring.Component):
         as ``model/device.py`` does for ``load``/``dump``: START stamped
         ``host_lead_cycles`` before the header beat's handshake (the host's
         call) or, with ``host_lead_cycles=None``, ``host_bulk_cycles`` of
-        ``model.timing`` (``host_setup_cycles + ceil(bytes /
+        ``gradsync.spec.timing`` (``host_setup_cycles + ceil(bytes /
         host_bytes_per_cycle)``, the host bus cost of the transfer) before
         its END, END ``host_lag_cycles`` (dumps: ``host_dump_lag_cycles``)
         after the last beat's handshake (the host's return; cocotbext-axi's

@@ -65,8 +65,8 @@ class Cluster(wiring.Component):
     Parameters
     ----------
     hw, fmt:
-        Node and link configuration (``model.HardwareConfig``,
-        ``model.FixedPointFormat``); every node and link is the same.
+        Node and link configuration (``gradsync.spec.hardware.HardwareConfig``,
+        ``gradsync.spec.formats.FixedPointFormat``); every node and link is the same.
     num_nodes:
         Nodes (>= 2).
     **node_kwargs:

@@ -66,10 +66,10 @@ class ComputeNode(wiring.Component):
     Parameters
     ----------
     hw:
-        ``model.HardwareConfig`` (array, lanes, SRAM sizes, FIFO and
+        ``gradsync.spec.hardware.HardwareConfig`` (array, lanes, SRAM sizes, FIFO and
         trace depth are used here).
     fmt:
-        ``model.FixedPointFormat``.
+        ``gradsync.spec.formats.FixedPointFormat``.
     dma_ports:
         Number of read and of write memory ports left for the DMA engine/NIC.
 
@@ -90,9 +90,9 @@ class ComputeNode(wiring.Component):
     def __init__(self, hw: HardwareConfig = DEFAULT_HARDWARE,
                  fmt: FixedPointFormat = DEFAULT_FORMAT, *, dma_ports: int = 1):
         if not isinstance(hw, HardwareConfig):
-            raise TypeError(f"hw must be a model.HardwareConfig, not {hw!r}")
+            raise TypeError(f"hw must be a gradsync.spec.hardware.HardwareConfig, not {hw!r}")
         if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"fmt must be a model.FixedPointFormat, not {fmt!r}")
+            raise TypeError(f"fmt must be a gradsync.spec.formats.FixedPointFormat, not {fmt!r}")
         self.hw, self.fmt = hw, fmt
         self.dma_ports = dma_ports
         addr_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)

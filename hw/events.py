@@ -12,7 +12,7 @@ from __future__ import annotations
 from amaranth.lib import data
 
 #: One trace record to append. ``cycle`` is the cycle the event *happened*
-#: (``model.timing``'s convention: the cycle its effect is visible), which may
+#: (``gradsync.spec.timing``'s convention: the cycle its effect is visible), which may
 #: be the current cycle or the next one; the buffer stores it verbatim.
 TraceWrite = data.StructLayout({
     "valid": 1,

@@ -64,7 +64,7 @@ class NicTx(wiring.Component):
         then pass straight through (``ready`` follows the link's ``ready``),
         and after its last word ``ready`` is low for the one cycle in which
         the CRC word is sent.  So packets offered back to back leave
-        ``header + payload + 1`` cycles apart, the timing of ``model.timing``.
+        ``header + payload + 1`` cycles apart, the timing of ``gradsync.spec.timing``.
     link : Out(stream of LinkBeat)
         To the link.
     ack : In(stream of AckMessage)

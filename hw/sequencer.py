@@ -698,7 +698,7 @@ class ComputeSequencer(wiring.Component):
     rows, cols, lanes:
         Systolic array size ``R x C`` and vector lanes ``L``.
     total_bits, frac_bits, acc_bits, rounding, saturate:
-        The fixed-point format (``model.FixedPointFormat``).
+        The fixed-point format (``gradsync.spec.formats.FixedPointFormat``).
     scratch_words, grad_words:
         SRAM bank sizes in operand words (for the bounds checks and addresses).
     fifo_depth:
@@ -736,8 +736,8 @@ class ComputeSequencer(wiring.Component):
     ---------
     A command taken from the FIFO in cycle ``t`` completes — result in memory,
     ``done_count`` incremented, ``irq`` status and END record visible — in
-    cycle ``t + model.timing.gemm_cycles(M, K, N)`` or
-    ``t + model.timing.vector_cycles(op, M*N)``; the next command is taken in
+    cycle ``t + gradsync.spec.timing.gemm_cycles(M, K, N)`` or
+    ``t + gradsync.spec.timing.vector_cycles(op, M*N)``; the next command is taken in
     that cycle. Validation runs in the first decode cycle, in the model's
     order: unknown opcode, zero dimension, ``K > max_exact_k``, operand
     range outside its SRAM bank or not word-aligned. A refused command or a

@@ -60,7 +60,7 @@ class DeviceMemory(wiring.Component):
     ----------
     rd : In(read_port_signature).array(read_ports)
         Read ports; ``data`` is valid the cycle after ``en`` (latency 1,
-        ``model.timing.SRAM_READ_LATENCY_CYCLES``) and holds while ``en`` is low.
+        ``gradsync.spec.timing.SRAM_READ_LATENCY_CYCLES``) and holds while ``en`` is low.
     wr : In(write_port_signature).array(write_ports)
         Write ports; when two ports write the same word in one cycle the
         higher-numbered port wins.

@@ -37,7 +37,7 @@ class VectorUnit(wiring.Component):
     lanes:
         Elements per cycle (1..64).
     total_bits, frac_bits, rounding, saturate:
-        The fixed-point format (``model.FixedPointFormat``).
+        The fixed-point format (``gradsync.spec.formats.FixedPointFormat``).
 
     Attributes
     ----------
@@ -54,7 +54,7 @@ class VectorUnit(wiring.Component):
 
     Behaviour
     ---------
-    Latency exactly ``model.timing.VECTOR_PIPELINE_CYCLES`` (3): stage 1
+    Latency exactly ``gradsync.spec.timing.VECTOR_PIPELINE_CYCLES`` (3): stage 1
     multiplies, stage 2 rounds, stage 3 adds/selects and saturates. A new beat
     is accepted every cycle; there is no back-pressure and no error case.
     """

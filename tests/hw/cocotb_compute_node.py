@@ -1,8 +1,8 @@
 """cocotb tests of hw/compute_node.py under Verilator, checked against model/ bit for bit and cycle for cycle.
 
 Parameters come from the environment (see :func:`node_env`): ``NODE_HW`` and
-``NODE_FMT`` are JSON of ``model.HardwareConfig`` /
-``model.FixedPointFormat``; ``NODE_SEED``; ``NODE_GEMMS`` (random
+``NODE_FMT`` are JSON of ``gradsync.spec.hardware.HardwareConfig`` /
+``gradsync.spec.formats.FixedPointFormat``; ``NODE_SEED``; ``NODE_GEMMS`` (random
 GEMMs per run); ``NODE_PAUSES`` (``1``: random idle cycles on every host
 source -- bulk stream in, AXI4-Lite AW/W/AR; see
 :meth:`TB.set_backpressure_generator` for the sinks). With pauses every result
