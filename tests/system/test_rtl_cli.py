@@ -100,7 +100,8 @@ def test_link_faults_from_the_cli_are_recovered_and_checked(runs, tmp_path, caps
     """--link-faults: the NICs resend what the links corrupt and drop; --check still passes
     (weights, losses and event order identical to the golden model, cycles not compared)."""
     out = tmp_path / "faulty"
-    argv = [*ARGS, "--backend", "rtl", "--out", str(out), "--link-faults", "corrupt=6000,drop=6000,seed=11"]
+    argv = [*ARGS, "--check", "--backend", "rtl", "--out", str(out),
+            "--link-faults", "corrupt=6000,drop=6000,seed=11"]
     capsys.readouterr()
     assert main(argv) == 0
     text = capsys.readouterr().out

@@ -6,6 +6,7 @@ import pytest
 
 from gradsync.firmware.experiment import TrainConfig, run
 from gradsync.model_backend import run_model
+from gradsync.spec.hardware import PRESETS
 
 
 @pytest.mark.slow
@@ -14,7 +15,14 @@ from gradsync.model_backend import run_model
     [
         TrainConfig(nodes=8, steps=100, schedule="priority"),
         TrainConfig(nodes=3, steps=100, global_batch=48, schedule="fifo", chunk_bytes=None),
-        TrainConfig(nodes=4, steps=100, schedule="sequential", layers=(64, 48, 24, 10)),
+        # three hidden layers need more gradient SRAM than the default preset has
+        TrainConfig(
+            nodes=4,
+            steps=100,
+            schedule="sequential",
+            layers=(64, 48, 24, 10),
+            hardware=PRESETS["large"],
+        ),
     ],
     ids=["8-ring-priority", "3-ring-fifo-auto", "4-ring-sequential-3-layers"],
 )
