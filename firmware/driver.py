@@ -125,20 +125,10 @@ class Driver:
         assert self.info is not None
         while self.issued - self.completed >= self.info.cmd_fifo_depth:
             await self.service()
-        word = rm.reg("CMD_OPCODE").pack(
-            opcode=int(opcode), trans_a=int(trans_a), trans_b=int(trans_b), irq=1, kind=int(kind)
+        staged = rm.command_registers(
+            opcode, a, b, c, m, k, n, arg=arg, tag=tag, kind=kind, trans_a=trans_a, trans_b=trans_b
         )
-        for name, value in (
-            ("CMD_OPCODE", word),
-            ("CMD_A", a),
-            ("CMD_B", b),
-            ("CMD_C", c),
-            ("CMD_M", m),
-            ("CMD_K", k),
-            ("CMD_N", n),
-            ("CMD_ARG", arg),
-            ("CMD_TAG", tag),
-        ):
+        for name, value in staged:
             if self._cmd_shadow.get(name) != value:
                 await self.write(name, value)
                 self._cmd_shadow[name] = value

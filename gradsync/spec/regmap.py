@@ -588,6 +588,40 @@ def decode_register(offset: int) -> DecodedRegister | None:
     return DecodedRegister(r)
 
 
+def command_registers(
+    opcode: int,
+    a: int,
+    b: int,
+    c: int,
+    m: int,
+    k: int,
+    n: int,
+    *,
+    arg: int = 0,
+    tag: int = 0,
+    kind: int = 0,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    irq: bool = True,
+) -> tuple[tuple[str, int], ...]:
+    """The staged-command registers of one compute command and their values, in the order a
+    host writes them before ``CMD_LAUNCH`` (``CMD_OPCODE`` first; ``CMD_ARG`` as 32 bits)."""
+    word = reg("CMD_OPCODE").pack(
+        opcode=int(opcode), trans_a=int(trans_a), trans_b=int(trans_b), irq=int(irq), kind=int(kind)
+    )
+    return (
+        ("CMD_OPCODE", word),
+        ("CMD_A", a),
+        ("CMD_B", b),
+        ("CMD_C", c),
+        ("CMD_M", m),
+        ("CMD_K", k),
+        ("CMD_N", n),
+        ("CMD_ARG", arg & 0xFFFF_FFFF),
+        ("CMD_TAG", tag),
+    )
+
+
 # --- DMA descriptor ------------------------------------------------------------------
 
 DESCRIPTOR_WORDS = 8

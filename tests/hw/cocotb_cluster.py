@@ -65,17 +65,8 @@ class Recorder:
 
 
 async def launch(dev, op, a, b, c, m, k, n, *, arg=0, tag=0, kind=rm.Kind.FWD, irq=1):
-    word = rm.reg("CMD_OPCODE").pack(opcode=int(op), trans_a=0, trans_b=0, irq=irq, kind=int(kind))
-    for name, value in (
-        ("CMD_OPCODE", word),
-        ("CMD_A", a),
-        ("CMD_B", b),
-        ("CMD_C", c),
-        ("CMD_M", m),
-        ("CMD_K", k),
-        ("CMD_N", n),
-        ("CMD_ARG", arg & 0xFFFF_FFFF),
-        ("CMD_TAG", tag),
+    for name, value in rm.command_registers(
+        op, a, b, c, m, k, n, arg=arg, tag=tag, kind=kind, irq=irq
     ):
         await dev.write32(rm.offset(name), value)
     await dev.write32(rm.offset("CMD_LAUNCH"), 1)

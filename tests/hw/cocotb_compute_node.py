@@ -161,20 +161,11 @@ class TB:
     async def launch(
         self, opcode, a, b, c, m, k, n, arg=0, tag=0, trans_a=0, trans_b=0, irq=1, kind=0
     ):
-        word = rm.reg("CMD_OPCODE").pack(
-            opcode=int(opcode), trans_a=trans_a, trans_b=trans_b, irq=irq, kind=kind
+        staged = rm.command_registers(
+            opcode, a, b, c, m, k, n, arg=arg, tag=tag, kind=kind, trans_a=trans_a,
+            trans_b=trans_b, irq=irq,
         )
-        for name, value in (
-            ("CMD_OPCODE", word),
-            ("CMD_A", a),
-            ("CMD_B", b),
-            ("CMD_C", c),
-            ("CMD_M", m),
-            ("CMD_K", k),
-            ("CMD_N", n),
-            ("CMD_ARG", arg),
-            ("CMD_TAG", tag),
-        ):
+        for name, value in staged:
             await self.write(name, value)
         await self.write("CMD_LAUNCH", 1)
 

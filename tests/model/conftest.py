@@ -37,22 +37,13 @@ def rng():
 
 # --- helpers driving a modelled node through its registers (test_compute/dma/nic/device) ---
 
-OPW = rm.reg("CMD_OPCODE")
 
 
 async def launch(dev, opcode, a, b, c, m, k, n, *, arg=0, trans_a=0, trans_b=0, kind=0, tag=0):
-    word = OPW.pack(opcode=int(opcode), trans_a=trans_a, trans_b=trans_b, irq=1, kind=int(kind))
-    for name, v in (
-        ("CMD_OPCODE", word),
-        ("CMD_A", a),
-        ("CMD_B", b),
-        ("CMD_C", c),
-        ("CMD_M", m),
-        ("CMD_K", k),
-        ("CMD_N", n),
-        ("CMD_ARG", arg & 0xFFFFFFFF),
-        ("CMD_TAG", tag),
-    ):
+    staged = rm.command_registers(
+        opcode, a, b, c, m, k, n, arg=arg, tag=tag, kind=kind, trans_a=trans_a, trans_b=trans_b
+    )
+    for name, v in staged:
         await dev.write32(rm.offset(name), v)
     await dev.write32(rm.offset("CMD_LAUNCH"), 1)
 

@@ -128,3 +128,43 @@ def test_decode_register_of_unmapped_offsets_is_none():
     ):
         assert rm.decode_register(off) is None, hex(off)
         assert all(a.decode(off) is None for a in (rm.DMA_QUEUE_ARRAY, rm.RX_WINDOW_ARRAY))
+
+
+def test_command_registers_stage_every_field_in_host_order():
+    staged = rm.command_registers(
+        rm.Opcode.GEMM,
+        0x1000_0000,
+        0x1000_0040,
+        0x2000_0000,
+        3,
+        5,
+        7,
+        arg=-2,
+        tag=rm.encode_tag(2, 1, 9),
+        kind=rm.Kind.DW,
+        trans_a=True,
+        irq=False,
+    )
+    names = [name for name, _ in staged]
+    assert names == [
+        "CMD_OPCODE",
+        "CMD_A",
+        "CMD_B",
+        "CMD_C",
+        "CMD_M",
+        "CMD_K",
+        "CMD_N",
+        "CMD_ARG",
+        "CMD_TAG",
+    ]
+    values = dict(staged)
+    op = rm.reg("CMD_OPCODE")
+    assert op.field("opcode").get(values["CMD_OPCODE"]) == rm.Opcode.GEMM
+    assert op.field("trans_a").get(values["CMD_OPCODE"]) == 1
+    assert op.field("trans_b").get(values["CMD_OPCODE"]) == 0
+    assert op.field("irq").get(values["CMD_OPCODE"]) == 0
+    assert op.field("kind").get(values["CMD_OPCODE"]) == rm.Kind.DW
+    assert values["CMD_ARG"] == 0xFFFF_FFFE  # two's complement in 32 bits
+    assert (values["CMD_M"], values["CMD_K"], values["CMD_N"]) == (3, 5, 7)
+    assert rm.decode_tag(values["CMD_TAG"]) == (2, 1, 9)
+    assert all(rm.reg(name).access is rm.Access.RW for name in names)
