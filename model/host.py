@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradsync.model import numerics as nx
 from gradsync.model.engine import Engine, NodeParts
 from gradsync.model.events import Future
 from gradsync.spec import regmap as rm
@@ -103,10 +102,8 @@ class HostPort(Engine):
         await self.sim.delay(tm.host_bulk_cycles(nbytes, self.hw))
         if mem is self.ring:
             data = data & M32
-        elif self.fmt.saturate:
+        else:  # clamp, or wrap when the format does not saturate
             data = self.fmt.saturate_raw(data)
-        else:
-            data = nx.wrap(data, self.fmt.total_bits)
         mem[idx : idx + len(data)] = data
         kind = rm.Kind.RING if mem is self.ring else rm.Kind.LOAD
         self._trace_transfer(kind, nbytes, t0)

@@ -32,8 +32,6 @@ import numpy as np
 
 from gradsync.spec.formats import ROUNDING_MODES, FixedPointFormat, wrap
 
-__all__ = ["FixedPointFormat", "wrap"]  # re-exported: the ops below take them
-
 
 def _as_int(x: np.ndarray | int) -> np.ndarray:
     return np.asarray(x, dtype=np.int64)

@@ -49,7 +49,6 @@ import numpy as np
 
 from gradsync.hw.bulk import BEAT_BITS, bulk_header
 from gradsync.hw.sram import device_addr_bits
-from gradsync.model import numerics as nx
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
 from gradsync.spec.formats import FixedPointFormat
@@ -312,12 +311,8 @@ class RtlDevice:
         if word_bytes == 4:
             payload = (data & M32).astype("<u4").tobytes()
         else:
-            sat = (
-                self.fmt.saturate_raw(data)
-                if self.fmt.saturate
-                else nx.wrap(data, self.fmt.total_bits)
-            )
-            payload = self.fmt.to_unsigned(sat).astype(f"<u{self.wb}").tobytes()
+            # clamp, or wrap when the format does not saturate
+            payload = self.fmt.to_unsigned(self.fmt.saturate_raw(data)).astype(f"<u{self.wb}").tobytes()
         payload += bytes(-len(payload) % BEAT_BYTES)
         await self._timed_bulk("load", addr, len(data), word_bytes, payload, False)
 

@@ -5,7 +5,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from gradsync.hw.pe import ProcessingElement
-from gradsync.sim.pe_selftest import reference, stimulus
+from gradsync.sim.pe_selftest import PE_OUTPUTS, reference, stimulus
 
 # (operand_bits, acc_bits, saturate): acc_bits == 2 * operand_bits saturates within two products.
 CONFIGS = [(16, 32, True), (16, 40, True), (8, 16, True), (8, 16, False)]
@@ -16,16 +16,7 @@ def test_pe_amaranth_sim(operand_bits, acc_bits, saturate):
     dut = ProcessingElement(operand_bits, acc_bits, saturate)
     inputs = stimulus(operand_bits, cycles=1500, seed=operand_bits * 7 + acc_bits)
     expected = reference(inputs, acc_bits, saturate)
-    fields = (
-        "a_out",
-        "b_out",
-        "valid_out",
-        "first_out",
-        "last_out",
-        "acc",
-        "result",
-        "result_valid",
-    )
+    fields = PE_OUTPUTS
 
     async def bench(ctx):
         for cycle, (x, want) in enumerate(zip(inputs, expected, strict=True)):
