@@ -97,6 +97,23 @@ def add_config_arguments(
     hw.add_argument("--frac-bits", type=int, default=10, help="fixed-point fractional bits")
 
 
+def _fits(cfg, preset_name: str) -> bool:
+    """Whether ``cfg``'s layers and batch fit the SRAMs of the preset ``preset_name``."""
+    import dataclasses
+
+    from gradsync.firmware.training import MemoryPlanError
+
+    sizes = PRESETS[preset_name]
+    hw = dataclasses.replace(
+        cfg.hardware, scratchpad_words=sizes.scratchpad_words, gradient_words=sizes.gradient_words
+    )
+    try:
+        dataclasses.replace(cfg, hardware=hw).validate()
+    except MemoryPlanError:
+        return False
+    return True
+
+
 def config_from_args(args, schedule: str | None = None):
     from gradsync.firmware.experiment import TrainConfig
     from gradsync.firmware.training import MemoryPlanError
@@ -129,13 +146,8 @@ def config_from_args(args, schedule: str | None = None):
     try:
         cfg.validate()
     except MemoryPlanError as exc:
-        bigger = [
-            name
-            for name, other in PRESETS.items()
-            if other.scratchpad_words > hw.scratchpad_words
-            or other.gradient_words > hw.gradient_words
-        ]
-        hint = f" (--hardware {args.hardware}); try --hardware {bigger[0]}" if bigger else ""
+        fits = [name for name in PRESETS if name != args.hardware and _fits(cfg, name)]
+        hint = f" (--hardware {args.hardware}); try --hardware {fits[0]}" if fits else ""
         raise MemoryPlanError(f"{exc}{hint}") from None
     return cfg
 

@@ -57,3 +57,11 @@ def test_layers_too_big_for_the_preset_exit_2_before_running(tmp_path, capsys):
     assert "need 11840 scratchpad words but the device has 8192 (--hardware small)" in err[0]
     assert err[0].endswith("try --hardware large")
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_no_preset_is_suggested_when_none_fits(capsys):
+    code = main(["train", "--backend", "model", "--layers", "64,1000,10", "--steps", "1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("need 140688 scratchpad words but the device has 8192")
+    assert "try --hardware" not in err
