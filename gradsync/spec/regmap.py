@@ -2,10 +2,10 @@
 
 This is the single source of every fact the host and the device must agree
 on (``DESIGN.md``: "the register map and descriptor layout have a single
-source that all three use").  It lives beside the CLI, outside ``firmware/``,
-``model/``, ``hw/`` and ``sim/``, and imports none of them, so the firmware,
-the golden model and the RTL (CSR block, DMA engine, NIC) all import it
-without the hardware importing the firmware.  :func:`render_markdown` produces
+source that all three use").  It is part of ``gradsync.spec``, which imports
+none of ``hw/``, ``model/``, ``firmware/`` or ``sim/``: the firmware, the
+golden model and the RTL (CSR block, DMA engine, NIC) all import it, and the
+RTL's CSR block and the model's MMIO dispatch are generated from it.  :func:`render_markdown` produces
 ``docs/registers.md`` (a test checks the committed file is current)::
 
     python -m gradsync.spec.regmap > docs/registers.md
