@@ -27,8 +27,14 @@ JOBQUEUE_CLASSES = {
 #: [jobqueue] keys that gradsync reads itself instead of passing to the cluster class.
 SCALING_KEYS = ("adapt", "jobs")
 
-#: A point whose worker dies is rerun once; the second loss records it as failed.
-ALLOWED_FAILURES = 1
+#: Scheduler settings of the clusters gradsync starts. A point whose worker dies is
+#: rerun once and the second loss records it as failed (``allowed-failures``); a
+#: worker holds only the point it runs (``worker-saturation`` 1.0 with one thread),
+#: so a dying point never counts against a point queued behind it on that worker.
+DASK_CONFIG = {
+    "distributed.scheduler.allowed-failures": 1,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
 
 
 @dataclass
@@ -59,7 +65,7 @@ def jobqueue_cluster(kind: str, table: dict):
         raise ValueError(f"--jobqueue must be one of {', '.join(JOBQUEUE_CLASSES)}, not {kind!r}")
     cls = getattr(dask_jobqueue, JOBQUEUE_CLASSES[kind])
     kwargs = {k.replace("-", "_"): v for k, v in table.items() if k not in SCALING_KEYS}
-    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}):
+    with dask.config.set(DASK_CONFIG):
         try:
             return cls(**kwargs)
         except TypeError as exc:
@@ -115,7 +121,7 @@ def open_session(
         return Session(Client(cluster), cluster, f"{JOBQUEUE_CLASSES[jobqueue]} ({how})")
     n = workers or os.cpu_count() or 1
     with (
-        dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES}),
+        dask.config.set(DASK_CONFIG),
         _workers_ignore_sigint(),
     ):
         cluster = LocalCluster(

@@ -7,7 +7,7 @@ A point module provides:
 - ``run(config) -> dict``: the point's result, flat columns (numbers and strings);
   a module-level function, so that Dask workers import it by name;
 - optionally ``hash_input(config) -> dict``: everything that decides the result
-  (default: the configuration dataclass as a dict);
+  (default: the configuration, a dataclass as a dict);
 - optionally ``build_key(config) -> str | None`` and ``build(config)``: a model
   to build once per distinct key before the points that need it run (RTL).
 
@@ -45,7 +45,7 @@ class Command:
         fn = getattr(self._mod(), "hash_input", None)
         if fn is not None:
             return fn(config)
-        return dataclasses.asdict(config)
+        return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
 
     def build_key(self, config) -> str | None:
         fn = getattr(self._mod(), "build_key", None)
