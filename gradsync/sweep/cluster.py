@@ -68,8 +68,9 @@ def jobqueue_cluster(kind: str, table: dict):
     with dask.config.set(DASK_CONFIG):
         try:
             return cls(**kwargs)
-        except TypeError as exc:
-            raise ValueError(f"[jobqueue] for {cls.__name__}: {exc}") from None
+        except (TypeError, ValueError) as exc:  # an unknown or missing key
+            first = str(exc).splitlines()[0]
+            raise ValueError(f"[jobqueue] does not suit {cls.__name__}: {first}") from None
 
 
 def _scale(cluster, table: dict, workers: int | None) -> str:
