@@ -75,8 +75,12 @@ def plot(
             ax.plot(xv, ys, marker="o", label=h if hue else None)
         if numeric_x:
             values = [float(r[x]) for r in rows]
-            if min(values) > 0 and max(values) / min(values) >= 16:
+            if min(values) > 0 and max(values) / min(values) >= 8:  # e.g. chunk sizes
                 ax.set_xscale("log", base=2)
+                ticks = sorted(set(values))
+                if len(ticks) <= 12:
+                    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+                    ax.minorticks_off()
         ax.set_xlabel(x)
         if col:
             ax.set_title(f"{col} = {panel}")
