@@ -131,6 +131,7 @@ def _resume_and_check(tmp_path: Path, out: Path, before: dict) -> None:
     assert len(rows) == 1 + 24
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_a_rerun_completes_the_rest(tmp_path):
     out = tmp_path / "out"
     proc = _start(tmp_path, out)
@@ -146,6 +147,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_completes_the_rest(tmp_path):
     _resume_and_check(tmp_path, out, before)
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_client_loses_only_unfinished_points(tmp_path):
     out = tmp_path / "out"
     proc = _start(tmp_path, out)
