@@ -14,6 +14,7 @@ It does not pass or fail on time.
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -57,8 +58,10 @@ def main() -> None:
         summary = runner.Summary(total=len(points))
         try:
             t0 = time.perf_counter()
+            cpu0 = resource.getrusage(resource.RUSAGE_SELF)
             runner.run_points(session.client, command, points, out, summary, progress=False)
             sweep_s = time.perf_counter() - t0
+            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         finally:
             session.close()
         records = [store.read_point(out, pt.key) for pt in points]
@@ -82,6 +85,11 @@ def main() -> None:
         f"({serial_s / (sweep_s + start_s):.2f}x with the cluster start)"
     )
     print(f"Dask overhead per point:    {overhead_ms:7.1f} ms")
+    client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    print(
+        f"inside the points:          {1e3 * inside / len(points):7.0f} ms/point on a worker; "
+        f"client process CPU {client_cpu:.2f} s (scheduler, nannies, point files)"
+    )
     print(f"results identical to serial: {same}")
 
 
