@@ -33,9 +33,8 @@ def add_parser(sub) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "target", nargs="+", metavar="SWEEP.toml | plot DIR", help="a sweep file, or plot DIR"
-    )
+    p.add_argument("target", metavar="SWEEP.toml|plot", help="a sweep file, or plot")
+    p.add_argument("folder", nargs="?", metavar="DIR", help="plot: the sweep's output folder")
     p.add_argument(
         "--out", type=Path, help="sweep: the output folder (required); plot: the figure file"
     )
@@ -71,7 +70,7 @@ def add_parser(sub) -> None:
 
 def run_command(args) -> int:
     try:
-        if args.target[0] == "plot":
+        if args.target == "plot":
             return _plot(args)
         return _sweep(args)
     except (UsageError, ValueError) as exc:
@@ -85,16 +84,16 @@ def run_command(args) -> int:
 def _plot(args) -> int:
     from gradsync.sweep.plot import plot
 
-    if len(args.target) != 2:
+    if args.folder is None:
         raise UsageError(
-            "plot takes one sweep output folder: gradsync sweep plot DIR --x ... --y ..."
+            "plot takes the sweep's output folder: gradsync sweep plot DIR --x COL ..."
         )
     for flag in ("workers", "scheduler", "jobqueue", "build_cache"):
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} is an option of a sweep run, not of plot")
     if not args.x or not args.y:
         raise UsageError("plot needs --x COL and --y COL")
-    folder = Path(args.target[1])
+    folder = Path(args.folder)
     csv_path = folder / "results.csv"
     if not csv_path.is_file():
         raise UsageError(f"{folder} holds no results.csv (not a sweep output folder)")
@@ -107,8 +106,8 @@ def _plot(args) -> int:
 
 
 def _check_run_args(args) -> None:
-    if len(args.target) != 1:
-        raise UsageError(f"give one sweep file, not {' '.join(args.target)!r}")
+    if args.folder is not None:
+        raise UsageError(f"give one sweep file, not {args.target!r} and {args.folder!r}")
     for flag in ("x", "y", "hue", "col"):
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag} is an option of `gradsync sweep plot`, not of a sweep run")
@@ -129,7 +128,7 @@ def _sweep(args) -> int:
     from gradsync.sweep.cluster import open_session
 
     _check_run_args(args)
-    sweep = sweepfile.read(args.target[0])
+    sweep = sweepfile.read(args.target)
     command, points = runner.prepare(sweep)
     env = {}
     if args.build_cache is not None:

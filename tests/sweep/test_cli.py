@@ -77,6 +77,7 @@ def test_bad_sweep_files_are_refused_before_anything_runs(tmp_path, text, match)
         (["--workers", "0"], "--workers must be >= 1, not 0"),
         (["--scheduler", "tcp://h:1", "--jobqueue", "slurm"], "exclude each other"),
         (["--x", "nodes"], "--x is an option of `gradsync sweep plot`"),
+        (["extra.toml"], "give one sweep file, not"),
     ],
 )
 def test_bad_arguments_are_refused(tmp_path, args, match):
@@ -237,6 +238,10 @@ def test_plot_writes_a_png(tmp_path):
         (["--x", "chunk", "--y", "cycles_per_step"], "--x 'chunk' is not a column of"),
         (["--x", "chunk_bytes", "--y", "schedule"], "--y 'schedule' must be a numeric column"),
         (["--x", "chunk_bytes"], "plot needs --x COL and --y COL"),
+        (
+            ["--workers", "2", "--x", "nodes", "--y", "cycles_per_step"],
+            "--workers is an option of a sweep run",
+        ),
         (["--x", "nodes", "--y", "cycles_per_step", "--out", "f.txt"], "--out must end in .png"),
     ],
 )
