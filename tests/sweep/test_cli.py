@@ -77,7 +77,7 @@ def test_bad_sweep_files_are_refused_before_anything_runs(tmp_path, text, match)
         (["--workers", "0"], "--workers must be >= 1, not 0"),
         (["--scheduler", "tcp://h:1", "--jobqueue", "slurm"], "exclude each other"),
         (["--x", "nodes"], "--x is an option of `gradsync sweep plot`"),
-        (["extra.toml"], "give one sweep file, not"),
+        (["extra.toml"], "unrecognized arguments: extra.toml"),
     ],
 )
 def test_bad_arguments_are_refused(tmp_path, args, match):
