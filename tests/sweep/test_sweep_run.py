@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -109,3 +110,64 @@ def test_a_lost_worker_reruns_its_point_once_then_records_it_failed(client, tmp_
     assert recs["always"]["error"].startswith("the worker running this point was lost twice")
     assert len(list(marks.glob("always-*"))) == 2  # run twice, not more
     client.wait_for_workers(2, timeout=60)  # the nannies restart the dead workers
+
+
+def test_each_model_is_built_once_before_its_points_run(client, tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        commands.COMMANDS, "built", commands.Command("built", "tests.sweep.building")
+    )
+    marks = tmp_path / "marks"
+    sweep = SweepFile(
+        tmp_path / "s.toml",
+        "built",
+        {"marks": str(marks)},
+        {"hw": ["a", "b", "broken"], "point": [1, 2, 3]},
+    )
+    command, points = runner.prepare(sweep)
+    summary = runner.Summary(total=len(points))
+    runner.run_points(client, command, points, tmp_path, summary, progress=False)
+    assert (summary.done, summary.failed) == (6, 3)
+    assert sorted(p.name.split("-")[1] for p in marks.glob("build-*")) == ["a", "b"]  # once each
+    for p in points:
+        rec = store.read_point(tmp_path, p.key)
+        if p.options["hw"] == "broken":  # a failed build fails its points, not the sweep
+            assert rec["error"] == "RuntimeError: the model of 'broken' does not build"
+        else:
+            assert rec["result"] == {"hw": p.options["hw"], "builds_before_run": 1}
+
+
+def test_scheduler_flag_runs_the_points_on_an_existing_cluster(client, tmp_path):
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(
+        'command = "train"\n[options]\nbackend = "model"\nsteps = 2\nlayers = [64, 16, 10]\n'
+        "[grid]\nchunk_bytes = [128, 256]\n"
+    )
+    address = client.scheduler.address
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradsync.cli",
+            "sweep",
+            str(sweep),
+            "--out",
+            str(tmp_path / "o"),
+            "--scheduler",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"to run on the scheduler at {address}" in r.stdout
+    assert "2 points: 2 done" in r.stdout
+    workers = {
+        json.loads(p.read_text())["worker"].split(":")[1]
+        for p in (tmp_path / "o" / "points").glob("*.json")
+    }
+    pids = {str(pid) for pid in client.run(os.getpid).values()}
+    assert workers <= pids  # the points ran on the fixture's workers
