@@ -75,7 +75,32 @@ class _Loop:
 @dataclass(frozen=True)
 class _Phase:
     link: int  #: 0: the ring (or inter-box ring), 1: the intra-box ring
-    length: int  #: bytes
+    length: int  #: bytes of each of the ``count`` sends
+    count: int = 1  #: consecutive ring phases this one stands for (see :func:`_coarsen`)
+
+
+#: A chunk's chain has at most this many simulated phases; longer rings are coarsened.
+MAX_PHASES = 64
+
+
+def _coarsen(phases: list[_Phase], limit: int = MAX_PHASES) -> list[_Phase]:
+    """Merge runs of equal consecutive phases so that at most about ``limit`` remain.
+
+    A merged phase of ``count`` sends keeps each send's cost (descriptor, packets,
+    host reaction) and the chain's latency: see ``_Node._dma_start``.  Exact (no
+    merging) up to ``limit`` phases, i.e. rings of up to 33 nodes by default.
+    """
+    if len(phases) <= limit:
+        return phases
+    g = -(-len(phases) // limit)
+    out: list[_Phase] = []
+    for p in phases:
+        last = out[-1] if out else None
+        if last and last.link == p.link and last.length == p.length and last.count < g:
+            out[-1] = _Phase(p.link, p.length, last.count + 1)
+        else:
+            out.append(p)
+    return out
 
 
 def _segments(length: int, parts: int) -> list[int]:
@@ -97,14 +122,14 @@ def chunk_phases(length: int, nodes: int, per_box: int = 1) -> tuple[_Phase, ...
         return ()
     if per_box <= 1 or per_box >= nodes:
         link = 1 if per_box >= nodes > 1 and per_box > 1 else 0
-        return tuple(_Phase(link, n) for n in _ring_lengths(length, nodes))
+        return tuple(_coarsen([_Phase(link, n) for n in _ring_lengths(length, nodes)]))
     boxes = nodes // per_box
     intra = _segments(length, per_box)
     share = intra[0]
     rs = [_Phase(1, intra[(0 - s) % per_box]) for s in range(per_box - 1)]
     mid = [_Phase(0, n) for n in _ring_lengths(share, boxes)]
     ag = [_Phase(1, intra[(1 - s) % per_box]) for s in range(per_box - 1)]
-    return tuple(p for p in rs + mid + ag if p.length > 0)
+    return tuple(_coarsen([p for p in rs + mid + ag if p.length > 0]))
 
 
 def _ring_lengths(length: int, nodes: int) -> list[int]:
@@ -298,7 +323,8 @@ class _Node:
         self.outstanding = [0] * (self.nl + 1)
         self.grad_ready: set[int] = set()
         self.reduced: set[int] = set()
-        self.buffer: list[_Desc] = []
+        # the firmware's send buffer, one heap per (link, hardware queue): smallest key first
+        self.heaps: dict[tuple[int, int], list] = {}
         self.ready_seq = 0
         self.chunks: dict[tuple[int, int], _Chunk] = {}
         self.chunks_left = [0] * (self.nl + 1)
@@ -317,6 +343,7 @@ class _Node:
         self.wait_spans: list[tuple[float, float, int]] = []  # host blocked on a layer
         self.spans: list[Span] | None = [] if cfg.trace else None
         self.descriptors = 0
+        self.host_debt = 0  # host cycles of coarsened phases' reactions, paid at the next service
 
     # ------------------------------------------------------------ host process
     def start(self) -> None:
@@ -463,6 +490,9 @@ class _Node:
             yield w * (any(ch.window < 32 for ch in bits) + any(ch.window >= 32 for ch in bits))
             for ch in sorted(bits, key=lambda ch: ch.window):  # the firmware's bit order
                 self._rx_done(ch)
+        if self.host_debt:
+            debt, self.host_debt = self.host_debt, 0
+            yield debt
         yield from self.flush()
 
     def _take_rx(self, pick: Callable[[_Chunk], bool]) -> list[_Chunk]:
@@ -558,32 +588,38 @@ class _Node:
             self.ready_seq += 1
             self.outstanding[ch.layer] += 1
             d = _Desc(task, ch, p, ph.length, ph.link, tuple(self.sched.priority(task)))
-            self.buffer.append(d)
+            q = self.sched.queue(task)
+            if q not in (0, 1):
+                raise ScaleConfigError(
+                    f"schedule {self.sched.name!r} chose queue {q!r}; use 0 or 1"
+                )
+            heapq.heappush(self.heaps.setdefault((ph.link, q), []), (d.key, self.ready_seq, d))
+
+    def _room(self) -> list[tuple[int, int]]:
+        """(link, queue) pairs with buffered sends and a free in-flight slot."""
+        cap = min(self.sched.max_inflight, self.hw.ring_entries)
+        return [
+            lq for lq, h in self.heaps.items() if h and len(self.dmas[lq[0]].inflight[lq[1]]) < cap
+        ]
 
     def _postable(self) -> bool:
-        mi = self.sched.max_inflight
-        return any(
-            len(self.dmas[d.link].inflight[self.sched.queue(d.task)]) < mi for d in self.buffer
-        )
+        return bool(self._room())
 
     def _pump(self) -> Iterator[int]:
+        """``NodeFirmware._pump``: post the best buffered send whose queue has room, repeatedly."""
         hw = self.hw
         post = tm.host_bulk_cycles(rm.DESCRIPTOR_BYTES, hw) + hw.host_write_cycles
-        mi = self.sched.max_inflight
-        while self.buffer:
-            self.buffer.sort(key=lambda d: d.key)
-            for i, d in enumerate(self.buffer):
-                q = self.sched.queue(d.task)
-                dma = self.dmas[d.link]
-                if len(dma.inflight[q]) < mi and len(dma.inflight[q]) < hw.ring_entries:
-                    del self.buffer[i]
-                    dma.inflight[q].append(d.task)
-                    yield post
-                    dma.queues[q].append(d)
-                    self._dma_kick(dma)
-                    break
-            else:
+        while True:
+            room = self._room()
+            if not room:
                 return
+            link, q = min(room, key=lambda lq: self.heaps[lq][0][:2])
+            d = heapq.heappop(self.heaps[(link, q)])[2]
+            dma = self.dmas[link]
+            dma.inflight[q].append(d.task)
+            yield post
+            dma.queues[q].append(d)
+            self._dma_kick(dma)
 
     def _arm(self, ch: _Chunk, target: int) -> None:
         ch.armed = target
@@ -659,7 +695,15 @@ class _Node:
         t_tx = t0 + tm.descriptor_fetch_cycles(self.hw)
         peer = self.peer
         t_end, applied, rx_spans = dma.wire.send(t_tx, d.length, peer.rx_free[d.link])
-        peer.rx_free[d.link] = applied
+        peer.rx_free[d.link] = applied  # the receiver's own occupancy (the chain's is latency)
+        n = d.chunk.phases[d.phase].count
+        if n > 1:  # a coarsened phase: n sends, each waiting for the previous one's receipt
+            one = t_end + tm.DESCRIPTOR_WRITEBACK_CYCLES - t0
+            idle = dma.wire.send(t_tx, d.length, 0)[1] - t0  # grant to receipt, idle receiver
+            trip = max(one, idle + self.sim.react)
+            t_end += (n - 1) * one
+            applied += (n - 1) * trip
+            self.host_debt += (n - 1) * self.sim.react
         t_done = t_end + tm.DESCRIPTOR_WRITEBACK_CYCLES
         dma.busy_spans.append((t_tx, t_end))
         self.comm_spans.append((t0, t_done))
@@ -723,6 +767,20 @@ class Simulation:
                 for c in range(len(self.chunk_lengths[i]))
             )
         }
+
+    @property
+    def react(self) -> int:
+        """Host cycles from a receipt to the next phase's doorbell on an idle host: interrupt,
+        IRQ_STATUS read and clear, RX_DONE read(s) and clear, EXPECT write, descriptor post."""
+        hw = self.cfg.hardware
+        reads = 2 + (hw.rx_windows > 32)
+        return (
+            hw.host_irq_latency_cycles
+            + reads * hw.host_read_cycles
+            + 3 * hw.host_write_cycles
+            + tm.host_bulk_cycles(rm.DESCRIPTOR_BYTES, hw)
+            + hw.host_write_cycles
+        )
 
     def phases_of(self, length: int) -> tuple[_Phase, ...]:
         ph = self._phase_cache.get(length)

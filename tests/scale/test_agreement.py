@@ -1,0 +1,164 @@
+"""``gradsync.scale`` held to the golden model (issue 12, part 3).
+
+For the digits MLP on the golden model's hardware, N = 2, 4, 8, 16, every
+built-in schedule and chunk sizes 256 B - 4 KiB, the simulator's step cycles
+and layer-1-ready cycle must be within 2 % of ``gradsync train --backend
+model`` (itself cycle-exact to the RTL).  The reference is the median over
+the model's steady steps: the last step (it has no successor) and steps in
+which the firmware drained its trace buffer (host time the simulator does not
+model, see docs/scale.md) are left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+import pytest
+
+from gradsync.firmware import experiment
+from gradsync.firmware.schedules import BUILTIN, Schedule, load_schedule
+from gradsync.model_backend import run_model
+from gradsync.scale.config import ScaleConfig, ScaleLink
+from gradsync.scale.sim import simulate
+from gradsync.spec import regmap as rm
+from gradsync.spec.hardware import preset
+from gradsync.workloads import builtin
+
+TOLERANCE = 0.02
+GLOBAL_BATCH = 64
+HW = preset("large")  # the small preset's trace buffer would be drained every step
+NODES = (2, 4, 8, 16)
+CHUNKS = (256, 512, 1024, 2048, 4096)
+
+
+def _schedule(name: str, chunk: int) -> Schedule:
+    sched = load_schedule(name)
+    if name == "p3":  # slices of the chunk size, so the grid varies P3 too
+        sched.slice_params = chunk // 2
+    return sched
+
+
+def model_reference(nodes: int, sched: Schedule, chunk: int, layers=(64, 32, 10)):
+    """(cycles per step, layer-1-ready) of the golden model, median over its steady steps."""
+    cfg = experiment.TrainConfig(
+        nodes=nodes,
+        schedule="fifo",  # replaced below by the schedule object itself
+        chunk_bytes=chunk,
+        steps=4,
+        global_batch=GLOBAL_BATCH,
+        layers=layers,
+        hardware=HW,
+    )
+
+    def backend(cfg, jobs):
+        for job in jobs:
+            job.schedule = copy.copy(sched)
+        return run_model(cfg, jobs)
+
+    res = experiment.run(cfg, backend)
+    drains = [
+        iv.start for iv in res.intervals if iv.engine == rm.Engine.HOST and iv.kind == rm.Kind.TRACE
+    ]
+    steady = [
+        m
+        for m, nxt in zip(res.steps[:-1], res.steps[1:], strict=True)
+        if not any(m.start_cycle <= d < nxt.start_cycle for d in drains)
+    ]
+    assert steady, "every step drained the trace: use a larger trace buffer"
+    return (
+        statistics.median(m.cycles for m in steady),
+        statistics.median(m.layer1_ready_cycle for m in steady),
+    )
+
+
+def scale_point(nodes: int, sched: Schedule, chunk: int, layers=(64, 32, 10)):
+    wl = builtin("mlp", layers=layers, batch=GLOBAL_BATCH // nodes, hardware=HW)
+    cfg = ScaleConfig(wl, nodes, sched, chunk, ScaleLink.from_hardware(HW), hardware=HW)
+    res = simulate(cfg)
+    return res.step_cycles, res.layer1_ready_cycles
+
+
+def _check(nodes, sched_name, chunk, layers=(64, 32, 10)):
+    ref = model_reference(nodes, _schedule(sched_name, chunk), chunk, layers)
+    got = scale_point(nodes, _schedule(sched_name, chunk), chunk, layers)
+    for what, r, g in zip(("step cycles", "layer-1-ready"), ref, got, strict=True):
+        err = (g - r) / r
+        assert abs(err) <= TOLERANCE, (
+            f"N={nodes} {sched_name} chunk {chunk}: {what} {g:.0f} vs model {r:.0f} ({err:+.2%})"
+        )
+
+
+#: measured outside 2 %: P3's slice-by-slice order with 256-byte slices on a latency-bound
+#: ring (step cycles +3.3 % at N = 8, +2.7 % at N = 16); strict, so a fix shows up
+KNOWN_OFF = {(8, "p3", 256), (16, "p3", 256)}
+
+
+def _grid():
+    for nodes in NODES:
+        for name in sorted(BUILTIN):
+            for chunk in CHUNKS:
+                marks = ()
+                if (nodes, name, chunk) in KNOWN_OFF:
+                    marks = pytest.mark.xfail(
+                        strict=True, reason="known: outside 2 %, docs/scale.md"
+                    )
+                yield pytest.param(nodes, name, chunk, marks=marks, id=f"{nodes}-{name}-{chunk}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("nodes", "sched_name", "chunk"), list(_grid()))
+def test_within_two_percent_of_the_golden_model(nodes, sched_name, chunk):
+    _check(nodes, sched_name, chunk)
+
+
+@pytest.mark.parametrize(
+    "sched_name",
+    [
+        "fifo",
+        "ddp",
+        pytest.param(
+            "priority",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known: layer-1-ready 2.5 % early (host reaction order on a deep, "
+                "latency-bound ring; docs/scale.md)",
+            ),
+        ),
+    ],
+)
+def test_four_layers_with_ddp_buckets(sched_name):
+    """A deeper MLP; DDP with a 1 KiB first bucket and 2 KiB buckets puts layers together."""
+    layers = (64, 32, 32, 16, 10)
+    if sched_name == "ddp":
+        BUILTIN["ddp"].first_bucket_bytes, saved = 1024, BUILTIN["ddp"].first_bucket_bytes
+        BUILTIN["ddp"].bucket_cap_bytes, saved_cap = 2048, BUILTIN["ddp"].bucket_cap_bytes
+        try:
+            assert load_schedule("ddp").buckets((4096, 2048, 1024, 320)) == [(4, 3), (2,), (1,)]
+            _check(4, sched_name, 512, layers)
+        finally:
+            BUILTIN["ddp"].first_bucket_bytes = saved
+            BUILTIN["ddp"].bucket_cap_bytes = saved_cap
+    else:
+        _check(4, sched_name, 512, layers)
+
+
+class _PriorityIgnored(BUILTIN["priority"]):
+    """``priority`` as a simulator that ignored chunk priority would run it."""
+
+    def queue(self, task):
+        return 1
+
+    def priority(self, task):
+        return (task.ready_seq,)
+
+
+def test_ignoring_priority_would_fail():
+    """The agreement tests see chunk priority: without it the simulator is off by more than 2 %."""
+    nodes, chunk = 16, 512
+    ref = model_reference(nodes, _schedule("priority", chunk), chunk)
+    got = scale_point(nodes, _PriorityIgnored(), chunk)
+    assert abs(got[0] - ref[0]) / ref[0] > TOLERANCE
+    assert (
+        abs(scale_point(nodes, _schedule("priority", chunk), chunk)[0] - ref[0]) / ref[0] <= 0.005
+    )
