@@ -47,7 +47,7 @@ def _flag(key: str) -> str:
 
 
 def _bad(key: str, value, why: str) -> ScaleConfigError:
-    return ScaleConfigError(f"{_flag(key)} {value!r}: {why}")
+    return ScaleConfigError(f"{_flag(key)} {value}: {why}")
 
 
 def _int(key: str, value, minimum: int) -> int:
@@ -250,7 +250,7 @@ def _workload(name: str, batch, hardware: HardwareConfig, element_bytes: int, se
 
     if name not in workloads.BUILTIN_NAMES and not Path(name).is_file():
         raise ScaleConfigError(
-            f"--workload {name!r} is neither a built-in workload "
+            f"--workload {name} is neither a built-in workload "
             f"({', '.join(workloads.BUILTIN_NAMES)}) nor an existing file"
         )
     try:
@@ -258,14 +258,14 @@ def _workload(name: str, batch, hardware: HardwareConfig, element_bytes: int, se
             name, batch=batch, hardware=hardware, element_bytes=element_bytes, seq_len=seq_len
         )
     except workloads.WorkloadError as exc:
-        raise ScaleConfigError(f"--workload {name!r}: {exc}") from None
+        raise ScaleConfigError(f"--workload {name}: {exc}") from None
 
 
 def _schedule(point: PointConfig) -> Schedule:
     try:
         schedule = load_schedule(point.schedule)
     except ValueError as exc:
-        raise ScaleConfigError(f"--schedule {point.schedule!r}: {exc}") from None
+        raise ScaleConfigError(f"--schedule {point.schedule}: {exc}") from None
     if point.bucket_cap_mb is not None and hasattr(schedule, "bucket_cap_bytes"):
         schedule.bucket_cap_bytes = round(point.bucket_cap_mb * MIB)
     if point.slice_params is not None and hasattr(schedule, "slice_params"):
@@ -341,7 +341,7 @@ def columns(point: PointConfig, cfg: ScaleConfig, res: ScaleResult) -> dict:
     row["parameters"] = cfg.workload.params
     row["gradient_bytes"] = cfg.workload.grad_bytes
     row["link_bytes_per_second"] = point.link_gbps * 1e9 / 8
-    row["link_latency_seconds"] = point.link_latency_ns * 1e-9
+    row["link_latency_seconds"] = point.link_latency_ns / 1e9
     for name in ("step", "layer1_ready", "exposed_comm", "compute"):
         cycles = getattr(res, f"{name}_cycles")
         row[f"{name}_cycles"] = cycles
