@@ -81,9 +81,7 @@ class Topology:
             raise ScaleConfigError(f"--topology must be ring or hierarchical, not {self.kind!r}")
         if self.kind == "hierarchical":
             if self.per_box < 1 or nodes % self.per_box:
-                raise ScaleConfigError(
-                    f"--per-box {self.per_box} does not divide --nodes {nodes}"
-                )
+                raise ScaleConfigError(f"--per-box {self.per_box} does not divide --nodes {nodes}")
             if self.intra is None:
                 raise ScaleConfigError("a hierarchical topology needs an intra-box link")
 

@@ -101,6 +101,13 @@ def _chunk(key: str, value) -> int | str:
     return chunk
 
 
+def _element_bytes(key: str, value) -> int:
+    size = _int(key, value, 1)
+    if size not in (2, 4):
+        raise _bad(key, value, "must be 2 (16-bit gradients) or 4 (32-bit)")
+    return size
+
+
 def _array(key: str, value) -> str:
     rows, sep, cols = str(value).lower().partition("x")
     if not sep:
@@ -167,7 +174,7 @@ OPTIONS: dict[str, Option] = {
     "batch": Option(
         _optional(lambda k, v: _int(k, v, 1)), None, "per-node batch (default: the workload's)"
     ),
-    "element_bytes": Option(lambda k, v: _int(k, v, 1), 2, "bytes per gradient element"),
+    "element_bytes": Option(_element_bytes, 2, "bytes per gradient element: 2 or 4"),
     "seq_len": Option(_optional(lambda k, v: _int(k, v, 1)), None, "sequence length of BERT/GPT-2"),
     "straggler": Option(_optional(_straggler), None, "K:F -- K nodes' compute F times slower"),
     "bucket_cap_mb": Option(
@@ -253,12 +260,14 @@ def _workload(name: str, batch, hardware: HardwareConfig, element_bytes: int, se
             f"--workload {name} is neither a built-in workload "
             f"({', '.join(workloads.BUILTIN_NAMES)}) nor an existing file"
         )
+    # an imported file's cycles are fixed: only a built-in takes the array
+    kw = {"hardware": hardware} if name in workloads.BUILTIN_NAMES else {}
     try:
-        return workloads.get(
-            name, batch=batch, hardware=hardware, element_bytes=element_bytes, seq_len=seq_len
-        )
+        return workloads.get(name, batch=batch, element_bytes=element_bytes, seq_len=seq_len, **kw)
     except workloads.WorkloadError as exc:
-        raise ScaleConfigError(f"--workload {name}: {exc}") from None
+        text = str(exc)  # a file's errors start with its path: name it once
+        sep = "" if text.startswith(f"{name}, ") else ": "
+        raise ScaleConfigError(f"--workload {name}{sep}{text.removeprefix(name)}") from None
 
 
 def _schedule(point: PointConfig) -> Schedule:

@@ -89,6 +89,16 @@ def varying_options(runs: list[PointRun], shown: set[str]) -> list[str]:
     return [k for k in OPTIONS if k not in shown and len({json.dumps(d[k]) for d in dicts}) > 1]
 
 
+def _fixed_options(runs: list[PointRun], shown: set[str]) -> list[str]:
+    """``--option value`` of every option outside ``shown`` set away from its default."""
+    first = runs[0].point.to_dict()
+    return [
+        f"--{k.replace('_', '-')} {first[k]}"
+        for k, opt in OPTIONS.items()
+        if k not in shown and first[k] != opt.default
+    ]
+
+
 def _chunk_text(row: dict) -> str:
     size = row["chunk_bytes"]
     text = f"{size // 1024}Ki" if size % 1024 == 0 else str(size)
@@ -101,17 +111,22 @@ _SHOWN = {"workload", "nodes", "link_gbps", "schedule", "chunk_bytes"}
 def format_table(runs: list[PointRun]) -> str:
     """The table ``gradsync scale`` prints: times in ms (cycles / clock); ``*`` = auto chunk."""
     extra = varying_options(runs, _SHOWN)
+    names = [Path(r.row["workload"]).name for r in runs]
+    w = max(8, *(len(n) for n in names))
     head = (
-        f"{'workload':<12} {'nodes':>6} {'Gb/s':>7} {'schedule':<12} {'chunk':>8} "
+        f"{'workload':<{w}} {'nodes':>6} {'Gb/s':>7} {'schedule':<12} {'chunk':>8} "
         f"{'step ms':>10} {'exposed ms':>10} {'L1-ready ms':>11} {'speed-up':>8}"
     )
     head += "".join(f" {k:>14}" for k in extra)
     lines = [head, "-" * len(head)]
-    for r in runs:
+    fixed = _fixed_options(runs, _SHOWN | set(extra))
+    if fixed:
+        lines.insert(0, "all points: " + ", ".join(fixed))
+    for name, r in zip(names, runs, strict=True):
         row = r.row
         speedup = row.get("speedup_vs_sequential")
         line = (
-            f"{row['workload']:<12} {row['nodes']:>6} {row['link_gbps']:>7g} "
+            f"{name:<{w}} {row['nodes']:>6} {row['link_gbps']:>7g} "
             f"{row['schedule']:<12} {_chunk_text(row):>8} {row['step_seconds'] * 1e3:>10.3f} "
             f"{row['exposed_comm_seconds'] * 1e3:>10.3f} {row['layer1_ready_seconds'] * 1e3:>11.3f} "
             f"{'-' if speedup is None else f'{speedup:.2f}x':>8}"

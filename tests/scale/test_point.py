@@ -151,6 +151,7 @@ BAD = [
     ({**BASE, "schedule": "fastest"}, r"--schedule fastest: unknown schedule 'fastest'"),
     ({**BASE, "array": "128"}, r"--array 128: must be ROWSxCOLS"),
     ({**BASE, "steps": 1}, r"--steps 1: must be >= 2"),
+    ({**BASE, "element_bytes": 3}, r"--element-bytes 3: must be 2 \(16-bit gradients\) or 4"),
     ({**BASE, "colour": "red"}, r"unknown option 'colour'"),
 ]
 
@@ -184,5 +185,5 @@ def test_malformed_workload_file_says_line_and_column(tmp_path):
     bad = tmp_path / "bad.txt"
     # ASTRA-sim text format: DATA, then the layer count (here not a number)
     bad.write_text("DATA\ntwo\n")
-    with pytest.raises(ScaleConfigError, match=r"--workload .*bad\.txt: .*line 2.*column"):
+    with pytest.raises(ScaleConfigError, match=r"--workload .*bad\.txt\b.*line 2, column \d"):
         point.validate({**BASE, "workload": str(bad)})
