@@ -234,3 +234,22 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys, no_simulation):
     assert main([*BASE, "--out", str(out)]) == 2
     assert "--out" in capsys.readouterr().err and out.read_text() == "keep\n"
     assert no_simulation == []
+
+
+def test_docs_list_every_option_with_its_default():
+    from pathlib import Path
+
+    from gradsync.scale.point import OPTIONS
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "scale.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line for line in docs.splitlines() if line.startswith("| `--")
+    }
+    for key, opt in OPTIONS.items():
+        row = rows[f"`--{key.replace('_', '-')}`"]
+        if opt.default is not None:
+            assert (
+                f"{opt.default:g}" in row
+                if isinstance(opt.default, float)
+                else str(opt.default) in row
+            )
