@@ -187,3 +187,18 @@ def test_malformed_workload_file_says_line_and_column(tmp_path):
     bad.write_text("DATA\ntwo\n")
     with pytest.raises(ScaleConfigError, match=r"--workload .*bad\.txt\b.*line 2, column \d"):
         point.validate({**BASE, "workload": str(bad)})
+
+
+def test_array_and_lanes_time_the_builtin_workload():
+    p = point.validate({**BASE, "array": "64x32", "vector_lanes": 16})
+    small = HardwareConfig(array_rows=64, array_cols=32, vector_lanes=16, max_payload_bytes=4096)
+    expected = workloads.get("resnet50", hardware=small)
+    got = point.build(p).workload
+    assert [(la.fwd, la.ig, la.wg) for la in got.layers] == [
+        (la.fwd, la.ig, la.wg) for la in expected.layers
+    ]
+    # and a smaller array really is slower than the default one
+    default = point.build(point.validate(BASE)).workload
+    assert sum(map(sum, (la.fwd for la in got.layers))) > sum(
+        map(sum, (la.fwd for la in default.layers))
+    )
