@@ -20,7 +20,7 @@ PROGRESS_MIN_POINTS = 4
 
 
 def add_parser(sub) -> None:
-    from gradsync.scale.point import OPTIONS
+    from gradsync.scale.point import OPTIONS, REQUIRED
 
     p = sub.add_parser(
         "scale",
@@ -29,8 +29,17 @@ def add_parser(sub) -> None:
         "point of a grid; every option takes a comma-separated list.",
     )
     for key, opt in OPTIONS.items():
-        default = "" if opt.default is None else f" (default {opt.default})"
-        p.add_argument("--" + key.replace("_", "-"), dest=key, help=opt.help + default)
+        if key in REQUIRED:
+            note = " (required)"
+        elif opt.default is None:
+            note = ""
+        else:
+            note = (
+                f" (default {opt.default:g})"
+                if isinstance(opt.default, float)
+                else f" (default {opt.default})"
+            )
+        p.add_argument("--" + key.replace("_", "-"), dest=key, metavar="LIST", help=opt.help + note)
     p.add_argument("--out", type=Path, help="write results.csv, results.json, trace.json, plots")
     p.add_argument(
         "--trace-point",

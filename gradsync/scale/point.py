@@ -148,7 +148,7 @@ class Option:
 
 OPTIONS: dict[str, Option] = {
     "workload": Option(
-        _text, None, "built-in workload name or a workload file (.txt ASTRA-sim, .csv)"
+        _text, None, "built-in workload (gradsync workloads list) or a file (ASTRA-sim .txt, .csv)"
     ),
     "nodes": Option(lambda k, v: _int(k, v, 2), None, "data-parallel nodes (>= 2)"),
     "link_gbps": Option(
@@ -183,6 +183,10 @@ OPTIONS: dict[str, Option] = {
     "slice_params": Option(_optional(lambda k, v: _int(k, v, 1)), None, "p3: parameters per slice"),
     "steps": Option(lambda k, v: _int(k, v, 2), 3, "simulated steps (>= 2)"),
 }
+
+
+#: options without a default
+REQUIRED = ("workload", "nodes", "link_gbps")
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,7 @@ def validate(options: dict) -> PointConfig:
     values = {}
     for key, opt in OPTIONS.items():
         raw = options.get(key, opt.default)
-        if raw is None and opt.default is None and key in ("workload", "nodes", "link_gbps"):
+        if raw is None and key in REQUIRED:
             raise ScaleConfigError(f"{_flag(key)} is required")
         values[key] = opt.parse(key, raw) if raw is not None else None
     point = PointConfig(**values)
