@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -390,3 +391,19 @@ def simulate_point(point: PointConfig, trace: bool = False) -> PointRun:
 def run(point: PointConfig) -> dict:
     """Simulate ``point``; its flat result columns (see :func:`columns`)."""
     return simulate_point(point).row
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def hash_input(point: PointConfig) -> dict:
+    """Everything that decides ``run(point)``: the options, and the SHA-256 of a workload file
+    or a ``file.py:Class`` schedule's file, so that editing the file makes a new point."""
+    key = point.to_dict()
+    if Path(point.workload).is_file():
+        key["workload_sha256"] = _digest(point.workload)
+    schedule_file = point.schedule.rpartition(":")[0]
+    if schedule_file and Path(schedule_file).is_file():
+        key["schedule_sha256"] = _digest(schedule_file)
+    return key

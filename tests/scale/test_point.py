@@ -202,3 +202,17 @@ def test_array_and_lanes_time_the_builtin_workload():
     assert sum(map(sum, (la.fwd for la in got.layers))) > sum(
         map(sum, (la.fwd for la in default.layers))
     )
+
+
+def test_hash_input_follows_the_contents_of_a_schedule_file(tmp_path):
+    import hashlib
+
+    plain = point.validate(BASE)
+    assert point.hash_input(plain) == plain.to_dict()
+    sched = tmp_path / "mine.py"
+    text = "from gradsync.firmware.schedules import Fifo\n\nclass Mine(Fifo):\n    name = 'mine'\n"
+    sched.write_text(text)
+    p = point.validate({**BASE, "schedule": f"{sched}:Mine"})
+    assert point.hash_input(p)["schedule_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    sched.write_text(text + "# edited\n")
+    assert point.hash_input(p)["schedule_sha256"] != hashlib.sha256(text.encode()).hexdigest()
