@@ -21,6 +21,18 @@ Built-ins (``--schedule NAME``):
     high-priority hardware queue; each layer is updated as soon as it is
     reduced, so the next step's forward for layer 1 starts while upper
     layers are still being exchanged.
+``ddp``
+    PyTorch DistributedDataParallel's buckets: layers are grouped in
+    production order (top first) into buckets of ``bucket_cap_bytes``
+    (25 MiB; the first bucket ``first_bucket_bytes``, 1 MiB); a bucket is
+    sent, in production order, once every layer in it has its gradients;
+    updates after everything is reduced.
+``p3``
+    Priority-based parameter propagation (Jayarajan et al., SysML 2019):
+    gradients are cut into slices of ``slice_params`` parameters, sent
+    lowest layer first, one slice after the other, all on the low-priority
+    hardware queue (software priority only); each layer is updated as soon
+    as it is reduced.
 
 A user schedule is a class in a file of one's own, loaded with
 ``--schedule path/to/file.py:Name``; subclass :class:`Schedule` (see
@@ -70,6 +82,15 @@ class Schedule:
     def describe(self) -> str:
         return self.name
 
+    def buckets(self, grad_bytes: tuple[int, ...]) -> list[tuple[int, ...]] | None:
+        """Groups of layers (1-based) released together once all have gradients; None: one
+        group per layer if ``overlap_backward``, else all layers in one group."""
+        return None
+
+    def chunk_bytes(self, run_chunk_bytes: int, element_bytes: int) -> int:
+        """The chunk size this schedule sends, given the run's (``--chunk-bytes``)."""
+        return run_chunk_bytes
+
 
 class Sequential(Schedule):
     name = "sequential"
@@ -101,7 +122,73 @@ class Priority(Schedule):
         return (task.layer, task.phase, task.chunk, task.ready_seq)
 
 
-BUILTIN = {cls.name: cls for cls in (Sequential, Fifo, Priority)}
+MIB = 1 << 20
+
+
+class Ddp(Schedule):
+    name = "ddp"
+    overlap_backward = True
+    early_update = False
+    #: bucket size (PyTorch's ``bucket_cap_mb``, 25 MiB) and its first, smaller bucket
+    bucket_cap_bytes = 25 * MIB
+    first_bucket_bytes = 1 * MIB
+
+    def buckets(self, grad_bytes: tuple[int, ...]) -> list[tuple[int, ...]]:
+        out: list[tuple[int, ...]] = []
+        cur: list[int] = []
+        size = 0
+        for layer in range(len(grad_bytes), 0, -1):  # production order: top layer first
+            cur.append(layer)
+            size += grad_bytes[layer - 1]
+            cap = self.first_bucket_bytes if not out else self.bucket_cap_bytes
+            if size >= cap:
+                out.append(tuple(cur))
+                cur, size = [], 0
+        if cur:
+            out.append(tuple(cur))
+        return out
+
+
+class P3(Schedule):
+    name = "p3"
+    overlap_backward = True
+    early_update = True
+    #: parameters per slice (P3's default is 50,000); None: the run's --chunk-bytes
+    slice_params: int | None = 50_000
+
+    def priority(self, task: SendTask) -> tuple:
+        return (task.layer, task.chunk, task.phase, task.ready_seq)
+
+    def chunk_bytes(self, run_chunk_bytes: int, element_bytes: int) -> int:
+        if self.slice_params is None:
+            return run_chunk_bytes
+        return -(-self.slice_params * element_bytes // 4) * 4
+
+
+BUILTIN = {cls.name: cls for cls in (Sequential, Fifo, Priority, Ddp, P3)}
+
+
+def release_groups(sched: Schedule, grad_bytes: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The layer groups a schedule releases together (see :meth:`Schedule.buckets`)."""
+    groups = sched.buckets(grad_bytes) if hasattr(sched, "buckets") else None
+    n = len(grad_bytes)
+    if groups is None:
+        if sched.overlap_backward:
+            return [(layer,) for layer in range(n, 0, -1)]
+        return [tuple(range(n, 0, -1))]
+    seen = sorted(layer for g in groups for layer in g)
+    if seen != list(range(1, n + 1)):
+        raise ValueError(
+            f"schedule {sched.name!r}: buckets {groups} must hold every layer 1..{n} exactly once"
+        )
+    return [tuple(g) for g in groups]
+
+
+def schedule_chunk_bytes(sched: Schedule, run_chunk_bytes: int, element_bytes: int) -> int:
+    """The chunk size a schedule sends (``Schedule.chunk_bytes``; the run's by default)."""
+    if hasattr(sched, "chunk_bytes"):
+        return int(sched.chunk_bytes(run_chunk_bytes, element_bytes))
+    return run_chunk_bytes
 
 
 def load_schedule(spec: str | Schedule) -> Schedule:

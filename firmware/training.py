@@ -29,7 +29,12 @@ import numpy as np
 from gradsync.firmware.collectives import ChunkPlan, chunk_plan
 from gradsync.firmware.device import Device
 from gradsync.firmware.driver import Driver
-from gradsync.firmware.schedules import Schedule, SendTask
+from gradsync.firmware.schedules import (
+    Schedule,
+    SendTask,
+    release_groups,
+    schedule_chunk_bytes,
+)
 from gradsync.spec import regmap as rm
 from gradsync.spec.link import auto_chunk_bytes
 
@@ -213,6 +218,7 @@ class NodeFirmware:
         chunk = job.chunk_bytes
         if chunk is None:
             chunk = auto_chunk_bytes(info.link, info.fmt.word_bytes)
+        chunk = schedule_chunk_bytes(self.sched, chunk, info.fmt.word_bytes)
         check_chunk_bytes(chunk, info.grad_words * info.fmt.word_bytes)
         self.chunk_bytes = chunk
         self.chunks = [[]] + [
@@ -224,6 +230,7 @@ class NodeFirmware:
                 f"chunk size {chunk} bytes cuts the gradients into {total_chunks} chunks but the "
                 f"device has {info.rx_windows} RX windows; use larger chunks"
             )
+        self.groups = release_groups(self.sched, tuple(self.lay.grad_bytes[1:]))
         self.window_of = {}
         for i in range(1, self.nl + 1):
             for c in range(len(self.chunks[i])):
@@ -414,11 +421,11 @@ class NodeFirmware:
         self.grad_ready.add(layer)
         if self.nodes < 2:
             self._layer_reduced(layer)
-        elif self.sched.overlap_backward:
-            self._release(layer)
-        elif len(self.grad_ready) == self.nl:
-            for i in range(self.nl, 0, -1):
-                self._release(i)
+            return
+        for group in self.groups:  # a group's layers go together, in the group's order
+            if layer in group and all(g in self.grad_ready for g in group):
+                for g in group:
+                    self._release(g)
 
     def _release(self, layer: int) -> None:
         for c in range(len(self.chunks[layer])):

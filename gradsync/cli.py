@@ -16,6 +16,7 @@ COMMANDS = [
     "gradsync.cmd_doctor",
     "gradsync.cmd_train",
     "gradsync.cmd_compare",
+    "gradsync.cmd_workloads",
     "gradsync.cmd_scale",
 ]
 

@@ -29,6 +29,9 @@ class ScaleLink:
     max_payload_bytes: int = 4096
     header_bytes: int = PACKET_HEADER_BYTES
     crc_bytes: int = PACKET_CRC_BYTES
+    #: receiver apply rate; None: as fast as the link (a gradsync device applies one
+    #: 32-bit word per cycle, 4 bytes: :meth:`from_hardware`)
+    rx_bytes_per_cycle: float | None = None
 
     def __post_init__(self) -> None:
         if not self.bytes_per_cycle > 0 or not math.isfinite(self.bytes_per_cycle):
@@ -62,6 +65,7 @@ class ScaleLink:
             hw.max_payload_bytes,
             hw.packet_header_bytes,
             hw.packet_crc_bytes,
+            rx_bytes_per_cycle=4,
         )
 
 
