@@ -24,13 +24,13 @@ from gradsync.spec.hardware import HardwareConfig
 
 GRID = [
     "scale", "--workload", "resnet50", "--nodes", "4,8", "--link-gbps", "100,400",
-    "--schedule", "sequential,priority", "--chunk-bytes", "65536",
+    "--schedule", "sequential,priority", "--chunk-bytes", "1048576",
 ]  # fmt: skip
 #: the grid above in table order: (nodes, Gb/s, schedule)
 ORDER = [(n, g, s) for n in (4, 8) for g in (100, 400) for s in ("sequential", "priority")]
 
 
-def direct(nodes: int, gbps: float, schedule: str, chunk: int = 65536, trace: bool = False):
+def direct(nodes: int, gbps: float, schedule: str, chunk: int = 1048576, trace: bool = False):
     """simulate() of a configuration written out from the documented defaults."""
     hw = HardwareConfig(array_rows=128, array_cols=128, vector_lanes=128, max_payload_bytes=4096)
     cfg = ScaleConfig(
@@ -59,7 +59,7 @@ def test_comma_lists_expand_to_the_product_in_table_order():
     assert [(p["nodes"], p["link_gbps"], p["schedule"]) for p in points] == [
         (str(n), str(g), s) for n, g, s in ORDER
     ]
-    assert all(p["steps"] == "3" and p["chunk_bytes"] == "65536" for p in points)
+    assert all(p["steps"] == "3" and p["chunk_bytes"] == "1048576" for p in points)
     assert "clock_ghz" not in points[0]  # defaults are filled in by validate, not here
 
 
@@ -77,7 +77,7 @@ def test_csv_and_json_equal_simulate_called_directly(grid_run):
             gbps,
             schedule,
         )
-        assert pt["topology"] == "ring" and pt["chunk_bytes"] == 65536
+        assert pt["topology"] == "ring" and pt["chunk_bytes"] == 1048576
         assert pt["link_bytes_per_second"] == gbps * 1e9 / 8
         for name in ("step", "layer1_ready", "exposed_comm"):
             cycles = getattr(res, f"{name}_cycles")
@@ -101,7 +101,7 @@ def test_csv_and_json_equal_simulate_called_directly(grid_run):
 
 def test_table_shows_milliseconds_and_speedups(capsys):
     assert main(GRID[:5] + ["--link-gbps", "100", "--schedule", "sequential,priority",
-                            "--chunk-bytes", "65536"]) == 0  # fmt: skip
+                            "--chunk-bytes", "1048576"]) == 0  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     seq_rows = [line for line in lines if " sequential " in line]
     pri_rows = [line for line in lines if " priority " in line]
@@ -115,7 +115,7 @@ def test_table_shows_milliseconds_and_speedups(capsys):
 
 def test_no_sequential_in_the_grid_means_no_speedup(capsys):
     code = main(["scale", "--workload", "resnet50", "--nodes", "4", "--link-gbps", "100",
-                 "--schedule", "priority", "--chunk-bytes", "65536", "--json"])  # fmt: skip
+                 "--schedule", "priority", "--chunk-bytes", "1048576", "--json"])  # fmt: skip
     assert code == 0
     obj = json.loads(capsys.readouterr().out)
     assert obj["points"][0]["speedup_vs_sequential"] is None
@@ -162,17 +162,17 @@ def test_speedup_plot_written_and_chunk_plot_only_when_chunk_varies(grid_run, tm
     assert not (grid_run / "step_vs_chunk.png").exists()
     out = tmp_path / "chunks"
     code = main(["scale", "--workload", "resnet50", "--nodes", "8", "--link-gbps", "100",
-                 "--schedule", "fifo", "--chunk-bytes", "16384,65536,auto", "--out", str(out)])  # fmt: skip
+                 "--schedule", "fifo", "--chunk-bytes", "1048576,2097152", "--out", str(out)])  # fmt: skip
     assert code == 0
     assert matplotlib.image.imread(out / "step_vs_chunk.png").shape[0] > 200
     assert not (out / "speedup_vs_bandwidth.png").exists()  # no sequential: no speed-up
 
 
 def test_progress_bar_only_on_larger_grids(capsys):
-    assert main([*GRID[:-4], "--schedule", "priority", "--chunk-bytes", "65536"]) == 0
+    assert main([*GRID[:-4], "--schedule", "priority", "--chunk-bytes", "1048576"]) == 0
     assert "point" not in capsys.readouterr().err  # 4 points: no bar
     assert main([*GRID[:5], "--link-gbps", "100,200,400", "--schedule", "sequential,fifo",
-                 "--chunk-bytes", "65536"]) == 0  # fmt: skip
+                 "--chunk-bytes", "1048576"]) == 0  # fmt: skip
     assert "12/12" in capsys.readouterr().err
 
 

@@ -58,9 +58,9 @@ def test_clock_and_latency_convert_to_cycles():
 
 
 def test_strings_and_numbers_give_the_same_point():
-    typed = point.validate({**BASE, "chunk_bytes": 65536, "batch": 16, "straggler": "2:1.5"})
+    typed = point.validate({**BASE, "chunk_bytes": 1048576, "batch": 16, "straggler": "2:1.5"})
     text = point.validate(
-        {"workload": "resnet50", "nodes": "8", "link_gbps": "100", "chunk_bytes": "65536",
+        {"workload": "resnet50", "nodes": "8", "link_gbps": "100", "chunk_bytes": "1048576",
          "batch": "16", "straggler": "2:1.5"}
     )  # fmt: skip
     assert typed == text
@@ -95,19 +95,19 @@ def test_ddp_bucket_cap_and_p3_slice_reach_the_schedule():
 
 
 def test_run_equals_simulate_of_the_hand_built_config():
-    p = point.validate({**BASE, "link_gbps": 400, "schedule": "fifo", "chunk_bytes": 65536})
+    p = point.validate({**BASE, "link_gbps": 400, "schedule": "fifo", "chunk_bytes": 1048576})
     row = point.run(p)
     hw = hardware_128()
     cfg = ScaleConfig(
         workload=workloads.get("resnet50", hardware=hw),
         nodes=8,
         schedule=load_schedule("fifo"),
-        chunk_bytes=65536,
+        chunk_bytes=1048576,
         link=ScaleLink.from_gbps(400, 1000, 1.0, 4096),
         hardware=hw,
     )
     res = simulate(cfg)
-    assert row["chunk_bytes"] == 65536 and row["chunk_bytes_requested"] == 65536
+    assert row["chunk_bytes"] == 1048576 and row["chunk_bytes_requested"] == 1048576
     for name in ("step", "layer1_ready", "exposed_comm", "compute"):
         cycles = getattr(res, f"{name}_cycles")
         assert row[f"{name}_cycles"] == pytest.approx(cycles, rel=1e-12)
