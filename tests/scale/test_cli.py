@@ -253,3 +253,13 @@ def test_docs_list_every_option_with_its_default():
                 if isinstance(opt.default, float)
                 else str(opt.default) in row
             )
+
+
+def test_no_chunk_plot_when_only_a_schedule_changes_the_chunk(tmp_path):
+    out = tmp_path / "p3"
+    code = main(["scale", "--workload", "resnet50", "--nodes", "8", "--link-gbps", "400",
+                 "--schedule", "sequential,p3", "--chunk-bytes", "1048576", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())["points"]
+    assert rows[0]["chunk_bytes"] != rows[1]["chunk_bytes"]  # p3 cuts slices of its own size
+    assert not (out / "step_vs_chunk.png").exists()
