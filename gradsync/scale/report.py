@@ -17,8 +17,13 @@ from gradsync.scale.point import OPTIONS, PointRun
 FORMAT_VERSION = 1
 
 #: Perfetto track order of the simulated node (others follow in order of appearance)
-TRACK_ORDER = ("compute", "host", "dma.hi", "dma.lo", "link", "link.intra", "rx")
-_CATEGORY = {"compute": "compute", "host": "host", "dma.hi": "dma", "dma.lo": "dma"}
+TRACK_ORDER = ("compute", "host", "dma.ring", "dma.inter", "dma.intra", "rx")
+
+
+def _category(track: str) -> str:
+    """Trace category of a track: ``compute``, ``host``, ``dma`` (sends) or ``link`` (rx)."""
+    head = track.split(".")[0]
+    return head if head in ("compute", "host", "dma") else "link"
 
 
 def _other_options(point_dict: dict, drop: set[str]) -> str:
@@ -163,7 +168,7 @@ def trace_object(run: PointRun) -> dict:
         events.append(
             {
                 "name": s.name,
-                "cat": _CATEGORY.get(s.track, "link"),
+                "cat": _category(s.track),
                 "ph": "X",
                 "ts": s.start / cycles_per_us,
                 "dur": (s.end - s.start) / cycles_per_us,

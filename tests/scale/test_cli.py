@@ -263,3 +263,19 @@ def test_no_chunk_plot_when_only_a_schedule_changes_the_chunk(tmp_path):
     rows = json.loads((out / "results.json").read_text())["points"]
     assert rows[0]["chunk_bytes"] != rows[1]["chunk_bytes"]  # p3 cuts slices of its own size
     assert not (out / "step_vs_chunk.png").exists()
+
+
+def test_hierarchical_trace_has_a_track_per_link(tmp_path):
+    out = tmp_path / "h"
+    code = main(["scale", "--workload", "resnet50", "--nodes", "16", "--link-gbps", "100",
+                 "--topology", "hierarchical", "--per-box", "4", "--schedule", "priority",
+                 "--chunk-bytes", "1048576", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    events = json.loads((out / "trace.json").read_text())["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    cats = {names[e["tid"]]: e["cat"] for e in events if e["ph"] == "X"}
+    assert {"dma.inter", "dma.intra"} <= set(names.values())
+    assert cats["dma.inter"] == cats["dma.intra"] == "dma" and cats["compute"] == "compute"
+    point = json.loads((out / "results.json").read_text())["points"][0]
+    assert set(point["link_utilisation"]) == {"inter", "intra"}
+    assert point["link_utilisation_inter"] == point["link_utilisation"]["inter"]
