@@ -267,7 +267,6 @@ def plot_speedup(runs: list[PointRun], path: Path) -> bool:
         ax.set_title(workload)
         ax.set_xlabel("link bandwidth (Gb/s)")
         ax.set_ylabel("speed-up over sequential (step time)")
-        ax.set_ylim(bottom=0)
     _finish(fig, axes, path)
     plt.close(fig)
     return True
