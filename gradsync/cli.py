@@ -17,6 +17,7 @@ COMMANDS = [
     "gradsync.cmd_train",
     "gradsync.cmd_compare",
     "gradsync.cmd_workloads",
+    "gradsync.cmd_scale",
     "gradsync.cmd_sweep",
 ]
 
