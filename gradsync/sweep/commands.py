@@ -57,10 +57,10 @@ class Command:
         return self._mod().build
 
 
-#: The sweepable commands by name. ``scale`` will be
-#: ``Command("scale", "gradsync.scale.point")`` once that module exists.
+#: The sweepable commands by name.
 COMMANDS: dict[str, Command] = {
     "train": Command("train", "gradsync.sweep.train_point"),
+    "scale": Command("scale", "gradsync.scale.point"),
 }
 
 
