@@ -81,6 +81,9 @@ class _Phase:
 
 #: A chunk's chain has at most this many simulated phases; longer rings are coarsened.
 MAX_PHASES = 64
+#: Simulated phases per step over all chunks; many small chunks coarsen their chains further
+#: (down to two phases each) to stay near this budget.
+PHASE_BUDGET = 16_384
 
 
 def _coarsen(phases: list[_Phase], limit: int = MAX_PHASES) -> list[_Phase]:
@@ -110,7 +113,9 @@ def _segments(length: int, parts: int) -> list[int]:
     return [(base + (1 if j < extra else 0)) * rm.DMA_ALIGN_BYTES for j in range(parts)]
 
 
-def chunk_phases(length: int, nodes: int, per_box: int = 1) -> tuple[_Phase, ...]:
+def chunk_phases(
+    length: int, nodes: int, per_box: int = 1, limit: int = MAX_PHASES
+) -> tuple[_Phase, ...]:
     """The chain of sends one node makes for a chunk's all-reduce; phase p waits for receipt p-1.
 
     N = 2: one exchange.  Ring: N-1 reduce-scatter and N-1 all-gather phases of one
@@ -122,14 +127,14 @@ def chunk_phases(length: int, nodes: int, per_box: int = 1) -> tuple[_Phase, ...
         return ()
     if per_box <= 1 or per_box >= nodes:
         link = 1 if per_box >= nodes > 1 and per_box > 1 else 0
-        return tuple(_coarsen([_Phase(link, n) for n in _ring_lengths(length, nodes)]))
+        return tuple(_coarsen([_Phase(link, n) for n in _ring_lengths(length, nodes)], limit))
     boxes = nodes // per_box
     intra = _segments(length, per_box)
     share = intra[0]
     rs = [_Phase(1, intra[(0 - s) % per_box]) for s in range(per_box - 1)]
     mid = [_Phase(0, n) for n in _ring_lengths(share, boxes)]
     ag = [_Phase(1, intra[(1 - s) % per_box]) for s in range(per_box - 1)]
-    return tuple(_coarsen([p for p in rs + mid + ag if p.length > 0]))
+    return tuple(_coarsen([p for p in rs + mid + ag if p.length > 0], limit))
 
 
 def _ring_lengths(length: int, nodes: int) -> list[int]:
@@ -759,6 +764,8 @@ class Simulation:
         grads = tuple(ly.grad_bytes for ly in self.layers)
         self.groups = release_groups(cfg.schedule, grads)
         self._phase_cache: dict[int, tuple[_Phase, ...]] = {}
+        n_chunks = sum(len(c) for c in self.chunk_lengths)
+        self.phase_limit = max(2, min(MAX_PHASES, PHASE_BUDGET // max(1, n_chunks)))
         self.window_of = {
             (i, c): n
             for n, (i, c) in enumerate(
@@ -785,7 +792,9 @@ class Simulation:
     def phases_of(self, length: int) -> tuple[_Phase, ...]:
         ph = self._phase_cache.get(length)
         if ph is None:
-            ph = self._phase_cache[length] = chunk_phases(length, self.nodes, self.per_box)
+            ph = self._phase_cache[length] = chunk_phases(
+                length, self.nodes, self.per_box, self.phase_limit
+            )
         return ph
 
     def run(self) -> ScaleResult:
