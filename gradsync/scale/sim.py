@@ -44,7 +44,9 @@ def _dma_bit(link: int, queue: int) -> int:
     return (2 << queue) if link == 0 else (32 << queue)
 
 
-_HOST, _DEVICE = 0, 1  # same-cycle order: the host samples state before that cycle's events
+#: same-cycle order: a register read samples the state before that cycle's events; a write
+#: takes effect among them in the order they were scheduled (as the golden model's kernel)
+_HOST, _DEVICE = 0, 1
 
 
 class _Loop:
@@ -365,7 +367,10 @@ class _Node:
             if self.irq:
                 self._irq_wake()
             return
-        self.loop.at(self.loop.now + d, self._resume, _HOST)
+        if d < 0:  # a register read: it samples the state at the start of its last cycle
+            self.loop.at(self.loop.now - d, self._resume, _HOST)
+        else:  # a write or bulk transfer takes effect among that cycle's events, in order
+            self.loop.at(self.loop.now + d, self._resume, _DEVICE)
 
     def _irq_wake(self) -> None:
         self.irq_waiter = None
@@ -386,7 +391,7 @@ class _Node:
             self._open_windows(ly, 0)
         for k in range(self.sim.steps):
             yield from self.wait_until(lambda k=k: self.updated[1] >= k, 1)
-            yield r  # TRACE_COUNT
+            yield -r  # TRACE_COUNT
             yield w  # HOST_TAG
             self.step_start.append(self.loop.now)
             yield from self.bulk(wl.input_bytes, "load input")
@@ -464,14 +469,14 @@ class _Node:
         hw = self.hw
         w, r = hw.host_write_cycles, hw.host_read_cycles
         if self.irq:
-            yield r
+            yield -r
         else:
             yield None  # resumes after the interrupt latency and the status read
         status = self.irq
         yield w  # IRQ_STATUS write-one-to-clear
         self.irq &= ~status
         if status & _COMPUTE:
-            yield r
+            yield -r
             done = self.completed
             while self.seen_done < done:
                 self.seen_done += 1
@@ -480,17 +485,17 @@ class _Node:
         for li, dma in enumerate(self.dmas):
             for q in (0, 1):
                 if status & _dma_bit(li, q):
-                    yield r
+                    yield -r
                     newly = dma.done[q] - dma.seen[q]
                     dma.seen[q] = dma.done[q]
                     for _ in range(newly):
                         task = dma.inflight[q].pop(0)
                         self.outstanding[task.layer] -= 1
         if status & _RX:
-            yield r  # RX_DONE_LO, sampled when the read returns
+            yield -r  # RX_DONE_LO, sampled when the read returns
             bits = self._take_rx(lambda ch: ch.window < 32)
             if hw.rx_windows > 32:
-                yield r  # RX_DONE_HI
+                yield -r  # RX_DONE_HI
                 bits += self._take_rx(lambda ch: ch.window >= 32)
             yield w * (any(ch.window < 32 for ch in bits) + any(ch.window >= 32 for ch in bits))
             for ch in sorted(bits, key=lambda ch: ch.window):  # the firmware's bit order
@@ -518,7 +523,8 @@ class _Node:
                 yield from self._launch_update(layer)
             while self.to_reopen:
                 layer, step = self.to_reopen.pop(0)
-                yield 6 * w * len(self.sim.chunk_lengths[layer])
+                if self.sim.nodes > 1 and step < self.sim.steps:  # DST SRC LEN TAG CTRL EXPECT
+                    yield 6 * w * len(self.sim.chunk_lengths[layer])
                 self._open_windows(layer, step)
             yield from self._pump()
 

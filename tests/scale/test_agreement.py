@@ -103,21 +103,7 @@ def test_within_two_percent_of_the_golden_model(nodes, sched_name, chunk):
     _check(nodes, sched_name, chunk)
 
 
-@pytest.mark.parametrize(
-    "sched_name",
-    [
-        "fifo",
-        "ddp",
-        pytest.param(
-            "priority",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known: step -1.9 %, layer-1-ready -2.5 % (host reaction order on a "
-                "deep, latency-bound ring; docs/scale_model.md)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("sched_name", ["fifo", "ddp", "priority"])
 def test_four_layers_with_ddp_buckets(sched_name):
     """A deeper MLP; DDP with a 1 KiB first bucket and 2 KiB buckets puts layers together."""
     layers = (64, 32, 32, 16, 10)
