@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import warnings
 from dataclasses import dataclass
 
 import dask
@@ -124,7 +125,10 @@ def open_session(
     with (
         dask.config.set(DASK_CONFIG),
         _workers_ignore_sigint(),
+        warnings.catch_warnings(),
     ):
+        # another cluster holds 8787: Dask picks a free port, which the dashboard line prints
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, silence_logs=logging.ERROR
         )

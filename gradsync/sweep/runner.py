@@ -7,10 +7,13 @@ stops the client (Ctrl-C, ``kill -9``) loses only the points still running.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -66,6 +69,25 @@ def prepare(sweep: SweepFile) -> tuple[commands.Command, list[Point]]:
         if key not in points:
             points[key] = Point(i, options, config, key, hin, command.build_key(config))
     return command, list(points.values())
+
+
+@contextlib.contextmanager
+def _sigint_sets(stop: threading.Event):
+    """Ctrl-C sets ``stop`` as well as raising ``KeyboardInterrupt``: should a library catch
+    the exception in the middle of a call, the loop still stops at the next finished point."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        stop.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def execute(run: Callable[[Any], dict], config, env: dict[str, str], *after) -> dict:
@@ -192,19 +214,23 @@ def run_points(
     futures = _submit(client, command, todo, env or {})
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(todo), unit="point", file=sys.stderr, disable=not show, dynamic_ncols=True)
+    stop = threading.Event()
     try:
-        for fut in as_completed(futures):
-            p = futures.pop(fut)
-            if fut.status == "cancelled":
-                continue
-            outcome = fut.result() if fut.status == "finished" else _failure(fut)
-            store.write_point(out, p.key, _record(command.name, p, outcome))
-            if outcome["status"] == "done":
-                summary.done += 1
-            else:
-                summary.failed += 1
-                bar.write(f"point {p.index} failed: {outcome['error'].splitlines()[0]}")
-            bar.update(1)
+        with _sigint_sets(stop):
+            for fut in as_completed(futures):
+                p = futures.pop(fut)
+                if fut.status == "cancelled":
+                    continue
+                outcome = fut.result() if fut.status == "finished" else _failure(fut)
+                store.write_point(out, p.key, _record(command.name, p, outcome))
+                if outcome["status"] == "done":
+                    summary.done += 1
+                else:
+                    summary.failed += 1
+                    bar.write(f"point {p.index} failed: {outcome['error'].splitlines()[0]}")
+                bar.update(1)
+                if stop.is_set():  # a library swallowed the KeyboardInterrupt: stop anyway
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         summary.interrupted = True
         client.cancel(list(futures))
