@@ -88,9 +88,9 @@ def checks() -> list[Check]:
     problem = fst_problem()
     rows.append(
         Check(
-            "FST waves",
+            "FST",
             problem is None,
-            "yes" if problem is None else "no: --waves writes VCD instead",
+            "yes: --waves writes FST" if problem is None else "no: --waves writes VCD instead",
             "apt-get install liblz4-dev zlib1g-dev",
             required=False,
         )

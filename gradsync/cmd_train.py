@@ -311,7 +311,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train an MLP on digits across N simulated nodes")
     add_config_arguments(p)
     p.add_argument(
-        "--out", type=Path, help="write results.json, weights/, trace.json, timeline.png here"
+        "--out",
+        type=Path,
+        help="write results.json, weights/, trace.json, timeline.png here (default: write nothing)",
     )
     p.add_argument("--quiet", action="store_true", help="no per-step lines")
     p.add_argument(
@@ -325,7 +327,7 @@ def add_parser(sub) -> None:
         metavar="SPEC",
         help="RTL: inject faults on every link, e.g. corrupt=600,drop=600 (rates per 65536 "
         "packets; also stall=R per cycle, stall-max=N cycles, seed=S); the NICs must "
-        "recover them and the weights stay those of a fault-free run",
+        "recover them and the weights stay those of a fault-free run (default: no faults)",
     )
     p.add_argument(
         "--check",
