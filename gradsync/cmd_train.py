@@ -14,6 +14,13 @@ from pathlib import Path
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_PRESET, PRESET_HELP, PRESETS, preset
 
+BASELINES = ("fifo", "sequential")  #: what the summary compares the run's schedule with
+
+
+def plural(n: int, word: str) -> str:
+    """``1 node``, ``2 nodes``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
 
 def _layers(text: str) -> tuple[int, ...]:
     try:
@@ -40,10 +47,15 @@ def add_config_arguments(
     p: argparse.ArgumentParser,
     *,
     schedule: bool = True,
-    steps: int = 100,
+    steps: int | None = None,
     backend: str = "rtl",
 ) -> None:
-    """Arguments shared by ``train`` and ``compare``."""
+    """Arguments shared by ``train`` and ``compare``; defaults are ``TrainConfig``'s and the preset's."""
+    from gradsync.firmware.experiment import TrainConfig
+
+    d = TrainConfig()
+    steps = d.steps if steps is None else steps
+    small = PRESETS[DEFAULT_PRESET]
     p.add_argument(
         "--backend",
         choices=("model", "rtl"),
@@ -54,47 +66,92 @@ def add_config_arguments(
         "--max-cycles",
         type=int,
         default=None,
-        help="cycle budget of a run; when spent the run stops naming what each node waits for",
+        help="cycle budget of a run; when spent the run stops naming what each node waits "
+        "for (default: no budget)",
     )
-    p.add_argument("--nodes", type=int, default=2, help="simulated nodes (default 2)")
+    p.add_argument(
+        "--nodes", type=int, default=d.nodes, help=f"simulated nodes (default {d.nodes})"
+    )
     if schedule:
         p.add_argument(
             "--schedule",
-            default="priority",
-            help="sequential, fifo, priority, or path/to/file.py:ClassName (default priority)",
+            default=d.schedule,
+            help=f"sequential, fifo, priority, or path/to/file.py:ClassName (default {d.schedule})",
         )
     p.add_argument(
         "--chunk-bytes",
         type=_chunk,
-        default=512,
-        help="gradient chunk in bytes, or 'auto' (default 512)",
+        default=d.chunk_bytes,
+        help=f"gradient chunk in bytes, or 'auto' (default {d.chunk_bytes})",
     )
     p.add_argument("--steps", type=int, default=steps, help=f"training steps (default {steps})")
+    widths = ",".join(str(w) for w in d.layers)
     p.add_argument(
-        "--layers", type=_layers, default=(64, 32, 10), help="MLP widths (default 64,32,10)"
+        "--layers",
+        type=_layers,
+        default=d.layers,
+        help=f"MLP widths, input first (default {widths})",
     )
     p.add_argument(
-        "--global-batch", type=int, default=64, help="samples per step over all nodes (default 64)"
+        "--global-batch",
+        type=int,
+        default=d.global_batch,
+        help=f"samples per step over all nodes (default {d.global_batch})",
     )
-    p.add_argument("--lr", type=float, default=0.25, help="SGD learning rate (default 0.25)")
     p.add_argument(
-        "--seed", type=int, default=0, help="data split, batches and initial weights (default 0)"
+        "--lr",
+        type=float,
+        default=d.learning_rate,
+        help=f"SGD learning rate (default {d.learning_rate})",
     )
-    hw = p.add_argument_group("hardware")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help=f"data split, batches and initial weights (default {d.seed})",
+    )
+    hw = p.add_argument_group("hardware (the same on both backends)")
     hw.add_argument(
         "--hardware",
         choices=tuple(PRESETS),
         default=DEFAULT_PRESET,
         metavar="NAME",
-        help="hardware preset, the same on both backends: "
-        + "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()),
+        help="hardware preset: "
+        + "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items())
+        + "; the flags below override its fields",
     )
-    hw.add_argument("--array", default="8x8", help="systolic array RxC (default 8x8)")
-    hw.add_argument("--link-bytes-per-cycle", type=int, default=4)
-    hw.add_argument("--link-latency-cycles", type=int, default=50)
-    hw.add_argument("--max-payload-bytes", type=int, default=256)
-    hw.add_argument("--total-bits", type=int, default=16, help="fixed-point operand width")
-    hw.add_argument("--frac-bits", type=int, default=10, help="fixed-point fractional bits")
+    hw.add_argument(
+        "--array",
+        default=None,
+        metavar="RxC",
+        help="systolic array rows x columns "
+        f"(default: the preset's, {small.array_rows}x{small.array_cols} on {DEFAULT_PRESET})",
+    )
+    for flag, field, what in (
+        ("--link-bytes-per-cycle", "link_bytes_per_cycle", "link bytes per cycle (1, 2 or 4)"),
+        ("--link-latency-cycles", "link_latency_cycles", "link latency in cycles"),
+        ("--max-payload-bytes", "max_payload_bytes", "largest packet payload in bytes"),
+    ):
+        hw.add_argument(
+            flag,
+            type=int,
+            default=None,
+            metavar="N",
+            help=f"{what} (default: the preset's, {getattr(small, field)} on {DEFAULT_PRESET})",
+        )
+    fmt = d.fixed_point
+    hw.add_argument(
+        "--total-bits",
+        type=int,
+        default=fmt.total_bits,
+        help=f"fixed-point operand width in bits (default {fmt.total_bits})",
+    )
+    hw.add_argument(
+        "--frac-bits",
+        type=int,
+        default=fmt.frac_bits,
+        help=f"fixed-point fractional bits (default {fmt.frac_bits})",
+    )
 
 
 def _fits(cfg, preset_name: str) -> bool:
@@ -118,18 +175,19 @@ def config_from_args(args, schedule: str | None = None):
     from gradsync.firmware.experiment import TrainConfig
     from gradsync.firmware.training import MemoryPlanError
 
-    try:
-        rows, cols = (int(x) for x in args.array.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--array must look like 8x8, not {args.array!r}") from None
-    hw = preset(
-        args.hardware,
-        array_rows=rows,
-        array_cols=cols,
-        link_bytes_per_cycle=args.link_bytes_per_cycle,
-        link_latency_cycles=args.link_latency_cycles,
-        max_payload_bytes=args.max_payload_bytes,
-    )
+    overrides = {
+        name: getattr(args, name)
+        for name in ("link_bytes_per_cycle", "link_latency_cycles", "max_payload_bytes")
+        if getattr(args, name) is not None
+    }
+    if args.array is not None:
+        try:
+            overrides["array_rows"], overrides["array_cols"] = (
+                int(x) for x in str(args.array).lower().split("x")
+            )
+        except ValueError:
+            raise ValueError(f"--array must look like 8x8, not {args.array!r}") from None
+    hw = preset(args.hardware, **overrides)
     fmt = FixedPointFormat(total_bits=args.total_bits, frac_bits=args.frac_bits)
     cfg = TrainConfig(
         nodes=args.nodes,
@@ -231,11 +289,31 @@ def _rtl_record(args) -> dict:
     }
 
 
+def _print_baselines(cfg, res, backend: str) -> None:
+    """The run's means beside those of :data:`BASELINES` on the golden model, and the gains."""
+    from gradsync.cmd_compare import format_table, gain_line, schedule_rows, summary_row
+
+    others = [name for name in BASELINES if name != cfg.schedule]
+    if not others:
+        return
+    own = summary_row(f"{cfg.schedule}", res)
+    rows = [own] + schedule_rows(cfg, backend_for("model"), others)
+    print(
+        f"the same configuration under {' and '.join(others)} on the golden model "
+        f"({plural(cfg.steps, 'step')} each; the first row is this run, on {backend}):"
+    )
+    print(format_table(rows))
+    for other in rows[1:]:
+        print(gain_line(own, other))
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train an MLP on digits across N simulated nodes")
     add_config_arguments(p)
     p.add_argument(
-        "--out", type=Path, help="write results.json, weights/, trace.json, timeline.png here"
+        "--out",
+        type=Path,
+        help="write results.json, weights/, trace.json, timeline.png here (default: write nothing)",
     )
     p.add_argument("--quiet", action="store_true", help="no per-step lines")
     p.add_argument(
@@ -249,13 +327,20 @@ def add_parser(sub) -> None:
         metavar="SPEC",
         help="RTL: inject faults on every link, e.g. corrupt=600,drop=600 (rates per 65536 "
         "packets; also stall=R per cycle, stall-max=N cycles, seed=S); the NICs must "
-        "recover them and the weights stay those of a fault-free run",
+        "recover them and the weights stay those of a fault-free run (default: no faults)",
     )
     p.add_argument(
         "--check",
         action="store_true",
         help="after the run, run the golden model on the same config and compare every "
         "weight and trace record; exit 1 on any difference",
+    )
+    p.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"after the run, run the same configuration under {' and '.join(BASELINES)} on "
+        "the golden model (seconds) and print what the run's schedule gains (default: on)",
     )
     p.add_argument(
         "--progress",
@@ -284,7 +369,9 @@ def run(args) -> int:
         cfg = config_from_args(args)
         if args.link_faults is not None:
             if args.backend != "rtl":
-                raise ValueError("--link-faults needs --backend rtl: the golden model's links are ideal")
+                raise ValueError(
+                    "--link-faults needs --backend rtl: the golden model's links are ideal"
+                )
             from gradsync.sim.rtl_backend import link_faults_from_spec
 
             args.link_faults_parsed = link_faults_from_spec(args.link_faults, cfg.nodes)
@@ -313,7 +400,8 @@ def run(args) -> int:
     last = res.steps[-1]
     mean_cycles = sum(m.cycles for m in res.steps) / len(res.steps)
     print(
-        f"{cfg.nodes} nodes, {cfg.schedule}, chunk {res.chunk_bytes} B: final loss {last.loss:.4f}, "
+        f"{plural(cfg.nodes, 'node')}, {cfg.schedule}, chunk {res.chunk_bytes} B: "
+        f"final loss {last.loss:.4f}, "
         f"held-out accuracy {last.accuracy:.2%}, {mean_cycles:.0f} cycles/step, "
         f"{res.total_cycles} cycles in {res.wall_seconds:.1f} s "
         f"({res.total_cycles / max(res.wall_seconds, 1e-9):,.0f} cycles/s)"
@@ -330,6 +418,8 @@ def run(args) -> int:
             _report_waves(args)
         if LAST_RUN.counters:
             print(_counter_line(LAST_RUN.counters))
+    if args.baselines:
+        _print_baselines(cfg, res, args.backend)
     if args.out:
         extra = {"rtl": _rtl_record(args)} if args.backend == "rtl" else None
         write_all(res, args.out, args.backend, extra)

@@ -95,14 +95,20 @@ def trace_events(records: list[list[rm.TraceRecord]], ivs: list[Interval] | None
         )
         for eng, name in rm.ENGINE_NAMES.items():
             events.append(
-                {"name": "thread_name", "ph": "M", "pid": node, "tid": name, "args": {"name": name}}
+                {
+                    "name": "thread_name",
+                    "ph": "M",
+                    "pid": node,
+                    "tid": int(eng),
+                    "args": {"name": name},
+                }
             )
             events.append(
                 {
                     "name": "thread_sort_index",
                     "ph": "M",
                     "pid": node,
-                    "tid": name,
+                    "tid": int(eng),
                     "args": {"sort_index": int(eng)},
                 }
             )
@@ -132,7 +138,7 @@ def trace_events(records: list[list[rm.TraceRecord]], ivs: list[Interval] | None
                     "ts": iv.start,
                     "dur": iv.end - iv.start,
                     "pid": node,
-                    "tid": rm.ENGINE_NAMES[eng],
+                    "tid": int(eng),
                     "args": args,
                 }
             )
@@ -146,7 +152,7 @@ def trace_events(records: list[list[rm.TraceRecord]], ivs: list[Interval] | None
                         "s": "t",
                         "ts": r.cycle,
                         "pid": node,
-                        "tid": rm.ENGINE_NAMES[rm.Engine(r.engine)],
+                        "tid": int(r.engine),
                     }
                 )
     return {
@@ -156,56 +162,140 @@ def trace_events(records: list[list[rm.TraceRecord]], ivs: list[Interval] | None
     }
 
 
+def overtakes(ivs: list[Interval]) -> list[Interval]:
+    """NIC_TX intervals of chunks sent ahead of an upper layer's remaining chunks.
+
+    A chunk of layer L on node n in step k overtakes when it is sent (its
+    NIC_TX interval ends) before the last chunk of some layer above L of the
+    same node and step is sent: the order ``priority`` chooses and ``fifo``
+    never does.
+    """
+    tx: dict[tuple[int, int], list[Interval]] = {}
+    for iv in ivs:
+        if iv.engine == rm.Engine.NIC_TX:
+            tx.setdefault((iv.node, iv.step), []).append(iv)
+    out = []
+    for sends in tx.values():
+        last = {}
+        for iv in sends:
+            last[iv.layer] = max(last.get(iv.layer, iv.end), iv.end)
+        for iv in sends:
+            if any(end > iv.end for layer, end in last.items() if layer > iv.layer):
+                out.append(iv)
+    return sorted(out, key=lambda iv: (iv.node, iv.start))
+
+
+#: Timeline rows of one node, top to bottom: the host that feeds it, then its engines.
+TIMELINE_ENGINES = (
+    rm.Engine.HOST,
+    rm.Engine.COMPUTE,
+    rm.Engine.VECTOR,
+    rm.Engine.DMA_HI,
+    rm.Engine.DMA_LO,
+    rm.Engine.NIC_TX,
+    rm.Engine.NIC_RX,
+)
+HOST_COLOR = "0.6"
+
+
 def write_timeline(res: RunResult, path: Path, max_steps: int = 3) -> None:
-    """Gantt chart of the first ``max_steps`` steps: a row per node and engine."""
+    """Gantt chart of the first ``max_steps`` steps: each node's rows together (host first).
+
+    Bars are coloured by layer (host transfers grey); black lines start the
+    steps, numbered on top; a red dashed line per step marks layer 1 ready
+    (its reduced gradients applied on every node); a triangle above ``nic.tx``
+    marks each chunk that overtakes an upper layer's remaining ones
+    (:func:`overtakes`).  The legend sits right of the chart.  x is in cycles.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     nodes = len(res.records)
     steps = res.steps[:max_steps]
     hi = steps[-1].start_cycle + steps[-1].cycles if steps else res.total_cycles
     lo = steps[0].start_cycle if steps else 0
-    rows = [(n, e) for n in range(nodes) for e in rm.Engine if e != rm.Engine.HOST] + [
-        (n, rm.Engine.HOST) for n in range(nodes)
-    ]
+    rows = [(n, e) for n in range(nodes) for e in TIMELINE_ENGINES]
     index = {r: i for i, r in enumerate(rows)}
     cmap = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(14, 0.35 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(15, 0.32 * len(rows) + 2.2), layout="constrained")
+    shown = [iv for iv in res.intervals if iv.end >= lo and iv.start <= hi]
     bars: dict[int, tuple[list, list]] = {}
-    for iv in res.intervals:
-        if iv.end < lo or iv.start > hi:
-            continue
+    for iv in shown:
         y = index[(iv.node, rm.Engine(iv.engine))]
-        color = "0.6" if iv.engine == rm.Engine.HOST else cmap((iv.layer - 1) % 10)
+        color = HOST_COLOR if iv.engine == rm.Engine.HOST else cmap((iv.layer - 1) % 10)
         spans, colors = bars.setdefault(y, ([], []))
         spans.append((iv.start, max(iv.end - iv.start, 1)))
         colors.append(color)
     for y, (spans, colors) in bars.items():
         ax.broken_barh(spans, (y - 0.4, 0.8), facecolors=colors)
+    ahead = overtakes(shown)
+    if ahead:
+        ax.plot(
+            [(iv.start + iv.end) / 2 for iv in ahead],
+            [index[(iv.node, rm.Engine.NIC_TX)] - 0.62 for iv in ahead],
+            "v",
+            color="k",
+            ms=5,
+            clip_on=False,
+        )
+    top = ax.get_xaxis_transform()  # x in cycles, y in axes fraction
     for m in steps:
-        ax.axvline(m.start_cycle, color="k", lw=0.5)
+        ax.axvline(m.start_cycle, color="k", lw=1)
+        ax.text(
+            m.start_cycle + m.cycles / 2,
+            1.01,
+            f"step {m.step}",
+            transform=top,
+            ha="center",
+            va="bottom",
+            fontsize=10,
+            weight="bold",
+        )
         if m.layer1_ready_cycle >= 0:
-            ax.axvline(m.start_cycle + m.layer1_ready_cycle, color="r", ls="--", lw=1)
+            ax.axvline(m.start_cycle + m.layer1_ready_cycle, color="r", ls="--", lw=1.2)
+    for n in range(1, nodes):
+        ax.axhline(n * len(TIMELINE_ENGINES) - 0.5, color="0.3", lw=0.8)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"node {n} {rm.ENGINE_NAMES[e]}" for n, e in rows])
-    ax.invert_yaxis()
+    ax.set_yticklabels([f"node {n}  {rm.ENGINE_NAMES[e]}" for n, e in rows], fontsize=9)
+    ax.set_ylim(len(rows) - 0.5, -0.9)
     ax.set_xlim(lo, hi)
-    ax.set_xlabel("cycle")
+    ax.set_xlabel("cycle (from the start of the run)")
     layers = len(res.config.layers) - 1
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i % 10)) for i in range(layers)]
-    handles.append(plt.Line2D([0], [0], color="r", ls="--"))
+    handles = [Patch(color=cmap(i % 10), label=f"layer {i + 1}") for i in range(layers)]
+    handles += [
+        Patch(color=HOST_COLOR, label="host transfer"),
+        Line2D([0], [0], color="k", lw=1, label="step start"),
+        Line2D([0], [0], color="r", ls="--", lw=1.2, label="layer 1 ready"),
+        Line2D(
+            [0],
+            [0],
+            marker="v",
+            color="k",
+            ls="",
+            ms=6,
+            label="chunk sent ahead of an\nupper layer's remaining ones",
+        ),
+    ]
     ax.legend(
-        handles,
-        [f"layer {i + 1}" for i in range(layers)] + ["layer 1 ready"],
-        loc="upper right",
-        fontsize=8,
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.005, 1.0),
+        fontsize=9,
+        title="layer = colour of its\ncompute and chunks",
+        title_fontsize=8,
     )
+    cfg = res.config
     ax.set_title(
-        f"{res.config.schedule}: {nodes} nodes, chunk {res.chunk_bytes} B (first {len(steps)} steps)"
+        f"{cfg.schedule}: {nodes} node{'s' if nodes != 1 else ''}, layers "
+        f"{','.join(map(str, cfg.layers))}, chunk {res.chunk_bytes} B, link "
+        f"{cfg.hardware.link_bytes_per_cycle} B/cycle (first {len(steps)} "
+        f"step{'s' if len(steps) != 1 else ''})",
+        pad=22,
     )
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -23,7 +23,7 @@ class HardwareConfig:
     """Parameters of one node and its link.  Units are in the names.
 
     Memory sizes are in operand words (the number format's width).  The
-    defaults are the ``small`` preset (:data:`PRESETS`).
+    defaults are the ``small`` preset (:data:`PRESETS`) but for its slower link.
     """
 
     array_rows: int = 8
@@ -78,9 +78,12 @@ class HardwareConfig:
 #: Named hardware presets (``gradsync train --hardware NAME``).
 PRESETS: dict[str, HardwareConfig] = {
     # SRAMs and trace buffer just large enough for the default training run
-    # (--layers 64,32,10 --global-batch 64 on 2 or more nodes needs 7104
-    # scratchpad and 4736 gradient words at 16 bits); small Verilator builds
-    "small": HardwareConfig(),
+    # (--layers 64,32,32,10 --global-batch 16 on 2 or more nodes needs 5088
+    # scratchpad and 6784 gradient words at 16 bits); small Verilator builds.
+    # A slow link (1 byte/cycle, 100 cycles latency) makes that run
+    # communication-bound, so that priority's lower layers overtake the upper
+    # layers' remaining chunks and layer 1 is ready earlier than under fifo.
+    "small": HardwareConfig(link_bytes_per_cycle=1, link_latency_cycles=100),
     # room for wider layers: 64 Ki scratchpad / 32 Ki gradient words, 16 Ki trace records
     "large": HardwareConfig(
         scratchpad_words=1 << 16, gradient_words=1 << 15, trace_records=1 << 14
@@ -91,8 +94,10 @@ DEFAULT_PRESET = "small"
 DEFAULT_HARDWARE = PRESETS[DEFAULT_PRESET]
 
 PRESET_HELP = {
-    "small": "8 Ki scratchpad + 8 Ki gradient words, 2 Ki trace records (default)",
-    "large": "64 Ki scratchpad + 32 Ki gradient words, 16 Ki trace records",
+    "small": "8 Ki scratchpad + 8 Ki gradient words, 2 Ki trace records, 1 byte/cycle link "
+    "with 100 cycles latency (default)",
+    "large": "64 Ki scratchpad + 32 Ki gradient words, 16 Ki trace records, 4 bytes/cycle link "
+    "with 50 cycles latency",
 }
 
 

@@ -50,7 +50,9 @@ def test_layers_too_big_for_the_preset_exit_2_before_running(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("earlier results")
-    code = main(["train", "--backend", "model", "--nodes", "1", "--steps", "1", "--out", str(out)])
+    # the main job's MLP until issue 17, on one node (the default 64,32,32,10 fits)
+    argv = ["--layers", "64,32,10", "--global-batch", "64", "--out", str(out)]
+    code = main(["train", "--backend", "model", "--nodes", "1", "--steps", "1", *argv])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -63,5 +65,5 @@ def test_no_preset_is_suggested_when_none_fits(capsys):
     code = main(["train", "--backend", "model", "--layers", "64,1000,10", "--steps", "1"])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("need 140688 scratchpad words but the device has 8192")
+    assert err.endswith("need 90672 scratchpad words but the device has 8192")
     assert "try --hardware" not in err

@@ -90,7 +90,12 @@ def test_trace_json_identical_to_the_model_backend(runs):
     assert len(ev_r) > 100
     for i, (a, b) in enumerate(zip(ev_r, ev_m, strict=True)):
         assert a == b, f"event {i}: rtl {a} != model {b}"
-    kinds = {e["tid"] for e in ev_r}
+    names = {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in rtl["traceEvents"]
+        if e["ph"] == "M" and e["name"] == "thread_name"
+    }
+    kinds = {names[e["pid"], e["tid"]] for e in ev_r}
     assert {"compute", "vector", "dma.hi", "nic.tx", "nic.rx", "host"} <= kinds
 
 

@@ -108,6 +108,15 @@ def test_priority_layer1_ready_strictly_earliest(comm_bound_runs):
     assert all(np.array_equal(a, b) for x in w[1:] for a, b in zip(w[0], x, strict=True))
 
 
+def thread_names(trace: dict) -> dict[tuple[int, int], str]:
+    """(pid, tid) -> engine name, from the trace's thread_name metadata events."""
+    return {
+        (e["pid"], e["tid"]): e["args"]["name"]
+        for e in trace["traceEvents"]
+        if e["ph"] == "M" and e["name"] == "thread_name"
+    }
+
+
 def recompute_step(rec: dict, w_raw: list[np.ndarray], step: int) -> list[np.ndarray]:
     """Step ``step`` from the record alone, with the documented integer numerics (N = 2)."""
     from sklearn.datasets import load_digits
@@ -138,7 +147,10 @@ def recompute_step(rec: dict, w_raw: list[np.ndarray], step: int) -> list[np.nda
 
 def test_outputs_follow_the_contract_and_recompute_bit_exactly(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--backend", "model", "--nodes", "2", "--steps", "3", "--out", str(out)])
+    # two layers and a global batch of 64 (the main job's until issue 17): recompute_step
+    # spells out a two-layer step by hand
+    argv = ["--layers", "64,32,10", "--global-batch", "64", "--lr", "0.25", "--out", str(out)]
+    code = main(["train", "--backend", "model", "--nodes", "2", "--steps", "3", *argv])
     assert code == 0
     printed = capsys.readouterr().out
     assert printed.count("step ") >= 3 and "layer1-ready" in printed
@@ -187,7 +199,8 @@ def test_outputs_follow_the_contract_and_recompute_bit_exactly(tmp_path, capsys)
         )
     trace = json.loads((out / "trace.json").read_text())
     xs = [e for e in trace["traceEvents"] if e["ph"] == "X"]
-    assert {e["tid"] for e in xs} >= {
+    names = thread_names(trace)
+    assert {names[e["pid"], e["tid"]] for e in xs} >= {
         "compute",
         "vector",
         "dma.lo",
@@ -197,7 +210,7 @@ def test_outputs_follow_the_contract_and_recompute_bit_exactly(tmp_path, capsys)
         "host",
     }
     assert {e["cat"] for e in xs} <= {"compute", "vector", "dma", "link", "host"}
-    sends = [e for e in xs if e["tid"] == "nic.tx"]
+    sends = [e for e in xs if names[e["pid"], e["tid"]] == "nic.tx"]
     assert all(e["name"].startswith("send L") and e["args"]["bytes"] > 0 for e in sends)
     assert any(e["args"]["kind"] == "dw" for e in xs)
     assert trace["otherData"]["time_unit"] == "cycles"
@@ -211,7 +224,7 @@ def test_outputs_follow_the_contract_and_recompute_bit_exactly(tmp_path, capsys)
         (["--layers", "64,40000,10"], "widest 40000"),
         (["--chunk-bytes", "1048576"], "chunk size 1048576 bytes is larger than the gradient SRAM"),
         (["--chunk-bytes", "6"], "not 6"),
-        (["--nodes", "3"], "global batch 64 must be a positive multiple of the 3 nodes"),
+        (["--nodes", "3"], "global batch 16 must be a positive multiple of the 3 nodes"),
         (["--schedule", "nope"], "unknown schedule 'nope'"),
     ],
 )
@@ -237,7 +250,7 @@ def test_rtl_config_that_does_not_fit_the_simulated_sram_is_refused_before_any_b
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == (
-        "gradsync train: layers 64,128,10 (widest 128) with a local batch of 32 need 20352 "
+        "gradsync train: layers 64,128,10 (widest 128) with a local batch of 8 need 12192 "
         "scratchpad words but the device has 8192 (--hardware small); try --hardware large"
     )
 
@@ -291,7 +304,8 @@ def test_user_schedule_from_a_file(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     trace = json.loads((out / "trace.json").read_text())
     dma = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] == "dma"]
-    assert dma and all(e["tid"] == "dma.hi" for e in dma)
+    names = thread_names(trace)
+    assert dma and all(names[e["pid"], e["tid"]] == "dma.hi" for e in dma)
 
 
 def test_compare_prints_a_row_per_schedule(capsys):
@@ -324,7 +338,10 @@ def test_compare_prints_a_row_per_schedule(capsys):
     [
         ("corrupt=70000", "--link-faults corrupt must be in 0..65535, not 70000"),
         ("seed=0", "--link-faults seed must be in 1..4294967293, not 0"),
-        ("flip=3", "--link-faults takes corrupt=N, drop=N, stall=N, stall-max=N, seed=N, not 'flip=3'"),
+        (
+            "flip=3",
+            "--link-faults takes corrupt=N, drop=N, stall=N, stall-max=N, seed=N, not 'flip=3'",
+        ),
         ("drop=lots", "--link-faults drop must be an integer, not 'lots'"),
         (",", "--link-faults needs at least one of corrupt=, drop=, stall="),
     ],
@@ -342,7 +359,10 @@ def test_link_faults_need_the_rtl_backend(capsys):
     code = main(["train", "--backend", "model", "--steps", "1", "--link-faults", "drop=5"])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == "gradsync train: --link-faults needs --backend rtl: the golden model's links are ideal"
+    assert (
+        err
+        == "gradsync train: --link-faults needs --backend rtl: the golden model's links are ideal"
+    )
 
 
 def test_link_fault_spec_gives_every_link_its_own_seed():
