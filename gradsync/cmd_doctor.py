@@ -121,9 +121,12 @@ def run(args) -> int:
     rows = checks()
     print(format_table(rows))
     print(missing_line(rows))
-    if any(r.required and not r.found for r in rows):
+    blocking = [r for r in rows if r.required and not r.found]
+    if blocking:  # why the command fails, on stderr too
+        reasons = "; ".join(f"{r.detail} ({r.hint})" for r in blocking)
         print(
-            "doctor: the RTL backend cannot run until the rows marked MISSING are fixed",
+            f"doctor: the RTL backend cannot run until the rows marked MISSING are fixed: "
+            f"{reasons}",
             file=sys.stderr,
         )
         return 1

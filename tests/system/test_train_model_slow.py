@@ -21,6 +21,7 @@ from gradsync.spec.hardware import PRESETS
             steps=100,
             schedule="sequential",
             layers=(64, 48, 24, 10),
+            global_batch=64,  # the batch this case was written for (the default is now 16)
             hardware=PRESETS["large"],
         ),
     ],
