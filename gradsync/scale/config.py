@@ -116,7 +116,7 @@ class ScaleConfig:
 class Span:
     """One interval of the simulated node's timeline (for the Perfetto trace)."""
 
-    track: str  #: "compute", "host", "dma.hi", "dma.lo", "link", "link.intra", "rx"
+    track: str  #: "compute", "host", "dma.ring" (or "dma.inter"/"dma.intra"), "rx"
     name: str
     start: float
     end: float
