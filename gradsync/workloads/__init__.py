@@ -15,7 +15,7 @@ from pathlib import Path
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig
 from gradsync.workloads import networks
 from gradsync.workloads.importers import load
-from gradsync.workloads.mlp import DEFAULT_LAYERS, mlp_layers
+from gradsync.workloads.mlp import DEFAULT_LAYERS, DEFAULT_LOCAL_BATCH, mlp_layers
 from gradsync.workloads.workload import JSON_VERSION, Gemm, Layer, Workload, WorkloadError
 
 __all__ = [
@@ -36,7 +36,13 @@ BUILTIN_NAMES = ("resnet50", "vgg19", "bert-base", "gpt2", "mlp")
 #: Default array of the four big networks (the MLP defaults to ``DEFAULT_HARDWARE``).
 BIG_NETWORK_HARDWARE = HardwareConfig(array_rows=128, array_cols=128, vector_lanes=128)
 #: Default local batch of each built-in (the MLP's: global 64 on 2 nodes).
-DEFAULT_BATCH = {"resnet50": 32, "vgg19": 32, "bert-base": 32, "gpt2": 8, "mlp": 32}
+DEFAULT_BATCH = {
+    "resnet50": 32,
+    "vgg19": 32,
+    "bert-base": 32,
+    "gpt2": 8,
+    "mlp": DEFAULT_LOCAL_BATCH,
+}
 #: Default and largest sequence length of the transformers (their position tables).
 DEFAULT_SEQ_LEN = {"bert-base": 128, "gpt2": 1024}
 MAX_SEQ_LEN = {"bert-base": networks.BERT_MAX_POSITIONS, "gpt2": networks.GPT2_CONTEXT}

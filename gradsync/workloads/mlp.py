@@ -18,13 +18,17 @@ dumps ``b x 10`` logits (then loads ``dZ`` of the same size).
 
 from __future__ import annotations
 
+from gradsync.firmware.experiment import TrainConfig
 from gradsync.spec import regmap as rm
 from gradsync.spec.hardware import HardwareConfig
 from gradsync.spec.timing import gemm_cycles, vector_cycles
 from gradsync.workloads.workload import Gemm, Layer, WorkloadError
 
+_TRAIN = TrainConfig()
 #: ``gradsync train``'s default ``--layers``.
-DEFAULT_LAYERS = (64, 32, 10)
+DEFAULT_LAYERS = tuple(_TRAIN.layers)
+#: ``gradsync train``'s default local batch (its global batch over its default node count).
+DEFAULT_LOCAL_BATCH = _TRAIN.global_batch // _TRAIN.nodes
 
 
 def _aligned(n_bytes: int) -> int:

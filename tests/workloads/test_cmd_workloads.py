@@ -24,7 +24,8 @@ def test_list_prints_every_builtin_with_its_totals(capsys):
     rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
     assert list(rows) == ["resnet50", "vgg19", "bert-base", "gpt2", "mlp"]
     assert rows["resnet50"][2] == "25,557,032" and rows["resnet50"][3] == "51.11"
-    assert rows["gpt2"][2] == "124,439,808" and rows["mlp"][2] == "2,368"
+    # the MLP is gradsync train's default, 64-32-32-10: 64*32 + 32*32 + 32*10 weights
+    assert rows["gpt2"][2] == "124,439,808" and rows["mlp"][2] == "3,392"
 
 
 def test_show_table_lists_every_layer_and_the_total(capsys):
@@ -43,13 +44,15 @@ def test_show_json_is_the_documented_document(capsys):
     assert code == 0
     doc = json.loads(out)
     assert doc["version"] == 1 and doc["name"] == "mlp" and doc["source"] == "builtin"
-    assert doc["element_bytes"] == 4 and doc["batch"] == 32
+    # gradsync train's default: global batch 16 on 2 nodes, layers 64-32-32-10
+    assert doc["element_bytes"] == 4 and doc["batch"] == 8
     assert doc["hardware"] == {"array_rows": 8, "array_cols": 8, "vector_lanes": 8}
-    fc1, fc2 = doc["layers"]
+    fc1, fc2, fc3 = doc["layers"]
     assert fc1["grad_bytes"] == 64 * 32 * 4 and fc1["ig"] == []
-    assert fc2["fwd_gemms"] == [{"m": 32, "k": 32, "n": 10, "count": 1}]
-    assert doc["totals"]["params"] == 2368
-    assert doc["totals"]["wg_cycles"] == fc1["wg_cycles"] + fc2["wg_cycles"]
+    assert fc2["fwd_gemms"] == [{"m": 8, "k": 32, "n": 32, "count": 1}]
+    assert fc3["fwd_gemms"] == [{"m": 8, "k": 32, "n": 10, "count": 1}]
+    assert doc["totals"]["params"] == 3392
+    assert doc["totals"]["wg_cycles"] == fc1["wg_cycles"] + fc2["wg_cycles"] + fc3["wg_cycles"]
 
 
 def test_show_file_and_seq_len(capsys):

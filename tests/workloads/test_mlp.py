@@ -26,16 +26,20 @@ def test_gradient_bytes_are_the_firmware_buffers(widths):
 
 
 def test_default_mlp_commands_from_the_timing_formulas():
+    """The default is gradsync train's: layers 64-32-32-10, global batch 16 on 2 nodes."""
+    cfg = experiment.TrainConfig()
+    assert (cfg.layers, cfg.global_batch, cfg.nodes) == ((64, 32, 32, 10), 16, 2)
     w = builtin("mlp")
-    hw, b = DEFAULT_HARDWARE, 32
+    hw, b = DEFAULT_HARDWARE, 8
     assert w.hardware == hw and w.batch == b and w.element_bytes == 2
-    fc1, fc2 = w.layers
+    fc1, fc2, fc3 = w.layers
     assert fc1.fwd == (gemm_cycles(b, 64, 32, hw), vector_cycles("relu", b * 32, hw))
-    assert fc2.fwd == (gemm_cycles(b, 32, 10, hw),)  # no relu on the top layer
+    assert fc2.fwd == (gemm_cycles(b, 32, 32, hw), vector_cycles("relu", b * 32, hw))
+    assert fc3.fwd == (gemm_cycles(b, 32, 10, hw),)  # no relu on the top layer
     assert fc1.ig == ()  # the first layer needs no input gradient
-    assert fc2.ig == (gemm_cycles(b, 10, 32, hw), vector_cycles("relu_bwd", b * 32, hw))
+    assert fc3.ig == (gemm_cycles(b, 10, 32, hw), vector_cycles("relu_bwd", b * 32, hw))
     assert fc1.wg == (gemm_cycles(64, b, 32, hw),)
-    assert fc2.update == (vector_cycles("sgd", 320, hw),)
+    assert fc3.update == (vector_cycles("sgd", 320, hw),)
     assert (w.input_bytes, w.output_bytes) == (b * 64 * 2, b * 10 * 2)
 
 
