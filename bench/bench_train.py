@@ -24,7 +24,6 @@ from gradsync.firmware import experiment
 from gradsync.firmware.experiment import TrainConfig
 from gradsync.model_backend import run_model
 from gradsync.sim.rtl_backend import LAST_RUN, run_rtl
-from gradsync.spec.hardware import HardwareConfig
 
 
 def _timed(cfg: TrainConfig, backend) -> tuple[experiment.RunResult, float]:
@@ -35,11 +34,12 @@ def _timed(cfg: TrainConfig, backend) -> tuple[experiment.RunResult, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--schedule", default="priority")
-    p.add_argument("--global-batch", type=int, default=64)
-    p.add_argument("--layers", default="64,32,10")
+    d = TrainConfig()  # the defaults of `gradsync train`, i.e. the README's make run
+    p.add_argument("--nodes", type=int, default=d.nodes)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--schedule", default=d.schedule)
+    p.add_argument("--global-batch", type=int, default=d.global_batch)
+    p.add_argument("--layers", default=",".join(map(str, d.layers)))
     args = p.parse_args()
     cfg = TrainConfig(
         nodes=args.nodes,
@@ -47,7 +47,6 @@ def main() -> None:
         schedule=args.schedule,
         global_batch=args.global_batch,
         layers=tuple(int(x) for x in args.layers.split(",")),
-        hardware=HardwareConfig(),
     )
     model, model_wall = _timed(cfg, lambda c, j: run_model(c, j))
     rtl, rtl_wall = _timed(cfg, lambda c, j: run_rtl(c, j, progress=False))
