@@ -25,8 +25,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from gradsync.scale.config import ScaleConfig, ScaleConfigError, ScaleLink
-from gradsync.scale.sim import chunk_phases, simulate
+from gradsync.scale.config import ScaleConfig, ScaleConfigError
+from gradsync.scale.sim import chunk_phases, host_reaction_cycles, send_cycles, simulate
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
 
@@ -35,17 +35,6 @@ RULES = {"efficiency": 0.8, "time": 50_000}
 DEFAULT_RULE = ("efficiency", 0.5)
 #: chunk sizes :func:`best_chunk` tries by default: 16 KiB .. 64 MiB, powers of two
 GRID = tuple(1 << k for k in range(14, 27))
-
-
-def _send_cycles(send: int, link: ScaleLink, cfg: ScaleConfig) -> float:
-    """Descriptor occupancy of one send: fetch, packets, write-back."""
-    mp = link.max_payload_bytes
-    full, rest = divmod(send, mp)
-    frame = link.header_bytes + link.crc_bytes
-    tx = full * math.ceil((frame + mp) / link.bytes_per_cycle)
-    if rest:
-        tx += math.ceil((frame + rest) / link.bytes_per_cycle)
-    return tm.descriptor_fetch_cycles(cfg.hardware) + tx + tm.DESCRIPTOR_WRITEBACK_CYCLES
 
 
 def sends_per_chunk(cfg: ScaleConfig) -> int:
@@ -76,7 +65,7 @@ def rule_chunk_bytes(
         send = mp
         for packets in range(1, 1 << 16):
             send = packets * mp
-            busy = _send_cycles(send, link, cfg) + link.latency_cycles
+            busy = send_cycles(send, link, cfg.hardware) + link.latency_cycles
             if send / (link.bytes_per_cycle * busy) >= target:
                 break
         return _align(send * parts)
@@ -84,7 +73,10 @@ def rule_chunk_bytes(
         raise ScaleConfigError(f"time target must be > 0 cycles, not {target!r}")
     # all-reduce of one chunk alone: every phase is a send, its flight and the host's reaction
     phases = max(1, len(chunk_phases(parts * 4096, cfg.nodes)))
-    per_phase_fixed = tm.descriptor_fetch_cycles(cfg.hardware) + link.latency_cycles + 100
+    hw = cfg.hardware
+    per_phase_fixed = (
+        tm.descriptor_fetch_cycles(hw) + link.latency_cycles + host_reaction_cycles(hw)
+    )
     budget = target / phases - per_phase_fixed
     send = max(link.max_payload_bytes, budget * link.bytes_per_cycle)
     return _align(send * parts)

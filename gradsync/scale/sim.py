@@ -30,10 +30,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from gradsync.firmware.collectives import chunk_plan, segments
 from gradsync.firmware.schedules import SendTask, release_groups, schedule_chunk_bytes
 from gradsync.scale.config import ScaleConfig, ScaleConfigError, ScaleLink, ScaleResult, Span
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
+from gradsync.spec.hardware import HardwareConfig
 
 # interrupt causes (bits of the simulated IRQ_STATUS)
 _COMPUTE, _RX = 1, 8
@@ -108,13 +110,6 @@ def _coarsen(phases: list[_Phase], limit: int = MAX_PHASES) -> list[_Phase]:
     return out
 
 
-def _segments(length: int, parts: int) -> list[int]:
-    """Lengths of ``parts`` ring segments, in DMA_ALIGN_BYTES units (firmware.collectives)."""
-    units = length // rm.DMA_ALIGN_BYTES
-    base, extra = divmod(units, parts)
-    return [(base + (1 if j < extra else 0)) * rm.DMA_ALIGN_BYTES for j in range(parts)]
-
-
 def chunk_phases(
     length: int, nodes: int, per_box: int = 1, limit: int = MAX_PHASES
 ) -> tuple[_Phase, ...]:
@@ -131,7 +126,7 @@ def chunk_phases(
         link = 1 if per_box >= nodes > 1 and per_box > 1 else 0
         return tuple(_coarsen([_Phase(link, n) for n in _ring_lengths(length, nodes)], limit))
     boxes = nodes // per_box
-    intra = _segments(length, per_box)
+    intra = [n for _off, n in segments(length, per_box)]
     share = intra[0]
     rs = [_Phase(1, intra[(0 - s) % per_box]) for s in range(per_box - 1)]
     mid = [_Phase(0, n) for n in _ring_lengths(share, boxes)]
@@ -140,12 +135,8 @@ def chunk_phases(
 
 
 def _ring_lengths(length: int, nodes: int) -> list[int]:
-    if nodes == 2:
-        return [length]
-    seg = _segments(length, nodes)
-    rs = [seg[(0 - s) % nodes] for s in range(nodes - 1)]
-    ag = [seg[(1 - s) % nodes] for s in range(nodes - 1)]
-    return [n for n in rs + ag if n > 0]
+    """Node 0's sends of a chunk, in phase order: the firmware's own plan."""
+    return [send.length for send in chunk_plan(0, nodes, length).sends]
 
 
 def split_chunks(n_bytes: int, chunk_bytes: int) -> list[int]:
@@ -193,6 +184,28 @@ def _regs(layer, i: int, step: int, pas: str, j: int, batch: int) -> tuple:
         shape[2],
         0,
         tag,
+    )
+
+
+def host_reaction_cycles(hw: HardwareConfig) -> int:
+    """Host cycles from a receipt to the next phase's doorbell on an idle host: interrupt,
+    IRQ_STATUS read and clear, RX_DONE read(s) and clear, EXPECT write, descriptor post."""
+    reads = 2 + (hw.rx_windows > 32)
+    return (
+        hw.host_irq_latency_cycles
+        + reads * hw.host_read_cycles
+        + 3 * hw.host_write_cycles
+        + tm.host_bulk_cycles(rm.DESCRIPTOR_BYTES, hw)
+        + hw.host_write_cycles
+    )
+
+
+def send_cycles(length: int, link: ScaleLink, hw: HardwareConfig) -> int:
+    """DMA occupancy of one send: descriptor fetch, its packets on ``link``, write-back."""
+    return (
+        tm.descriptor_fetch_cycles(hw)
+        + _Wire(link).tx_cycles(length)
+        + tm.DESCRIPTOR_WRITEBACK_CYCLES
     )
 
 
@@ -783,17 +796,7 @@ class Simulation:
 
     @property
     def react(self) -> int:
-        """Host cycles from a receipt to the next phase's doorbell on an idle host: interrupt,
-        IRQ_STATUS read and clear, RX_DONE read(s) and clear, EXPECT write, descriptor post."""
-        hw = self.cfg.hardware
-        reads = 2 + (hw.rx_windows > 32)
-        return (
-            hw.host_irq_latency_cycles
-            + reads * hw.host_read_cycles
-            + 3 * hw.host_write_cycles
-            + tm.host_bulk_cycles(rm.DESCRIPTOR_BYTES, hw)
-            + hw.host_write_cycles
-        )
+        return host_reaction_cycles(self.cfg.hardware)
 
     def phases_of(self, length: int) -> tuple[_Phase, ...]:
         ph = self._phase_cache.get(length)
