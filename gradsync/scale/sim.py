@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from gradsync.firmware.collectives import chunk_plan, segments
 from gradsync.firmware.schedules import SendTask, release_groups, schedule_chunk_bytes
+from gradsync.firmware.training import split_chunks
 from gradsync.scale.config import ScaleConfig, ScaleConfigError, ScaleLink, ScaleResult, Span
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
@@ -137,11 +138,6 @@ def chunk_phases(
 def _ring_lengths(length: int, nodes: int) -> list[int]:
     """Node 0's sends of a chunk, in phase order: the firmware's own plan."""
     return [send.length for send in chunk_plan(0, nodes, length).sends]
-
-
-def split_chunks(n_bytes: int, chunk_bytes: int) -> list[int]:
-    full, rest = divmod(n_bytes, chunk_bytes)
-    return [chunk_bytes] * full + ([rest] if rest else [])
 
 
 _STAGED = len(rm.command_registers(0, 0, 0, 0, 1, 1, 1))
@@ -779,7 +775,9 @@ class Simulation:
                 f"--chunk-bytes must be a positive multiple of {rm.DMA_ALIGN_BYTES}, not {chunk}"
             )
         self.chunk = chunk
-        self.chunk_lengths = [[]] + [split_chunks(ly.grad_bytes, chunk) for ly in self.layers]
+        self.chunk_lengths = [[]] + [
+            [n for _off, n in split_chunks(ly.grad_bytes, chunk)] for ly in self.layers
+        ]
         grads = tuple(ly.grad_bytes for ly in self.layers)
         self.groups = release_groups(cfg.schedule, grads)
         self._phase_cache: dict[int, tuple[_Phase, ...]] = {}
