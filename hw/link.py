@@ -83,7 +83,8 @@ class Link(wiring.Component):
         Per-cycle probability ``rate / 65536`` of stalling ``tx`` for
         ``1 + (r * stall_max >> 8)`` cycles, ``r`` random in 0..255.
     seed : In(32), seed_load : In(1)
-        Reseeds the fault generators (``seed`` must be non-zero).
+        Reseeds the fault generators (``seed`` must be non-zero), also while
+        reset is held: the generators themselves are never reset.
     packets, corrupted, dropped, stalls : Out(32)
         Packets carried and faults injected since reset.
     """
@@ -118,8 +119,11 @@ class Link(wiring.Component):
     def elaborate(self, platform):
         m = Module()
 
-        rng_pkt = Signal(32, init=0x1234_5678)
-        rng_cyc = Signal(32, init=0x9E37_79B9)
+        # The generators are not reset: a seed loaded while reset is held (as
+        # the RTL backend does) takes effect, and reset alone does not replay
+        # the previous sequence.
+        rng_pkt = Signal(32, init=0x1234_5678, reset_less=True)
+        rng_cyc = Signal(32, init=0x9E37_79B9, reset_less=True)
         with m.If(self.seed_load):
             m.d.sync += [rng_pkt.eq(self.seed | 1), rng_cyc.eq(self.seed ^ 0x9E37_79B9 | 2)]
         with m.Else():

@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -289,12 +290,15 @@ def build_verilog(
             final, toplevel, design_top, key, options, ports, cached, info["build_seconds"], info
         )
 
-    if stamp.is_file():
+    if stamp.is_file() and entry_damage(final) is None:
         return done(cached=True)
     with _exclusive(root / f".{design_top}-{key[:20]}.lock"):
         if stamp.is_file():
-            return done(cached=True)
-        if final.exists():  # left by a build that was killed before its stamp
+            damage = entry_damage(final)
+            if damage is None:
+                return done(cached=True)
+            notice(f"cached model {final.name} is damaged ({damage}); rebuilding it")
+        if final.exists():  # damaged, or left by a build that was killed before its stamp
             shutil.rmtree(final)
         work = Path(tempfile.mkdtemp(prefix=f".{design_top}-", dir=root))
         try:
@@ -310,6 +314,8 @@ def build_verilog(
                         "options": asdict(options),
                         "versions": _versions(),
                         "build_seconds": round(seconds, 3),
+                        "executable": toplevel,
+                        "executable_sha256": file_sha256(work / toplevel),
                     },
                     indent=2,
                 )
@@ -319,6 +325,42 @@ def build_verilog(
             shutil.rmtree(work, ignore_errors=True)
             raise
     return done(cached=False)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def entry_damage(directory: Path) -> str | None:
+    """Why the cache entry in ``directory`` cannot be used, or None if it is whole.
+
+    An entry is whole when its stamp names its executable and that file's
+    SHA-256 is the one recorded when it was built: a deleted, truncated or
+    tampered simulator, or an entry from before the hash was recorded, is not.
+    """
+    try:
+        info = json.loads((directory / "gradsync_build.json").read_text())
+    except (OSError, ValueError):
+        return "its gradsync_build.json is missing or unreadable"
+    name, want = info.get("executable"), info.get("executable_sha256")
+    if not isinstance(name, str) or not isinstance(want, str) or "/" in name:
+        return "it records no executable hash"
+    exe = directory / name
+    if not exe.is_file():
+        return f"its executable {name} is missing"
+    if file_sha256(exe) != want:
+        return f"its executable {name} does not match the hash recorded when it was built"
+    return None
+
+
+def notice(message: str) -> None:
+    """One line on stderr about the cache (``gradsync: ...``)."""
+    print(f"gradsync: {message}", file=sys.stderr, flush=True)
 
 
 def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, options, log) -> None:
@@ -430,6 +472,13 @@ def elaboration_key(component, name: str, options: BuildOptions, params) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
+def _confined(name) -> str:
+    """An index entry's ``directory``: one plain name inside the cache root, or ValueError."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"index entry names {name!r}, not a folder of the cache root")
+    return name
+
+
 def _index_file(name: str, key: str) -> Path:
     return cache_root() / "index" / f"{name}-{key[:24]}.json"
 
@@ -438,12 +487,13 @@ def _from_index(path: Path, options: BuildOptions) -> BuiltModel | None:
     """The cached model an index entry names, or None if either is gone or stale."""
     try:
         entry = json.loads(path.read_text())
-        final = cache_root() / entry["directory"]
-        info = json.loads((final / "gradsync_build.json").read_text())
-    except (OSError, ValueError, KeyError):
+        name = entry["directory"]
+        info = json.loads((cache_root() / _confined(name) / "gradsync_build.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if info.get("key") != entry["key"]:
-        return None
+    final = cache_root() / name
+    if info.get("key") != entry["key"] or entry_damage(final) is not None:
+        return None  # the Verilog-hash cache below rebuilds a damaged entry, with a notice
     ports = tuple(Port(**p) for p in entry["ports"])
     return BuiltModel(
         final, entry["toplevel"], entry["design_top"], entry["key"], options, ports, True,

@@ -1,5 +1,6 @@
 """The Verilator build cache: keyed by design and options, reused, safe under concurrency."""
 
+import json
 import multiprocessing
 
 import pytest
@@ -202,3 +203,47 @@ def test_cached_model_runs_after_the_venv_that_built_it_is_gone(tmp_path):
         extra_env=pe_env(16, 32, True, cycles=200, seed=3),
         test_dir=tmp_path / "run",
     )
+
+
+@pytest.mark.rtl
+def test_a_damaged_entry_is_rebuilt_with_a_notice_and_index_paths_stay_in_the_cache(
+    tmp_path, monkeypatch, capsys
+):
+    """Issue 15: a tampered simulator ran, a deleted one was a FileNotFoundError and never
+    rebuilt, and the index's ``directory`` could point outside the cache root."""
+    monkeypatch.setenv("GRADSYNC_CACHE", str(tmp_path))
+    first = build_component(Counter(4), "ctr", params={"step": 4})
+    exe = first.directory / first.toplevel
+    good = simbuild.file_sha256(exe)
+    assert first.info["executable_sha256"] == good and simbuild.entry_damage(first.directory) is None
+
+    with open(exe, "r+b") as f:  # tamper: one byte of the executable
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert "does not match the hash" in simbuild.entry_damage(first.directory)
+    capsys.readouterr()
+    again = build_component(Counter(4), "ctr", params={"step": 4})
+    err = capsys.readouterr().err
+    assert not again.cached and simbuild.entry_damage(again.directory) is None
+    assert err.count("\n") == 1 and "is damaged" in err and "rebuilding it" in err
+
+    exe.unlink()  # deleted
+    assert "is missing" in simbuild.entry_damage(first.directory)
+    third = build_component(Counter(4), "ctr", params={"step": 4})
+    assert not third.cached and simbuild.entry_damage(third.directory) is None
+    assert "missing" in capsys.readouterr().err
+
+    # an index entry pointing outside the cache root is not followed
+    outside = tmp_path / "elsewhere"
+    import shutil
+
+    shutil.copytree(first.directory, outside)
+    (index,) = (tmp_path / "verilator" / "index").glob("ctr-*.json")
+    entry = json.loads(index.read_text())
+    for bad in ("../../elsewhere", str(outside), "..", ""):
+        index.write_text(json.dumps(dict(entry, directory=bad)))
+        assert simbuild._from_index(index, BuildOptions()) is None, bad
+    index.write_text(json.dumps(entry))
+    assert simbuild._from_index(index, BuildOptions()).directory == first.directory

@@ -91,3 +91,23 @@ def test_bit_errors_and_drops_leave_the_weights_of_a_fault_free_run(tmp_path):
         assert np.array_equal(w, faulty.weights[key]), key
     # the faults were hit: retransmissions make the faulty run longer
     assert faulty.total_cycles > clean.total_cycles
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_fault_seeds_change_the_fault_sequence_and_links_differ(tmp_path):
+    """Issue 15: seeds 3, 5, 999 and 77777 gave identical counters and every link the same
+    faults. Per-link seeds from the CLI's spec must now give different fault sequences."""
+    from gradsync.sim.rtl_backend import LAST_RUN, link_faults_from_spec
+
+    cfg = _cfg(steps=1)
+    seen = []
+    for seed in (3, 77777):
+        faults = link_faults_from_spec(f"corrupt=8000,drop=8000,seed={seed}", cfg.nodes)
+        _rtl(cfg, tmp_path / str(seed), link_faults=faults)
+        links = LAST_RUN.counters["links"]
+        seen.append([(c["corrupted"], c["dropped"]) for c in links])
+        assert all(c["packets"] > 8 for c in links), links
+        assert links[0]["corrupted"] + links[0]["dropped"] > 0
+    assert seen[0] != seen[1], f"seeds 3 and 77777 gave the same faults: {seen}"
+    assert seen[0][0] != seen[0][1] or seen[1][0] != seen[1][1], f"links fault alike: {seen}"
