@@ -57,13 +57,20 @@ class Driver:
         self._cmd_shadow: dict[str, int] = {}
 
     async def read(self, name: str) -> int:
+        """Read the register ``name`` (``gradsync.spec.regmap``, e.g. ``"TRACE_COUNT"``)."""
         return await self.dev.read32(rm.offset(name))
 
     async def write(self, name: str, value: int) -> None:
+        """Write ``value`` (taken modulo 2**32) to the register ``name``."""
         await self.dev.write32(rm.offset(name), value & 0xFFFF_FFFF)
 
     # ------------------------------------------------------------ bring-up
     async def init(self, grad_window_bytes: int) -> DeviceInfo:
+        """Check the ID and version, read the sizes, set up both DMA rings and unmask the IRQs.
+
+        ``grad_window_bytes``: bytes from ``GRAD_BASE`` the DMA queues may read
+        (``WIN_LEN``; 0 until the firmware knows its layout).
+        """
         ident = await self.read("ID")
         if ident != rm.DEVICE_ID:
             raise DeviceError(f"ID register reads 0x{ident:08x}, expected 0x{rm.DEVICE_ID:08x}")
@@ -139,15 +146,18 @@ class Driver:
         return self.issued
 
     async def wait_compute(self, index: int) -> None:
+        """Service interrupts until the command :meth:`launch` numbered ``index`` has completed."""
         while self.completed < index:
             await self.service()
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Service interrupts until ``predicate()`` (usually set by a callback) is true."""
         while not predicate():
             await self.service()
 
     # ----------------------------------------------------------------- DMA
     def ring_free(self, queue: int) -> int:
+        """Free slots in DMA queue ``queue``'s ring (as of the last serviced interrupt)."""
         return self.ring_size - (self.ring_tail[queue] - self.ring_done[queue])
 
     async def post(self, queue: int, desc: rm.Descriptor) -> None:
@@ -161,14 +171,27 @@ class Driver:
         await self.dev.write32(rm.dma_reg(queue, "DOORBELL"), self.ring_tail[queue] & 0xFFFF_FFFF)
 
     # --------------------------------------------------------------- RX windows
+    def _check_window(self, window: int) -> None:
+        count = self.info.rx_windows if self.info else rm.MAX_RX_WINDOWS
+        if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window < count:
+            raise ValueError(
+                f"RX window {window!r} does not exist: this device has windows 0..{count - 1}"
+            )
+
     async def open_window(
         self, window: int, dst: int, src: int, length: int, tag: int, expect: int
     ) -> None:
+        """Open RX window ``window`` for one chunk: packets tagged ``tag`` write ``length`` bytes
+        at ``dst`` (reduce-add packets add the local ``src`` first); an RX interrupt fires
+        once ``expect`` bytes have arrived."""
+        self._check_window(window)
         for name, value in (("DST", dst), ("SRC", src), ("LEN", length), ("TAG", tag), ("CTRL", 1)):
             await self.dev.write32(rm.rx_window_reg(window, name), value)
         await self.dev.write32(rm.rx_window_reg(window, "EXPECT"), expect)
 
     async def arm_window(self, window: int, expect: int) -> None:
+        """Raise an open window's RX interrupt threshold to ``expect`` received bytes."""
+        self._check_window(window)
         await self.dev.write32(rm.rx_window_reg(window, "EXPECT"), expect)
 
     # ------------------------------------------------------------ interrupts

@@ -17,11 +17,19 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gradsync.firmware import data as digits
-from gradsync.firmware.schedules import load_schedule
-from gradsync.firmware.training import ConfigError, NodeJob, NodeResult, plan_memory
+from gradsync.firmware.schedules import load_schedule, schedule_chunk_bytes
+from gradsync.firmware.training import (
+    ConfigError,
+    NodeJob,
+    NodeResult,
+    check_chunk_bytes,
+    check_schedule,
+    plan_memory,
+)
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig
+from gradsync.spec.link import auto_chunk_bytes
 
 MAX_STEPS = 4096  # trace tags carry the step modulo 4096
 
@@ -61,13 +69,19 @@ class TrainConfig:
             )
         # the firmware plans the same layout from the device's size registers at start;
         # checking here refuses an impossible configuration before a backend is built
-        plan_memory(
+        lay = plan_memory(
             tuple(self.layers),
             self.global_batch // self.nodes,
             self.fixed_point.word_bytes,
             self.hardware.scratchpad_words,
             self.hardware.gradient_words,
         )
+        # and asks the schedule about every send of the run the firmware will ask it about
+        sched, word = load_schedule(self.schedule), self.fixed_point.word_bytes
+        chunk = self.chunk_bytes or auto_chunk_bytes(self.hardware.link, word)
+        chunk = schedule_chunk_bytes(sched, chunk, word)
+        check_chunk_bytes(chunk, self.hardware.gradient_words * word)
+        check_schedule(sched, tuple(lay.grad_bytes[1:]), chunk, self.nodes, self.steps)
 
     def to_dict(self) -> dict:
         d = asdict(self)

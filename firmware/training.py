@@ -32,8 +32,13 @@ from gradsync.firmware.driver import Driver
 from gradsync.firmware.schedules import (
     Schedule,
     SendTask,
+    call_priority,
+    call_queue,
+    check_attributes,
+    check_tasks,
     release_groups,
     schedule_chunk_bytes,
+    sort_by_priority,
 )
 from gradsync.spec import regmap as rm
 from gradsync.spec.link import auto_chunk_bytes
@@ -215,6 +220,7 @@ class NodeFirmware:
                 )
         for qi in range(rm.DMA_QUEUES):
             await self.dev.write32(rm.dma_reg(qi, "WIN_LEN"), self.lay.grad_window_bytes)
+        check_attributes(self.sched)
         chunk = job.chunk_bytes
         if chunk is None:
             chunk = auto_chunk_bytes(info.link, info.fmt.word_bytes)
@@ -231,6 +237,7 @@ class NodeFirmware:
                 f"device has {info.rx_windows} RX windows; use larger chunks"
             )
         self.groups = release_groups(self.sched, tuple(self.lay.grad_bytes[1:]))
+        check_schedule(self.sched, tuple(self.lay.grad_bytes[1:]), chunk, self.nodes, job.steps)
         self.window_of = {}
         for i in range(1, self.nl + 1):
             for c in range(len(self.chunks[i])):
@@ -460,22 +467,20 @@ class NodeFirmware:
             flags=int(flags),
         )
         self.sends_outstanding[st.layer] += 1
-        self.buffer.append((tuple(self.sched.priority(task)), task, desc))
+        self.buffer.append((call_priority(self.sched, task), task, desc))
 
     def _postable(self) -> bool:
         return any(
-            len(self.inflight[self.sched.queue(t)]) < self.sched.max_inflight
+            len(self.inflight[call_queue(self.sched, t)]) < self.sched.max_inflight
             for _k, t, _d in self.buffer
         )
 
     async def _pump(self) -> None:
         """Post buffered sends to the hardware queues, best first, within the in-flight limit."""
         while self.buffer:
-            self.buffer.sort(key=lambda e: e[0])
+            sort_by_priority(self.sched, self.buffer)
             for i, (_key, task, desc) in enumerate(self.buffer):
-                q = self.sched.queue(task)
-                if q not in (0, 1):
-                    raise ConfigError(f"schedule {self.sched.name!r} chose queue {q!r}; use 0 or 1")
+                q = call_queue(self.sched, task)
                 if len(self.inflight[q]) < self.sched.max_inflight and self.drv.ring_free(q) > 0:
                     del self.buffer[i]
                     self.inflight[q].append(task)
@@ -513,6 +518,37 @@ class NodeFirmware:
 async def _observe(result) -> None:
     if inspect.isawaitable(result):
         await result
+
+
+def schedule_tasks(
+    grad_bytes: tuple[int, ...], chunk_bytes: int, node: int, nodes: int, step: int
+) -> list[SendTask]:
+    """Every send of one node in one step, as the schedule sees it (``ready_seq`` in plan order).
+
+    ``grad_bytes``: padded bytes of each layer's gradient buffer, layer 1 first.
+    """
+    tasks: list[SendTask] = []
+    for layer in range(len(grad_bytes), 0, -1):
+        for c, (_off, n) in enumerate(split_chunks(grad_bytes[layer - 1], chunk_bytes)):
+            for ps in chunk_plan(node, nodes, n).sends:
+                tasks.append(
+                    SendTask(step, layer, c, ps.phase, ps.length, len(tasks), len(grad_bytes))
+                )
+    return tasks
+
+
+def check_schedule(
+    sched: Schedule, grad_bytes: tuple[int, ...], chunk_bytes: int, nodes: int, steps: int
+) -> None:
+    """Ask ``sched`` up front about the sends of a run (first and last node, first and last
+    step); a bad answer is a :class:`~gradsync.firmware.schedules.ScheduleError` sentence."""
+    check_attributes(sched)
+    release_groups(sched, grad_bytes)
+    if nodes < 2:
+        return
+    for node in sorted({0, nodes - 1}):
+        for step in sorted({0, steps - 1}):
+            check_tasks(sched, schedule_tasks(grad_bytes, chunk_bytes, node, nodes, step))
 
 
 def check_chunk_bytes(chunk: int, grad_sram_bytes: int) -> None:

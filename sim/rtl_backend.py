@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gradsync.firmware.experiment import BackendResult, TrainConfig
+from gradsync.firmware.schedules import schedule_spec
 from gradsync.firmware.training import NodeJob
 
 #: Period of the generated clock (only sim time; no effect on speed).
@@ -205,10 +206,18 @@ def run_rtl(
         "max_cycles": max_cycles,
         "link_faults": link_faults or [],
     }
-    with open(run_file, "wb") as f:
-        # observers are the backend's own (set in the simulator process); they do not pickle
-        plain = [dataclasses.replace(j, observer=None) for j in jobs]
-        pickle.dump({"cfg": cfg, "jobs": plain, "opts": opts}, f)
+    # observers are the backend's own (set in the simulator process); they do not pickle.
+    # Schedules go by name or file:Class, loaded there by the same load_schedule
+    schedules = [schedule_spec(j.schedule) or j.schedule for j in jobs]
+    plain = [dataclasses.replace(j, observer=None, schedule=None) for j in jobs]
+    run = {"cfg": cfg, "jobs": plain, "schedules": schedules, "opts": opts}
+    try:
+        run_file.write_bytes(pickle.dumps(run))
+    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+        raise ValueError(
+            f"schedule {jobs[0].schedule!r} cannot be sent to the simulator process ({exc}); "
+            "load it with gradsync.firmware.schedules.load_schedule('file.py:Class')"
+        ) from None
     if progress is None:
         progress = sys.stderr.isatty()
     stop = threading.Event()

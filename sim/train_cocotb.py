@@ -1,7 +1,9 @@
 """The cocotb test module of an RTL training run (started by ``sim/rtl_backend.py``).
 
 One test, :func:`train`: it reads the run (``TrainConfig`` + per-node
-``NodeJob``) from the pickle named by ``$GRADSYNC_RTL_RUN``, calibrates the
+``NodeJob``, each job's schedule as a built-in name or ``/path/file.py:Class``
+that :func:`~gradsync.firmware.schedules.load_schedule` imports here) from the
+pickle named by ``$GRADSYNC_RTL_RUN``, calibrates the
 host bus, resets the cluster so that the firmware's first call starts in
 cycle 0 (as on the model backend), starts one unchanged
 :class:`~gradsync.firmware.training.NodeFirmware` per node as a cocotb task
@@ -78,12 +80,15 @@ async def train(dut):
     from cocotb.triggers import Combine, Event, First, Timer
     from cocotb.utils import get_sim_time
 
+    from gradsync.firmware.schedules import load_schedule
     from gradsync.firmware.training import NodeFirmware, Observer
     from gradsync.sim.rtl_device import RtlDevice
 
     with open(os.environ["GRADSYNC_RTL_RUN"], "rb") as f:
         run = pickle.load(f)
     cfg, jobs, opts = run["cfg"], run["jobs"], run["opts"]
+    for job, schedule in zip(jobs, run["schedules"], strict=True):
+        job.schedule = load_schedule(schedule)  # a name or file:Class, imported here too
     out_path = os.environ["GRADSYNC_RTL_RESULT"]
     progress_path = os.environ.get("GRADSYNC_RTL_PROGRESS")
     period_ps = int(opts["clock_period_ns"]) * 1000
