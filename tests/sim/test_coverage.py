@@ -130,6 +130,9 @@ def test_command_bins():
         ("gemm", "ok"): 1,
         ("unknown", "cmd_bad_opcode"): 1,
     }
+    # structurally impossible pairs are no bins: 7 opcodes x 6 errors - 6 - 5 - 5 = 26
+    assert len(before["gradsync.command.opcode_x_error"]) == 26
+    assert ("relu", "cmd_bad_opcode") not in before["gradsync.command.opcode_x_error"]
     with pytest.raises(ValueError, match="error 3 is not a compute command ErrorCode"):
         cov.sample_command(rm.Opcode.RELU, False, False, int(E.MISALIGNED))
 
