@@ -30,14 +30,17 @@ import json
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import cocotb
 import numpy as np
 from cocotb.queue import Queue
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
+from gradsync.hw.link import LINK_COUNTERS
 from gradsync.hw.node import NODE_COUNTERS
 from gradsync.model import numerics as nx
+from gradsync.sim import coverage as cov
 from gradsync.sim.rtl_device import HostTimingError, RtlDevice
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
@@ -535,6 +538,16 @@ async def dma_random_descriptors(dut):
         await tb.wait(2 * tb.hw.link_latency_cycles + 100)
     cl = tb.run_model()
     await tb.compare_with_model(cl)
+    for n in range(tb.nodes):  # coverage of every posted descriptor (no ring slot was reused)
+        ring = await tb.read_ring(n, rm.RING_MEM_BASE, 2 * 0x400 // 4)
+        for q in range(rm.DMA_QUEUES):
+            tail = await tb.read_csr(n, rm.dma_reg(q, "TAIL"))
+            assert tail <= 32, f"node {n} queue {q}: {tail} descriptors overran the 32-slot ring"
+            for first in range(0x100 * q, 0x100 * q + 8 * tail, rm.DESCRIPTOR_WORDS):
+                desc = rm.Descriptor.decode(ring[first : first + rm.DESCRIPTOR_WORDS])
+                cov.sample_descriptor(desc, q, tb.hw.max_payload_bytes, half)
+    await sample_node_counters(tb)
+    cov.write(Path.cwd(), "dma_random_descriptors", dut._log.info, FUZZ_COVERAGE)
     # independent of the model: every byte outside the destinations is untouched
     for n in range(tb.nodes):
         peer = (n + 1) % tb.nodes
@@ -609,13 +622,92 @@ async def priority_overtake(dut):
     await tb.compare_with_model(cl)
 
 
+#: The coverage the descriptor fuzz reports and asserts.
+FUZZ_COVERAGE = ("gradsync.descriptor", "gradsync.packet")
+#: Bins the fuzz leaves empty on purpose: no link faults are injected here (that is
+#: ``allreduce_with_faults``), so no packet is corrupted, dropped, NAKed, timed out,
+#: resent, duplicated or stalled.
+FUZZ_EMPTY_BY_DESIGN = {
+    "gradsync.packet.event": tuple(cov.COUNTER_EVENTS),
+}
+#: The fuzz kinds refused by the DMA engine before a byte moves (any length will do).
+DMA_REFUSED = ("version", "misaligned", "window", "peer")
+
+
+@dataclass(frozen=True)
+class FuzzLengths:
+    """Descriptor lengths of the fuzz by class (``gradsync.sim.coverage.length_class``).
+
+    A descriptor that reaches the receiver must fit one receive slice; those the
+    receiver refuses stay single-packet (``RX_DROPS`` counts one per descriptor).
+    """
+
+    max_payload: int
+    slice_bytes: int
+    window_bytes: int
+
+    def classes(self, kind: str) -> tuple[str, ...]:
+        if kind == "zero":
+            return ("zero",)  # the length is replaced by 0
+        if kind == "window_long":
+            return ("over_window",)
+        if kind.startswith("rx_"):
+            return ("one_word", "below_payload")
+        ok = ("one_word", "below_payload", "max_payload", "multi_packet")
+        return ok + ("window_max",) if kind in DMA_REFUSED else ok
+
+    def draw(self, rng: random.Random, kind: str, cls: str | None = None) -> int:
+        """A length of class ``cls`` (None: a random class ``kind`` allows), in bytes."""
+        classes = self.classes(kind)
+        if cls is None:  # mostly short ones, as the fuzz always had
+            cls = rng.choices(classes, weights=[1, 6, 1, 2, 1][: len(classes)])[0]
+        words = {
+            "zero": lambda: 1,
+            "one_word": lambda: 1,
+            "below_payload": lambda: rng.randrange(2, self.max_payload // 4),
+            "max_payload": lambda: self.max_payload // 4,
+            "multi_packet": lambda: rng.randrange(self.max_payload // 4 + 1, self.slice_bytes // 4),
+            "window_max": lambda: self.window_bytes // 4,
+            "over_window": lambda: self.window_bytes // 4 + rng.randrange(1, 16),
+        }[cls]()
+        return 4 * words
+
+
+def _fuzz_prologue(kinds: list[str]) -> list[tuple[str, int, str]]:
+    """(kind, queue, length class) for every kind, queue and length class the kind allows."""
+    lengths = FuzzLengths(0, 0, 0)
+    return [
+        (kind, q, cls)
+        for kind in dict.fromkeys(kinds)
+        for q in range(rm.DMA_QUEUES)
+        for cls in lengths.classes(kind)
+    ]
+
+
+async def sample_node_counters(tb: CommTB) -> dict[str, int]:
+    """Sample the packet events counted by every node's and link's counters since reset."""
+    totals: dict[str, int] = {}
+    for n in range(tb.nodes):
+        for c in NODE_COUNTERS:
+            totals[c] = totals.get(c, 0) + int(tb.sig(n, c).value)
+        for c in LINK_COUNTERS:
+            totals[f"link_{c}"] = totals.get(f"link_{c}", 0) + int(tb.link(n, c).value)
+    return cov.sample_counters(totals)
+
+
 @cocotb.test()
 async def descriptor_fuzz(dut):
     """Hundreds of random valid and invalid descriptors; codes and memory equal the model.
 
     Invalid at the DMA: bad version, zero length, misalignment, source
-    outside the queue window or memory, unknown peer.  Invalid at the
-    receiver: disabled window, wrong tag, destination outside the window.
+    outside the queue window or memory (or longer than it), unknown peer.
+    Invalid at the receiver: disabled window, wrong tag, destination outside
+    the window.  A directed prologue (:func:`_fuzz_prologue`) posts every kind
+    on both queues in every length class it allows, so the coverage bins the
+    fuzz is designed to reach are reached whatever the seed; the functional
+    coverage (``gradsync.sim.coverage``) is sampled from the RTL's status
+    words and the receiver's trace, exported into the test directory and
+    asserted (:data:`FUZZ_EMPTY_BY_DESIGN`).
     """
     tb = CommTB(dut)
     await tb.cycle_reset()
@@ -641,6 +733,7 @@ async def descriptor_fuzz(dut):
         "zero",
         "misaligned",
         "window",
+        "window_long",
         "peer",
         "rx_closed",
         "rx_tag",
@@ -653,8 +746,11 @@ async def descriptor_fuzz(dut):
         "zero": E.ZERO_LENGTH,
         "misaligned": E.MISALIGNED,
         "window": E.OUT_OF_WINDOW,
+        "window_long": E.OUT_OF_WINDOW,
         "peer": E.UNKNOWN_PEER,
     }
+    prologue = _fuzz_prologue(kinds)
+    lengths = FuzzLengths(tb.hw.max_payload_bytes, slice_, win_len)
     done = 0
     counts: dict[str, int] = {}
     slot = {0: 0, 1: 0}
@@ -674,12 +770,16 @@ async def descriptor_fuzz(dut):
                 assert await tb.read_csr(0, rm.dma_reg(q, "TAIL")) == slot[q]
                 ring_full += 1
         for _ in range(batch):
-            kind = rng.choice(kinds)
+            directed = (
+                prologue[sum(counts.values())] if sum(counts.values()) < len(prologue) else None
+            )
+            kind = directed[0] if directed else rng.choice(kinds)
             counts[kind] = counts.get(kind, 0) + 1
             w = rng.randrange(nwin - 1)
-            length = rng.randrange(1, 48) * 4
-            src = win_base + rng.randrange(0, (win_len - length) // 4) * 4
-            dst = rm.GRAD_BASE + half + w * slice_ + rng.randrange(0, (slice_ - length) // 4) * 4
+            length = lengths.draw(rng, kind, directed[2] if directed else None)
+            src = win_base + rng.randrange(0, max(1, (win_len - length) // 4)) * 4
+            dst_room = max(1, (slice_ - length) // 4)  # DMA-refused kinds may exceed the slice
+            dst = rm.GRAD_BASE + half + w * slice_ + rng.randrange(0, dst_room) * 4
             # FENCE on COMPUTE_DONE >= 0 must pass at once (no compute half here)
             d = dict(
                 src_addr=src,
@@ -706,6 +806,8 @@ async def descriptor_fuzz(dut):
                         win_base + win_len - length + 4 * rng.randrange(1, 16),
                     ]
                 )
+            elif kind == "window_long":
+                d["src_addr"] = win_base
             elif kind == "peer":
                 d["peer"] = rng.choice([0, 2, 7, 255])
             elif kind == "rx_closed":
@@ -719,7 +821,7 @@ async def descriptor_fuzz(dut):
                         rm.GRAD_BASE + half + (w + 1) * slice_ - length + 4 * rng.randrange(1, 8),
                     ]
                 )
-            q = rng.randrange(2)
+            q = directed[1] if directed else rng.randrange(2)
             s = slot[q] % (tb.hw.ring_entries // 2)
             await tb.load_ring(
                 0, rm.RING_MEM_BASE + 0x400 * q + 32 * s, rm.Descriptor(**d).encode()
@@ -739,6 +841,9 @@ async def descriptor_fuzz(dut):
                 f"descriptor {kind!r} in queue {q} slot {s}: status {status:#x}, "
                 f"want {rm.descriptor_status(code):#x}"
             )
+            first = (0x400 * q + 32 * s) // 4
+            desc = rm.Descriptor.decode(ring[first : first + rm.DESCRIPTOR_WORDS])
+            cov.sample_descriptor(desc, q, tb.hw.max_payload_bytes, win_len)
         done += batch
     await tb.wait(2 * tb.hw.link_latency_cycles + 100)
     dut._log.info(f"descriptor kinds: {counts}")
@@ -751,6 +856,16 @@ async def descriptor_fuzz(dut):
     cl = tb.run_model()
     await tb.compare_with_model(cl, check_trace=False)
     assert cl.devices[1].rx_drops == rx_refused
+    # the receiver's refusals, from its trace (one NIC_RX record per packet: it never overflows)
+    rx_events = cov.sample_rx_errors(await tb.trace(1))
+    assert sum(rx_events.values()) == rx_refused, rx_events
+    await sample_node_counters(tb)
+    cov.write(Path.cwd(), "descriptor_fuzz", dut._log.info, FUZZ_COVERAGE)
+    for item in cov.summary(FUZZ_COVERAGE):
+        assert set(item.empty) == set(FUZZ_EMPTY_BY_DESIGN.get(item.name, ())), (
+            f"{item.name}: empty bins {item.empty}, by design only "
+            f"{FUZZ_EMPTY_BY_DESIGN.get(item.name, ())}"
+        )
 
 
 async def _ring_allreduce(tb: CommTB, words_per_node: int, step_tag: int, faults: bool):
@@ -908,6 +1023,15 @@ async def allreduce_with_faults(dut):
             f"link {i}: fewer than 1 in 100 packets faulted: {per}"
         )
     assert naks > 0 and timeouts > 0, "both recovery paths (NAK, timeout) must be exercised"
+    events = await sample_node_counters(tb)
+    for n in range(tb.nodes):
+        events.update(cov.sample_rx_errors(await tb.trace(n)))
+    cov.write(Path.cwd(), "allreduce_with_faults", dut._log.info, "gradsync.packet")
+    # every fault event but the receiver's window refusals (every window is open and tagged);
+    # duplicates and sequence errors need a lost ACK or a drop followed by a packet
+    missing = set(cov.COUNTER_EVENTS) - {"duplicate", "seq_error"} - set(events)
+    assert not missing, f"packet events never seen: {sorted(missing)}"
+    assert not set(events) & set(cov.WINDOW_EVENTS.values()), events
     assert resent > 0 and crc > 0, "faults were not detected and resent"
     assert applied == sent == sum(d.perf["rx_pkts"] for d in cl.devices), (
         f"applied {applied} sent {sent}: a packet was lost or applied twice"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from pathlib import Path
 
 import cocotb
 import numpy as np
@@ -30,6 +31,7 @@ from cocotbext.axi import (
 
 from gradsync.hw.bulk import bulk_header
 from gradsync.model import numerics as nx
+from gradsync.sim import coverage as cov
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
 from gradsync.spec.formats import FixedPointFormat
@@ -162,8 +164,19 @@ class TB:
         self, opcode, a, b, c, m, k, n, arg=0, tag=0, trans_a=0, trans_b=0, irq=1, kind=0
     ):
         staged = rm.command_registers(
-            opcode, a, b, c, m, k, n, arg=arg, tag=tag, kind=kind, trans_a=trans_a,
-            trans_b=trans_b, irq=irq,
+            opcode,
+            a,
+            b,
+            c,
+            m,
+            k,
+            n,
+            arg=arg,
+            tag=tag,
+            kind=kind,
+            trans_a=trans_a,
+            trans_b=trans_b,
+            irq=irq,
         )
         for name, value in staged:
             await self.write(name, value)
@@ -264,8 +277,12 @@ async def gemm_random_shapes(dut):
         if not tb.pauses:  # with pauses the host may see the IRQ late
             assert irq_cycle == recs[1].cycle, (irq_cycle, recs[1].cycle)
         assert await tb.read("COMPUTE_DONE") == i + 1
+        cov.sample_command(rm.Opcode.GEMM, ta, tb_, 0)
     assert saturated > 0, "no result hit the saturation rails: the corner cases were not exercised"
     assert await tb.read("ERR_COUNT") == 0
+    cov.write(Path.cwd(), "gemm_random_shapes", dut._log.info, "gradsync.command")
+    transposes = cov.hits("gradsync.command.gemm_transpose")
+    assert all(transposes.values()), f"a GEMM transpose combination was never run: {transposes}"
 
 
 @cocotb.test()
@@ -329,6 +346,8 @@ async def vector_ops(dut):
             assert recs[1].cycle - recs[0].cycle == tm.vector_cycles(name, size, hw)
             if not tb.pauses:
                 assert irq_cycle == recs[1].cycle
+            cov.sample_command(op, False, False, 0)
+    cov.write(Path.cwd(), "vector_ops", dut._log.info, "gradsync.command")
 
 
 @cocotb.test()
@@ -397,11 +416,17 @@ async def malformed_commands(dut):
         guard = nx.wrap(GUARD, fmt.total_bits)
         assert (await tb.dump(c - 8 * tb.wb, 48) == guard).all(), f"case {i} wrote memory"
         assert (await tb.dump(last_grad - 8 * tb.wb, 12) == guard).all(), f"case {i} wrote memory"
+        cov.sample_command(op, False, False, f.field("code").get(err))
     # A valid command after the refused ones still runs.
     await tb.write("IRQ_MASK", rm.Irq.COMPUTE)
     await tb.launch(rm.Opcode.RELU, a, b, c, 4, 0, 8)
     await tb.wait_irq()
     assert (await tb.dump(c, 32) == nx.relu(np.arange(64) - 32)[:32]).all()
+    cov.sample_command(rm.Opcode.RELU, False, False, 0)
+    cov.write(Path.cwd(), "malformed_commands", dut._log.info, "gradsync.command")
+    errors = cov.hits("gradsync.command.error")
+    # CMD_FIFO_FULL is csr_axi_lite's case (a launch into a full FIFO), not a malformed command
+    assert [e for e, n in errors.items() if not n] == ["cmd_fifo_full"], errors
 
 
 @cocotb.test()
