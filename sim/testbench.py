@@ -108,7 +108,9 @@ def build(
     """Build (or fetch from the cache) the Verilator model for a testbench.
 
     ``top="cluster"``: ``nodes`` (>= 2) nodes on a ring of links;
-    ``top="node"``: one node, simulated as node 0 of a 2-node cluster (the same A cached model costs about a second; a new one 1-3 minutes.
+    ``top="node"``: one node, simulated as node 0 of a 2-node cluster (the same
+    build). ``options``: ``sim.build.BuildOptions`` (e.g. ``waves="vcd"``). A cached
+    model costs about a second; a new one 1-3 minutes.
     """
     if top not in TOPS:
         raise ValueError(f"top must be one of {', '.join(TOPS)}, not {top!r}")
