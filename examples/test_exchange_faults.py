@@ -44,11 +44,12 @@ async def exchange(dev):
 @cocotb.test()
 async def exchange_survives_link_faults(dut):
     tb = testbench.ClusterTB(dut)
-    tb.set_link_faults(0, drop=6000, seed=11)  # ~9 % of node 0's packets lost
-    tb.set_link_faults(1, corrupt=6000, seed=12)  # ~9 % of node 1's packets corrupted
+    tb.set_link_faults(0, drop=13107, seed=0x5EED0)  # 20 % of node 0's packets lost
+    tb.set_link_faults(1, corrupt=13107, seed=0x5EED1)  # 20 % of node 1's packets corrupted
     await tb.start()
     sb = Scoreboard.for_tb(tb, exact=False)  # resends change cycles, not data
     logs = await sb.check(tb, [exchange, exchange])
+    dut._log.info(f"links {tb.link_counters(0)} {tb.link_counters(1)}")
     for node in range(2):
         assert logs[node]["result"] == buffer(1 - node, tb.fmt).tolist()
     assert tb.link_counters(0)["dropped"] > 0 and tb.link_counters(1)["corrupted"] > 0

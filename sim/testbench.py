@@ -283,6 +283,17 @@ class ClusterTB:
             self._link(i, "seed").value = seed
             self._link(i, "seed_load").value = 1
         await self._reset()
+        if self._seeds:
+            import cocotb
+
+            # The links' generators are reset while rst is high: hold seed_load through
+            # the first edge after reset (cycle 0; no packet can be on a link yet).
+            cocotb.start_soon(self._release_seeds())
+
+    async def _release_seeds(self) -> None:
+        from cocotb.triggers import RisingEdge
+
+        await RisingEdge(self.dut.clk)
         for i in self._seeds:
             self._link(i, "seed_load").value = 0
 
