@@ -9,6 +9,7 @@ import cocotb
 import numpy as np
 import pytest
 
+from gradsync.firmware.driver import Driver
 from gradsync.model import numerics as nx
 from gradsync.sim import testbench
 from gradsync.sim.scoreboard import Scoreboard
@@ -30,8 +31,6 @@ def operands(fmt):
 
 async def gemm_program(dev):
     """Host program: load A and B, launch one GEMM with Driver, return C."""
-    from gradsync.firmware.driver import Driver
-
     drv = Driver(dev)
     info = await drv.init(grad_window_bytes=0x1000)
     a, b = operands(info.fmt)

@@ -203,3 +203,18 @@ def test_scoreboard_on_the_model_sees_what_the_programs_did():
         sb.compare(other, logs)
     with pytest.raises(ValueError, match=re.escape("3 programs for 2 nodes")):
         sb.expect([filler(0)] * 3)
+
+
+def test_docs_code_blocks_are_tested_code():
+    """Every code block of docs/testbench.md is a verbatim excerpt of a file CI runs."""
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "testbench.md").read_text()
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", doc, re.M | re.S)
+    assert len(blocks) >= 5, "docs/testbench.md lost its examples"
+    sources = [p.read_text() for p in sorted((root / "examples").glob("*.py"))]
+    sources.append(Path(__file__).read_text())
+    for lang, code in blocks:
+        assert lang == "python", f"untested {lang or 'untagged'} block in docs/testbench.md"
+        assert any(code.rstrip("\n") in text for text in sources), (
+            f"docs/testbench.md block is in no example or tested file:\n{code}"
+        )
