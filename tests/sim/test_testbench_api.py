@@ -99,6 +99,38 @@ async def node_tb_link_controls(dut):
     assert tb.nic_counters(1)["tx_packets"] == 0
 
 
+async def send_to_peer(dev):
+    """Each node sends 2 KiB (8 packets) to its peer's window 0; returns when both are done."""
+    drv = Driver(dev)
+    info = await drv.init(grad_window_bytes=0x800)
+    arrived, sent = set(), [0]
+    drv.on_rx_done = arrived.add
+    drv.on_dma_done = lambda queue, n: sent.__setitem__(0, sent[0] + n)
+    tag, peer_tag = rm.encode_tag(0, 0, info.node_id), rm.encode_tag(0, 0, info.tx_peer)
+    await drv.open_window(0, rm.GRAD_BASE + 0x800, rm.GRAD_BASE, 0x800, peer_tag, 0x800)
+    dst = rm.GRAD_BASE + 0x800
+    await drv.post(
+        0, rm.Descriptor(rm.GRAD_BASE, 0x800, info.tx_peer, dst, 0, tag, rm.DescFlag.IRQ)
+    )
+    await drv.wait_until(lambda: 0 in arrived and sent[0] == 1)
+
+
+@cocotb.test()
+async def link_seed_decides_the_faults(dut):
+    """The same seed drops the same packets after every reset; another seed others."""
+    tb = testbench.ClusterTB(dut)
+    seen = []
+    for i, seed in enumerate((1, 777777, 1)):
+        tb.set_link_faults(0, drop=13107, seed=seed)
+        await (tb.start() if i == 0 else tb.reset())
+        tasks = [cocotb.start_soon(send_to_peer(dev)) for dev in tb.devices]
+        for task in tasks:
+            await task
+        seen.append((tb.link_counters(0), tb.nic_counters(0)["tx_retransmits"]))
+    assert seen[0] == seen[2] and seen[0] != seen[1], seen
+    assert seen[0][0]["dropped"] > 0 or seen[1][0]["dropped"] > 0, seen
+
+
 # ------------------------------------------------------------------ pytest side
 
 
@@ -107,7 +139,7 @@ def test_user_test_file_runs_with_the_cocotb_runner(tmp_path):
     model = testbench.build("cluster", nodes=2)
     assert (model.build_dir / model.toplevel).is_file()
     results = testbench.run(model, __name__, test_dir=tmp_path)
-    assert results.read_text().count("<testcase") == 2
+    assert results.read_text().count("<testcase") == 3
 
 
 @pytest.mark.rtl
@@ -123,7 +155,7 @@ def test_user_test_file_runs_with_cocotb_test():
     t0 = time.monotonic()
     results = simulator.run(**args)
     print(f"cocotb-test run: {time.monotonic() - t0:.1f} s")
-    assert Path(results).read_text().count("<testcase") == 2
+    assert Path(results).read_text().count("<testcase") == 3
 
 
 @pytest.mark.parametrize(
