@@ -8,7 +8,8 @@ AXI4-Stream source/sink).  Everything a program observes -- register values,
 the cycle each call returns in, dumped memory, the trace records per engine
 -- must be identical.  ``tests/hw/test_cluster.py`` and
 ``tests/hw/test_node.py`` run the modules; ``CLUSTER_WANT`` carries the
-model's logs (JSON) and ``CLUSTER_SCENARIO`` the scenario name.
+model's logs (JSON) and ``CLUSTER_SCENARIO`` the scenario name.  The TB set-up, the log
+format and its comparison are the public ``gradsync.sim.testbench`` / ``sim.scoreboard``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import cocotb
 import numpy as np
 from cocotb.triggers import with_timeout
 
-from gradsync.hw.link import LINK_CONTROLS
 from gradsync.sim.rtl_device import RtlDevice
-from gradsync.sim.train_cocotb import reset_to_cycle_zero
+from gradsync.sim.scoreboard import Recorder, compare_logs, records_by_engine
+from gradsync.sim.testbench import ClusterTB
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
@@ -51,19 +52,6 @@ def corner_words(rng, n: int, fmt: FixedPointFormat = FMT) -> np.ndarray:
     return np.where(rng.random(n) < 0.33, corners, x)
 
 
-class Recorder:
-    """What a host program saw, with the cycle of each return (JSON-able)."""
-
-    def __init__(self, now):
-        self.now = now
-        self.log: list = []
-
-    def note(self, what: str, value=None) -> None:
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        self.log.append([what, self.now(), value])
-
-
 async def launch(dev, op, a, b, c, m, k, n, *, arg=0, tag=0, kind=rm.Kind.FWD, irq=1):
     for name, value in rm.command_registers(
         op, a, b, c, m, k, n, arg=arg, tag=tag, kind=kind, irq=irq
@@ -88,10 +76,8 @@ async def read_trace(dev, rec: Recorder) -> None:
         rm.TRACE_MEM_BASE + tail * rm.TRACE_RECORD_WORDS * 4, n * rm.TRACE_RECORD_WORDS
     )
     await dev.write32(rm.offset("TRACE_TAIL"), head)
-    per_engine: dict[str, list] = {}
-    for i in range(n):
-        r = rm.TraceRecord.decode([int(w) for w in words[4 * i : 4 * i + 4]])
-        per_engine.setdefault(str(r.engine), []).append([r.cycle, r.event, r.kind, r.tag, r.aux])
+    records = [rm.TraceRecord.decode([int(w) for w in words[4 * i : 4 * i + 4]]) for i in range(n)]
+    per_engine = records_by_engine(records)
     rec.note("trace", per_engine)
 
 
@@ -430,63 +416,10 @@ def cluster_env(scenario: str, nodes: int, seed: int, hw: HardwareConfig) -> dic
     }
 
 
-def trace_differences(got: list, want: list) -> list[str]:
-    """First differing record of every engine between the logs' trace entries."""
-    g = next((e[2] for e in got if e[0] == "trace"), {})
-    w = next((e[2] for e in want if e[0] == "trace"), {})
-    out = []
-    for engine in sorted(set(g) | set(w)):
-        ge, we = g.get(engine, []), w.get(engine, [])
-        for j, (a, b) in enumerate(zip(ge, we, strict=False)):
-            if a != b:
-                out.append(f"{rm.Engine(int(engine)).name} record {j}: RTL {a} != model {b}")
-                break
-        else:
-            if len(ge) != len(we):
-                out.append(f"{rm.Engine(int(engine)).name}: {len(ge)} records, model {len(we)}")
-    return out
-
-
-def compare_logs(got: list, want: list, who: str) -> None:
-    """Assert two host logs are identical, naming the first difference (trace: per engine)."""
-    diffs = trace_differences(got, want)
-    for i, (g, w) in enumerate(zip(got, want, strict=False)):
-        if g[0] == "trace" and w[0] == "trace":
-            assert g[1] == w[1], f"{who}: trace read returned in cycle {g[1]}, model {w[1]}"
-            for engine in sorted(set(g[2]) | set(w[2])):
-                ge, we = g[2].get(engine, []), w[2].get(engine, [])
-                for j, (a, b) in enumerate(zip(ge, we, strict=False)):
-                    assert a == b, (
-                        f"{who}: engine {rm.Engine(int(engine)).name} record {j}: "
-                        f"RTL {a} != model {b}"
-                    )
-                assert len(ge) == len(we), (
-                    f"{who}: engine {rm.Engine(int(engine)).name}: {len(ge)} records, "
-                    f"model {len(we)}"
-                )
-            continue
-        assert g == w, (
-            f"{who}: entry {i}: RTL {g} != model {w} (before: {got[max(0, i - 3) : i]})"
-            f"; trace: {diffs}"
-        )
-    assert len(got) == len(want), f"{who}: {len(got)} entries, model {len(want)}"
-
-
 async def start_devices(dut, nodes: int, hw: HardwareConfig, device=RtlDevice) -> list:
     """``device``s (:class:`RtlDevice` or a subclass) of every node, bus latency calibrated on
-    node 0, link faults off, design reset to cycle 0."""
-    for i in range(nodes):
-        getattr(dut, f"n{i}_dbg_addr").value = 0
-        for c in LINK_CONTROLS:
-            getattr(dut, f"l{i}_{c}").value = 0
-    first = device(dut, "n0_", hw, FMT, dut.clk, rst=dut.rst)
-    await reset_to_cycle_zero(dut)
-    latency = await first.calibrate()
-    devs = [first] + [
-        device(dut, f"n{i}_", hw, FMT, dut.clk, latency, rst=dut.rst) for i in range(1, nodes)
-    ]
-    await reset_to_cycle_zero(dut)
-    return devs
+    node 0, link faults off, design reset to cycle 0 (``sim.testbench.ClusterTB.start``)."""
+    return await ClusterTB(dut, nodes=nodes, hardware=hw, fmt=FMT, device=device).start()
 
 
 @cocotb.test()

@@ -16,17 +16,20 @@ import os
 import cocotb
 import numpy as np
 
+from gradsync.sim.testbench import NodeTB
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
 from gradsync.spec.hardware import HardwareConfig
-from tests.hw.cocotb_cluster import FMT, corner_words, start_devices
+from tests.hw.cocotb_cluster import FMT, corner_words
 
 
 @cocotb.test()
 async def bulk_regions_and_debug_port(dut):
     """Loads land where the debug port and dumps see them; ring and trace memory round-trip."""
     hw = HardwareConfig(**json.loads(os.environ["CLUSTER_HW"]))
-    dev = (await start_devices(dut, 2, hw))[0]
+    tb = NodeTB(dut, nodes=2, hardware=hw, fmt=FMT)
+    await tb.start()
+    dev = tb.dev
     wb = FMT.word_bytes
     rng = np.random.default_rng(7)
     await dev.write32(rm.offset("HOST_TAG"), 0xABC)

@@ -7,7 +7,6 @@ communication-only nodes (``tests/hw/cocotb_comm.py``, ``tests/hw/comm_builds.py
 
 from __future__ import annotations
 
-import functools
 import re
 
 import numpy as np
@@ -18,16 +17,12 @@ from gradsync.spec.hardware import DEFAULT_HARDWARE
 from tests.hw.cocotb_cluster import BUF_WORDS, CHUNKS, FMT, corner_words, model_logs
 
 
-@functools.cache
 def cluster_model(nodes: int):
-    """Build (or reuse from the cache) the Verilator model of an N-node cluster of DEFAULT_HARDWARE."""
-    from gradsync.hw.cluster import Cluster
-    from gradsync.sim.build import build_component
+    """The (cached) Verilator model of an N-node cluster of DEFAULT_HARDWARE, as the public
+    ``gradsync.sim.testbench.build`` makes it for users' testbenches."""
+    from gradsync.sim.testbench import build
 
-    params = {"hardware": DEFAULT_HARDWARE.to_dict(), "format": FMT.to_dict(), "nodes": nodes}
-    return build_component(
-        functools.partial(Cluster, DEFAULT_HARDWARE, FMT, nodes), f"cluster{nodes}", params=params
-    )
+    return build("cluster", nodes=nodes, hardware=DEFAULT_HARDWARE, fmt=FMT).built
 
 
 def run(nodes: int, module: str, tmp_path, scenario: str = "exchange", seed: int = 1) -> None:
