@@ -289,17 +289,8 @@ class ClusterTB:
             self._link(i, "seed").value = seed
             self._link(i, "seed_load").value = 1
         await self._reset()
-        if self._seeds:
-            import cocotb
-
-            # The links' generators are reset while rst is high: hold seed_load through
-            # the first edge after reset (cycle 0; no packet can be on a link yet).
-            cocotb.start_soon(self._release_seeds())
-
-    async def _release_seeds(self) -> None:
-        from cocotb.triggers import RisingEdge
-
-        await RisingEdge(self.dut.clk)
+        # The generators are not reset (hw/link.py): the seed was taken at the edge that
+        # begins cycle 0, as in an RTL training run (sim/train_cocotb.py).
         for i in self._seeds:
             self._link(i, "seed_load").value = 0
 

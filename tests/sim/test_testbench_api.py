@@ -120,7 +120,7 @@ async def link_seed_decides_the_faults(dut):
     """The same seed drops the same packets after every reset; another seed others."""
     tb = testbench.ClusterTB(dut)
     seen = []
-    for i, seed in enumerate((1, 777777, 1)):
+    for i, seed in enumerate((3, 999, 3)):
         tb.set_link_faults(0, drop=13107, seed=seed)
         await (tb.start() if i == 0 else tb.reset())
         tasks = [cocotb.start_soon(send_to_peer(dev)) for dev in tb.devices]
