@@ -423,7 +423,9 @@ def _check_arguments(args):
         raise ValueError(f"--nodes must be at least 2 on --backend rtl, not {cfg.nodes}")
     if args.link_faults is not None:
         if args.backend != "rtl":
-            raise ValueError("--link-faults needs --backend rtl: the golden model's links are ideal")
+            raise ValueError(
+                "--link-faults needs --backend rtl: the golden model's links are ideal"
+            )
         from gradsync.sim.rtl_backend import link_faults_from_spec
 
         args.link_faults_parsed = link_faults_from_spec(args.link_faults, cfg.nodes)

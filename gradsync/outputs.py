@@ -372,7 +372,9 @@ def is_record(folder: Path) -> bool:
 def _check_name(out: Path, option: str) -> None:
     name = Path(out).name
     if name in ("", ".", ".."):
-        raise OutError(f"{option} {str(out)!r} does not end in a folder name; give one, e.g. runs/a")
+        raise OutError(
+            f"{option} {str(out)!r} does not end in a folder name; give one, e.g. runs/a"
+        )
     if any(ord(c) < 32 or ord(c) == 127 for c in str(out)):
         raise OutError(f"{option} {str(out)!r} contains control characters; use a plain path")
     if len(name.encode()) > MAX_NAME_BYTES:

@@ -26,7 +26,7 @@ class LimitError(ValueError):
     ``field`` is the configuration field (``nodes``, ``learning_rate``,
     ``link_bytes_per_cycle``, ...), ``value`` the refused value and ``rule``
     what it must be, so that ``str(exc)`` reads ``FIELD must be RULE, not VALUE``
-(``label`` replaces FIELD where a plainer word reads better).
+    (``label`` replaces FIELD where a plainer word reads better).
     """
 
     def __init__(self, field: str, value: object, rule: str, label: str | None = None):
@@ -62,7 +62,9 @@ def check_layers(layers: tuple[int, ...]) -> None:
         raise LimitError("layers", tuple(layers), "at least two positive widths")
     if len(layers) - 1 > MAX_WEIGHT_LAYERS:
         raise LimitError(
-            "layers", len(layers) - 1, f"at most {MAX_WEIGHT_LAYERS} weight layers (the tag's field)"
+            "layers",
+            len(layers) - 1,
+            f"at most {MAX_WEIGHT_LAYERS} weight layers (the tag's field)",
         )
 
 
