@@ -408,17 +408,13 @@ def add_parser(sub) -> None:
 
 
 def _check_arguments(args):
-    """Every check before a run: options, --out, --waves, --link-faults. Returns
-    (config, prepared); ``ValueError`` names the option and the value."""
-    from gradsync.outputs import check_out
-
+    """Every check before a run but --out's (``RunRecord.open``): options, --waves,
+    --link-faults. Returns (config, prepared); ``ValueError`` names the option and the value."""
     if args.waves:
         problem = _waves_problem(args)
         if problem:
             raise ValueError(problem)
     cfg, prepared = prepare_from_args(args)
-    if args.out is not None:
-        check_out(args.out, args.overwrite)
     if args.backend == "rtl" and cfg.nodes < 2:
         raise ValueError(f"--nodes must be at least 2 on --backend rtl, not {cfg.nodes}")
     if args.link_faults is not None:

@@ -430,6 +430,12 @@ def check_out(out: Path, overwrite: bool = False, option: str = "--out") -> None
     record (only replaced with ``overwrite``) with no symbolic link inside.
     """
     _check_name(out, option)
+    here = Path(os.getcwd())
+    if here == Path(os.path.abspath(out)) or Path(os.path.abspath(out)) in here.parents:
+        raise OutError(
+            f"{option} {str(out)!r} is or holds the current folder, which a record replaces; "
+            "give another folder"
+        )
     if os.path.islink(out):
         raise OutError(
             f"{option} {str(out)!r} is a symbolic link; give the folder itself or a new one"
@@ -495,6 +501,19 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _replaceable(target: Path) -> None:
+    """Last guard before ``target`` is moved away: a real, empty or record folder, not
+    holding the current folder (``check_out`` refuses all else earlier)."""
+    here = Path(os.getcwd())
+    real = target.is_dir() and not target.is_symlink()
+    if (
+        not real
+        or not (is_record(target) or not any(target.iterdir()))
+        or (target == here or target in here.parents)
+    ):
+        raise OutError(f"--out {str(target)!r} is no longer an empty folder or a run record")
 
 
 class RunRecord:
@@ -587,6 +606,7 @@ class RunRecord:
         old = None
         try:
             if os.path.lexists(target):
+                _replaceable(target)
                 old = Path(tempfile.mkdtemp(prefix=f"{prefix}old-", dir=parent))
                 old.rmdir()  # a free name beside ``out`` to move the replaced record to
                 os.rename(target, old)

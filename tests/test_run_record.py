@@ -64,10 +64,36 @@ def test_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys, monkeypa
 
 
 @pytest.mark.parametrize("value", [".", "..", "/"])
-def test_out_without_a_folder_name_is_refused(value, capsys, monkeypatch):
+def test_out_without_a_folder_name_is_refused(value, tmp_path, capsys, monkeypatch):
     _run_nothing(monkeypatch)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")  # were the check broken, only this is at stake
     assert main(["train", *FAST, "--out", value]) == 2
     _refused(capsys, "--out", repr(value), "folder name")
+
+
+def test_out_holding_the_current_folder_is_refused(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(out / "weights")
+    _run_nothing(monkeypatch)
+    for value in (str(out), "../../run"):
+        assert main(["train", *FAST, "--overwrite", "--out", value]) == 2
+        _refused(capsys, "--out", repr(value), "current folder")
+    assert _status(out) == "complete" and (out / "weights").is_dir()
+
+
+def test_publish_moves_only_a_record_or_an_empty_folder(tmp_path, monkeypatch):
+    """The last guard, should the folder change between the check and the rename."""
+    out = tmp_path / "run"
+    rec = outputs.RunRecord(out, True, "model").open()
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(outputs.OutError, match="no longer an empty folder or a run record"):
+        rec._publish()
+    assert (out / "thesis.tex").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # temp folder and lock gone
 
 
 def test_out_under_a_file_or_unwritable_parent_is_refused(tmp_path, capsys, monkeypatch):
