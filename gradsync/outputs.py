@@ -422,27 +422,38 @@ def _check_contents(out: Path, option: str, overwrite: bool) -> None:
         )
 
 
-def check_out(out: Path, overwrite: bool = False, option: str = "--out") -> None:
-    """Refuse, with :class:`OutError`, an ``out`` a run record cannot be written to.
-
-    Checked before anything runs: a sane folder name, no symbolic link, not a
-    file, a writable parent; an existing folder must be empty or hold a previous
-    record (only replaced with ``overwrite``) with no symbolic link inside.
+def check_out_path(out: Path, option: str = "--out", replaced: bool = False) -> None:
+    """Refuse, with :class:`OutError`, a path no output folder can be: a file, or under a
+    file or an unwritable folder (``gradsync scale`` and ``sweep``, which write into their
+    ``--out``, check it with this).  ``replaced``: the folder will be replaced whole (a
+    run record), so also refuse a path without a folder name, the current folder or one
+    holding it, and a symbolic link.
     """
-    _check_name(out, option)
-    here = Path(os.getcwd())
-    if here == Path(os.path.abspath(out)) or Path(os.path.abspath(out)) in here.parents:
-        raise OutError(
-            f"{option} {str(out)!r} is or holds the current folder, which a record replaces; "
-            "give another folder"
-        )
-    if os.path.islink(out):
-        raise OutError(
-            f"{option} {str(out)!r} is a symbolic link; give the folder itself or a new one"
-        )
+    if replaced:
+        _check_name(out, option)
+        here, target = Path(os.getcwd()), Path(os.path.abspath(out))
+        if here == target or target in here.parents:
+            raise OutError(
+                f"{option} {str(out)!r} is or holds the current folder, which a record "
+                "replaces; give another folder"
+            )
+        if os.path.islink(out):
+            raise OutError(
+                f"{option} {str(out)!r} is a symbolic link; give the folder itself or a new one"
+            )
     if os.path.lexists(out) and not os.path.isdir(out):
         raise OutError(f"{option} {str(out)!r} is a file, not a folder")
     _check_parent(out, option)
+
+
+def check_out(out: Path, overwrite: bool = False, option: str = "--out") -> None:
+    """Refuse, with :class:`OutError`, an ``out`` a run record cannot be written to.
+
+    Checked before anything runs: :func:`check_out_path`, then an existing
+    folder must be empty or hold a previous record (only replaced with
+    ``overwrite``) with no symbolic link inside.
+    """
+    check_out_path(out, option, replaced=True)
     if os.path.isdir(out):
         _check_contents(out, option, overwrite)
 

@@ -361,3 +361,27 @@ def test_rtl_work_folder_is_removed_unless_it_holds_the_only_log(
     (work,) = seen
     assert work.name.startswith("gradsync-rtl-") and work.parent == tmp_path
     assert work.exists() == kept
+
+
+# --- scale and sweep write into their --out: the same path checks ----------------------
+
+
+@pytest.mark.parametrize("command", ["scale", "sweep"])
+def test_scale_and_sweep_refuse_an_out_under_a_file_before_running(
+    command, tmp_path, capsys, monkeypatch
+):
+    import gradsync.cmd_scale as cs
+
+    monkeypatch.setattr(cs, "_simulate", lambda *a, **k: pytest.fail("scale simulated"))
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('command = "train"\n[fixed]\nbackend = "model"\nsteps = 1\n')
+    argv = {
+        "scale": ["scale", "--workload", "mlp", "--nodes", "2", "--link-gbps", "100"],
+        "sweep": ["sweep", str(sweep)],
+    }[command]
+    for out, needle in ((f / "run", "is not a folder"), (f, "is a file")):
+        assert main([*argv, "--out", str(out)]) == 2
+        _refused(capsys, f"gradsync {command}: --out", str(out), needle)
+    assert f.read_text() == "mine"
