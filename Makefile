@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(STAMP)
-	$(BIN)/gradsync train --nodes 2 --schedule priority --steps 100 --out runs/latest
+	$(BIN)/gradsync train --nodes 2 --schedule priority --steps 100 --out runs/latest --overwrite
 
 doctor: $(STAMP)
 	$(BIN)/gradsync doctor

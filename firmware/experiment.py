@@ -19,7 +19,6 @@ import numpy as np
 from gradsync.firmware import data as digits
 from gradsync.firmware.schedules import load_schedule, schedule_chunk_bytes
 from gradsync.firmware.training import (
-    ConfigError,
     NodeJob,
     NodeResult,
     check_chunk_bytes,
@@ -29,6 +28,7 @@ from gradsync.firmware.training import (
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig
+from gradsync.spec.limits import LimitError, check_layers, check_learning_rate, check_nodes
 from gradsync.spec.link import auto_chunk_bytes
 
 MAX_STEPS = 4096  # trace tags carry the step modulo 4096
@@ -51,22 +51,29 @@ class TrainConfig:
     hardware: HardwareConfig = DEFAULT_HARDWARE
 
     def validate(self) -> None:
-        if self.nodes < 1:
-            raise ConfigError(f"nodes must be >= 1, not {self.nodes}")
+        """Raise :class:`~gradsync.spec.limits.LimitError` (a ``ConfigError`` for the memory
+        plan) naming the field and value of the first thing the device cannot run."""
+        check_nodes(self.nodes)
         if not 1 <= self.steps <= MAX_STEPS:
-            raise ConfigError(f"steps must be in 1..{MAX_STEPS}, not {self.steps}")
-        if len(self.layers) < 2 or min(self.layers) < 1:
-            raise ConfigError(f"layers must be at least two positive widths, not {self.layers}")
+            raise LimitError("steps", self.steps, f"in 1..{MAX_STEPS} (tags count steps mod 4096)")
+        check_layers(tuple(self.layers))
         if self.global_batch < 1 or self.global_batch % self.nodes:
-            raise ConfigError(
-                f"global batch {self.global_batch} must be a positive multiple of the {self.nodes} nodes"
+            raise LimitError(
+                "global_batch", self.global_batch, f"a positive multiple of the {self.nodes} nodes"
             )
         if self.chunk_bytes is not None and (
             self.chunk_bytes <= 0 or self.chunk_bytes % rm.DMA_ALIGN_BYTES
         ):
-            raise ConfigError(
-                f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {self.chunk_bytes}"
+            raise LimitError(
+                "chunk_bytes",
+                self.chunk_bytes,
+                f"a positive multiple of {rm.DMA_ALIGN_BYTES} bytes",
+                label="chunk size",
             )
+        if not isinstance(self.schedule, str) or not self.schedule.strip():
+            raise LimitError("schedule", self.schedule, "a schedule name or path/file.py:Class")
+        check_learning_rate(self.learning_rate, self.fixed_point)
+        self.hardware.check_carriable()
         # the firmware plans the same layout from the device's size registers at start;
         # checking here refuses an impossible configuration before a backend is built
         lay = plan_memory(
@@ -140,14 +147,9 @@ def build_jobs(
     cfg: TrainConfig, data: digits.Digits
 ) -> tuple[list[NodeJob], list[list[np.ndarray]]]:
     cfg.validate()
-    if cfg.layers[0] != data.features:
-        raise ConfigError(
-            f"the first layer must have {data.features} inputs for digits, not {cfg.layers[0]}"
-        )
-    if cfg.layers[-1] != data.classes:
-        raise ConfigError(
-            f"the last layer must have {data.classes} outputs for digits, not {cfg.layers[-1]}"
-        )
+    if cfg.layers[0] != data.features or cfg.layers[-1] != data.classes:
+        rule = f"{data.features} inputs first and {data.classes} outputs last for digits"
+        raise LimitError("layers", ",".join(map(str, cfg.layers)), rule)
     batches = digits.batch_indices(data, cfg.seed, cfg.steps, cfg.global_batch, cfg.nodes)
     weights = init_weights(cfg.layers, cfg.seed)
     jobs = []
@@ -309,13 +311,39 @@ def forward_accuracy(weights: list[np.ndarray], frac_bits: int, data: digits.Dig
     return float((h.argmax(axis=1) == data.y[data.test_indices]).mean())
 
 
-def run(
-    cfg: TrainConfig, backend: Backend, on_step: Callable[[StepMetrics], None] | None = None
-) -> RunResult:
-    """Train ``cfg`` on ``backend``; raise if the nodes' weights ever differ."""
+@dataclass
+class Prepared:
+    """A validated configuration's data split, per-node jobs and batches (:func:`prepare`)."""
+
+    data: digits.Digits
+    jobs: list[NodeJob]
+    batches: list[list[np.ndarray]]
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Validate ``cfg`` (limits, data shape, schedule) and build its jobs: nothing runs yet.
+
+    Raises ``ValueError`` (:class:`~gradsync.spec.limits.LimitError`, ``ConfigError``
+    or the schedule loader's) for a configuration that cannot run.
+    """
     cfg.validate()
     data = digits.load(cfg.seed)
     jobs, batches = build_jobs(cfg, data)
+    return Prepared(data, jobs, batches)
+
+
+def run(
+    cfg: TrainConfig,
+    backend: Backend,
+    on_step: Callable[[StepMetrics], None] | None = None,
+    prepared: Prepared | None = None,
+) -> RunResult:
+    """Train ``cfg`` on ``backend``; raise if the nodes' weights ever differ.
+
+    ``prepared``: what :func:`prepare` returned for ``cfg`` (default: prepared here).
+    """
+    p = prepared or prepare(cfg)
+    data, jobs, batches = p.data, p.jobs, p.batches
     t0 = time.perf_counter()
     res = backend(cfg, jobs)
     wall = time.perf_counter() - t0

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's 128 + SIGINT
+        print(f"gradsync {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # stdout closed early (e.g. piped into `head`): not an error of the run
         sys.stderr.close()

@@ -12,7 +12,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from gradsync.cmd_train import add_config_arguments, backend_for, config_from_args, plural
+from gradsync.cmd_train import (
+    OPTIONS,
+    add_config_arguments,
+    backend_for,
+    config_from_args,
+    plural,
+    prepare_from_args,
+)
 
 DEFAULT_SCHEDULES = "sequential,fifo,priority"
 DEFAULT_BACKEND = "model"
@@ -61,9 +68,10 @@ def schedule_rows(cfg, backend, names: list[str]) -> list[dict]:
 
 
 def compare(args) -> list[dict]:
-    names = args.schedules.split(",")
-    for name in names:  # every schedule is checked before the first is run
-        config_from_args(args, schedule=name)
+    names = [name.strip() for name in args.schedules.split(",")]
+    options = dict(OPTIONS, schedule=f"--schedules {args.schedules!r}: each schedule")
+    for name in names:  # every schedule is checked (and loaded) before the first is run
+        prepare_from_args(args, schedule=name, options=options)
     return schedule_rows(
         config_from_args(args, schedule=names[0]), backend_for(args.backend, args), names
     )

@@ -78,8 +78,13 @@ def command(args) -> list[str]:
 def _check_out(args, points: int) -> None:
     from gradsync.scale.config import ScaleConfigError
 
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise ScaleConfigError(f"--out {str(args.out)!r} exists and is not a directory")
+    if args.out is not None:
+        from gradsync.outputs import OutError, check_out_path
+
+        try:
+            check_out_path(args.out)
+        except OutError as exc:
+            raise ScaleConfigError(str(exc)) from None
     if not 0 <= args.trace_point < points:
         raise ScaleConfigError(
             f"--trace-point {args.trace_point} is not a point of this grid (0 to {points - 1})"

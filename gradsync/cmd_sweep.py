@@ -113,8 +113,9 @@ def _check_run_args(args) -> None:
             raise UsageError(f"--{flag} is an option of `gradsync sweep plot`, not of a sweep run")
     if args.out is None:
         raise UsageError("--out DIR is required: the folder that keeps the points and results")
-    if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {str(args.out)!r} exists and is not a folder")
+    from gradsync.outputs import check_out_path
+
+    check_out_path(args.out)  # an OutError (a ValueError): one sentence, exit 2
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be >= 1, not {args.workers}")
     if args.scheduler is not None and args.jobqueue is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_PRESET, PRESET_HELP, PRESETS, preset
+from gradsync.spec.limits import LimitError
 
 BASELINES = ("fifo", "sequential")  #: what the summary compares the run's schedule with
 
@@ -171,7 +172,57 @@ def _fits(cfg, preset_name: str) -> bool:
     return True
 
 
+#: Configuration fields (``TrainConfig``, ``HardwareConfig``, ``FixedPointFormat``) and the
+#: options that set them: a :class:`~gradsync.spec.limits.LimitError` is reported by option.
+OPTIONS = {
+    "nodes": "--nodes",
+    "schedule": "--schedule",
+    "chunk_bytes": "--chunk-bytes",
+    "steps": "--steps",
+    "layers": "--layers",
+    "global_batch": "--global-batch",
+    "learning_rate": "--lr",
+    "seed": "--seed",
+    "array_rows": "--array",
+    "array_cols": "--array",
+    "link_bytes_per_cycle": "--link-bytes-per-cycle",
+    "link_latency_cycles": "--link-latency-cycles",
+    "max_payload_bytes": "--max-payload-bytes",
+    "total_bits": "--total-bits",
+    "frac_bits": "--frac-bits",
+}
+
+
+def option_error(exc: LimitError, options: dict[str, str] = OPTIONS) -> ValueError:
+    """``exc`` as one sentence naming the option that set the field, its value and the rule."""
+    option = options.get(exc.field)
+    if option is None:
+        return ValueError(str(exc))
+    value = exc.value if isinstance(exc.value, str) and exc.value else repr(exc.value)
+    return ValueError(f"{option} must be {exc.rule}, not {value}")
+
+
 def config_from_args(args, schedule: str | None = None):
+    """The :class:`TrainConfig` of the options, validated; ``ValueError`` names the option."""
+    try:
+        return _config_from_args(args, schedule)
+    except LimitError as exc:
+        raise option_error(exc) from None
+
+
+def prepare_from_args(args, schedule: str | None = None, options: dict[str, str] = OPTIONS):
+    """(config, :class:`~gradsync.firmware.experiment.Prepared`): every check a run makes
+    before its backend starts (limits, memory plan, data shape, schedule), nothing run."""
+    from gradsync.firmware import experiment
+
+    try:
+        cfg = _config_from_args(args, schedule)
+        return cfg, experiment.prepare(cfg)
+    except LimitError as exc:
+        raise option_error(exc, options) from None
+
+
+def _config_from_args(args, schedule: str | None = None):
     from gradsync.firmware.experiment import TrainConfig
     from gradsync.firmware.training import MemoryPlanError
 
@@ -191,7 +242,7 @@ def config_from_args(args, schedule: str | None = None):
     fmt = FixedPointFormat(total_bits=args.total_bits, frac_bits=args.frac_bits)
     cfg = TrainConfig(
         nodes=args.nodes,
-        schedule=schedule or args.schedule,
+        schedule=args.schedule if schedule is None else schedule,
         chunk_bytes=args.chunk_bytes,
         steps=args.steps,
         layers=tuple(args.layers),
@@ -232,7 +283,7 @@ def backend_for(name: str, args=None, capture: dict | None = None):
             cfg,
             jobs,
             waves=waves,
-            waves_dir=getattr(args, "out", None),
+            waves_dir=getattr(args, "waves_dir", None),  # the record's temporary folder
             progress=getattr(args, "progress", None),
             max_cycles=max_cycles,
             link_faults=getattr(args, "link_faults_parsed", None),
@@ -315,6 +366,11 @@ def add_parser(sub) -> None:
         type=Path,
         help="write results.json, weights/, trace.json, timeline.png here (default: write nothing)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the previous run record in --out (without it a non-empty --out is refused)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-step lines")
     p.add_argument(
         "--waves",
@@ -351,52 +407,81 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from gradsync.firmware import experiment
-    from gradsync.outputs import write_all
-
-    captured: dict = {}
+def _check_arguments(args):
+    """Every check before a run but --out's (``RunRecord.open``): options, --waves,
+    --link-faults. Returns (config, prepared); ``ValueError`` names the option and the value."""
     if args.waves:
         problem = _waves_problem(args)
         if problem:
-            print(f"gradsync train: {problem}", file=sys.stderr)
-            return 2
-        from gradsync.sim.rtl_backend import default_waves, waves_path
+            raise ValueError(problem)
+    cfg, prepared = prepare_from_args(args)
+    if args.backend == "rtl" and cfg.nodes < 2:
+        raise ValueError(f"--nodes must be at least 2 on --backend rtl, not {cfg.nodes}")
+    if args.link_faults is not None:
+        if args.backend != "rtl":
+            raise ValueError(
+                "--link-faults needs --backend rtl: the golden model's links are ideal"
+            )
+        from gradsync.sim.rtl_backend import link_faults_from_spec
 
-        args.waves = default_waves()
-        waves_path(args.out, args.waves).unlink(missing_ok=True)  # never report a stale one
+        args.link_faults_parsed = link_faults_from_spec(args.link_faults, cfg.nodes)
+    return cfg, prepared
+
+
+def run(args) -> int:
+    from gradsync.firmware import experiment
+    from gradsync.outputs import RunRecord
+
+    captured: dict = {}
     try:
-        cfg = config_from_args(args)
-        if args.link_faults is not None:
-            if args.backend != "rtl":
-                raise ValueError(
-                    "--link-faults needs --backend rtl: the golden model's links are ideal"
-                )
-            from gradsync.sim.rtl_backend import link_faults_from_spec
+        cfg, prepared = _check_arguments(args)
+        if args.waves:
+            from gradsync.sim.rtl_backend import default_waves
 
-            args.link_faults_parsed = link_faults_from_spec(args.link_faults, cfg.nodes)
+            args.waves = default_waves()
         backend = backend_for(args.backend, args, captured)
+        record = RunRecord(args.out, args.overwrite, args.backend)
+        record.open()  # the lock and the temporary folder: refused like bad input
     except ValueError as exc:
         print(f"gradsync train: {exc}", file=sys.stderr)
         return 2
+    args.waves_dir = record.work
+    done: list[int] = []
 
     def show(m) -> None:
+        record.step(m)
+        done.append(m.step)
         if not args.quiet:
             print(
                 f"step {m.step:4d}  loss {m.loss:7.4f}  acc {m.accuracy:6.2%}  cycles {m.cycles:7d}  "
-                f"layer1-ready {m.layer1_ready_cycle:7d}  exposed-comm {m.exposed_comm_cycles:6d}"
+                f"layer1-ready {m.layer1_ready_cycle:7d}  exposed-comm {m.exposed_comm_cycles:6d}",
+                flush=True,
             )
 
+    kept = f"; partial record in {args.out}" if args.out else ""
     try:
-        res = experiment.run(cfg, backend, on_step=show)
-    except ValueError as exc:
-        print(f"gradsync train: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # a device error, a spent cycle budget, a failed simulation
-        print(f"gradsync train: {exc}", file=sys.stderr)
+        with record:
+            record.begin(cfg, prepared.data)
+            res = experiment.run(cfg, backend, on_step=show, prepared=prepared)
+            extra = {"rtl": _rtl_record(args)} if args.backend == "rtl" else None
+            record.complete(res, extra)
+    except KeyboardInterrupt:
+        print(
+            f"gradsync train: interrupted after {plural(len(done), 'step')}{kept}"
+            + (" (status interrupted)" if args.out else ""),
+            file=sys.stderr,
+        )
+        return 130
+    except (ValueError, RuntimeError) as exc:  # a device error, a spent budget, a failed sim
+        print(f"gradsync train: {exc}{kept}", file=sys.stderr)
         if args.waves:
             _report_waves(args)  # the waveform of a failed run is the one to look at
-        return 1
+        return 2 if isinstance(exc, ValueError) else 1
+    return _summary(args, cfg, res, captured)
+
+
+def _summary(args, cfg, res, captured: dict) -> int:
+    """Print what the run measured (and baselines, --check); the record is already written."""
     last = res.steps[-1]
     mean_cycles = sum(m.cycles for m in res.steps) / len(res.steps)
     print(
@@ -421,8 +506,6 @@ def run(args) -> int:
     if args.baselines:
         _print_baselines(cfg, res, args.backend)
     if args.out:
-        extra = {"rtl": _rtl_record(args)} if args.backend == "rtl" else None
-        write_all(res, args.out, args.backend, extra)
         print(f"wrote {args.out}/results.json, weights/, trace.json, timeline.png")
     if args.check:
         from gradsync.sim.check import check_run

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import pickle
+import shutil
 import sys
 import tempfile
 import threading
@@ -155,6 +156,30 @@ def _progress_printer(path: Path, stop: threading.Event, out) -> None:
 
 
 def run_rtl(
+    cfg: TrainConfig, jobs: list[NodeJob], *, work_dir: Path | None = None, **kwargs
+) -> BackendResult:
+    """:func:`_run_rtl` (its parameters), in ``work_dir`` or a temporary ``gradsync-rtl-*``
+    folder that is removed when the run ends, also on an error or Ctrl-C.
+
+    The temporary folder is kept only when it holds the sole evidence: the
+    simulator ended without a result (the error names its ``sim.log``), or a
+    waveform was asked for without ``waves_dir``.
+    """
+    if work_dir is not None:
+        return _run_rtl(cfg, jobs, work_dir=work_dir, **kwargs)
+    work = Path(tempfile.mkdtemp(prefix="gradsync-rtl-"))
+    keep = bool(kwargs.get("waves")) and kwargs.get("waves_dir") is None
+    try:
+        return _run_rtl(cfg, jobs, work_dir=work, **kwargs)
+    except Exception:
+        keep = keep or ((work / "sim.log").exists() and not (work / "result.pkl").exists())
+        raise
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_rtl(
     cfg: TrainConfig,
     jobs: list[NodeJob],
     *,

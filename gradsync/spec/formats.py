@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from gradsync.spec import regmap as rm
+from gradsync.spec.limits import LimitError
 
 ROUNDING_MODES = ("nearest-even", "truncate")
 
@@ -71,15 +72,13 @@ class FixedPointFormat:
 
     def __post_init__(self) -> None:
         if self.total_bits not in (8, 16, 32):
-            raise ValueError(f"total_bits must be 8, 16 or 32, not {self.total_bits!r}")
+            raise LimitError("total_bits", self.total_bits, "8, 16 or 32")
         if not 0 <= self.frac_bits < self.total_bits:
-            raise ValueError(f"frac_bits must be in [0, {self.total_bits}), not {self.frac_bits!r}")
+            raise LimitError("frac_bits", self.frac_bits, f"in [0, {self.total_bits})")
         if not 2 * self.total_bits <= self.acc_bits <= 62:
-            raise ValueError(
-                f"acc_bits must be in [{2 * self.total_bits}, 62], not {self.acc_bits!r}"
-            )
+            raise LimitError("acc_bits", self.acc_bits, f"in [{2 * self.total_bits}, 62]")
         if self.rounding not in ROUNDING_MODES:
-            raise ValueError(f"rounding must be one of {ROUNDING_MODES}, not {self.rounding!r}")
+            raise LimitError("rounding", self.rounding, f"one of {ROUNDING_MODES}")
 
     @property
     def word_bytes(self) -> int:

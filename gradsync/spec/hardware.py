@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.limits import LimitError, check_link
 from gradsync.spec.link import PACKET_CRC_BYTES, PACKET_HEADER_BYTES, LinkConfig
 
 
@@ -52,13 +53,11 @@ class HardwareConfig:
                 raise TypeError(f"{name} must be an int, not {value!r}")
             minimum = 0 if name in ("link_latency_cycles", "packet_crc_bytes") else 1
             if value < minimum:
-                raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+                raise LimitError(name, value, f">= {minimum}")
         if self.max_payload_bytes % 4:
-            raise ValueError(
-                f"max_payload_bytes must be a multiple of 4, not {self.max_payload_bytes!r}"
-            )
+            raise LimitError("max_payload_bytes", self.max_payload_bytes, "a multiple of 4")
         if self.rx_windows > rm.MAX_RX_WINDOWS:
-            raise ValueError(f"rx_windows must be <= {rm.MAX_RX_WINDOWS}, not {self.rx_windows!r}")
+            raise LimitError("rx_windows", self.rx_windows, f"<= {rm.MAX_RX_WINDOWS}")
 
     @property
     def link(self) -> LinkConfig:
@@ -69,6 +68,19 @@ class HardwareConfig:
             header_bytes=self.packet_header_bytes,
             crc_bytes=self.packet_crc_bytes,
             max_payload_bytes=self.max_payload_bytes,
+        )
+
+    def check_carriable(self) -> None:
+        """Raise :class:`~gradsync.spec.limits.LimitError` unless the packet format and the
+        RTL's link and NIC carry this link (widths 1, 2, 4; payload up to 512 bytes).
+
+        Not a constructor check: the scale simulator models links of any width.
+        """
+        check_link(
+            self.link_bytes_per_cycle,
+            self.max_payload_bytes,
+            self.packet_header_bytes,
+            self.packet_crc_bytes,
         )
 
     def to_dict(self) -> dict:

@@ -20,6 +20,12 @@ from gradsync.spec import regmap as rm
 PACKET_HEADER_BYTES = 12
 #: CRC-32 trailer of every packet.
 PACKET_CRC_BYTES = 4
+#: Bits of the header's payload-length field (payload words - 1).
+PAYLOAD_WORDS_BITS = 7
+#: Largest payload a packet header can describe: 2**PAYLOAD_WORDS_BITS words of 4 bytes.
+MAX_PAYLOAD_BYTES = 4 << PAYLOAD_WORDS_BITS
+#: Link widths the link serialiser implements (a 32-bit word every 4 / width cycles).
+LINK_BYTES_PER_CYCLE = (1, 2, 4)
 
 
 def ceil_div(a: int, b: int) -> int:

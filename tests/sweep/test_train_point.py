@@ -17,7 +17,7 @@ def test_options_are_the_cli_options_with_its_defaults():
             "layers": [64, 16, 10],
             "schedule": "fifo",
             "lr": 0.5,
-            "link-bytes-per-cycle": 8,
+            "link-bytes-per-cycle": 2,
             "array": "4x4",
         }
     )
@@ -28,7 +28,7 @@ def test_options_are_the_cli_options_with_its_defaults():
         "fifo",
         0.5,
     )
-    assert cfg.hardware.link_bytes_per_cycle == 8
+    assert cfg.hardware.link_bytes_per_cycle == 2
     assert (cfg.hardware.array_rows, cfg.hardware.array_cols) == (4, 4)
     # unspecified: the CLI's defaults, which are TrainConfig's
     assert (cfg.nodes, cfg.steps, cfg.global_batch, cfg.seed) == (
@@ -48,7 +48,7 @@ def test_options_are_the_cli_options_with_its_defaults():
         ({"nodes": "x"}, r"--nodes: invalid int value: 'x'"),
         ({"backend": "fpga"}, r"--backend: invalid choice: 'fpga'"),
         ({"schedule": "bogus"}, "unknown schedule 'bogus'"),
-        ({"chunk_bytes": 6}, "chunk size must be a positive multiple of .* not 6"),
+        ({"chunk_bytes": 6}, "--chunk-bytes must be a positive multiple of .* not 6"),
         ({"array": 8}, "--array must look like 8x8, not '8'"),
         ({"steps": True}, "option 'steps': True is not a value"),
     ],
@@ -102,7 +102,7 @@ def test_a_bad_point_stops_the_sweep_naming_point_and_key(tmp_path):
         tmp_path / "s.toml", "train", {"backend": "model"}, {"nodes": [2, 0], "steps": [1, 2]}
     )
     with pytest.raises(
-        SweepFileError, match=r"point 3 of 4 \(nodes=0, steps=1\): nodes must be >= 1"
+        SweepFileError, match=r"point 3 of 4 \(nodes=0, steps=1\): --nodes must be >= 1"
     ):
         prepare(sweep)
     with pytest.raises(SweepFileError, match="command 'scal' cannot be swept"):

@@ -224,7 +224,7 @@ def test_outputs_follow_the_contract_and_recompute_bit_exactly(tmp_path, capsys)
         (["--layers", "64,40000,10"], "widest 40000"),
         (["--chunk-bytes", "1048576"], "chunk size 1048576 bytes is larger than the gradient SRAM"),
         (["--chunk-bytes", "6"], "not 6"),
-        (["--nodes", "3"], "global batch 16 must be a positive multiple of the 3 nodes"),
+        (["--nodes", "3"], "--global-batch must be a positive multiple of the 3 nodes, not 16"),
         (["--schedule", "nope"], "unknown schedule 'nope'"),
     ],
 )
