@@ -293,7 +293,11 @@ def test_every_register_by_access_type(idle, backpressure):
                 assert before == after == want, f"{r.access.value} {r.name}: {before}, {after}"
                 if r.access is rm.Access.W1C:
                     expected_pulses.append((f"w1c_{r.name.lower()}", v))
-        assert await tb.read(ctx, "ERR_COUNT") == 0
+        # the only errors: the two TRACE_DATA reads of the empty trace buffer
+        assert await tb.read(ctx, "ERR_COUNT") == 2
+        assert rm.reg("ERR_CODE").field("code").get(await tb.read(ctx, "ERR_CODE")) == (
+            rm.ErrorCode.TRACE_EMPTY
+        )
 
     tb.run(bench)
     assert [(n, v) for _, n, v in tb.pulses] == expected_pulses
@@ -509,14 +513,21 @@ def test_trace_buffer_order_drops_and_half_full_irq(idle, backpressure):
         }
 
     async def bench(ctx, tb):
-        # Empty: TRACE_DATA reads 0 and pops nothing.
-        assert await tb.read(ctx, "TRACE_DATA") == 0
+        # Empty: TRACE_DATA reads TRACE_EMPTY_WORD, pops nothing, latches TRACE_EMPTY
+        # (engine HOST, info = TRACE_TAIL) and stores no ERROR record.
+        assert await tb.read(ctx, "TRACE_DATA") == rm.TRACE_EMPTY_WORD
         assert await status(ctx) == {
             "TRACE_COUNT": 0,
             "TRACE_HEAD": 0,
             "TRACE_TAIL": 0,
             "TRACE_DROPS": 0,
         }
+        assert await tb.read(ctx, "ERR_COUNT") == 1
+        assert await tb.read(ctx, "ERR_CODE") == rm.reg("ERR_CODE").pack(
+            code=rm.ErrorCode.TRACE_EMPTY, engine=rm.Engine.HOST, index=0
+        )
+        assert await tb.read(ctx, "IRQ_STATUS") == ERROR_IRQ
+        await tb.wr(ctx, "IRQ_STATUS", ERROR_IRQ)
         # Three records (two in one cycle): below half full, no TRACE irq.
         await tb.push(ctx, [recs[0], recs[1]])
         await tb.push(ctx, [None, recs[2]])
