@@ -105,8 +105,9 @@ class TraceBuffer(wiring.Component):
         (``Irq.TRACE``).
     regs : In(trace_regs_signature)
         The ``TRACE_*`` registers. A TRACE_DATA pop of an empty buffer reads
-        ``rm.TRACE_EMPTY_WORD``, moves nothing and pulses ``underrun``; a TRACE_TAIL write moves the tail only within the records
-        written (``TAIL - old TAIL <= COUNT``) and restarts a pop in progress.
+        ``rm.TRACE_EMPTY_WORD``, moves nothing and pulses ``underrun``; a
+        TRACE_TAIL write moves the tail only within the records written
+        (``TAIL - old TAIL <= COUNT``) and restarts a pop in progress.
         When a pop and such a write meet in one cycle, the write wins.  The
         memory read behind ``data`` is synchronous: a new tail record (after
         its predecessor's last pop, a TAIL write, or its own store into an

@@ -184,8 +184,8 @@ ERROR_MEANINGS = {
     "info = the doorbell value",
     ErrorCode.RING_BAD_SIZE: "DOORBELL while RING_SIZE is 0 or above HW_QUEUES.ring_entries; "
     "index = queue, info = RING_SIZE",
-    ErrorCode.RING_MISALIGNED: "DOORBELL while RING_BASE is not a multiple of 32 bytes (DESCRIPTOR_BYTES); "
-    "index = queue, info = RING_BASE",
+    ErrorCode.RING_MISALIGNED: "DOORBELL while RING_BASE is not a multiple of 32 bytes "
+    "(DESCRIPTOR_BYTES); index = queue, info = RING_BASE",
     ErrorCode.RING_OUT_OF_MEMORY: "DOORBELL while [RING_BASE, RING_BASE + 32 RING_SIZE) "
     "leaves ring memory; index = queue, info = RING_BASE",
     ErrorCode.DOORBELL_BACKWARDS: "DOORBELL behind TAIL ((value - TAIL) mod 2**32 >= 2**31); "
