@@ -457,7 +457,13 @@ _DMA_QUEUE_TEMPLATE = [
         "Consumer index: descriptors taken by the DMA engine (free-running).",
     ),
     ("TAIL", 0x0C, Access.RO, "Producer index last written through DOORBELL (free-running)."),
-    ("DOORBELL", 0x10, Access.WO, "Write the new TAIL; the engine fetches slots HEAD..TAIL-1."),
+    (
+        "DOORBELL",
+        0x10,
+        Access.WO,
+        "Write the new TAIL; the engine fetches slots HEAD..TAIL-1. A refused doorbell "
+        "(DOORBELL_CHECKS, below) leaves TAIL unchanged and latches its ErrorCode.",
+    ),
     ("WIN_BASE", 0x14, Access.RW, "Source window base: descriptors may read only inside it."),
     ("WIN_LEN", 0x18, Access.RW, "Source window length in bytes."),
     ("DONE", 0x1C, Access.RO, "Completion counter: descriptors finished (ok or refused)."),
