@@ -38,6 +38,100 @@ class DeviceInfo:
     trace_depth: int
 
 
+_E = rm.ErrorCode
+#: Doorbell refusals: the queue registers their sentence quotes.
+_DOORBELL_CODES = frozenset(rm.DOORBELL_CHECKS)
+_RX_CODES = frozenset((_E.RX_NO_WINDOW, _E.RX_TAG_MISMATCH, _E.RX_OUT_OF_WINDOW))
+
+
+def error_sentence(
+    node: int | str,
+    code_word: int,
+    info: int,
+    queue_regs: dict[str, int] | None = None,
+    device: DeviceInfo | None = None,
+) -> str:
+    """One sentence for the error in ``ERR_CODE`` = ``code_word`` and ``ERR_INFO`` = ``info``.
+
+    ``queue_regs``: for a doorbell refusal, the queue's ``HEAD``, ``TAIL`` and
+    ``RING_SIZE`` (read after the error); ``device``: the sizes ``Driver.init`` read.
+    """
+    f = rm.reg("ERR_CODE")
+    raw, index = f.field("code").get(code_word), f.field("index").get(code_word)
+    engine_code = f.field("engine").get(code_word)
+    engine = rm.ENGINE_NAMES.get(engine_code, f"engine {engine_code}")
+    if raw not in rm.ErrorCode._value2member_map_:
+        return (
+            f"node {node}: {engine} reported unknown error code {raw} "
+            f"(index {index}, info 0x{info:08x})"
+        )
+    code = rm.ErrorCode(raw)
+    if code in _DOORBELL_CODES:
+        return f"node {node}: " + _doorbell_sentence(code, index, info, queue_regs or {}, device)
+    if code in _RX_CODES:
+        layer, chunk, step = rm.decode_tag(info)
+        where = f"RX window {index}"
+        if code is _E.RX_NO_WINDOW:
+            have = f"{device.rx_windows} windows" if device else "its windows"
+            where += f", which is not open or does not exist (the device has {have})"
+        else:
+            where += f": {rm.ERROR_MEANINGS[code].split(';')[0]}"
+        return (
+            f"node {node}: nic.rx refused a packet ({code.name}) for {where}; its tag is "
+            f"0x{info:08x} (layer {layer}, chunk {chunk}, step {step})"
+        )
+    if code is _E.TRACE_EMPTY:
+        return (
+            f"node {node}: TRACE_DATA was read while the trace buffer was empty (TRACE_EMPTY, "
+            f"TRACE_TAIL = {info}): that read returned 0x{rm.TRACE_EMPTY_WORD:08X}, not a record "
+            "word; read TRACE_COUNT first"
+        )
+    return (
+        f"node {node}: {engine} reported {code.name} (index {index}, info 0x{info:08x}): "
+        f"{rm.ERROR_MEANINGS[code].split(';')[0]}"
+    )
+
+
+def _doorbell_sentence(
+    code: rm.ErrorCode, q: int, info: int, regs: dict[str, int], device: DeviceInfo | None
+) -> str:
+    """The doorbell refusal ``code`` of queue ``q``: the register, its value and the rule."""
+    name = rm.DMA_QUEUE_NAMES[q] if q < rm.DMA_QUEUES else "?"
+    prefix = f"DMA queue {q} ({name}) refused a doorbell ({code.name}): "
+    reg = f"DMA{q}_"
+    entries = device.ring_entries if device else None
+    if code is _E.RING_BAD_SIZE:
+        limit = f"1..{entries} (HW_QUEUES.ring_entries)" if entries else "1..HW_QUEUES.ring_entries"
+        return prefix + f"{reg}RING_SIZE = {info} is not in {limit}"
+    if code is _E.RING_MISALIGNED:
+        return prefix + (
+            f"{reg}RING_BASE = 0x{info:08x} is not a multiple of {rm.DESCRIPTOR_BYTES} bytes "
+            "(one descriptor)"
+        )
+    if code is _E.RING_OUT_OF_MEMORY:
+        size = regs.get("RING_SIZE", "?")
+        mem = ""
+        if entries:
+            end = rm.RING_MEM_BASE + rm.DMA_QUEUES * entries * rm.DESCRIPTOR_BYTES - 1
+            mem = f" 0x{rm.RING_MEM_BASE:08x}..0x{end:08x}"
+        return prefix + (
+            f"{reg}RING_BASE = 0x{info:08x} with {reg}RING_SIZE = {size} descriptors of "
+            f"{rm.DESCRIPTOR_BYTES} bytes does not lie inside ring memory{mem}"
+        )
+    if code is _E.DOORBELL_BACKWARDS:
+        return prefix + (
+            f"{reg}DOORBELL = {info} is behind {reg}TAIL = {regs.get('TAIL', '?')}; "
+            "TAIL only moves forward"
+        )
+    head, size = regs.get("HEAD"), regs.get("RING_SIZE", "?")
+    if head is None:
+        return prefix + f"{reg}DOORBELL = {info} is more than {reg}RING_SIZE entries ahead of HEAD"
+    return prefix + (
+        f"{reg}DOORBELL = {info} is {(info - head) & 0xFFFF_FFFF} entries ahead of "
+        f"{reg}HEAD = {head}, more than {reg}RING_SIZE = {size}"
+    )
+
+
 class Driver:
     """Thin, stateful wrapper around one device's registers."""
 
@@ -200,15 +294,7 @@ class Driver:
         status = await self.dev.wait_irq(int(IRQ_ENABLED))
         await self.write("IRQ_STATUS", status)
         if status & rm.Irq.ERROR:
-            code_word = await self.read("ERR_CODE")
-            info = await self.read("ERR_INFO")
-            f = rm.reg("ERR_CODE")
-            code = rm.ErrorCode(f.field("code").get(code_word))
-            engine = rm.ENGINE_NAMES.get(rm.Engine(f.field("engine").get(code_word)), "?")
-            raise DeviceError(
-                f"node {self.info.node_id if self.info else '?'}: {engine} reported {code.name} "
-                f"(index {f.field('index').get(code_word)}, info 0x{info:08x})"
-            )
+            raise DeviceError(await self.error_report())
         if status & rm.Irq.COMPUTE:
             done = await self.read("COMPUTE_DONE")
             while self.completed < done:
@@ -239,7 +325,46 @@ class Driver:
         if self.after_service is not None:
             await self.after_service()
 
+    # ---------------------------------------------------------------- errors
+    async def error_report(self) -> str:
+        """The latched error (ERR_CODE, ERR_INFO and, for a doorbell refusal, the queue's
+        HEAD/TAIL/RING_SIZE) as one sentence naming the node, the code and the value."""
+        code_word = await self.read("ERR_CODE")
+        info = await self.read("ERR_INFO")
+        f = rm.reg("ERR_CODE")
+        regs = {}
+        if f.field("code").get(code_word) in _DOORBELL_CODES:
+            q = f.field("index").get(code_word)
+            if q < rm.DMA_QUEUES:
+                for name in ("HEAD", "TAIL", "RING_SIZE"):
+                    regs[name] = await self.dev.read32(rm.dma_reg(q, name))
+        node = self.info.node_id if self.info else "?"
+        return error_sentence(node, code_word, info, regs, self.info)
+
+    async def check_errors(self) -> None:
+        """Raise :class:`DeviceError` if the device latched any error since reset (``ERR_COUNT``),
+        e.g. one raised after the last interrupt the firmware waited for."""
+        count = await self.read("ERR_COUNT")
+        if count:
+            report = await self.error_report()
+            more = f" (the latest of {count} errors)" if count > 1 else ""
+            raise DeviceError(f"{report}{more}")
+
     # ----------------------------------------------------------------- trace
+    async def pop_trace(self, limit: int | None = None) -> list[rm.TraceRecord]:
+        """Pop up to ``limit`` (default: all) waiting records through ``TRACE_DATA``.
+
+        Only as many as ``TRACE_COUNT`` says are waiting: a read of an empty buffer would
+        return ``TRACE_EMPTY_WORD`` and latch ``TRACE_EMPTY``."""
+        count = await self.read("TRACE_COUNT")
+        n = count if limit is None else min(count, limit)
+        data = rm.offset("TRACE_DATA")
+        records = []
+        for _ in range(n):
+            words = [await self.dev.read32(data) for _ in range(rm.TRACE_RECORD_WORDS)]
+            records.append(rm.TraceRecord.decode(words))
+        return records
+
     async def drain_trace(self) -> list[rm.TraceRecord]:
         """Read every waiting trace record with one bulk dump and advance TRACE_TAIL."""
         head = await self.read("TRACE_HEAD")

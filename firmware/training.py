@@ -266,6 +266,9 @@ class NodeFirmware:
                 job.observer.weights(job.steps, i, self.lay.w[i], job.layers[i - 1] * job.layers[i])
             )
         self.records += await drv.drain_trace()
+        # an error raised after the last interrupt waited for (e.g. a stray packet refused by
+        # the receiver) would otherwise go unreported: the earlier ones stopped the run at once
+        await drv.check_errors()
         return NodeResult(self.losses, self.records, self.chunk_bytes)
 
     # ------------------------------------------------------------------ step

@@ -236,6 +236,9 @@ class CsrBlock(wiring.Component):
         Each valid event counts in ``ERR_COUNT``, appends an ERROR trace
         record (tag = info, aux = code) and sets ``Irq.ERROR``; the
         highest-numbered one of a cycle is latched in ``ERR_CODE``/``ERR_INFO``.
+        A TRACE_DATA read of an empty trace buffer is one more source after
+        them (``TRACE_EMPTY``, engine HOST, info = TRACE_TAIL), counted and
+        latched alike but not traced.
     rw_<name>, wo_<name>, wo_data, ro_<name>, w1c_<name> :
         The engine-facing registers (see the module docstring).
     win_index, win_reg, win_wdata, win_we, win_rdata :
@@ -328,7 +331,9 @@ class CsrBlock(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.axil = axil = AxiLiteTarget(self.addr_bits)
-        m.submodules.irq_latch = irq = IrqErrorLatch(error_sources=len(self.err_in))
+        # The engines' error sources, then this block's own: a TRACE_DATA read of an empty
+        # trace buffer (TRACE_EMPTY, not traced: its record would fill the buffer it found empty).
+        m.submodules.irq_latch = irq = IrqErrorLatch(error_sources=len(self.err_in) + 1)
         m.submodules.trace = trace = TraceBuffer(
             records=self.trace_records,
             writers=len(self.trace_in) + len(self.err_in),
@@ -355,10 +360,22 @@ class CsrBlock(wiring.Component):
             irq.irq_set.eq(self.irq_set | (trace.half << (rm.Irq.TRACE.bit_length() - 1))),
             self.irq.eq(irq.irq),
             trace.enable.eq(trace_enable),
-            *(w.eq(r) for w, r in zip(trace.writes, [*self.trace_in, *irq.err_trace], strict=True)),
+            *(
+                w.eq(r)
+                for w, r in zip(
+                    trace.writes, [*self.trace_in, *irq.err_trace[: len(self.err_in)]], strict=True
+                )
+            ),
         ]
-        for outer, inner in zip(self.err_in, irq.err_in, strict=True):
+        for outer, inner in zip(self.err_in, irq.err_in[: len(self.err_in)], strict=True):
             m.d.comb += inner.eq(outer)
+        empty = irq.err_in[len(self.err_in)]
+        m.d.comb += [
+            empty.valid.eq(trace_regs.underrun),
+            empty.code.eq(rm.ErrorCode.TRACE_EMPTY),
+            empty.engine.eq(rm.Engine.HOST),
+            empty.info.eq(trace_regs.tail),
+        ]
 
         # ---- forwarded RX window registers ---------------------------------------------
         fwd = self.rx_windows is not None

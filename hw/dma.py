@@ -54,6 +54,10 @@ ERR_MISALIGNED = int(rm.ErrorCode.MISALIGNED)
 ERR_OUT_OF_WINDOW = int(rm.ErrorCode.OUT_OF_WINDOW)
 ERR_UNKNOWN_PEER = int(rm.ErrorCode.UNKNOWN_PEER)
 ERR_RING_FULL = int(rm.ErrorCode.RING_FULL)
+ERR_RING_BAD_SIZE = int(rm.ErrorCode.RING_BAD_SIZE)
+ERR_RING_MISALIGNED = int(rm.ErrorCode.RING_MISALIGNED)
+ERR_RING_OUT_OF_MEMORY = int(rm.ErrorCode.RING_OUT_OF_MEMORY)
+ERR_DOORBELL_BACKWARDS = int(rm.ErrorCode.DOORBELL_BACKWARDS)
 
 #: ``gradsync.spec.regmap`` trace codes (Engine, TraceEvent, Kind).
 ENGINE_DMA_HI = int(rm.Engine.DMA_HI)
@@ -228,31 +232,31 @@ class DmaQueues(wiring.Component):
         tails = [self.q(n, "tail") for n in range(Q)]
         slot_idx = [Signal(16, name=f"q{n}_slot") for n in range(Q)]
 
-        # Doorbells.
+        # Doorbells: the first failing check of rm.DOORBELL_CHECKS refuses it.
         for n in range(Q):
-            size = self.q(n, "ring_size")
+            size, base = self.q(n, "ring_size"), self.q(n, "ring_base")
+            value = self.q(n, "doorbell_tail")
+            ring_end = Signal(33, name=f"q{n}_ring_end")
+            m.d.comb += ring_end.eq(((base - self.ring_base_addr)[:32] >> 2) + (size[:16] << 3))
+            code = Signal(8, name=f"q{n}_doorbell_code")
+            info = Signal(32, name=f"q{n}_doorbell_info")
+            with m.If((size == 0) | (size > self.ring_entries)):
+                m.d.comb += [code.eq(ERR_RING_BAD_SIZE), info.eq(size)]
+            with m.Elif(base[: ceil_log2(DESCRIPTOR_WORDS * 4)] != 0):
+                m.d.comb += [code.eq(ERR_RING_MISALIGNED), info.eq(base)]
+            with m.Elif((base < self.ring_base_addr) | (ring_end > self.ring_valid_words)):
+                m.d.comb += [code.eq(ERR_RING_OUT_OF_MEMORY), info.eq(base)]
+            with m.Elif((value - tails[n])[31]):
+                m.d.comb += [code.eq(ERR_DOORBELL_BACKWARDS), info.eq(value)]
+            with m.Elif((value - heads[n])[:32] > size):
+                m.d.comb += [code.eq(ERR_RING_FULL), info.eq(value)]
             with m.If(self.q(n, "doorbell")):
-                ahead = (self.q(n, "doorbell_tail") - heads[n])[:32]
-                base = self.q(n, "ring_base")
-                ring_end = Signal(33, name=f"q{n}_ring_end")
-                m.d.comb += ring_end.eq(((base - self.ring_base_addr)[:32] >> 2) + (size[:16] << 3))
-                ring_bad = (
-                    (size == 0)
-                    | (size > self.ring_entries)
-                    | (base[0:5] != 0)
-                    | (base < self.ring_base_addr)
-                    | (ring_end > self.ring_valid_words)
-                )
-                with m.If(ring_bad | (ahead > size)):
+                with m.If(code != ERR_OK):
                     m.d.comb += _record(
-                        self.refused,
-                        code=ERR_RING_FULL,
-                        engine=ENGINE_DMA_HI + n,
-                        index=n,
-                        info=self.q(n, "doorbell_tail"),
+                        self.refused, code=code, engine=ENGINE_DMA_HI + n, index=n, info=info
                     )
                 with m.Else():
-                    m.d.sync += tails[n].eq(self.q(n, "doorbell_tail"))
+                    m.d.sync += tails[n].eq(value)
 
         # Strict priority: the lowest-numbered non-empty queue wins.
         grant = self.grant
@@ -639,10 +643,12 @@ class DmaEngine(wiring.Component):
     q{n}_ring_base, q{n}_ring_size, q{n}_win_base, q{n}_win_len : In
         Queue configuration registers (``DMAn_RING_BASE`` ...).
     q{n}_doorbell, q{n}_doorbell_tail : In
-        ``DMAn_DOORBELL`` write strobe and value.  A tail more than
-        ``RING_SIZE`` ahead of HEAD, or a ring that is not inside ring memory
-        (RING_SIZE 0 or above ``ring_entries``, RING_BASE misaligned or out of
-        range), is refused with ``ring_full`` and changes nothing.
+        ``DMAn_DOORBELL`` write strobe and value.  A doorbell is refused and
+        changes nothing when, checked in this order: RING_SIZE is 0 or above
+        ``ring_entries`` (RING_BAD_SIZE), RING_BASE is not descriptor-aligned
+        (RING_MISALIGNED), the ring leaves ring memory (RING_OUT_OF_MEMORY), the
+        value is behind TAIL (DOORBELL_BACKWARDS) or more than RING_SIZE ahead
+        of HEAD (RING_FULL).
     q{n}_head, q{n}_tail, q{n}_done, q{n}_errors : Out(32)
         HEAD advances at the grant; DONE/ERRORS when a descriptor completes.
     tx_peer : In(8), peers_ok : In(1)
@@ -675,7 +681,8 @@ class DmaEngine(wiring.Component):
     error : Out(ErrorEvent).array(2)
         Port 0: a refused descriptor (in its write-back cycle; index = its
         HEAD slot, info = source address).  Port 1: a refused doorbell (in
-        the cycle of the write; code RING_FULL, index = queue, info = tail).
+        the cycle of the write; the first failing ``rm.DOORBELL_CHECKS`` code,
+        index = queue, info as ``rm.ERROR_MEANINGS`` says).
     busy : Out(1)
         A descriptor is being processed.
     tx_cycles : Out(32)

@@ -56,7 +56,9 @@ def trace_regs_signature(count_bits: int) -> wiring.Signature:
     tail_we, tail_wdata : Out
         A write of TRACE_TAIL.
     data : In(32)
-        TRACE_DATA: the current word of the oldest record (0 when empty).
+        TRACE_DATA: the current word of the oldest record (``rm.TRACE_EMPTY_WORD`` when empty).
+    underrun : In(1)
+        The ``pop`` of this cycle found the buffer empty (``ErrorCode.TRACE_EMPTY``).
     count : In(count_bits)
         TRACE_COUNT: records waiting.
     head, tail, drops : In(32)
@@ -68,6 +70,7 @@ def trace_regs_signature(count_bits: int) -> wiring.Signature:
             "tail_we": Out(1),
             "tail_wdata": Out(32),
             "data": In(32),
+            "underrun": In(1),
             "count": In(count_bits),
             "head": In(32),
             "tail": In(32),
@@ -101,9 +104,10 @@ class TraceBuffer(wiring.Component):
         A record is being stored and at least half the buffer is then in use
         (``Irq.TRACE``).
     regs : In(trace_regs_signature)
-        The ``TRACE_*`` registers. A TRACE_DATA pop of an empty buffer changes
-        nothing; a TRACE_TAIL write moves the tail only within the records
-        written (``TAIL - old TAIL <= COUNT``) and restarts a pop in progress.
+        The ``TRACE_*`` registers. A TRACE_DATA pop of an empty buffer reads
+        ``rm.TRACE_EMPTY_WORD``, moves nothing and pulses ``underrun``; a
+        TRACE_TAIL write moves the tail only within the records written
+        (``TAIL - old TAIL <= COUNT``) and restarts a pop in progress.
         When a pop and such a write meet in one cycle, the write wins.  The
         memory read behind ``data`` is synchronous: a new tail record (after
         its predecessor's last pop, a TAIL write, or its own store into an
@@ -179,7 +183,10 @@ class TraceBuffer(wiring.Component):
         m.d.comb += [tail_rd.addr.eq(tail), tail_rd.en.eq(1)]
         pop_word = Signal(range(rm.TRACE_RECORD_WORDS))
         value = tail_rd.data.as_value().word_select(pop_word, 32)
-        m.d.comb += regs.data.eq(Mux(used != 0, value, 0))
+        m.d.comb += [
+            regs.data.eq(Mux(used != 0, value, rm.TRACE_EMPTY_WORD)),
+            regs.underrun.eq(regs.pop & (used == 0)),
+        ]
         with m.If(regs.pop & (used != 0)):
             m.d.sync += pop_word.eq(pop_word + 1)
             with m.If(pop_word == rm.TRACE_RECORD_WORDS - 1):

@@ -186,12 +186,16 @@ class CsrBlock:
         self.irq_status |= int(bits)
         self.on_irq_change()
 
-    def error(self, code: rm.ErrorCode, engine: int, index: int, info: int) -> None:
-        """Latch an error: ``ERR_CODE``/``ERR_INFO``/``ERR_COUNT``, an ERROR trace record, Irq.ERROR."""
+    def error(
+        self, code: rm.ErrorCode, engine: int, index: int, info: int, *, traced: bool = True
+    ) -> None:
+        """Latch an error: ``ERR_CODE``/``ERR_INFO``/``ERR_COUNT``, an ERROR trace record
+        (unless not ``traced``: TRACE_EMPTY), Irq.ERROR."""
         self.values[_ERR_CODE.offset] = _ERR_CODE.pack(
             code=int(code), engine=engine, index=index & 0xFFFF
         )
         self.values[rm.offset("ERR_INFO")] = info & M32
         self.err_count += 1
-        self.trace.record(engine, rm.TraceEvent.ERROR, rm.Kind.OTHER, info, int(code))
+        if traced:
+            self.trace.record(engine, rm.TraceEvent.ERROR, rm.Kind.OTHER, info, int(code))
         self.raise_irq(rm.Irq.ERROR)

@@ -75,18 +75,28 @@ class DmaEngine(Engine):
 
     def _doorbell(self, q_idx: int, value: int) -> None:
         q = self.queues[q_idx]
-        ring_ok = (
-            1 <= q.ring_size <= self.hw.ring_entries
-            and q.ring_base % rm.DESCRIPTOR_BYTES == 0
-            and q.ring_base >= rm.RING_MEM_BASE
-            and (q.ring_base - rm.RING_MEM_BASE) // 4 + q.ring_size * rm.DESCRIPTOR_WORDS
-            <= len(self.ring)
-        )
-        if not ring_ok or (value - q.head) & M32 > q.ring_size:
-            self.csr.error(rm.ErrorCode.RING_FULL, rm.Engine.DMA_HI + q_idx, q_idx, value)
+        code, info = self._doorbell_check(q, value)
+        if code is not rm.ErrorCode.OK:
+            self.csr.error(code, rm.Engine.DMA_HI + q_idx, q_idx, info)
             return
         q.tail = value
         self._kick()
+
+    def _doorbell_check(self, q: DmaQueue, value: int) -> tuple[rm.ErrorCode, int]:
+        """The first of ``rm.DOORBELL_CHECKS`` a doorbell of ``value`` fails, and its ERR_INFO."""
+        E = rm.ErrorCode
+        if not 1 <= q.ring_size <= self.hw.ring_entries:
+            return E.RING_BAD_SIZE, q.ring_size
+        if q.ring_base % rm.DESCRIPTOR_BYTES:
+            return E.RING_MISALIGNED, q.ring_base
+        ring_end = (q.ring_base - rm.RING_MEM_BASE) // 4 + q.ring_size * rm.DESCRIPTOR_WORDS
+        if q.ring_base < rm.RING_MEM_BASE or ring_end > len(self.ring):
+            return E.RING_OUT_OF_MEMORY, q.ring_base
+        if (value - q.tail) & M32 >= 1 << 31:
+            return E.DOORBELL_BACKWARDS, value
+        if (value - q.head) & M32 > q.ring_size:
+            return E.RING_FULL, value
+        return E.OK, 0
 
     def outstanding(self) -> list[str]:
         return [

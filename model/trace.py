@@ -6,7 +6,8 @@ lists; while ``CONTROL.trace_enable`` is set a record goes into the ring of
 ``hw.trace_records`` slots, or counts in ``TRACE_DROPS`` when the host has not
 consumed enough.  Irq.TRACE is raised whenever the buffer is at least half
 full after a write.  The host reads records through the ``TRACE_DATA`` pop
-port or bulk-dumps trace memory and advances ``TRACE_TAIL``.
+port or bulk-dumps trace memory and advances ``TRACE_TAIL``; a pop of an empty
+buffer returns ``TRACE_EMPTY_WORD`` and latches ``ErrorCode.TRACE_EMPTY``.
 """
 
 from __future__ import annotations
@@ -84,9 +85,12 @@ class TraceBuffer:
         self._pending = []
 
     def _pop(self) -> int:
-        """``TRACE_DATA``: the oldest record's next word; its last word advances the tail."""
+        """``TRACE_DATA``: the oldest record's next word; its last word advances the tail.
+
+        Empty: ``rm.TRACE_EMPTY_WORD``, and the error ``TRACE_EMPTY`` (not traced)."""
         if self.head == self.tail:
-            return 0
+            self.csr.error(rm.ErrorCode.TRACE_EMPTY, rm.Engine.HOST, 0, self.tail, traced=False)
+            return rm.TRACE_EMPTY_WORD
         self.flush()
         slot = self.tail % self.depth
         word = int(self.words[slot * rm.TRACE_RECORD_WORDS + self._pop_word])

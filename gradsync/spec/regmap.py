@@ -27,7 +27,7 @@ import numpy as np
 #: Value of the ``ID`` register: ASCII "GSYN".
 DEVICE_ID = 0x4753594E
 #: Register map / descriptor layout version: major in [31:16], minor in [15:0].
-REGMAP_VERSION = 0x0001_0000
+REGMAP_VERSION = 0x0001_0001
 #: Descriptor layout version carried in every descriptor.
 DESCRIPTOR_VERSION = 1
 #: Byte alignment of DMA lengths and addresses (the link's word).
@@ -147,7 +147,66 @@ class ErrorCode(enum.IntEnum):
     CMD_OUT_OF_BOUNDS = 11  #: an operand range leaves its SRAM or is misaligned
     CMD_FIFO_FULL = 12  #: CMD_LAUNCH while the command FIFO was full (dropped)
     CMD_K_TOO_LARGE = 13  #: K could wrap the accumulator
-    RING_FULL = 14  #: doorbell would move TAIL past HEAD + RING_SIZE
+    RING_FULL = 14  #: doorbell more than RING_SIZE entries ahead of HEAD (beyond the ring)
+    RING_BAD_SIZE = 15  #: doorbell while RING_SIZE is 0 or above HW_QUEUES.ring_entries
+    RING_MISALIGNED = 16  #: doorbell while RING_BASE is not a multiple of DESCRIPTOR_BYTES
+    RING_OUT_OF_MEMORY = 17  #: doorbell while the ring leaves ring memory
+    DOORBELL_BACKWARDS = 18  #: doorbell behind TAIL: TAIL may only move forward
+    TRACE_EMPTY = 19  #: TRACE_DATA read while the trace buffer was empty
+
+
+#: What each error means and what ``ERR_CODE.index``/``ERR_INFO`` hold (docs and the driver's
+#: error sentences).  A refused doorbell changes nothing: TAIL keeps its value.
+ERROR_MEANINGS = {
+    ErrorCode.OK: "no error",
+    ErrorCode.BAD_VERSION: "descriptor version is not DESCRIPTOR_VERSION; index = ring slot, "
+    "info = source address",
+    ErrorCode.ZERO_LENGTH: "descriptor length is 0; index = ring slot, info = source address",
+    ErrorCode.MISALIGNED: "descriptor length, source or remote address not a multiple of "
+    "DMA_ALIGN_BYTES; index = ring slot, info = source address",
+    ErrorCode.OUT_OF_WINDOW: "descriptor source range leaves the queue's window or its SRAM; "
+    "index = ring slot, info = source address",
+    ErrorCode.UNKNOWN_PEER: "descriptor destination is not TX_PEER; index = ring slot, "
+    "info = source address",
+    ErrorCode.RX_NO_WINDOW: "packet for an RX window that does not exist or is not enabled; "
+    "index = window, info = tag",
+    ErrorCode.RX_TAG_MISMATCH: "packet tag differs from the window's WINn_TAG; index = window, "
+    "info = tag",
+    ErrorCode.RX_OUT_OF_WINDOW: "packet range leaves the window or the SRAMs, or is misaligned; "
+    "index = window, info = tag",
+    ErrorCode.CMD_BAD_OPCODE: "unknown compute opcode; index = command number",
+    ErrorCode.CMD_ZERO_DIM: "a compute dimension is 0; index = command number",
+    ErrorCode.CMD_OUT_OF_BOUNDS: "a compute operand leaves its SRAM or is misaligned; "
+    "index = command number",
+    ErrorCode.CMD_FIFO_FULL: "CMD_LAUNCH while the command FIFO was full (dropped)",
+    ErrorCode.CMD_K_TOO_LARGE: "GEMM K could wrap the accumulator; index = command number",
+    ErrorCode.RING_FULL: "DOORBELL more than RING_SIZE entries ahead of HEAD; index = queue, "
+    "info = the doorbell value",
+    ErrorCode.RING_BAD_SIZE: "DOORBELL while RING_SIZE is 0 or above HW_QUEUES.ring_entries; "
+    "index = queue, info = RING_SIZE",
+    ErrorCode.RING_MISALIGNED: "DOORBELL while RING_BASE is not a multiple of 32 bytes "
+    "(DESCRIPTOR_BYTES); index = queue, info = RING_BASE",
+    ErrorCode.RING_OUT_OF_MEMORY: "DOORBELL while [RING_BASE, RING_BASE + 32 RING_SIZE) "
+    "leaves ring memory; index = queue, info = RING_BASE",
+    ErrorCode.DOORBELL_BACKWARDS: "DOORBELL behind TAIL ((value - TAIL) mod 2**32 >= 2**31); "
+    "index = queue, info = the doorbell value",
+    ErrorCode.TRACE_EMPTY: "TRACE_DATA read while the trace buffer was empty (the read returns "
+    "TRACE_EMPTY_WORD, no ERROR record is written); index = 0, info = TRACE_TAIL",
+}
+
+#: Doorbell refusals, in the order the DMA engine checks them (the first that applies is
+#: reported): the ring registers, then the new TAIL.
+DOORBELL_CHECKS = (
+    ErrorCode.RING_BAD_SIZE,
+    ErrorCode.RING_MISALIGNED,
+    ErrorCode.RING_OUT_OF_MEMORY,
+    ErrorCode.DOORBELL_BACKWARDS,
+    ErrorCode.RING_FULL,
+)
+
+#: What a ``TRACE_DATA`` read of an empty trace buffer returns (it also latches TRACE_EMPTY).
+#: Word 1 of a real record never equals it: engine code 15 does not exist.
+TRACE_EMPTY_WORD = 0xFFFF_FFFF
 
 
 class Engine(enum.IntEnum):
@@ -398,7 +457,13 @@ _DMA_QUEUE_TEMPLATE = [
         "Consumer index: descriptors taken by the DMA engine (free-running).",
     ),
     ("TAIL", 0x0C, Access.RO, "Producer index last written through DOORBELL (free-running)."),
-    ("DOORBELL", 0x10, Access.WO, "Write the new TAIL; the engine fetches slots HEAD..TAIL-1."),
+    (
+        "DOORBELL",
+        0x10,
+        Access.WO,
+        "Write the new TAIL; the engine fetches slots HEAD..TAIL-1. A refused doorbell "
+        "(DOORBELL_CHECKS, below) leaves TAIL unchanged and latches its ErrorCode.",
+    ),
     ("WIN_BASE", 0x14, Access.RW, "Source window base: descriptors may read only inside it."),
     ("WIN_LEN", 0x18, Access.RW, "Source window length in bytes."),
     ("DONE", 0x1C, Access.RO, "Completion counter: descriptors finished (ok or refused)."),
@@ -419,9 +484,11 @@ _TRACE = [
         "TRACE_DATA",
         0x304,
         Access.RO,
-        0,
+        TRACE_EMPTY_WORD,
         "Pop port: successive reads return the oldest record's 4 words; "
-        "the 4th read advances TRACE_TAIL.",
+        "the 4th read advances TRACE_TAIL. A read while TRACE_COUNT is 0 returns "
+        "TRACE_EMPTY_WORD (0xFFFFFFFF), pops nothing and latches ErrorCode TRACE_EMPTY "
+        "(ERR_CODE, ERR_COUNT, Irq.ERROR); read TRACE_COUNT first.",
     ),
     Register("TRACE_HEAD", 0x308, Access.RO, 0, "Records written since reset (free-running)."),
     Register(
@@ -852,7 +919,11 @@ TRACE_SOURCES = (
         "START/END of each bulk-port transfer; kind LOAD/DUMP (SRAMs), RING (descriptor "
         "memory) or TRACE (trace memory), tag = HOST_TAG, aux = bytes",
     ),
-    ("any", "ERROR record when an error is latched: tag = ERR_INFO, aux = ErrorCode"),
+    (
+        "any",
+        "ERROR record when an error is latched: tag = ERR_INFO, aux = ErrorCode (except "
+        "TRACE_EMPTY, which would fill the buffer it found empty)",
+    ),
 )
 
 
@@ -928,7 +999,16 @@ def render_markdown() -> str:
     ):
         out.append(f"**{title}**: " + ", ".join(f"{m.name}={int(m)}" for m in enum_cls))
         out.append("")
+    out += ["| ErrorCode | Meaning |", "|---|---|"]
+    for code, meaning in ERROR_MEANINGS.items():
+        out.append(f"| {code.name}={int(code)} | {meaning} |")
     out += [
+        "",
+        "A DMAq_DOORBELL write is checked in this order, the first failing check "
+        "reported: " + ", ".join(c.name for c in DOORBELL_CHECKS) + ". A refused "
+        "doorbell leaves TAIL unchanged, latches ERR_CODE (engine dma.hi/dma.lo, index "
+        "= queue) and raises Irq.ERROR.",
+        "",
         f"Tag layout (32 bit): {_fields_md(TAG_FIELDS)}.",
         "",
         f"## DMA descriptor (version {DESCRIPTOR_VERSION}, {DESCRIPTOR_BYTES} bytes)",

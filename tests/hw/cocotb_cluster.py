@@ -373,11 +373,63 @@ async def rx_memory_program(dev, now, node: int, hw: HardwareConfig) -> list:
     return rec.log
 
 
+#: RX window the ``host_errors`` scenario sends to: beyond every node's windows.
+STRAY_WINDOW = 99
+
+
+async def host_errors_program(dev, now, node: int, hw: HardwareConfig) -> list:
+    """Host mistakes and a late receiver error, every register the host reads noted.
+
+    Node 0 reads TRACE_DATA of its empty trace buffer, makes every doorbell mistake of
+    ``tests/model/test_device_errors.py`` (queues alternating), then sends one packet to
+    RX window 99 of node 1.  Node 1 never waits for an interrupt: it polls ERR_COUNT as
+    the firmware's end-of-run check does, then reads what the receiver latched.
+    """
+    from tests.model.test_device_errors import doorbell_mistakes
+
+    rec = Recorder(now)
+    errs = ("ERR_CODE", "ERR_INFO", "ERR_COUNT")
+    await dev.write32(rm.offset("IRQ_MASK"), IRQ_ALL)
+    if node == 1:
+        polls = 0
+        while await dev.read32(rm.offset("ERR_COUNT")) == 0 and polls < 20_000:
+            polls += 1
+        rec.note("polls", polls)
+        names = (*errs, "RX_DROPS", "RX_BYTES", "IRQ_STATUS", "TRACE_COUNT")
+        rec.note("regs", {n: await dev.read32(rm.offset(n)) for n in names})
+        await read_trace(dev, rec)
+        return rec.log
+    rec.note("empty_trace_data", await dev.read32(rm.offset("TRACE_DATA")))
+    rec.note("regs", {n: await dev.read32(rm.offset(n)) for n in (*errs, "TRACE_COUNT")})
+    for i, (_, base, size, value, _, _) in enumerate(doorbell_mistakes(hw.ring_entries)):
+        q = i % 2
+        for name, v in (("RING_BASE", base), ("RING_SIZE", size), ("DOORBELL", value)):
+            await dev.write32(rm.dma_reg(q, name), v)
+        regs = [await dev.read32(rm.offset(n)) for n in errs]
+        rec.note("doorbell", regs + [await dev.read32(rm.dma_reg(q, "TAIL"))])
+    await dev.write32(rm.offset("IRQ_STATUS"), await dev.read32(rm.offset("IRQ_STATUS")))
+    for name, v in (("RING_BASE", rm.RING_MEM_BASE + RING_SIZE * 32), ("RING_SIZE", RING_SIZE)):
+        await dev.write32(rm.dma_reg(1, name), v)
+    await dev.write32(rm.dma_reg(1, "WIN_BASE"), rm.GRAD_BASE)
+    await dev.write32(rm.dma_reg(1, "WIN_LEN"), 0x800)
+    await dev.load(rm.GRAD_BASE, corner_words(np.random.default_rng(9), 64 // FMT.word_bytes))
+    stray = rm.Descriptor(
+        rm.GRAD_BASE, 64, 1, rm.GRAD_BASE + 0x400, STRAY_WINDOW, rm.encode_tag(1, 0, 1),
+        int(rm.DescFlag.IRQ),
+    )  # fmt: skip
+    await post(dev, 1, 0, stray)
+    rec.note("irq", await dev.wait_irq(IRQ_ALL))  # DMA_Q1: errors were cleared above
+    rec.note("done", [await dev.read32(rm.dma_reg(1, n)) for n in ("DONE", "ERRORS", "TAIL")])
+    await read_trace(dev, rec)
+    return rec.log
+
+
 def programs(scenario: str, nodes: int, seed: int):
     roles = {
         "exchange": ["both"] * nodes,
         "node": ["send"] + ["recv"] * (nodes - 1),
         "rx_memory": ["rx_memory"] * nodes,
+        "host_errors": ["host_errors"] * nodes,
     }[scenario]
     return [(i, role) for i, role in enumerate(roles)]
 
@@ -388,6 +440,10 @@ def program(dev, now, node: int, nodes: int, seed: int, role: str, hw: HardwareC
         if nodes != 2:
             raise ValueError(f"the rx_memory scenario runs on 2 nodes, not {nodes!r}")
         return rx_memory_program(dev, now, node, hw)
+    if role == "host_errors":
+        if nodes != 2:
+            raise ValueError(f"the host_errors scenario runs on 2 nodes, not {nodes!r}")
+        return host_errors_program(dev, now, node, hw)
     return node_program(dev, now, node, nodes, seed, role)
 
 
@@ -442,6 +498,8 @@ async def programs_match_model(dut):
         compare_logs(json.loads(json.dumps(got)), w, f"node {i}")
     # The debug port reads the SRAM the bulk port dumped, without a clock edge.
     for i, dev in enumerate(devs):
+        if scenario == "host_errors":
+            continue  # dumps nothing
         if scenario == "rx_memory":
             dumps = [e[2] for e in want[i] if e[0] == "guard"]
             blocks = rx_memory_guards(hw) if dumps else []

@@ -8,6 +8,8 @@ signals; the cycle counter, the IRQ line, error events and the trace buffer
 against small Python models.
 """
 
+import asyncio
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
@@ -293,7 +295,11 @@ def test_every_register_by_access_type(idle, backpressure):
                 assert before == after == want, f"{r.access.value} {r.name}: {before}, {after}"
                 if r.access is rm.Access.W1C:
                     expected_pulses.append((f"w1c_{r.name.lower()}", v))
-        assert await tb.read(ctx, "ERR_COUNT") == 0
+        # the only errors: the two TRACE_DATA reads of the empty trace buffer
+        assert await tb.read(ctx, "ERR_COUNT") == 2
+        assert rm.reg("ERR_CODE").field("code").get(await tb.read(ctx, "ERR_CODE")) == (
+            rm.ErrorCode.TRACE_EMPTY
+        )
 
     tb.run(bench)
     assert [(n, v) for _, n, v in tb.pulses] == expected_pulses
@@ -509,14 +515,21 @@ def test_trace_buffer_order_drops_and_half_full_irq(idle, backpressure):
         }
 
     async def bench(ctx, tb):
-        # Empty: TRACE_DATA reads 0 and pops nothing.
-        assert await tb.read(ctx, "TRACE_DATA") == 0
+        # Empty: TRACE_DATA reads TRACE_EMPTY_WORD, pops nothing, latches TRACE_EMPTY
+        # (engine HOST, info = TRACE_TAIL) and stores no ERROR record.
+        assert await tb.read(ctx, "TRACE_DATA") == rm.TRACE_EMPTY_WORD
         assert await status(ctx) == {
             "TRACE_COUNT": 0,
             "TRACE_HEAD": 0,
             "TRACE_TAIL": 0,
             "TRACE_DROPS": 0,
         }
+        assert await tb.read(ctx, "ERR_COUNT") == 1
+        assert await tb.read(ctx, "ERR_CODE") == rm.reg("ERR_CODE").pack(
+            code=rm.ErrorCode.TRACE_EMPTY, engine=rm.Engine.HOST, index=0
+        )
+        assert await tb.read(ctx, "IRQ_STATUS") == ERROR_IRQ
+        await tb.wr(ctx, "IRQ_STATUS", ERROR_IRQ)
         # Three records (two in one cycle): below half full, no TRACE irq.
         await tb.push(ctx, [recs[0], recs[1]])
         await tb.push(ctx, [None, recs[2]])
@@ -612,3 +625,60 @@ def test_trace_buffer_order_drops_and_half_full_irq(idle, backpressure):
 def test_csr_rejects_bad_parameters(kwargs, exc, message):
     with pytest.raises(exc, match=f"^{message}$"):
         CsrBlock(**kwargs)
+
+
+def test_empty_trace_data_reads_on_a_node_match_the_model():
+    """A node (CSR block, DMA engine, trace buffer) against the golden model: an empty
+    TRACE_DATA read returns TRACE_EMPTY_WORD and latches TRACE_EMPTY (info = TRACE_TAIL)
+    without an ERROR record; a real record still pops as its words."""
+    from gradsync.model.cluster import Cluster
+    from tests.hw.comm_host import FMT as CFMT
+    from tests.hw.comm_host import HW as CHW
+    from tests.hw.comm_host import Host, run_sim, small_cluster
+
+    data = rm.offset("TRACE_DATA")
+    seen = ("ERR_CODE", "ERR_INFO", "ERR_COUNT", "TRACE_COUNT", "TRACE_TAIL")
+
+    def program(read, write):
+        """The same register accesses on both: (what, value) for each read."""
+
+        async def run():
+            log = [("TRACE_DATA", await read(data))]
+            log += [(n, await read(rm.offset(n))) for n in seen]
+            await write(rm.dma_reg(1, "DOORBELL"), 1)  # RING_SIZE 0: one ERROR record, tag 0
+            words = [await read(data) for _ in range(rm.TRACE_RECORD_WORDS)]
+            r = rm.TraceRecord.decode(words)
+            log.append(("record", (r.engine, r.event, r.kind, r.tag, r.aux)))
+            log.append(("TRACE_DATA", await read(data)))
+            log += [(n, await read(rm.offset(n))) for n in seen]
+            return log
+
+        return run
+
+    model = Cluster(2, CHW, CFMT).devices[0]
+
+    async def mread(addr):
+        return model.mmio_read(addr)
+
+    async def mwrite(addr, value):
+        model.mmio_write(addr, value)
+
+    want = asyncio.run(program(mread, mwrite)())
+    code = rm.reg("ERR_CODE").pack(code=rm.ErrorCode.TRACE_EMPTY, engine=rm.Engine.HOST, index=0)
+    assert want[0] == ("TRACE_DATA", rm.TRACE_EMPTY_WORD)
+    assert want[1:4] == [("ERR_CODE", code), ("ERR_INFO", 0), ("ERR_COUNT", 1)]
+    bad_size = (rm.Engine.DMA_LO, rm.TraceEvent.ERROR, rm.Kind.OTHER, 0, rm.ErrorCode.RING_BAD_SIZE)
+    assert want[6] == ("record", bad_size)
+    assert want[7:11] == [("TRACE_DATA", rm.TRACE_EMPTY_WORD), ("ERR_CODE", code)] + [
+        ("ERR_INFO", 1),
+        ("ERR_COUNT", 3),
+    ]
+    got = []
+    dut = small_cluster()
+
+    async def bench(ctx):
+        h = Host(ctx, dut)
+        got.extend(await program(lambda a: h.read(0, a), lambda a, v: h.write(0, a, v))())
+
+    run_sim(dut, bench)
+    assert got == want

@@ -170,3 +170,44 @@ def test_refused_descriptor_with_irq_flag_raises_queue_and_error_irqs_like_the_m
         assert err == dev.mmio_read(rm.offset("ERR_CODE")), hex(err)
 
     run_sim(dut, bench)
+
+
+def test_each_doorbell_mistake_reports_the_models_code_register_and_value():
+    """Every doorbell mistake of ``tests/model/test_device_errors.py`` on the RTL: the hand-
+    written code and value, ERR_CODE/ERR_INFO/ERR_COUNT/TAIL and the ERROR records as the model."""
+    from gradsync.model.cluster import Cluster
+    from tests.hw.comm_host import FMT, HW, Host, run_sim, small_cluster
+    from tests.model.test_device_errors import doorbell_mistakes
+
+    cases = doorbell_mistakes(HW.ring_entries)
+    regs = ("ERR_CODE", "ERR_INFO", "ERR_COUNT")
+    model = Cluster(2, HW, FMT).devices[0]
+    want = []
+    for i, (_, base, size, value, _, _) in enumerate(cases):
+        q = i % 2
+        for name, v in (("RING_BASE", base), ("RING_SIZE", size), ("DOORBELL", value)):
+            model.mmio_write(rm.dma_reg(q, name), v)
+        want.append([model.mmio_read(rm.offset(n)) for n in regs])
+        want[-1].append(model.mmio_read(rm.dma_reg(q, "TAIL")))
+    code_reg = rm.reg("ERR_CODE")
+    for i, (name, _, _, _, code, info) in enumerate(cases):  # the model against the table
+        packed = code_reg.pack(code=code, engine=rm.Engine.DMA_HI + i % 2, index=i % 2)
+        assert want[i] == [packed, info, i + 1, 0], name
+    got = []
+    dut = small_cluster()
+
+    async def bench(ctx):
+        h = Host(ctx, dut)
+        for i, (_, base, size, value, _, _) in enumerate(cases):
+            q = i % 2
+            for name, v in (("RING_BASE", base), ("RING_SIZE", size), ("DOORBELL", value)):
+                await h.write(0, rm.dma_reg(q, name), v)
+            got.append([await h.read(0, rm.offset(n)) for n in regs])
+            got[-1].append(await h.read(0, rm.dma_reg(q, "TAIL")))
+        records = await h.trace(0)
+        got.append([(r.engine, r.event, r.kind, r.tag, r.aux) for r in records])
+
+    run_sim(dut, bench)
+    want.append([(r.engine, r.event, r.kind, r.tag, r.aux) for r in model.trace])
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == w, f"{cases[i][0] if i < len(cases) else 'trace'}: RTL {g} != model {w}"

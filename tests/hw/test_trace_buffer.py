@@ -100,9 +100,19 @@ def test_records_are_stored_as_the_regmap_encodes_them():
         for rec in recs[:4]:
             assert await b.pop_record() == rec.encode()
         assert b.regs() == {"count": 0, "head": 4, "tail": 4, "drops": 0}
-        assert b.ctx.get(b.dut.regs.data) == 0, "TRACE_DATA of an empty buffer reads 0"
-        await b.pop_record()  # popping an empty buffer changes nothing
-        assert b.regs()["tail"] == 4
+        assert b.ctx.get(b.dut.regs.data) == rm.TRACE_EMPTY_WORD, "TRACE_DATA when empty"
+        assert not b.ctx.get(b.dut.regs.underrun)
+        b.ctx.set(b.dut.regs.pop, 1)  # popping an empty buffer: underrun, nothing moves
+        assert b.ctx.get(b.dut.regs.underrun)
+        await b.ctx.tick()
+        b.ctx.set(b.dut.regs.pop, 0)
+        assert b.regs() == {"count": 0, "head": 4, "tail": 4, "drops": 0}
+        assert b.ctx.get(b.dut.regs.data) == rm.TRACE_EMPTY_WORD
+        await b.append(recs[4], None)  # once a record is stored, a pop is no underrun
+        b.ctx.set(b.dut.regs.pop, 1)
+        assert not b.ctx.get(b.dut.regs.underrun)
+        b.ctx.set(b.dut.regs.pop, 0)
+        assert await b.pop_record() == recs[4].encode()
 
     _run(dut, body)
 
