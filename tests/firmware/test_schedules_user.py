@@ -23,24 +23,9 @@ import pytest
 from gradsync.firmware import data as digits
 from gradsync.firmware import schedules as sc
 from gradsync.firmware.experiment import TrainConfig, build_jobs
+from tests.readme import readme_schedule
 
-TOP_FIRST = '''
-from gradsync.firmware.schedules import Schedule
-
-
-class TopFirst(Schedule):
-    """Upper layers first, all on the high-priority queue, one descriptor in flight."""
-
-    name = "top-first"
-    overlap_backward = True
-    early_update = True
-    max_inflight = 1
-
-    def queue(self, task):
-        return 0
-
-    def priority(self, task):
-        return (-task.layer, task.chunk, task.phase)
+TOP_FIRST = readme_schedule() + '''
 
 
 class BottomUp(TopFirst):

@@ -9,25 +9,17 @@ and an absolute path; the second reuses the cached cluster build.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 
 from gradsync.cli import main
+from tests.readme import readme_schedule
 
 pytest.importorskip("gradsync.hw.cluster")
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 ARGS = ["train", "--backend", "rtl", "--nodes", "2", "--steps", "2", "--global-batch", "16",
         "--layers", "64,16,10", "--chunk-bytes", "256", "--check", "--quiet", "--no-progress",
         "--no-baselines"]  # fmt: skip
 
-
-def readme_schedule() -> str:
-    """The python block of the README that defines ``TopFirst``."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    return next(b for b in blocks if "class TopFirst" in b)
 
 
 @pytest.mark.rtl

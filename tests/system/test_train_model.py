@@ -15,6 +15,7 @@ from gradsync.model_backend import run_model
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig, preset
+from tests.readme import readme_schedule
 
 # 64,64,64,10 needs the large preset's SRAMs
 COMM_BOUND = preset("large", link_bytes_per_cycle=1, link_latency_cycles=100)
@@ -264,24 +265,7 @@ def test_gemm_longer_than_the_exact_accumulator_is_refused_before_running():
         run(cfg, run_model)
 
 
-USER_SCHEDULE = '''
-from gradsync.firmware.schedules import Schedule
-
-
-class TopFirst(Schedule):
-    """Upper layers first, all on the high-priority queue, one descriptor in flight."""
-
-    name = "top-first"
-    overlap_backward = True
-    early_update = True
-    max_inflight = 1
-
-    def queue(self, task):
-        return 0
-
-    def priority(self, task):
-        return (-task.layer, task.chunk, task.phase)
-'''
+USER_SCHEDULE = readme_schedule()  # the README's own example
 
 
 def test_user_schedule_from_a_file(tmp_path, capsys):
