@@ -312,9 +312,9 @@ def check_trace_complete(res: BackendResult) -> None:
     """Raise :class:`IncompleteTraceError` if a node's trace buffer dropped records."""
     lost = [(node, nr.trace_drops) for node, nr in enumerate(res.nodes) if nr.trace_drops]
     if lost:
-        where = ", ".join(f"node {node} lost {n}" for node, n in lost)
+        where = ", ".join(f"node {node} lost {n} record(s)" for node, n in lost)
         raise IncompleteTraceError(
-            f"the hardware trace is incomplete ({where} record(s), TRACE_DROPS); "
+            f"the hardware trace is incomplete ({where}: TRACE_DROPS); "
             "no metric is computed from it"
         )
 

@@ -408,9 +408,11 @@ class NodeFirmware:
             return
         self._flushing = True
         try:
-            if self._drain_due:
-                await self._drain()
-            while self._arm or self._to_update or self._reopen or self._postable():
+            while (
+                self._drain_due or self._arm or self._to_update or self._reopen or self._postable()
+            ):
+                if self._drain_due:
+                    await self._drain()
                 while self._arm:
                     w, expect = self._arm.pop(0)
                     await self.drv.arm_window(w, expect)

@@ -1,7 +1,8 @@
 """Closed cycle formulas of the gradsync device: the single source of timing truth.
 
-Compute, DMA, receiver and host-bus timing; the link's framing and packet
-timing are in :mod:`gradsync.spec.link`.
+Compute, DMA, receiver and host-bus timing, and the bound of the run
+watchdog (:func:`watchdog_cycles`); the link's framing and packet timing are
+in :mod:`gradsync.spec.link`.
 
 Every engine of the golden model takes exactly the number of cycles these
 functions return, and the RTL must hit them exactly (issue 5/6 block tests
