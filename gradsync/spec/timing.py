@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from gradsync.spec import regmap as rm
 from gradsync.spec.hardware import HardwareConfig
-from gradsync.spec.link import ceil_div, chunk_tx_cycles, nic_timeouts
+from gradsync.spec.link import ceil_div, chunk_tx_cycles, nic_timeouts, packet_cycles
 
 # --- fixed latencies (cycles) -------------------------------------------------
 
@@ -205,12 +205,15 @@ def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
 
 # --- watchdog -----------------------------------------------------------------
 
-#: Resend timeouts (``gradsync.spec.link.nic_timeouts``) a run may spend without any
-#: progress before the watchdog stops it.  The NICs resend forever, so a held-down link
-#: is only ever noticed here.  At a packet loss rate ``p`` a healthy run is stopped only
-#: if one packet is lost this many times in a row while nothing else moves: ``p**64``,
+#: Packets a NIC keeps for resending, its replay window (``hw/node.py``
+#: ``NIC_WINDOW_PACKETS``; tests/system/test_watchdog.py checks that they agree).
+NIC_REPLAY_WINDOW_PACKETS = 16
+#: Resend rounds (:func:`resend_round_cycles`) a run may spend without any progress
+#: before the watchdog stops it.  The NICs resend forever, so a held-down link is only
+#: ever noticed here.  At a packet loss rate ``p`` a healthy run is stopped only if
+#: one packet is lost this many times in a row while nothing else moves: ``p**64``,
 #: below 1e-6 even at ``p = 0.8``.
-WATCHDOG_RESEND_TIMEOUTS = 64
+WATCHDOG_RESEND_ROUNDS = 64
 #: Host latencies around an event (interrupt, register reads, a descriptor) and margin.
 WATCHDOG_SLACK_CYCLES = 1024
 
@@ -242,6 +245,14 @@ def longest_bulk_cycles(hw: HardwareConfig, word_bytes: int) -> int:
     return host_bulk_cycles(max(hw.scratchpad_words * word_bytes, trace_bytes), hw)
 
 
+def resend_round_cycles(hw: HardwareConfig) -> int:
+    """Longest resend round of a NIC: its resend timeout, then its whole replay window of
+    largest packets sent again (``nic_timeouts(hw.link)[0] + NIC_REPLAY_WINDOW_PACKETS *
+    packet_cycles(max_payload_bytes)``)."""
+    resend_timeout, _holdoff = nic_timeouts(hw.link)
+    return resend_timeout + NIC_REPLAY_WINDOW_PACKETS * packet_cycles(hw.max_payload_bytes, hw.link)
+
+
 def watchdog_cycles(
     hw: HardwareConfig, layers: tuple[int, ...], local_batch: int, word_bytes: int
 ) -> int:
@@ -250,17 +261,18 @@ def watchdog_cycles(
     Progress is an engine event or a packet: a packet sent or applied by a
     NIC, an interrupt taken or a bulk transfer ended by a node's firmware.  In
     a healthy run the longest gap between two of them is a lost packet's
-    resends, or one compute command, or one bulk transfer, plus host
+    resend rounds, or one compute command, or one bulk transfer, plus host
     latencies; the bound is their sum::
 
-        WATCHDOG_RESEND_TIMEOUTS * resend_timeout      (nic_timeouts(hw.link)[0])
+        WATCHDOG_RESEND_ROUNDS * resend_round_cycles(hw)
         + longest_command_cycles(layers, local_batch, hw)
         + longest_bulk_cycles(hw, word_bytes)
         + WATCHDOG_SLACK_CYCLES
+
+    About 350,000 cycles for the ``small`` preset's default run.
     """
-    resend_timeout, _holdoff = nic_timeouts(hw.link)
     return (
-        WATCHDOG_RESEND_TIMEOUTS * resend_timeout
+        WATCHDOG_RESEND_ROUNDS * resend_round_cycles(hw)
         + longest_command_cycles(tuple(layers), local_batch, hw)
         + longest_bulk_cycles(hw, word_bytes)
         + WATCHDOG_SLACK_CYCLES

@@ -49,18 +49,26 @@ def _firmware_programs(cfg):
 def test_bound_is_the_documented_sum():
     """watchdog_cycles, computed by hand for the small preset and the SHORT configuration."""
     hw = PRESETS["small"]
-    # nic_timeouts: 16-byte framing + 256-byte payload = 68 words; rtt = 2*100 + 68*4/1 + 16
+    # nic_timeouts: 12 + 4 bytes framing + 256 payload = 68 words; rtt = 2*100 + 68*4/1 + 16
     rtt = 2 * 100 + 68 * 4 + 16
     timeout = 2 * rtt + 64
+    # a resend round: the timeout, then 16 packets of 272 bytes at 1 byte per cycle
+    round_ = timeout + 16 * 272
     # longest command, layer 64x16 with a local batch of 4 on the 8x8 array: the dA GEMM
     # (m, k, n) = (4, 16, 64), 1x8 tiles of 16 beats (dW (64, 4, 16): 8x2 tiles of 8 beats)
     gemm = 2 + 1 + (8 - 1) * max(16, 8) + 16 + (8 + 8 - 2) + 8 + 1
     assert gemm > 2 + 1 + (16 - 1) * max(4, 8) + 4 + (8 + 8 - 2) + 8 + 1
     sgd = 2 + 1 + 64 * 16 // 8 + 3 + 1
     bulk = 16 + max(8192 * 2, 2048 * 16) // 8
-    want = 64 * timeout + max(gemm, sgd) + bulk + 1024
+    want = 64 * round_ + max(gemm, sgd) + bulk + 1024
     assert tm.watchdog_cycles(hw, (64, 16, 10), 4, 2) == want
     assert config_watchdog_cycles(SHORT) == want
+
+
+def test_replay_window_is_the_rtl_nics():
+    from gradsync.hw.node import NIC_WINDOW_PACKETS
+
+    assert tm.NIC_REPLAY_WINDOW_PACKETS == NIC_WINDOW_PACKETS
 
 
 def test_held_down_link_stops_naming_link_0_and_the_counters():
