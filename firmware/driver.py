@@ -248,8 +248,14 @@ class Driver:
             await self.after_service()
 
     # ----------------------------------------------------------------- trace
-    async def drain_trace(self) -> list[rm.TraceRecord]:
-        """Read every waiting trace record with one bulk dump and advance TRACE_TAIL.
+    async def drain_trace(self, block: int | None = None) -> list[rm.TraceRecord]:
+        """Read every waiting trace record (bulk dumps) and advance TRACE_TAIL.
+
+        ``block``: read exactly the oldest ``block`` records if at least that
+        many wait, else none.  Records being written while ``TRACE_HEAD`` is
+        read may or may not be counted (the RTL and the model count a record
+        from different cycles of its engine's work); a fixed block makes the
+        dump, and so every later cycle, independent of them.
 
         After :meth:`init` (the depth known) it reads ``TRACE_DROPS`` into
         :attr:`trace_drops` where it would read ``TRACE_DEPTH``: the same cycles.
@@ -261,6 +267,8 @@ class Driver:
             self.trace_drops = await self.read("TRACE_DROPS")
         else:
             depth = await self.read("TRACE_DEPTH")
+        if block is not None:
+            head = tail + block if head - tail >= block else tail
         records = []
         while tail != head:
             slot = tail % depth

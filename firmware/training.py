@@ -384,16 +384,19 @@ class NodeFirmware:
     def _trace_half_full(self) -> None:
         self._drain_due = True
 
-    async def _drain(self) -> None:
-        """Read the waiting trace records; stop with :class:`TraceOverflowError` if any was lost.
+    async def _drain(self, block: int | None = None) -> None:
+        """Read the waiting trace records (``block``: exactly that many, if they wait); stop
+        with :class:`TraceOverflowError` if any was lost.
 
         Besides at the start of a step, the firmware drains when the trace
         buffer reports itself half full (``Irq.TRACE``), after the interrupt
-        that said so: a buffer of ``TRACE_DEPTH`` records then loses none
-        unless the engines write half of it while one interrupt is serviced.
+        that said so, the oldest half of the buffer (a fixed block, so that
+        both backends dump the same records whatever is being written): a
+        buffer of ``TRACE_DEPTH`` records then loses none unless the engines
+        write half of it while one interrupt is serviced.
         """
         self._drain_due = False
-        self.records += await self.drv.drain_trace()
+        self.records += await self.drv.drain_trace(block)
         drops = self.drv.trace_drops
         if drops and self.job.trace_drain == "interrupt":
             raise TraceOverflowError(
@@ -412,7 +415,7 @@ class NodeFirmware:
                 self._drain_due or self._arm or self._to_update or self._reopen or self._postable()
             ):
                 if self._drain_due:
-                    await self._drain()
+                    await self._drain(self.trace_depth // 2)
                 while self._arm:
                     w, expect = self._arm.pop(0)
                     await self.drv.arm_window(w, expect)
