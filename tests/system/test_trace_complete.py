@@ -134,3 +134,20 @@ def test_rtl_and_model_drop_the_same_records():
     assert [nr.trace_drops for nr in rtl.nodes] == drops
     report = compare(rtl, model)
     assert report.ok, report.details[:5]
+
+
+def test_a_step_without_its_layer_1_update_is_an_error_not_minus_1():
+    """The old metric reported layer1-ready -1 when the trace lacked a node's update record."""
+    from gradsync.model_backend import run_model
+
+    res = run_model(ISSUE, _jobs(ISSUE))
+    ivs = [iv for n, nr in enumerate(res.nodes) for iv in experiment.intervals(nr.records, n)]
+    assert len(experiment.step_timing(ivs, ISSUE.steps, ISSUE.nodes)) == ISSUE.steps
+    update = rm.encode_tag(1, 0, 1)
+    lost = [
+        iv for iv in ivs if not (iv.node == 2 and iv.kind == rm.Kind.UPDATE and iv.tag == update)
+    ]
+    with pytest.raises(
+        experiment.IncompleteTraceError, match=r"layer-1 update of step 1 on 1 node"
+    ):
+        experiment.step_timing(lost, ISSUE.steps, ISSUE.nodes)
