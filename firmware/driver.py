@@ -146,6 +146,12 @@ class Driver:
         self.ring_size = 0
         self.on_dma_done: Callable[[int, int], None] = lambda q, n: None
         self.on_rx_done: Callable[[int], None] = lambda w: None
+        #: interrupt causes unmasked by :meth:`init` and serviced (add ``Irq.TRACE`` before
+        #: ``init`` to have :attr:`on_trace` called when the trace buffer is half full)
+        self.irq_enabled = int(IRQ_ENABLED)
+        self.on_trace: Callable[[], None] = lambda: None
+        #: ``TRACE_DROPS`` as of the last :meth:`drain_trace` after :meth:`init`
+        self.trace_drops = 0
         self.after_service: Callable[[], Awaitable[None]] | None = None
         # staged command registers keep their value after a launch: skip rewriting them
         self._cmd_shadow: dict[str, int] = {}
@@ -201,7 +207,7 @@ class Driver:
             await self.dev.write32(rm.dma_reg(qi, "RING_SIZE"), self.ring_size)
             await self.dev.write32(rm.dma_reg(qi, "WIN_BASE"), rm.GRAD_BASE)
             await self.dev.write32(rm.dma_reg(qi, "WIN_LEN"), grad_window_bytes)
-        await self.write("IRQ_MASK", int(IRQ_ENABLED))
+        await self.write("IRQ_MASK", self.irq_enabled)
         return self.info
 
     # --------------------------------------------------------------- compute
@@ -291,7 +297,7 @@ class Driver:
     # ------------------------------------------------------------ interrupts
     async def service(self) -> None:
         """Wait for one interrupt and dispatch every cause it reports."""
-        status = await self.dev.wait_irq(int(IRQ_ENABLED))
+        status = await self.dev.wait_irq(self.irq_enabled)
         await self.write("IRQ_STATUS", status)
         if status & rm.Irq.ERROR:
             raise DeviceError(await self.error_report())
@@ -322,6 +328,8 @@ class Driver:
                     self.on_rx_done(w)
                 bits >>= 1
                 w += 1
+        if status & rm.Irq.TRACE:
+            self.on_trace()
         if self.after_service is not None:
             await self.after_service()
 
@@ -365,11 +373,27 @@ class Driver:
             records.append(rm.TraceRecord.decode(words))
         return records
 
-    async def drain_trace(self) -> list[rm.TraceRecord]:
-        """Read every waiting trace record with one bulk dump and advance TRACE_TAIL."""
+    async def drain_trace(self, block: int | None = None) -> list[rm.TraceRecord]:
+        """Read every waiting trace record (bulk dumps) and advance TRACE_TAIL.
+
+        ``block``: read exactly the oldest ``block`` records if at least that
+        many wait, else none.  Records being written while ``TRACE_HEAD`` is
+        read may or may not be counted (the RTL and the model count a record
+        from different cycles of its engine's work); a fixed block makes the
+        dump, and so every later cycle, independent of them.
+
+        After :meth:`init` (the depth known) it reads ``TRACE_DROPS`` into
+        :attr:`trace_drops` where it would read ``TRACE_DEPTH``: the same cycles.
+        """
         head = await self.read("TRACE_HEAD")
         tail = await self.read("TRACE_TAIL")
-        depth = await self.read("TRACE_DEPTH")
+        if self.info is not None:
+            depth = self.info.trace_depth
+            self.trace_drops = await self.read("TRACE_DROPS")
+        else:
+            depth = await self.read("TRACE_DEPTH")
+        if block is not None:
+            head = tail + block if head - tail >= block else tail
         records = []
         while tail != head:
             slot = tail % depth

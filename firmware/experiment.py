@@ -265,7 +265,7 @@ def step_timing(
     starts = []
     for k in range(steps):
         if len(loads.get(k, [])) != nodes:
-            raise RuntimeError(f"trace lacks the input load of step {k} on some node")
+            raise IncompleteTraceError(f"trace lacks the input load of step {k} on some node")
         starts.append(min(loads[k]))
     end_all = max(iv.end for iv in all_intervals)
     longest = 0
@@ -278,7 +278,11 @@ def step_timing(
         lo = starts[k]
         hi = starts[k + 1] if k + 1 < steps else end_all
         r = ready.get(k % MAX_STEPS, [])
-        l1 = max(r) - lo if len(r) == nodes else -1
+        if len(r) != nodes:
+            raise IncompleteTraceError(
+                f"trace lacks the layer-1 update of step {k} on {nodes - len(r)} node(s)"
+            )
+        l1 = max(r) - lo
         worst = 0
         for n in range(nodes):
             worst = max(
@@ -298,6 +302,21 @@ def _window(spans: list[tuple[int, int]], lo: int, hi: int, longest: int) -> lis
     i = bisect.bisect_left(spans, (lo - longest, 0))
     j = bisect.bisect_left(spans, (hi, 0))
     return spans[i:j]
+
+
+class IncompleteTraceError(RuntimeError):
+    """A trace lost records or lacks an event every step has: no metric is computed from it."""
+
+
+def check_trace_complete(res: BackendResult) -> None:
+    """Raise :class:`IncompleteTraceError` if a node's trace buffer dropped records."""
+    lost = [(node, nr.trace_drops) for node, nr in enumerate(res.nodes) if nr.trace_drops]
+    if lost:
+        where = ", ".join(f"node {node} lost {n} record(s)" for node, n in lost)
+        raise IncompleteTraceError(
+            f"the hardware trace is incomplete ({where}: TRACE_DROPS); "
+            "no metric is computed from it"
+        )
 
 
 def forward_accuracy(weights: list[np.ndarray], frac_bits: int, data: digits.Digits) -> float:
@@ -360,6 +379,7 @@ def run(
                     )
             per_layer.append(ref.reshape(cfg.layers[layer - 1], cfg.layers[layer]))
         weights.append(per_layer)
+    check_trace_complete(res)
     ivs = [iv for node, nr in enumerate(res.nodes) for iv in intervals(nr.records, node)]
     timing = step_timing(ivs, cfg.steps, cfg.nodes)
     frac = cfg.fixed_point.frac_bits

@@ -48,6 +48,10 @@ class ConfigError(ValueError):
     """A training configuration the device cannot run; the message names the value."""
 
 
+class TraceOverflowError(RuntimeError):
+    """The trace buffer dropped records (``TRACE_DROPS``): the run's metrics would be wrong."""
+
+
 class MemoryPlanError(ConfigError):
     """The layers and batch do not fit the device's SRAMs (a larger hardware preset may)."""
 
@@ -57,6 +61,7 @@ class NodeResult:
     losses: list[float]  #: summed cross-entropy of the node's shard, per step
     records: list[rm.TraceRecord]  #: the hardware trace as read by the firmware
     chunk_bytes: int
+    trace_drops: int = 0  #: TRACE_DROPS at the last drain (the firmware stops if not 0)
 
 
 @dataclass
@@ -85,6 +90,11 @@ class NodeJob:
     inputs: list[np.ndarray]  #: per step, float64 (local batch, features)
     labels: list[np.ndarray]  #: per step, int (local batch,)
     observer: Observer = field(default_factory=Observer)
+    #: ``"interrupt"``: drain the trace also when it is half full (``Irq.TRACE``) and stop
+    #: with :class:`TraceOverflowError` if records were dropped; ``"step"``: drain only at
+    #: the start of a step and report drops in ``NodeResult.trace_drops`` (to study the
+    #: trace buffer's drops; ``experiment.run`` computes no metric from such a trace)
+    trace_drain: str = "interrupt"
 
 
 def _align(n_bytes: int, a: int = rm.DMA_ALIGN_BYTES) -> int:
@@ -196,6 +206,12 @@ class NodeFirmware:
         self._to_update: list[int] = []
         self._reopen: list[tuple[int, int]] = []
         self._flushing = False
+        self._drain_due = False
+        if job.trace_drain not in ("interrupt", "step"):
+            raise ConfigError(f"trace_drain must be 'interrupt' or 'step', not {job.trace_drain!r}")
+        if job.trace_drain == "interrupt":
+            self.drv.irq_enabled |= int(rm.Irq.TRACE)
+            self.drv.on_trace = self._trace_half_full
 
     # ----------------------------------------------------------------- setup
     async def run(self) -> NodeResult:
@@ -265,11 +281,11 @@ class NodeFirmware:
             await _observe(
                 job.observer.weights(job.steps, i, self.lay.w[i], job.layers[i - 1] * job.layers[i])
             )
-        self.records += await drv.drain_trace()
+        await self._drain()
         # an error raised after the last interrupt waited for (e.g. a stray packet refused by
         # the receiver) would otherwise go unreported: the earlier ones stopped the run at once
         await drv.check_errors()
-        return NodeResult(self.losses, self.records, self.chunk_bytes)
+        return NodeResult(self.losses, self.records, self.chunk_bytes, drv.trace_drops)
 
     # ------------------------------------------------------------------ step
     def _tag(self, layer: int, chunk: int, step: int) -> int:
@@ -279,7 +295,7 @@ class NodeFirmware:
         job, drv, lay, top = self.job, self.drv, self.lay, self.nl
         await drv.wait_until(lambda: self.updated[1] >= k)
         if await drv.read("TRACE_COUNT") >= self.trace_depth // 4:
-            self.records += await drv.drain_trace()
+            await self._drain()
         x = self.fmt.quantize(job.inputs[k])
         b = x.shape[0]
         await drv.write("HOST_TAG", self._tag(0, 0, k))
@@ -367,13 +383,42 @@ class NodeFirmware:
                     tag=self._tag(i - 1, 0, k),
                 )
 
+    # ----------------------------------------------------------------- trace
+    def _trace_half_full(self) -> None:
+        self._drain_due = True
+
+    async def _drain(self, block: int | None = None) -> None:
+        """Read the waiting trace records (``block``: exactly that many, if they wait); stop
+        with :class:`TraceOverflowError` if any was lost.
+
+        Besides at the start of a step, the firmware drains when the trace
+        buffer reports itself half full (``Irq.TRACE``), after the interrupt
+        that said so, the oldest half of the buffer (a fixed block, so that
+        both backends dump the same records whatever is being written): a
+        buffer of ``TRACE_DEPTH`` records then loses none unless the engines
+        write half of it while one interrupt is serviced.
+        """
+        self._drain_due = False
+        self.records += await self.drv.drain_trace(block)
+        drops = self.drv.trace_drops
+        if drops and self.job.trace_drain == "interrupt":
+            raise TraceOverflowError(
+                f"node {self.node}: the trace buffer ({self.trace_depth} records) dropped "
+                f"{drops} record(s) before the firmware read them (TRACE_DROPS); metrics "
+                "computed from that trace would be wrong"
+            )
+
     # -------------------------------------------------------- deferred work
     async def _flush(self) -> None:
         if self._flushing:
             return
         self._flushing = True
         try:
-            while self._arm or self._to_update or self._reopen or self._postable():
+            while (
+                self._drain_due or self._arm or self._to_update or self._reopen or self._postable()
+            ):
+                if self._drain_due:
+                    await self._drain(self.trace_depth // 2)
                 while self._arm:
                     w, expect = self._arm.pop(0)
                     await self.drv.arm_window(w, expect)

@@ -69,6 +69,20 @@ class Simulator:
         self._seq = 0
         self.tasks: list[Task] = []
         self._failed: list[Task] = []
+        self._watch: tuple[int, Callable[[], None]] | None = None
+        self._watch_due = 0
+
+    def watch(self, period: int, fn: Callable[[], None]) -> None:
+        """Call ``fn`` every ``period`` cycles while events remain (a run's watchdog).
+
+        ``fn`` runs at the start of its cycle, before that cycle's events, and
+        only when a later event exists: it never keeps the loop alive nor
+        moves the end of a run.  It may raise to stop the run.
+        """
+        if period < 1:
+            raise ValueError(f"watch period must be >= 1 cycle, not {period!r}")
+        self._watch = (period, fn)
+        self._watch_due = self.now + period
 
     def at(self, cycle: int, fn: Callable[[], None]) -> None:
         if cycle < self.now:
@@ -129,6 +143,10 @@ class Simulator:
             cycle, _, fn = heapq.heappop(self._heap)
             if max_cycles is not None and cycle > max_cycles:
                 raise SimulationError(f"cycle budget of {max_cycles} exhausted")
+            while self._watch is not None and cycle >= self._watch_due:
+                self.now = self._watch_due
+                self._watch_due += self._watch[0]
+                self._watch[1]()
             self.now = cycle
             fn()
             if self._failed:

@@ -13,6 +13,10 @@ stopped the run) to ``$GRADSYNC_RTL_RESULT``.  Weight snapshots are zero-time
 reads through each node's debug port, taken when the firmware's
 :class:`~gradsync.firmware.training.Observer` asks for them.
 
+A watchdog (:mod:`gradsync.watchdog`, bound ``watchdog_cycles``) stops a run
+that makes no progress: a coroutine wakes every ``Watchdog.period`` cycles and
+compares the NIC counter ports and host-call counts; the error names the stuck
+link or node, every node's outstanding tags and the link/NIC counters.
 A cycle budget (``max_cycles``) bounds the run: when it is exhausted the
 firmware tasks are stopped and the error names, per node, the engines that
 still have work and the RX tags still awaited, in the model backend's words.
@@ -74,6 +78,61 @@ async def outstanding(dev, fw) -> str:
     return "; ".join(parts) or "idle"
 
 
+def node_progress(dut, node: int, dev):
+    """A node's :class:`~gradsync.watchdog.NodeProgress`: NIC counter ports, host-call counts."""
+    from gradsync.watchdog import NodeProgress
+
+    def port(name: str) -> int:
+        return int(getattr(dut, f"n{node}_{name}").value)
+
+    calls = dev.calls
+    return NodeProgress(
+        tx_packets=port("tx_packets"),
+        rx_packets=port("rx_packets"),
+        interrupts=calls["wait_irq"],
+        bulk=calls["load"] + calls["dump"],
+        reads=calls["read32"],
+        writes=calls["write32"],
+        resends=port("tx_retransmits") + port("tx_timeouts") + port("tx_naks"),
+    )
+
+
+async def watch(dog, dut, devs, tasks, stalled, period_ps: int) -> None:
+    """Every ``dog.period`` cycles compare the nodes' progress; set ``stalled`` on a hang.
+
+    One wake-up per period and zero-time port reads: no bus cycle, no per-cycle Python.
+    """
+    from cocotb.triggers import Timer
+
+    while not all(t.done() for t in tasks):
+        await Timer(dog.period * period_ps, "ps")
+        nodes = [node_progress(dut, i, d) for i, d in enumerate(devs)]
+        if dog.sample(devs[0].now(), nodes):
+            stalled.set()
+            return
+
+
+async def watchdog_report(dog, dut, devs, fws) -> str:
+    """The watchdog's error: the stuck link or node, each node's work, link and NIC counters."""
+    from gradsync.hw.link import LINK_COUNTERS
+    from gradsync.hw.node import NODE_COUNTERS
+    from gradsync.watchdog import pending_sends
+
+    cycle = devs[0].now()
+    work = []
+    for d, fw in zip(devs, fws, strict=True):
+        parts = [await outstanding(d, fw), pending_sends(fw)]
+        parts.append(f"{d.calls['wait_irq']} interrupt wait(s) so far")
+        work.append(", ".join(p for p in parts if p))
+    links = [
+        {c: int(getattr(dut, f"l{i}_{c}").value) for c in LINK_COUNTERS} for i in range(len(devs))
+    ]
+    nics = [
+        {c: int(getattr(dut, f"n{i}_{c}").value) for c in NODE_COUNTERS} for i in range(len(devs))
+    ]
+    return dog.report(cycle, work, links, nics)
+
+
 @cocotb.test()
 async def train(dut):
     """Train on the RTL cluster; the result (or the error) goes to a pickle."""
@@ -83,6 +142,7 @@ async def train(dut):
     from gradsync.firmware.schedules import load_schedule
     from gradsync.firmware.training import NodeFirmware, Observer
     from gradsync.sim.rtl_device import RtlDevice
+    from gradsync.watchdog import Watchdog, config_watchdog_cycles
 
     with open(os.environ["GRADSYNC_RTL_RUN"], "rb") as f:
         run = pickle.load(f)
@@ -157,7 +217,13 @@ async def train(dut):
 
     reporter = cocotb.start_soon(progress())
     max_cycles = opts.get("max_cycles")
-    waits = [Combine(*tasks), failed.wait()]
+    stalled = Event()
+    dog = None
+    bound = opts.get("watchdog_cycles", "default")  # a number, or None: off (tests)
+    if bound is not None:
+        dog = Watchdog(config_watchdog_cycles(cfg) if bound == "default" else int(bound))
+        watcher = cocotb.start_soon(watch(dog, dut, devs, tasks, stalled, period_ps))
+    waits = [Combine(*tasks), failed.wait(), stalled.wait()]
     if max_cycles is not None:
         t0 = get_sim_time("ps")
         budget = Timer(max_cycles * period_ps - (t0 % period_ps) + 1, "ps")
@@ -166,9 +232,13 @@ async def train(dut):
     for t in tasks:
         if not t.done():
             t.cancel()
+    if dog is not None:
+        watcher.cancel()
     error = None
     if errors:
         error = errors[0]
+    elif stalled.is_set():
+        error = ("WatchdogError", await watchdog_report(dog, dut, devs, fws))
     elif max_cycles is not None and fired is budget:
         report = "; ".join(
             [

@@ -1,7 +1,8 @@
 """Closed cycle formulas of the gradsync device: the single source of timing truth.
 
-Compute, DMA, receiver and host-bus timing; the link's framing and packet
-timing are in :mod:`gradsync.spec.link`.
+Compute, DMA, receiver and host-bus timing, and the bound of the run
+watchdog (:func:`watchdog_cycles`); the link's framing and packet timing are
+in :mod:`gradsync.spec.link`.
 
 Every engine of the golden model takes exactly the number of cycles these
 functions return, and the RTL must hit them exactly (issue 5/6 block tests
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from gradsync.spec import regmap as rm
 from gradsync.spec.hardware import HardwareConfig
-from gradsync.spec.link import ceil_div, chunk_tx_cycles
+from gradsync.spec.link import ceil_div, chunk_tx_cycles, nic_timeouts, packet_cycles
 
 # --- fixed latencies (cycles) -------------------------------------------------
 
@@ -200,3 +201,79 @@ def rx_visible_cycle(crc_arrival: int, applier_free: int, payload_bytes: int) ->
 def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
     """Cycles of a host bulk load or dump of ``n_bytes`` of device memory."""
     return hw.host_bulk_setup_cycles + ceil_div(max(n_bytes, 0), hw.host_bulk_bytes_per_cycle)
+
+
+# --- watchdog -----------------------------------------------------------------
+
+#: Packets a NIC keeps for resending, its replay window (``hw/node.py``
+#: ``NIC_WINDOW_PACKETS``; tests/system/test_watchdog.py checks that they agree).
+NIC_REPLAY_WINDOW_PACKETS = 16
+#: Resend rounds (:func:`resend_round_cycles`) a run may spend without any progress
+#: before the watchdog stops it.  The NICs resend forever, so a held-down link is only
+#: ever noticed here.  At a packet loss rate ``p`` a healthy run is stopped only if
+#: one packet is lost this many times in a row while nothing else moves: ``p**64``,
+#: below 1e-6 even at ``p = 0.8``.
+WATCHDOG_RESEND_ROUNDS = 64
+#: Host latencies around an event (interrupt, register reads, a descriptor) and margin.
+WATCHDOG_SLACK_CYCLES = 1024
+
+
+def longest_command_cycles(layers: tuple[int, ...], local_batch: int, hw: HardwareConfig) -> int:
+    """Cycles of the longest compute command a training step of ``layers`` issues.
+
+    Per layer ``n_in -> n_out`` with local batch ``b``: the forward GEMM
+    ``(b, n_in, n_out)``, the weight-gradient GEMM ``(n_in, b, n_out)``, the
+    activation-gradient GEMM ``(b, n_out, n_in)`` and the SGD update over
+    ``n_in * n_out`` elements (the longest vector command).
+    """
+    longest = 0
+    for n_in, n_out in zip(layers[:-1], layers[1:], strict=True):
+        b = local_batch
+        longest = max(
+            longest,
+            gemm_cycles(b, n_in, n_out, hw),
+            gemm_cycles(n_in, b, n_out, hw),
+            gemm_cycles(b, n_out, n_in, hw),
+            vector_cycles("sgd", n_in * n_out, hw),
+        )
+    return longest
+
+
+def longest_bulk_cycles(hw: HardwareConfig, word_bytes: int) -> int:
+    """Cycles of the longest host bulk transfer: the whole scratchpad or trace memory."""
+    trace_bytes = hw.trace_records * rm.TRACE_RECORD_WORDS * 4
+    return host_bulk_cycles(max(hw.scratchpad_words * word_bytes, trace_bytes), hw)
+
+
+def resend_round_cycles(hw: HardwareConfig) -> int:
+    """Longest resend round of a NIC: its resend timeout, then its whole replay window of
+    largest packets sent again (``nic_timeouts(hw.link)[0] + NIC_REPLAY_WINDOW_PACKETS *
+    packet_cycles(max_payload_bytes)``)."""
+    resend_timeout, _holdoff = nic_timeouts(hw.link)
+    return resend_timeout + NIC_REPLAY_WINDOW_PACKETS * packet_cycles(hw.max_payload_bytes, hw.link)
+
+
+def watchdog_cycles(
+    hw: HardwareConfig, layers: tuple[int, ...], local_batch: int, word_bytes: int
+) -> int:
+    """Cycles without progress after which a training run is stopped as hung (both backends).
+
+    Progress is an engine event or a packet: a packet sent or applied by a
+    NIC, an interrupt taken or a bulk transfer ended by a node's firmware.  In
+    a healthy run the longest gap between two of them is a lost packet's
+    resend rounds, or one compute command, or one bulk transfer, plus host
+    latencies; the bound is their sum::
+
+        WATCHDOG_RESEND_ROUNDS * resend_round_cycles(hw)
+        + longest_command_cycles(layers, local_batch, hw)
+        + longest_bulk_cycles(hw, word_bytes)
+        + WATCHDOG_SLACK_CYCLES
+
+    About 350,000 cycles for the ``small`` preset's default run.
+    """
+    return (
+        WATCHDOG_RESEND_ROUNDS * resend_round_cycles(hw)
+        + longest_command_cycles(tuple(layers), local_batch, hw)
+        + longest_bulk_cycles(hw, word_bytes)
+        + WATCHDOG_SLACK_CYCLES
+    )
