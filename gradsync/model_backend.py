@@ -14,17 +14,29 @@ from gradsync.spec import regmap as rm
 
 
 def run_model(
-    cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = None
+    cfg: TrainConfig,
+    jobs: list[NodeJob],
+    max_cycles: int | None = None,
+    link_faults: list[dict] | None = None,
 ) -> BackendResult:
-    return run_model_cluster(cfg, jobs, max_cycles)[0]
+    return run_model_cluster(cfg, jobs, max_cycles, link_faults)[0]
 
 
 def run_model_cluster(
-    cfg: TrainConfig, jobs: list[NodeJob], max_cycles: int | None = None
+    cfg: TrainConfig,
+    jobs: list[NodeJob],
+    max_cycles: int | None = None,
+    link_faults: list[dict] | None = None,
+    seq_start: int = 0,
 ) -> tuple[BackendResult, Cluster]:
-    """:func:`run_model`, also returning the cluster for backdoor inspection (tests)."""
+    """:func:`run_model`, also returning the cluster for backdoor inspection (tests).
+
+    ``link_faults``: per link, fault controls (``gradsync.spec.faults``); the
+    links are then stepped cycle by cycle (``gradsync.model.link``), starting
+    their sequence numbers at ``seq_start``.
+    """
     hw, fmt = cfg.hardware, cfg.fixed_point
-    cluster = Cluster(cfg.nodes, hw, fmt)
+    cluster = Cluster(cfg.nodes, hw, fmt, link_faults, seq_start)
     weights = {}
 
     def program(node: int):
