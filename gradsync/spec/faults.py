@@ -366,6 +366,8 @@ def parse_link_faults(spec: str, links: int) -> list[dict]:
     own: list[dict[str, int]] = [{} for _ in range(links)]
     for g in groups:
         (common if g.link is None else own[g.link]).update(g.values)
+    if any("down_at" in d and not d.get("down_len") for d in (common, *own)):
+        raise ValueError("--link-faults down-at needs down-len (cycles the link is down)")
     if not any(k in _FAULTS for d in (common, *own) for k in d):
         raise ValueError("--link-faults needs at least one of corrupt=, drop=, stall=, burst=, "
                          "frame=, ack-drop=, ack-corrupt=, down-rate=, down-len=")  # fmt: skip
@@ -376,8 +378,6 @@ def parse_link_faults(spec: str, links: int) -> list[dict]:
         for rate, (name, default) in _DEFAULTS.items():
             if values.get(rate) and not values.get(name):
                 values[name] = default
-        if values.get("down_at") is not None and not values.get("down_len"):
-            raise ValueError("--link-faults down-at needs down-len (cycles the link is down)")
         values.setdefault("seed", base_seed + i)
         out.append({k: v for k, v in values.items() if v or k == "seed"})
     return out
