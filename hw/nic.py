@@ -235,7 +235,10 @@ class NicTx(wiring.Component):
                     self.link.p.data.eq(crcp.crc),
                     self.link.p.last.eq(1),
                 ]
-                nxt = rs + 1
+                # 16 bits: rs + 1 alone is 17 bits wide and never equals seq_next after
+                # 0xFFFF (a resend across the wrap went on through all 65536 numbers)
+                nxt = Signal(16)
+                m.d.comb += nxt.eq(rs + 1)
                 nslot = nxt[: exact_log2(W)] if W > 1 else Const(0, 1)
                 m.d.comb += rd.addr.eq(nslot * self.stride)
                 with m.If(self.link.ready):

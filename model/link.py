@@ -109,6 +109,8 @@ class LinkLayer:
         """The DMA offers a chunk from cycle ``t0``: ``packets`` are (words H0..payload, item)
         with H0's sequence field 0.  Returns (cycle of the first word's transfer, cycle the
         last packet's CRC word was taken)."""
+        if t0 < self.now:
+            raise RuntimeError(f"link layer at cycle {self.now} asked to send from {t0}")
         self.advance(t0)
         for words, item in packets:
             self.offer.append(_TxPacket(list(words), 0, item, len(words) - HEADER_WORDS))
@@ -176,9 +178,11 @@ class LinkLayer:
         fire, beat, ack_in = self.link.cycle(valid, data, last, ack)
         resending = self.state in ("RESEND", "RESEND_CRC")
         outstanding = (self.seq_next - self.una) & M16
+        # the timer sees the registers of this cycle, before the FSM and the ack update them
+        nothing_out = outstanding == 0
         self._tx_fsm(t, kind, fire, data)
         advanced = self._tx_ack(ack_in, outstanding, resending)
-        self._tx_timer(advanced, resending)
+        self._tx_timer(nothing_out or advanced or resending)
         self._rx(t, ack is not None, beat)
         self.now = t + 1
 
@@ -242,8 +246,8 @@ class LinkLayer:
             self.tx_counters["naks"] += 1
         return advanced
 
-    def _tx_timer(self, advanced: bool, resending: bool) -> None:
-        if self.una == self.seq_next or advanced or resending:
+    def _tx_timer(self, restart: bool) -> None:
+        if restart:
             self.timer = 0
         elif self.timer == self.timeout - 1:
             self.timer = 0
