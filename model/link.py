@@ -85,6 +85,7 @@ class LinkLayer:
         self.widx = 0
         self.timer = 0
         self.replay: dict[int, _TxPacket] = {}
+        self.resent_across_wrap = 0  #: resends of 0xFFFF that went on with 0 (tests)
         self.tx_counters = dict.fromkeys(("packets_sent", "retransmits", "timeouts", "naks"), 0)
         # ---- the DMA's offer: packets of the chunk being sent, word index in the first
         self.offer: deque[_TxPacket] = deque()
@@ -227,6 +228,7 @@ class LinkLayer:
                     self.state = "RESEND_CRC"
         elif fire:  # RESEND_CRC
             self.tx_counters["retransmits"] += 1
+            self.resent_across_wrap += self.rs == M16 and self.seq_next != 0
             self.rs = (self.rs + 1) & M16
             self.ridx = 0
             self.state = "IDLE" if self.rs == self.seq_next else "RESEND"
@@ -240,6 +242,8 @@ class LinkLayer:
         if d <= outstanding and d != 0:
             self.una = exp
             advanced = True
+            if (self.exp - exp) & 0x8000:  # a scoreboard, not the RTL: never fires if correct
+                raise RuntimeError(f"link: sender freed {exp:#x} the receiver never got")
         self.limit = limit
         if nak and not resending:
             self.resend_pending = True
@@ -304,6 +308,8 @@ class LinkLayer:
         self.rx_widx = 0
         seq = self.rx_h0 >> 16
         if good and seq == self.exp:
+            if len(self.queue) >= CREDITS + 1:
+                raise RuntimeError("link: receiver buffer overrun (credits broken)")
             self.queue.append(self.replay[seq])
             self.exp = (self.exp + 1) & M16
             self.dirty = True

@@ -318,3 +318,44 @@ def test_allreduce_with_link_faults_four_node_ring(tmp_path):
     from tests.hw.comm_builds import run
 
     run(4, "allreduce_with_faults", tmp_path, seed=11, words=2048, repeats=8)
+
+
+@pytest.mark.parametrize("chk_ok", [True, False])
+def test_acknowledgement_with_a_bad_check_byte_is_ignored(chk_ok):
+    """A message corrupted on the sideband fails ``spec.faults.ack_check`` and counts for
+    nothing: the packet stays unacknowledged and times out.  A good one acknowledges it."""
+    from amaranth.sim import Simulator
+
+    from gradsync.spec.faults import ack_check
+
+    tx = NicTx(max_payload_words=4, window_packets=4, credits=4, timeout_cycles=40)
+    out = {}
+
+    async def bench(ctx):
+        ctx.set(tx.link.ready, 1)
+        words = [header0(1, 0, 1), 0x55, 0x100, 0x1234]
+        for i, w in enumerate(words):
+            ctx.set(tx.pkt.valid, 1)
+            ctx.set(tx.pkt.p.data, w)
+            ctx.set(tx.pkt.p.last, i == len(words) - 1)
+            await ctx.tick()
+        ctx.set(tx.pkt.valid, 0)
+        for _ in range(5):
+            await ctx.tick()
+        chk = ack_check(1, 5, 0) ^ (0 if chk_ok else 0x10)
+        ctx.set(tx.ack.valid, 1)
+        ctx.set(tx.ack.p.as_value(), 1 | 5 << 16 | chk << 33)
+        await ctx.tick()
+        ctx.set(tx.ack.valid, 0)
+        for _ in range(100):
+            await ctx.tick()
+        out.update(timeouts=ctx.get(tx.timeouts), resent=ctx.get(tx.retransmits))
+
+    sim = Simulator(tx)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    if chk_ok:
+        assert out == {"timeouts": 0, "resent": 0}
+    else:
+        assert out["timeouts"] >= 1 and out["resent"] >= 1

@@ -66,7 +66,7 @@ KINDS = {
     "burst": ("burst=9000,burst-len=12,seed=3", ("corrupted", "crc_errors")),
     "frame": ("frame=8000,seed=5", ("framed", "crc_errors")),
     "stall": ("stall=2000,stall-max=30", ("stalls",)),
-    "ack": ("ack-drop=12000,ack-corrupt=12000,seed=7", ("acks_dropped", "acks_corrupted")),
+    "ack": ("drop=3000,ack-drop=12000,ack-corrupt=40000,seed=7", ("acks_corrupted", "naks")),
     "down-fixed": ("down-at=2500,down-len=1500", ("down_cycles", "timeouts")),
     "down-random": ("down-rate=20,down-mean=300,seed=9", ("downs", "retransmits")),
     "per-link": ("0:burst=9000;1:drop=9000,ack-drop=9000", ("corrupted", "dropped")),
@@ -107,8 +107,9 @@ def test_sequence_numbers_wrap_without_a_trace_of_it(clean):
         assert dev.nic.layer.seq_next < start, "the sequence number did not wrap"
     rep = compare(got, ref)
     assert rep.ok and rep.cycle_differences == 0, rep.details
-    res, cluster = _run(spec="drop=8000,corrupt=8000,ack-drop=8000,seed=4", seq_start=start)
-    assert _total(cluster)["retransmits"] > 0
+    spec = "drop=8000,corrupt=8000,ack-drop=8000,seed=8"
+    res, cluster = _run(spec=spec, seq_start=0x10000 - 4)
+    assert all(d.nic.layer.resent_across_wrap > 0 for d in cluster.devices)
     assert all(np.array_equal(w, res.weights[k]) for k, w in clean.weights.items())
 
 
