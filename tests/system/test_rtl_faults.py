@@ -132,3 +132,20 @@ def test_sequence_number_wrap_under_faults_matches_the_model(tmp_path, monkeypat
     model, cluster = run_model_cluster(CFG, jobs, None, faults, start)
     assert all(d.nic.layer.seq_next < start for d in cluster.devices)
     _exact(compare(res, model))
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_a_run_the_faults_break_fails_alike_on_both_backends(tmp_path):
+    """An outage delays step 0's sends so that a step-1 packet reaches a window still open
+    for step 0 (the firmware race of docs/comm.md): both backends stop with the same error."""
+    from gradsync.model_backend import run_model
+
+    faults = parse_link_faults("down-at=2500,down-len=1500;1:down-rate=20,down-mean=300", 2)
+    with pytest.raises(rb.RtlRunError) as rtl:
+        _rtl(CFG, tmp_path, faults)
+    jobs, _ = build_jobs(CFG, digits.load(CFG.seed))
+    with pytest.raises(RuntimeError) as model:
+        run_model(CFG, jobs, None, faults)
+    assert "RX_TAG_MISMATCH" in str(model.value)
+    assert str(rtl.value).endswith(str(model.value))
