@@ -60,8 +60,15 @@ class Cluster:
     ) -> ClusterRun:
         if len(programs) != len(self.devices):
             raise ValueError(f"{len(programs)} programs for {len(self.devices)} nodes")
+        ended: list[int] = []
+
+        async def timed(coro):
+            result = await coro
+            ended.append(self.sim.now)
+            return result
+
         tasks = [
-            self.sim.spawn(f"node{i}", prog(dev))
+            self.sim.spawn(f"node{i}", timed(prog(dev)))
             for i, (prog, dev) in enumerate(zip(programs, self.devices, strict=True))
         ]
         try:
@@ -69,4 +76,8 @@ class Cluster:
         except SimulationError as exc:
             report = "; ".join(f"node {d.node_id}: {d.outstanding()}" for d in self.devices)
             raise SimulationError(f"{exc} ({report})") from None
-        return ClusterRun(self.sim, self.devices, [t.result for t in tasks], self.sim.now)
+        # a faulted link layer may step on (acknowledgements) after the last program ended;
+        # the run ends with the programs, as the RTL backend's does
+        faulted = any(d.nic.layer is not None for d in self.devices)
+        cycles = max(ended) if faulted and ended else self.sim.now
+        return ClusterRun(self.sim, self.devices, [t.result for t in tasks], cycles)
