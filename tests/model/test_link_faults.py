@@ -20,6 +20,7 @@ from gradsync.model_backend import run_model_cluster
 from gradsync.sim.check import compare
 from gradsync.spec import regmap as rm
 from gradsync.spec.faults import parse_link_faults
+from gradsync.spec.hardware import preset
 
 CFG = TrainConfig(nodes=2, steps=1, global_batch=16, layers=(64, 16, 10), chunk_bytes=256)
 
@@ -46,11 +47,12 @@ def clean():
     return _run()[0]
 
 
-@pytest.mark.parametrize("nodes", [2, 4])
-def test_fault_free_link_layer_is_the_timing_formulas_cycle_for_cycle(nodes):
+@pytest.mark.parametrize("nodes, bytes_per_cycle", [(2, 1), (4, 1), (2, 2), (2, 4), (4, 4)])
+def test_fault_free_link_layer_is_the_timing_formulas_cycle_for_cycle(nodes, bytes_per_cycle):
     """Zero rates: stepping the transcribed NicTx/link/RxFrontEnd per cycle gives exactly the
     fault-free model's trace (``spec.timing``'s closed forms), weights and cycle count."""
-    cfg = dataclasses.replace(CFG, nodes=nodes, steps=2)
+    hw = preset("small", link_bytes_per_cycle=bytes_per_cycle)
+    cfg = dataclasses.replace(CFG, nodes=nodes, steps=2, hardware=hw)
     ref, _ = _run(cfg)
     got, cluster = _run(cfg, "")
     rep = compare(got, ref)
