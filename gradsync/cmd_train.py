@@ -268,7 +268,9 @@ def backend_for(name: str, args=None, capture: dict | None = None):
         from gradsync.model_backend import run_model
 
         def model_backend(cfg, jobs):
-            res = run_model(cfg, jobs, max_cycles)
+            res = run_model(
+                cfg, jobs, max_cycles, link_faults=getattr(args, "link_faults_parsed", None)
+            )
             if capture is not None:
                 capture["result"] = res
             return res
@@ -381,9 +383,12 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--link-faults",
         metavar="SPEC",
-        help="RTL: inject faults on every link, e.g. corrupt=600,drop=600 (rates per 65536 "
-        "packets; also stall=R per cycle, stall-max=N cycles, seed=S); the NICs must "
-        "recover them and the weights stay those of a fault-free run (default: no faults)",
+        help="inject faults on the links, the same on both backends (cycle-exact), e.g. "
+        "corrupt=600,drop=600 on every link or 'burst=900;1:ack-drop=500,down-at=2000,"
+        "down-len=300' per link (rates per 65536 packets, cycles or acks: corrupt, drop, "
+        "burst, burst-len, frame, stall, stall-max, ack-drop, ack-corrupt, down-rate, "
+        "down-mean, down-at, down-len, seed; see docs/comm.md); the NICs must recover them "
+        "and the weights stay those of a fault-free run (default: no faults)",
     )
     p.add_argument(
         "--check",
@@ -418,13 +423,9 @@ def _check_arguments(args):
     if args.backend == "rtl" and cfg.nodes < 2:
         raise ValueError(f"--nodes must be at least 2 on --backend rtl, not {cfg.nodes}")
     if args.link_faults is not None:
-        if args.backend != "rtl":
-            raise ValueError(
-                "--link-faults needs --backend rtl: the golden model's links are ideal"
-            )
-        from gradsync.sim.rtl_backend import link_faults_from_spec
+        from gradsync.spec.faults import parse_link_faults
 
-        args.link_faults_parsed = link_faults_from_spec(args.link_faults, cfg.nodes)
+        args.link_faults_parsed = parse_link_faults(args.link_faults, cfg.nodes)
     return cfg, prepared
 
 
@@ -510,7 +511,9 @@ def _summary(args, cfg, res, captured: dict) -> int:
     if args.check:
         from gradsync.sim.check import check_run
 
-        report = check_run(cfg, captured["result"], timing=args.link_faults is None)
+        report = check_run(
+            cfg, captured["result"], link_faults=getattr(args, "link_faults_parsed", None)
+        )
         print(report.verdict())
         if not report.ok:
             for line in report.details[:10]:

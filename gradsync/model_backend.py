@@ -35,8 +35,11 @@ def run_model(
     jobs: list[NodeJob],
     max_cycles: int | None = None,
     watchdog_cycles: int | str | None = DEFAULT,
+    link_faults: list[dict] | None = None,
 ) -> BackendResult:
-    return run_model_cluster(cfg, jobs, max_cycles, watchdog_cycles)[0]
+    return run_model_cluster(
+        cfg, jobs, max_cycles, watchdog_cycles=watchdog_cycles, link_faults=link_faults
+    )[0]
 
 
 def run_model_cluster(
@@ -44,14 +47,18 @@ def run_model_cluster(
     jobs: list[NodeJob],
     max_cycles: int | None = None,
     watchdog_cycles: int | str | None = DEFAULT,
+    link_faults: list[dict] | None = None,
+    seq_start: int = 0,
 ) -> tuple[BackendResult, Cluster]:
     """:func:`run_model`, also returning the cluster for backdoor inspection (tests).
 
     ``watchdog_cycles``: :data:`DEFAULT` (the configuration's bound), a bound in
-    cycles, or ``None`` (no watchdog).
+    cycles, or ``None`` (no watchdog). ``link_faults``: per link, fault controls
+    (``gradsync.spec.faults``); the links are then stepped cycle by cycle
+    (``gradsync.model.link``), starting their sequence numbers at ``seq_start``.
     """
     hw, fmt = cfg.hardware, cfg.fixed_point
-    cluster = Cluster(cfg.nodes, hw, fmt)
+    cluster = Cluster(cfg.nodes, hw, fmt, link_faults, seq_start)
     weights = {}
     firmware: list[NodeFirmware | None] = [None] * cfg.nodes
 

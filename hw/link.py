@@ -4,36 +4,34 @@ The link of ``DESIGN.md`` ("NIC + links"): one direction of a node-to-node
 connection.  It carries the transmitting NIC's packets (32-bit words framed by
 a ``last`` flag, i.e. the physical layer's end-of-packet symbol) forward, and
 the receiving NIC's acknowledge/credit messages backward on a sideband lane.
-Both directions take ``latency_cycles``.  Faults are injected per packet
-(drop it, flip one bit of one of its first four words) and per cycle (stall
-the transmitter for a random number of cycles) at rates the testbench sets
+Both directions take ``latency_cycles``.  Faults -- drops, bit and burst
+errors anywhere in a packet, framing errors, stalls, outages and faults on
+the acknowledge sideband -- come from the per-link pseudo-random process that
+``gradsync.spec.faults`` defines (its ``LinkReference`` is this component's
+Python twin, which the golden model runs), at rates the testbench sets
 through ports, so a long fault campaign costs no Python per packet.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Const, Module, Mux, ResetSignal, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from gradsync.spec import faults as fs
 
 #: One link word: 32 bits of packet data and the end-of-packet flag.
 LinkBeat = data.StructLayout({"data": 32, "last": 1})
 
-#: The receiver's acknowledge/credit message (see ``hw/nic.py``).
-AckMessage = data.StructLayout({"exp": 16, "limit": 16, "nak": 1})
+#: The receiver's acknowledge/credit message (see ``hw/nic.py``); ``chk`` is
+#: ``gradsync.spec.faults.ack_check`` of the rest, so a corrupted message is ignored.
+AckMessage = data.StructLayout({"exp": 16, "limit": 16, "nak": 1, "chk": 8})
 
 #: Fault-injection control ports of a link and their widths (a cluster exposes them
-#: per link as ``l{i}_<name>``; ``sim/rtl_backend.py``'s ``--link-faults`` drives them).
-LINK_CONTROLS = {
-    "corrupt_rate": 16,
-    "drop_rate": 16,
-    "stall_rate": 16,
-    "stall_max": 8,
-    "seed": 32,
-    "seed_load": 1,
-}
+#: per link as ``l{i}_<name>``; ``--link-faults`` drives them).
+LINK_CONTROLS = fs.CONTROLS
 #: Counter ports of a link (32 bits each; ``l{i}_<name>`` of a cluster).
-LINK_COUNTERS = ("packets", "corrupted", "dropped", "stalls")
+LINK_COUNTERS = fs.COUNTERS
 
 
 def link_fault_ports() -> dict:
@@ -41,6 +39,11 @@ def link_fault_ports() -> dict:
     ports = {name: In(width) for name, width in LINK_CONTROLS.items()}
     ports.update({name: Out(32) for name in LINK_COUNTERS})
     return ports
+
+
+def ack_check(msg) -> Value:
+    """``gradsync.spec.faults.ack_check`` of an AckMessage view (8 bits)."""
+    return (msg.exp[:8] ^ msg.exp[8:] ^ msg.limit[:8] ^ msg.limit[8:] ^ msg.nak)[:8]
 
 
 def _xorshift32(x):
@@ -71,22 +74,19 @@ class Link(wiring.Component):
         of back-pressure.
     rx : Out(stream of LinkBeat, always ready)
         Receiver side: every accepted word arrives ``latency_cycles`` later,
-        unless its packet was dropped (then no word of it arrives) or
-        corrupted (then one data bit of one of its first four words is
-        flipped; framing is never corrupted).
+        unless its packet was dropped or the link was down when it was taken;
+        data and framing as the fault process left them.
     ack_tx, ack_rx : sideband AckMessage stream, receiver to transmitter.
-        Modelled as a protected control lane: delayed, never faulted.
-    corrupt_rate, drop_rate : In(16)
-        Per-packet probability ``rate / 65536`` of corrupting / dropping it,
-        decided at its first word (a packet is dropped or corrupted, not both).
-    stall_rate : In(16), stall_max : In(8)
-        Per-cycle probability ``rate / 65536`` of stalling ``tx`` for
-        ``1 + (r * stall_max >> 8)`` cycles, ``r`` random in 0..255.
+        Delayed like the data; dropped or corrupted by the ``ack_*`` faults
+        and lost while the link is down.
+    corrupt_rate ... down_len : In
+        The fault process's controls (``gradsync.spec.faults``: which draw
+        of which generator decides what, in which cycle); all 0: no faults.
     seed : In(32), seed_load : In(1)
-        Reseeds the fault generators (``seed`` must be non-zero), also while
-        reset is held: the generators themselves are never reset.
-    packets, corrupted, dropped, stalls : Out(32)
-        Packets carried and faults injected since reset.
+        The process restarts from ``seed`` in the cycle after reset or
+        ``seed_load`` is high (the generators are loaded, not reset).
+    packets ... acks_corrupted : Out(32)
+        ``gradsync.spec.faults.COUNTERS`` since reset.
     """
 
     def __init__(self, latency_cycles: int, bytes_per_cycle: int = 4):
@@ -116,25 +116,35 @@ class Link(wiring.Component):
             v, p = nv, np_
         return v, p
 
-    def elaborate(self, platform):
-        m = Module()
+    def _generators(self, m: Module) -> tuple:
+        """The fault generators, fault cycle counter and the restart condition."""
+        restart = Signal()
+        m.d.comb += restart.eq(ResetSignal() | self.seed_load)
+        gens = []
+        for name, salt, bit in zip(fs.GENERATORS, fs.SALT, fs.BIT, strict=True):
+            # Not reset but loaded: a reset replays the seed's sequence.
+            g = Signal(32, name=f"rng_{name}", init=(salt | bit), reset_less=True)
+            with m.If(restart):
+                m.d.sync += g.eq((self.seed ^ salt) | bit)
+            with m.Else():
+                m.d.sync += g.eq(_xorshift32(g))
+            gens.append(g)
+        fcyc = Signal(32, reset_less=True)
+        m.d.sync += fcyc.eq(Mux(restart, 0, fcyc + 1))
+        return restart, fcyc, gens
 
-        # The generators are not reset: a seed loaded while reset is held (as
-        # the RTL backend does) takes effect, and reset alone does not replay
-        # the previous sequence.
-        rng_pkt = Signal(32, init=0x1234_5678, reset_less=True)
-        rng_cyc = Signal(32, init=0x9E37_79B9, reset_less=True)
-        with m.If(self.seed_load):
-            m.d.sync += [rng_pkt.eq(self.seed | 1), rng_cyc.eq(self.seed ^ 0x9E37_79B9 | 2)]
-        with m.Else():
-            m.d.sync += [rng_pkt.eq(_xorshift32(rng_pkt)), rng_cyc.eq(_xorshift32(rng_cyc))]
-
-        # Bandwidth throttle and stall injection both hold tx.ready low.
+    def _timers(self, m: Module, restart, fcyc, cyc, dn, accepted):
+        """Bandwidth throttle, stalls and outages; returns (tx ready, link down)."""
         period = 4 // self.bytes_per_cycle
         gap = Signal(range(period))
         stall = Signal(9)
-        m.d.comb += self.tx.ready.eq((gap == 0) & (stall == 0))
-        accepted = self.tx.valid & self.tx.ready
+        down = Signal(17)
+        ready = Signal()
+        is_down = Signal()
+        m.d.comb += [
+            ready.eq((gap == 0) & (stall == 0)),
+            is_down.eq((down != 0) | ((fcyc - self.down_at)[:32] < self.down_len)),
+        ]
         if period > 1:
             with m.If(accepted):
                 m.d.sync += gap.eq(period - 1)
@@ -142,66 +152,109 @@ class Link(wiring.Component):
                 m.d.sync += gap.eq(gap - 1)
         with m.If(stall != 0):
             m.d.sync += stall.eq(stall - 1)
-        with m.Elif((rng_cyc[8:24] < self.stall_rate) & (self.stall_max != 0)):
+        with m.Elif((cyc[8:24] < self.stall_rate) & (self.stall_max != 0)):
             m.d.sync += [
-                stall.eq(1 + ((rng_cyc[24:32] * self.stall_max) >> 8)),
+                stall.eq(1 + ((cyc[24:32] * self.stall_max) >> 8)),
                 self.stalls.eq(self.stalls + 1),
             ]
+        with m.If(down != 0):
+            m.d.sync += down.eq(down - 1)
+        with m.Elif((dn[0:16] < self.down_rate) & (self.down_mean != 0)):
+            m.d.sync += [
+                down.eq(1 + ((dn[16:32] * self.down_mean) >> 15)),
+                self.downs.eq(self.downs + 1),
+            ]
+        with m.If(is_down):
+            m.d.sync += self.down_cycles.eq(self.down_cycles + 1)
+        with m.If(self.seed_load):
+            m.d.sync += [stall.eq(0), down.eq(0)]
+        return ready, is_down
 
-        # Per-packet fault decision at the first word, held for the packet.
+    def _packet_faults(self, m: Module, gens, accepted, is_down):
+        """Per-packet decisions at the first word, held for the packet; returns the rx beat."""
+        pkt, cyc, aux, pos = gens[:4]
         in_packet = Signal()
-        word = Signal(3)
-        drop_pkt = Signal()
-        corrupt_pkt = Signal()
-        corrupt_word = Signal(2)
-        corrupt_bit = Signal(5)
+        word = Signal(8)
         first = ~in_packet
-        drop_now = Signal()
-        corrupt_now = Signal()
-        cword_now = Signal(2)
-        cbit_now = Signal(5)
-        m.d.comb += [
-            drop_now.eq(Mux(first, rng_pkt[0:16] < self.drop_rate, drop_pkt)),
-            corrupt_now.eq(
-                Mux(
-                    first,
-                    ~(rng_pkt[0:16] < self.drop_rate) & (rng_pkt[16:32] < self.corrupt_rate),
-                    corrupt_pkt,
-                )
-            ),
-            cword_now.eq(Mux(first, rng_cyc[0:2], corrupt_word)),
-            cbit_now.eq(Mux(first, rng_cyc[2:7], corrupt_bit)),
-        ]
+        n = Signal(8)
+        m.d.comb += n.eq(self.tx.p.data[9:16] + 5)
+        now = {
+            "drop": pkt[0:16] < self.drop_rate,
+            "corrupt": pkt[16:32] < self.corrupt_rate,
+            "cword": cyc[0:2],
+            "cbit": cyc[2:7],
+            "burst": aux[0:16] < self.burst_rate,
+            "bword": (pos[0:8] * n)[8:16],
+            "bmask": ((Const(1, 33) << self.burst_len) - 1)[:32] << pos[8:13],
+            "frame": aux[16:32] < self.frame_rate,
+            "fword": (pos[16:24] * n)[8:16],
+        }
+        held = {k: Signal(len(Value.cast(v)) if k != "bmask" else 32, name=f"h_{k}")
+                for k, v in now.items()}  # fmt: skip
+        cur = {}
+        for k, v in now.items():
+            cur[k] = Signal.like(held[k], name=f"c_{k}")
+            m.d.comb += cur[k].eq(Mux(first, v, held[k]))
+        drop = cur["drop"]
+        corrupt = ~drop & cur["corrupt"]
+        burst = ~drop & cur["burst"]
+        frame = ~drop & cur["frame"]
         with m.If(accepted):
             m.d.sync += in_packet.eq(~self.tx.p.last)
             with m.If(first):
+                m.d.sync += [held[k].eq(cur[k]) for k in now]
                 m.d.sync += [
-                    drop_pkt.eq(drop_now),
-                    corrupt_pkt.eq(corrupt_now),
-                    corrupt_word.eq(cword_now),
-                    corrupt_bit.eq(cbit_now),
                     self.packets.eq(self.packets + 1),
-                    self.dropped.eq(self.dropped + drop_now),
-                    self.corrupted.eq(self.corrupted + corrupt_now),
+                    self.dropped.eq(self.dropped + drop),
+                    self.corrupted.eq(self.corrupted + (corrupt | burst)),
+                    self.framed.eq(self.framed + frame),
                 ]
             with m.If(self.tx.p.last):
                 m.d.sync += word.eq(0)
-            with m.Elif(word != 7):
+            with m.Elif(word != 255):
                 m.d.sync += word.eq(word + 1)
-
         flip = Signal(32)
-        with m.If(corrupt_now & (word == cword_now)):
-            m.d.comb += flip.eq(Const(1, 32) << cbit_now)
+        bflip = Signal(32)
+        with m.If(corrupt & (word == cur["cword"])):
+            m.d.comb += flip.eq(Const(1, 32) << cur["cbit"])
+        with m.If(burst & (word == cur["bword"])):
+            m.d.comb += bflip.eq(cur["bmask"])
         beat = Signal(LinkBeat)
         m.d.comb += [
-            beat.data.eq(self.tx.p.data ^ flip),
-            beat.last.eq(self.tx.p.last),
+            beat.data.eq(self.tx.p.data ^ flip ^ bflip),
+            beat.last.eq(self.tx.p.last ^ (frame & (word == cur["fword"]))),
         ]
-        v, p = self._delay(m, accepted & ~drop_now, beat.as_value(), len(beat.as_value()))
-        m.d.comb += [self.rx.valid.eq(v), self.rx.p.eq(p)]
+        return accepted & ~drop & ~is_down, beat
 
-        av, ap = self._delay(
-            m, self.ack_tx.valid, self.ack_tx.p.as_value(), len(self.ack_tx.p.as_value())
-        )
+    def _ack_faults(self, m: Module, gens, is_down):
+        """The sideband: drop or corrupt an acknowledge message entering the link."""
+        pos, ack = gens[3], gens[4]
+        drop = Signal()
+        corrupt = Signal()
+        m.d.comb += [
+            drop.eq(is_down | (ack[0:16] < self.ack_drop_rate)),
+            corrupt.eq(~drop & (ack[16:32] < self.ack_corrupt_rate)),
+        ]
+        msg = Signal(len(self.ack_tx.p.as_value()))
+        bit = Signal(6)
+        m.d.comb += bit.eq((pos[24:30] * fs.ACK_BITS) >> 6)
+        m.d.comb += msg.eq(self.ack_tx.p.as_value() ^ Mux(corrupt, Const(1, len(msg)) << bit, 0))
+        with m.If(self.ack_tx.valid & drop):
+            m.d.sync += self.acks_dropped.eq(self.acks_dropped + 1)
+        with m.If(self.ack_tx.valid & corrupt):
+            m.d.sync += self.acks_corrupted.eq(self.acks_corrupted + 1)
+        return self.ack_tx.valid & ~drop, msg
+
+    def elaborate(self, platform):
+        m = Module()
+        restart, fcyc, gens = self._generators(m)
+        accepted = Signal()
+        ready, is_down = self._timers(m, restart, fcyc, gens[1], gens[5], accepted)
+        m.d.comb += [self.tx.ready.eq(ready), accepted.eq(self.tx.valid & ready)]
+        valid, beat = self._packet_faults(m, gens, accepted, is_down)
+        v, p = self._delay(m, valid, beat.as_value(), len(beat.as_value()))
+        m.d.comb += [self.rx.valid.eq(v), self.rx.p.eq(p)]
+        avalid, amsg = self._ack_faults(m, gens, is_down)
+        av, ap = self._delay(m, avalid, amsg, len(amsg))
         m.d.comb += [self.ack_rx.valid.eq(av), self.ack_rx.p.eq(ap)]
         return m

@@ -33,7 +33,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from .link import AckMessage, LinkBeat
+from .link import AckMessage, LinkBeat, ack_check
 from .nic_rx import NicRx
 from .packet import HEADER_WORDS, TxWord, crc32, header0
 
@@ -54,6 +54,9 @@ class NicTx(wiring.Component):
     timeout_cycles:
         Cycles without acknowledgement progress, while packets are
         outstanding, after which everything unacknowledged is resent.
+    seq_start:
+        The first sequence number (the receiver's ``seq_start`` must match);
+        tests start near 65535 to exercise the 16-bit wrap.
 
     Attributes
     ----------
@@ -68,7 +71,8 @@ class NicTx(wiring.Component):
     link : Out(stream of LinkBeat)
         To the link.
     ack : In(stream of AckMessage)
-        From the link's sideband.
+        From the link's sideband; a message whose ``chk`` is wrong (corrupted
+        on the way) is ignored like a lost one.
     crc_sent : Out(1)
         Pulses in the cycle the CRC word of a *new* packet is accepted.
     packets_sent, bytes_sent, busy_cycles, retransmits, timeouts, naks : Out(32)
@@ -83,6 +87,7 @@ class NicTx(wiring.Component):
         window_packets: int = 16,
         credits: int = 16,
         timeout_cycles: int = 1024,
+        seq_start: int = 0,
     ):
         if not 1 <= max_payload_words <= 128:
             raise ValueError(f"max_payload_words must be in 1..128, not {max_payload_words!r}")
@@ -94,6 +99,9 @@ class NicTx(wiring.Component):
             raise ValueError(f"credits must be in 1..32767, not {credits!r}")
         if timeout_cycles < 1:
             raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
+        if not 0 <= seq_start < 1 << 16:
+            raise ValueError(f"seq_start must be in 0..65535, not {seq_start!r}")
+        self.seq_start = seq_start
         self.max_payload_words = max_payload_words
         self.window_packets = window_packets
         self.credits = credits
@@ -122,9 +130,9 @@ class NicTx(wiring.Component):
         rd = replay.read_port()
         m.submodules.crc = crcp = crc.Processor(crc32())
 
-        seq_next = Signal(16)
-        una = Signal(16)
-        limit = Signal(16, init=self.credits)
+        seq_next = Signal(16, init=self.seq_start)
+        una = Signal(16, init=self.seq_start)
+        limit = Signal(16, init=(self.seq_start + self.credits) & 0xFFFF)
         resend_pending = Signal()
         rs = Signal(16)  # sequence number being resent
         ridx = Signal(range(self.stride + 1))  # word index on the replay read port
@@ -227,7 +235,10 @@ class NicTx(wiring.Component):
                     self.link.p.data.eq(crcp.crc),
                     self.link.p.last.eq(1),
                 ]
-                nxt = rs + 1
+                # 16 bits: rs + 1 alone is 17 bits wide and never equals seq_next after
+                # 0xFFFF (a resend across the wrap went on through all 65536 numbers)
+                nxt = Signal(16)
+                m.d.comb += nxt.eq(rs + 1)
                 nslot = nxt[: exact_log2(W)] if W > 1 else Const(0, 1)
                 m.d.comb += rd.addr.eq(nslot * self.stride)
                 with m.If(self.link.ready):
@@ -243,7 +254,7 @@ class NicTx(wiring.Component):
 
         # Acknowledgements (cumulative) and NAKs.
         advanced = Signal()
-        with m.If(self.ack.valid):
+        with m.If(self.ack.valid & (self.ack.p.chk == ack_check(self.ack.p))):
             d = Signal(16)
             m.d.comb += d.eq(self.ack.p.exp - una)
             with m.If((d <= outstanding) & (d != 0)):

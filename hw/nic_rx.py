@@ -32,7 +32,7 @@ from gradsync.spec import regmap as rm
 
 from .arith import add_lanes
 from .events import ErrorEvent, TraceWrite
-from .link import AckMessage, LinkBeat
+from .link import AckMessage, LinkBeat, ack_check
 from .packet import HEADER_WORDS, Header0, PacketHeader, crc32
 from .sram import read_port_signature
 
@@ -150,7 +150,7 @@ class RxFrontEnd(wiring.Component):
 
     Parameters
     ----------
-    max_payload_words, credits, nak_holdoff_cycles:
+    max_payload_words, credits, nak_holdoff_cycles, seq_start:
         As :class:`NicRx`'s; the buffer has ``credits + 1`` packet slots.
 
     Attributes
@@ -158,8 +158,10 @@ class RxFrontEnd(wiring.Component):
     link : In(stream of LinkBeat)
         From the link; always ready (one word per cycle).
     ack : Out(stream of AckMessage)
-        Cumulative ACK (``exp``), credit limit (packets freed + ``credits``) and
-        NAK, sent in the cycle after anything of them changed.
+        Cumulative ACK (``exp``), credit limit (packets freed + ``credits``),
+        NAK and check byte, sent in the cycle after anything of them changed,
+        and repeated after ``nak_holdoff_cycles`` without a message (a lost
+        message, e.g. the last credit, is repaired without a sender timeout).
     packets : Out(stream of PacketHeader)
         The oldest committed packet; valid from the cycle after its CRC word
         arrived.  Its payload is readable through ``payload`` while it is
@@ -171,7 +173,10 @@ class RxFrontEnd(wiring.Component):
         already received (ACKed again), since reset.
     """
 
-    def __init__(self, *, max_payload_words: int, credits: int, nak_holdoff_cycles: int):
+    def __init__(
+        self, *, max_payload_words: int, credits: int, nak_holdoff_cycles: int, seq_start: int = 0
+    ):
+        self.seq_start = seq_start
         self.max_payload_words = max_payload_words
         self.credits = credits
         self.nak_holdoff_cycles = nak_holdoff_cycles
@@ -196,8 +201,8 @@ class RxFrontEnd(wiring.Component):
 
         wr_slot = Signal(range(S))  # slot of the packet arriving
         rd_slot = Signal(range(S))  # oldest committed packet (the head of ``packets``)
-        exp = Signal(16)
-        applied = Signal(16)
+        exp = Signal(16, init=self.seq_start)
+        applied = Signal(16, init=self.seq_start)
         widx = Signal(8)
         h0 = Signal(Header0)
         nak_sent = Signal()
@@ -214,10 +219,18 @@ class RxFrontEnd(wiring.Component):
                 self.ack.p.exp.eq(exp),
                 self.ack.p.limit.eq(applied + self.credits),
                 self.ack.p.nak.eq(nak_pending),
+                self.ack.p.chk.eq(ack_check(self.ack.p)),
             ]
             m.d.sync += nak_pending.eq(0)
         # One-cycle flags; later assignments in this function set them again.
         m.d.sync += dirty.eq(0)
+        quiet = Signal(range(self.nak_holdoff_cycles + 1))
+        with m.If(self.ack.valid):
+            m.d.sync += quiet.eq(0)
+        with m.Elif(quiet == self.nak_holdoff_cycles):
+            m.d.sync += [quiet.eq(0), dirty.eq(1)]
+        with m.Else():
+            m.d.sync += quiet.eq(quiet + 1)
 
         holdoff = Signal(range(self.nak_holdoff_cycles + 1))
         with m.If(nak_sent):
@@ -647,7 +660,10 @@ class NicRx(wiring.Component):
     nak_holdoff_cycles:
         After a NAK the receiver NAKs again only when the expected packet
         arrived or this many cycles passed (about one round trip), so a lost
-        resend is NAKed again instead of waiting for the sender's timeout.
+        resend is NAKed again instead of waiting for the sender's timeout;
+        also the longest gap between acknowledge messages (a repeat).
+    seq_start:
+        The first sequence number expected (the sender's ``seq_start``).
 
     Attributes
     ----------
@@ -701,6 +717,7 @@ class NicRx(wiring.Component):
         operand_bits: int = 16,
         saturate: bool = True,
         nak_holdoff_cycles: int = 256,
+        seq_start: int = 0,
     ):
         if not 1 <= windows <= 64:
             raise ValueError(f"windows must be in 1..64, not {windows!r}")
@@ -719,6 +736,7 @@ class NicRx(wiring.Component):
         self.max_payload_words = max_payload_words
         self.credits = credits
         self.nak_holdoff_cycles = nak_holdoff_cycles
+        self.seq_start = seq_start
         self.windows = windows
         self.regions = regions
         self.mem_addr_width = max(1, ceil_log2(max(size for _, size in regions) // 4))
@@ -742,6 +760,7 @@ class NicRx(wiring.Component):
             max_payload_words=self.max_payload_words,
             credits=self.credits,
             nak_holdoff_cycles=self.nak_holdoff_cycles,
+            seq_start=self.seq_start,
         )
         m.submodules.windows = windows = RxWindowTable(
             windows=self.windows, regions=self.regions, mem_addr_width=self.mem_addr_width

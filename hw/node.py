@@ -208,6 +208,7 @@ class Node(wiring.Component):
         host_dump_lag_cycles: int = 0,
         compute: bool = True,
         credits: int = NIC_CREDITS,
+        seq_start: int = 0,
     ):
         if not isinstance(hw, HardwareConfig):
             raise TypeError(f"hw must be a HardwareConfig, not {hw!r}")
@@ -228,6 +229,7 @@ class Node(wiring.Component):
         self.host_lead_cycles, self.host_lag_cycles = host_lead_cycles, host_lag_cycles
         self.host_dump_lag_cycles = host_dump_lag_cycles
         self.compute, self.credits = compute, credits
+        self.seq_start = seq_start  # NicTx/NicRx's first sequence number (wrap tests)
         self.addr_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)
         ports = axil_signature(13)
         ports.update(
@@ -306,6 +308,7 @@ class Node(wiring.Component):
             window_packets=NIC_WINDOW_PACKETS,
             credits=self.credits,
             timeout_cycles=timeout,
+            seq_start=self.seq_start,
         )
         rx = NicRx(
             max_payload_words=max_pw,
@@ -315,6 +318,7 @@ class Node(wiring.Component):
             operand_bits=fmt.total_bits,
             saturate=fmt.saturate,
             nak_holdoff_cycles=holdoff,
+            seq_start=self.seq_start,
         )
         trace_writes = [dma.trace[0], dma.trace[1], rx.trace, bulk.trace[0], bulk.trace[1]]
         errors = [dma.error[0], dma.error[1], rx.error]

@@ -5,6 +5,10 @@ This is the model backend of a training run: it builds one
 :class:`~gradsync.model.events.Simulator`, links node i's transmitter to node
 i+1 (for N = 2 the two links form the exchange pair), starts the firmware
 coroutine of every node and runs the event loop until all finish.
+
+``link_faults`` (per link, ``gradsync.spec.faults`` control values, as
+``--link-faults`` gives them) sends every packet through the cycle-by-cycle
+link layer of :mod:`gradsync.model.link` instead of the fault-free formulas.
 """
 
 from __future__ import annotations
@@ -27,21 +31,44 @@ class ClusterRun:
 
 
 class Cluster:
-    def __init__(self, nodes: int, hw: HardwareConfig, fmt: FixedPointFormat) -> None:
+    def __init__(
+        self,
+        nodes: int,
+        hw: HardwareConfig,
+        fmt: FixedPointFormat,
+        link_faults: list[dict] | None = None,
+        seq_start: int = 0,
+    ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes!r}")
         self.sim = Simulator()
         self.devices = [ModelDevice(self.sim, i, nodes, hw, fmt) for i in range(nodes)]
         for i, dev in enumerate(self.devices):
             dev.link_to = self.devices[(i + 1) % nodes]
+        if link_faults is not None:
+            if len(link_faults) != nodes:
+                raise ValueError(f"{len(link_faults)} link fault settings for {nodes} links")
+            for dev, controls in zip(self.devices, link_faults, strict=True):
+                dev.nic.attach_link_layer(controls, seq_start)
+
+    def link_counters(self) -> list[dict]:
+        """Per link: the fault and transport counters of its link layer (faulted runs)."""
+        return [d.nic.layer.counters for d in self.devices if d.nic.layer is not None]
 
     def run(
         self, programs: list[Callable[[ModelDevice], Coroutine]], max_cycles: int | None = None
     ) -> ClusterRun:
         if len(programs) != len(self.devices):
             raise ValueError(f"{len(programs)} programs for {len(self.devices)} nodes")
+        ended: list[int] = []
+
+        async def timed(coro):
+            result = await coro
+            ended.append(self.sim.now)
+            return result
+
         tasks = [
-            self.sim.spawn(f"node{i}", prog(dev))
+            self.sim.spawn(f"node{i}", timed(prog(dev)))
             for i, (prog, dev) in enumerate(zip(programs, self.devices, strict=True))
         ]
         try:
@@ -49,4 +76,8 @@ class Cluster:
         except SimulationError as exc:
             report = "; ".join(f"node {d.node_id}: {d.outstanding()}" for d in self.devices)
             raise SimulationError(f"{exc} ({report})") from None
-        return ClusterRun(self.sim, self.devices, [t.result for t in tasks], self.sim.now)
+        # a faulted link layer may step on (acknowledgements) after the last program ended;
+        # the run ends with the programs, as the RTL backend's does
+        faulted = any(d.nic.layer is not None for d in self.devices)
+        cycles = max(ended) if faulted and ended else self.sim.now
+        return ClusterRun(self.sim, self.devices, [t.result for t in tasks], cycles)

@@ -9,6 +9,11 @@ against the RX window the firmware opened (``WINn_*`` registers) and applies
 it: a plain write, or a saturating reduce-add with the window's local source.
 A window whose ``RECEIVED`` reaches its armed ``EXPECT`` sets its
 ``RX_DONE`` bit and raises Irq.RX.
+
+With link faults (:meth:`Nic.attach_link_layer`) the packets go instead
+through :class:`~gradsync.model.link.LinkLayer`, the cycle-by-cycle
+transcription of the RTL's reliable transport and its faulted link, which
+decides when the chunk has left and when each packet is applied.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 from gradsync.model import numerics as nx
 from gradsync.model.csr import register_state
 from gradsync.model.engine import Engine, NodeParts
+from gradsync.model.link import LinkLayer
 from gradsync.spec import link as lk
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
@@ -79,6 +85,9 @@ class Nic(Engine):
         self.rx_drops = 0
         self.rx_free_at = 0
         self.perf = dict.fromkeys(("tx", "tx_bytes", "tx_pkts", "rx_pkts", "rx_bytes"), 0)
+        #: The faulted transmit link (None: the fault-free formulas of ``spec.timing``).
+        self.layer: LinkLayer | None = None
+        self._ticking = False
         csr.bind_array(rm.RX_WINDOW_ARRAY, read=self._read_window, write=self._write_window)
         csr.bind("RX_DONE_LO", read=lambda: self.rx_done & M32, write=self._store_rx_done_lo)
         csr.bind("RX_DONE_HI", read=lambda: self.rx_done >> 32, write=self._store_rx_done_hi)
@@ -87,8 +96,61 @@ class Nic(Engine):
             csr.bind(name, read=lambda key=key: self.perf[key])
 
     # ------------------------------------------------------------------ TX
+    def attach_link_layer(self, controls: dict, seq_start: int = 0) -> None:
+        """Send through a faulted :class:`LinkLayer` with these fault controls (to ``peer``)."""
+        peer = self.peer
+        assert peer is not None
+
+        def deliver(cycle: int, pkt: Packet) -> None:
+            self.sim.at(cycle, lambda: peer.receive(pkt))
+
+        self.layer = LinkLayer(self.hw, controls, deliver, seq_start)
+
+    def _tick(self) -> None:
+        """Keep the link layer stepping while it has work in flight (every 3 cycles, so a
+        packet it starts applying is scheduled before its visible cycle)."""
+        layer = self.layer
+        layer.advance(self.sim.now)
+        self._ticking = not layer.quiet_now()
+        if self._ticking:
+            self.sim.at(self.sim.now + 3, self._tick)
+
+    def _words(self, pkt: Packet, payload_bytes: int) -> list[int]:
+        """The packet's link words before the CRC (H0 with sequence 0, tag, address, payload)."""
+        h0 = pkt.window | pkt.reduce << 8 | (payload_bytes // 4 - 1) << 9
+        # operands of word_bytes each, lowest address in the low bits (hw/packet.py)
+        payload = np.asarray(pkt.payload).astype(f"<i{self.wb}")
+        return [h0, pkt.tag & M32, pkt.addr & M32, *payload.view("<u4").tolist()]
+
+    def _send_faulted(self, d: rm.Descriptor, data: np.ndarray) -> int:
+        layer = self.layer
+        packets, offset_bytes = [], 0
+        for payload in lk.packet_payloads(d.length, self.hw.link):
+            words = data[offset_bytes // self.wb : (offset_bytes + payload) // self.wb]
+            pkt = Packet(self.node_id, d.window, d.tag, d.remote_addr + offset_bytes, words,
+                         bool(d.flags & rm.DescFlag.REDUCE_ADD))  # fmt: skip
+            packets.append((self._words(pkt, payload), pkt))
+            self.perf["tx_pkts"] += 1
+            self.perf["tx_bytes"] += payload
+            offset_bytes += payload
+        first, crc_sent = layer.send(self.sim.now, packets)
+        t = crc_sent + max(1, 4 // self.hw.link_bytes_per_cycle)
+        start = (rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
+        if first == self.sim.now:
+            self.trace.record(*start)
+        else:
+            self.sim.at(first, lambda: self.trace.record(*start))
+        self.perf["tx"] += t - first
+        self.sim.at(t, lambda: self.trace.record(start[0], rm.TraceEvent.END, *start[2:]))
+        if not self._ticking:
+            self._ticking = True
+            self.sim.at(layer.now + 3, self._tick)
+        return t
+
     def send(self, d: rm.Descriptor, data: np.ndarray) -> int:
         """Packetise chunk ``data`` of descriptor ``d`` from now; return the cycle it has left."""
+        if self.layer is not None:
+            return self._send_faulted(d, data)
         t = self.sim.now
         self.trace.record(rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
         offset_bytes = 0

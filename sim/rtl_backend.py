@@ -55,44 +55,11 @@ class RtlRunInfo:
 LAST_RUN = RtlRunInfo()
 
 
-#: ``--link-faults`` keys -> link control ports (``hw.link.LINK_CONTROLS``).
-FAULT_KEYS = {"corrupt": "corrupt_rate", "drop": "drop_rate", "stall": "stall_rate",
-              "stall-max": "stall_max", "seed": "seed"}
-
-
 def link_faults_from_spec(spec: str, links: int) -> list[dict]:
-    """Per-link fault controls from ``corrupt=R,drop=R,stall=R,stall-max=N,seed=S``.
+    """Per-link fault controls from a ``--link-faults`` spec (``gradsync.spec.faults``)."""
+    from gradsync.spec.faults import parse_link_faults
 
-    Rates are per 65536 (corrupt, drop: per packet; stall: per cycle, each
-    stall lasting up to ``stall-max`` cycles). Every link gets the same rates
-    and its own generator seed, ``seed + link`` (default seed 1).
-    """
-    from gradsync.hw.link import LINK_CONTROLS
-
-    values: dict[str, int] = {}
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or key not in FAULT_KEYS:
-            raise ValueError(
-                f"--link-faults takes {', '.join(k + '=N' for k in FAULT_KEYS)}, not {item!r}"
-            )
-        try:
-            value = int(text, 0)
-        except ValueError:
-            raise ValueError(f"--link-faults {key} must be an integer, not {text.strip()!r}") from None
-        port = FAULT_KEYS[key]
-        limit = (1 << LINK_CONTROLS[port]) - 1 - (links if port == "seed" else 0)
-        low = 1 if port == "seed" else 0
-        if not low <= value <= limit:
-            raise ValueError(f"--link-faults {key} must be in {low}..{limit}, not {value}")
-        values[port] = value
-    if not values:
-        raise ValueError("--link-faults needs at least one of corrupt=, drop=, stall=")
-    if values.get("stall_rate") and not values.get("stall_max"):
-        values["stall_max"] = 16
-    seed = values.pop("seed", 1)
-    return [dict(values, seed=seed + i) for i in range(links)]
+    return parse_link_faults(spec, links)
 
 
 def build_cluster(cfg: TrainConfig, waves: str | None = None):

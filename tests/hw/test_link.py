@@ -3,11 +3,13 @@
 
 import re
 
+import numpy as np
 import pytest
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from gradsync.hw.link import LINK_CONTROLS, LINK_COUNTERS, Link
+from gradsync.spec.faults import LinkReference
 
 
 def _packets(n, words, seed=0):
@@ -212,3 +214,131 @@ def test_a_seed_loaded_during_reset_sets_the_fault_sequence():
     assert runs[0] == runs[4], "the same seed must give the same fault sequence"
     distinct = {tuple(d) for d in runs[:4]}
     assert len(distinct) == 4, "different seeds (links) gave the same fault sequence"
+
+
+# ---------------------------------------------------------------- against the spec's process
+
+
+def _traffic(rng, packets: int, max_payload: int = 12):
+    """Random packets with a valid H0 length field: lists of (data, last) per packet."""
+    from gradsync.hw.packet import header0
+
+    out = []
+    for _ in range(packets):
+        pw = int(rng.integers(1, max_payload + 1))
+        words = [header0(1, 0, pw, int(rng.integers(0, 1 << 16)))]
+        words += [int(x) for x in rng.integers(0, 1 << 32, size=2 + pw + 1, dtype=np.uint64)]
+        out.append([(w, int(i == len(words) - 1)) for i, w in enumerate(words)])
+    return out
+
+
+def _against_reference(controls: dict, *, latency=3, bpc=4, packets=120, seed=1, cycles=None):
+    """Run the Amaranth Link and ``spec.faults.LinkReference`` on the same random traffic
+    (packets with idle cycles between words, an acknowledge message every few cycles);
+    return the per-cycle (ready, rx beat, ack) of each and both sets of counters."""
+    rng = np.random.default_rng(seed)
+    beats = [b for p in _traffic(rng, packets) for b in p]
+    total = cycles or len(beats) * 3 + 300
+    idle = rng.random(total) < 0.1
+    acks = rng.integers(0, 1 << 41, size=total, dtype=np.uint64)
+    ref = LinkReference(latency, bpc, controls)
+    link = Link(latency, bpc)
+    seen = {"rtl": [], "ref": []}
+    counters = {}
+
+    async def drive(ctx):
+        for name, value in controls.items():
+            ctx.set(getattr(link, name), value)
+        ctx.set(link.seed_load, 1)
+        await ctx.tick()
+        ctx.set(link.seed_load, 0)
+        i = 0
+        for cycle in range(total):
+            offer = i < len(beats) and not idle[cycle]
+            data, last = beats[i] if offer else (0, 0)
+            ack = int(acks[cycle]) if cycle % 5 == 2 else None
+            ctx.set(link.tx.valid, int(offer))
+            ctx.set(link.tx.p.data, data)
+            ctx.set(link.tx.p.last, last)
+            ctx.set(link.ack_tx.valid, int(ack is not None))
+            ctx.set(link.ack_tx.p.as_value(), ack or 0)
+            r_ready = ref.ready()
+            taken, beat, ack_out = ref.cycle(offer, data, bool(last), ack)
+            _, _, ready, rv, rd, rl, av, ap = await ctx.tick().sample(
+                link.tx.ready,
+                link.rx.valid,
+                link.rx.p.data,
+                link.rx.p.last,
+                link.ack_rx.valid,
+                link.ack_rx.p.as_value(),
+            )
+            seen["rtl"].append((bool(ready), (rd, bool(rl)) if rv else None, ap if av else None))
+            seen["ref"].append((r_ready, beat, ack_out))
+            i += bool(taken)
+        counters["rtl"] = {c: ctx.get(getattr(link, c)) for c in LINK_COUNTERS}
+
+    sim = Simulator(link)
+    sim.add_clock(1e-8)
+    sim.add_testbench(drive)
+    sim.run()
+    counters["ref"] = dict(ref.counters)
+    return seen, counters
+
+
+#: One configuration per fault kind (rates per 65536) and the counter it must move.
+KINDS = {
+    "drop+corrupt": ({"drop_rate": 9000, "corrupt_rate": 12000}, ("dropped", "corrupted")),
+    "stall": ({"stall_rate": 3000, "stall_max": 20}, ("stalls",)),
+    "burst": ({"burst_rate": 20000, "burst_len": 13}, ("corrupted",)),
+    "burst32": ({"burst_rate": 20000, "burst_len": 32}, ("corrupted",)),
+    "frame": ({"frame_rate": 15000}, ("framed",)),
+    "ack": ({"ack_drop_rate": 15000, "ack_corrupt_rate": 20000}, ("acks_dropped", "acks_corrupted")),
+    "down-fixed": ({"down_at": 300, "down_len": 120}, ("down_cycles",)),
+    "down-random": ({"down_rate": 200, "down_mean": 40}, ("downs", "down_cycles")),
+    "all": (
+        {"drop_rate": 3000, "corrupt_rate": 3000, "stall_rate": 1000, "stall_max": 9,
+         "burst_rate": 4000, "burst_len": 5, "frame_rate": 3000, "ack_drop_rate": 4000,
+         "ack_corrupt_rate": 4000, "down_rate": 100, "down_mean": 20},
+        ("dropped", "corrupted", "stalls", "framed", "acks_dropped", "downs"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("latency, bpc", [(3, 4), (0, 2)])
+def test_link_injects_exactly_the_reference_faults(kind, latency, bpc):
+    """Cycle by cycle the Amaranth link equals ``gradsync.spec.faults.LinkReference``: the same
+    ready, the same words (data and framing) and acknowledge messages arriving, the same counts."""
+    controls, moved = KINDS[kind]
+    seen, counters = _against_reference(dict(controls, seed=0xBEEF), latency=latency, bpc=bpc)
+    for cycle, (got, want) in enumerate(zip(seen["rtl"], seen["ref"], strict=True)):
+        assert got == want, f"cycle {cycle}: RTL {got} != reference {want}"
+    assert counters["rtl"] == counters["ref"]
+    assert all(counters["rtl"][c] > 0 for c in moved), counters["rtl"]
+
+
+def test_burst_and_frame_faults_reach_every_part_of_a_packet():
+    """Bursts hit the header, later payload words and the CRC word; framing faults truncate
+    packets and merge them with the next, as the spec's positions say."""
+    from gradsync.spec import faults as fs
+
+    ref = LinkReference(0, 4, {"burst_rate": 30000, "burst_len": 8, "frame_rate": 30000, "seed": 5})
+    rng = np.random.default_rng(2)
+    hit_words, frame_words = set(), set()
+    for packet in _traffic(rng, 400):
+        n = fs.packet_words(packet[0][0])
+        for w, (data, last) in enumerate(packet):
+            _, beat, _ = ref.cycle(True, data, bool(last), None)
+            if beat[0] != data:
+                hit_words.add("header" if w < 3 else "crc" if w == n - 1 else f"payload{w - 3}")
+            if beat[1] != bool(last):
+                frame_words.add("merge" if last else "truncate")
+    assert {"header", "crc", "payload5"} <= hit_words, hit_words
+    assert frame_words == {"merge", "truncate"}
+
+
+def test_a_seed_gives_one_sequence_and_seeds_differ():
+    """The same seed replays the same faults (a restart reloads it); other seeds do not."""
+    kind = {"drop_rate": 20000, "corrupt_rate": 20000}
+    runs = [_against_reference(dict(kind, seed=s), packets=60)[0]["rtl"] for s in (3, 3, 77777)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]

@@ -58,6 +58,57 @@ def test_corrupted_and_dropped_packets_are_resent_and_applied_once():
     run_sim(dut, bench)
 
 
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"burst_rate": 0xFFFF, "burst_len": 9, "frame_rate": 0x8000},
+        {"ack_drop_rate": 0xC000, "ack_corrupt_rate": 0xFFFF, "drop_rate": 0x4000},
+        {"down_at": 0, "down_len": 500},
+    ],
+    ids=["burst+frame", "ack-sideband", "down"],
+)
+def test_sequence_numbers_wrap_under_every_fault_kind(faults):
+    """Sequence numbers from 0xFFFE wrap inside one chunk; bursts anywhere, framing faults,
+    a faulted acknowledge sideband (corrupted messages must be ignored: a flipped ``exp``
+    or ``limit`` taken at face value would lose or overrun packets) and an outage are all
+    recovered: each packet applied once, the data bit for bit."""
+    dut = small_cluster(seq_start=0xFFFE)
+
+    async def bench(ctx):
+        h = Host(ctx, dut)
+        await h.load(0, GB, [((i + 1) & 0x7FFF) * 0x00010001 for i in range(256)])
+        await h.load(1, GB + 0x400, [0x0003_0003] * 256)
+        await h.window(1, 1, GB + 0x400, GB + 0x400, 1024, 0x55)
+        for name, value in faults.items():
+            ctx.set(getattr(dut, f"l0_{name}"), value)
+            ctx.set(getattr(dut, f"l1_{name}"), value)
+        ctx.set(dut.l0_seed_load, 1)
+        await ctx.tick()
+        ctx.set(dut.l0_seed_load, 0)
+        desc = rm.Descriptor(
+            src_addr=GB, length=1024, peer=1, remote_addr=GB + 0x400, window=1, tag=0x55,
+            flags=rm.DescFlag.REDUCE_ADD,
+        )  # fmt: skip
+        await h.send(0, desc)
+        for _ in range(600):
+            await ctx.tick()
+        for name in faults:
+            ctx.set(getattr(dut, f"l0_{name}"), 0)
+            ctx.set(getattr(dut, f"l1_{name}"), 0)
+        for _ in range(4000):
+            await ctx.tick()
+        assert ctx.get(dut.n1_rx_packets) == ctx.get(dut.n0_tx_packets) == 4
+        assert ctx.get(dut.n0_tx_retransmits) > 0
+        faulted = sum(ctx.get(getattr(dut, f"l0_{c}")) for c in
+                      ("corrupted", "framed", "acks_corrupted", "down_cycles"))  # fmt: skip
+        assert faulted > 0
+        for i, got in enumerate(await h.dump(1, GB + 0x400, 256)):
+            v = ((i + 1) & 0x7FFF) + 3
+            assert got == v * 0x00010001, f"word {i}: {got:#x}"
+
+    run_sim(dut, bench)
+
+
 @pytest.mark.parametrize("kind", ["closed", "tag", "below", "above"])
 def test_packet_outside_the_open_window_is_dropped_counted_and_writes_nothing(kind):
     dut = small_cluster()
@@ -225,6 +276,7 @@ _REGIONS = (
     [
         (NicTx, {"max_payload_words": 0}, "max_payload_words must be in 1..128, not 0"),
         (NicTx, {"window_packets": 12}, "window_packets must be a power of 2 in 1..16384, not 12"),
+        (NicTx, {"seq_start": 70000}, "seq_start must be in 0..65535, not 70000"),
         (NicTx, {"credits": 0}, "credits must be in 1..32767, not 0"),
         (NicTx, {"timeout_cycles": 0}, "timeout_cycles must be >= 1, not 0"),
         (NicRx, {"windows": 65}, "windows must be in 1..64, not 65"),
@@ -266,3 +318,44 @@ def test_allreduce_with_link_faults_four_node_ring(tmp_path):
     from tests.hw.comm_builds import run
 
     run(4, "allreduce_with_faults", tmp_path, seed=11, words=2048, repeats=8)
+
+
+@pytest.mark.parametrize("chk_ok", [True, False])
+def test_acknowledgement_with_a_bad_check_byte_is_ignored(chk_ok):
+    """A message corrupted on the sideband fails ``spec.faults.ack_check`` and counts for
+    nothing: the packet stays unacknowledged and times out.  A good one acknowledges it."""
+    from amaranth.sim import Simulator
+
+    from gradsync.spec.faults import ack_check
+
+    tx = NicTx(max_payload_words=4, window_packets=4, credits=4, timeout_cycles=40)
+    out = {}
+
+    async def bench(ctx):
+        ctx.set(tx.link.ready, 1)
+        words = [header0(1, 0, 1), 0x55, 0x100, 0x1234]
+        for i, w in enumerate(words):
+            ctx.set(tx.pkt.valid, 1)
+            ctx.set(tx.pkt.p.data, w)
+            ctx.set(tx.pkt.p.last, i == len(words) - 1)
+            await ctx.tick()
+        ctx.set(tx.pkt.valid, 0)
+        for _ in range(5):
+            await ctx.tick()
+        chk = ack_check(1, 5, 0) ^ (0 if chk_ok else 0x10)
+        ctx.set(tx.ack.valid, 1)
+        ctx.set(tx.ack.p.as_value(), 1 | 5 << 16 | chk << 33)
+        await ctx.tick()
+        ctx.set(tx.ack.valid, 0)
+        for _ in range(100):
+            await ctx.tick()
+        out.update(timeouts=ctx.get(tx.timeouts), resent=ctx.get(tx.retransmits))
+
+    sim = Simulator(tx)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    if chk_ok:
+        assert out == {"timeouts": 0, "resent": 0}
+    else:
+        assert out["timeouts"] >= 1 and out["resent"] >= 1

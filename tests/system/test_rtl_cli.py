@@ -111,7 +111,7 @@ def test_link_faults_from_the_cli_are_recovered_and_checked(runs, tmp_path, caps
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "check OK against the golden model" in text
-    assert "(not checked: link faults were injected)" in text
+    assert "0 cycle differences" in text  # the model injects the same faults
     record = json.loads((out / "results.json").read_text())["rtl"]
     assert record["link_faults"] == [
         {"corrupt_rate": 6000, "drop_rate": 6000, "seed": 11},

@@ -324,10 +324,17 @@ def test_compare_prints_a_row_per_schedule(capsys):
         ("seed=0", "--link-faults seed must be in 1..4294967293, not 0"),
         (
             "flip=3",
-            "--link-faults takes corrupt=N, drop=N, stall=N, stall-max=N, seed=N, not 'flip=3'",
+            "--link-faults takes corrupt=N, drop=N, stall=N, stall-max=N, burst=N, burst-len=N, "
+            "frame=N, ack-drop=N, ack-corrupt=N, down-rate=N, down-mean=N, down-at=N, "
+            "down-len=N, seed=N, not 'flip=3'",
         ),
         ("drop=lots", "--link-faults drop must be an integer, not 'lots'"),
-        (",", "--link-faults needs at least one of corrupt=, drop=, stall="),
+        (
+            ",",
+            "--link-faults needs at least one of corrupt=, drop=, stall=, burst=, frame=, "
+            "ack-drop=, ack-corrupt=, down-rate=, down-len=",
+        ),
+        ("3:drop=5", "--link-faults link 3 does not exist: links are 0..1"),
     ],
 )
 def test_bad_link_fault_specs_are_refused_with_one_message(spec, text, capsys, monkeypatch):
@@ -339,14 +346,18 @@ def test_bad_link_fault_specs_are_refused_with_one_message(spec, text, capsys, m
     assert code == 2 and err.strip() == f"gradsync train: {text}"
 
 
-def test_link_faults_need_the_rtl_backend(capsys):
-    code = main(["train", "--backend", "model", "--steps", "1", "--link-faults", "drop=5"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert (
-        err
-        == "gradsync train: --link-faults needs --backend rtl: the golden model's links are ideal"
-    )
+def _cycles_per_step(text: str) -> float:
+    return float(text.split(" cycles/step")[0].rsplit(" ", 1)[1])
+
+
+def test_link_faults_run_on_the_model_backend_and_cost_cycles(capsys):
+    """Issue 15: the model backend injects the RTL's fault process (it was refused before)."""
+    argv = ["train", "--backend", "model", "--steps", "1", "--no-baselines"]
+    assert main(argv) == 0
+    clean = _cycles_per_step(capsys.readouterr().out)
+    assert main([*argv, "--link-faults", "drop=6000;0:down-at=500,down-len=4000"]) == 0
+    faulty = _cycles_per_step(capsys.readouterr().out)
+    assert faulty > clean + 4000
 
 
 def test_link_fault_spec_gives_every_link_its_own_seed():

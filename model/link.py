@@ -1,0 +1,324 @@
+"""A faulted link of the golden model, cycle by cycle: transmitter, link, receiver front end.
+
+``DESIGN.md`` ("NIC + links"): with ``--link-faults`` the model does not time
+packets with ``gradsync.spec.timing``'s formulas but steps, per link and per
+cycle, a transcription of the RTL's link layer -- ``hw/nic.py``'s ``NicTx``
+(sequence numbers, replay buffer, go-back-N on NAK or timeout, credits),
+``gradsync.spec.faults.LinkReference`` (the link and its fault process, the
+same generator and decisions as ``hw/link.py``), ``hw/nic_rx.py``'s
+``RxFrontEnd`` (CRC and sequence check, ACK/NAK/credit, repeats) and the
+timing of its ``RxApplier`` -- so a faulted run is cycle-exact with the RTL.
+The model's :class:`~gradsync.model.nic.Nic` hands it a chunk's packets and
+learns when the chunk has left; the receiving Nic's ``receive`` is called in
+the cycle each packet's effects become visible.
+
+Cycle ``t`` here is the cycle counter's value: the process restarts at
+cycle 0 (the RTL backend loads the seeds during reset).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradsync.spec import faults as fs
+from gradsync.spec.link import nic_timeouts
+
+M16 = 0xFFFF
+HEADER_WORDS = 3
+#: The RTL node's NIC parameters (``hw/node.py``'s ``NIC_WINDOW_PACKETS``, ``NIC_CREDITS``).
+WINDOW_PACKETS = 16
+CREDITS = 16
+
+
+def crc32_words(words: list[int]) -> int:
+    """The packet CRC (``hw/packet.py``: CRC-32 Ethernet over 32-bit words, LSB first)."""
+    return zlib.crc32(np.asarray(words, dtype="<u4").tobytes())
+
+
+@dataclass
+class _TxPacket:
+    words: list[int]  #: H0 (with sequence number) .. last payload word
+    crc: int
+    item: object  #: what the receiver's ``receive`` gets
+    payload_words: int
+
+
+class LinkLayer:
+    """Link ``i``: node ``i``'s NicTx, the link, node ``i + 1``'s RxFrontEnd and applier timing.
+
+    Parameters
+    ----------
+    hw:
+        The node and link configuration (``HardwareConfig``).
+    controls:
+        The link's fault controls (``gradsync.spec.faults.CONTROLS``).
+    deliver:
+        ``deliver(cycle, item)`` -- a packet's effects become visible in ``cycle``.
+    seq_start:
+        First sequence number (``hw/nic.py``'s ``seq_start``).
+    """
+
+    def __init__(
+        self, hw, controls: dict, deliver: Callable[[int, object], None], seq_start: int = 0
+    ):
+        lk = hw.link
+        if hw.link_latency_cycles < 1:
+            raise ValueError("a faulted model link needs link_latency_cycles >= 1")
+        self.link = fs.LinkReference(hw.link_latency_cycles, hw.link_bytes_per_cycle, controls)
+        self.deliver = deliver
+        self.period = 4 // hw.link_bytes_per_cycle
+        self.max_pw = hw.max_payload_bytes // 4
+        self.timeout, self.holdoff = nic_timeouts(lk)
+        self.now = 0  #: next cycle to simulate
+        # ---- NicTx
+        self.seq_next = self.una = seq_start
+        self.limit = (seq_start + CREDITS) & M16
+        self.resend_pending = False
+        self.state = "IDLE"
+        self.rs = 0
+        self.ridx = 0
+        self.widx = 0
+        self.timer = 0
+        self.replay: dict[int, _TxPacket] = {}
+        self.resent_across_wrap = 0  #: resends of 0xFFFF that went on with 0 (tests)
+        self.tx_counters = dict.fromkeys(("packets_sent", "retransmits", "timeouts", "naks"), 0)
+        # ---- the DMA's offer: packets of the chunk being sent, word index in the first
+        self.offer: deque[_TxPacket] = deque()
+        self.offer_wi = 0
+        self.first_fire: int | None = None
+        self.crc_sent_last: int | None = None
+        # ---- RxFrontEnd
+        self.exp = self.applied = seq_start
+        self.rx_widx = 0
+        self.rx_h0 = 0
+        self.rx_words: list[int] = []
+        self.nak_sent = self.nak_pending = self.dirty = False
+        self.nak_holdoff = 0
+        self.quiet = 0
+        self.queue: deque[_TxPacket] = deque()  # committed, not yet taken by the applier
+        self.rx_counters = dict.fromkeys(("crc_errors", "seq_errors", "duplicates"), 0)
+        # ---- RxApplier: the cycle of the LAST state of the packet being applied
+        self.apply_last = -1
+
+    # ------------------------------------------------------------------ interface
+    def send(self, t0: int, packets: list[tuple[list[int], object]]) -> tuple[int, int]:
+        """The DMA offers a chunk from cycle ``t0``: ``packets`` are (words H0..payload, item)
+        with H0's sequence field 0.  Returns (cycle of the first word's transfer, cycle the
+        last packet's CRC word was taken)."""
+        if t0 < self.now:
+            raise RuntimeError(f"link layer at cycle {self.now} asked to send from {t0}")
+        self.advance(t0)
+        for words, item in packets:
+            self.offer.append(_TxPacket(list(words), 0, item, len(words) - HEADER_WORDS))
+        self.offer_wi = 0
+        self.first_fire = self.crc_sent_last = None
+        while self.crc_sent_last is None:
+            self._cycle()
+        return self.first_fire, self.crc_sent_last
+
+    def advance(self, t: int) -> None:
+        """Simulate the cycles before ``t`` (nothing offered by the DMA)."""
+        while self.now < t:
+            self._cycle()
+
+    def quiet_now(self) -> bool:
+        """Nothing in flight or pending that could change the link's state but the fault
+        process itself (a repeated acknowledgement changes nothing)."""
+        return (
+            self.state == "IDLE"
+            and not self.offer
+            and self.una == self.seq_next
+            and not self.resend_pending
+            and not self.queue
+            and self.apply_last < self.now
+            and not (self.nak_sent or self.nak_pending)
+            and self.rx_widx == 0
+            and all(b is None for b in self.link.line)
+            and self.limit == (self.applied + CREDITS) & M16
+        )
+
+    @property
+    def counters(self) -> dict:
+        return {**self.link.counters, **self.tx_counters, **self.rx_counters}
+
+    # ------------------------------------------------------------------ one cycle
+    def _tx_outputs(self):
+        """NicTx's link outputs in this cycle: (valid, data, last, kind)."""
+        st = self.state
+        if st == "IDLE":
+            if self.resend_pending:
+                return False, 0, False, "resend"
+            outstanding = (self.seq_next - self.una) & M16
+            credit_ok = (self.seq_next - self.limit) & 0x8000
+            if self.offer and outstanding < WINDOW_PACKETS and credit_ok:
+                return True, self.offer[0].words[0] | self.seq_next << 16, False, "new0"
+            return False, 0, False, None
+        if st == "NEW":
+            return True, self.offer[0].words[self.offer_wi], False, "new"
+        if st == "NEW_CRC":
+            return True, self.cur_crc, True, "newcrc"
+        pkt = self.replay[self.rs]
+        if st == "RESEND":
+            return True, pkt.words[self.ridx], False, "resend_word"
+        return True, pkt.crc, True, "resendcrc"
+
+    def _rx_ack(self):
+        if self.dirty or self.nak_pending:
+            return fs.ack_pack(self.exp, (self.applied + CREDITS) & M16, int(self.nak_pending))
+        return None
+
+    def _cycle(self) -> None:
+        t = self.now
+        valid, data, last, kind = self._tx_outputs()
+        ack = self._rx_ack()
+        fire, beat, ack_in = self.link.cycle(valid, data, last, ack)
+        resending = self.state in ("RESEND", "RESEND_CRC")
+        outstanding = (self.seq_next - self.una) & M16
+        # the timer sees the registers of this cycle, before the FSM and the ack update them
+        nothing_out = outstanding == 0
+        self._tx_fsm(t, kind, fire, data)
+        advanced = self._tx_ack(ack_in, outstanding, resending)
+        self._tx_timer(nothing_out or advanced or resending)
+        self._rx(t, ack is not None, beat)
+        self.now = t + 1
+
+    def _tx_fsm(self, t: int, kind, fire: bool, data: int) -> None:
+        st = self.state
+        if st == "IDLE":
+            if kind == "resend":
+                self.resend_pending = False
+                if self.una != self.seq_next:
+                    self.rs, self.ridx, self.state = self.una, 0, "RESEND"
+            elif kind == "new0" and fire:
+                pkt = self.offer[0]
+                pkt.words[0] = data
+                self.crc_words = [data]
+                self.offer_wi = 1
+                if self.first_fire is None:
+                    self.first_fire = t
+                self.state = "NEW"
+        elif st == "NEW":
+            if fire:
+                self.crc_words.append(data)
+                self.offer_wi += 1
+                if self.offer_wi == len(self.offer[0].words):
+                    self.cur_crc = crc32_words(self.crc_words)
+                    self.state = "NEW_CRC"
+        elif st == "NEW_CRC":
+            if fire:
+                pkt = self.offer.popleft()
+                pkt.crc = self.cur_crc
+                self.replay[self.seq_next] = pkt
+                self.replay.pop((self.seq_next - WINDOW_PACKETS) & M16, None)
+                self.seq_next = (self.seq_next + 1) & M16
+                self.tx_counters["packets_sent"] += 1
+                self.offer_wi = 0
+                self.state = "IDLE"
+                if not self.offer:
+                    self.crc_sent_last = t
+        elif st == "RESEND":
+            if fire:
+                self.ridx += 1
+                if self.ridx == len(self.replay[self.rs].words):
+                    self.state = "RESEND_CRC"
+        elif fire:  # RESEND_CRC
+            self.tx_counters["retransmits"] += 1
+            self.resent_across_wrap += self.rs == M16 and self.seq_next != 0
+            self.rs = (self.rs + 1) & M16
+            self.ridx = 0
+            self.state = "IDLE" if self.rs == self.seq_next else "RESEND"
+
+    def _tx_ack(self, msg, outstanding: int, resending: bool) -> bool:
+        if msg is None or not fs.ack_valid(msg):
+            return False
+        exp, limit, nak = msg & M16, msg >> 16 & M16, msg >> 32 & 1
+        advanced = False
+        d = (exp - self.una) & M16
+        if d <= outstanding and d != 0:
+            self.una = exp
+            advanced = True
+            if (self.exp - exp) & 0x8000:  # a scoreboard, not the RTL: never fires if correct
+                raise RuntimeError(f"link: sender freed {exp:#x} the receiver never got")
+        self.limit = limit
+        if nak and not resending:
+            self.resend_pending = True
+            self.tx_counters["naks"] += 1
+        return advanced
+
+    def _tx_timer(self, restart: bool) -> None:
+        if restart:
+            self.timer = 0
+        elif self.timer == self.timeout - 1:
+            self.timer = 0
+            self.resend_pending = True
+            self.tx_counters["timeouts"] += 1
+        else:
+            self.timer += 1
+
+    def _rx(self, t: int, ack_sent: bool, beat) -> None:
+        """RxFrontEnd and the applier's timing, at the clock edge ending cycle ``t``."""
+        if ack_sent:
+            self.nak_pending = False
+        self.dirty = False
+        if ack_sent:
+            self.quiet = 0
+        elif self.quiet == self.holdoff:
+            self.quiet, self.dirty = 0, True
+        else:
+            self.quiet += 1
+        if self.nak_sent:
+            if self.nak_holdoff == self.holdoff:
+                self.nak_sent = False
+            else:
+                self.nak_holdoff += 1
+        # the applier sees the queue as it stands in cycle t (a packet committed at this
+        # edge is valid from t + 1): it frees the head in its LAST cycle, or takes it when idle
+        if self.apply_last == t:
+            self.queue.popleft()
+            self.applied = (self.applied + 1) & M16
+            self.dirty = True
+        elif self.apply_last < t and self.queue:
+            pkt = self.queue[0]
+            self.apply_last = t + 2 + pkt.payload_words
+            self.deliver(self.apply_last + 1, pkt.item)
+        if beat is not None:
+            self._arrival(*beat)
+
+    def _arrival(self, data: int, last: bool) -> None:
+        if not last:
+            if self.rx_widx == 0:
+                self.rx_h0 = data
+                self.rx_words = [data]
+            else:
+                self.rx_words.append(data)
+            if self.rx_widx != 255:
+                self.rx_widx += 1
+            return
+        pw_in = (self.rx_h0 >> 9 & 0x7F) + 1
+        good = (
+            crc32_words(self.rx_words) == data
+            and self.rx_widx == HEADER_WORDS + pw_in
+            and pw_in <= self.max_pw
+        )
+        self.rx_widx = 0
+        seq = self.rx_h0 >> 16
+        if good and seq == self.exp:
+            if len(self.queue) >= CREDITS + 1:
+                raise RuntimeError("link: receiver buffer overrun (credits broken)")
+            self.queue.append(self.replay[seq])
+            self.exp = (self.exp + 1) & M16
+            self.dirty = True
+            self.nak_sent = False
+        elif good and (seq - self.exp) & 0x8000:
+            self.rx_counters["duplicates"] += 1
+            self.dirty = True
+        else:
+            self.rx_counters["seq_errors" if good else "crc_errors"] += 1
+            if not self.nak_sent:
+                self.nak_sent = self.nak_pending = True
+                self.nak_holdoff = 0
