@@ -17,6 +17,7 @@ from gradsync.firmware.training import NodeFirmware, NodeJob, Observer
 from gradsync.model.cluster import Cluster
 from gradsync.model.device import ModelDevice
 from gradsync.model.events import SimulationError
+from gradsync.model.link import LinkStalled
 from gradsync.spec import regmap as rm
 from gradsync.watchdog import (
     NodeProgress,
@@ -141,8 +142,17 @@ def run_watched(
                 raise WatchdogError(_report(dog, sim.now, cluster, devices, firmware))
 
         sim.watch(dog.period, check)
+        for dev in cluster.devices:  # a faulted link steps cycles inside one send: bound it too
+            if dev.nic.layer is not None:
+                dev.nic.layer.stall_limit = bound
     try:
         return cluster.run(wrapped, max_cycles)
+    except LinkStalled as exc:
+        since, cycle = next(d.nic.layer.stalled for d in cluster.devices if d.nic.layer.stalled)
+        dog.sample(cycle, [_progress(c) for c in devices])
+        dog.since = since  # the link stepped these cycles inside one send
+        report = _report(dog, cycle, cluster, devices, firmware)
+        raise WatchdogError(f"{report} [{str(exc).split(' (node 0: ')[0]}]") from None
     except SimulationError as exc:
         if bound is None or not str(exc).startswith("deadlock at cycle"):
             raise  # a failed task, a spent budget

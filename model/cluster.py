@@ -75,7 +75,7 @@ class Cluster:
             self.sim.run(max_cycles)
         except SimulationError as exc:
             report = "; ".join(f"node {d.node_id}: {d.outstanding()}" for d in self.devices)
-            raise SimulationError(f"{exc} ({report})") from None
+            raise type(exc)(f"{exc} ({report})") from None
         # a faulted link layer may step on (acknowledgements) after the last program ended;
         # the run ends with the programs, as the RTL backend's does
         faulted = any(d.nic.layer is not None for d in self.devices)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradsync.model.events import SimulationError
 from gradsync.spec import faults as fs
 from gradsync.spec.link import nic_timeouts
 
@@ -46,6 +47,11 @@ class _TxPacket:
     crc: int
     item: object  #: what the receiver's ``receive`` gets
     payload_words: int
+
+
+class LinkStalled(SimulationError):
+    """A send made no progress (no packet accepted, none acknowledged) for ``stall_limit``
+    cycles: the link lost everything, or the receiver never frees a credit."""
 
 
 class LinkLayer:
@@ -75,6 +81,11 @@ class LinkLayer:
         self.max_pw = hw.max_payload_bytes // 4
         self.timeout, self.holdoff = nic_timeouts(lk)
         self.now = 0  #: next cycle to simulate
+        #: the watchdog's bound: a send stuck this long raises :class:`LinkStalled` (None: never)
+        self.stall_limit: int | None = None
+        self.last_progress = 0  #: last cycle a new packet started or an ack freed one
+        self.name = "link"  #: how errors name it (the NIC sets ``link I (...)``)
+        self.stalled: tuple[int, int] | None = None  #: (last progress, cycle) of a stall
         # ---- NicTx
         self.seq_next = self.una = seq_start
         self.limit = (seq_start + CREDITS) & M16
@@ -117,8 +128,16 @@ class LinkLayer:
             self.offer.append(_TxPacket(list(words), 0, item, len(words) - HEADER_WORDS))
         self.offer_wi = 0
         self.first_fire = self.crc_sent_last = None
+        self.last_progress = max(self.last_progress, t0)
         while self.crc_sent_last is None:
             self._cycle()
+            if self.stall_limit is not None and self.now - self.last_progress > self.stall_limit:
+                self.stalled = (self.last_progress, self.now)
+                raise LinkStalled(
+                    f"{self.name}: no progress for {self.now - self.last_progress} cycles at cycle {self.now}: "
+                    f"{(self.seq_next - self.una) & M16} packet(s) unacknowledged, "
+                    f"{len(self.offer)} waiting; counters {self.counters}"
+                )
         return self.first_fire, self.crc_sent_last
 
     def advance(self, t: int) -> None:
@@ -195,6 +214,7 @@ class LinkLayer:
                 if self.una != self.seq_next:
                     self.rs, self.ridx, self.state = self.una, 0, "RESEND"
             elif kind == "new0" and fire:
+                self.last_progress = t
                 pkt = self.offer[0]
                 pkt.words[0] = data
                 self.crc_words = [data]
@@ -242,6 +262,7 @@ class LinkLayer:
         if d <= outstanding and d != 0:
             self.una = exp
             advanced = True
+            self.last_progress = self.now
             if (self.exp - exp) & 0x8000:  # a scoreboard, not the RTL: never fires if correct
                 raise RuntimeError(f"link: sender freed {exp:#x} the receiver never got")
         self.limit = limit

@@ -105,6 +105,7 @@ class Nic(Engine):
             self.sim.at(cycle, lambda: peer.receive(pkt))
 
         self.layer = LinkLayer(self.hw, controls, deliver, seq_start)
+        self.layer.name = f"link {self.node_id} (node {self.node_id} nic.tx -> next node's nic.rx)"
 
     def _tick(self) -> None:
         """Keep the link layer stepping while it has work in flight (every 3 cycles, so a

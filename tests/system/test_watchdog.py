@@ -144,6 +144,24 @@ def test_cli_hang_is_one_sentence_exit_1_and_a_failed_record(tmp_path, capsys, m
     assert res["status"] == "failed" and res["error"].startswith("WatchdogError: watchdog: ")
 
 
+def test_model_link_that_drops_everything_stops_instead_of_stepping_forever(tmp_path, capsys):
+    """--link-faults on the model: the faulted link steps cycles inside one send, where the
+    event loop's watchdog never runs; the send is bounded by the same watchdog bound."""
+    from gradsync.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "model", "--steps", "1", "--link-faults", "drop=65535"]
+    assert main([*argv, "--no-baselines", "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gradsync train: watchdog: no progress for ") and "\n" not in err
+    bound = int(re.search(r"bound (\d+)", err)[1])
+    stuck = int(re.search(r"no progress for (\d+) cycles", err)[1])
+    assert bound < stuck <= bound + 1
+    assert "[link 0 (node 0 nic.tx -> next node's nic.rx): no progress for" in err
+    assert "'dropped': " in err and "'retransmits': " in err
+    assert json.loads((out / "results.json").read_text())["status"] == "failed"
+
+
 @pytest.mark.rtl
 @pytest.mark.slow
 def test_rtl_held_down_link_stops_naming_link_0_and_the_counters():
