@@ -58,6 +58,7 @@ that holds a rising edge not yet evaluated.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -129,17 +130,66 @@ class BusLatency:
             )
 
 
+class Recorder:
+    """Every port write and read of the lean drivers, with its time, for a replay without cocotb.
+
+    Set :data:`RECORDER` to one to record (``sim/bench_cocotb.py``); :meth:`write` saves the
+    events as ``sim/bench_main.cpp`` reads them.  Reads in a rising edge's own time step are
+    left out (cocotb sees them after the step's evaluation, the replay before it).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, str, int, int]] = []  # (time step, port, 0 put/1 get, value)
+        self.period = self.rise = 0
+
+    def clock(self, latency: BusLatency) -> None:
+        """Learn the clock (from a calibration) so that edge-step reads can be left out."""
+        self.period, self.rise = latency.period_steps, latency.rise_steps
+
+    def add(self, handle, kind: int, value: int) -> None:
+        from cocotb.utils import get_sim_time
+
+        t = get_sim_time("step")
+        if kind and (not self.period or (t - self.rise) % self.period == 0):
+            return
+        self.events.append((t, handle._name, kind, value))
+
+    def write(self, path, ports: list[str]) -> int:
+        """Write the events of ``ports`` (their index in that list) to ``path``; returns the count."""
+        index = {name: i for i, name in enumerate(ports)}
+        lines = [f"{t} {index[n]} {k} {v:x}" for t, n, k, v in self.events if n in index]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return len(lines)
+
+
+#: The recorder the lean drivers report to, or None (the normal case: no cost but a test).
+RECORDER: Recorder | None = None
+
+
 def _get(handle) -> int:
     """A port's value as an unsigned int (the raw simulator read; ``.value`` builds a
     ``LogicArray`` first, several times slower, and this runs once per device call)."""
-    return int(handle._handle.get_signal_val_binstr(), 2)
+    value = int(handle._handle.get_signal_val_binstr(), 2)
+    if RECORDER is not None:
+        RECORDER.add(handle, 1, value)
+    return value
+
+
+#: GPI action of a write without delay (``cocotb.handle.Immediate``'s): seen by the next evaluation.
+_NO_DELAY = 3
 
 
 def _put(handle, value: int) -> None:
-    """Deposit ``value`` on an input port now (``Immediate``: seen by the next evaluation)."""
-    from cocotb.handle import Immediate
-
-    handle.value = Immediate(value)
+    """Deposit ``value`` on an input port now, as ``handle.value = Immediate(value)`` does
+    but straight through the simulator object (this runs for every beat and debug word)."""
+    width = len(handle)
+    if width <= 32:
+        handle._handle.set_signal_val_int(_NO_DELAY, value)
+    else:
+        handle._handle.set_signal_val_binstr(_NO_DELAY, format(value, f"0{width}b"))
+    if RECORDER is not None:
+        RECORDER.add(handle, 0, value)
 
 
 def _at(delay_steps: int, func, *args) -> None:
@@ -148,9 +198,14 @@ def _at(delay_steps: int, func, *args) -> None:
     if delay_steps <= 0:
         func(*args)
         return
-    from cocotb import simulator
+    _timed_callback()(delay_steps, func, *args)
 
-    simulator.register_timed_callback(delay_steps, func, *args)
+
+@functools.cache
+def _timed_callback():
+    from cocotb import simulator  # only inside a simulator process
+
+    return simulator.register_timed_callback
 
 
 class RtlDevice:
@@ -215,10 +270,10 @@ class RtlDevice:
         for name in ("s_axil_awvalid", "s_axil_wvalid", "s_axil_arvalid", "s_axis_tvalid",
                      "s_axis_tlast", "s_axil_awaddr", "s_axil_araddr", "s_axil_wdata",
                      "s_axis_tdata"):  # fmt: skip
-            self._p[name].value = 0
+            _put(self._p[name], 0)
         for name in ("s_axil_bready", "s_axil_rready", "m_axis_tready"):
-            self._p[name].value = 1  # the host always takes responses and dump beats
-        self._p["s_axil_wstrb"].value = 0xF
+            _put(self._p[name], 1)  # the host always takes responses and dump beats
+        _put(self._p["s_axil_wstrb"], 0xF)
         self.irq_mask = 0  # shadow of IRQ_MASK (wait_irq needs IRQ_STATUS & mask == line)
         self.calls = {"read32": 0, "write32": 0, "wait_irq": 0, "load": 0, "dump": 0}
 
