@@ -657,9 +657,11 @@ class RtlDevice:
     async def peek(self, addr: int, n: int) -> np.ndarray:
         """Read ``n`` SRAM words at byte address ``addr`` through the debug port, in zero cycles.
 
-        Each word costs one simulator time step (the port is combinational;
-        a plain timed callback samples it); the whole read must fit before
-        the next clock edge.
+        The port is combinational: a chain of plain read-write-phase callbacks
+        sets each address and samples the previous one after the simulator has
+        evaluated it, all within the current time step; the caller resumes one
+        time step later (never across a clock edge).  Debug reads are not
+        recorded for a replay (:class:`Recorder`).
         """
         from cocotb.triggers import Timer
         from cocotb.utils import get_sim_time
@@ -675,24 +677,22 @@ class RtlDevice:
             raise ValueError(f"debug read at 0x{addr:08x} is outside the SRAMs")
         lat = self._lat()
         t0, c0 = get_sim_time("step"), self.now()
-        to_edge = lat.period_steps - (t0 - lat.rise_steps) % lat.period_steps
-        if n >= to_edge:
-            raise HostTimingError(
-                f"debug read of {n} words does not fit before the next clock edge "
-                f"({to_edge} time steps)"
-            )
-        out: list[int] = []
-        addr_h, data_h = self._dbg_addr, self._dbg_data
+        if lat.period_steps - (t0 - lat.rise_steps) % lat.period_steps <= 1:
+            raise HostTimingError("debug read requested in the time step before a clock edge")
+        out = np.empty(n, dtype=np.int64)
+        addr_h, data_h = self._dbg_addr._handle, self._dbg_data._handle
+        from cocotb import simulator  # only inside a simulator process
 
-        def sample(i: int) -> None:
-            out.append(_get(data_h))
-            _put(addr_h, first + i)
+        def sample(i: int) -> None:  # after the evaluation of address first + i
+            out[i] = int(data_h.get_signal_val_binstr(), 2)
+            if i + 1 < n:
+                addr_h.set_signal_val_int(_NO_DELAY, first + i + 1)
+                simulator.register_rwsynch_callback(sample, i + 1)
 
-        _put(addr_h, first)
-        for i in range(1, n):
-            _at(i, sample, i)
-        await Timer(n, "step")
-        out.append(_get(data_h))
-        if self.now() != c0 or get_sim_time("step") - t0 != n:
+        if n:
+            addr_h.set_signal_val_int(_NO_DELAY, first)
+            simulator.register_rwsynch_callback(sample, 0)
+        await Timer(1, "step")
+        if self.now() != c0:
             raise HostTimingError("debug read crossed a clock edge")
-        return self.fmt.from_unsigned(np.array(out, dtype=np.int64))
+        return self.fmt.from_unsigned(out)
