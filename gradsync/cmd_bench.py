@@ -18,6 +18,16 @@ fails on time.  Figures (``--only`` picks some):
     the share of (a)'s wall time spent in Python (cProfile over the whole
     cocotb test, shorter run); the main job's RTL wall time over the model
     backend's, same job, same process.
+``array``
+    Array utilisation ``useful MACs / (R * C * cycles)`` of the GEMMs
+    32x64x16, 64x64x32, 64x32x10 and 256x256x256 (M x K x N) on 8x8 and 16x16
+    arrays: RTL-measured (``PERF_GEMM_CYCLES`` of a compute node under
+    cocotb) next to ``gradsync.spec.timing.gemm_cycles``.
+``link``
+    Link utilisation ``payload bytes / (bytes per cycle * cycles)`` of
+    single transfers of 256 B .. 64 KiB between the two nodes of the main
+    job's cluster, RTL-measured (doorbell to the last descriptor's
+    ``done_cycle``), next to the model's ``descriptor_cycles``.
 ``model``
     Golden model speed: simulated cycles and events per wall second of the
     main job at 2 and 16 nodes.
@@ -44,9 +54,13 @@ import tempfile
 import time
 from pathlib import Path
 
-FIGURES = ("sim", "model", "builds")
-#: (main-job steps of (a), steps of the profiled run, rounds of (b), model steps)
-SIZES = {"full": (100, 20, 10, 100), "quick": (10, 3, 2, 20)}
+FIGURES = ("sim", "array", "link", "model", "builds")
+GEMM_SHAPES = ((32, 64, 16), (64, 64, 32), (64, 32, 10), (256, 256, 256))
+ARRAYS = (8, 16)
+LINK_SIZES = (256, 1024, 4096, 16384, 65536)
+#: (main-job steps of (a), steps of the profiled run, rounds of (b), model steps at 2 and
+#: at 16 nodes)
+SIZES = {"full": (100, 20, 10, (100, 20)), "quick": (10, 3, 2, (20, 2))}
 
 
 def add_parser(sub) -> None:
@@ -86,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     out = report_header(args.quick)
     steps = {
         "sim": lambda: sim_figure(*size[:3]),
+        "array": array_figure,
+        "link": link_figure,
         "model": lambda: model_figure(size[3]),
         "builds": lambda: {"skipped": "--quick"} if args.quick else builds_figure(),
     }
@@ -307,16 +323,80 @@ def _profiled_rtl(cfg, jobs, work: Path):
     return payload["result"]
 
 
+# ------------------------------------------------------------------------ array, link
+def _cocotb_rows(model, testcase: str, env_name: str, env: dict) -> list:
+    from gradsync.sim.build import run_cocotb
+
+    with tempfile.TemporaryDirectory(prefix="gradsync-bench-") as tmp:
+        out = Path(tmp) / "rows.json"
+        run_cocotb(model, "gradsync.sim.bench_cocotb", testcase=testcase, test_dir=Path(tmp),
+                   extra_env={env_name: json.dumps(env), "GRADSYNC_BENCH_OUT": str(out)})  # fmt: skip
+        return json.loads(out.read_text())
+
+
+def array_figure() -> dict:
+    """RTL GEMM cycles against the formula, per array size and shape."""
+    import functools
+
+    from gradsync.hw.compute_node import ComputeNode
+    from gradsync.sim.build import BuildOptions, build_component
+    from gradsync.spec.formats import FixedPointFormat
+    from gradsync.spec.hardware import HardwareConfig
+    from gradsync.spec.timing import gemm_cycles
+
+    fmt, out = FixedPointFormat(), {}
+    for r in ARRAYS:
+        hw = HardwareConfig(array_rows=r, array_cols=r, vector_lanes=r,
+                            scratchpad_words=1 << 16, gradient_words=1 << 15)  # fmt: skip
+        model = build_component(
+            functools.partial(ComputeNode, hw, fmt), f"bench_node_{r}x{r}", BuildOptions(),
+            params={"hardware": hw.to_dict(), "format": fmt.to_dict()},
+        )  # fmt: skip
+        env = {"hardware": hw.to_dict(), "format": fmt.to_dict(), "shapes": GEMM_SHAPES}
+        rows = _cocotb_rows(model, "gemm_utilisation", "GRADSYNC_BENCH_GEMM", env)
+        for row in rows:
+            macs = row["m"] * row["k"] * row["n"]
+            row["formula_cycles"] = gemm_cycles(row["m"], row["k"], row["n"], hw)
+            row["utilisation"] = ratio(macs, r * r * row["cycles"])
+            row["formula_utilisation"] = ratio(macs, r * r * row["formula_cycles"])
+            row["rtl_over_formula"] = ratio(row["cycles"], row["formula_cycles"])
+        out[f"{r}x{r}"] = rows
+    return out
+
+
+def link_figure() -> dict:
+    """RTL link utilisation of single transfers on the main job's cluster."""
+    from gradsync.firmware.experiment import TrainConfig
+    from gradsync.sim.rtl_backend import build_cluster
+    from gradsync.spec.timing import descriptor_cycles
+
+    cfg = TrainConfig()
+    hw, fmt = cfg.hardware, cfg.fixed_point
+    env = {"hardware": hw.to_dict(), "format": fmt.to_dict(), "nodes": cfg.nodes,
+           "sizes": LINK_SIZES}  # fmt: skip
+    rows = _cocotb_rows(build_cluster(cfg), "link_utilisation", "GRADSYNC_BENCH_LINK", env)
+    bpc = hw.link_bytes_per_cycle
+    for row in rows:
+        row["utilisation"] = ratio(row["bytes"], bpc * row["cycles"])
+        row["model_cycles"] = row["descriptors"] * descriptor_cycles(row["chunk"], hw)
+        row["model_utilisation"] = ratio(row["bytes"], bpc * row["model_cycles"])
+    return {
+        "link": f"{bpc} B/cycle, latency {hw.link_latency_cycles} cycles, max payload "
+        f"{hw.max_payload_bytes} B",
+        "transfers": rows,
+    }
+
+
 # ------------------------------------------------------------------------ golden model
-def model_figure(steps: int) -> dict:
+def model_figure(steps: tuple[int, int]) -> dict:
     """Cycles and events per wall second of the model backend, main job at 2 and 16 nodes."""
     from gradsync.firmware import experiment
     from gradsync.firmware.experiment import TrainConfig
     from gradsync.model_backend import run_model_cluster
 
     out = {}
-    for nodes in (2, 16):
-        cfg = TrainConfig(nodes=nodes, steps=steps)
+    for nodes, n_steps in zip((2, 16), steps, strict=True):
+        cfg = TrainConfig(nodes=nodes, steps=n_steps)
         holder = {}
 
         def backend(c, j, holder=holder):
@@ -330,7 +410,7 @@ def model_figure(steps: int) -> dict:
         row = speed(res.total_cycles, wall)
         row["events"] = holder["events"]
         row["events_per_second"] = ratio(holder["events"], wall)
-        out[f"nodes_{nodes}"] = {"steps": steps, **row}
+        out[f"nodes_{nodes}"] = {"steps": n_steps, **row}
     out["ratio_2_over_16_cycles_per_second"] = ratio(
         out["nodes_2"]["cycles_per_second"], out["nodes_16"]["cycles_per_second"]
     )
@@ -423,12 +503,28 @@ def render(out: dict) -> str:
             f"  main job RTL/model wall: {j['rtl_seconds']:.2f} s / {j['model_seconds']:.2f} s "
             f"= {j['rtl_over_model']:.2f}x ({j['steps']} steps; identical: {j['identical']})"
         )
+    if "array" in f:
+        lines.append("\narray utilisation: useful MACs / (R*C*cycles), RTL vs formula")
+        for name, rows in f["array"].items():
+            for r in rows:
+                lines.append(
+                    f"  {name:>5} {r['m']:>3}x{r['k']:>3}x{r['n']:>3}: {r['cycles']:>7} cycles "
+                    f"(formula {r['formula_cycles']:>7}, ratio {r['rtl_over_formula']:.3f})  "
+                    f"utilisation {r['utilisation']:.3f} (formula {r['formula_utilisation']:.3f})"
+                )
+    if "link" in f:
+        lines.append(f"\nlink utilisation ({f['link']['link']}): payload / (B/cycle * cycles)")
+        for r in f["link"]["transfers"]:
+            lines.append(
+                f"  {r['bytes']:>6} B ({r['descriptors']} x {r['chunk']} B): {r['cycles']:>6} "
+                f"cycles, utilisation {r['utilisation']:.3f} (model {r['model_utilisation']:.3f})"
+            )
     if "model" in f:
         lines.append("\ngolden model speed (main job)")
         for n in (2, 16):
             r = f["model"][f"nodes_{n}"]
             lines.append(
-                f"  {n:>2} nodes: {r['cycles']:>10,} cycles {r['events']:>9,} events "
+                f"  {n:>2} nodes, {r['steps']:>3} steps: {r['cycles']:>10,} cycles {r['events']:>9,} events "
                 f"{r['seconds']:7.2f} s  {r['cycles_per_second']:>11,.0f} cycles/s "
                 f"{r['events_per_second']:>9,.0f} events/s"
             )

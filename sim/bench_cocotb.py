@@ -169,3 +169,108 @@ async def train_profiled(dut):
     prof.dump_stats(os.environ["GRADSYNC_BENCH_PROFILE"])
     with open(os.environ["GRADSYNC_BENCH_OUT"], "w") as f:
         json.dump({"wall_seconds": wall}, f)
+
+
+def _env_config(name: str):
+    from gradsync.spec.formats import FixedPointFormat
+    from gradsync.spec.hardware import HardwareConfig
+
+    env = json.loads(os.environ[name])
+    return env, HardwareConfig(**env["hardware"]), FixedPointFormat(**env["format"])
+
+
+async def _device(dut, prefix: str, hw, fmt, nodes: int = 1) -> list:
+    """Calibrated devices, design reset to cycle 0 (as a training run starts)."""
+    from gradsync.sim import rtl_device as rd
+    from gradsync.sim.train_cocotb import reset_to_cycle_zero
+
+    devs = [
+        rd.RtlDevice(dut, prefix.format(i), hw, fmt, dut.clk, rst=dut.rst) for i in range(nodes)
+    ]
+    await reset_to_cycle_zero(dut)
+    lat = await devs[0].calibrate()
+    for d in devs:
+        d.latency = lat
+    await reset_to_cycle_zero(dut)
+    return devs
+
+
+@cocotb.test()
+async def gemm_utilisation(dut):
+    """Array figure: PERF_GEMM_CYCLES of each GEMM shape, one command at a time.
+
+    The operands all start at ``SCRATCH_BASE`` (A, B and C may overlap: the
+    array's timing does not depend on the data), so 256x256x256 fits a
+    65536-word scratchpad.
+    """
+    env, hw, fmt = _env_config("GRADSYNC_BENCH_GEMM")
+    (dev,) = await _device(dut, "", hw, fmt)
+    wait = int(rm.Irq.COMPUTE | rm.Irq.ERROR)
+    await dev.write32(rm.offset("IRQ_MASK"), wait)
+    rows = []
+    for m, k, n in env["shapes"]:
+        before = await dev.read32(rm.offset("PERF_GEMM_CYCLES"))
+        base = rm.SCRATCH_BASE
+        for name, value in rm.command_registers(rm.Opcode.GEMM, base, base, base, m, k, n):
+            await dev.write32(rm.offset(name), value)
+        await dev.write32(rm.offset("CMD_LAUNCH"), 1)
+        status = await dev.wait_irq(wait)
+        await dev.write32(rm.offset("IRQ_STATUS"), status)
+        if status & rm.Irq.ERROR:
+            raise RuntimeError(f"GEMM {m}x{k}x{n} raised a device error")
+        after = await dev.read32(rm.offset("PERF_GEMM_CYCLES"))
+        rows.append({"m": m, "k": k, "n": n, "cycles": after - before})
+    with open(os.environ["GRADSYNC_BENCH_OUT"], "w") as f:
+        json.dump(rows, f)
+
+
+@cocotb.test()
+async def link_utilisation(dut):
+    """Link figure: node 0 sends transfers of each size to node 1, one at a time.
+
+    A transfer of ``S`` bytes is ``ceil(S / chunk)`` descriptors of
+    ``chunk = min(S, half the gradient memory)`` bytes from the lower half of
+    node 0's gradient memory into an RX window on the upper half of node 1's;
+    its cycles run from the doorbell taking effect to the last descriptor's
+    ``done_cycle`` (written back by the DMA engine).
+    """
+    from gradsync.firmware.driver import IRQ_ENABLED, Driver
+
+    env, hw, fmt = _env_config("GRADSYNC_BENCH_LINK")
+    devs = await _device(dut, "n{}_", hw, fmt, env["nodes"])
+    drvs = [Driver(d) for d in devs]
+    half = hw.gradient_words * fmt.word_bytes // 2
+    for d in drvs:
+        await d.init(hw.gradient_words * fmt.word_bytes)
+    q, ring = 1, rm.RING_MEM_BASE + hw.ring_entries * rm.DESCRIPTOR_BYTES
+    rows, tail = [], 0
+    for w, size in enumerate(env["sizes"]):
+        chunk = min(size, half)
+        count = -(-size // chunk)
+        tag = rm.encode_tag(1, w % 64, w)
+        await drvs[1].open_window(w % hw.rx_windows, rm.GRAD_BASE + half, rm.GRAD_BASE + half,
+                                  chunk, tag, size)  # fmt: skip
+        words = []
+        for i in range(count):
+            d = rm.Descriptor(src_addr=rm.GRAD_BASE, length=chunk, peer=1,
+                              remote_addr=rm.GRAD_BASE + half, window=w % hw.rx_windows,
+                              tag=tag, flags=rm.DescFlag.IRQ if i == count - 1 else 0)  # fmt: skip
+            words += d.encode()
+        first = tail % hw.ring_entries
+        await devs[0].load(ring + first * rm.DESCRIPTOR_BYTES, np.array(words, dtype=np.int64))
+        tail += count
+        await devs[0].write32(rm.dma_reg(q, "DOORBELL"), tail)
+        start = devs[0].now()  # the doorbell is visible from this cycle
+        status = await devs[0].wait_irq(int(IRQ_ENABLED))  # the last descriptor's DMA_Q1
+        await devs[0].write32(rm.offset("IRQ_STATUS"), status)
+        if status & rm.Irq.ERROR or not status & rm.Irq.DMA_Q1:
+            raise RuntimeError(f"the {size}-byte transfer raised IRQ_STATUS {status:#x}")
+        last = (tail - 1) % hw.ring_entries
+        status, done = (
+            int(x) for x in await devs[0].dump(ring + last * rm.DESCRIPTOR_BYTES + 24, 2)
+        )
+        if status & 0xFF != rm.ErrorCode.OK:
+            raise RuntimeError(f"the {size}-byte transfer ended with status {status:#x}")
+        rows.append({"bytes": size, "descriptors": count, "chunk": chunk, "cycles": done - start})
+    with open(os.environ["GRADSYNC_BENCH_OUT"], "w") as f:
+        json.dump(rows, f)
