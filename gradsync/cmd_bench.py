@@ -67,7 +67,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="measure simulation, model and build speed side by side (ratios + absolute numbers)",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),
     )
     p.add_argument("--quick", action="store_true", help="short runs, no cold build (~1 min warm)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
