@@ -20,6 +20,7 @@ COMMANDS = [
     "gradsync.cmd_scale",
     "gradsync.cmd_sweep",
     "gradsync.cmd_cache",
+    "gradsync.cmd_bench",
 ]
 
 

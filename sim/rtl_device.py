@@ -6,19 +6,31 @@
 so the very firmware objects that run on the golden model drive the RTL.
 
 Ports used, all under one name prefix (``"n0_"`` ... for a cluster, ``""`` for
-a single node): ``s_axil_*`` (CSR, driven by cocotbext-axi's
-``AxiLiteMaster``), ``s_axis_*``/``m_axis_*`` (bulk port, ``AxiStreamSource``/
-``AxiStreamSink``, header beat from ``hw.bulk.bulk_header``), ``irq``,
-``cycle``, and -- when present -- ``dbg_addr``/``dbg_data`` (zero-time
-combinational read of the SRAMs, used by :meth:`RtlDevice.peek`).
+a single node): ``s_axil_*`` (CSR), ``s_axis_*``/``m_axis_*`` (bulk port,
+header beat from ``hw.bulk.bulk_header``), ``irq``, ``cycle``, and -- when
+present -- ``dbg_addr``/``dbg_data`` (zero-time combinational read of the
+SRAMs, used by :meth:`RtlDevice.peek`).
 
 Host timing: every call consumes exactly the cycles ``model/device.py``
-charges and takes effect in the same cycle.  ``RtlDevice`` measures the
-bus's own latency once (:meth:`RtlDevice.calibrate`, before the run's reset)
-and pads the difference with clock cycles *before* the real transaction, so
-the transaction completes in the model's cycle.  Each call then checks that
-it returned exactly there and raises :class:`HostTimingError` otherwise
-(the bus got slower than calibrated); nothing drifts silently.
+charges and takes effect in the same cycle.  The host bus is a *lean
+driver* that knows that timing in advance: a call computes the cycle in
+which its handshake must happen, has a plain simulator callback (no cocotb
+task) put the transaction on the ports in that cycle, and wakes the calling
+task once, when the transaction has taken effect (a ``Timer`` to 1 time step
+after the rising edge of the return cycle).  Data beats of a bulk transfer
+and the words of a debug read are driven/sampled by the same chain of plain
+callbacks.  So a run costs one task wake-up per device call and no Python
+per idle clock: the firmware's ``wait_irq`` sleeps on the interrupt line's
+rising edge.  Each call checks that the design answered in that cycle
+(``BVALID``/``RVALID``/dump ``TVALID``) and raises :class:`HostTimingError`
+otherwise; nothing drifts silently.
+
+Touching :attr:`RtlDevice.axil`, :attr:`~RtlDevice.src` or
+:attr:`~RtlDevice.sink` switches the device to cocotbext-axi's bus models
+(``AxiLiteMaster``, ``AxiStreamSource``/``AxiStreamSink``), e.g. to give them
+random pause generators; calls then pad with clock cycles before the real
+transaction and check the return cycle as above (:meth:`RtlDevice.calibrate`
+measures either bus).
 
 =====================  =====================================================
 call at cycle ``t``    RTL (model cycle in brackets)
@@ -32,17 +44,22 @@ call at cycle ``t``    RTL (model cycle in brackets)
                        and read ``IRQ_STATUS`` so that the read returns in
                        ``e+L+R`` [``L = host_irq_latency_cycles``]; ``e`` is
                        the cycle counter at the end of the edge's time step
-``load``/``dump``      header beat, data beats at one per cycle; the last
-                       beat completes in ``t + host_bulk_cycles(bytes)``
+``load``/``dump``      header beat in ``t+S-1``, data beats at one per cycle;
+                       the call returns in ``t + host_bulk_cycles(bytes)``
+                       [``S = host_bulk_setup_cycles``]
 =====================  =====================================================
 
 The ``cycle`` port is the node's cycle counter; after a rising clock edge it
 reads the number of the cycle that edge began, which is what every method
-uses as "now" (all nodes of a cluster share one clock and reset).
+uses as "now" (all nodes of a cluster share one clock and reset).  Calls
+must start right after a rising edge or between edges, never in a time step
+that holds a rising edge not yet evaluated.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +75,9 @@ M32 = 0xFFFF_FFFF
 BEAT_BYTES = BEAT_BITS // 8
 _IRQ_STATUS = rm.offset("IRQ_STATUS")
 _IRQ_MASK = rm.offset("IRQ_MASK")
+#: Time steps after a rising edge at which the lean driver acts (inside the cycle,
+#: clear of the edge's own time step, so no ordering question with the clock arises).
+HOST_OFFSET_STEPS = 1
 
 
 class HostTimingError(RuntimeError):
@@ -70,12 +90,16 @@ class BusLatency:
 
     ``write`` and ``read`` are AXI4-Lite round trips; a bulk transfer of ``b``
     beats after its header takes ``bulk_load + b`` / ``bulk_dump + b`` cycles.
+    ``period_steps`` and ``rise_steps`` are the clock's period and the time of
+    one rising edge modulo it, in simulator time steps (0: not measured).
     """
 
     write: int
     read: int
     bulk_load: int
     bulk_dump: int
+    period_steps: int = 0
+    rise_steps: int = 0
 
     def check(self, hw: HardwareConfig) -> None:
         """Raise if the model charges fewer cycles than the bus needs (no padding can fix it)."""
@@ -106,6 +130,84 @@ class BusLatency:
             )
 
 
+class Recorder:
+    """Every port write and read of the lean drivers, with its time, for a replay without cocotb.
+
+    Set :data:`RECORDER` to one to record (``sim/bench_cocotb.py``); :meth:`write` saves the
+    events as ``sim/bench_main.cpp`` reads them.  Reads in a rising edge's own time step are
+    left out (cocotb sees them after the step's evaluation, the replay before it).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, str, int, int]] = []  # (time step, port, 0 put/1 get, value)
+        self.period = self.rise = 0
+
+    def clock(self, latency: BusLatency) -> None:
+        """Learn the clock (from a calibration) so that edge-step reads can be left out."""
+        self.period, self.rise = latency.period_steps, latency.rise_steps
+
+    def add(self, handle, kind: int, value: int) -> None:
+        from cocotb.utils import get_sim_time
+
+        t = get_sim_time("step")
+        if kind and (not self.period or (t - self.rise) % self.period == 0):
+            return
+        self.events.append((t, handle._name, kind, value))
+
+    def write(self, path, ports: list[str]) -> int:
+        """Write the events of ``ports`` (their index in that list) to ``path``; returns the count."""
+        index = {name: i for i, name in enumerate(ports)}
+        lines = [f"{t} {index[n]} {k} {v:x}" for t, n, k, v in self.events if n in index]
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return len(lines)
+
+
+#: The recorder the lean drivers report to, or None (the normal case: no cost but a test).
+RECORDER: Recorder | None = None
+
+
+def _get(handle) -> int:
+    """A port's value as an unsigned int (the raw simulator read; ``.value`` builds a
+    ``LogicArray`` first, several times slower, and this runs once per device call)."""
+    value = int(handle._handle.get_signal_val_binstr(), 2)
+    if RECORDER is not None:
+        RECORDER.add(handle, 1, value)
+    return value
+
+
+#: GPI action of a write without delay (``cocotb.handle.Immediate``'s): seen by the next evaluation.
+_NO_DELAY = 3
+
+
+def _put(handle, value: int) -> None:
+    """Deposit ``value`` on an input port now, as ``handle.value = Immediate(value)`` does
+    but straight through the simulator object (this runs for every beat and debug word)."""
+    width = len(handle)
+    if width <= 32:
+        handle._handle.set_signal_val_int(_NO_DELAY, value)
+    else:
+        handle._handle.set_signal_val_binstr(_NO_DELAY, format(value, f"0{width}b"))
+    if RECORDER is not None:
+        RECORDER.add(handle, 0, value)
+
+
+def _at(delay_steps: int, func, *args) -> None:
+    """Call ``func(*args)`` ``delay_steps`` simulator time steps from now, outside any cocotb
+    task (a plain GPI timed callback: no scheduler round trip); ``0``: call it now."""
+    if delay_steps <= 0:
+        func(*args)
+        return
+    _timed_callback()(delay_steps, func, *args)
+
+
+@functools.cache
+def _timed_callback():
+    from cocotb import simulator  # only inside a simulator process
+
+    return simulator.register_timed_callback
+
+
 class RtlDevice:
     """``firmware.device.Device`` on one RTL node.
 
@@ -122,6 +224,8 @@ class RtlDevice:
         The clock handle (``dut.clk`` of the build's clock wrapper).
     latency:
         Bus latency from :meth:`calibrate` (shared by all nodes of a cluster).
+    rst:
+        The reset handle (for cocotbext-axi's bus models, when used).
     """
 
     def __init__(
@@ -135,38 +239,107 @@ class RtlDevice:
         *,
         rst=None,
     ) -> None:
-        from cocotbext.axi import (
-            AxiLiteBus,
-            AxiLiteMaster,
-            AxiStreamBus,
-            AxiStreamSink,
-            AxiStreamSource,
+        self.dut, self.prefix, self.hw, self.fmt, self.clk, self.rst = (
+            dut,
+            prefix,
+            hw,
+            fmt,
+            clk,
+            rst,
         )
-
-        self.dut, self.prefix, self.hw, self.fmt, self.clk = dut, prefix, hw, fmt, clk
         self.wb = fmt.word_bytes
         self.latency = latency
         if latency is not None:
             latency.check(hw)
-        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, prefix + "s_axil"), clk, rst)
-        self.src = AxiStreamSource(AxiStreamBus.from_prefix(dut, prefix + "s_axis"), clk, rst)
-        self.sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, prefix + "m_axis"), clk, rst)
-        import logging
-
-        for bus in (self.axil.write_if, self.axil.read_if, self.src, self.sink):
-            bus.log.setLevel(logging.WARNING)  # they log every frame at INFO
+        self._ext = None  # cocotbext-axi bus models, once asked for (see the module docstring)
         self._cycle = getattr(dut, prefix + "cycle")
         self._irq = getattr(dut, prefix + "irq")
         self._dbg_addr = getattr(dut, prefix + "dbg_addr", None)
         self._dbg_data = getattr(dut, prefix + "dbg_data", None)
         self._dbg_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)
+        self._p = {
+            name: getattr(dut, f"{prefix}{name}")
+            for name in (
+                "s_axil_awaddr", "s_axil_awvalid", "s_axil_wdata", "s_axil_wstrb",
+                "s_axil_wvalid", "s_axil_bvalid", "s_axil_bready", "s_axil_araddr",
+                "s_axil_arvalid", "s_axil_rdata", "s_axil_rvalid", "s_axil_rready",
+                "s_axis_tdata", "s_axis_tvalid", "s_axis_tlast", "s_axis_tready",
+                "m_axis_tdata", "m_axis_tvalid", "m_axis_tlast", "m_axis_tready",
+            )
+        }  # fmt: skip
+        for name in ("s_axil_awvalid", "s_axil_wvalid", "s_axil_arvalid", "s_axis_tvalid",
+                     "s_axis_tlast", "s_axil_awaddr", "s_axil_araddr", "s_axil_wdata",
+                     "s_axis_tdata"):  # fmt: skip
+            _put(self._p[name], 0)
+        for name in ("s_axil_bready", "s_axil_rready", "m_axis_tready"):
+            _put(self._p[name], 1)  # the host always takes responses and dump beats
+        _put(self._p["s_axil_wstrb"], 0xF)
         self.irq_mask = 0  # shadow of IRQ_MASK (wait_irq needs IRQ_STATUS & mask == line)
         self.calls = {"read32": 0, "write32": 0, "wait_irq": 0, "load": 0, "dump": 0}
 
+    # ------------------------------------------------ cocotbext-axi bus models
+    def _models(self) -> dict:
+        if self._ext is None:
+            from cocotbext.axi import (
+                AxiLiteBus,
+                AxiLiteMaster,
+                AxiStreamBus,
+                AxiStreamSink,
+                AxiStreamSource,
+            )
+
+            d, p, clk, rst = self.dut, self.prefix, self.clk, self.rst
+            self._ext = {
+                "axil": AxiLiteMaster(AxiLiteBus.from_prefix(d, p + "s_axil"), clk, rst),
+                "src": AxiStreamSource(AxiStreamBus.from_prefix(d, p + "s_axis"), clk, rst),
+                "sink": AxiStreamSink(AxiStreamBus.from_prefix(d, p + "m_axis"), clk, rst),
+            }
+            axil = self._ext["axil"]
+            for bus in (axil.write_if, axil.read_if, self._ext["src"], self._ext["sink"]):
+                bus.log.setLevel(logging.WARNING)  # they log every frame at INFO
+        return self._ext
+
+    @property
+    def axil(self):
+        """cocotbext-axi ``AxiLiteMaster`` on the CSR port (switches the device to it)."""
+        return self._models()["axil"]
+
+    @property
+    def src(self):
+        """cocotbext-axi ``AxiStreamSource`` on the bulk port (switches the device to it)."""
+        return self._models()["src"]
+
+    @property
+    def sink(self):
+        """cocotbext-axi ``AxiStreamSink`` on the dump stream (switches the device to it)."""
+        return self._models()["sink"]
+
     # ------------------------------------------------------------------ time
     def now(self) -> int:
-        """The current cycle (valid right after a rising clock edge)."""
-        return int(self._cycle.value)
+        """The current cycle (valid right after a rising clock edge, or between edges)."""
+        return _get(self._cycle)
+
+    def _delay_to(self, cycle: int) -> int:
+        """Time steps from now to ``HOST_OFFSET_STEPS`` after the rising edge beginning ``cycle``."""
+        from cocotb.utils import get_sim_time
+
+        lat = self._lat()
+        now_steps = get_sim_time("step")
+        rise = now_steps - (now_steps - lat.rise_steps) % lat.period_steps
+        at = rise + (cycle - self.now()) * lat.period_steps + HOST_OFFSET_STEPS
+        if at < now_steps:
+            raise HostTimingError(
+                f"node {self.prefix or '0'}: cannot act in cycle {cycle} in cycle {self.now()}"
+            )
+        return at - now_steps
+
+    async def _sleep_until(self, cycle: int) -> None:
+        """Return ``HOST_OFFSET_STEPS`` after the rising edge beginning ``cycle`` (one wake)."""
+        from cocotb.triggers import Timer
+
+        delay = self._delay_to(cycle)
+        if delay:
+            await Timer(delay, "step")
 
     async def _until(self, cycle: int) -> None:
         from cocotb.triggers import ClockCycles
@@ -188,7 +361,94 @@ class RtlDevice:
                 f"({self.latency})"
             )
 
-    # ------------------------------------------------------------- raw bus
+    # ----------------------------------------------------- lean bus driver
+    def _drive_write(self, addr: int, value: int) -> None:
+        p = self._p
+        _put(p["s_axil_awaddr"], addr)
+        _put(p["s_axil_wdata"], value & M32)
+        _put(p["s_axil_awvalid"], 1)
+        _put(p["s_axil_wvalid"], 1)
+
+    def _drive_read(self, addr: int) -> None:
+        _put(self._p["s_axil_araddr"], addr)
+        _put(self._p["s_axil_arvalid"], 1)
+
+    async def _lean_write(self, target: int, addr: int, value: int) -> None:
+        """AW/W handshake in ``target - 1``; return in ``target``."""
+        _at(self._delay_to(target - 1), self._drive_write, addr, value)
+        await self._sleep_until(target)
+        p = self._p
+        _put(p["s_axil_awvalid"], 0)
+        _put(p["s_axil_wvalid"], 0)
+        if not _get(p["s_axil_bvalid"]):
+            raise HostTimingError(
+                f"node {self.prefix or '0'}: CSR write of 0x{addr:x} not accepted in cycle "
+                f"{target - 1}"
+            )
+
+    async def _lean_read(self, target: int, addr: int) -> int:
+        """AR handshake in ``target - 1``; RDATA taken in ``target``."""
+        _at(self._delay_to(target - 1), self._drive_read, addr)
+        await self._sleep_until(target)
+        p = self._p
+        _put(p["s_axil_arvalid"], 0)
+        if not _get(p["s_axil_rvalid"]):
+            raise HostTimingError(
+                f"node {self.prefix or '0'}: CSR read of 0x{addr:x} not accepted in cycle "
+                f"{target - 1}"
+            )
+        return _get(p["s_axil_rdata"])
+
+    def _beat(self, data: int, last: int) -> None:
+        _put(self._p["s_axis_tdata"], data)
+        _put(self._p["s_axis_tlast"], last)
+
+    def _header(self, header: int) -> None:
+        if not _get(self._p["s_axis_tready"]):
+            self._bulk_error = "the bulk port was busy at the header"
+        self._beat(header, 0)
+        _put(self._p["s_axis_tvalid"], 1)
+
+    async def _lean_bulk(
+        self, start: int, header: int, payload: bytes, beats: int, dump: bool
+    ) -> bytes:
+        """Header handshake in ``start``, then one beat a cycle; return in the cycle after the
+        last load beat, or in the last dump beat's cycle (its handshake ends that cycle)."""
+        lat = self._lat()
+        self._bulk_error = None
+        first = self._delay_to(start)
+        _at(first, self._header, header)
+        period = lat.period_steps
+        if not dump:
+            words = np.frombuffer(payload, dtype="<u8")
+            for k, w in enumerate(words.tolist()):
+                _at(first + (k + 1) * period, self._beat, w, int(k == len(words) - 1))
+            await self._sleep_until(start + beats + 1)
+            _put(self._p["s_axis_tvalid"], 0)
+            _put(self._p["s_axis_tlast"], 0)
+            if self._bulk_error:
+                raise HostTimingError(f"node {self.prefix or '0'}: {self._bulk_error}")
+            return b""
+        got: list[int] = []
+        _at(first + period, self._end_header)
+        for k in range(beats - 1):
+            _at(first + (k + 2) * period, self._take, got, 0)
+        await self._sleep_until(start + beats + 1)
+        self._take(got, 1)
+        if self._bulk_error:
+            raise HostTimingError(f"node {self.prefix or '0'}: {self._bulk_error}")
+        return np.array(got, dtype="<u8").tobytes()
+
+    def _end_header(self) -> None:
+        _put(self._p["s_axis_tvalid"], 0)
+
+    def _take(self, got: list, last: int) -> None:
+        p = self._p
+        if not _get(p["m_axis_tvalid"]) or _get(p["m_axis_tlast"]) != last:
+            self._bulk_error = f"dump beat {len(got)} not on the port in its cycle"
+        got.append(_get(p["m_axis_tdata"]))
+
+    # ------------------------------------------------- cocotbext-axi driver
     async def _axil_write(self, addr: int, value: int) -> None:
         resp = await self.axil.write(addr, int(value & M32).to_bytes(4, "little"))
         if resp.resp != 0:
@@ -210,23 +470,45 @@ class RtlDevice:
         await self.src.wait()
         return b""
 
+    # ------------------------------------------------------------- calibration
     async def calibrate(self) -> BusLatency:
-        """Measure the bus's round trips on this node (changes no state the run depends on).
+        """Measure the clock and the bus's round trips on this node (changes no state the run
+        depends on).
 
         Writes go to the read-only ``ID`` register (ignored by the CSR block);
         the bulk transfers load and dump one and two beats at the start of
         the scratchpad (the run resets the design afterwards).
         """
         from cocotb.triggers import RisingEdge
+        from cocotb.utils import get_sim_time
 
-        async def timed(coro) -> int:
+        await RisingEdge(self.clk)
+        t1 = get_sim_time("step")
+        await RisingEdge(self.clk)
+        period = get_sim_time("step") - t1
+        self.latency = BusLatency(0, 0, 0, 0, period, t1 % period)
+
+        async def timed(kind, *args) -> int:
             await RisingEdge(self.clk)
             t = self.now()
-            await coro
+            if self._ext is not None:
+                await {"w": self._axil_write, "r": self._axil_read, "b": self._bulk}[kind](*args)
+                return self.now() - t
+            if kind == "w":
+                await self._lean_write(t + 1, *args)
+            elif kind == "r":
+                await self._lean_read(t + 1, *args)
+            else:
+                await self._lean_bulk(t, *args)
             return self.now() - t
 
-        write = await timed(self._axil_write(rm.offset("ID"), 0))
-        read = await timed(self._axil_read(rm.offset("ID")))
+        async def bulk(header: int, data: bytes, beats: int, dump: bool) -> int:
+            if self._ext is not None:
+                return await timed("b", header, data, dump)
+            return await timed("x", header, data, beats, dump)
+
+        write = await timed("w", rm.offset("ID"), 0)
+        read = await timed("r", rm.offset("ID"))
         per = BEAT_BITS // self.fmt.total_bits
         one = self.fmt.to_unsigned(np.zeros(per, dtype=np.int64)).astype(f"<u{self.wb}")
         loads, dumps = [], []
@@ -234,19 +516,17 @@ class RtlDevice:
             words = per * beats
             data = np.tile(one, beats).tobytes()
             loads.append(
-                await timed(self._bulk(bulk_header(rm.SCRATCH_BASE, words, False), data, False))
-                - beats
+                await bulk(bulk_header(rm.SCRATCH_BASE, words, False), data, beats, False) - beats
             )
             dumps.append(
-                await timed(self._bulk(bulk_header(rm.SCRATCH_BASE, words, True), b"", True))
-                - beats
+                await bulk(bulk_header(rm.SCRATCH_BASE, words, True), b"", beats, True) - beats
             )
         if loads[0] != loads[1] or dumps[0] != dumps[1]:
             raise HostTimingError(
                 f"bulk transfer time is not linear in the beats: loads "
                 f"{loads}, dumps {dumps} cycles beyond the data beats"
             )
-        self.latency = BusLatency(write, read, loads[0], dumps[0])
+        self.latency = BusLatency(write, read, loads[0], dumps[0], period, t1 % period)
         self.latency.check(self.hw)
         return self.latency
 
@@ -254,8 +534,11 @@ class RtlDevice:
     async def write32(self, addr: int, value: int) -> None:
         lat = self._lat()
         target = self.now() + self.hw.host_write_cycles
-        await self._until(target - lat.write)
-        await self._axil_write(addr, value)
+        if self._ext is None:
+            await self._lean_write(target, addr, value)
+        else:
+            await self._until(target - lat.write)
+            await self._axil_write(addr, value)
         self._arrived(f"write of 0x{addr:03x}", target)
         if addr == _IRQ_MASK:
             self.irq_mask = value & M32
@@ -266,8 +549,11 @@ class RtlDevice:
 
     async def _read_returning_in(self, target: int, addr: int) -> int:
         lat = self._lat()
-        await self._until(target - lat.read)
-        value = await self._axil_read(addr)
+        if self._ext is None:
+            value = await self._lean_read(target, addr)
+        else:
+            await self._until(target - lat.read)
+            value = await self._axil_read(addr)
         self._arrived(f"read of 0x{addr:03x}", target)
         self.calls["read32"] += 1
         return value
@@ -286,22 +572,23 @@ class RtlDevice:
                 f"wait_irq(0x{mask:x}) can never return: IRQ_MASK is 0x{self.irq_mask:x}"
             )
         self.calls["wait_irq"] += 1
-        if int(self._irq.value):
+        if _get(self._irq):
             return await self.read32(_IRQ_STATUS) & mask
-        # The line is a register output: it rises in the time step of the clock edge that
-        # begins its cycle, and the simulator reports both edges of that step in an order
-        # of its own.  cocotb 2 resumes a task inside the value-change callback that woke
-        # it, and RisingEdge(clk) is one shared trigger that the bus models keep primed:
-        # if irq's edge is reported first, clock edges counted from here (ClockCycles)
-        # include the clock edge of this very step and the host wakes a cycle early.  So
-        # wait for the end of the step (ReadOnly: every edge of it delivered), take the
-        # line's cycle from the counter there and time the read from it.
         await RisingEdge(self._irq)
-        await ReadOnly()
-        rise = self.now()
-        # Leave the read-only phase (the host may drive the bus again) in cycle rise + 1;
-        # HardwareConfig keeps host_irq_latency_cycles >= 1, so the read can still start in time.
-        await RisingEdge(self.clk)
+        if self._ext is None:
+            # The line is a register output: it rises in the time step of a rising clock edge,
+            # and value-change callbacks run after that step's evaluation, so the counter
+            # already reads the line's cycle; the read is timed in simulator time from here.
+            rise = self.now()
+        else:
+            # cocotbext-axi keeps RisingEdge(clk) primed and cocotb resumes a task inside the
+            # value-change callback that woke it: if irq's edge is reported first, clock edges
+            # counted from here include this step's.  Wait for the end of the step, take the
+            # line's cycle there and leave the read-only phase in cycle rise + 1
+            # (HardwareConfig keeps host_irq_latency_cycles >= 1).
+            await ReadOnly()
+            rise = self.now()
+            await RisingEdge(self.clk)
         target = rise + self.hw.host_irq_latency_cycles + self.hw.host_read_cycles
         return await self._read_returning_in(target, _IRQ_STATUS) & mask
 
@@ -312,7 +599,9 @@ class RtlDevice:
             payload = (data & M32).astype("<u4").tobytes()
         else:
             # clamp, or wrap when the format does not saturate
-            payload = self.fmt.to_unsigned(self.fmt.saturate_raw(data)).astype(f"<u{self.wb}").tobytes()
+            payload = (
+                self.fmt.to_unsigned(self.fmt.saturate_raw(data)).astype(f"<u{self.wb}").tobytes()
+            )
         payload += bytes(-len(payload) % BEAT_BYTES)
         await self._timed_bulk("load", addr, len(data), word_bytes, payload, False)
 
@@ -330,8 +619,12 @@ class RtlDevice:
         beats = -(-nbytes // BEAT_BYTES)
         target = self.now() + tm.host_bulk_cycles(nbytes, self.hw)
         fixed = lat.bulk_dump if dump else lat.bulk_load
-        await self._until(target - fixed - beats)
-        raw = await self._bulk(bulk_header(addr, n, dump), payload, dump)
+        header = bulk_header(addr, n, dump)
+        if self._ext is None:
+            raw = await self._lean_bulk(target - fixed - beats, header, payload, beats, dump)
+        else:
+            await self._until(target - fixed - beats)
+            raw = await self._bulk(header, payload, dump)
         self._arrived(f"bulk {what} of {n} words at 0x{addr:08x}", target)
         if dump and len(raw) < nbytes:
             raise HostTimingError(
@@ -364,8 +657,11 @@ class RtlDevice:
     async def peek(self, addr: int, n: int) -> np.ndarray:
         """Read ``n`` SRAM words at byte address ``addr`` through the debug port, in zero cycles.
 
-        Each word costs a 1 ps simulator step (the port is combinational);
-        the whole read must fit before the next clock edge.
+        The port is combinational: a chain of plain read-write-phase callbacks
+        sets each address and samples the previous one after the simulator has
+        evaluated it, all within the current time step; the caller resumes one
+        time step later (never across a clock edge).  Debug reads are not
+        recorded for a replay (:class:`Recorder`).
         """
         from cocotb.triggers import Timer
         from cocotb.utils import get_sim_time
@@ -379,12 +675,24 @@ class RtlDevice:
                 break
         else:
             raise ValueError(f"debug read at 0x{addr:08x} is outside the SRAMs")
-        t0, c0 = get_sim_time("ps"), self.now()
+        lat = self._lat()
+        t0, c0 = get_sim_time("step"), self.now()
+        if lat.period_steps - (t0 - lat.rise_steps) % lat.period_steps <= 1:
+            raise HostTimingError("debug read requested in the time step before a clock edge")
         out = np.empty(n, dtype=np.int64)
-        for i in range(n):
-            self._dbg_addr.value = first + i
-            await Timer(1, "ps")
-            out[i] = int(self._dbg_data.value)
-        if self.now() != c0 or get_sim_time("ps") - t0 != n:
+        addr_h, data_h = self._dbg_addr._handle, self._dbg_data._handle
+        from cocotb import simulator  # only inside a simulator process
+
+        def sample(i: int) -> None:  # after the evaluation of address first + i
+            out[i] = int(data_h.get_signal_val_binstr(), 2)
+            if i + 1 < n:
+                addr_h.set_signal_val_int(_NO_DELAY, first + i + 1)
+                simulator.register_rwsynch_callback(sample, i + 1)
+
+        if n:
+            addr_h.set_signal_val_int(_NO_DELAY, first)
+            simulator.register_rwsynch_callback(sample, 0)
+        await Timer(1, "step")
+        if self.now() != c0:
             raise HostTimingError("debug read crossed a clock edge")
         return self.fmt.from_unsigned(out)

@@ -107,6 +107,8 @@ async def protocol_matches_model(dut):
 
     seed = int(os.environ["PROTO_SEED"])
     dev = RtlDevice(dut, "", HW, FMT, dut.clk, rst=dut.rst)
+    if os.environ["PROTO_BUS"] == "cocotbext":
+        assert dev.axil is not None  # switches the device to cocotbext-axi's bus models
     await reset_to_cycle_zero(dut)
     await dev.calibrate()
     await reset_to_cycle_zero(dut)
@@ -120,8 +122,11 @@ async def protocol_matches_model(dut):
 
 
 @pytest.mark.rtl
-@pytest.mark.parametrize("seed", [1, 2])
-def test_rtl_device_protocol_matches_model(seed, tmp_path):
+@pytest.mark.parametrize(
+    ("seed", "bus"), [(1, "lean"), (2, "lean"), (1, "cocotbext")], ids=["1", "2", "1-cocotbext"]
+)
+def test_rtl_device_protocol_matches_model(seed, bus, tmp_path):
+    """Both host buses of RtlDevice: the lean driver (default) and cocotbext-axi's models."""
     from gradsync.hw.compute_node import ComputeNode
     from gradsync.sim.build import build_component, run_cocotb
 
@@ -132,5 +137,5 @@ def test_rtl_device_protocol_matches_model(seed, tmp_path):
         model,
         "tests.system.test_rtl_device",
         test_dir=tmp_path,
-        extra_env={"PROTO_SEED": str(seed), "PROTO_WANT": json.dumps(want)},
+        extra_env={"PROTO_SEED": str(seed), "PROTO_WANT": json.dumps(want), "PROTO_BUS": bus},
     )
