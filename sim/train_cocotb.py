@@ -234,6 +234,16 @@ async def train(dut):
             t.cancel()
     if dog is not None:
         watcher.cancel()
+    if not errors and (stalled.is_set() or (max_cycles is not None and fired is budget)):
+        # a cancelled firmware task may have left a bus transaction in flight (the host
+        # driver drives it from timed callbacks): let the longest one finish before the
+        # report reads registers over the same bus
+        from cocotb.triggers import ClockCycles
+
+        from gradsync.spec import timing as tm
+
+        longest = max(hw.scratchpad_words, hw.gradient_words) * fmt.word_bytes
+        await ClockCycles(dut.clk, tm.host_bulk_cycles(longest, hw) + 16)
     error = None
     if errors:
         error = errors[0]

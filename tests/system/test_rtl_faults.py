@@ -145,7 +145,7 @@ def test_sequence_number_wrap_under_faults_matches_the_model(tmp_path, monkeypat
     res = _rtl(CFG, tmp_path, faults)
     assert rb.LAST_RUN.counters["nodes"][0]["tx_packets"] > 8
     jobs, _ = build_jobs(CFG, digits.load(CFG.seed))
-    model, cluster = run_model_cluster(CFG, jobs, None, faults, start)
+    model, cluster = run_model_cluster(CFG, jobs, None, link_faults=faults, seq_start=start)
     assert all(d.nic.layer.seq_next < start for d in cluster.devices)
     _exact(compare(res, model))
     assert res.total_cycles == model.total_cycles
@@ -163,6 +163,6 @@ def test_a_run_the_faults_break_fails_alike_on_both_backends(tmp_path):
         _rtl(CFG, tmp_path, faults)
     jobs, _ = build_jobs(CFG, digits.load(CFG.seed))
     with pytest.raises(RuntimeError) as model:
-        run_model(CFG, jobs, None, faults)
+        run_model(CFG, jobs, None, link_faults=faults)
     assert "RX_TAG_MISMATCH" in str(model.value)
     assert str(rtl.value).endswith(str(model.value))
