@@ -48,7 +48,13 @@ from amaranth.utils import ceil_log2
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
-from gradsync.spec.link import PACKET_CRC_BYTES, PACKET_HEADER_BYTES, nic_timeouts
+from gradsync.spec.link import (
+    NIC_CREDITS,
+    NIC_WINDOW_PACKETS,
+    PACKET_CRC_BYTES,
+    PACKET_HEADER_BYTES,
+    nic_timeouts,
+)
 
 from .bulk import WIDE_PER_BEAT, BulkPort
 from .compute_node import (
@@ -61,10 +67,6 @@ from .dma import DmaEngine
 from .link import AckMessage, LinkBeat
 from .nic import NicRx, NicTx
 from .sram import DeviceMemory, device_addr_bits
-
-#: NIC flow control (``docs/comm.md``: enough that a fault-free transfer never stalls).
-NIC_CREDITS = 16
-NIC_WINDOW_PACKETS = 16
 
 #: Host ports of a node, shared with ``hw/compute_node.py`` (the cluster prefixes them).
 HOST_PORTS = (

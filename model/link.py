@@ -27,13 +27,13 @@ import numpy as np
 
 from gradsync.model.events import SimulationError
 from gradsync.spec import faults as fs
-from gradsync.spec.link import nic_timeouts
+from gradsync.spec.link import NIC_CREDITS, NIC_WINDOW_PACKETS, nic_timeouts
 
 M16 = 0xFFFF
 HEADER_WORDS = 3
-#: The RTL node's NIC parameters (``hw/node.py``'s ``NIC_WINDOW_PACKETS``, ``NIC_CREDITS``).
-WINDOW_PACKETS = 16
-CREDITS = 16
+#: The NIC's flow control (``gradsync.spec.link``, as the RTL node's).
+WINDOW_PACKETS = NIC_WINDOW_PACKETS
+CREDITS = NIC_CREDITS
 
 
 def crc32_words(words: list[int]) -> int:

@@ -107,6 +107,12 @@ def auto_chunk_bytes(link: LinkConfig, word_bytes: int, target_efficiency: float
     return candidate - candidate % word_bytes
 
 
+#: NIC flow control of every node (``docs/comm.md``: enough that a fault-free transfer never
+#: stalls): receive-buffer credits, and replay-buffer slots (packets sent, not yet acknowledged).
+NIC_CREDITS = 16
+NIC_WINDOW_PACKETS = 16
+
+
 def nic_timeouts(link: LinkConfig) -> tuple[int, int]:
     """(retransmission timeout, NAK hold-off) in cycles, as every NIC uses them.
 

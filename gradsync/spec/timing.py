@@ -21,7 +21,13 @@ from __future__ import annotations
 
 from gradsync.spec import regmap as rm
 from gradsync.spec.hardware import HardwareConfig
-from gradsync.spec.link import ceil_div, chunk_tx_cycles, nic_timeouts, packet_cycles
+from gradsync.spec.link import (
+    NIC_WINDOW_PACKETS,
+    ceil_div,
+    chunk_tx_cycles,
+    nic_timeouts,
+    packet_cycles,
+)
 
 # --- fixed latencies (cycles) -------------------------------------------------
 
@@ -205,9 +211,8 @@ def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
 
 # --- watchdog -----------------------------------------------------------------
 
-#: Packets a NIC keeps for resending, its replay window (``hw/node.py``
-#: ``NIC_WINDOW_PACKETS``; tests/system/test_watchdog.py checks that they agree).
-NIC_REPLAY_WINDOW_PACKETS = 16
+#: Packets a NIC keeps for resending, its replay window (one source: ``spec.link``).
+NIC_REPLAY_WINDOW_PACKETS = NIC_WINDOW_PACKETS
 #: Resend rounds (:func:`resend_round_cycles`) a run may spend without any progress
 #: before the watchdog stops it.  The NICs resend forever, so a held-down link is only
 #: ever noticed here.  At a packet loss rate ``p`` a healthy run is stopped only if

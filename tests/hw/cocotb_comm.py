@@ -46,6 +46,7 @@ from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
+from gradsync.spec.link import nic_timeouts
 from tests.hw.cocotb_cluster import start_devices
 
 M32 = 0xFFFF_FFFF
@@ -988,6 +989,10 @@ async def allreduce_with_faults(dut):
         tb.link(i, "drop_rate").value = rate
         tb.link(i, "stall_rate").value = tb.env_int("stall_rate", 200)
         tb.link(i, "stall_max").value = 40
+        # one outage per link, longer than two resend timeouts, while the first all-reduce
+        # is on the links: whatever the random faults do, the timeout path is exercised
+        tb.link(i, "down_at").value = 1500 + 2500 * i
+        tb.link(i, "down_len").value = 2 * nic_timeouts(tb.hw.link)[0] + 100
     total_ref = None
     for rep in range(tb.env_int("repeats", 8)):
         total_ref = await _ring_allreduce(tb, tb.env_int("words", 1024), 16 * rep, faults=True)

@@ -65,12 +65,6 @@ def test_bound_is_the_documented_sum():
     assert config_watchdog_cycles(SHORT) == want
 
 
-def test_replay_window_is_the_rtl_nics():
-    from gradsync.hw.node import NIC_WINDOW_PACKETS
-
-    assert tm.NIC_REPLAY_WINDOW_PACKETS == NIC_WINDOW_PACKETS
-
-
 def test_held_down_link_stops_naming_link_0_and_the_counters():
     from gradsync.model_backend import run_watched
 
