@@ -147,12 +147,14 @@ def run_watched(
                 dev.nic.layer.stall_limit = bound
     try:
         return cluster.run(wrapped, max_cycles)
-    except LinkStalled as exc:
-        since, cycle = next(d.nic.layer.stalled for d in cluster.devices if d.nic.layer.stalled)
+    except LinkStalled:
+        since, cycle, message = next(
+            d.nic.layer.stalled for d in cluster.devices if d.nic.layer and d.nic.layer.stalled
+        )
         dog.sample(cycle, [_progress(c) for c in devices])
         dog.since = since  # the link stepped these cycles inside one send
         report = _report(dog, cycle, cluster, devices, firmware)
-        raise WatchdogError(f"{report} [{str(exc).split(' (node 0: ')[0]}]") from None
+        raise WatchdogError(f"{report} [{message}]") from None
     except SimulationError as exc:
         if bound is None or not str(exc).startswith("deadlock at cycle"):
             raise  # a failed task, a spent budget

@@ -85,7 +85,8 @@ class LinkLayer:
         self.stall_limit: int | None = None
         self.last_progress = 0  #: last cycle a new packet started or an ack freed one
         self.name = "link"  #: how errors name it (the NIC sets ``link I (...)``)
-        self.stalled: tuple[int, int] | None = None  #: (last progress, cycle) of a stall
+        #: (last progress, cycle, message) of a stall, for the watchdog's report
+        self.stalled: tuple[int, int, str] | None = None
         # ---- NicTx
         self.seq_next = self.una = seq_start
         self.limit = (seq_start + CREDITS) & M16
@@ -132,12 +133,13 @@ class LinkLayer:
         while self.crc_sent_last is None:
             self._cycle()
             if self.stall_limit is not None and self.now - self.last_progress > self.stall_limit:
-                self.stalled = (self.last_progress, self.now)
-                raise LinkStalled(
-                    f"{self.name}: no progress for {self.now - self.last_progress} cycles at cycle {self.now}: "
-                    f"{(self.seq_next - self.una) & M16} packet(s) unacknowledged, "
-                    f"{len(self.offer)} waiting; counters {self.counters}"
+                message = (
+                    f"{self.name}: no progress for {self.now - self.last_progress} cycles at "
+                    f"cycle {self.now}: {(self.seq_next - self.una) & M16} packet(s) "
+                    f"unacknowledged, {len(self.offer)} waiting; counters {self.counters}"
                 )
+                self.stalled = (self.last_progress, self.now, message)
+                raise LinkStalled(message)
         return self.first_fire, self.crc_sent_last
 
     def advance(self, t: int) -> None:
