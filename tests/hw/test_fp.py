@@ -26,28 +26,31 @@ from tests.hw.fp_vectors import (
     fp32_reference_add,
 )
 
+OPERANDS = data.StructLayout({"a": 32, "b": 32, "x": 16, "y": 16})
+RESULTS = data.StructLayout({"total": 32, "product": 32, "converted": 16})
+
 
 class FpLanes(wiring.Component):
-    """``lanes`` copies of the adder (a + b), multiplier (x * y) and converter (a -> bf16)."""
+    """``lanes`` copies of the adder (a + b), multiplier (x * y) and converter (a -> bf16).
+
+    One port in and one out (lane 0 in the low bits), so that a testbench
+    step costs one write and one read whatever the number of lanes.
+    """
 
     def __init__(self, lanes: int):
         super().__init__({
-            "a": In(data.ArrayLayout(32, lanes)),
-            "b": In(data.ArrayLayout(32, lanes)),
-            "x": In(data.ArrayLayout(16, lanes)),
-            "y": In(data.ArrayLayout(16, lanes)),
-            "total": Out(data.ArrayLayout(32, lanes)),
-            "product": Out(data.ArrayLayout(32, lanes)),
-            "converted": Out(data.ArrayLayout(16, lanes)),
+            "operands": In(data.ArrayLayout(OPERANDS, lanes)),
+            "results": Out(data.ArrayLayout(RESULTS, lanes)),
         })  # fmt: skip
 
     def elaborate(self, platform):
         m = Module()
-        for i in range(len(self.a)):
+        for i in range(len(self.operands)):
+            op, res = self.operands[i], self.results[i]
             m.d.comb += [
-                self.total[i].eq(hfp.fp32_add(m, self.a[i], self.b[i], f"add{i}")),
-                self.product[i].eq(hfp.bf16_mul(m, self.x[i], self.y[i], f"mul{i}")),
-                self.converted[i].eq(hfp.fp32_to_bf16(m, self.a[i], f"cvt{i}")),
+                res.total.eq(hfp.fp32_add(m, op.a, op.b, f"add{i}")),
+                res.product.eq(hfp.bf16_mul(m, op.x, op.y, f"mul{i}")),
+                res.converted.eq(hfp.fp32_to_bf16(m, op.a, f"cvt{i}")),
             ]
         return m
 
@@ -71,7 +74,8 @@ def _settle(dut, inputs: dict, output: str) -> np.ndarray:
 def _assert_words(got, want, *operands):
     bad = np.flatnonzero(np.asarray(got) != np.asarray(want))
     shown = [
-        " ".join(f"{int(op[i]):#x}" for op in operands) + f" -> {int(got[i]):#x}, want {int(want[i]):#x}"
+        " ".join(f"{int(op[i]):#x}" for op in operands)
+        + f" -> {int(got[i]):#x}, want {int(want[i]):#x}"
         for i in bad[:8]
     ]
     assert not bad.size, f"{bad.size} of {len(want)} differ:\n" + "\n".join(shown)
@@ -88,7 +92,7 @@ def test_multiplier_all_special_pairs():
 
 
 def test_adder_by_hand_and_all_special_pairs():
-    hand_a, hand_b, hand_sum = (np.array(c, dtype=np.uint32) for c in zip(*ADD_BY_HAND))
+    hand_a, hand_b, hand_sum = np.array(ADD_BY_HAND, dtype=np.uint32).T
     got = _settle(hfp.Fp32Adder(), {"a": hand_a, "b": hand_b}, "total")
     _assert_words(got, hand_sum, hand_a, hand_b)
     a, b = all_pairs(FP32_SPECIALS)
@@ -119,7 +123,9 @@ def _pe_stimulus(rng, cycles):
         words = signs | exps | rng.integers(0, 128, (n, 2))
         if rng.random() < 0.2:  # a special operand now and then
             words[rng.integers(n), 0] = rng.choice(BF16_SPECIALS)
-        rows += [(int(a), int(b), 1, int(k == 0), int(k == n - 1)) for k, (a, b) in enumerate(words)]
+        rows += [
+            (int(a), int(b), 1, int(k == 0), int(k == n - 1)) for k, (a, b) in enumerate(words)
+        ]
     return rows
 
 
@@ -169,45 +175,54 @@ def test_mac_pe_one_pair_per_cycle_equals_dot_fp32():
 
 # --- Verilator: 2**20 random pairs per block, plus every special pair --------------------
 
-LANES = 32
+LANES = 16  # C++ build time grows with the lanes, the testbench's time with the steps
 PAIRS = 1 << 20
+OPERAND_DTYPE = np.dtype([("a", "<u4"), ("b", "<u4"), ("x", "<u2"), ("y", "<u2")])
+RESULT_DTYPE = np.dtype([("total", "<u4"), ("product", "<u4"), ("converted", "<u2")])
+
+
+def _vectors(rng) -> np.ndarray:
+    """Every special pair and the by-hand adds first, then 2**20 random pairs per block."""
+    special_a, special_b = all_pairs(FP32_SPECIALS)
+    hand_a, hand_b, _ = np.array(ADD_BY_HAND, dtype=np.uint32).T
+    rand_a, rand_b = adder_pairs(rng, PAIRS)
+    a = np.concatenate([special_a, hand_a, rand_a])
+    sx, sy = all_pairs(BF16_SPECIALS)
+    vectors = np.zeros(len(a) + (-len(a) % LANES), OPERAND_DTYPE)
+    vectors["a"][: len(a)] = a
+    vectors["b"][: len(a)] = np.concatenate([special_b, hand_b, rand_b])
+    vectors["x"] = rng.integers(0, 1 << 16, len(vectors))
+    vectors["y"] = rng.integers(0, 1 << 16, len(vectors))
+    vectors["x"][: len(sx)], vectors["y"][: len(sy)] = sx, sy
+    return vectors
 
 
 @pytest.fixture(scope="module")
 def verilated(tmp_path_factory):
-    """Vectors and the lane harness's answers, from one Verilator build and run."""
+    """The operand words and the harness's answers, from one Verilator build and run."""
     from gradsync.sim.build import BuildOptions, build_component, run_cocotb
 
-    rng = np.random.default_rng(2026)
-    special_a, special_b = all_pairs(FP32_SPECIALS)
-    hand_a, hand_b, _ = (np.array(c, dtype=np.uint32) for c in zip(*ADD_BY_HAND))
-    rand_a, rand_b = adder_pairs(rng, PAIRS)
-    a = np.concatenate([special_a, hand_a, rand_a])
-    b = np.concatenate([special_b, hand_b, rand_b])
-    sx, sy = all_pairs(BF16_SPECIALS)
-    x = np.concatenate([sx, rng.integers(0, 1 << 16, len(a) - len(sx)).astype(np.uint16)])
-    y = np.concatenate([sy, rng.integers(0, 1 << 16, len(a) - len(sy)).astype(np.uint16)])
-    pad = -len(a) % LANES
-    vectors = {
-        k: np.concatenate([v, np.zeros(pad, v.dtype)]).reshape(-1, LANES)
-        for k, v in {"a": a, "b": b, "x": x, "y": y}.items()
-    }
+    assert OPERANDS.size == 8 * OPERAND_DTYPE.itemsize and RESULTS.size == 8 * RESULT_DTYPE.itemsize
+    vectors = _vectors(np.random.default_rng(2026))
     folder = tmp_path_factory.mktemp("fp_lanes")
-    np.savez(folder / "vectors.npz", **vectors)
-    model = build_component(  # combinational: no clock to generate
-        FpLanes(LANES), f"fp_lanes{LANES}", BuildOptions(internal_clock=False),
+    np.save(
+        folder / "vectors.npy", vectors.view(np.uint8).reshape(-1, LANES * OPERAND_DTYPE.itemsize)
+    )
+    model = build_component(  # combinational: no clock; -O0: the testbench, not the model, is slow
+        FpLanes(LANES), f"fp_lanes{LANES}", BuildOptions(internal_clock=False, opt_fast="-O0"),
         params={"lanes": LANES},
     )  # fmt: skip
     run_cocotb(
         model,
         "tests.hw.cocotb_fp",
-        extra_env={"FP_VECTORS": str(folder / "vectors.npz"),
-                   "FP_RESULTS": str(folder / "results.npz")},
+        extra_env={"FP_VECTORS": str(folder / "vectors.npy"),
+                   "FP_RESULTS": str(folder / "results.npy"),
+                   "FP_RESULT_BYTES": str(LANES * RESULT_DTYPE.itemsize)},
         test_dir=folder,
     )  # fmt: skip
-    results = np.load(folder / "results.npz")
-    flat = {k: v.ravel() for k, v in {**vectors, **dict(results)}.items()}
-    return flat
+    results = np.load(folder / "results.npy").reshape(-1).view(RESULT_DTYPE)
+    return {**{k: vectors[k] for k in OPERAND_DTYPE.names},
+            **{k: results[k] for k in RESULT_DTYPE.names}}  # fmt: skip
 
 
 @pytest.mark.rtl
