@@ -239,7 +239,8 @@ def _round_to_layout(values: np.ndarray | float, layout: FloatLayout) -> np.ndar
 def _words_to_float64(words: np.ndarray | int, layout: FloatLayout) -> np.ndarray:
     """Words of ``layout`` -> float64 (exact); subnormal words read as signed zeros."""
     w = np.asarray(words, dtype=np.int64).astype(np.uint32) << np.uint32(32 - layout.width)
-    x = w.view(np.float32).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # signalling NaNs stay NaNs
+        x = w.view(np.float32).astype(np.float64)
     return np.where(np.abs(x) < layout.min_normal, np.copysign(0.0, x), x)
 
 
