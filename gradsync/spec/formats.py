@@ -10,7 +10,11 @@ from device words with :meth:`FixedPointFormat.quantize` /
 A format is a frozen dataclass with a ``name``, ``word_bytes``, ``to_dict``,
 ``quantize``/``dequantize`` and its ``HW_FORMAT`` encoding; a floating-point
 format joins by providing the same (nothing here assumes integers beyond
-:class:`FixedPointFormat` itself).
+:class:`FixedPointFormat` itself). :class:`BFloat16Format` (bf16 operands,
+fp32 accumulator, gradients and master weights; ``docs/numerics.md``) is the
+floating-point one, its bit layouts :data:`BF16` and :data:`FP32`; its
+arithmetic is ``model/fp.py`` and ``hw/fp.py``. It has no ``HW_FORMAT``
+encoding yet: the register needs a field that tells the two families apart.
 
 Conventions of the fixed-point format
 -------------------------------------
