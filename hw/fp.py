@@ -9,7 +9,7 @@ sign, results below the smallest normal are written as zeros of their sign,
 every NaN result is the canonical NaN.
 
 The arithmetic is written as functions that add combinational logic to a
-module (``bf16_mul``, ``fp32_add``, ``fp32_to_bf16``), so the vector unit and
+module (``bf16_mul``, ``fp32_add``, ``fp32_to_bf16``, ``bf16_to_fp32``), so the vector unit and
 the NIC's reduce-add can use them in their own data paths; the components
 below wrap them for the array and for the block tests.
 """
@@ -170,6 +170,18 @@ def fp32_to_bf16(m: Module, a, name: str) -> Signal:
         m.d.comb += out.eq(Cat(Const(0, 15), x.sign))
     with m.Else():  # infinities stay: their low bits are zero
         m.d.comb += out.eq(a[drop:] + up)
+    return out
+
+
+def bf16_to_fp32(m: Module, a, name: str) -> Signal:
+    """fp32 word of bf16 word ``a`` (combinational): exact, the word shifted up 16 bits.
+
+    A subnormal reads as a zero of its sign; a NaN gives the canonical NaN.
+    """
+    x = _Fields(a, BF16)
+    widened = Cat(Const(0, 16), Mux(x.zero, a & 0x8000, a))
+    out = Signal(32, name=name)
+    m.d.comb += out.eq(Mux(x.nan, FP32.canonical_nan, widened))
     return out
 
 
