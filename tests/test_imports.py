@@ -19,7 +19,7 @@ ROOMS = ("spec", "hw", "model", "firmware", "sim")
 RULES = {
     "spec": (ROOT / "gradsync" / "spec", {"spec"}, {"numpy"}),
     "hw": (ROOT / "hw", {"spec", "hw"}, {"amaranth"}),
-    "model": (ROOT / "model", {"spec", "model"}, {"numpy"}),
+    "model": (ROOT / "model", {"spec", "model"}, {"numpy", "ml_dtypes"}),
     "firmware": (ROOT / "firmware", {"spec", "firmware"}, {"numpy", "sklearn"}),
 }
 

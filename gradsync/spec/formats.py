@@ -10,7 +10,11 @@ from device words with :meth:`FixedPointFormat.quantize` /
 A format is a frozen dataclass with a ``name``, ``word_bytes``, ``to_dict``,
 ``quantize``/``dequantize`` and its ``HW_FORMAT`` encoding; a floating-point
 format joins by providing the same (nothing here assumes integers beyond
-:class:`FixedPointFormat` itself).
+:class:`FixedPointFormat` itself). :class:`BFloat16Format` (bf16 operands,
+fp32 accumulator, gradients and master weights; ``docs/numerics.md``) is the
+floating-point one, its bit layouts :data:`BF16` and :data:`FP32`; its
+arithmetic is ``model/fp.py`` and ``hw/fp.py``. It has no ``HW_FORMAT``
+encoding yet: the register needs a field that tells the two families apart.
 
 Conventions of the fixed-point format
 -------------------------------------
@@ -161,3 +165,144 @@ class FixedPointFormat:
 
 
 DEFAULT_FORMAT = FixedPointFormat()
+
+
+# --- floating point: bf16 operands, fp32 accumulation -----------------------------------
+
+
+@dataclass(frozen=True)
+class FloatLayout:
+    """Bit layout of an IEEE-754-style binary format: sign, ``exp_bits``, ``frac_bits``.
+
+    The RTL (``hw/fp.py``) takes its field widths from these, the golden model
+    (``model/fp.py``) its canonical NaN and smallest normal.
+    """
+
+    exp_bits: int
+    frac_bits: int
+
+    @property
+    def width(self) -> int:
+        """Bits of a word: sign + exponent + fraction."""
+        return 1 + self.exp_bits + self.frac_bits
+
+    @property
+    def bias(self) -> int:
+        return (1 << (self.exp_bits - 1)) - 1
+
+    @property
+    def exp_max(self) -> int:
+        """The all-ones biased exponent of infinities and NaNs."""
+        return (1 << self.exp_bits) - 1
+
+    @property
+    def inf(self) -> int:
+        """Bits of +infinity (set the top bit for -infinity)."""
+        return self.exp_max << self.frac_bits
+
+    @property
+    def canonical_nan(self) -> int:
+        """The one NaN the device writes: positive, quiet bit set, payload zero."""
+        return self.inf | (1 << (self.frac_bits - 1))
+
+    @property
+    def min_normal(self) -> float:
+        """Smallest positive normal value; anything smaller is flushed to zero."""
+        return 2.0 ** (1 - self.bias)
+
+
+BF16 = FloatLayout(exp_bits=8, frac_bits=7)
+FP32 = FloatLayout(exp_bits=8, frac_bits=23)
+
+
+def _round_to_layout(values: np.ndarray | float, layout: FloatLayout) -> np.ndarray:
+    """float64 -> words of ``layout``: one round-to-nearest-even, flush-to-zero, canonical NaN.
+
+    The significand is rounded to ``frac_bits + 1`` bits with the exponent
+    unbounded (integer arithmetic on the float64 bits, so there is no double
+    rounding); a result of magnitude ``>= 2**(bias + 1)`` becomes infinity,
+    one below ``min_normal`` a zero of the same sign.
+    """
+    x = np.array(values, dtype=np.float64, ndmin=1)
+    bits = x.view(np.uint64)
+    drop = np.uint64(52 - layout.frac_bits)
+    lsb = (bits >> drop) & np.uint64(1)
+    half = np.uint64(1) << (drop - np.uint64(1))
+    mask = ~((np.uint64(1) << drop) - np.uint64(1))
+    finite = np.isfinite(x)
+    rounded = np.where(finite, (bits + half - np.uint64(1) + lsb) & mask, bits).view(np.float64)
+    magnitude = np.abs(rounded)
+    out_of_range = magnitude >= 2.0 ** (layout.bias + 1)
+    rounded = np.where(out_of_range, np.copysign(np.inf, x), rounded)
+    rounded = np.where(magnitude < layout.min_normal, np.copysign(0.0, x), rounded)
+    words = rounded.astype(np.float32).view(np.uint32) >> np.uint32(32 - layout.width)
+    words = np.where(np.isnan(x), layout.canonical_nan, words)
+    return words.astype(np.uint16 if layout.width == 16 else np.uint32).reshape(np.shape(values))
+
+
+def _words_to_float64(words: np.ndarray | int, layout: FloatLayout) -> np.ndarray:
+    """Words of ``layout`` -> float64 (exact); subnormal words read as signed zeros."""
+    w = np.asarray(words, dtype=np.int64).astype(np.uint32) << np.uint32(32 - layout.width)
+    with np.errstate(invalid="ignore"):  # signalling NaNs stay NaNs
+        x = w.view(np.float32).astype(np.float64)
+    return np.where(np.abs(x) < layout.min_normal, np.copysign(0.0, x), x)
+
+
+@dataclass(frozen=True)
+class BFloat16Format:
+    """bf16 operands with fp32 accumulation, fp32 gradients and fp32 master weights.
+
+    The semantics (``docs/numerics.md``): bf16 x bf16 products exact in fp32,
+    fp32 sums rounded to nearest even, subnormal inputs and outputs flushed to
+    a zero of the same sign, overflow to infinity, one canonical NaN
+    (:attr:`FloatLayout.canonical_nan`), fp32 -> bf16 rounded to nearest even.
+    Device words are the IEEE bit patterns: ``uint16`` for bf16, ``uint32``
+    for fp32.
+    """
+
+    #: Format family, as recorded in ``results.json``.
+    name = "bf16"
+    operand = BF16
+    accumulator = FP32
+    #: Format of weight gradients in the gradient SRAM and of the SGD master weights.
+    gradient = FP32
+    master_weight = FP32
+    rounding = "nearest-even"
+    subnormals = "flush-to-zero"
+
+    @property
+    def word_bytes(self) -> int:
+        """Bytes per operand (bf16) word in device memory."""
+        return self.operand.width // 8
+
+    @property
+    def acc_bytes(self) -> int:
+        """Bytes per accumulator / gradient / master-weight (fp32) word."""
+        return self.accumulator.width // 8
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "operand": "bf16",
+            "accumulator": "fp32",
+            "gradient": "fp32",
+            "master_weight": "fp32",
+            "rounding": self.rounding,
+            "subnormals": self.subnormals,
+        }
+
+    def quantize(self, values: np.ndarray | float) -> np.ndarray:
+        """Real values -> bf16 words (``uint16``), one round-to-nearest-even."""
+        return _round_to_layout(values, self.operand)
+
+    def dequantize(self, words: np.ndarray | int) -> np.ndarray:
+        """bf16 words -> float64 values (exact)."""
+        return _words_to_float64(words, self.operand)
+
+    def quantize_fp32(self, values: np.ndarray | float) -> np.ndarray:
+        """Real values -> fp32 words (``uint32``), one round-to-nearest-even."""
+        return _round_to_layout(values, self.accumulator)
+
+    def dequantize_fp32(self, words: np.ndarray | int) -> np.ndarray:
+        """fp32 words -> float64 values (exact)."""
+        return _words_to_float64(words, self.accumulator)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import ml_dtypes
 import numpy as np
 import pytest
 
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.formats import BF16, FP32, BFloat16Format, FixedPointFormat
 
 
 def test_quantize_follows_the_rounding_rules():
@@ -66,3 +67,77 @@ def test_hw_format_register_round_trip(total, frac, acc, rounding, sat):
 def test_bad_format_names_the_parameter_and_value(kwargs, text):
     with pytest.raises(ValueError, match=text):
         FixedPointFormat(**kwargs)
+
+
+# --- bf16 operands, fp32 accumulation ---------------------------------------------------
+
+
+def test_float_layouts_by_hand():
+    assert (BF16.width, BF16.bias, BF16.inf, BF16.canonical_nan) == (16, 127, 0x7F80, 0x7FC0)
+    assert (FP32.width, FP32.bias, FP32.inf, FP32.canonical_nan) == (
+        32,
+        127,
+        0x7F800000,
+        0x7FC00000,
+    )
+    assert FP32.min_normal == BF16.min_normal == 2.0**-126
+
+
+def test_bf16_format_sizes_and_description():
+    f = BFloat16Format()
+    assert (f.name, f.word_bytes, f.acc_bytes) == ("bf16", 2, 4)
+    assert f.to_dict() == {
+        "name": "bf16",
+        "operand": "bf16",
+        "accumulator": "fp32",
+        "gradient": "fp32",
+        "master_weight": "fp32",
+        "rounding": "nearest-even",
+        "subnormals": "flush-to-zero",
+    }
+
+
+def test_bf16_quantize_equals_ml_dtypes_on_float32_values():
+    """On values float32 holds exactly, one rounding to bf16 is what ml_dtypes does."""
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 1 << 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = x[np.isfinite(x) & (np.abs(x) >= 2.0**-126)]
+    want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    np.testing.assert_array_equal(BFloat16Format().quantize(x.astype(np.float64)), want)
+
+
+def test_bf16_quantize_rounds_once_from_float64():
+    """1 + 2**-8 + 2**-30 lies above the tie 1 + 2**-8: up to 1 + 2**-7.
+
+    Through float32 (as ml_dtypes converts a float64) the 2**-30 is lost first
+    and the tie goes to even, 1.0: the double rounding quantize avoids.
+    """
+    x = np.array([1 + 2**-8 + 2**-30])
+    assert BFloat16Format().quantize(x).tolist() == [0x3F81]
+    assert x.astype(ml_dtypes.bfloat16).view(np.uint16).tolist() == [0x3F80]
+
+
+def test_bf16_quantize_specials_by_hand():
+    values = [0.0, -0.0, 1e-39, -1e-39, np.inf, -np.inf, np.nan, 3.4e38, 3.38e38, 2.0**-126]
+    assert BFloat16Format().quantize(values).tolist() == [
+        0x0000, 0x8000, 0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0x7F80, 0x7F7E, 0x0080,
+    ]  # fmt: skip
+
+
+def test_bf16_words_round_trip():
+    """Every bf16 word: dequantize is exact, quantize gives the word back (FTZ, one NaN)."""
+    f = BFloat16Format()
+    words = np.arange(1 << 16, dtype=np.uint16)
+    exp, frac = (words >> 7) & 0xFF, words & 0x7F
+    want = np.where(exp == 0, words & 0x8000, words)
+    want = np.where((exp == 0xFF) & (frac != 0), 0x7FC0, want)
+    np.testing.assert_array_equal(f.quantize(f.dequantize(words)), want)
+
+
+def test_fp32_quantize_equals_numpy_float32_in_the_normal_range():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(100_000) * 10.0 ** rng.integers(-30, 30, 100_000)
+    want = x.astype(np.float32).view(np.uint32)
+    f = BFloat16Format()
+    np.testing.assert_array_equal(f.quantize_fp32(x), want)
+    np.testing.assert_array_equal(f.dequantize_fp32(want), x.astype(np.float32))

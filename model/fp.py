@@ -1,0 +1,111 @@
+"""Bit-exact floating-point arithmetic of the device: bf16 products, fp32 sums, bf16 conversion.
+
+The golden model's half of ``docs/numerics.md``; ``hw/fp.py`` is the same in
+logic and ``tests/hw/test_fp.py`` checks that the two agree bit for bit. The
+layouts and the canonical NaN are :data:`gradsync.spec.formats.BF16` and
+:data:`~gradsync.spec.formats.FP32`.
+
+Conventions
+-----------
+* Arguments and results are device words: IEEE bit patterns as integer
+  arrays (``uint16`` for bf16, ``uint32`` for fp32), any shape, broadcast.
+* Flush-to-zero: a subnormal input reads as a zero of its sign, a result
+  below the smallest normal is written as a zero of its sign.
+* Every NaN result is the canonical NaN; NumPy's own NaN bits are not kept.
+* With both inputs normal, NumPy's ``float32`` operations round to nearest
+  even exactly as the device does: a sum or a bf16 x bf16 product that lands
+  below the smallest normal is exact there (both are multiples of
+  ``2**-149``, or have 16 significant bits), so no rounding happens before
+  the flush, and flushing NumPy's result is the device's result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_dtypes
+import numpy as np
+
+from gradsync.spec.formats import BF16, FP32
+
+_MIN_NORMAL = np.float32(FP32.min_normal)
+
+
+def _flush(x: np.ndarray) -> np.ndarray:
+    """float32 values below the smallest normal -> zeros of the same sign."""
+    return np.where(np.abs(x) < _MIN_NORMAL, np.copysign(np.float32(0), x), x)
+
+
+def _fp32_values(words: np.ndarray | int) -> np.ndarray:
+    return _flush(np.asarray(words, dtype=np.int64).astype(np.uint32).view(np.float32))
+
+
+def _fp32_words(x: np.ndarray) -> np.ndarray:
+    """float32 values -> fp32 words, flushed, NaNs canonical."""
+    words = _flush(x).view(np.uint32)
+    return np.where(np.isnan(x), np.uint32(FP32.canonical_nan), words).astype(np.uint32)
+
+
+def bf16_to_fp32(a: np.ndarray | int) -> np.ndarray:
+    """bf16 words -> fp32 words: exact widening; subnormals flushed, NaNs canonical."""
+    wide = np.asarray(a, dtype=np.int64).astype(np.uint32) << np.uint32(16)
+    return _fp32_words(wide.view(np.float32))
+
+
+def bf16_mul_fp32(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """The PE's multiplier: bf16 words x bf16 words -> fp32 words of the exact product.
+
+    Exact (8 x 8 significant bits fit fp32's 24) unless the product reaches
+    ``2**128`` (infinity) or falls below ``2**-126`` (a zero of its sign).
+    ``inf x 0`` and any NaN operand give the canonical NaN.
+    """
+    x = bf16_to_fp32(a).view(np.float32)
+    y = bf16_to_fp32(b).view(np.float32)
+    with np.errstate(all="ignore"):
+        return _fp32_words(x * y)
+
+
+def fp32_add(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """The accumulator's adder: fp32 words + fp32 words -> fp32 words, nearest-even.
+
+    ``x + (-x)`` is ``+0``, ``-0 + -0`` is ``-0``, ``inf - inf`` and any NaN
+    operand give the canonical NaN, overflow gives an infinity.
+    """
+    with np.errstate(all="ignore"):
+        return _fp32_words(_fp32_values(a) + _fp32_values(b))
+
+
+def fp32_to_bf16(a: np.ndarray | int) -> np.ndarray:
+    """fp32 words -> bf16 words, round to nearest even (``ml_dtypes``); overflow to infinity.
+
+    A subnormal input is flushed first; a normal fp32 never rounds to a bf16
+    subnormal (the exponent range is the same). NaNs give the canonical bf16 NaN.
+    """
+    x = _fp32_values(a)
+    with np.errstate(invalid="ignore"):  # NaNs: replaced below
+        words = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    return np.where(np.isnan(x), np.uint16(BF16.canonical_nan), words).astype(np.uint16)
+
+
+def dot_fp32(
+    a: np.ndarray, b: np.ndarray, order: Sequence[int] | np.ndarray | None = None
+) -> np.ndarray:
+    """The PE's accumulation: fp32 word of ``sum_k a[..., k] * b[..., k]`` in the PE's order.
+
+    ``a`` and ``b`` hold bf16 words with the inner dimension ``K`` last (other
+    dimensions broadcast). The accumulator loads the product of ``order[0]``
+    (it is not added to a zero), then adds the others one at a time in
+    ``order`` (default ``0, 1, ..., K-1``, the order the array feeds a PE),
+    each sum rounded as :func:`fp32_add` rounds it.
+    """
+    products = bf16_mul_fp32(a, b)
+    k = products.shape[-1] if products.ndim else 0
+    order = np.arange(k) if order is None else np.asarray(order, dtype=np.int64)
+    if k == 0 or order.ndim != 1 or len(order) == 0 or not np.all((order >= 0) & (order < k)):
+        raise ValueError(
+            f"order must list indices of the inner dimension 0..{k - 1}, not {order.tolist()!r}"
+        )
+    acc = products[..., order[0]]
+    for index in order[1:]:
+        acc = fp32_add(acc, products[..., index])
+    return acc
