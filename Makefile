@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/pytest -n 2 --dist loadgroup tests examples
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=40 tests examples
 
 test-fast: lint
 	$(BIN)/pytest -n 2 --dist loadgroup -m "not slow" tests
