@@ -459,7 +459,8 @@ def _report(record: dict, rows: list[dict], text: str) -> None:
     bad = [r for r in rows if not r["ok"]]
     for r in bad[:SHOW_FAILING]:
         why = r.get("reason") or (
-            f"weights differ from step {r['first_differing_step']}"
+            f"weights differ from the fault-free run's from step {r['first_differing_step']}"
+            + ("" if r.get("nodes_agree") else " (and the nodes' weights differ)")
             if r.get("weights_equal") is False
             else f"not cycle-exact: {r.get('check')}"
         )

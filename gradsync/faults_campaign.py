@@ -150,6 +150,12 @@ def weights_digest(weights: dict, steps: int) -> list[str]:
     return out
 
 
+def nodes_agree(weights: dict) -> bool:
+    """Whether every node holds node 0's weights at every step (``gradsync train`` fails a
+    run in which they do not)."""
+    return all(np.array_equal(w, weights[(0, *key[1:])]) for key, w in weights.items())
+
+
 def _model(point: FaultPoint, faults):
     """(BackendResult or None, counters or None, reason) of the run on the golden model."""
     from gradsync.firmware import experiment
@@ -258,15 +264,16 @@ def run(point: FaultPoint) -> dict:
     row: dict = {"kind": point.kind, "rate": point.rate, "seed": point.fault_seed,
                  "link_faults": point.spec or "", "finished": res is not None,
                  "reason": reason, "cycles": None if res is None else res.total_cycles,
-                 "weights_sha256": ""}  # fmt: skip
+                 "weights_sha256": "", "nodes_agree": None}  # fmt: skip
     if res is not None:
         row["weights_sha256"] = " ".join(weights_digest(res.weights, point.train.config.steps))
+        row["nodes_agree"] = nodes_agree(res.weights)
+    if rtl:
+        row["cycle_exact"], row["check"] = _exact(res, counts, reason, point)
     if counts is not None:
         counts["outages"] = outages(point, counts, row["cycles"])
         counts["faults"] = sum(counts[k] for k in FAULT_EVENTS)
         row.update(counts)
-    if rtl:
-        row["cycle_exact"], row["check"] = _exact(res, counts, reason, point)
     row["wall_seconds"] = time.perf_counter() - t0
     return row
 
