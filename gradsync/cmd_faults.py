@@ -326,7 +326,7 @@ def campaign(args, options: dict, plan: dict, out: Path) -> tuple[dict, list[dic
     from gradsync.sweep import commands, runner
 
     command = commands.get("faults")
-    summary = runner.Summary(total=0)
+    summary = runner.Summary(total=1)  # the reference's, then the faulted runs'
     session = _session(args)
     try:
         print(f"{PROG}: on {session.where}", file=sys.stderr, flush=True)
@@ -335,7 +335,7 @@ def campaign(args, options: dict, plan: dict, out: Path) -> tuple[dict, list[dic
         if not ref or not ref[0].get("finished"):
             return (ref[0] if ref else {}), [], summary
         faulted = _points(command, _faulted_options(options, args, plan, ref[0]["cycles"]))
-        summary.total = len(faulted)
+        summary = runner.Summary(total=len(faulted), interrupted=summary.interrupted)
         print(
             f"{PROG}: {len(faulted)} runs ({len(plan['kinds'])} kinds, "
             f"{len(plan['seeds'])} seeds per rate) against the fault-free run of "
