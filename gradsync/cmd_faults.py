@@ -447,7 +447,10 @@ def _record(args, options, plan, ref, rows, lines, summary, status) -> dict:
             "runs_run": summary.done + summary.failed,
             "runs_resumed": summary.skipped,
         },
-        "ok": bool(ref.get("finished")) and all(r["ok"] for r in rows) and status == "complete",
+        "ok": bool(ref.get("finished"))
+        and ref.get("cycle_exact") is not False
+        and all(r["ok"] for r in rows)
+        and status == "complete",
         "runs": rows,
     }
 
@@ -455,6 +458,8 @@ def _record(args, options, plan, ref, rows, lines, summary, status) -> dict:
 def _report(record: dict, rows: list[dict], text: str) -> None:
     ref = record["reference"]
     print(f"fault-free reference: {ref.get('cycles')} cycles; {ref['command']}")
+    if ref.get("cycle_exact") is False:
+        print(f"FAILED the fault-free reference is not cycle-exact: {ref.get('check')}")
     print(text, end="")
     bad = [r for r in rows if not r["ok"]]
     for r in bad[:SHOW_FAILING]:
