@@ -316,7 +316,7 @@ def _run(session, command, points, out: Path, args, summary) -> list[dict]:
         else:  # the point itself raised (a bug, a lost worker): a run that did not finish
             o = p.options
             rows.append({"kind": o.get("kind", "none"), "rate": o.get("rate", 0),
-                         "seed": o.get("fault_seed", 0), "link_faults": o.get("link_faults", ""),
+                         "fault_seed": o.get("fault_seed", 0), "link_faults": o.get("link_faults", ""),
                          "finished": False, "reason": f"point failed: {rec.get('error')}"})  # fmt: skip
     return rows
 
@@ -446,6 +446,7 @@ def _record(args, options, plan, ref, rows, lines, summary, status) -> dict:
             "wall_seconds": round(summary.wall_seconds, 3),
             "runs_run": summary.done + summary.failed,
             "runs_resumed": summary.skipped,
+            "runs_planned": sum(len(plan["rates"][k]) for k in plan["kinds"]) * len(plan["seeds"]),
         },
         "ok": bool(ref.get("finished"))
         and ref.get("cycle_exact") is not False
@@ -469,13 +470,14 @@ def _report(record: dict, rows: list[dict], text: str) -> None:
             if r.get("weights_equal") is False
             else f"not cycle-exact: {r.get('check')}"
         )
-        print(f"FAILED {r['kind']} rate {r['rate']} seed {r['seed']}: {why[:300]}")
+        print(f"FAILED {r['kind']} rate {r['rate']} seed {r['fault_seed']}: {why[:300]}")
         print(f"  {r['command']}")
     if len(bad) > SHOW_FAILING:
         print(f"... {len(bad) - SHOW_FAILING} more failing runs in the record")
     t = record["totals"]
     print(
-        f"{PROG}: {len(rows)} runs, {len(bad)} failing ({t.get('weights_differ', 0)} weights "
+        f"{PROG}: {len(rows)} of {t['runs_planned']} runs, {len(bad)} failing "
+        f"({t.get('weights_differ', 0)} weights "
         f"differ, {t.get('not_finished', 0)} not finished"
         + (f", {t.get('not_cycle_exact', 0)} not cycle-exact" if "not_cycle_exact" in t else "")
         + f"); {t['wall_seconds']:.1f} s"

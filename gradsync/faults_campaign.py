@@ -261,7 +261,7 @@ def run(point: FaultPoint) -> dict:
     t0 = time.perf_counter()
     rtl = point.train.backend == "rtl"
     res, counts, reason = _rtl(point) if rtl else _model(point, point.faults)
-    row: dict = {"kind": point.kind, "rate": point.rate, "seed": point.fault_seed,
+    row: dict = {"kind": point.kind, "rate": point.rate, "fault_seed": point.fault_seed,
                  "link_faults": point.spec or "", "finished": res is not None,
                  "reason": reason, "cycles": None if res is None else res.total_cycles,
                  "weights_sha256": "", "nodes_agree": None}  # fmt: skip

@@ -144,7 +144,7 @@ def test_a_run_with_different_weights_is_reported_and_fails_the_campaign(
     rc, rec = _campaign(tmp_path, *args, "--seeds", "2", name="bad")
     out = capsys.readouterr().out
     assert rc == 1 and not rec["ok"]
-    differ = [(r["kind"], r["seed"]) for r in rec["runs"] if not r["weights_equal"]]
+    differ = [(r["kind"], r["fault_seed"]) for r in rec["runs"] if not r["weights_equal"]]
     assert differ == [("drop", 2)]
     bad = next(r for r in rec["runs"] if not r["weights_equal"])
     assert bad["first_differing_step"] == 1 and bad["nodes_agree"] and bad["finished"]
