@@ -18,6 +18,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -116,7 +117,7 @@ def _rates(text: str | None, kinds: list[fc.Kind], quick: bool) -> dict[str, tup
     rates = []
     for item in text.split(","):
         try:
-            rates.append(int(item.strip(), 0))
+            rates.append(int(item))
         except ValueError:
             raise ValueError(f"--rates takes comma-separated integers, not {item!r}") from None
     for r in rates:
@@ -157,9 +158,11 @@ def _check_runner(args) -> None:
 def train_options(args) -> dict:
     """The ``gradsync train`` options of the campaign (sweep point options): those that
     differ from train's defaults, and always ``backend`` and ``steps``."""
+    from gradsync.cmd_train import add_config_arguments
     from gradsync.sweep import train_point
 
-    parser = train_point._parser()
+    parser = argparse.ArgumentParser(add_help=False)
+    add_config_arguments(parser)  # train's own defaults
     out = {}
     for dest in train_point.option_names():
         value = getattr(args, dest)
@@ -294,7 +297,13 @@ def _session(args):
     if args.workers == 0:
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False)
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
         return Session(Client(cluster), cluster, "this process")
     return open_session(workers=args.workers, scheduler=args.scheduler)
 

@@ -209,6 +209,7 @@ def _rtl(point: FaultPoint):
     from gradsync.sim import rtl_backend as rb
 
     cfg = point.train.config
+    info: list = []  # this run's RtlRunInfo (LAST_RUN is shared by a worker's threads)
     rb.LAST_RUN.counters = None
     try:
         res = rb.run_rtl(
@@ -217,10 +218,11 @@ def _rtl(point: FaultPoint):
             progress=False,
             max_cycles=point.train.max_cycles,
             link_faults=point.faults,
+            on_info=info.append,
         )
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # no on_info: the counters of the failed run are LAST_RUN's
         return None, rtl_counters(rb.LAST_RUN.counters), f"{type(exc).__name__}: {exc}"
-    return res, rtl_counters(rb.LAST_RUN.counters), ""
+    return res, rtl_counters(info[0].counters), ""
 
 
 def _exact(rtl, rtl_counts, rtl_reason, point: FaultPoint) -> tuple[bool, str]:
