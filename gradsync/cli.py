@@ -19,6 +19,7 @@ COMMANDS = [
     "gradsync.cmd_workloads",
     "gradsync.cmd_scale",
     "gradsync.cmd_sweep",
+    "gradsync.cmd_faults",
     "gradsync.cmd_cache",
     "gradsync.cmd_bench",
 ]

@@ -61,6 +61,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command("train", "gradsync.sweep.train_point"),
     "scale": Command("scale", "gradsync.scale.point"),
+    "faults": Command("faults", "gradsync.faults_campaign"),
 }
 
 
