@@ -164,9 +164,7 @@ class Nic(Engine):
         layer = self.layer
         layer.advance(self.sim.now)
         if self._pending is not None:
-            sent = layer.resume()
-            if sent is not None:
-                self._left(*sent)
+            self._progress(layer.resume())
         self._ticking = not layer.quiet_now()
         if self._ticking:
             self.sim.at(self.sim.now + 3, self._tick)
@@ -189,26 +187,35 @@ class Nic(Engine):
             self.perf["tx_pkts"] += 1
             self.perf["tx_bytes"] += payload
             offset_bytes += payload
-        self._pending = (d, done)
+        self._pending = [d, done, False]
         sent = layer.send(self.sim.now, packets)
-        t = None if sent is None else self._left(*sent)
+        t = self._progress(sent)
         if not self._ticking:
             self._ticking = True
             self.sim.at(max(layer.now, self.sim.now) + 3, self._tick)
         return t
 
-    def _left(self, first: int, crc_sent: int) -> int:
-        """The pending send's chunk left: its trace records, busy cycles and ``done``."""
-        d, done = self._pending
+    def _progress(self, sent: tuple[int, int] | None) -> int | None:
+        """Record what the link layer learnt of the pending send: its first word's transfer
+        (the START record), and once the chunk left (``sent``) its END, busy cycles and
+        ``done``.  The layer learns a transfer no later than in its cycle (see ``_tick``)."""
+        d, done, started = self._pending
+        first = self.layer.first_fire
+        if first is not None and not started:
+            self._pending[2] = True
+            start = (rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
+            if first == self.sim.now:
+                self.trace.record(*start)
+            else:
+                self.sim.at(first, lambda: self.trace.record(*start))
+        if sent is None:
+            return None
         self._pending = None
+        first, crc_sent = sent
         t = crc_sent + max(1, 4 // self.hw.link_bytes_per_cycle)
-        start = (rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
-        if first == self.sim.now:
-            self.trace.record(*start)
-        else:
-            self.sim.at(first, lambda: self.trace.record(*start))
         self.perf["tx"] += t - first
-        self.sim.at(t, lambda: self.trace.record(start[0], rm.TraceEvent.END, *start[2:]))
+        end = (rm.Engine.NIC_TX, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length)
+        self.sim.at(t, lambda: self.trace.record(*end))
         if done is not None:
             done(t)
         return t

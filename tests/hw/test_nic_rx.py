@@ -105,7 +105,11 @@ class Reference:
             return RX_NO_WINDOW, None, None
         w = self.windows[window]
         step = 0xFFF << 20
-        if w.tag != tag and (w.tag ^ tag) & ~step == 0 and (tag >> 20) == ((w.tag >> 20) + 1) % 4096:
+        if (
+            w.tag != tag
+            and (w.tag ^ tag) & ~step == 0
+            and (tag >> 20) == ((w.tag >> 20) + 1) % 4096
+        ):
             return HOLD, None, None  # the window's next step (docs/comm.md)
         if w.tag != tag:
             return RX_TAG_MISMATCH, None, None
