@@ -192,7 +192,9 @@ class Nic(Engine):
         t = self._progress(sent)
         if not self._ticking:
             self._ticking = True
-            self.sim.at(max(layer.now, self.sim.now) + 3, self._tick)
+            # pending: the front end stopped at layer.now (> now), the first cycle it does
+            # not know yet -- go on from there in time
+            self.sim.at(layer.now + (3 if t is not None else 0), self._tick)
         return t
 
     def _progress(self, sent: tuple[int, int] | None) -> int | None:
