@@ -289,6 +289,25 @@ class Driver:
             await self.dev.write32(rm.rx_window_reg(window, name), value)
         await self.dev.write32(rm.rx_window_reg(window, "EXPECT"), expect)
 
+    async def reopen_window(
+        self, window: int, dst: int, src: int, length: int, expect: int
+    ) -> None:
+        """Open RX window ``window`` again for its next transfer, keeping its TAG: as
+        :meth:`open_window` without the TAG write (RECEIVED and the done bit cleared, the
+        RX interrupt at ``expect`` bytes).  Packets tagged with the step after the TAG's wait
+        in the receiver until :meth:`set_window_tag` names them (``docs/comm.md``)."""
+        self._check_window(window)
+        for name, value in (("DST", dst), ("SRC", src), ("LEN", length), ("CTRL", 1)):
+            await self.dev.write32(rm.rx_window_reg(window, name), value)
+        await self.dev.write32(rm.rx_window_reg(window, "EXPECT"), expect)
+
+    async def set_window_tag(self, window: int, tag: int) -> None:
+        """Write RX window ``window``'s TAG alone: from the next cycle packets tagged ``tag``
+        are applied, a held one among them first.  Write it only once the window's local
+        operand (``src``) is in place: a reduce-add reads it as the packet is applied."""
+        self._check_window(window)
+        await self.dev.write32(rm.rx_window_reg(window, "TAG"), tag)
+
     async def arm_window(self, window: int, expect: int) -> None:
         """Raise an open window's RX interrupt threshold to ``expect`` received bytes."""
         self._check_window(window)

@@ -12,6 +12,24 @@ Per step and node (``DESIGN.md``, "The idea being modelled"):
    decides (descriptors, RX windows), and apply SGD on the device once a
    layer is reduced.
 
+RX windows and steps (``docs/comm.md``, "Receiver not ready").  A chunk's
+window is opened once, with the tag of step -1; after each SGD update of a
+layer (step k-1) its windows are reopened for step k but keep their TAG of
+step k-1, and only once this node's own dW of step k has written the local
+gradient G (the reduce-add's source) is WINn_TAG set to step k.  A peer's
+step-k packet that comes earlier is held by the receiver, not applied to the
+stale G nor refused.  The hold cannot deadlock because of the send-side step
+barrier: no send of step k is posted while a send of step k-1 is outstanding
+(:meth:`NodeFirmware._pump`), so on every link all step k-1 packets precede
+all step k packets.  Take the lowest step s any receiver holds a packet of,
+at node X: (a) every step s-1 packet X needs came before it on the same link
+and is applied, so X completes its step s-1 updates, forward and backward;
+(b) X's own step s-1 sends, which X's dW of step s waits for, go to X+1,
+whose receiver holds nothing of X's (X posts no step-s send before they are
+done, and X+1 holds nothing older than s), so they complete; hence X's dW of
+step s ends, X writes the TAG and the packet is applied.  This holds whatever
+order a schedule gives the sends within a step (e.g. top layers first).
+
 Loss scaling: the host loads ``dZ * 2**s`` with ``s = floor(log2(global
 batch))`` so the 1/batch factor does not eat the operand's fractional bits;
 the dA GEMMs keep the scale and the dW GEMMs shift it out (CMD_ARG = s).
@@ -194,6 +212,9 @@ class NodeFirmware:
         self.sends_outstanding = [0] * (self.nl + 1)
         self.reduced_layers: set[int] = set()
         self.grad_ready: set[int] = set()
+        self.tagged: set[int] = set()  # layers whose windows carry this step's tag
+        self._tag_due: list[int] = []  # layers whose dW is done: write their windows' TAGs
+        self.step_sends: dict[int, int] = {}  # sends enqueued and not done, per step
         self.buffer: list[tuple[tuple, SendTask, rm.Descriptor]] = []
         self.inflight: list[list[SendTask]] = [[] for _ in range(rm.DMA_QUEUES)]
         self.ready_seq = 0
@@ -270,7 +291,7 @@ class NodeFirmware:
                 self.lay.w[i], self.fmt.quantize(job.init_weights[i - 1]).reshape(-1)
             )
         for i in range(1, self.nl + 1):
-            await self._open_windows(i, 0)
+            await self._open_windows(i, 0, first=True)
         for step in range(job.steps):
             await self._step(step)
         await drv.wait_until(
@@ -339,6 +360,7 @@ class NodeFirmware:
         await self.dev.load(lay.dz[top], self.fmt.quantize(dz_scaled).reshape(-1))
         self.exchange_step = k
         self.grad_ready = set()
+        self.tagged = set()
         self.reduced_layers = set()
         for i in range(top, 0, -1):
             # G_i is overwritten by this dW: the previous step's sends from it must be done
@@ -415,7 +437,12 @@ class NodeFirmware:
         self._flushing = True
         try:
             while (
-                self._drain_due or self._arm or self._to_update or self._reopen or self._postable()
+                self._drain_due
+                or self._arm
+                or self._to_update
+                or self._reopen
+                or self._tag_due
+                or self._postable()
             ):
                 if self._drain_due:
                     await self._drain(self.trace_depth // 2)
@@ -426,6 +453,8 @@ class NodeFirmware:
                     await self._launch_update(self._to_update.pop(0))
                 while self._reopen:
                     await self._open_windows(*self._reopen.pop(0))
+                while self._tag_due:  # after the reopen of the same step, before any post
+                    await self._tag_windows(self._tag_due.pop(0))
                 await self._pump()
         finally:
             self._flushing = False
@@ -455,21 +484,21 @@ class NodeFirmware:
         )
 
     # -------------------------------------------------------------- exchange
-    async def _open_windows(self, layer: int, step: int) -> None:
+    async def _open_windows(self, layer: int, step: int, first: bool = False) -> None:
+        """Open (``first``: with the tag of step -1) or reopen ``layer``'s windows for
+        ``step``, their TAG left at step - 1 until the step's dW is done (module docstring)."""
         if self.nodes < 2 or step >= self.job.steps:
             return
         for c, (off, n) in enumerate(self.chunks[layer]):
             w = self.window_of[(layer, c)]
             plan = chunk_plan(self.node, self.nodes, n)
             self.step_chunks[w] = _ChunkState(layer, c, w, off, n, plan, pending=list(plan.sends))
-            await self.drv.open_window(
-                w,
-                self.lay.r[layer] + off,
-                self.lay.g[layer] + off,
-                n,
-                self._tag(layer, c, step),
-                plan.thresholds[0],
-            )
+            dst, src, expect = self.lay.r[layer] + off, self.lay.g[layer] + off, plan.thresholds[0]
+            if first:
+                tag = self._tag(layer, c, step - 1)
+                await self.drv.open_window(w, dst, src, n, tag, expect)
+            else:
+                await self.drv.reopen_window(w, dst, src, n, expect)
         self.chunks_left[layer] = len(self.chunks[layer])
 
     def _gradient_ready(self, layer: int) -> None:
@@ -477,8 +506,17 @@ class NodeFirmware:
         if self.nodes < 2:
             self._layer_reduced(layer)
             return
+        self._tag_due.append(layer)
+
+    async def _tag_windows(self, layer: int) -> None:
+        """G of ``layer`` holds this step's gradient: let its windows take this step's packets
+        (one TAG write per chunk), then release the layer's sends."""
+        k = self.exchange_step
+        for c in range(len(self.chunks[layer])):
+            await self.drv.set_window_tag(self.window_of[(layer, c)], self._tag(layer, c, k))
+        self.tagged.add(layer)
         for group in self.groups:  # a group's layers go together, in the group's order
-            if layer in group and all(g in self.grad_ready for g in group):
+            if layer in group and all(g in self.tagged for g in group):
                 for g in group:
                     self._release(g)
 
@@ -515,21 +553,32 @@ class NodeFirmware:
             flags=int(flags),
         )
         self.sends_outstanding[st.layer] += 1
+        self.step_sends[k] = self.step_sends.get(k, 0) + 1
         self.buffer.append((call_priority(self.sched, task), task, desc))
+
+    def _may_post(self, task: SendTask) -> bool:
+        """The step barrier: a send waits while a send of an earlier step is outstanding."""
+        return task.step == min(self.step_sends)
 
     def _postable(self) -> bool:
         return any(
             len(self.inflight[call_queue(self.sched, t)]) < self.sched.max_inflight
+            and self._may_post(t)
             for _k, t, _d in self.buffer
         )
 
     async def _pump(self) -> None:
-        """Post buffered sends to the hardware queues, best first, within the in-flight limit."""
+        """Post buffered sends to the hardware queues, best first, within the in-flight limit,
+        never one of step k while one of step k-1 is outstanding (module docstring)."""
         while self.buffer:
             sort_by_priority(self.sched, self.buffer)
             for i, (_key, task, desc) in enumerate(self.buffer):
                 q = call_queue(self.sched, task)
-                if len(self.inflight[q]) < self.sched.max_inflight and self.drv.ring_free(q) > 0:
+                if (
+                    len(self.inflight[q]) < self.sched.max_inflight
+                    and self.drv.ring_free(q) > 0
+                    and self._may_post(task)
+                ):
                     del self.buffer[i]
                     self.inflight[q].append(task)
                     await self.drv.post(q, desc)
@@ -541,6 +590,9 @@ class NodeFirmware:
         for _ in range(count):
             task = self.inflight[queue].pop(0)
             self.sends_outstanding[task.layer] -= 1
+            self.step_sends[task.step] -= 1
+            if not self.step_sends[task.step]:
+                del self.step_sends[task.step]
 
     def _rx_done(self, window: int) -> None:
         st = self.step_chunks[window]

@@ -8,9 +8,22 @@ A watchdog (:mod:`gradsync.watchdog`) stops a run that makes no progress for
 :func:`gradsync.spec.timing.watchdog_cycles` cycles with a
 :class:`~gradsync.watchdog.WatchdogError`; the event loop's own deadlock
 detection still reports a run in which nothing at all is scheduled.
+
+A fault-free run takes the model's fast path (apply cycles computed when a
+chunk is sent).  It cannot time a packet the receiver holds for its window's
+next step (``docs/comm.md``); when it meets one
+(:class:`~gradsync.model.nic.ReceiverHold`) the whole run is done again with
+a zero-rate link layer on every link -- cycle by cycle, exact, and otherwise
+identical to the fast path -- after a one-line notice on stderr.  The aborted
+attempt leaves nothing behind: its weights, results and schedule state are
+dropped (each attempt gets its own copy of the jobs' schedules).
 """
 
 from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
 
 from gradsync.firmware.experiment import BackendResult, TrainConfig
 from gradsync.firmware.training import NodeFirmware, NodeJob, Observer
@@ -18,6 +31,7 @@ from gradsync.model.cluster import Cluster
 from gradsync.model.device import ModelDevice
 from gradsync.model.events import SimulationError
 from gradsync.model.link import LinkStalled
+from gradsync.model.nic import ReceiverHold
 from gradsync.spec import regmap as rm
 from gradsync.watchdog import (
     NodeProgress,
@@ -57,7 +71,39 @@ def run_model_cluster(
     cycles, or ``None`` (no watchdog). ``link_faults``: per link, fault controls
     (``gradsync.spec.faults``); the links are then stepped cycle by cycle
     (``gradsync.model.link``), starting their sequence numbers at ``seq_start``.
+    Without them a run that meets a receiver hold is rerun with zero-rate link layers
+    (module docstring).
     """
+    if link_faults is None and cfg.nodes > 1:
+        try:
+            return _run_once(cfg, _own_copy(jobs), max_cycles, watchdog_cycles, None, seq_start)
+        except ReceiverHold as exc:
+            print(
+                f"gradsync: the model's fast path met a receiver hold ({exc}); rerunning the "
+                "run with cycle-by-cycle links (exact, same timing otherwise)",
+                file=sys.stderr,
+            )
+            link_faults = [{} for _ in range(cfg.nodes)]
+    return _run_once(cfg, jobs, max_cycles, watchdog_cycles, link_faults, seq_start)
+
+
+def _own_copy(jobs: list[NodeJob]) -> list[NodeJob]:
+    """The jobs with their own schedule objects, so an aborted attempt changes none of the
+    caller's (a schedule may keep state)."""
+    try:
+        return [dataclasses.replace(j, schedule=copy.deepcopy(j.schedule)) for j in jobs]
+    except (TypeError, copy.Error):  # a schedule that cannot be copied: shared, as before
+        return [dataclasses.replace(j) for j in jobs]
+
+
+def _run_once(
+    cfg: TrainConfig,
+    jobs: list[NodeJob],
+    max_cycles: int | None,
+    watchdog_cycles: int | str | None,
+    link_faults: list[dict] | None,
+    seq_start: int,
+) -> tuple[BackendResult, Cluster]:
     hw, fmt = cfg.hardware, cfg.fixed_point
     cluster = Cluster(cfg.nodes, hw, fmt, link_faults, seq_start)
     weights = {}
@@ -196,7 +242,18 @@ def _report(
             "tx_packets": d.nic.perf["tx_pkts"],
             "rx_packets": d.nic.perf["rx_pkts"],
             "rx_drops": d.rx_drops,
+            **_held_status(d),
         }
         for d in cluster.devices
     ]
     return dog.report(cycle, work, [{} for _ in range(n)], nics, deadlock)
+
+
+def _held_status(dev: ModelDevice) -> dict[str, int]:
+    """The receiver's hold, as the RTL's ``rx_holds``/``rx_held_*`` ports give it (link layers)."""
+    layer = dev.nic.rx_layer
+    if layer is None:
+        return {}
+    held = dev.nic.held()
+    window, tag = (held[0] + 1, held[1]) if held else (0, 0)
+    return {"rx_holds": layer.holds, "rx_held_window": window, "rx_held_tag": tag}

@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gradsync.model.nic import held_sentence
+from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
+
+#: NIC entries that are a status, not a counter: the packet the receiver holds for its
+#: window's next step (``hw/nic_rx.py``: window + 1 and tag, 0 when none).
+HELD_KEYS = ("rx_held_window", "rx_held_tag")
 
 
 def config_watchdog_cycles(cfg) -> int:
@@ -95,8 +101,10 @@ class Watchdog:
 
         ``outstanding``: per node, what it still waits for or has to send;
         ``links``: per link ``i`` (node ``i`` to node ``i+1``) its counters;
-        ``nics``: per node its NIC counters; ``deadlock``: nothing at all is
-        left to happen (the model's event loop ran dry) rather than a bound spent.
+        ``nics``: per node its NIC counters, and :data:`HELD_KEYS` if it holds a
+        packet (named first: a packet held for good is the firmware's bug);
+        ``deadlock``: nothing at all is left to happen (the model's event loop ran
+        dry) rather than a bound spent.
         """
         n = len(outstanding)
         if deadlock:
@@ -107,12 +115,14 @@ class Watchdog:
                 f"bound {self.bound}, gradsync.spec.timing.watchdog_cycles)"
             )
         work = "; ".join(f"node {i}: {text}" for i, text in enumerate(outstanding))
+        held = [_held(i, c) for i, c in enumerate(nics)]
+        culprits = "; ".join([h for h in held if h and h not in work] + [self._culprits()])
+        nics = [{k: v for k, v in c.items() if k not in HELD_KEYS} for c in nics]
         link_text = "; ".join(f"link {i} {_counts(c)}" for i, c in enumerate(links) if c)
         nic_text = "; ".join(f"node {i} NIC {_counts(c)}" for i, c in enumerate(nics) if c)
         counters = "; ".join(t for t in (link_text, nic_text) if t)
         return (
-            f"watchdog: {head} on {n} nodes: {self._culprits()} [{work}] "
-            f"[counters: {counters or 'none'}]"
+            f"watchdog: {head} on {n} nodes: {culprits} [{work}] [counters: {counters or 'none'}]"
         )
 
     def _culprits(self) -> str:
@@ -141,6 +151,18 @@ class Watchdog:
         if not found:
             found.append("every node's firmware waits for an interrupt that never comes")
         return "; ".join(found)
+
+
+def _held(node: int, nic: dict[str, int]) -> str:
+    """The sentence naming the packet node ``node``'s receiver holds ('' if none).  The
+    window's tag is the packet's with the step before (the hold rule)."""
+    window = nic.get("rx_held_window", 0)
+    if not window:
+        return ""
+    tag = nic.get("rx_held_tag", 0)
+    step = next(f for f in rm.TAG_FIELDS if f.name == "step")
+    before = (step.get(tag) - 1) % (1 << step.width)
+    return held_sentence(node, window - 1, tag, (tag & ~step.mask) | step.put(before))
 
 
 def _counts(counters: dict[str, int]) -> str:

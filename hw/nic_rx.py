@@ -18,6 +18,14 @@ joined with ``wiring.connect``:
   payload, or the saturating reduce-add ``dst[i] = sat(src[i] + payload[i])``,
   to device memory, traces it and counts it; a refused packet is an error
   event and a drop.  Every packet is applied exactly once.
+
+Receiver not ready: a packet whose tag has the layer and chunk of its enabled
+window's ``TAG`` and whose step is that step + 1 (modulo 4096) is not an
+error.  The applier holds it, checking again every cycle, until the firmware
+writes the window's ``TAG`` to the packet's tag, then applies it; meanwhile
+it takes no other packet, so the queue fills and the link's credits stop the
+sender (no resend, no timeout).  The firmware writes a window's ``TAG`` for
+step k only once its own gradient of step k is in place (``docs/comm.md``).
 """
 
 from __future__ import annotations
@@ -73,6 +81,9 @@ def window_lookup_signature(mem_addr_width: int, regions: int) -> wiring.Signatu
         The packet is being applied: add ``bytes`` to the window's RECEIVED.
     code : In(8)
         0 if the packet may be applied, else the ``ErrorCode`` refusing it.
+    hold : In(1)
+        The packet is for the window's next step (:func:`next_step_hold`): wait, check again
+        next cycle (``code`` is then meaningless).
     dst, dst_region, src, src_region : In
         Word address and region of the destination and of the reduce-add's source.
     """
@@ -85,6 +96,7 @@ def window_lookup_signature(mem_addr_width: int, regions: int) -> wiring.Signatu
             "reduce": Out(1),
             "commit": Out(1),
             "code": In(8),
+            "hold": In(1),
             "dst": In(mem_addr_width),
             "dst_region": In(range(regions)),
             "src": In(mem_addr_width),
@@ -129,7 +141,7 @@ def _window_register_ports() -> dict:
 
 
 def _report_ports() -> dict:
-    """Trace, error and apply counters (NicRx's and RxApplier's)."""
+    """Trace, error, apply and hold counters, the held packet (NicRx's and RxApplier's)."""
     return {
         "now": In(48),
         "trace": Out(TraceWrite),
@@ -137,7 +149,27 @@ def _report_ports() -> dict:
         "packets_applied": Out(32),
         "bytes_applied": Out(32),
         "drops": Out(32),
+        "holds": Out(32),
+        "held_window": Out(8),
+        "held_tag": Out(32),
     }
+
+
+#: The tag's step field (``gradsync.spec.regmap.TAG_FIELDS``).
+_STEP = next(f for f in rm.TAG_FIELDS if f.name == "step")
+
+
+def next_step_hold(m: Module, packet_tag, window_tag) -> Signal:
+    """1 if ``packet_tag`` has the layer and chunk of ``window_tag`` and its step is the
+    window's step + 1 (modulo 2**width of the step field): the receiver-not-ready rule."""
+    lo, hi = _STEP.lsb, _STEP.lsb + _STEP.width
+    other = Const(0xFFFF_FFFF & ~_STEP.mask, 32)
+    hold = Signal(name="next_step")
+    m.d.comb += hold.eq(
+        ((packet_tag & other) == (window_tag & other))
+        & (packet_tag[lo:hi] == (window_tag[lo:hi] + 1)[: _STEP.width])
+    )
+    return hold
 
 
 def _arrival_counter_ports() -> dict:
@@ -315,8 +347,10 @@ class RxWindowTable(wiring.Component):
     cfg_window, cfg_reg, cfg_wdata, cfg_we, cfg_rdata, done_bits, done_clear, rx_irq
         As :class:`NicRx`'s.
     lookup : In(window_lookup_signature)
-        The applier's packet: ``code`` refuses it with ``RX_NO_WINDOW`` (window
-        not enabled or not populated), ``RX_TAG_MISMATCH`` or
+        The applier's packet: ``hold`` holds it (a tag of the window's next
+        step, :func:`next_step_hold`); ``code`` refuses it with ``RX_NO_WINDOW``
+        (window not enabled or not populated), ``RX_TAG_MISMATCH`` (any other
+        tag) or
         ``RX_OUT_OF_WINDOW`` (outside ``[DST, DST + LEN)``, or its destination
         or reduce-add source range not inside one region or not 32-bit aligned);
         ``commit`` adds its bytes to RECEIVED (a CTRL clear of the same window
@@ -411,10 +445,13 @@ class RxWindowTable(wiring.Component):
         ]
         # The data path moves 32-bit words: a range must start on one (DMA_ALIGN_BYTES).
         mem_ok = dst_in & (lk.addr[:2] == 0) & (~lk.reduce | (src_in & (src[:2] == 0)))
+        next_step = next_step_hold(m, lk.tag, w_tag)
         with m.If((lk.window >= nw) | ~w_en.bit_select(widx, 1)):
             m.d.comb += lk.code.eq(RX_NO_WINDOW)
         with m.Elif(w_tag != lk.tag):
+            # the window's next step: not an error, the firmware has not yet written its TAG
             m.d.comb += lk.code.eq(RX_TAG_MISMATCH)
+            m.d.comb += lk.hold.eq(next_step)
         with m.Elif((lk.addr < w_dst) | (end > wend) | ~mem_ok):
             m.d.comb += lk.code.eq(RX_OUT_OF_WINDOW)
 
@@ -497,6 +534,11 @@ class RxApplier(wiring.Component):
     in ``c + 1``, its payload word ``k`` read in ``c + 2 + k`` and written one
     cycle later; the cycle after the last read (``c + 2 + payload_words``)
     commits it, traces it and frees it: ``payload_words + 3`` cycles per packet.
+    A held packet (``lookup.hold``) stays in its check cycle until the check
+    passes in some cycle ``h``; everything after it is then ``h - c - 1`` later.
+    ``holds`` counts packets held at least one cycle; while one is held
+    (from the cycle after its first check) ``held_window`` is its window + 1
+    and ``held_tag`` its tag, else both are 0.
     """
 
     def __init__(
@@ -546,6 +588,12 @@ class RxApplier(wiring.Component):
             lk.reduce.eq(a_reduce),
         ]
 
+        held = Signal()  # the packet in CHECK was found for the window's next step
+        m.d.comb += [
+            self.held_window.eq(Mux(held, a_win + 1, 0)),
+            self.held_tag.eq(Mux(held, a_tag, 0)),
+        ]
+
         # Pipeline stage 2: write the word read in the previous cycle.
         p_valid = Signal()
         p_addr = Signal(aw)
@@ -574,16 +622,25 @@ class RxApplier(wiring.Component):
                 ]
                 m.next = "CHECK"
             with m.State("CHECK"):
-                # A refused packet takes the same time as an applied one but writes nothing.
-                m.d.sync += [
-                    a_code.eq(lk.code),
-                    dst_w.eq(lk.dst),
-                    dst_r.eq(lk.dst_region),
-                    src_w.eq(lk.src),
-                    src_r.eq(lk.src_region),
-                    k.eq(0),
-                ]
-                m.next = "RUN"
+                with m.If(lk.hold):
+                    # Receiver not ready: the packet is for the window's next step.  Check
+                    # again next cycle, take nothing else meanwhile (the queue fills and the
+                    # credits stop the sender).
+                    m.d.sync += held.eq(1)
+                    with m.If(~held):
+                        m.d.sync += self.holds.eq(self.holds + 1)
+                with m.Else():
+                    # A refused packet takes the same time as an applied one but writes nothing.
+                    m.d.sync += [
+                        held.eq(0),
+                        a_code.eq(lk.code),
+                        dst_w.eq(lk.dst),
+                        dst_r.eq(lk.dst_region),
+                        src_w.eq(lk.src),
+                        src_r.eq(lk.src_region),
+                        k.eq(0),
+                    ]
+                    m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [
                     self.payload.addr.eq(k),
@@ -695,14 +752,19 @@ class NicRx(wiring.Component):
         outside the window or outside ``regions``), emitted one cycle before
         the refusal is visible.
     packets_applied, bytes_applied, drops, crc_errors, seq_errors, duplicates : Out(32)
+    holds, held_window, held_tag : Out
+        Packets held for their window's next step; the one held now (window + 1, tag;
+        0 when none), see :class:`RxApplier`.
 
     Timing
     ------
     A packet whose CRC word arrives in cycle ``c`` has its last payload word
     written, its window's RECEIVED updated and its done bit/IRQ raised so that
     they are visible in cycle ``c + 4 + payload_words`` (if the receiver was
-    idle); a packet refused by the window checks takes the same time, writes
-    nothing and counts a drop instead.  Packets are applied in order, one at a
+    idle and the packet is not held); a packet refused by the window checks
+    takes the same time, writes nothing and counts a drop instead.  A packet
+    for its window's next step is held until the window's TAG is written
+    (module docstring).  Packets are applied in order, one at a
     time, each occupying the applier ``payload_words + 3`` cycles, so at 4
     link bytes per cycle the receiver never queues a fault-free stream.
     """

@@ -96,6 +96,9 @@ NODE_COUNTERS = (
     "rx_seq_errors",
     "rx_duplicates",
     "rx_drops",
+    "rx_holds",
+    "rx_held_window",
+    "rx_held_tag",
 )
 
 #: Node counter port -> (NIC side, NicTx/NicRx attribute) that drives it.
@@ -109,6 +112,11 @@ NIC_COUNTER_SOURCES = {
     "rx_seq_errors": ("rx", "seq_errors"),
     "rx_duplicates": ("rx", "duplicates"),
     "rx_drops": ("rx", "drops"),
+    # the receiver-not-ready hold (hw/nic_rx.py): packets held, and the one held now
+    # (window + 1 and tag; 0 when none) -- a status, not a counter, for the watchdog's report
+    "rx_holds": ("rx", "holds"),
+    "rx_held_window": ("rx", "held_window"),
+    "rx_held_tag": ("rx", "held_tag"),
 }
 
 

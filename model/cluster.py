@@ -9,6 +9,9 @@ coroutine of every node and runs the event loop until all finish.
 ``link_faults`` (per link, ``gradsync.spec.faults`` control values, as
 ``--link-faults`` gives them) sends every packet through the cycle-by-cycle
 link layer of :mod:`gradsync.model.link` instead of the fault-free formulas.
+Without them a packet the receiver would hold for its window's next step
+stops the run with :class:`~gradsync.model.nic.ReceiverHold` (the fast path
+cannot time it; ``gradsync.model_backend`` then reruns with link layers).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 
 from gradsync.model.device import ModelDevice
 from gradsync.model.events import SimulationError, Simulator
+from gradsync.model.nic import ReceiverHold
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
 
@@ -73,6 +77,8 @@ class Cluster:
         ]
         try:
             self.sim.run(max_cycles)
+        except ReceiverHold:
+            raise  # the fast path gave up (the caller reruns with link layers)
         except SimulationError as exc:
             report = "; ".join(f"node {d.node_id}: {d.outstanding()}" for d in self.devices)
             raise type(exc)(f"{exc} ({report})") from None

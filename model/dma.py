@@ -180,10 +180,14 @@ class DmaEngine(Engine):
     def _transmit(self, q_idx: int, word_index: int, d: rm.Descriptor, slot: int) -> None:
         n_words = d.length // self.srams.word_bytes
         mem, idx = self.srams.region(d.src_addr, n_words)
-        sent = self.nic.send(d, mem[idx : idx + n_words].copy())
-        self.sim.at(
-            sent + tm.DESCRIPTOR_WRITEBACK_CYCLES,
-            lambda: self._finish(q_idx, word_index, d, rm.ErrorCode.OK, slot),
+        # the chunk's last word leaves at `sent` (known later if a held receiver stops it)
+        self.nic.send(
+            d,
+            mem[idx : idx + n_words].copy(),
+            lambda sent: self.sim.at(
+                sent + tm.DESCRIPTOR_WRITEBACK_CYCLES,
+                lambda: self._finish(q_idx, word_index, d, rm.ErrorCode.OK, slot),
+            ),
         )
 
     def _finish(

@@ -12,6 +12,19 @@ The model's :class:`~gradsync.model.nic.Nic` hands it a chunk's packets and
 learns when the chunk has left; the receiving Nic's ``receive`` is called in
 the cycle each packet's effects become visible.
 
+The applier holds a packet for its window's next step until the firmware
+writes the window's TAG (``hw/nic_rx.py``, receiver not ready).  Whether it
+holds in cycle ``t`` is asked of the receiving Nic (``rx_check``), which
+knows every TAG write up to the current cycle of the event loop but none
+after it.  So the applier is stepped on its own: it may lag behind the
+transmitter, link and front end, which run ahead inside a send (to learn when
+the chunk has left) as far as nothing the applier could still decide changes
+them -- the applier reaches the front end only through the packets it frees
+(``applied``, hence the credits), and a packet checked in cycle ``a`` frees
+its slot no earlier than at the end of cycle ``a + payload_words + 1``.  A
+send that cannot finish without knowing a later TAG write is left pending
+and finished by later :meth:`LinkLayer.advance`/:meth:`LinkLayer.resume` calls.
+
 Cycle ``t`` here is the cycle counter's value: the process restarts at
 cycle 0 (the RTL backend loads the seeds during reset).
 """
@@ -67,10 +80,19 @@ class LinkLayer:
         ``deliver(cycle, item)`` -- a packet's effects become visible in ``cycle``.
     seq_start:
         First sequence number (``hw/nic.py``'s ``seq_start``).
+    rx_check:
+        ``rx_check(cycle, item)``: does the applier hold this packet in ``cycle`` (its
+        window's next step)?  True, False, or None when that depends on writes the event
+        loop has not made yet.  None: never hold.
     """
 
     def __init__(
-        self, hw, controls: dict, deliver: Callable[[int, object], None], seq_start: int = 0
+        self,
+        hw,
+        controls: dict,
+        deliver: Callable[[int, object, int], None],
+        seq_start: int = 0,
+        rx_check: Callable[[int, object], bool | None] | None = None,
     ):
         lk = hw.link
         if hw.link_latency_cycles < 1:
@@ -112,10 +134,16 @@ class LinkLayer:
         self.nak_sent = self.nak_pending = self.dirty = False
         self.nak_holdoff = 0
         self.quiet = 0
-        self.queue: deque[_TxPacket] = deque()  # committed, not yet taken by the applier
+        #: committed packets not yet freed by the applier: (first cycle valid, packet)
+        self.queue: deque[tuple[int, _TxPacket]] = deque()
         self.rx_counters = dict.fromkeys(("crc_errors", "seq_errors", "duplicates"), 0)
-        # ---- RxApplier: the cycle of the LAST state of the packet being applied
-        self.apply_last = -1
+        # ---- RxApplier, stepped on its own (module docstring)
+        self.rx_check = rx_check
+        self.apply_now = 0  #: next cycle the applier simulates (<= self.now)
+        self.apply_state = "IDLE"  #: IDLE, CHECK (the head packet) or RUN (until apply_last)
+        self.apply_last = -1  #: the cycle of the LAST state of the packet being applied
+        self.held = False  #: the head packet failed its check for its window's next step
+        self.holds = 0  #: packets held at least one cycle
 
     # ------------------------------------------------------------------ interface
     def send(self, t0: int, packets: list[tuple[list[int], object]]) -> tuple[int, int]:
@@ -130,8 +158,19 @@ class LinkLayer:
         self.offer_wi = 0
         self.first_fire = self.crc_sent_last = None
         self.last_progress = max(self.last_progress, t0)
+        return self.resume()
+
+    @property
+    def sending(self) -> bool:
+        """A chunk offered by :meth:`send` has not left yet."""
+        return self.crc_sent_last is None and bool(self.offer)
+
+    def resume(self) -> tuple[int, int] | None:
+        """Step on until the chunk of the last :meth:`send` has left: (first word's transfer,
+        last CRC word's), or None if that needs a TAG write the event loop has not made."""
         while self.crc_sent_last is None:
-            self._cycle()
+            if not self._step():
+                return None
             if self.stall_limit is not None and self.now - self.last_progress > self.stall_limit:
                 message = (
                     f"{self.name}: no progress for {self.now - self.last_progress} cycles at "
@@ -143,9 +182,51 @@ class LinkLayer:
         return self.first_fire, self.crc_sent_last
 
     def advance(self, t: int) -> None:
-        """Simulate the cycles before ``t`` (nothing offered by the DMA)."""
-        while self.now < t:
-            self._cycle()
+        """Simulate every part up to the cycles before ``t`` (all TAG writes before ``t`` known)."""
+        while self.now < t or self.apply_now < t:
+            if not self._step():
+                raise RuntimeError(f"link layer: applier undecided in cycle {self.apply_now} < {t}")
+
+    def _step(self) -> bool:
+        """One cycle of the applier if it lags the front end, else of everything else.
+
+        False: the applier cannot decide yet and the front end is as far as it may go."""
+        if self.apply_now < self.now:
+            if self._apply(self.apply_now):
+                self.apply_now += 1
+                return True
+            # held in CHECK at apply_now: nothing it decides frees a slot before this
+            if self.now > self.apply_now + self.queue[0][1].payload_words + 1:
+                return False
+        self._cycle()
+        return True
+
+    def _apply(self, t: int) -> bool:
+        """The applier in cycle ``t`` (``hw/nic_rx.py``'s ``RxApplier``); False: undecided."""
+        if self.apply_state == "RUN":
+            if t == self.apply_last:  # frees the slot at the end of t
+                self.queue.popleft()
+                self.applied = (self.applied + 1) & M16
+                self.dirty = True
+                self.apply_state = "IDLE"
+            return True
+        if self.apply_state == "CHECK":
+            pkt = self.queue[0][1]
+            hold = False if self.rx_check is None else self.rx_check(t, pkt.item)
+            if hold is None:
+                return False
+            if hold:
+                self.holds += not self.held
+                self.held = True
+                return True
+            self.held = False
+            self.apply_state = "RUN"
+            self.apply_last = t + 1 + pkt.payload_words
+            self.deliver(self.apply_last + 1, pkt.item, t)
+            return True
+        if self.queue and self.queue[0][0] <= t:  # IDLE: take the head packet, check it next
+            self.apply_state = "CHECK"
+        return True
 
     def quiet_now(self) -> bool:
         """Nothing in flight or pending that could change the link's state but the fault
@@ -156,7 +237,8 @@ class LinkLayer:
             and self.una == self.seq_next
             and not self.resend_pending
             and not self.queue
-            and self.apply_last < self.now
+            and self.apply_state == "IDLE"
+            and self.apply_now == self.now
             and not (self.nak_sent or self.nak_pending)
             and self.rx_widx == 0
             and all(b is None for b in self.link.line)
@@ -284,7 +366,7 @@ class LinkLayer:
             self.timer += 1
 
     def _rx(self, t: int, ack_sent: bool, beat) -> None:
-        """RxFrontEnd and the applier's timing, at the clock edge ending cycle ``t``."""
+        """RxFrontEnd at the clock edge ending cycle ``t`` (the applier: :meth:`_apply`)."""
         if ack_sent:
             self.nak_pending = False
         self.dirty = False
@@ -299,20 +381,10 @@ class LinkLayer:
                 self.nak_sent = False
             else:
                 self.nak_holdoff += 1
-        # the applier sees the queue as it stands in cycle t (a packet committed at this
-        # edge is valid from t + 1): it frees the head in its LAST cycle, or takes it when idle
-        if self.apply_last == t:
-            self.queue.popleft()
-            self.applied = (self.applied + 1) & M16
-            self.dirty = True
-        elif self.apply_last < t and self.queue:
-            pkt = self.queue[0]
-            self.apply_last = t + 2 + pkt.payload_words
-            self.deliver(self.apply_last + 1, pkt.item)
         if beat is not None:
-            self._arrival(*beat)
+            self._arrival(t, *beat)
 
-    def _arrival(self, data: int, last: bool) -> None:
+    def _arrival(self, t: int, data: int, last: bool) -> None:
         if not last:
             if self.rx_widx == 0:
                 self.rx_h0 = data
@@ -333,7 +405,7 @@ class LinkLayer:
         if good and seq == self.exp:
             if len(self.queue) >= CREDITS + 1:
                 raise RuntimeError("link: receiver buffer overrun (credits broken)")
-            self.queue.append(self.replay[seq])
+            self.queue.append((t + 1, self.replay[seq]))  # valid from the next cycle
             self.exp = (self.exp + 1) & M16
             self.dirty = True
             self.nak_sent = False

@@ -14,6 +14,14 @@ With link faults (:meth:`Nic.attach_link_layer`) the packets go instead
 through :class:`~gradsync.model.link.LinkLayer`, the cycle-by-cycle
 transcription of the RTL's reliable transport and its faulted link, which
 decides when the chunk has left and when each packet is applied.
+
+Receiver not ready (``docs/comm.md``): a packet for its window's next step is
+held until the firmware writes the window's TAG.  The link layer models the
+hold cycle for cycle (it asks :meth:`Nic.hold_verdict`, which keeps the
+recent CTRL/TAG writes with their cycles).  The fault-free fast path computes
+apply cycles when a chunk is sent and cannot: a packet it would have held
+raises :class:`ReceiverHold`, and the model backend reruns the whole run with
+zero-rate link layers on every link.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import numpy as np
 from gradsync.model import numerics as nx
 from gradsync.model.csr import register_state
 from gradsync.model.engine import Engine, NodeParts
+from gradsync.model.events import SimulationError
 from gradsync.model.link import LinkLayer
 from gradsync.spec import link as lk
 from gradsync.spec import regmap as rm
@@ -40,6 +49,37 @@ _COUNTER_REGISTERS = {
     "PERF_RX_PACKETS": "rx_pkts",
     "RX_BYTES": "rx_bytes",
 }
+
+
+#: Cycles of CTRL/TAG writes a Nic remembers (the fast path looks back one packet's apply
+#: time, the link layer's applier a few cycles).
+HISTORY_CYCLES = 4096
+_STEP = next(f for f in rm.TAG_FIELDS if f.name == "step")
+
+
+def next_step_hold(packet_tag: int, window_tag: int) -> bool:
+    """The receiver-not-ready rule (``hw/nic_rx.py``): ``packet_tag`` has the layer and chunk
+    of ``window_tag`` and the step after its step (modulo 4096)."""
+    same = (packet_tag ^ window_tag) & ~_STEP.mask & M32 == 0
+    return same and _STEP.get(packet_tag) == (_STEP.get(window_tag) + 1) % (1 << _STEP.width)
+
+
+def tag_name(tag: int) -> str:
+    return "L{}c{}s{}".format(*rm.decode_tag(tag))
+
+
+def held_sentence(node: int, window: int, packet_tag: int, window_tag: int) -> str:
+    """How a run's error names a packet held for good (both backends' watchdog reports)."""
+    return (
+        f"nic.rx of node {node} holds a packet tagged {tag_name(packet_tag)} for window "
+        f"{window}, whose tag is {tag_name(window_tag)}: the firmware never reopened it "
+        f"(WIN{window}_TAG was never written for step {_STEP.get(packet_tag)})"
+    )
+
+
+class ReceiverHold(SimulationError):
+    """The fault-free fast path met a packet the receiver holds: it cannot time it exactly
+    (the model backend reruns the run with link layers, which can)."""
 
 
 #: One RX window: ``ctrl``, ``dst``, ``src``, ``len``, ``tag``, ``expect``, ``received`` (its
@@ -87,7 +127,13 @@ class Nic(Engine):
         self.perf = dict.fromkeys(("tx", "tx_bytes", "tx_pkts", "rx_pkts", "rx_bytes"), 0)
         #: The faulted transmit link (None: the fault-free formulas of ``spec.timing``).
         self.layer: LinkLayer | None = None
+        #: the link layer delivering to this receiver (the previous node's), for reports
+        self.rx_layer: LinkLayer | None = None
         self._ticking = False
+        #: the send waiting for its chunk to leave a held-up link layer: (descriptor, done)
+        self._pending = None
+        #: per window, its (enable, tag) from a cycle on: [(cycle, enabled, tag), ...]
+        self._history = [[(-1, 0, 0)] for _ in self.windows]
         csr.bind_array(rm.RX_WINDOW_ARRAY, read=self._read_window, write=self._write_window)
         csr.bind("RX_DONE_LO", read=lambda: self.rx_done & M32, write=self._store_rx_done_lo)
         csr.bind("RX_DONE_HI", read=lambda: self.rx_done >> 32, write=self._store_rx_done_hi)
@@ -101,17 +147,24 @@ class Nic(Engine):
         peer = self.peer
         assert peer is not None
 
-        def deliver(cycle: int, pkt: Packet) -> None:
-            self.sim.at(cycle, lambda: peer.receive(pkt))
+        def deliver(cycle: int, pkt: Packet, checked: int) -> None:
+            self.sim.at(cycle, lambda: peer.receive(pkt, checked))
 
-        self.layer = LinkLayer(self.hw, controls, deliver, seq_start)
+        self.layer = LinkLayer(self.hw, controls, deliver, seq_start, rx_check=peer.hold_verdict)
         self.layer.name = f"link {self.node_id} (node {self.node_id} nic.tx -> next node's nic.rx)"
+        peer.rx_layer = self.layer
 
     def _tick(self) -> None:
         """Keep the link layer stepping while it has work in flight (every 3 cycles, so a
-        packet it starts applying is scheduled before its visible cycle)."""
+        packet it starts applying is scheduled before its visible cycle).
+
+        A send left pending by a held packet goes on here as far as the TAG writes made so
+        far allow: the front end then runs at least ``payload_words + 1 >= 2`` cycles ahead
+        of the applier, so its transfers are known before their cycles come."""
         layer = self.layer
         layer.advance(self.sim.now)
+        if self._pending is not None:
+            self._progress(layer.resume())
         self._ticking = not layer.quiet_now()
         if self._ticking:
             self.sim.at(self.sim.now + 3, self._tick)
@@ -123,7 +176,7 @@ class Nic(Engine):
         payload = np.asarray(pkt.payload).astype(f"<i{self.wb}")
         return [h0, pkt.tag & M32, pkt.addr & M32, *payload.view("<u4").tolist()]
 
-    def _send_faulted(self, d: rm.Descriptor, data: np.ndarray) -> int:
+    def _send_faulted(self, d: rm.Descriptor, data: np.ndarray, done) -> int | None:
         layer = self.layer
         packets, offset_bytes = [], 0
         for payload in lk.packet_payloads(d.length, self.hw.link):
@@ -134,24 +187,48 @@ class Nic(Engine):
             self.perf["tx_pkts"] += 1
             self.perf["tx_bytes"] += payload
             offset_bytes += payload
-        first, crc_sent = layer.send(self.sim.now, packets)
-        t = crc_sent + max(1, 4 // self.hw.link_bytes_per_cycle)
-        start = (rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
-        if first == self.sim.now:
-            self.trace.record(*start)
-        else:
-            self.sim.at(first, lambda: self.trace.record(*start))
-        self.perf["tx"] += t - first
-        self.sim.at(t, lambda: self.trace.record(start[0], rm.TraceEvent.END, *start[2:]))
+        self._pending = [d, done, False]
+        sent = layer.send(self.sim.now, packets)
+        t = self._progress(sent)
         if not self._ticking:
             self._ticking = True
-            self.sim.at(layer.now + 3, self._tick)
+            # pending: the front end stopped at layer.now (> now), the first cycle it does
+            # not know yet -- go on from there in time
+            self.sim.at(layer.now + (3 if t is not None else 0), self._tick)
         return t
 
-    def send(self, d: rm.Descriptor, data: np.ndarray) -> int:
-        """Packetise chunk ``data`` of descriptor ``d`` from now; return the cycle it has left."""
+    def _progress(self, sent: tuple[int, int] | None) -> int | None:
+        """Record what the link layer learnt of the pending send: its first word's transfer
+        (the START record), and once the chunk left (``sent``) its END, busy cycles and
+        ``done``.  The layer learns a transfer no later than in its cycle (see ``_tick``)."""
+        d, done, started = self._pending
+        first = self.layer.first_fire
+        if first is not None and not started:
+            self._pending[2] = True
+            start = (rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
+            if first == self.sim.now:
+                self.trace.record(*start)
+            else:
+                self.sim.at(first, lambda: self.trace.record(*start))
+        if sent is None:
+            return None
+        self._pending = None
+        first, crc_sent = sent
+        t = crc_sent + max(1, 4 // self.hw.link_bytes_per_cycle)
+        self.perf["tx"] += t - first
+        end = (rm.Engine.NIC_TX, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length)
+        self.sim.at(t, lambda: self.trace.record(*end))
+        if done is not None:
+            done(t)
+        return t
+
+    def send(self, d: rm.Descriptor, data: np.ndarray, done=None) -> int | None:
+        """Packetise chunk ``data`` of descriptor ``d`` from now; return the cycle it has left.
+
+        ``done(cycle)`` is called with that cycle too -- later, and the return value is None,
+        if a faulted link's receiver holds a packet whose release is not known yet."""
         if self.layer is not None:
-            return self._send_faulted(d, data)
+            return self._send_faulted(d, data, done)
         t = self.sim.now
         self.trace.record(rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
         offset_bytes = 0
@@ -184,6 +261,8 @@ class Nic(Engine):
                 rm.Engine.NIC_TX, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length
             ),
         )
+        if done is not None:
+            done(t)
         return t
 
     # ------------------------------------------------------------------ RX
@@ -197,6 +276,8 @@ class Nic(Engine):
             return
         w = self.windows[w_idx]
         setattr(w, field.lower(), value)
+        if field in ("CTRL", "TAG"):
+            self._remember(w_idx, (value & 1) if field == "CTRL" else w.ctrl & 1, w.tag)
         if field == "CTRL":
             w.ctrl = value & 1
             if value & 1:
@@ -206,6 +287,41 @@ class Nic(Engine):
         elif field == "EXPECT":
             w.armed = True
             self._check_window(w_idx)
+
+    def _remember(self, w_idx: int, enabled: int, tag: int) -> None:
+        """A CTRL or TAG write in this cycle: the receiver checks with it from this cycle on."""
+        hist = self._history[w_idx]
+        hist.append((self.sim.now, enabled, tag))
+        while len(hist) > 2 and hist[1][0] < self.sim.now - HISTORY_CYCLES:
+            hist.pop(0)
+
+    def _state_at(self, w_idx: int, cycle: int) -> tuple[int, int]:
+        """(enabled, TAG) of window ``w_idx`` as its check in ``cycle`` sees them."""
+        for when, enabled, tag in reversed(self._history[w_idx]):
+            if when <= cycle:
+                return enabled, tag
+        raise SimulationError(f"window {w_idx}'s state in cycle {cycle} is forgotten")
+
+    def hold_verdict(self, cycle: int, pkt: Packet) -> bool | None:
+        """Does the applier hold ``pkt`` in its check in ``cycle``?  None: not known yet (the
+        current TAG would hold it, and a TAG write may still come in or before ``cycle``)."""
+        if pkt.window >= len(self.windows):
+            return False
+        if cycle < self.sim.now:
+            enabled, tag = self._state_at(pkt.window, cycle)
+            return bool(enabled) and next_step_hold(pkt.tag, tag)
+        w = self.windows[pkt.window]
+        if w.ctrl & 1 and next_step_hold(pkt.tag, w.tag):
+            return None
+        return False  # unless a later write makes it one: receive() checks
+
+    def held(self) -> tuple[int, int, int] | None:
+        """(window, packet tag, window tag) of the packet this receiver holds now, if any."""
+        layer = self.rx_layer
+        if layer is None or not layer.held or not layer.queue:
+            return None
+        pkt = layer.queue[0][1].item
+        return pkt.window, pkt.tag, self.windows[pkt.window].tag
 
     def _store_rx_done_lo(self, value: int) -> None:
         self.rx_done = (self.rx_done & ~M32) | value
@@ -222,21 +338,42 @@ class Nic(Engine):
 
     def outstanding(self) -> list[str]:
         waiting = [
-            "L{}c{}s{}".format(*rm.decode_tag(w.tag))
+            tag_name(w.tag)
             for w in self.windows
             if w.ctrl & 1 and w.armed and w.received < w.expect
         ]
-        return ["nic.rx waits for tags " + ", ".join(waiting)] if waiting else []
+        out = ["nic.rx waits for tags " + ", ".join(waiting)] if waiting else []
+        held = self.held()
+        if held is not None:
+            out.append(held_sentence(self.node_id, *held))
+        return out
 
-    def receive(self, pkt: Packet) -> None:
-        """Apply one packet arriving from the link (called at its apply cycle)."""
+    def receive(self, pkt: Packet, checked: int | None = None) -> None:
+        """Apply one packet arriving from the link (called at its apply cycle).
+
+        ``checked``: the cycle the link layer's applier checked it in (it held it until
+        then); None on the fast path, where the check was ``payload words + 2`` cycles ago
+        (``RxApplier``'s timing) and a packet it would have held raises :class:`ReceiverHold`.
+        """
         nbytes = len(pkt.payload) * self.wb
         code = rm.ErrorCode.OK
-        if pkt.window >= len(self.windows) or not self.windows[pkt.window].ctrl & 1:
+        check = self.sim.now - nbytes // 4 - 2 if checked is None else checked
+        enabled, tag = (
+            (0, 0) if pkt.window >= len(self.windows) else self._state_at(pkt.window, check)
+        )
+        if enabled and next_step_hold(pkt.tag, tag):
+            where = f"node {self.node_id} window {pkt.window}, packet {tag_name(pkt.tag)}"
+            if checked is None:
+                raise ReceiverHold(
+                    f"the receiver holds a packet in cycle {check} ({where}, window tag "
+                    f"{tag_name(tag)}), which the fault-free fast path cannot time"
+                )
+            raise SimulationError(f"model: the link layer applied a held packet ({where})")
+        if not enabled:
             code = rm.ErrorCode.RX_NO_WINDOW
         else:
             w = self.windows[pkt.window]
-            if w.tag != pkt.tag:
+            if tag != pkt.tag:
                 code = rm.ErrorCode.RX_TAG_MISMATCH
             elif not (w.dst <= pkt.addr and pkt.addr + nbytes <= w.dst + w.len):
                 code = rm.ErrorCode.RX_OUT_OF_WINDOW

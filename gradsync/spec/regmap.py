@@ -140,7 +140,7 @@ class ErrorCode(enum.IntEnum):
     OUT_OF_WINDOW = 4  #: source range leaves the queue's window
     UNKNOWN_PEER = 5  #: destination is not the node's link peer
     RX_NO_WINDOW = 6  #: received packet for a disabled RX window
-    RX_TAG_MISMATCH = 7  #: received packet's tag differs from the window's tag
+    RX_TAG_MISMATCH = 7  #: received packet's tag differs from the window's (not its next step)
     RX_OUT_OF_WINDOW = 8  #: received packet's range leaves the window or the SRAMs, or misaligned
     CMD_BAD_OPCODE = 9  #: unknown compute opcode
     CMD_ZERO_DIM = 10  #: a compute dimension is 0
@@ -170,7 +170,8 @@ ERROR_MEANINGS = {
     "info = source address",
     ErrorCode.RX_NO_WINDOW: "packet for an RX window that does not exist or is not enabled; "
     "index = window, info = tag",
-    ErrorCode.RX_TAG_MISMATCH: "packet tag differs from the window's WINn_TAG; index = window, "
+    ErrorCode.RX_TAG_MISMATCH: "packet tag differs from the window's WINn_TAG and is not its "
+    "next step (a next-step packet is held until WINn_TAG is written); index = window, "
     "info = tag",
     ErrorCode.RX_OUT_OF_WINDOW: "packet range leaves the window or the SRAMs, or is misaligned; "
     "index = window, info = tag",
@@ -527,7 +528,14 @@ _RX_WINDOW_TEMPLATE = [
         "Byte address of the local operand of a reduce-add: dst[i] = sat(src[i] + payload[i]).",
     ),
     ("LEN", 0x0C, Access.RW, "Window length in bytes; packets must fall in [DST, DST+LEN)."),
-    ("TAG", 0x10, Access.RW, "Tag a packet must carry (layer, chunk, step)."),
+    (
+        "TAG",
+        0x10,
+        Access.RW,
+        "Tag a packet must carry (layer, chunk, step). A packet of the same layer and chunk "
+        "whose step is TAG's step + 1 (mod 4096) is held, not refused, until TAG is written "
+        "to its tag (receiver not ready).",
+    ),
     (
         "EXPECT",
         0x14,

@@ -25,10 +25,15 @@ from gradsync.hw.nic_rx import (
     WIN_RECEIVED,
     WIN_SRC,
     WIN_TAG,
+    NicRx,
     RxWindowTable,
 )
+from gradsync.hw.packet import header0
+from gradsync.model.link import crc32_words
+from gradsync.spec import regmap as rm
 
 REGIONS = ((0x1000, 256), (0x4000, 128))
+HOLD = "hold"  # the reference's verdict for a packet of the window's next step
 NW = 3
 
 
@@ -99,6 +104,13 @@ class Reference:
         if window >= NW or not self.windows[window].ctrl & 1:
             return RX_NO_WINDOW, None, None
         w = self.windows[window]
+        step = 0xFFF << 20
+        if (
+            w.tag != tag
+            and (w.tag ^ tag) & ~step == 0
+            and (tag >> 20) == ((w.tag >> 20) + 1) % 4096
+        ):
+            return HOLD, None, None  # the window's next step (docs/comm.md)
         if w.tag != tag:
             return RX_TAG_MISMATCH, None, None
         if not (w.dst <= addr and addr + nbytes <= w.dst + w.length):
@@ -119,7 +131,8 @@ def _random_packet(rng, ref):
     w = ref.windows[min(window, NW - 1)]
     nbytes = 4 * rng.randint(1, 16)
     addr = rng.choice([w.dst, w.dst + 4 * rng.randrange(8), rng.choice(REGIONS)[0], w.dst + 2])
-    return window, rng.choice([w.tag, w.tag ^ 1]), addr & 0xFFFF_FFFF, nbytes, rng.random() < 0.5
+    tag = rng.choice([w.tag, w.tag ^ 1, w.tag + (1 << 20), w.tag + (2 << 20)]) & 0xFFFF_FFFF
+    return window, tag, addr & 0xFFFF_FFFF, nbytes, rng.random() < 0.5
 
 
 def _random_write(rng, ref):
@@ -130,7 +143,7 @@ def _random_write(rng, ref):
         WIN_DST: rng.choice([0x1000, 0x1040, 0x40F0, 0x4000, 0x3FF0]),
         WIN_SRC: rng.choice([0x1000, 0x10C0, 0x4000, 0x4002, 0xFFFF_FFF0]),
         WIN_LEN: rng.choice([0, 64, 128, 256]),
-        WIN_TAG: rng.choice([0x55, 0x56]),
+        WIN_TAG: rng.choice([0x55, 0x56, 0x55 + (1 << 20), 0xFFF0_0055]),
         WIN_EXPECT: rng.choice([0, 16, 64, 128, 1 << 20]),
         WIN_RECEIVED: rng.getrandbits(32),
     }[reg]
@@ -163,7 +176,9 @@ def test_window_table_checks_counts_and_done_bits_follow_the_model_rules(seed):
                 ):
                     ctx.set(port, v)
                 code, dst, src = ref.check(*pkt)
-                assert ctx.get(lk.code) == code, f"step {step}: {pkt}"
+                assert ctx.get(lk.hold) == (code == HOLD), f"step {step}: {pkt}"
+                if code != HOLD:
+                    assert ctx.get(lk.code) == code, f"step {step}: {pkt}"
                 seen["codes"].add(code)
                 if code == 0:
                     assert (ctx.get(lk.dst_region), ctx.get(lk.dst)) == dst, f"step {step}: {pkt}"
@@ -195,7 +210,7 @@ def test_window_table_checks_counts_and_done_bits_follow_the_model_rules(seed):
     sim.add_testbench(bench)
     sim.run()
     # The random walk must reach every outcome, or the comparison above proves little.
-    assert seen["codes"] == {0, RX_NO_WINDOW, RX_TAG_MISMATCH, RX_OUT_OF_WINDOW}
+    assert seen["codes"] == {0, HOLD, RX_NO_WINDOW, RX_TAG_MISMATCH, RX_OUT_OF_WINDOW}
     assert seen["irqs"] > 0 and seen["dones"] > 0
 
 
@@ -229,6 +244,160 @@ def test_expect_write_that_completes_an_armed_window_disarms_it():
         ctx.set(lk.commit, 1)
         assert ctx.get(dut.rx_irq) == 0, "the model's window is no longer armed"
         await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# ------------------------------------------------------------- receiver not ready (hold)
+
+TAG_L1C0 = {step: rm.encode_tag(1, 0, step) for step in (4095, 0, 1, 2, 3)}
+HOLD_BASE = 0x1000
+
+
+def _beats(window, tag, addr, payload, seq, reduce=True):
+    """The link words of one packet (``hw/packet.py``: H0, tag, address, payload, CRC)."""
+    words = [header0(window, reduce, len(payload), seq), tag, addr, *payload]
+    return [(w, 0) for w in words] + [(crc32_words(words), 1)]
+
+
+class RxBench:
+    """One NicRx in the Amaranth simulator: link beats in, a word memory behind its ports."""
+
+    def __init__(self, ctx, dut):
+        self.ctx, self.dut = ctx, dut
+        self.mem = {i: 0x0001_0001 * (i + 1) for i in range(64)}  # word address -> word
+        self.beats: list[tuple[int, int]] = []
+        self.cycle = 0
+        self.rd_addr = None
+        self.events: list[tuple[int, str, int]] = []  # (cycle, "trace"/"error", value)
+
+    async def tick(self):
+        ctx, dut = self.ctx, self.dut
+        if self.beats:
+            data, last = self.beats.pop(0)
+            ctx.set(dut.link.valid, 1)
+            ctx.set(dut.link.p.data, data)
+            ctx.set(dut.link.p.last, last)
+        else:
+            ctx.set(dut.link.valid, 0)
+        ctx.set(dut.mem_rd_data, self.mem.get(self.rd_addr, 0) if self.rd_addr is not None else 0)
+        self.rd_addr = ctx.get(dut.mem_rd_addr)
+        if ctx.get(dut.mem_wr_en):
+            self.mem[ctx.get(dut.mem_wr_addr)] = ctx.get(dut.mem_wr_data)
+        if ctx.get(dut.trace.valid):
+            self.events.append((self.cycle, "trace", ctx.get(dut.trace.aux)))
+        if ctx.get(dut.error.valid):
+            self.events.append((self.cycle, "error", ctx.get(dut.error.code)))
+        await ctx.tick()
+        ctx.set(dut.cfg_we, 0)
+        self.cycle += 1
+
+    async def write(self, window, reg, value):
+        """A window register write: ``cfg_we`` in this cycle, visible from the next."""
+        for port, v in ((self.dut.cfg_window, window), (self.dut.cfg_reg, reg)):
+            self.ctx.set(port, v)
+        self.ctx.set(self.dut.cfg_wdata, value)
+        self.ctx.set(self.dut.cfg_we, 1)
+        await self.tick()
+
+    async def open(self, window, tag, dst_word=16, src_word=0, length=64):
+        for reg, value in (
+            (WIN_DST, HOLD_BASE + 4 * dst_word),
+            (WIN_SRC, HOLD_BASE + 4 * src_word),
+            (WIN_LEN, length),
+            (WIN_TAG, tag),
+            (WIN_CTRL, 1),
+        ):
+            await self.write(window, reg, value)
+
+
+def _rx_dut():
+    return NicRx(
+        max_payload_words=4,
+        credits=2,
+        windows=2,
+        regions=((HOLD_BASE, 256),),
+        operand_bits=16,
+        nak_holdoff_cycles=64,
+    )
+
+
+def test_next_step_packet_is_held_until_its_tag_is_written_then_applied():
+    """A packet tagged with the window's step + 1 waits (no error, no write, no trace, its
+    slot kept) until TAG is written in cycle w, is checked in w + 1 and applied as an idle
+    receiver applies one checked then: its last word written and RECEIVED visible in
+    ``w + 1 + payload_words + 2`` (the applier's timing, ``RxApplier``)."""
+    dut = _rx_dut()
+    payload = [0x0002_0003, 0x0004_0005, 0x0006_0007, 0x0008_0009]
+
+    async def bench(ctx):
+        b = RxBench(ctx, dut)
+        await b.open(0, TAG_L1C0[4095])  # step -1, as the firmware opens it
+        b.beats = _beats(0, TAG_L1C0[0], HOLD_BASE + 64, payload, seq=0)
+        for _ in range(40):
+            await b.tick()
+        assert ctx.get(dut.holds) == 1
+        assert ctx.get(dut.held_window) == 1 and ctx.get(dut.held_tag) == TAG_L1C0[0]
+        assert b.events == [] and ctx.get(dut.packets_applied) == 0 and ctx.get(dut.drops) == 0
+        assert all(b.mem[16 + i] == 0x0001_0001 * (17 + i) for i in range(4)), "written early"
+        w = b.cycle
+        await b.write(0, WIN_TAG, TAG_L1C0[0])
+        pw = len(payload)
+        while b.cycle < w + 1 + pw + 2:
+            assert ctx.get(dut.packets_applied) == 0, f"applied in cycle {b.cycle}"
+            await b.tick()
+        assert ctx.get(dut.packets_applied) == 1 and ctx.get(dut.held_window) == 0
+        ctx.set(dut.cfg_window, 0)
+        ctx.set(dut.cfg_reg, WIN_RECEIVED)
+        assert ctx.get(dut.cfg_rdata) == 4 * pw
+        assert b.events == [(w + 1 + pw + 1, "trace", 4 * pw)]  # the LAST cycle
+        for i, p in enumerate(payload):  # dst = src + payload, per 16-bit lane
+            src = 0x0001_0001 * (i + 1)
+            want = ((src & 0xFFFF) + (p & 0xFFFF)) | ((src >> 16) + (p >> 16)) << 16
+            assert b.mem[16 + i] == want, f"word {i}"
+        assert ctx.get(dut.holds) == 1 and ctx.get(dut.drops) == 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize(
+    "window_tag, packet_tag, enabled, code",
+    [
+        (rm.encode_tag(1, 0, 2), rm.encode_tag(1, 0, 4), True, RX_TAG_MISMATCH),  # step + 2
+        (rm.encode_tag(1, 0, 2), rm.encode_tag(1, 0, 1), True, RX_TAG_MISMATCH),  # step - 1
+        (rm.encode_tag(1, 0, 2), rm.encode_tag(2, 0, 3), True, RX_TAG_MISMATCH),  # other layer
+        (rm.encode_tag(1, 0, 2), rm.encode_tag(1, 1, 3), True, RX_TAG_MISMATCH),  # other chunk
+        (rm.encode_tag(1, 0, 2), rm.encode_tag(1, 0, 3), False, RX_NO_WINDOW),  # closed window
+        (rm.encode_tag(1, 0, 4095), rm.encode_tag(1, 0, 0), True, None),  # step wraps: hold
+    ],
+    ids=["step+2", "step-1", "layer", "chunk", "closed", "wrap-holds"],
+)
+def test_only_the_next_step_of_an_enabled_window_is_held(window_tag, packet_tag, enabled, code):
+    """Every other tag stays an error, refused in the idle receiver's time (CRC word in
+    cycle c, error one cycle before ``c + 4 + payload_words``); a disabled window refuses
+    even its next step."""
+    dut = _rx_dut()
+
+    async def bench(ctx):
+        b = RxBench(ctx, dut)
+        await b.open(0, window_tag)
+        if not enabled:
+            await b.write(0, WIN_CTRL, 0)
+        b.beats = _beats(0, packet_tag, HOLD_BASE + 64, [0x10001] * 4, seq=0)
+        crc_cycle = b.cycle + 7
+        for _ in range(40):
+            await b.tick()
+        if code is None:
+            assert ctx.get(dut.holds) == 1 and b.events == []
+            return
+        assert ctx.get(dut.holds) == 0 and ctx.get(dut.drops) == 1
+        assert (crc_cycle + 4 + 4 - 1, "error", code) in b.events, b.events
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -64,11 +64,11 @@ def test_fault_free_link_layer_is_the_timing_formulas_cycle_for_cycle(nodes, byt
 
 #: Per fault kind: a spec and the counters it must move.
 KINDS = {
-    "corrupt+drop": ("corrupt=6000,drop=6000,seed=11", ("corrupted", "dropped", "naks")),
+    "corrupt+drop": ("corrupt=6000,drop=6000,seed=2", ("corrupted", "dropped", "naks")),
     "burst": ("burst=9000,burst-len=12,seed=3", ("corrupted", "crc_errors")),
     "frame": ("frame=8000,seed=5", ("framed", "crc_errors")),
     "stall": ("stall=2000,stall-max=30", ("stalls",)),
-    "ack": ("drop=3000,ack-drop=12000,ack-corrupt=40000,seed=7", ("acks_corrupted", "naks")),
+    "ack": ("drop=3000,ack-drop=12000,ack-corrupt=40000,seed=2", ("acks_corrupted", "naks")),
     "down-fixed": ("down-at=2500,down-len=1500", ("down_cycles", "timeouts")),
     "down-random": ("down-rate=20,down-mean=300,seed=9", ("downs", "retransmits")),
     "per-link": ("0:burst=9000;1:drop=9000,ack-drop=9000", ("corrupted", "dropped")),
@@ -131,12 +131,6 @@ def test_faulted_runs_cost_cycles_and_are_reported_per_link():
     assert [c["down_cycles"] for c in cluster.link_counters()] == [3000, 3000]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="firmware race found with faults: a peer's reduce-add of step k can arrive before "
-    "this node's own dW of step k (its backward waits for its step k-1 sends), so the "
-    "reduce-add reads the stale gradient; RTL and model agree on it cycle for cycle",
-)
 def test_two_steps_under_faults_keep_the_fault_free_weights():
     cfg = dataclasses.replace(CFG, steps=2, global_batch=64, layers=(64, 32, 10))
     clean, _ = _run(cfg)

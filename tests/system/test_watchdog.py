@@ -10,6 +10,7 @@ hand computation of ``gradsync.spec.timing.watchdog_cycles``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -22,7 +23,7 @@ from gradsync.model.cluster import Cluster
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
 from gradsync.spec.hardware import PRESETS
-from gradsync.watchdog import WatchdogError, config_watchdog_cycles
+from gradsync.watchdog import NodeProgress, WatchdogError, config_watchdog_cycles
 
 SHORT = experiment.TrainConfig(nodes=2, steps=2, layers=(64, 16, 10), global_batch=8)
 
@@ -182,3 +183,81 @@ def test_rtl_held_down_link_stops_naming_link_0_and_the_counters():
     bound = config_watchdog_cycles(cfg)
     stopped = int(re.search(r"no progress for (\d+) cycles", msg).group(1))
     assert bound <= stopped <= 1.25 * bound + 100
+
+
+# ------------------------------------------------- a packet the receiver holds for good
+
+#: A schedule file whose import makes node 1's firmware never write its windows' TAGs
+#: of step 1 (test only): loaded in the RTL backend's simulator process, it changes that
+#: process's firmware alone.
+NEVER_TAGS = """
+from gradsync.firmware import training
+from gradsync.firmware.schedules import Priority
+
+_tag_windows = training.NodeFirmware._tag_windows
+
+
+async def _never_on_node_1(self, layer):
+    if self.node == 1 and self.exchange_step == 1:
+        return
+    await _tag_windows(self, layer)
+
+
+training.NodeFirmware._tag_windows = _never_on_node_1
+
+
+class NeverTags(Priority):
+    name = "never-tags"
+"""
+HELD_CFG = experiment.TrainConfig(
+    nodes=2, steps=2, global_batch=16, layers=(64, 16, 10), chunk_bytes=256
+)
+
+
+def test_report_names_the_held_packet_from_the_rtl_node_ports():
+    """The RTL backend hands the report its NODE_COUNTERS: ``rx_held_window`` (window + 1)
+    and ``rx_held_tag`` become the sentence, and are not listed as counters."""
+    from gradsync.watchdog import Watchdog
+
+    dog = Watchdog(100)
+    idle = NodeProgress(1, 1, 1, 1)
+    dog.sample(0, [idle, idle])
+    dog.sample(200, [idle, idle])
+    tag = rm.encode_tag(1, 2, 0)  # step 0: the window still has step -1's tag (4095)
+    nics = [{"rx_packets": 3, "rx_held_window": 0, "rx_held_tag": 0},
+            {"rx_packets": 4, "rx_held_window": 6, "rx_held_tag": tag}]  # fmt: skip
+    msg = dog.report(200, ["idle", "idle"], [{}, {}], nics)
+    assert (
+        "nic.rx of node 1 holds a packet tagged L1c2s0 for window 5, whose tag is L1c2s4095: "
+        "the firmware never reopened it" in msg
+    )
+    assert "rx_held" not in msg and "node 1 NIC rx_packets 4" in msg
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_rtl_packet_held_for_good_is_named_as_the_model_names_it(tmp_path, monkeypatch):
+    from gradsync import model_backend
+    from gradsync.model.nic import held_sentence
+    from gradsync.sim.rtl_backend import LAST_RUN, RtlRunError, run_rtl
+
+    path = tmp_path / "never_tags.py"
+    path.write_text(NEVER_TAGS)
+    cfg = dataclasses.replace(HELD_CFG, schedule=f"{path}:NeverTags")
+    with pytest.raises(RtlRunError) as info:
+        run_rtl(cfg, experiment.prepare(cfg).jobs, progress=False)
+    node1 = LAST_RUN.counters["nodes"][1]
+    window, tag = node1["rx_held_window"] - 1, node1["rx_held_tag"]
+    assert window >= 0 and rm.decode_tag(tag)[2] == 1
+
+    # the model, with the same firmware change made here by monkeypatching
+    class Never(NodeFirmware):
+        async def _tag_windows(self, layer):
+            if not (self.node == 1 and self.exchange_step == 1):
+                await super()._tag_windows(layer)
+
+    monkeypatch.setattr(model_backend, "NodeFirmware", Never)
+    with pytest.raises(WatchdogError) as model:
+        model_backend.run_model(HELD_CFG, experiment.prepare(HELD_CFG).jobs)
+    sentence = held_sentence(1, window, tag, rm.encode_tag(*rm.decode_tag(tag)[:2], 0))
+    assert sentence in str(info.value) and sentence in str(model.value)
