@@ -82,8 +82,12 @@ class Cluster:
         except SimulationError as exc:
             report = "; ".join(f"node {d.node_id}: {d.outstanding()}" for d in self.devices)
             raise type(exc)(f"{exc} ({report})") from None
-        # a faulted link layer may step on (acknowledgements) after the last program ended;
-        # the run ends with the programs, as the RTL backend's does
+        # a faulted link layer may step on (acknowledgements) after the last program ended, or
+        # stop stepping before it (quiet); the run ends with the programs, as the RTL's does
         faulted = any(d.nic.layer is not None for d in self.devices)
         cycles = max(ended) if faulted and ended else self.sim.now
+        for d in self.devices:  # the RTL reads its link counters in cycle ``cycles``: the
+            # idle tail's repeated acknowledgements (and the faults they meet) count too
+            if d.nic.layer is not None and d.nic.layer.now < cycles:
+                d.nic.layer.advance(cycles)
         return ClusterRun(self.sim, self.devices, [t.result for t in tasks], cycles)
