@@ -267,6 +267,18 @@ class RtlDevice:
                 "m_axis_tdata", "m_axis_tvalid", "m_axis_tlast", "m_axis_tready",
             )
         }  # fmt: skip
+        self.quiesce()
+        self.irq_mask = 0  # shadow of IRQ_MASK (wait_irq needs IRQ_STATUS & mask == line)
+        self.calls = {"read32": 0, "write32": 0, "wait_irq": 0, "load": 0, "dump": 0}
+
+    def quiesce(self) -> None:
+        """Put the host's side of the bus at rest: no request valid, every response taken.
+
+        A firmware task cancelled in the middle of a call (a watchdog stop, a spent cycle
+        budget) leaves its request valid for ever, since the lean driver lowers it when the
+        call returns; call this once that transaction has had time to complete, before
+        anything else uses the bus.
+        """
         for name in ("s_axil_awvalid", "s_axil_wvalid", "s_axil_arvalid", "s_axis_tvalid",
                      "s_axis_tlast", "s_axil_awaddr", "s_axil_araddr", "s_axil_wdata",
                      "s_axis_tdata"):  # fmt: skip
@@ -274,8 +286,6 @@ class RtlDevice:
         for name in ("s_axil_bready", "s_axil_rready", "m_axis_tready"):
             _put(self._p[name], 1)  # the host always takes responses and dump beats
         _put(self._p["s_axil_wstrb"], 0xF)
-        self.irq_mask = 0  # shadow of IRQ_MASK (wait_irq needs IRQ_STATUS & mask == line)
-        self.calls = {"read32": 0, "write32": 0, "wait_irq": 0, "load": 0, "dump": 0}
 
     # ------------------------------------------------ cocotbext-axi bus models
     def _models(self) -> dict:

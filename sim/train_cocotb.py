@@ -244,6 +244,9 @@ async def train(dut):
 
         longest = max(hw.scratchpad_words, hw.gradient_words) * fmt.word_bytes
         await ClockCycles(dut.clk, tm.host_bulk_cycles(longest, hw) + 16)
+        for d in devs:  # the cancelled call never lowered its request
+            d.quiesce()
+        await ClockCycles(dut.clk, 4)
     error = None
     if errors:
         error = errors[0]
