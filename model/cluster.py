@@ -75,19 +75,20 @@ class Cluster:
             self.sim.spawn(f"node{i}", timed(prog(dev)))
             for i, (prog, dev) in enumerate(zip(programs, self.devices, strict=True))
         ]
+        faulted = any(d.nic.layer is not None for d in self.devices)
         try:
-            self.sim.run(max_cycles)
+            self.sim.run(max_cycles, stop_when_done=faulted)
         except ReceiverHold:
             raise  # the fast path gave up (the caller reruns with link layers)
         except SimulationError as exc:
             report = "; ".join(f"node {d.node_id}: {d.outstanding()}" for d in self.devices)
             raise type(exc)(f"{exc} ({report})") from None
-        # a faulted link layer may step on (acknowledgements) after the last program ended, or
-        # stop stepping before it (quiet); the run ends with the programs, as the RTL's does
-        faulted = any(d.nic.layer is not None for d in self.devices)
+        # a faulted run ends with the programs, as the RTL's does (the link layers' ticks
+        # after it are left unrun), and a link layer that stopped stepping before it (quiet)
         cycles = max(ended) if faulted and ended else self.sim.now
-        for d in self.devices:  # the RTL reads its link counters in cycle ``cycles``: the
-            # idle tail's repeated acknowledgements (and the faults they meet) count too
+        # steps on to it: the RTL reads its link counters in cycle ``cycles``, and the idle
+        # tail's repeated acknowledgements (and the faults they meet) count too
+        for d in self.devices:
             if d.nic.layer is not None and d.nic.layer.now < cycles:
                 d.nic.layer.advance(cycles)
         return ClusterRun(self.sim, self.devices, [t.result for t in tasks], cycles)

@@ -137,9 +137,16 @@ class Simulator:
             return
         fut.add_callback(lambda v: self.after(0, lambda: self._step(task, v)))
 
-    def run(self, max_cycles: int | None = None) -> None:
-        """Run until every task finished (or raise if one failed or all are stuck)."""
+    def run(self, max_cycles: int | None = None, stop_when_done: bool = False) -> None:
+        """Run until every task finished (or raise if one failed or all are stuck).
+
+        ``stop_when_done``: return as soon as every task has finished and the current
+        cycle's events have run, leaving later events (a link layer's ticks) unrun: what
+        the state is in the cycle the last task ended, as the RTL backend reads it then.
+        """
         while self._heap:
+            if stop_when_done and self._heap[0][0] > self.now and all(t.done for t in self.tasks):
+                return
             cycle, _, fn = heapq.heappop(self._heap)
             if max_cycles is not None and cycle > max_cycles:
                 raise SimulationError(f"cycle budget of {max_cycles} exhausted")
