@@ -18,7 +18,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from gradsync.spec.formats import BF16, FP32, FloatLayout
+from gradsync.spec.formats import BF16, FP32, BFloat16Format, FloatLayout
 
 
 class _Fields:
@@ -279,7 +279,7 @@ class Bf16ProcessingElement(wiring.Component):
     """
 
     #: Cycles from a pair at the inputs to its sum in ``acc``.
-    LATENCY = 2
+    LATENCY = BFloat16Format.mac_latency_cycles
 
     a_in: In(16)
     b_in: In(16)

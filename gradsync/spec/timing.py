@@ -20,6 +20,7 @@ of their predecessor.
 from __future__ import annotations
 
 from gradsync.spec import regmap as rm
+from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
 from gradsync.spec.link import (
     NIC_WINDOW_PACKETS,
@@ -56,7 +57,13 @@ def gemm_tiles(m: int, n: int, hw: HardwareConfig) -> int:
     return ceil_div(m, hw.array_rows) * ceil_div(n, hw.array_cols)
 
 
-def gemm_cycles(m: int, k: int, n: int, hw: HardwareConfig) -> int:
+def gemm_cycles(
+    m: int,
+    k: int,
+    n: int,
+    hw: HardwareConfig,
+    fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT,
+) -> int:
     """Cycles of one GEMM command ``C[m,n] = A[m,k] @ B[k,n]``, launch to completion.
 
     Output-stationary ``R x C`` array: PE ``(i, j)`` accumulates ``C[i, j]`` of
@@ -75,6 +82,10 @@ def gemm_cycles(m: int, k: int, n: int, hw: HardwareConfig) -> int:
     ``k + (R + C - 2)``
         the last tile: ``k`` beats, plus the skew until PE ``(R-1, C-1)``
         has consumed its last operand pair.
+    ``fmt.mac_latency_cycles - 1``
+        the PE pipeline beyond one cycle: 0 in fixed point, 1 in bf16 (the
+        product is registered before the fp32 add). It delays every result by
+        the same cycle, so it is paid once per command, not per tile.
     ``R + WRITEBACK_LATENCY``
         drain of the last tile's shadow registers, last SRAM write.
     """
@@ -88,6 +99,7 @@ def gemm_cycles(m: int, k: int, n: int, hw: HardwareConfig) -> int:
         + (tiles - 1) * max(k, r)
         + k
         + (r + c - 2)
+        + (fmt.mac_latency_cycles - 1)
         + r
         + WRITEBACK_LATENCY_CYCLES
     )
