@@ -26,9 +26,10 @@ from collections.abc import Sequence
 import ml_dtypes
 import numpy as np
 
-from gradsync.spec.formats import BF16, FP32
+from gradsync.spec.formats import BF16, FP32, BFloat16Format
 
 _MIN_NORMAL = np.float32(FP32.min_normal)
+_FORMAT = BFloat16Format()
 
 
 def _flush(x: np.ndarray) -> np.ndarray:
@@ -73,6 +74,26 @@ def fp32_add(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     """
     with np.errstate(all="ignore"):
         return _fp32_words(_fp32_values(a) + _fp32_values(b))
+
+
+def fp32_canonical(a: np.ndarray | int) -> np.ndarray:
+    """fp32 words as the arithmetic reads them: subnormals -> signed zeros, NaNs canonical."""
+    return _fp32_words(_fp32_values(a))
+
+
+def fp32_mul(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """The vector unit's multiplier: fp32 words x fp32 words -> fp32 words, nearest-even.
+
+    The float64 product of two fp32 values is exact (48 significant bits), so
+    one rounding to 24 bits with the exponent unbounded is the device's
+    (:meth:`BFloat16Format.quantize_fp32`): ``>= 2**128`` after rounding is an
+    infinity, ``< 2**-126`` after rounding a zero of the product's sign
+    (tininess after rounding). ``inf x 0`` and NaN operands give the canonical NaN.
+    """
+    with np.errstate(all="ignore"):  # NaN operands: the product is NaN, made canonical
+        x = _fp32_values(a).astype(np.float64)
+        y = _fp32_values(b).astype(np.float64)
+        return _FORMAT.quantize_fp32(x * y).astype(np.uint32)
 
 
 def fp32_to_bf16(a: np.ndarray | int) -> np.ndarray:

@@ -20,9 +20,12 @@ from tests.hw.fp_vectors import (
     ADD_BY_HAND,
     BF16_SPECIALS,
     FP32_SPECIALS,
+    MUL_BY_HAND,
     adder_pairs,
     all_pairs,
     fp32_reference_add,
+    fp32_reference_mul,
+    mul_pairs,
 )
 
 FMT = BFloat16Format()
@@ -90,6 +93,41 @@ def test_fp32_add_by_hand():
     a, b, total = np.array(ADD_BY_HAND, dtype=np.uint32).T
     np.testing.assert_array_equal(fp.fp32_add(a, b), total)
     np.testing.assert_array_equal(reference_add(a, b), total)
+
+
+def test_fp32_mul_equals_numpy_float32_with_the_flush_rule():
+    a, b = mul_pairs(np.random.default_rng(4), 1 << 20)
+    sa, sb = all_pairs(FP32_SPECIALS)
+    a, b = np.concatenate([sa, a]), np.concatenate([sb, b])
+    got = fp.fp32_mul(a, b)
+    np.testing.assert_array_equal(got, fp32_reference_mul(a, b))
+    v = got.view(np.float32)
+    assert np.sum(np.isinf(v)) > 10_000 and np.sum(v == 0) > 10_000  # overflow and flush reached
+    bottom = (np.abs(v) >= 2.0**-126) & (np.abs(v) < 2.0**-125)
+    assert np.sum(bottom) > 1000  # products kept in the lowest normal binade
+
+
+def test_fp32_mul_by_hand():
+    a, b, product = np.array(MUL_BY_HAND, dtype=np.uint32).T
+    np.testing.assert_array_equal(fp.fp32_mul(a, b), product)
+    # NumPy's subnormal rounding reaches 2**-126 where the device flushes (the one difference)
+    assert int(fp32_reference_mul(np.uint32(0x1FFFFFFF), np.uint32(0x20000000))) == 0
+    with np.errstate(all="ignore"):
+        numpy_product = np.float32(2.0**-126 - 2.0**-150) * np.float32(1)
+    assert numpy_product == np.float32(2.0**-126 - 2.0**-150)  # not representable: rounded ...
+    assert numpy_product == np.float32(2.0**-126)  # ... up to the smallest normal
+
+
+def test_fp32_canonical():
+    words = np.array([0x00000001, 0x807FFFFF, 0x7F800001, 0xFFC00000, 0x3F800000, 0xFF800000])
+    assert fp.fp32_canonical(words).tolist() == [
+        0,
+        0x80000000,
+        0x7FC00000,
+        0x7FC00000,
+        0x3F800000,
+        0xFF800000,
+    ]
 
 
 def test_fp32_to_bf16_equals_integer_rounding_of_spec():
