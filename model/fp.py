@@ -130,3 +130,55 @@ def dot_fp32(
     for index in order[1:]:
         acc = fp32_add(acc, products[..., index])
     return acc
+
+
+# --- the compute commands of the bf16 format ----------------------------------------------
+
+_SIGN = np.uint32(0x8000_0000)
+
+
+def _positive(words: np.ndarray) -> np.ndarray:
+    """Canonical fp32 words: sign bit clear and not zero (a NaN is positive, -0 is not)."""
+    return ((words & _SIGN) == 0) & (((words >> np.uint32(23)) & np.uint32(0xFF)) != 0)
+
+
+def relu_fp32(x: np.ndarray) -> np.ndarray:
+    """Vector op ``relu`` on fp32 words: ``x`` if positive, else ``+0`` (NaN stays NaN)."""
+    c = fp32_canonical(x)
+    return np.where(_positive(c), c, np.uint32(0)).astype(np.uint32)
+
+
+def relu_backward_fp32(grad: np.ndarray, activation: np.ndarray) -> np.ndarray:
+    """Vector op ``relu_bwd`` on fp32 words: ``grad`` where the activation is positive, else ``+0``."""
+    positive = _positive(fp32_canonical(activation))
+    return np.where(positive, fp32_canonical(grad), np.uint32(0)).astype(np.uint32)
+
+
+def scale_fp32(x: np.ndarray, factor: int) -> np.ndarray:
+    """Vector op ``scale``: ``x * factor`` (``factor`` an fp32 word), rounded once."""
+    return fp32_mul(x, np.uint32(factor))
+
+
+def sgd_fp32(weights: np.ndarray, grads: np.ndarray, lr: int) -> np.ndarray:
+    """Vector op ``sgd`` on fp32 master weights: ``w + (-(lr * g))``, each step rounded.
+
+    Not fused: the product is rounded to fp32, then the difference (the RTL's
+    stage 1 and stage 2).
+    """
+    step = fp32_mul(grads, np.uint32(lr))
+    return fp32_add(weights, step ^ _SIGN)
+
+
+def gemm_bf16(
+    a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool = False
+) -> np.ndarray:
+    """The GEMM command in bf16: fp32 words of ``op(a) @ op(b)`` for bf16 words ``a``, ``b``.
+
+    Output-stationary: each result is one PE's accumulation over ``k = 0 .. K-1`` in
+    order (:func:`dot_fp32`); the tiling never splits ``K``.
+    """
+    a = np.asarray(a).T if trans_a else np.asarray(a)
+    b = np.asarray(b).T if trans_b else np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"GEMM shapes do not chain: {a.shape} @ {b.shape}")
+    return dot_fp32(a[:, None, :], b.T[None, :, :])
