@@ -348,6 +348,36 @@ class BFloat16Format:
             "subnormals": self.subnormals,
         }
 
+    # --- SRAM words, as the bulk port moves them ----------------------------------------
+
+    def saturate_raw(self, words: np.ndarray | int) -> np.ndarray:
+        """Host values -> SRAM words as the bulk port stores them: the low 16 bits.
+
+        The SRAMs hold bit patterns (a bf16 word, or half of an fp32 value), so
+        nothing saturates; the name is the fixed-point format's, for the bulk port.
+        """
+        return np.asarray(words, dtype=np.int64) & 0xFFFF
+
+    def to_unsigned(self, words: np.ndarray | int) -> np.ndarray:
+        """SRAM words as stored (``uint16`` bit patterns, held in ``int64``)."""
+        return self.saturate_raw(words)
+
+    def from_unsigned(self, words: np.ndarray | int) -> np.ndarray:
+        """Stored SRAM words -> the values the host sees: the same bit patterns."""
+        return self.saturate_raw(words)
+
+    @staticmethod
+    def split_fp32(words: np.ndarray) -> np.ndarray:
+        """fp32 words -> the two SRAM words of each, low half first (gradient-SRAM layout)."""
+        w = np.asarray(words, dtype=np.int64) & 0xFFFF_FFFF
+        return np.stack([w & 0xFFFF, w >> 16], axis=-1).reshape(-1)
+
+    @staticmethod
+    def join_fp32(words: np.ndarray) -> np.ndarray:
+        """SRAM words, low half first -> fp32 words (``uint32``)."""
+        w = np.asarray(words, dtype=np.int64).reshape(-1, 2) & 0xFFFF
+        return (w[:, 0] | (w[:, 1] << 16)).astype(np.uint32)
+
     def quantize(self, values: np.ndarray | float) -> np.ndarray:
         """Real values -> bf16 words (``uint16``), one round-to-nearest-even."""
         return _round_to_layout(values, self.operand)
