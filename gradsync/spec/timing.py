@@ -235,7 +235,12 @@ WATCHDOG_RESEND_ROUNDS = 64
 WATCHDOG_SLACK_CYCLES = 1024
 
 
-def longest_command_cycles(layers: tuple[int, ...], local_batch: int, hw: HardwareConfig) -> int:
+def longest_command_cycles(
+    layers: tuple[int, ...],
+    local_batch: int,
+    hw: HardwareConfig,
+    fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT,
+) -> int:
     """Cycles of the longest compute command a training step of ``layers`` issues.
 
     Per layer ``n_in -> n_out`` with local batch ``b``: the forward GEMM
@@ -248,9 +253,9 @@ def longest_command_cycles(layers: tuple[int, ...], local_batch: int, hw: Hardwa
         b = local_batch
         longest = max(
             longest,
-            gemm_cycles(b, n_in, n_out, hw),
-            gemm_cycles(n_in, b, n_out, hw),
-            gemm_cycles(b, n_out, n_in, hw),
+            gemm_cycles(b, n_in, n_out, hw, fmt),
+            gemm_cycles(n_in, b, n_out, hw, fmt),
+            gemm_cycles(b, n_out, n_in, hw, fmt),
             vector_cycles("sgd", n_in * n_out, hw),
         )
     return longest
@@ -271,7 +276,11 @@ def resend_round_cycles(hw: HardwareConfig) -> int:
 
 
 def watchdog_cycles(
-    hw: HardwareConfig, layers: tuple[int, ...], local_batch: int, word_bytes: int
+    hw: HardwareConfig,
+    layers: tuple[int, ...],
+    local_batch: int,
+    word_bytes: int,
+    fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT,
 ) -> int:
     """Cycles without progress after which a training run is stopped as hung (both backends).
 
@@ -290,7 +299,7 @@ def watchdog_cycles(
     """
     return (
         WATCHDOG_RESEND_ROUNDS * resend_round_cycles(hw)
-        + longest_command_cycles(tuple(layers), local_batch, hw)
+        + longest_command_cycles(tuple(layers), local_batch, hw, fmt)
         + longest_bulk_cycles(hw, word_bytes)
         + WATCHDOG_SLACK_CYCLES
     )

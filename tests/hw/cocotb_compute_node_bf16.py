@@ -68,7 +68,7 @@ async def bf16_training_gemms(dut):
     assert format_from_register(await tb.read("HW_FORMAT")) == BF
     await tb.write("IRQ_MASK", rm.Irq.COMPUTE | rm.Irq.ERROR)
     rng = np.random.default_rng(tb.seed)
-    shapes = training_gemms(32, (64, 32, 10))
+    shapes = training_gemms(32, (64, 32, 10)) + [("util", 32, 64, 16, 0, 0, True)]
     R, C = hw.array_rows, hw.array_cols
     for i in range(tb.gemms):
         m, k, n = (int(x) for x in rng.integers(1, 3 * max(R, C), size=3))
@@ -89,6 +89,10 @@ async def bf16_training_gemms(dut):
                            tb.addr(region, c_w), m, k, n, trans_a=ta, trans_b=tb_)  # fmt: skip
         assert cycles == tm.gemm_cycles(m, k, n, hw, BF) == tm.gemm_cycles(m, k, n, hw) + 1, (
             name, m, k, n, cycles)  # fmt: skip
+        if name == "util":  # the figure: 32x64x16 on the array, from the RTL trace
+            use = m * k * n / (hw.array_rows * hw.array_cols * cycles)
+            dut._log.info(f"32x64x16 on {R}x{C}: {cycles} cycles, utilisation {use:.4f}")
+            assert (R, C) != (8, 8) or (cycles, round(use, 4)) == (539, 0.9499)
         got = await check_region(tb, region, c_w, m * n * per)
         want = mfp.gemm_bf16(a, b, trans_a=bool(ta), trans_b=bool(tb_)).reshape(-1)
         res = BF.join_fp32(got) if to_grad else got

@@ -24,3 +24,13 @@ def test_array_utilisation_32x64x16():
     fixed = macs / (64 * tm.gemm_cycles(32, 64, 16, HW))
     bf16 = macs / (64 * tm.gemm_cycles(32, 64, 16, HW, BFloat16Format()))
     assert round(fixed, 4) == 0.9517 and round(bf16, 4) == 0.9499
+
+
+def test_longest_command_and_watchdog_follow_the_format():
+    """64-32-10 at batch 32: the longest commands are the forward GEMM 32x64x32 (16 tiles:
+    2 + 1 + 15 * 64 + 64 + 14 + 8 + 1) and the dW GEMM 64x32x32 (32 tiles: 2 + 1 + 31 * 32
+    + 32 + 14 + 8 + 1), both 1050 cycles, 1051 in bf16; the watchdog one more."""
+    layers, bf = (64, 32, 10), BFloat16Format()
+    assert tm.longest_command_cycles(layers, 32, HW) == 1050
+    assert tm.longest_command_cycles(layers, 32, HW, bf) == 1051
+    assert tm.watchdog_cycles(HW, layers, 32, 2, bf) == tm.watchdog_cycles(HW, layers, 32, 2) + 1
