@@ -11,6 +11,10 @@ command durations (trace END - START) with ``gradsync.spec.timing`` in bf16.
 
 from __future__ import annotations
 
+import json
+import os
+import time
+
 import cocotb
 import numpy as np
 
@@ -213,3 +217,35 @@ async def bf16_refusals(dut):
     assert cycles == tm.gemm_cycles(1, 600, 1, hw, BF)
     got = BF.join_fp32(await tb.dump(tb.addr("grad", 0), 2))
     assert got.tolist() == mfp.gemm_bf16(x[None, :], x[:, None]).reshape(-1).tolist()
+
+
+@cocotb.test(skip=os.environ.get("NODE_BENCH") is None)
+async def bf16_gemm_throughput(dut):
+    """Benchmark (as ``cocotb_compute_node.gemm_throughput``): back-to-back bf16 GEMMs of
+    ``NODE_BENCH = m,k,n,reps`` into the gradient SRAM, timed on the wall clock; writes
+    ``bench_gemm.json``."""
+    tb = TB(dut)
+    await tb.cycle_reset()
+    hw = tb.hw
+    m, k, n, reps = (int(x) for x in os.environ["NODE_BENCH"].split(","))
+    rng = np.random.default_rng(0)
+    a, b = bf16_words(rng, (m, k)), bf16_words(rng, (k, n))
+    pa, pb, pc = tb.addr("scratch", 0), tb.addr("scratch", m * k), tb.addr("grad", 0)
+    await tb.load(pa, a.reshape(-1))
+    await tb.load(pb, b.reshape(-1))
+    await tb.write("IRQ_MASK", rm.Irq.COMPUTE)
+    wall0, c0 = time.perf_counter(), int(dut.cycle.value)
+    for _ in range(reps):
+        await tb.launch(rm.Opcode.GEMM, pa, pb, pc, m, k, n)
+        await tb.wait_irq()
+        await tb.write("IRQ_STATUS", rm.Irq.COMPUTE)
+    wall, cycles = time.perf_counter() - wall0, int(dut.cycle.value) - c0
+    got = BF.join_fp32(await tb.dump(pc, 2 * m * n))
+    assert (got == mfp.gemm_bf16(a, b).reshape(-1)).all()
+    busy = await tb.read("PERF_GEMM_CYCLES")
+    assert busy == reps * tm.gemm_cycles(m, k, n, hw, BF)
+    out = {"m": m, "k": k, "n": n, "reps": reps, "cycles": cycles, "gemm_cycles": busy,
+           "wall_seconds": wall, "cycles_per_second": cycles / wall,
+           "utilisation": reps * m * k * n / (hw.array_rows * hw.array_cols * busy)}  # fmt: skip
+    with open("bench_gemm.json", "w") as f:
+        json.dump(out, f)
