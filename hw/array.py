@@ -9,15 +9,19 @@ one ``gradsync.spec.timing.gemm_cycles`` documents.
 
 from __future__ import annotations
 
+import functools
+
 from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pe import ProcessingElement
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat
+
+from .pe import ProcessingElement, pe_for_format
 
 
 class SystolicArray(wiring.Component):
-    """R x C grid of :class:`ProcessingElement` computing one output tile at a time.
+    """R x C grid of processing elements computing one output tile at a time.
 
     PE ``(i, j)`` accumulates ``C[i, j]`` of the current tile. The array skews
     its inputs itself: row ``i`` of A (with the valid/first/last control) is
@@ -37,20 +41,26 @@ class SystolicArray(wiring.Component):
     rows, cols:
         Array size ``R x C`` (each 1..64).
     operand_bits, acc_bits:
-        Signed operand and accumulator widths (see :class:`ProcessingElement`).
-        The accumulator wraps, as ``model.numerics.gemm_accumulate`` does; the
-        sequencer refuses a K for which wrapping could occur.
+        Signed operand and accumulator widths of the fixed-point PE
+        (:class:`hw.pe.ProcessingElement`). The accumulator wraps, as
+        ``model.numerics.gemm_accumulate`` does; the sequencer refuses a K for
+        which wrapping could occur.
+    fmt:
+        Optional number format; it overrides ``operand_bits``/``acc_bits`` and
+        picks the PE (:func:`hw.pe.pe_for_format`). With
+        :class:`~gradsync.spec.formats.BFloat16Format` operands are bf16 words,
+        results fp32 words (``model.fp.dot_fp32``, sums in beat order).
 
     Attributes
     ----------
-    a_in : In(ArrayLayout(signed(operand_bits), R))
+    a_in : In(ArrayLayout(operand, R))
         A operands of the beat, element ``i`` for array row ``i``.
-    b_in : In(ArrayLayout(signed(operand_bits), C))
+    b_in : In(ArrayLayout(operand, C))
         B operands of the beat, element ``j`` for array column ``j``.
     in_valid, in_first, in_last : In(1)
         Beat present; first beat of a tile (accumulators restart); last beat
         of a tile (results go to the shadow registers).
-    out_data : Out(ArrayLayout(signed(acc_bits), C))
+    out_data : Out(ArrayLayout(accumulator, C))
         One row of the finished tile.
     out_valid : Out(1)
         ``out_data`` holds a row this cycle.
@@ -59,35 +69,52 @@ class SystolicArray(wiring.Component):
 
     Behaviour
     ---------
-    Latency: if the last beat of a tile is presented in cycle ``c``, tile row
-    ``r`` is on ``out_data`` in cycle ``c + R + C + (R - 1 - r)``; the final
-    row (``r = 0``) leaves ``2R + C - 1`` cycles after the last beat.
+    Latency: with a PE of latency ``P`` (``fmt.mac_latency_cycles``: 1 fixed
+    point, 2 bf16), if the last beat of a tile is presented in cycle ``c``, tile
+    row ``r`` is on ``out_data`` in cycle ``c + R + C + (P - 1) + (R - 1 - r)``;
+    the final row (``r = 0``) leaves ``2R + C + P - 2`` cycles after the last beat.
     No back-pressure: the producer must keep beats of consecutive tiles
     apart so that last beats are at least ``R`` cycles apart (the drain
     chain's occupancy) and tiles do not interleave; the sequencer issues
     tiles every ``max(K, R)`` cycles.
     """
 
-    def __init__(self, rows: int = 8, cols: int = 8, operand_bits: int = 16, acc_bits: int = 40):
+    def __init__(
+        self,
+        rows: int = 8,
+        cols: int = 8,
+        operand_bits: int = 16,
+        acc_bits: int = 40,
+        *,
+        fmt: FixedPointFormat | BFloat16Format | None = None,
+    ):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or not 1 <= value <= 64:
                 raise ValueError(f"{name} must be an integer in 1..64, not {value!r}")
-        if not isinstance(operand_bits, int) or not 2 <= operand_bits <= 32:
-            raise ValueError(f"operand_bits must be an integer in 2..32, not {operand_bits!r}")
-        if not isinstance(acc_bits, int) or not 2 * operand_bits <= acc_bits <= 64:
-            raise ValueError(
-                f"acc_bits must be an integer in {2 * operand_bits}..64, not {acc_bits!r}")
+        if fmt is None:
+            if not isinstance(operand_bits, int) or not 2 <= operand_bits <= 32:
+                raise ValueError(
+                    f"operand_bits must be an integer in 2..32, not {operand_bits!r}")
+            if not isinstance(acc_bits, int) or not 2 * operand_bits <= acc_bits <= 64:
+                raise ValueError(
+                    f"acc_bits must be an integer in {2 * operand_bits}..64, not {acc_bits!r}")
+            # any widths, not only a FixedPointFormat's (the array's own tests use 2..32 bits)
+            operand, acc = signed(operand_bits), signed(acc_bits)
+            self._make_pe = functools.partial(
+                ProcessingElement, operand_bits, acc_bits, saturate=False)
+        else:
+            self._make_pe, operand, acc = pe_for_format(fmt)
         self.rows = rows
         self.cols = cols
-        self.operand_bits = operand_bits
-        self.acc_bits = acc_bits
+        self.operand_shape, self.acc_shape = operand, acc
+        self.pe_latency = self._make_pe.func.LATENCY
         super().__init__({
-            "a_in": In(data.ArrayLayout(signed(operand_bits), rows)),
-            "b_in": In(data.ArrayLayout(signed(operand_bits), cols)),
+            "a_in": In(data.ArrayLayout(operand, rows)),
+            "b_in": In(data.ArrayLayout(operand, cols)),
             "in_valid": In(1),
             "in_first": In(1),
             "in_last": In(1),
-            "out_data": Out(data.ArrayLayout(signed(acc_bits), cols)),
+            "out_data": Out(data.ArrayLayout(acc, cols)),
             "out_valid": Out(1),
             "out_row": Out(range(rows)),
         })
@@ -104,8 +131,7 @@ class SystolicArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.rows, self.cols
-        pes = [[ProcessingElement(self.operand_bits, self.acc_bits, saturate=False)
-                for _ in range(C)] for _ in range(R)]
+        pes = [[self._make_pe() for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
                 m.submodules[f"pe_{i}_{j}"] = pes[i][j]
@@ -139,7 +165,7 @@ class SystolicArray(wiring.Component):
 
         # Drain chains: parallel load of a column when its bottom PE finishes, then shift down.
         for j in range(C):
-            chain = [Signal(signed(self.acc_bits), name=f"drain{j}_{i}") for i in range(R)]
+            chain = [Signal(self.acc_shape, name=f"drain{j}_{i}") for i in range(R)]
             with m.If(pes[R - 1][j].result_valid):
                 m.d.sync += [chain[i].eq(pes[i][j].result) for i in range(R)]
             with m.Else():

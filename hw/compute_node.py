@@ -14,7 +14,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
 
 from .bulk import BulkPort
@@ -26,13 +26,13 @@ _CMD_FIELDS = {"word": "CMD_OPCODE", "a": "CMD_A", "b": "CMD_B", "c": "CMD_C", "
                "k": "CMD_K", "n": "CMD_N", "arg": "CMD_ARG", "tag": "CMD_TAG"}
 
 
-def make_sequencer(hw: HardwareConfig, fmt: FixedPointFormat) -> ComputeSequencer:
+def make_sequencer(hw: HardwareConfig, fmt: FixedPointFormat | BFloat16Format
+                   ) -> ComputeSequencer:
     """The compute sequencer (array, vector unit, tiling) of a node built for ``hw``/``fmt``."""
     return ComputeSequencer(
-        rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes,
-        total_bits=fmt.total_bits, frac_bits=fmt.frac_bits, acc_bits=fmt.acc_bits,
-        rounding=fmt.rounding, saturate=fmt.saturate, scratch_words=hw.scratchpad_words,
-        grad_words=hw.gradient_words, fifo_depth=hw.cmd_fifo_depth)
+        rows=hw.array_rows, cols=hw.array_cols, lanes=hw.vector_lanes, fmt=fmt,
+        scratch_words=hw.scratchpad_words, grad_words=hw.gradient_words,
+        fifo_depth=hw.cmd_fifo_depth)
 
 
 def connect_compute_memory(m: Module, mem: DeviceMemory, seq: ComputeSequencer, bulk: BulkPort):
@@ -69,7 +69,10 @@ class ComputeNode(wiring.Component):
         ``gradsync.spec.hardware.HardwareConfig`` (array, lanes, SRAM sizes, FIFO and
         trace depth are used here).
     fmt:
-        ``gradsync.spec.formats.FixedPointFormat``.
+        ``gradsync.spec.formats.FixedPointFormat`` or ``BFloat16Format``: chosen at
+        elaboration, reported in ``HW_FORMAT``. In bf16 both SRAMs hold 16-bit words;
+        the compute engines read and write a gradient-SRAM element as an fp32 value in
+        two of them (``docs/node.md``, "Number formats").
     dma_ports:
         Number of read and of write memory ports left for the DMA engine/NIC.
 
@@ -88,11 +91,13 @@ class ComputeNode(wiring.Component):
     """
 
     def __init__(self, hw: HardwareConfig = DEFAULT_HARDWARE,
-                 fmt: FixedPointFormat = DEFAULT_FORMAT, *, dma_ports: int = 1):
+                 fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT, *,
+                 dma_ports: int = 1):
         if not isinstance(hw, HardwareConfig):
             raise TypeError(f"hw must be a gradsync.spec.hardware.HardwareConfig, not {hw!r}")
-        if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"fmt must be a gradsync.spec.formats.FixedPointFormat, not {fmt!r}")
+        if not isinstance(fmt, (FixedPointFormat, BFloat16Format)):
+            raise TypeError("fmt must be a gradsync.spec.formats.FixedPointFormat or "
+                            f"BFloat16Format, not {fmt!r}")
         self.hw, self.fmt = hw, fmt
         self.dma_ports = dma_ports
         addr_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)
@@ -104,8 +109,8 @@ class ComputeNode(wiring.Component):
             "m_axis_tlast": Out(1),
             "irq": Out(1),
             "cycle": Out(64),
-            "dma_rd": In(read_port_signature(addr_bits, fmt.total_bits)).array(dma_ports),
-            "dma_wr": In(write_port_signature(addr_bits, fmt.total_bits)).array(dma_ports),
+            "dma_rd": In(read_port_signature(addr_bits, fmt.word_bits)).array(dma_ports),
+            "dma_wr": In(write_port_signature(addr_bits, fmt.word_bits)).array(dma_ports),
         })
         super().__init__(ports)
 
@@ -113,8 +118,8 @@ class ComputeNode(wiring.Component):
         m = Module()
         hw, fmt = self.hw, self.fmt
         seq = make_sequencer(hw, fmt)
-        bulk = BulkPort(fmt.total_bits, hw.scratchpad_words, hw.gradient_words)
-        mem = DeviceMemory(hw.scratchpad_words, hw.gradient_words, fmt.total_bits,
+        bulk = BulkPort(fmt.word_bits, hw.scratchpad_words, hw.gradient_words)
+        mem = DeviceMemory(hw.scratchpad_words, hw.gradient_words, fmt.word_bits,
                            read_ports=seq.n_read + bulk.per_beat + self.dma_ports,
                            write_ports=seq.n_write + bulk.per_beat + self.dma_ports)
         csr = CsrBlock(constants=constant_registers(hw, fmt), trace_records=hw.trace_records,

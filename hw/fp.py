@@ -9,7 +9,8 @@ sign, results below the smallest normal are written as zeros of their sign,
 every NaN result is the canonical NaN.
 
 The arithmetic is written as functions that add combinational logic to a
-module (``bf16_mul``, ``fp32_add``, ``fp32_to_bf16``, ``bf16_to_fp32``), so the vector unit and
+module (``bf16_mul``, ``fp32_mul``, ``fp32_add``, ``fp32_to_bf16``, ``bf16_to_fp32``,
+``fp32_canonical``), so the vector unit and
 the NIC's reduce-add can use them in their own data paths; the components
 below wrap them for the array and for the block tests.
 """
@@ -18,7 +19,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from gradsync.spec.formats import BF16, FP32, FloatLayout
+from gradsync.spec.formats import BF16, FP32, BFloat16Format, FloatLayout
 
 
 class _Fields:
@@ -73,6 +74,45 @@ def bf16_mul(m: Module, a, b, name: str) -> Signal:
                      inf=x.inf | y.inf | (exp >= FP32.exp_max),
                      zero=x.zero | y.zero | (exp <= 0))),
     ]  # fmt: skip
+    return out
+
+
+def fp32_mul(m: Module, a, b, name: str) -> Signal:
+    """fp32 word of ``a * b`` rounded to nearest even (combinational): scale and SGD.
+
+    A 24 x 24 bit significand multiply, normalised by one bit and rounded once
+    with guard and sticky bits. Range checks follow the rounding (tininess after
+    rounding, as on x86): a rounded exponent ``>= 255`` gives an infinity,
+    ``<= 0`` a zero of the product's sign. ``inf x 0`` and NaN operands give
+    the canonical NaN.
+    """
+    x, y = _Fields(a, FP32), _Fields(b, FP32)
+    sign = x.sign ^ y.sign
+    product = Signal(48, name=f"{name}_sig")
+    m.d.comb += product.eq(Cat(x.frac, 1) * Cat(y.frac, 1))  # in [2**46, 2**48)
+    top = product[47]
+    norm = Mux(top, product, product << 1)  # leading one at bit 47
+    up = norm[23] & (norm[:23].any() | norm[24])  # guard & (sticky | lsb)
+    rounded = Signal(25, name=f"{name}_rounded")
+    exp = Signal(signed(11), name=f"{name}_exp")
+    m.d.comb += [
+        rounded.eq(norm[24:48] + up),
+        exp.eq(_signed(x.exp) + _signed(y.exp) - FP32.bias + top + rounded[24]),
+    ]
+    out = Signal(32, name=name)
+    m.d.comb += out.eq(_pack(sign, exp, rounded[:23],
+                             nan=x.nan | y.nan | (x.inf & y.zero) | (x.zero & y.inf),
+                             inf=x.inf | y.inf | (exp >= FP32.exp_max),
+                             zero=x.zero | y.zero | (exp <= 0)))  # fmt: skip
+    return out
+
+
+def fp32_canonical(m: Module, a, name: str) -> Signal:
+    """fp32 word ``a`` as the arithmetic reads it: a subnormal becomes a zero of its sign,
+    a NaN the canonical NaN (combinational)."""
+    x = _Fields(a, FP32)
+    out = Signal(32, name=name)
+    m.d.comb += out.eq(Mux(x.nan, FP32.canonical_nan, Mux(x.zero, a & 0x8000_0000, a)))
     return out
 
 
@@ -227,6 +267,27 @@ class Fp32Adder(wiring.Component):
         return m
 
 
+class Fp32Multiplier(wiring.Component):
+    """Combinational fp32 multiplier, round to nearest even (:func:`fp32_mul`).
+
+    Attributes
+    ----------
+    a, b : In(32)
+        fp32 words.
+    product : Out(32)
+        fp32 word of the product (``model.fp.fp32_mul``).
+    """
+
+    a: In(32)
+    b: In(32)
+    product: Out(32)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.product.eq(fp32_mul(m, self.a, self.b, "p"))
+        return m
+
+
 class Fp32ToBf16(wiring.Component):
     """Combinational fp32 -> bf16 converter, round to nearest even (:func:`fp32_to_bf16`).
 
@@ -279,7 +340,7 @@ class Bf16ProcessingElement(wiring.Component):
     """
 
     #: Cycles from a pair at the inputs to its sum in ``acc``.
-    LATENCY = 2
+    LATENCY = BFloat16Format.mac_latency_cycles
 
     a_in: In(16)
     b_in: In(16)

@@ -8,11 +8,17 @@ skewed operand wavefront crosses the array one PE per cycle.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+import functools
+from collections.abc import Callable
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat
+
 from .arith import saturate
+from .fp import Bf16ProcessingElement
 
 
 class ProcessingElement(wiring.Component):
@@ -52,6 +58,9 @@ class ProcessingElement(wiring.Component):
     so saturation is sticky only as far as later products allow, exactly
     as the golden model's step-by-step reference computes it.
     """
+
+    #: Cycles from a pair at the inputs to its sum in ``acc``.
+    LATENCY = FixedPointFormat.mac_latency_cycles
 
     def __init__(self, operand_bits: int = 16, acc_bits: int = 40, saturate: bool = True):
         if not isinstance(operand_bits, int) or not 2 <= operand_bits <= 32:
@@ -111,3 +120,25 @@ class ProcessingElement(wiring.Component):
             with m.If(self.last_in):
                 m.d.sync += [self.result.eq(new), self.result_valid.eq(1)]
         return m
+
+
+def pe_for_format(fmt: FixedPointFormat | BFloat16Format) -> tuple[Callable, object, object]:
+    """The PE of a number format: ``(make_pe, operand_shape, acc_shape)``.
+
+    Fixed point: :class:`ProcessingElement` with signed ``total_bits`` operands and a
+    wrapping ``acc_bits`` accumulator (the sequencer bounds K so it never wraps).
+    bf16: :class:`hw.fp.Bf16ProcessingElement`, bf16 operand words and an fp32
+    accumulator word (unsigned bit patterns), one cycle more latency. Both take
+    one operand pair per cycle; ``make_pe`` is a :func:`functools.partial` of the PE
+    class, whose ``LATENCY`` is the format's ``mac_latency_cycles``.
+    """
+    if isinstance(fmt, BFloat16Format):
+        make = functools.partial(Bf16ProcessingElement)
+        return make, unsigned(fmt.operand.width), unsigned(fmt.accumulator.width)
+    if isinstance(fmt, FixedPointFormat):
+        return (
+            functools.partial(ProcessingElement, fmt.total_bits, fmt.acc_bits, saturate=False),
+            signed(fmt.total_bits),
+            signed(fmt.acc_bits),
+        )
+    raise TypeError(f"fmt must be a FixedPointFormat or a BFloat16Format, not {fmt!r}")

@@ -21,19 +21,20 @@ the sequencer's memory ports go to the GEMM parts or the vector streamer by opco
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 
 from .arith import round_shift, saturate
 from .array import SystolicArray
 from .events import ErrorEvent, TraceWrite
+from .fp import bf16_to_fp32, fp32_to_bf16
 from .sram import device_addr_bits, read_port_signature, write_port_signature
-from .vector import VectorOp, VectorUnit
+from .vector import Fp32VectorUnit, VectorOp, VectorUnit
 
 #: A staged command as the CSR block pushes it (register values, plus the launch number).
 CommandLayout = data.StructLayout(
@@ -56,6 +57,19 @@ def _field(value, name: str):
 def _two_operand(opcode):
     """The vector ops that read ``y`` (at ``CMD_B``) besides ``x``."""
     return (opcode == rm.Opcode.RELU_BWD) | (opcode == rm.Opcode.SGD)
+
+
+def is_float(fmt) -> bool:
+    """The bf16 family: bf16 scratchpad elements, fp32 gradient-SRAM elements (two words)."""
+    return isinstance(fmt, BFloat16Format)
+
+
+def element_words(fmt, dev_addr):
+    """SRAM words per element at device word address ``dev_addr``: 2 for an fp32 element
+    (bf16 family, gradient bank: the address's top bit), else 1."""
+    if is_float(fmt):
+        return Cat(~dev_addr[-1], dev_addr[-1])  # 1 or 2
+    return Const(1, 2)
 
 
 def engine_job_signature(addr_bits: int, *, ends: bool = True) -> wiring.Signature:
@@ -155,17 +169,21 @@ class CommandDecoder(wiring.Component):
     Parameters
     ----------
     fmt:
-        The fixed-point format (its ``max_exact_k`` bounds ``K``).
+        The number format. Fixed point: ``max_exact_k`` bounds ``K``, every element is
+        one word. bf16: no K bound (fp32 does not wrap); a gradient-SRAM element is an
+        fp32 value of two words (4-byte aligned), and GEMM operands must be bf16, so in
+        the scratchpad.
     scratch_words, grad_words, addr_bits:
-        SRAM bank sizes in operand words and the device word address width.
+        SRAM bank sizes in SRAM words and the device word address width.
 
     Attributes
     ----------
     cmd : In(CommandLayout)
     code : Out(8)
-        ``ErrorCode``: unknown opcode, then zero dimension, ``K > max_exact_k``,
-        an operand range outside its SRAM bank or not word-aligned; ``OK`` for a
-        valid command and for a NOP.
+        ``ErrorCode``: unknown opcode, then zero dimension, ``K > max_exact_k``
+        (fixed point), an operand range outside its SRAM bank, not element-aligned
+        or (bf16) a GEMM operand outside the scratchpad; ``OK`` for a valid command
+        and for a NOP.
     known : Out(1)
         The opcode is one of ``Opcode``.
     elements : Out(64)
@@ -190,24 +208,32 @@ class CommandDecoder(wiring.Component):
             }
         )
 
-    def _region(self, m: Module, addr, size, dev, name: str):
+    def _region(self, m: Module, addr, size, dev, name: str, *, grad=True):
         """Drive ``dev`` with the device word address of byte ``addr``; return whether the
-        ``size``-word range there is word-aligned and inside its bank."""
-        sh = ceil_log2(self.fmt.total_bits // 8)
+        ``size``-element range there is element-aligned and inside its bank (in the
+        gradient SRAM only where ``grad`` is true)."""
+        sh = ceil_log2(self.fmt.word_bytes)
         index_bits = self.addr_bits - 1
         ok = Signal(name=f"{name}_ok")
         for bank, (base, words) in enumerate(
             ((rm.SCRATCH_BASE, self.scratch_words), (rm.GRAD_BASE, self.grad_words))
         ):
+            wide = bank == 1 and is_float(self.fmt)  # fp32 elements: two words
+            esh = sh + wide
             off = Signal(32, name=f"{name}_off{bank}")
             m.d.comb += off.eq(addr - base)
             with m.If((addr >= base) & (addr < base + rm.REGION_SPAN)):
-                aligned = (off[:sh] == 0) if sh else Const(1)
+                aligned = (off[:esh] == 0) if esh else Const(1)
+                allowed = grad if bank == 1 else True
                 m.d.comb += [
-                    ok.eq(aligned & ((off >> sh) + size <= words)),
+                    ok.eq(allowed & aligned & ((off >> sh) + (size << wide) <= words)),
                     dev.eq(Cat((off >> sh)[:index_bits], Const(bank, 1))),
                 ]
         return ok
+
+    def _max_k(self) -> int:
+        """Largest K: fixed point's ``max_exact_k``; in bf16 any 32-bit K (no wrap)."""
+        return (1 << 32) - 1 if is_float(self.fmt) else self.fmt.max_exact_k
 
     def elaborate(self, platform):
         m = Module()
@@ -222,8 +248,10 @@ class CommandDecoder(wiring.Component):
             size_a.eq(Mux(is_gemm, cmd.m * cmd.k, mn)),
             size_b.eq(Mux(is_gemm, cmd.k * cmd.n, mn)),
         ]
-        ok_a = self._region(m, cmd.a, size_a, self.a, "a")
-        ok_b = self._region(m, cmd.b, size_b, self.b, "b")
+        # bf16: GEMM operands are bf16 elements, so they must be in the scratchpad
+        operand_grad = ~is_gemm if is_float(self.fmt) else True
+        ok_a = self._region(m, cmd.a, size_a, self.a, "a", grad=operand_grad)
+        ok_b = self._region(m, cmd.b, size_b, self.b, "b", grad=operand_grad)
         ok_c = self._region(m, cmd.c, mn, self.c, "c")
         m.d.comb += self.known.eq(opcode <= max(int(o) for o in rm.Opcode))
         code = self.code
@@ -233,7 +261,7 @@ class CommandDecoder(wiring.Component):
             m.d.comb += code.eq(rm.ErrorCode.OK)
         with m.Elif((cmd.m == 0) | (cmd.n == 0) | (is_gemm & (cmd.k == 0))):
             m.d.comb += code.eq(rm.ErrorCode.CMD_ZERO_DIM)
-        with m.Elif(is_gemm & (cmd.k > self.fmt.max_exact_k)):
+        with m.Elif(is_gemm & (cmd.k > self._max_k())):
             m.d.comb += code.eq(rm.ErrorCode.CMD_K_TOO_LARGE)
         with m.Elif(~ok_a | ((is_gemm | _two_operand(opcode)) & ~ok_b) | ~ok_c):
             m.d.comb += code.eq(rm.ErrorCode.CMD_OUT_OF_BOUNDS)
@@ -387,15 +415,17 @@ class GemmTiler(wiring.Component):
         To the array's ports of the same names, one cycle after the reads.
     """
 
-    def __init__(self, rows: int, cols: int, total_bits: int, addr_bits: int):
+    def __init__(self, rows: int, cols: int, total_bits: int, addr_bits: int, operand=None):
         self.rows, self.cols = rows, cols
         self.addr_bits = addr_bits
+        #: the array's operand shape: signed fixed-point words, or bf16 bit patterns
+        self.operand = signed(total_bits) if operand is None else operand
         super().__init__(
             {
                 "job": In(engine_job_signature(addr_bits, ends=False)),
                 "rd": Out(read_port_signature(addr_bits, total_bits)).array(rows + cols),
-                "a_in": Out(data.ArrayLayout(signed(total_bits), rows)),
-                "b_in": Out(data.ArrayLayout(signed(total_bits), cols)),
+                "a_in": Out(data.ArrayLayout(self.operand, rows)),
+                "b_in": Out(data.ArrayLayout(self.operand, cols)),
                 "in_valid": Out(1),
                 "in_first": Out(1),
                 "in_last": Out(1),
@@ -482,49 +512,60 @@ class GemmTiler(wiring.Component):
             m.d.comb += [
                 self.rd[i].en.eq(gemm_read & row_ok[i]),
                 self.rd[i].addr.eq(a_ptr + i * a_lane_stride),
-                self.a_in[i].eq(Mux(row_ok_d[i], self.rd[i].data.as_signed(), 0)),
+                self.a_in[i].eq(Mux(row_ok_d[i], self._word(self.rd[i].data), 0)),
             ]
         for j in range(C):
             m.d.comb += [
                 self.rd[R + j].en.eq(gemm_read & col_ok[j]),
                 self.rd[R + j].addr.eq(b_ptr + j * b_lane_stride),
-                self.b_in[j].eq(Mux(col_ok_d[j], self.rd[R + j].data.as_signed(), 0)),
+                self.b_in[j].eq(Mux(col_ok_d[j], self._word(self.rd[R + j].data), 0)),
             ]
         return m
 
+    def _word(self, data):
+        return data.as_signed() if self.operand.signed else data
+
 
 class GemmWriteback(wiring.Component):
-    """Drain side of a GEMM: rounds and saturates the array's rows and writes them.
+    """Drain side of a GEMM: converts the array's rows to the destination's format and writes them.
 
-    The array hands out one row of ``C`` accumulators per cycle (last row first);
-    each is shifted right by ``frac_bits + clamp(CMD_ARG, 0, acc_bits)`` with the
-    format's rounding, saturated to ``total_bits`` and written at ``C`` row-major;
-    rows/columns past ``M``/``N`` are not written. ``job.done`` pulses with the
-    final row of the final tile.
+    The array hands out one row of ``C`` accumulators per cycle (last row first),
+    written at ``C`` row-major; rows/columns past ``M``/``N`` are not written.
+    ``job.done`` pulses with the final row of the final tile.
+
+    Fixed point: each accumulator is shifted right by ``frac_bits + clamp(CMD_ARG, 0,
+    acc_bits)`` with the format's rounding and saturated to ``total_bits``.
+    bf16: the destination's bank decides (``CMD_ARG`` is ignored): in the scratchpad
+    an fp32 result is rounded to bf16 (``fp32_to_bf16``, one word: forward
+    activations, dA); in the gradient SRAM it is written whole, two words, low half
+    first (dW).
 
     Attributes
     ----------
     job : In(engine_job_signature)
     out_data, out_valid, out_row : In
         From the array's ports of the same names.
-    wr : Out(write_port_signature).array(C)
+    wr : Out(write_port_signature).array(C), or (2C) in bf16
+        bf16: ports ``0 .. C-1`` write the low (or only) word, ``C .. 2C-1`` the high.
     """
 
-    def __init__(self, rows: int, cols: int, fmt: FixedPointFormat, addr_bits: int):
+    def __init__(self, rows: int, cols: int, fmt, addr_bits: int):
         self.rows, self.cols, self.fmt = rows, cols, fmt
+        acc = unsigned(32) if is_float(fmt) else signed(fmt.acc_bits)
+        ports = cols * (2 if is_float(fmt) else 1)
         super().__init__(
             {
                 "job": In(engine_job_signature(addr_bits)),
-                "out_data": In(data.ArrayLayout(signed(fmt.acc_bits), cols)),
+                "out_data": In(data.ArrayLayout(acc, cols)),
                 "out_valid": In(1),
                 "out_row": In(range(rows)),
-                "wr": Out(write_port_signature(addr_bits, fmt.total_bits)).array(cols),
+                "wr": Out(write_port_signature(addr_bits, fmt.word_bits)).array(ports),
             }
         )
 
     def elaborate(self, platform):
         m = Module()
-        R, C, fmt = self.rows, self.cols, self.fmt
+        R, C = self.rows, self.cols
         cmd = self.job.cmd
         # Which tile's rows leave the array now.
         drain_m0 = Signal(32)
@@ -539,64 +580,104 @@ class GemmWriteback(wiring.Component):
             with m.Else():
                 m.d.sync += drain_n0.eq(drain_n0 + C)
 
+        drain_row = Signal(32)
+        m.d.comb += drain_row.eq(drain_m0 + self.out_row)
+        ew = element_words(self.fmt, self.job.c)
+        row_addr = Signal(len(self.job.c) + 1)
+        m.d.comb += row_addr.eq(self.job.c + (drain_row * cmd.n + drain_n0) * ew)
+        for j in range(C):
+            m.d.comb += [
+                self.wr[j].en.eq(self.out_valid & (drain_row < cmd.m) & (drain_n0 + j < cmd.n)),
+                self.wr[j].addr.eq(row_addr + j * ew),
+            ]
+        if is_float(self.fmt):
+            self._words_float(m)
+        else:
+            self._words_fixed(m)
+        return m
+
+    def _words_fixed(self, m: Module) -> None:
+        """Round-shift by ``frac_bits + clamp(CMD_ARG, 0, acc_bits)``, saturate."""
+        fmt = self.fmt
         extra = Signal(signed(32))
         shift = Signal(range(fmt.frac_bits + fmt.acc_bits + 1))
-        m.d.comb += extra.eq(cmd.arg)
+        m.d.comb += extra.eq(self.job.cmd.arg)
         with m.If(extra < 0):
             m.d.comb += shift.eq(fmt.frac_bits)
         with m.Elif(extra > fmt.acc_bits):
             m.d.comb += shift.eq(fmt.frac_bits + fmt.acc_bits)
         with m.Else():
             m.d.comb += shift.eq(fmt.frac_bits + extra)
-
-        drain_row = Signal(32)
-        m.d.comb += drain_row.eq(drain_m0 + self.out_row)
-        row_addr = Signal(len(self.job.c) + 1)
-        m.d.comb += row_addr.eq(self.job.c + drain_row * cmd.n + drain_n0)
-        for j in range(C):
+        for j in range(self.cols):
             rounded = round_shift(
                 m, self.out_data[j], shift, fmt.frac_bits + fmt.acc_bits, fmt.rounding, f"wb{j}"
             )
+            m.d.comb += self.wr[j].data.eq(
+                saturate(m, rounded, fmt.total_bits, fmt.saturate, f"wbsat{j}")
+            )
+
+    def _words_float(self, m: Module) -> None:
+        """Scratchpad: the fp32 result rounded to bf16; gradient SRAM: both halves."""
+        C = self.cols
+        to_grad = self.job.c[-1]
+        for j in range(C):
+            word = self.out_data[j]
+            lo, hi = self.wr[j], self.wr[C + j]
             m.d.comb += [
-                self.wr[j].en.eq(self.out_valid & (drain_row < cmd.m) & (drain_n0 + j < cmd.n)),
-                self.wr[j].addr.eq(row_addr + j),
-                self.wr[j].data.eq(saturate(m, rounded, fmt.total_bits, fmt.saturate, f"wbsat{j}")),
+                lo.data.eq(Mux(to_grad, word[:16], fp32_to_bf16(m, word, f"wb{j}_bf16"))),
+                hi.en.eq(lo.en & to_grad),
+                hi.addr.eq(lo.addr + 1),
+                hi.data.eq(word[16:]),
             ]
-        return m
 
 
 class VectorStreamer(wiring.Component):
-    """A vector op over ``M * N`` words: reads, the vector unit, the write-back register.
+    """A vector op over ``M * N`` elements: reads, the vector unit, the write-back register.
 
     ``L`` lanes per beat, one beat per cycle; lanes past ``M * N`` are masked off
     (not read, not written). ``x`` is read at ``a``, ``y`` (RELU_BWD, SGD) at ``b``,
     the result written at ``c`` one register after the unit's pipeline
     (``WRITEBACK_LATENCY_CYCLES``). ``job.done`` pulses with the last beat's write.
 
+    With :class:`hw.vector.Fp32VectorUnit` (bf16 family) each operand's bank decides
+    its element: a scratchpad element is a bf16 word, widened exactly to fp32; a
+    gradient-SRAM element is an fp32 value in two words (low half first). The
+    fp32 result is written to a scratchpad ``c`` rounded to bf16 (``fp32_to_bf16``),
+    to the gradient SRAM whole.
+
     Parameters
     ----------
     unit:
-        The :class:`hw.vector.VectorUnit` (a submodule of this streamer).
+        The :class:`hw.vector.VectorUnit` or :class:`hw.vector.Fp32VectorUnit`
+        (a submodule of this streamer).
+    word_bits:
+        SRAM word width.
 
     Attributes
     ----------
     job : In(engine_job_signature)
-    rd : Out(read_port_signature).array(2L)
-        Ports ``0 .. L-1`` read ``x``, ``L .. 2L-1`` read ``y``.
-    wr : Out(write_port_signature).array(L)
+    rd : Out(read_port_signature).array(2L), or (4L) in bf16
+        Ports ``0 .. L-1`` read ``x``, ``L .. 2L-1`` read ``y``; in bf16 ``2L .. 4L-1``
+        read their high words.
+    wr : Out(write_port_signature).array(L), or (2L) in bf16 (``L .. 2L-1``: high words)
     """
 
-    def __init__(self, unit: VectorUnit, addr_bits: int):
+    def __init__(self, unit, addr_bits: int, word_bits: int | None = None):
         self.unit = unit
         self.addr_bits = addr_bits
-        L, tb = unit.lanes, unit.total_bits
+        self.float = isinstance(unit, Fp32VectorUnit)
+        self.word_bits = unit.total_bits if word_bits is None else word_bits
+        L, g = unit.lanes, 2 if self.float else 1
         super().__init__(
             {
                 "job": In(engine_job_signature(addr_bits)),
-                "rd": Out(read_port_signature(addr_bits, tb)).array(2 * L),
-                "wr": Out(write_port_signature(addr_bits, tb)).array(L),
+                "rd": Out(read_port_signature(addr_bits, self.word_bits)).array(2 * L * g),
+                "wr": Out(write_port_signature(addr_bits, self.word_bits)).array(L * g),
             }
         )
+
+    def _elem_words(self, dev_addr):
+        return Cat(~dev_addr[-1], dev_addr[-1]) if self.float else Const(1, 2)
 
     def elaborate(self, platform):
         m = Module()
@@ -604,6 +685,7 @@ class VectorStreamer(wiring.Component):
         L, tb = vector.lanes, vector.total_bits
         cmd, mn = self.job.cmd, self.job.elements
         opcode = _field(cmd.word, "opcode")
+        ex, ey, ew = (self._elem_words(a) for a in (self.job.a, self.job.b, self.job.c))
         vbeats = Signal(64)
         m.d.comb += vbeats.eq((mn + (L - 1)) // L)
         vbeat = Signal(64)
@@ -614,7 +696,7 @@ class VectorStreamer(wiring.Component):
         # Write-back register after the vector pipe (WRITEBACK_LATENCY_CYCLES).
         vw_valid = Signal()
         vw_mask = Signal(L)
-        vw_data = Signal(data.ArrayLayout(signed(tb), L))
+        vw_data = Signal(data.ArrayLayout(unsigned(tb) if self.float else signed(tb), L))
 
         with m.If(self.job.start):
             m.d.sync += [
@@ -626,9 +708,13 @@ class VectorStreamer(wiring.Component):
             ]
         with m.If(self.job.run):
             with m.If(vbeat < vbeats):
-                m.d.sync += [vbeat.eq(vbeat + 1), x_ptr.eq(x_ptr + L), y_ptr.eq(y_ptr + L)]
+                m.d.sync += [
+                    vbeat.eq(vbeat + 1),
+                    x_ptr.eq(x_ptr + L * ex),
+                    y_ptr.eq(y_ptr + L * ey),
+                ]
             with m.If(vw_valid):
-                m.d.sync += [vwbeat.eq(vwbeat + 1), w_ptr.eq(w_ptr + L)]
+                m.d.sync += [vwbeat.eq(vwbeat + 1), w_ptr.eq(w_ptr + L * ew)]
                 with m.If(vwbeat == vbeats - 1):
                     m.d.comb += self.job.done.eq(1)
 
@@ -657,19 +743,47 @@ class VectorStreamer(wiring.Component):
             vw_data.eq(vector.out),
         ]
         for lane in range(L):
-            x_rd, y_rd = self.rd[lane], self.rd[L + lane]
+            x_rd, y_rd, wr = self.rd[lane], self.rd[L + lane], self.wr[lane]
             m.d.comb += [
                 x_rd.en.eq(vec_read & vmask[lane]),
-                x_rd.addr.eq(x_ptr + lane),
+                x_rd.addr.eq(x_ptr + lane * ex),
                 y_rd.en.eq(vec_read & _two_operand(opcode) & vmask[lane]),
-                y_rd.addr.eq(y_ptr + lane),
-                vector.x[lane].eq(Mux(vmask_d[lane], x_rd.data.as_signed(), 0)),
-                vector.y[lane].eq(Mux(vmask_d[lane], y_rd.data.as_signed(), 0)),
-                self.wr[lane].en.eq(vw_valid & vw_mask[lane]),
-                self.wr[lane].addr.eq(w_ptr + lane),
-                self.wr[lane].data.eq(vw_data[lane]),
+                y_rd.addr.eq(y_ptr + lane * ey),
+                wr.en.eq(vw_valid & vw_mask[lane]),
+                wr.addr.eq(w_ptr + lane * ew),
+            ]
+            if self.float:
+                x, y, out = self._float_lane(m, lane, vw_data[lane])
+            else:
+                x, y, out = x_rd.data.as_signed(), y_rd.data.as_signed(), vw_data[lane]
+            m.d.comb += [
+                vector.x[lane].eq(Mux(vmask_d[lane], x, 0)),
+                vector.y[lane].eq(Mux(vmask_d[lane], y, 0)),
+                wr.data.eq(out),
             ]
         return m
+
+    def _float_lane(self, m: Module, lane: int, result):
+        """bf16 family: drive the high-word ports of ``lane``; return its fp32 operands and
+        the low (or only) word of its ``result``."""
+        L = self.unit.lanes
+        job = self.job
+        lo_x, lo_y, lo_w = self.rd[lane], self.rd[L + lane], self.wr[lane]
+        hi_x, hi_y, hi_w = self.rd[2 * L + lane], self.rd[3 * L + lane], self.wr[L + lane]
+        grad_x, grad_y, grad_w = job.a[-1], job.b[-1], job.c[-1]
+        m.d.comb += [
+            hi_x.en.eq(lo_x.en & grad_x),
+            hi_x.addr.eq(lo_x.addr + 1),
+            hi_y.en.eq(lo_y.en & grad_y),
+            hi_y.addr.eq(lo_y.addr + 1),
+            hi_w.en.eq(lo_w.en & grad_w),
+            hi_w.addr.eq(lo_w.addr + 1),
+        ]
+        x = Mux(grad_x, Cat(lo_x.data, hi_x.data), bf16_to_fp32(m, lo_x.data, f"x{lane}_fp32"))
+        y = Mux(grad_y, Cat(lo_y.data, hi_y.data), bf16_to_fp32(m, lo_y.data, f"y{lane}_fp32"))
+        m.d.comb += hi_w.data.eq(result[16:])
+        low = Mux(grad_w, result[:16], fp32_to_bf16(m, result, f"w{lane}_bf16"))
+        return x, y, low
 
 
 def _share_ports(m: Module, ports, sel, when_true, when_false) -> None:
@@ -699,8 +813,12 @@ class ComputeSequencer(wiring.Component):
         Systolic array size ``R x C`` and vector lanes ``L``.
     total_bits, frac_bits, acc_bits, rounding, saturate:
         The fixed-point format (``gradsync.spec.formats.FixedPointFormat``).
+    fmt:
+        A number format instead of the five above: a ``FixedPointFormat``, or a
+        ``BFloat16Format`` (bf16 PEs, :class:`hw.vector.Fp32VectorUnit`, element
+        sizes by bank as :class:`CommandDecoder` says; twice the memory ports).
     scratch_words, grad_words:
-        SRAM bank sizes in operand words (for the bounds checks and addresses).
+        SRAM bank sizes in SRAM words (for the bounds checks and addresses).
     fifo_depth:
         Command FIFO entries (``HardwareConfig.cmd_fifo_depth``).
 
@@ -762,29 +880,38 @@ class ComputeSequencer(wiring.Component):
         scratch_words: int = 1 << 16,
         grad_words: int = 1 << 15,
         fifo_depth: int = 16,
+        fmt: FixedPointFormat | BFloat16Format | None = None,
     ):
-        # validates the format parameters and answers max_exact_k
-        self.fmt = FixedPointFormat(total_bits, frac_bits, acc_bits, rounding, bool(saturate))
+        if fmt is None:  # validates the format parameters and answers max_exact_k
+            fmt = FixedPointFormat(total_bits, frac_bits, acc_bits, rounding, bool(saturate))
+        if not isinstance(fmt, (FixedPointFormat, BFloat16Format)):
+            raise TypeError(f"fmt must be a FixedPointFormat or a BFloat16Format, not {fmt!r}")
         if not isinstance(fifo_depth, int) or fifo_depth < 1:
             raise ValueError(f"fifo_depth must be a positive integer, not {fifo_depth!r}")
-        self.array = SystolicArray(rows, cols, total_bits, acc_bits)
-        self.vector = VectorUnit(lanes, total_bits, frac_bits, rounding, saturate)
+        self.fmt = fmt
+        self.array = SystolicArray(rows, cols, fmt=fmt)
+        if is_float(fmt):
+            self.vector = Fp32VectorUnit(lanes)
+        else:
+            self.vector = VectorUnit(lanes, fmt.total_bits, fmt.frac_bits, fmt.rounding,
+                                     fmt.saturate)  # fmt: skip
         self.rows, self.cols, self.lanes = rows, cols, lanes
-        self.total_bits, self.frac_bits, self.acc_bits = total_bits, frac_bits, acc_bits
-        self.rounding, self.saturate = rounding, bool(saturate)
+        self.word_bits = fmt.word_bits
         self.scratch_words, self.grad_words = scratch_words, grad_words
         self.fifo_depth = fifo_depth
         self.addr_bits = device_addr_bits(scratch_words, grad_words)
-        self.n_read = max(rows + cols, 2 * lanes)
-        self.n_write = max(cols, lanes)
+        g = 2 if is_float(fmt) else 1  # fp32 elements: a second port per lane for the high word
+        self.n_read = max(rows + cols, 2 * lanes * g)
+        self.n_write = max(cols, lanes) * g
+        wb = self.word_bits
         super().__init__(
             {
                 "launch": In(1),
                 "launch_cmd": In(CommandLayout),
                 "fifo_free": Out(32),
                 "now": In(64),
-                "rd": Out(read_port_signature(self.addr_bits, total_bits)).array(self.n_read),
-                "wr": Out(write_port_signature(self.addr_bits, total_bits)).array(self.n_write),
+                "rd": Out(read_port_signature(self.addr_bits, wb)).array(self.n_read),
+                "wr": Out(write_port_signature(self.addr_bits, wb)).array(self.n_write),
                 "done_count": Out(32),
                 "irq": Out(1),
                 "trace": Out(TraceWrite),
@@ -797,15 +924,15 @@ class ComputeSequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        R, C, tb, ab = self.rows, self.cols, self.total_bits, self.addr_bits
+        R, C, wb, ab = self.rows, self.cols, self.word_bits, self.addr_bits
         m.submodules.queue = queue = CommandQueue(self.fifo_depth)
         m.submodules.control = control = CommandControl(
             CommandDecoder(self.fmt, self.scratch_words, self.grad_words, ab)
         )
-        m.submodules.tiler = tiler = GemmTiler(R, C, tb, ab)
+        m.submodules.tiler = tiler = GemmTiler(R, C, wb, ab, self.array.operand_shape)
         m.submodules.array = array = self.array
         m.submodules.writeback = writeback = GemmWriteback(R, C, self.fmt, ab)
-        m.submodules.vector = streamer = VectorStreamer(self.vector, ab)
+        m.submodules.vector = streamer = VectorStreamer(self.vector, ab, wb)
 
         m.d.comb += [
             queue.launch.eq(self.launch),

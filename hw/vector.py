@@ -1,5 +1,9 @@
 """Vector unit: relu, relu-backward mask, requantise (scale) and SGD update, L lanes per cycle.
 
+:class:`VectorUnit` is the fixed-point unit, :class:`Fp32VectorUnit` the bf16
+format's (fp32 arithmetic, ``hw/fp.py``); both have the same ports, widths aside,
+and the same pipeline depth.
+
 ``DESIGN.md`` ("One node"): the element-wise half of the compute engine. The
 arithmetic is ``model.numerics`` (``relu``, ``relu_backward``, ``scale``,
 ``sgd_update``) bit for bit; the pipeline depth is
@@ -18,6 +22,7 @@ from amaranth.lib.wiring import In, Out
 from gradsync.spec.formats import ROUNDING_MODES
 
 from .arith import round_shift, saturate
+from .fp import fp32_add, fp32_canonical, fp32_mul
 
 
 class VectorOp(enum.IntEnum):
@@ -145,4 +150,105 @@ class VectorUnit(wiring.Component):
                     m.d.comb += pre.eq(x2 - r2)
             sat = saturate(m, pre, tb, self.saturate, f"sat{lane}")
             m.d.sync += self.out[lane].eq(sat)
+        return m
+
+
+class Fp32VectorUnit(wiring.Component):
+    """The vector unit of the bf16 format: ``lanes`` fp32 lanes, three register stages.
+
+    The arithmetic is ``model.fp`` (``relu_fp32``, ``relu_backward_fp32``,
+    ``scale_fp32``, ``sgd_fp32``) bit for bit, with the rules of
+    ``docs/numerics.md``: operands are read through :func:`hw.fp.fp32_canonical`
+    (subnormals as signed zeros, one NaN); "positive" means sign bit clear and
+    not zero, so a NaN is positive and +0, -0 are not.
+
+    ============  ================================================
+    RELU          ``positive(x) ? x : +0``
+    RELU_BWD      ``positive(y) ? x : +0``  (y: forward activation)
+    SCALE         ``fp32_mul(x, arg)``
+    SGD           ``fp32_add(x, -fp32_mul(arg, y))``  (two roundings)
+    ============  ================================================
+
+    Parameters
+    ----------
+    lanes:
+        Elements per cycle (1..64).
+
+    Attributes
+    ----------
+    op : In(VectorOp)
+    arg : In(32)
+        An fp32 word: the factor (SCALE) or the learning rate (SGD).
+    in_valid : In(1), in_mask : In(lanes)
+    x, y : In(ArrayLayout(32, lanes))
+        fp32 words (the streamer widens bf16 operands exactly).
+    out_valid : Out(1), out_mask : Out(lanes), out : Out(ArrayLayout(32, lanes))
+        fp32 results of the beat presented three cycles earlier (the streamer
+        rounds them to bf16 for a scratchpad destination).
+
+    Behaviour
+    ---------
+    Latency ``gradsync.spec.timing.VECTOR_PIPELINE_CYCLES`` (3), as the
+    fixed-point unit: stage 1 multiplies, stage 2 adds, stage 3 selects.
+    """
+
+    total_bits = 32
+
+    def __init__(self, lanes: int = 8):
+        if not isinstance(lanes, int) or not 1 <= lanes <= 64:
+            raise ValueError(f"lanes must be an integer in 1..64, not {lanes!r}")
+        self.lanes = lanes
+        word = data.ArrayLayout(32, lanes)
+        super().__init__(
+            {
+                "op": In(VectorOp),
+                "arg": In(32),
+                "in_valid": In(1),
+                "in_mask": In(lanes),
+                "x": In(word),
+                "y": In(word),
+                "out_valid": Out(1),
+                "out_mask": Out(lanes),
+                "out": Out(word),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        v = [Signal(name=f"valid_s{i}") for i in (1, 2, 3)]
+        k = [Signal(self.lanes, name=f"mask_s{i}") for i in (1, 2, 3)]
+        m.d.sync += [v[0].eq(self.in_valid), k[0].eq(self.in_mask)]
+        m.d.sync += [v[i].eq(v[i - 1]) for i in (1, 2)] + [k[i].eq(k[i - 1]) for i in (1, 2)]
+        m.d.comb += [self.out_valid.eq(v[2]), self.out_mask.eq(k[2])]
+        op1 = Signal(VectorOp, name="op_s1")
+        op2 = Signal(VectorOp, name="op_s2")
+        m.d.sync += [op1.eq(self.op), op2.eq(op1)]
+        arg = fp32_canonical(m, self.arg, "arg")
+
+        for lane in range(self.lanes):
+            x = fp32_canonical(m, self.x[lane], f"x{lane}")
+            y = fp32_canonical(m, self.y[lane], f"y{lane}")
+            # Stage 1: the product (x*arg for SCALE, arg*y for SGD), the select operands.
+            prod = Signal(32, name=f"prod{lane}")
+            x1 = Signal(32, name=f"x{lane}_s1")
+            pos1 = Signal(name=f"pos{lane}_s1")
+            sel = Mux(self.op == VectorOp.RELU_BWD, y, x)
+            factor = Mux(self.op == VectorOp.SCALE, x, y)  # the product commutes exactly
+            m.d.sync += [
+                prod.eq(fp32_mul(m, factor, arg, f"mul{lane}")),
+                x1.eq(x),
+                pos1.eq(~sel[31] & (sel[23:31] != 0)),
+            ]
+            # Stage 2: x - product for SGD (the product's sign flipped), else the product.
+            r2 = Signal(32, name=f"r{lane}_s2")
+            x2 = Signal(32, name=f"x{lane}_s2")
+            pos2 = Signal(name=f"pos{lane}_s2")
+            diff = fp32_add(m, x1, prod ^ 0x8000_0000, f"sub{lane}")
+            m.d.sync += [r2.eq(Mux(op1 == VectorOp.SGD, diff, prod)), x2.eq(x1), pos2.eq(pos1)]
+            # Stage 3: select.
+            with m.Switch(op2):
+                with m.Case(VectorOp.RELU, VectorOp.RELU_BWD):
+                    m.d.sync += self.out[lane].eq(Mux(pos2, x2, 0))
+                with m.Default():
+                    m.d.sync += self.out[lane].eq(r2)
         return m

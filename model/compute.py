@@ -4,7 +4,9 @@ The golden twin of ``hw/sequencer.py`` with ``hw/array.py`` and ``hw/vector.py``
 (``DESIGN.md``, "One node").  The host stages a command in the ``CMD_*``
 registers and writes ``CMD_LAUNCH``; commands run in order, one at a time.
 Operands are read when a command starts, the result lands in its completion
-cycle (:mod:`gradsync.spec.timing`), computed by :mod:`model.numerics`; then
+cycle (:mod:`gradsync.spec.timing`), computed by :mod:`model.numerics` (fixed
+point) or :mod:`model.fp` (bf16: a scratchpad element is a bf16 word, a
+gradient-SRAM element an fp32 value in two words, low half first); then
 ``COMPUTE_DONE`` counts it (refused commands too) and the DMA engine re-checks
 a descriptor waiting on its fence (:attr:`ComputeEngine.on_retire`).
 """
@@ -17,10 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gradsync.model import fp
 from gradsync.model import numerics as nx
 from gradsync.model.engine import Engine, NodeParts
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
+from gradsync.spec.formats import BFloat16Format
 
 _OPCODE = rm.reg("CMD_OPCODE")
 #: The staged command registers, in the order of :class:`_Command`'s fields.
@@ -95,6 +99,15 @@ class ComputeEngine(Engine):
         if not self.busy:
             self._start()
 
+    @property
+    def _float(self) -> bool:
+        return isinstance(self.fmt, BFloat16Format)
+
+    def _element_words(self, addr: int) -> int:
+        """SRAM words per element at byte ``addr``: 2 for bf16's fp32 gradient SRAM, else 1."""
+        in_grad = rm.GRAD_BASE <= addr < rm.GRAD_BASE + rm.REGION_SPAN
+        return 2 if self._float and in_grad else 1
+
     def _validate(self, cmd: _Command) -> tuple[rm.ErrorCode, tuple]:
         try:
             op = rm.Opcode(cmd.opcode)
@@ -105,7 +118,7 @@ class ComputeEngine(Engine):
         if op is rm.Opcode.GEMM:
             if min(cmd.m, cmd.k, cmd.n) < 1:
                 return rm.ErrorCode.CMD_ZERO_DIM, ()
-            if cmd.k > self.fmt.max_exact_k:
+            if not self._float and cmd.k > self.fmt.max_exact_k:
                 return rm.ErrorCode.CMD_K_TOO_LARGE, ()
             sizes = (cmd.m * cmd.k, cmd.k * cmd.n, cmd.m * cmd.n)
         else:
@@ -114,14 +127,17 @@ class ComputeEngine(Engine):
             n = cmd.m * cmd.n
             sizes = (n, n if op in (rm.Opcode.RELU_BWD, rm.Opcode.SGD) else 0, n)
         regions = []
-        for addr, size in zip((cmd.a, cmd.b, cmd.c), sizes, strict=True):
+        for i, (addr, size) in enumerate(zip((cmd.a, cmd.b, cmd.c), sizes, strict=True)):
             if size == 0:
                 regions.append(None)
                 continue
-            reg = self.srams.region(addr, size)
-            if reg is None:
+            per = self._element_words(addr)
+            # bf16: fp32 elements are 4-byte aligned; GEMM operands must be bf16 (scratchpad)
+            misplaced = self._float and per == 2 and op is rm.Opcode.GEMM and i < 2
+            reg = self.srams.region(addr, size * per)
+            if reg is None or addr % (self.fmt.word_bytes * per) or misplaced:
                 return rm.ErrorCode.CMD_OUT_OF_BOUNDS, ()
-            regions.append((reg[0], reg[1], size))
+            regions.append((reg[0], reg[1], size * per))
         return rm.ErrorCode.OK, tuple(regions)
 
     def _start(self) -> None:
@@ -139,7 +155,9 @@ class ComputeEngine(Engine):
             return mem[idx : idx + size].copy()
 
         # operands are read at launch; the result lands at completion
-        if op is rm.Opcode.GEMM:
+        if self._float:
+            result, cycles, engine, aux = self._run_float(cmd, op, read)
+        elif op is rm.Opcode.GEMM:
             a = read(0).reshape((cmd.k, cmd.m) if cmd.flag("trans_a") else (cmd.m, cmd.k))
             b = read(1).reshape((cmd.n, cmd.k) if cmd.flag("trans_b") else (cmd.k, cmd.n))
             shift = int(nx.wrap(cmd.arg, 32))
@@ -153,7 +171,6 @@ class ComputeEngine(Engine):
             ).reshape(-1)
             cycles = tm.gemm_cycles(cmd.m, cmd.k, cmd.n, self.hw)
             engine, aux = rm.Engine.COMPUTE, cmd.m * cmd.k * cmd.n
-            self.perf["gemm"] += cycles
         else:
             arg = int(nx.wrap(cmd.arg, self.fmt.total_bits))
             x = read(0)
@@ -168,7 +185,7 @@ class ComputeEngine(Engine):
             n = cmd.m * cmd.n
             cycles = tm.vector_cycles(rm.VECTOR_OPCODES[op], n, self.hw)
             engine, aux = rm.Engine.VECTOR, n
-            self.perf["vector"] += cycles
+        self.perf["gemm" if engine is rm.Engine.COMPUTE else "vector"] += cycles
         self.trace.record(engine, rm.TraceEvent.START, kind, cmd.tag, aux)
 
         def done() -> None:
@@ -178,6 +195,48 @@ class ComputeEngine(Engine):
             self._retire(cmd, code)
 
         self.sim.after(cycles, done)
+
+    def _run_float(self, cmd: _Command, op: rm.Opcode, read: Callable[[int], np.ndarray]):
+        """bf16 format: (SRAM words of the result, cycles, trace engine, trace aux).
+
+        GEMM operands are bf16 words; vector operands are widened to fp32 (a bf16
+        element exactly, an fp32 element as its two words); the fp32 result is
+        rounded to bf16 for a scratchpad destination, split in two words for the
+        gradient SRAM.
+        """
+
+        def fp32(i: int, addr: int) -> np.ndarray:
+            words = read(i)
+            if self._element_words(addr) == 2:
+                return BFloat16Format.join_fp32(words)
+            return fp.bf16_to_fp32(words)
+
+        if op is rm.Opcode.GEMM:
+            a = read(0).reshape((cmd.k, cmd.m) if cmd.flag("trans_a") else (cmd.m, cmd.k))
+            b = read(1).reshape((cmd.n, cmd.k) if cmd.flag("trans_b") else (cmd.k, cmd.n))
+            out = fp.gemm_bf16(
+                a, b, trans_a=bool(cmd.flag("trans_a")), trans_b=bool(cmd.flag("trans_b"))
+            ).reshape(-1)
+            cycles = tm.gemm_cycles(cmd.m, cmd.k, cmd.n, self.hw, self.fmt)
+            engine, aux = rm.Engine.COMPUTE, cmd.m * cmd.k * cmd.n
+        else:
+            x = fp32(0, cmd.a)
+            if op is rm.Opcode.RELU:
+                out = fp.relu_fp32(x)
+            elif op is rm.Opcode.RELU_BWD:
+                out = fp.relu_backward_fp32(x, fp32(1, cmd.b))
+            elif op is rm.Opcode.SCALE:
+                out = fp.scale_fp32(x, cmd.arg)
+            else:
+                out = fp.sgd_fp32(x, fp32(1, cmd.b), cmd.arg)
+            n = cmd.m * cmd.n
+            cycles = tm.vector_cycles(rm.VECTOR_OPCODES[op], n, self.hw)
+            engine, aux = rm.Engine.VECTOR, n
+        if self._element_words(cmd.c) == 2:
+            words = BFloat16Format.split_fp32(out)
+        else:
+            words = fp.fp32_to_bf16(out).astype(np.int64)
+        return words, cycles, engine, aux
 
     def _retire(self, cmd: _Command, code: rm.ErrorCode) -> None:
         self.done += 1

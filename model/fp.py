@@ -26,9 +26,10 @@ from collections.abc import Sequence
 import ml_dtypes
 import numpy as np
 
-from gradsync.spec.formats import BF16, FP32
+from gradsync.spec.formats import BF16, FP32, BFloat16Format
 
 _MIN_NORMAL = np.float32(FP32.min_normal)
+_FORMAT = BFloat16Format()
 
 
 def _flush(x: np.ndarray) -> np.ndarray:
@@ -75,6 +76,26 @@ def fp32_add(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
         return _fp32_words(_fp32_values(a) + _fp32_values(b))
 
 
+def fp32_canonical(a: np.ndarray | int) -> np.ndarray:
+    """fp32 words as the arithmetic reads them: subnormals -> signed zeros, NaNs canonical."""
+    return _fp32_words(_fp32_values(a))
+
+
+def fp32_mul(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """The vector unit's multiplier: fp32 words x fp32 words -> fp32 words, nearest-even.
+
+    The float64 product of two fp32 values is exact (48 significant bits), so
+    one rounding to 24 bits with the exponent unbounded is the device's
+    (:meth:`BFloat16Format.quantize_fp32`): ``>= 2**128`` after rounding is an
+    infinity, ``< 2**-126`` after rounding a zero of the product's sign
+    (tininess after rounding). ``inf x 0`` and NaN operands give the canonical NaN.
+    """
+    with np.errstate(all="ignore"):  # NaN operands: the product is NaN, made canonical
+        x = _fp32_values(a).astype(np.float64)
+        y = _fp32_values(b).astype(np.float64)
+        return _FORMAT.quantize_fp32(x * y).astype(np.uint32)
+
+
 def fp32_to_bf16(a: np.ndarray | int) -> np.ndarray:
     """fp32 words -> bf16 words, round to nearest even (``ml_dtypes``); overflow to infinity.
 
@@ -109,3 +130,55 @@ def dot_fp32(
     for index in order[1:]:
         acc = fp32_add(acc, products[..., index])
     return acc
+
+
+# --- the compute commands of the bf16 format ----------------------------------------------
+
+_SIGN = np.uint32(0x8000_0000)
+
+
+def _positive(words: np.ndarray) -> np.ndarray:
+    """Canonical fp32 words: sign bit clear and not zero (a NaN is positive, -0 is not)."""
+    return ((words & _SIGN) == 0) & (((words >> np.uint32(23)) & np.uint32(0xFF)) != 0)
+
+
+def relu_fp32(x: np.ndarray) -> np.ndarray:
+    """Vector op ``relu`` on fp32 words: ``x`` if positive, else ``+0`` (NaN stays NaN)."""
+    c = fp32_canonical(x)
+    return np.where(_positive(c), c, np.uint32(0)).astype(np.uint32)
+
+
+def relu_backward_fp32(grad: np.ndarray, activation: np.ndarray) -> np.ndarray:
+    """Vector op ``relu_bwd`` on fp32 words: ``grad`` where the activation is positive, else ``+0``."""
+    positive = _positive(fp32_canonical(activation))
+    return np.where(positive, fp32_canonical(grad), np.uint32(0)).astype(np.uint32)
+
+
+def scale_fp32(x: np.ndarray, factor: int) -> np.ndarray:
+    """Vector op ``scale``: ``x * factor`` (``factor`` an fp32 word), rounded once."""
+    return fp32_mul(x, np.uint32(factor))
+
+
+def sgd_fp32(weights: np.ndarray, grads: np.ndarray, lr: int) -> np.ndarray:
+    """Vector op ``sgd`` on fp32 master weights: ``w + (-(lr * g))``, each step rounded.
+
+    Not fused: the product is rounded to fp32, then the difference (the RTL's
+    stage 1 and stage 2).
+    """
+    step = fp32_mul(grads, np.uint32(lr))
+    return fp32_add(weights, step ^ _SIGN)
+
+
+def gemm_bf16(
+    a: np.ndarray, b: np.ndarray, *, trans_a: bool = False, trans_b: bool = False
+) -> np.ndarray:
+    """The GEMM command in bf16: fp32 words of ``op(a) @ op(b)`` for bf16 words ``a``, ``b``.
+
+    Output-stationary: each result is one PE's accumulation over ``k = 0 .. K-1`` in
+    order (:func:`dot_fp32`); the tiling never splits ``K``.
+    """
+    a = np.asarray(a).T if trans_a else np.asarray(a)
+    b = np.asarray(b).T if trans_b else np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"GEMM shapes do not chain: {a.shape} @ {b.shape}")
+    return dot_fp32(a[:, None, :], b.T[None, :, :])

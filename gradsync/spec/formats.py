@@ -13,8 +13,15 @@ format joins by providing the same (nothing here assumes integers beyond
 :class:`FixedPointFormat` itself). :class:`BFloat16Format` (bf16 operands,
 fp32 accumulator, gradients and master weights; ``docs/numerics.md``) is the
 floating-point one, its bit layouts :data:`BF16` and :data:`FP32`; its
-arithmetic is ``model/fp.py`` and ``hw/fp.py``. It has no ``HW_FORMAT``
-encoding yet: the register needs a field that tells the two families apart.
+arithmetic is ``model/fp.py`` and ``hw/fp.py``. ``HW_FORMAT.family``
+(:class:`~gradsync.spec.regmap.FormatFamily`) tells the two apart;
+:func:`format_from_register` decodes either.
+
+Both families expose the element sizes a memory plan needs: ``word_bytes``
+(a scratchpad element: GEMM operands, activations, the weights' working copy)
+and ``grad_bytes`` (a gradient-SRAM element: dW, reduced gradients and, in
+bf16, the fp32 master weights). The SRAMs hold ``word_bits``-bit words in both
+banks; an fp32 element is two of them, low half at the lower address.
 
 Conventions of the fixed-point format
 -------------------------------------
@@ -73,6 +80,9 @@ class FixedPointFormat:
 
     #: Format family, as recorded in ``results.json`` and ``docs/outputs.md``.
     name = "fixed"
+    family = rm.FormatFamily.FIXED
+    #: Cycles from an operand pair at a PE's inputs to its sum in the accumulator.
+    mac_latency_cycles = 1
 
     def __post_init__(self) -> None:
         if self.total_bits not in (8, 16, 32):
@@ -88,6 +98,16 @@ class FixedPointFormat:
     def word_bytes(self) -> int:
         """Bytes per operand word in device memory and on the link."""
         return self.total_bits // 8
+
+    @property
+    def word_bits(self) -> int:
+        """Width of an SRAM word in bits (both banks)."""
+        return self.total_bits
+
+    @property
+    def grad_bytes(self) -> int:
+        """Bytes per gradient-SRAM element: an operand word, as in the scratchpad."""
+        return self.word_bytes
 
     @property
     def qmin(self) -> int:
@@ -155,6 +175,12 @@ class FixedPointFormat:
     def from_register(cls, word: int) -> FixedPointFormat:
         """The format a device reports in ``HW_FORMAT`` (the firmware's view of the device)."""
         f = rm.reg("HW_FORMAT")
+        family = f.field("family").get(word)
+        if family != rm.FormatFamily.FIXED:
+            raise ValueError(
+                f"HW_FORMAT 0x{word:08X} is format family {family}, not fixed point "
+                "(decode it with gradsync.spec.formats.format_from_register)"
+            )
         return cls(
             total_bits=f.field("total_bits").get(word),
             frac_bits=f.field("frac_bits").get(word),
@@ -262,6 +288,11 @@ class BFloat16Format:
 
     #: Format family, as recorded in ``results.json``.
     name = "bf16"
+    family = rm.FormatFamily.BF16
+    #: SRAM word width in bits: one bf16 element; an fp32 element takes two words.
+    total_bits = word_bits = 16
+    #: Cycles from an operand pair at a PE's inputs to its sum (multiply, then add).
+    mac_latency_cycles = 2
     operand = BF16
     accumulator = FP32
     #: Format of weight gradients in the gradient SRAM and of the SGD master weights.
@@ -280,6 +311,32 @@ class BFloat16Format:
         """Bytes per accumulator / gradient / master-weight (fp32) word."""
         return self.accumulator.width // 8
 
+    @property
+    def grad_bytes(self) -> int:
+        """Bytes per gradient-SRAM element: one fp32 value (two SRAM words)."""
+        return self.gradient.width // 8
+
+    def to_register(self) -> int:
+        """The value of the read-only ``HW_FORMAT`` register of a bf16 device."""
+        return rm.reg("HW_FORMAT").pack(
+            total_bits=self.operand.width,
+            frac_bits=self.operand.frac_bits,
+            acc_bits=self.accumulator.width,
+            nearest_even=1,
+            saturate=0,
+            family=self.family,
+        )
+
+    @classmethod
+    def from_register(cls, word: int) -> BFloat16Format:
+        """The format of a device whose ``HW_FORMAT`` reads ``word`` (must be bf16's value)."""
+        fmt = cls()
+        if word != fmt.to_register():
+            raise ValueError(
+                f"HW_FORMAT 0x{word:08X} is not the bf16 format's 0x{fmt.to_register():08X}"
+            )
+        return fmt
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -290,6 +347,36 @@ class BFloat16Format:
             "rounding": self.rounding,
             "subnormals": self.subnormals,
         }
+
+    # --- SRAM words, as the bulk port moves them ----------------------------------------
+
+    def saturate_raw(self, words: np.ndarray | int) -> np.ndarray:
+        """Host values -> SRAM words as the bulk port stores them: the low 16 bits.
+
+        The SRAMs hold bit patterns (a bf16 word, or half of an fp32 value), so
+        nothing saturates; the name is the fixed-point format's, for the bulk port.
+        """
+        return np.asarray(words, dtype=np.int64) & 0xFFFF
+
+    def to_unsigned(self, words: np.ndarray | int) -> np.ndarray:
+        """SRAM words as stored (``uint16`` bit patterns, held in ``int64``)."""
+        return self.saturate_raw(words)
+
+    def from_unsigned(self, words: np.ndarray | int) -> np.ndarray:
+        """Stored SRAM words -> the values the host sees: the same bit patterns."""
+        return self.saturate_raw(words)
+
+    @staticmethod
+    def split_fp32(words: np.ndarray) -> np.ndarray:
+        """fp32 words -> the two SRAM words of each, low half first (gradient-SRAM layout)."""
+        w = np.asarray(words, dtype=np.int64) & 0xFFFF_FFFF
+        return np.stack([w & 0xFFFF, w >> 16], axis=-1).reshape(-1)
+
+    @staticmethod
+    def join_fp32(words: np.ndarray) -> np.ndarray:
+        """SRAM words, low half first -> fp32 words (``uint32``)."""
+        w = np.asarray(words, dtype=np.int64).reshape(-1, 2) & 0xFFFF
+        return (w[:, 0] | (w[:, 1] << 16)).astype(np.uint32)
 
     def quantize(self, values: np.ndarray | float) -> np.ndarray:
         """Real values -> bf16 words (``uint16``), one round-to-nearest-even."""
@@ -306,3 +393,13 @@ class BFloat16Format:
     def dequantize_fp32(self, words: np.ndarray | int) -> np.ndarray:
         """fp32 words -> float64 values (exact)."""
         return _words_to_float64(words, self.accumulator)
+
+
+def format_from_register(word: int) -> FixedPointFormat | BFloat16Format:
+    """The number format a device reports in ``HW_FORMAT``, whichever its family."""
+    family = rm.reg("HW_FORMAT").field("family").get(word)
+    if family == rm.FormatFamily.FIXED:
+        return FixedPointFormat.from_register(word)
+    if family == rm.FormatFamily.BF16:
+        return BFloat16Format.from_register(word)
+    raise ValueError(f"HW_FORMAT 0x{word:08X} has unknown format family {family}")

@@ -111,6 +111,13 @@ class Irq(enum.IntFlag):
     TRACE = 1 << 5  #: the trace buffer is at least half full
 
 
+class FormatFamily(enum.IntEnum):
+    """Number format families (``HW_FORMAT.family``)."""
+
+    FIXED = 0  #: signed fixed point (``FixedPointFormat``)
+    BF16 = 1  #: bf16 operands, fp32 accumulator (``BFloat16Format``)
+
+
 class Opcode(enum.IntEnum):
     """Compute command opcodes (``CMD_OPCODE.opcode``)."""
 
@@ -320,13 +327,17 @@ _GLOBAL = [
         0x01C,
         Access.RO,
         0,
-        "Fixed-point format (build parameters).",
+        "Number format (build parameters). family 0: fixed point, the other fields as "
+        "named. family 1: bf16 operands, fp32 accumulator (docs/numerics.md); the fields "
+        "then read total_bits 16 (bf16 word), frac_bits 7 (bf16 fraction), acc_bits 32 "
+        "(fp32), nearest_even 1, saturate 0.",
         (
-            Field("total_bits", 0, 8),
+            Field("total_bits", 0, 8, "operand word width"),
             Field("frac_bits", 8, 8),
             Field("acc_bits", 16, 8),
             Field("nearest_even", 24, 1, "1: round to nearest even, 0: truncate"),
             Field("saturate", 25, 1),
+            Field("family", 28, 4, "FormatFamily: 0 fixed point, 1 bf16/fp32"),
         ),
     ),
     Register("SCRATCH_WORDS", 0x020, Access.RO, 0, "Scratchpad SRAM size in operand words."),
@@ -971,7 +982,11 @@ def render_markdown() -> str:
         f"| trace memory | 0x{TRACE_MEM_BASE:08X} | 32 bit | trace records (read-only) |",
         "",
         "Addresses are byte addresses; operand words are `total_bits/8` bytes. "
-        f"DMA lengths and addresses must be multiples of {DMA_ALIGN_BYTES} bytes.",
+        f"DMA lengths and addresses must be multiples of {DMA_ALIGN_BYTES} bytes. "
+        "In the bf16 family (HW_FORMAT.family = 1) both SRAMs hold 16-bit words and the "
+        "bank decides an element's format: a scratchpad element is one bf16 word (2 "
+        "bytes), a gradient-SRAM element one fp32 value in two words, low half at the "
+        "lower address (4 bytes, 4-byte aligned); see docs/numerics.md.",
         "",
         "## Registers",
         "",
@@ -998,6 +1013,7 @@ def render_markdown() -> str:
     ]
     for enum_cls, title in (
         (Irq, "Irq (IRQ_STATUS bits)"),
+        (FormatFamily, "FormatFamily (HW_FORMAT.family)"),
         (Opcode, "Opcode"),
         (ErrorCode, "ErrorCode"),
         (Engine, "Engine (trace)"),

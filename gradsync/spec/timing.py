@@ -20,6 +20,7 @@ of their predecessor.
 from __future__ import annotations
 
 from gradsync.spec import regmap as rm
+from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
 from gradsync.spec.link import (
     NIC_WINDOW_PACKETS,
@@ -56,7 +57,13 @@ def gemm_tiles(m: int, n: int, hw: HardwareConfig) -> int:
     return ceil_div(m, hw.array_rows) * ceil_div(n, hw.array_cols)
 
 
-def gemm_cycles(m: int, k: int, n: int, hw: HardwareConfig) -> int:
+def gemm_cycles(
+    m: int,
+    k: int,
+    n: int,
+    hw: HardwareConfig,
+    fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT,
+) -> int:
     """Cycles of one GEMM command ``C[m,n] = A[m,k] @ B[k,n]``, launch to completion.
 
     Output-stationary ``R x C`` array: PE ``(i, j)`` accumulates ``C[i, j]`` of
@@ -75,6 +82,10 @@ def gemm_cycles(m: int, k: int, n: int, hw: HardwareConfig) -> int:
     ``k + (R + C - 2)``
         the last tile: ``k`` beats, plus the skew until PE ``(R-1, C-1)``
         has consumed its last operand pair.
+    ``fmt.mac_latency_cycles - 1``
+        the PE pipeline beyond one cycle: 0 in fixed point, 1 in bf16 (the
+        product is registered before the fp32 add). It delays every result by
+        the same cycle, so it is paid once per command, not per tile.
     ``R + WRITEBACK_LATENCY``
         drain of the last tile's shadow registers, last SRAM write.
     """
@@ -88,6 +99,7 @@ def gemm_cycles(m: int, k: int, n: int, hw: HardwareConfig) -> int:
         + (tiles - 1) * max(k, r)
         + k
         + (r + c - 2)
+        + (fmt.mac_latency_cycles - 1)
         + r
         + WRITEBACK_LATENCY_CYCLES
     )
@@ -223,7 +235,12 @@ WATCHDOG_RESEND_ROUNDS = 64
 WATCHDOG_SLACK_CYCLES = 1024
 
 
-def longest_command_cycles(layers: tuple[int, ...], local_batch: int, hw: HardwareConfig) -> int:
+def longest_command_cycles(
+    layers: tuple[int, ...],
+    local_batch: int,
+    hw: HardwareConfig,
+    fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT,
+) -> int:
     """Cycles of the longest compute command a training step of ``layers`` issues.
 
     Per layer ``n_in -> n_out`` with local batch ``b``: the forward GEMM
@@ -236,9 +253,9 @@ def longest_command_cycles(layers: tuple[int, ...], local_batch: int, hw: Hardwa
         b = local_batch
         longest = max(
             longest,
-            gemm_cycles(b, n_in, n_out, hw),
-            gemm_cycles(n_in, b, n_out, hw),
-            gemm_cycles(b, n_out, n_in, hw),
+            gemm_cycles(b, n_in, n_out, hw, fmt),
+            gemm_cycles(n_in, b, n_out, hw, fmt),
+            gemm_cycles(b, n_out, n_in, hw, fmt),
             vector_cycles("sgd", n_in * n_out, hw),
         )
     return longest
@@ -259,7 +276,11 @@ def resend_round_cycles(hw: HardwareConfig) -> int:
 
 
 def watchdog_cycles(
-    hw: HardwareConfig, layers: tuple[int, ...], local_batch: int, word_bytes: int
+    hw: HardwareConfig,
+    layers: tuple[int, ...],
+    local_batch: int,
+    word_bytes: int,
+    fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT,
 ) -> int:
     """Cycles without progress after which a training run is stopped as hung (both backends).
 
@@ -278,7 +299,7 @@ def watchdog_cycles(
     """
     return (
         WATCHDOG_RESEND_ROUNDS * resend_round_cycles(hw)
-        + longest_command_cycles(tuple(layers), local_batch, hw)
+        + longest_command_cycles(tuple(layers), local_batch, hw, fmt)
         + longest_bulk_cycles(hw, word_bytes)
         + WATCHDOG_SLACK_CYCLES
     )

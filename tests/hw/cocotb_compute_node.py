@@ -34,7 +34,7 @@ from gradsync.model import numerics as nx
 from gradsync.sim import coverage as cov
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
-from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
 
 GUARD = 0x5A5A  # guard word pattern around every result region
@@ -44,7 +44,11 @@ WAIT_LIMIT_US = 10_000
 
 
 def node_env(
-    hw: HardwareConfig, fmt: FixedPointFormat, seed: int = 1, gemms: int = 20, pauses: bool = False
+    hw: HardwareConfig,
+    fmt: FixedPointFormat | BFloat16Format,
+    seed: int = 1,
+    gemms: int = 20,
+    pauses: bool = False,
 ) -> dict:
     return {
         "NODE_HW": json.dumps(hw.to_dict()),
@@ -62,9 +66,15 @@ def random_pauses(seed: int, probability: float = 0.3):
         yield rng.random() < probability
 
 
+def format_from_json(text: str) -> FixedPointFormat | BFloat16Format:
+    """The format of ``NODE_FMT`` (``to_dict`` of either family; bf16's names itself)."""
+    d = json.loads(text)
+    return BFloat16Format() if d.get("name") == "bf16" else FixedPointFormat(**d)
+
+
 def params():
     hw = HardwareConfig(**json.loads(os.environ["NODE_HW"]))
-    fmt = FixedPointFormat(**json.loads(os.environ["NODE_FMT"]))
+    fmt = format_from_json(os.environ["NODE_FMT"])
     return hw, fmt, int(os.environ.get("NODE_SEED", "1")), int(os.environ.get("NODE_GEMMS", "20"))
 
 

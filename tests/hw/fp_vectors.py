@@ -118,3 +118,68 @@ def fp32_reference_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         total = flush(x + y)
     return np.where(np.isnan(total), np.uint32(0x7FC00000), total.view(np.uint32))
+
+
+#: fp32 products worked out by hand: (a, b, a * b), round to nearest even, tininess after rounding.
+MUL_BY_HAND = [
+    (0x3F800000, 0x40000000, 0x40000000),  # 1 * 2 = 2
+    (0x3F800001, 0x3FC00000, 0x3FC00002),  # (1 + 2**-23) * 1.5 = 1.5 + 2**-23 + 2**-24: tie, up
+    (0x3F800001, 0x3F800001, 0x3F800002),  # (1 + 2**-23)**2 = 1 + 2**-22 + 2**-46: down
+    (0x3FFFFFFF, 0x3FFFFFFF, 0x407FFFFE),  # (2 - 2**-23)**2 = 4 - 2**-21 + 2**-46: normalise
+    (0x7F000000, 0x40000000, 0x7F800000),  # 2**127 * 2 = 2**128: overflow to inf
+    (0x7F7FFFFF, 0x3F800001, 0x7F800000),  # max * (1 + ulp): rounds past max, inf
+    (0x7F7FFFFF, 0xBF800000, 0xFF7FFFFF),  # max * -1 = -max
+    (0x00800000, 0x3F000000, 0x00000000),  # 2**-126 * 0.5: subnormal, flushed
+    (0x80800000, 0x3F000000, 0x80000000),  # ... of the product's sign
+    (0x1FFFFFFF, 0x20000000, 0x00000000),  # 2**-126 - 2**-150: exact, tiny, flushed
+    (0x1FFFFFFF, 0x20000001, 0x00800000),  # (2**-126 - 2**-150)(1 + 2**-23): rounds to 2**-126
+    (0x00000001, 0x7F000000, 0x00000000),  # a subnormal operand reads as +0
+    (0x7F800000, 0x00000000, 0x7FC00000),  # inf * 0 = canonical NaN
+    (0xFF800000, 0x3F800000, 0xFF800000),  # -inf * 1 = -inf
+    (0x7FC00001, 0x3F800000, 0x7FC00000),  # NaN with payload: canonical NaN
+    (0x80000000, 0x3F800000, 0x80000000),  # -0 * 1 = -0
+]
+
+
+def mul_pairs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` fp32 pairs with random signs and fractions: 30 % whose product lands near
+    overflow, 30 % near the smallest normal (flushed or kept), the rest anywhere; 30 %
+    with 12-bit significands (exact products, no rounding)."""
+    a = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+    b = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+    # the product's biased exponent is exp_a + exp_b - 127 (+1): a share near 254, a share near 1
+    pick = rng.random(n)
+    high, low = pick < 0.3, pick > 0.7
+    exp_a = np.where(high, rng.integers(130, 255, n), rng.integers(1, 255, n))
+    exp_a = np.where(low, rng.integers(1, 126, n), exp_a)
+    exp_b = np.where(high, 381 - exp_a, np.where(low, 128 - exp_a, rng.integers(1, 255, n)))
+    exp_b = np.clip(exp_b + np.where(high | low, rng.integers(-2, 2, n), 0), 1, 254)
+    short = rng.random(n) < 0.3  # 12-bit significands: a 24-bit product, rounding ties
+    a = (a & 0x807FFFFF) | (exp_a.astype(np.uint32) << 23)
+    b = (b & 0x807FFFFF) | (exp_b.astype(np.uint32) << 23)
+    a = np.where(short, a & 0xFFFFF800, a).astype(np.uint32)
+    b = np.where(short, b & 0xFFFFF800, b).astype(np.uint32)
+    return a, b
+
+
+def fp32_reference_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The multiplier's words from NumPy ``float32`` with the subnormal rule, independent of the model.
+
+    NumPy rounds a tiny product on the subnormal grid; the device rounds it with
+    an unbounded exponent, then flushes. They differ only for exact products in
+    ``[2**-126 - 2**-150, 2**-126 - 2**-151)`` (NumPy reaches 2**-126, the device
+    does not), found in float64 (exact for 24 x 24 bits) and set to zero.
+    """
+    tiny = np.float32(2.0**-126)
+
+    def flush(v):
+        return np.where(np.abs(v) < tiny, np.copysign(np.float32(0), v), v)
+
+    x = flush(np.asarray(a, dtype=np.uint32).view(np.float32))
+    y = flush(np.asarray(b, dtype=np.uint32).view(np.float32))
+    with np.errstate(all="ignore"):
+        product = flush(x * y)
+        exact = np.abs(x.astype(np.float64) * y.astype(np.float64))
+    window = (exact >= 2.0**-126 - 2.0**-150) & (exact < 2.0**-126 - 2.0**-151)
+    product = np.where(window, np.copysign(np.float32(0), product), product)
+    return np.where(np.isnan(product), np.uint32(0x7FC00000), product.view(np.uint32))

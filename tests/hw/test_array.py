@@ -1,16 +1,19 @@
 # amaranth: UnusedElaboratable=no
-"""The systolic array alone in Amaranth's simulator: results against integer NumPy, timing exact."""
+"""The systolic array alone in Amaranth's simulator: results against integer NumPy (fixed
+point) and model.fp.dot_fp32 (bf16), timing exact."""
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 from gradsync.hw.array import SystolicArray
+from gradsync.model.fp import dot_fp32
+from gradsync.spec.formats import BFloat16Format
 
 
-def _run_tiles(rows, cols, tiles, gap, bits=16, acc_bits=40):
+def _run_tiles(rows, cols, tiles, gap, bits=16, acc_bits=40, dut=None):
     """Stream ``tiles`` (list of (A[R,k], B[k,C])) back to back; return (rows out, cycles)."""
-    dut = SystolicArray(rows, cols, bits, acc_bits)
+    dut = dut or SystolicArray(rows, cols, bits, acc_bits)
     beats = []  # (cycle, a, b, first, last)
     cycle, last = 2, -gap
     for a, b in tiles:
@@ -72,6 +75,43 @@ def test_array_tiles_exact_and_on_time(rows, cols):
             assert row == r
             assert cyc == c_last + rows + cols + (rows - 1 - r), (t, r, cyc, c_last)
             assert got == [int(x) for x in want[r]], (t, r)
+
+
+def _bf16_words(rng, shape):
+    """Random bf16 words of normal values in [2**-8, 2**8) of either sign, plus a few zeros."""
+    mag = rng.uniform(-8, 8, size=shape)
+    values = np.where(rng.random(shape) < 0.5, -1.0, 1.0) * 2.0**mag
+    values[rng.random(shape) < 0.05] = 0.0
+    return BFloat16Format().quantize(values)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [(4, 4), (3, 5)])
+def test_bf16_array_tiles_bit_exact_and_one_cycle_later(rows, cols):
+    """bf16 PEs: every result is dot_fp32 of its row and column (sums in beat order) and
+    leaves the array exactly one cycle later than a fixed-point one's (PE latency 2)."""
+    rng = np.random.default_rng(rows * 10 + cols)
+    tiles = []
+    for k in [1, 2, rows, rows + 3, 17, 1]:
+        a, b = _bf16_words(rng, (rows, k)), _bf16_words(rng, (k, cols))
+        if k == 17:  # cancellation and rounding: (x, 1, -x) sums to 0 in order, not 1
+            a[0, :3], b[:3, 0] = [0x4B80, 0x3F80, 0xCB80], [0x3F80, 0x3F80, 0x3F80]
+        tiles.append((a, b))
+    dut = SystolicArray(rows, cols, fmt=BFloat16Format())
+    assert dut.pe_latency == 2
+    beats, seen = _run_tiles(rows, cols, tiles, gap=rows, dut=dut)
+    last_cycles = [c for c, _, _, _, la in beats if la]
+    assert len(seen) == rows * len(tiles)
+    for t, ((a, b), c_last) in enumerate(zip(tiles, last_cycles, strict=True)):
+        want = dot_fp32(a[:, None, :], b.T[None, :, :])  # [R, C] fp32 words
+        for n, r in enumerate(range(rows - 1, -1, -1)):
+            cyc, row, got = seen[t * rows + n]
+            assert row == r
+            assert cyc == c_last + rows + cols + 1 + (rows - 1 - r), (t, r, cyc, c_last)
+            assert got == [int(x) for x in want[r]], (t, r)
+    assert (
+        int(dot_fp32(tiles[4][0][0], tiles[4][1][:, 0], order=[0, 2, 1] + list(range(3, 17))))
+        != seen[4 * rows + rows - 1][2][0]
+    )  # the order matters for that element
 
 
 def test_array_elaborates_16x16():

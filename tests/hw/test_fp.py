@@ -21,9 +21,12 @@ from tests.hw.fp_vectors import (
     ADD_BY_HAND,
     BF16_SPECIALS,
     FP32_SPECIALS,
+    MUL_BY_HAND,
     adder_pairs,
     all_pairs,
     fp32_reference_add,
+    fp32_reference_mul,
+    mul_pairs,
 )
 
 OPERANDS = data.StructLayout({"a": 32, "b": 32, "x": 16, "y": 16})
@@ -98,6 +101,36 @@ def test_adder_by_hand_and_all_special_pairs():
     a, b = all_pairs(FP32_SPECIALS)
     got = _settle(hfp.Fp32Adder(), {"a": a, "b": b}, "total")
     _assert_words(got, fp32_reference_add(a, b), a, b)
+
+
+def test_fp32_multiplier_by_hand_specials_and_random_pairs():
+    """fp32 x fp32 (the vector unit's scale and SGD) against NumPy float32 with the flush rule."""
+    hand_a, hand_b, hand_product = np.array(MUL_BY_HAND, dtype=np.uint32).T
+    sa, sb = all_pairs(FP32_SPECIALS)
+    ra, rb = mul_pairs(np.random.default_rng(7), 3000)
+    a, b = np.concatenate([hand_a, sa, ra]), np.concatenate([hand_b, sb, rb])
+    got = _settle(hfp.Fp32Multiplier(), {"a": a, "b": b}, "product")
+    _assert_words(got[: len(hand_a)], hand_product, hand_a, hand_b)
+    _assert_words(got, fp32_reference_mul(a, b), a, b)
+
+
+def test_fp32_canonical_reads():
+    a = np.concatenate([FP32_SPECIALS, np.array([0x3F800001, 0xC0000000], dtype=np.uint32)])
+    got = _settle(_Comb(32, 32, lambda m, x: hfp.fp32_canonical(m, x, "c")), {"a": a}, "y")
+    _assert_words(got, mfp.fp32_canonical(a), a)
+
+
+class _Comb(wiring.Component):
+    """One combinational function of one word, for the small blocks without a component."""
+
+    def __init__(self, width_in, width_out, fn):
+        self.fn = fn
+        super().__init__({"a": In(width_in), "y": Out(width_out)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.y.eq(self.fn(m, self.a))
+        return m
 
 
 def test_converter_specials_and_ties():

@@ -81,3 +81,27 @@ def test_pe_verilator(operand_bits, acc_bits, saturate, tmp_path):
         extra_env=pe_env(operand_bits, acc_bits, saturate, cycles=5000, seed=11),
         test_dir=tmp_path,
     )
+
+
+def test_pe_for_format_picks_the_pe_its_shapes_and_latency():
+    from amaranth.hdl import signed, unsigned
+
+    from gradsync.hw.fp import Bf16ProcessingElement
+    from gradsync.hw.pe import pe_for_format
+    from gradsync.spec.formats import BFloat16Format, FixedPointFormat
+
+    make, operand, acc = pe_for_format(FixedPointFormat(8, 4, 24))
+    assert (make.func, make.args, operand, acc) == (
+        ProcessingElement,
+        (8, 24),
+        signed(8),
+        signed(24),
+    )
+    assert make.func.LATENCY == 1
+    make, operand, acc = pe_for_format(BFloat16Format())
+    assert (make.func, operand, acc) == (Bf16ProcessingElement, unsigned(16), unsigned(32))
+    assert make.func.LATENCY == BFloat16Format.mac_latency_cycles == 2
+    with pytest.raises(
+        TypeError, match="fmt must be a FixedPointFormat or a BFloat16Format, not 3"
+    ):
+        pe_for_format(3)

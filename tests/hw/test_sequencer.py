@@ -40,24 +40,30 @@ TIMEOUT = 2000
 class Harness(Elaboratable):
     """The sequencer, its memory, a cycle counter and one spare write port for the testbench."""
 
-    def __init__(self, hw: HardwareConfig = HW, fmt: FixedPointFormat = FMT):
+    def __init__(self, hw: HardwareConfig = HW, fmt=FMT):
+        if isinstance(fmt, FixedPointFormat):  # the fixed-point parameters, one by one
+            kwargs = dict(
+                total_bits=fmt.total_bits,
+                frac_bits=fmt.frac_bits,
+                acc_bits=fmt.acc_bits,
+                rounding=fmt.rounding,
+                saturate=fmt.saturate,
+            )
+        else:
+            kwargs = dict(fmt=fmt)
         self.seq = ComputeSequencer(
             rows=hw.array_rows,
             cols=hw.array_cols,
             lanes=hw.vector_lanes,
-            total_bits=fmt.total_bits,
-            frac_bits=fmt.frac_bits,
-            acc_bits=fmt.acc_bits,
-            rounding=fmt.rounding,
-            saturate=fmt.saturate,
             scratch_words=hw.scratchpad_words,
             grad_words=hw.gradient_words,
             fifo_depth=hw.cmd_fifo_depth,
+            **kwargs,
         )
         self.mem = DeviceMemory(
             hw.scratchpad_words,
             hw.gradient_words,
-            fmt.total_bits,
+            fmt.word_bits,
             read_ports=self.seq.n_read,
             write_ports=self.seq.n_write + 1,
             debug_port=True,

@@ -20,9 +20,12 @@ from tests.hw.fp_vectors import (
     ADD_BY_HAND,
     BF16_SPECIALS,
     FP32_SPECIALS,
+    MUL_BY_HAND,
     adder_pairs,
     all_pairs,
     fp32_reference_add,
+    fp32_reference_mul,
+    mul_pairs,
 )
 
 FMT = BFloat16Format()
@@ -92,6 +95,41 @@ def test_fp32_add_by_hand():
     np.testing.assert_array_equal(reference_add(a, b), total)
 
 
+def test_fp32_mul_equals_numpy_float32_with_the_flush_rule():
+    a, b = mul_pairs(np.random.default_rng(4), 1 << 20)
+    sa, sb = all_pairs(FP32_SPECIALS)
+    a, b = np.concatenate([sa, a]), np.concatenate([sb, b])
+    got = fp.fp32_mul(a, b)
+    np.testing.assert_array_equal(got, fp32_reference_mul(a, b))
+    v = got.view(np.float32)
+    assert np.sum(np.isinf(v)) > 10_000 and np.sum(v == 0) > 10_000  # overflow and flush reached
+    bottom = (np.abs(v) >= 2.0**-126) & (np.abs(v) < 2.0**-125)
+    assert np.sum(bottom) > 1000  # products kept in the lowest normal binade
+
+
+def test_fp32_mul_by_hand():
+    a, b, product = np.array(MUL_BY_HAND, dtype=np.uint32).T
+    np.testing.assert_array_equal(fp.fp32_mul(a, b), product)
+    # NumPy's subnormal rounding reaches 2**-126 where the device flushes (the one difference)
+    assert int(fp32_reference_mul(np.uint32(0x1FFFFFFF), np.uint32(0x20000000))) == 0
+    with np.errstate(all="ignore"):
+        numpy_product = np.float32(2.0**-126 - 2.0**-150) * np.float32(1)
+    assert numpy_product == np.float32(2.0**-126 - 2.0**-150)  # not representable: rounded ...
+    assert numpy_product == np.float32(2.0**-126)  # ... up to the smallest normal
+
+
+def test_fp32_canonical():
+    words = np.array([0x00000001, 0x807FFFFF, 0x7F800001, 0xFFC00000, 0x3F800000, 0xFF800000])
+    assert fp.fp32_canonical(words).tolist() == [
+        0,
+        0x80000000,
+        0x7FC00000,
+        0x7FC00000,
+        0x3F800000,
+        0xFF800000,
+    ]
+
+
 def test_fp32_to_bf16_equals_integer_rounding_of_spec():
     rng = np.random.default_rng(3)
     words = np.concatenate([FP32_SPECIALS, rng.integers(0, 1 << 32, 1 << 20, dtype=np.uint64)])
@@ -155,3 +193,60 @@ def test_dot_fp32_rejects_bad_order(order, text):
     a = np.array([0x3F80, 0x3F80, 0x3F80])
     with pytest.raises(ValueError, match=rf"order must list indices of .* 0\.\.2, not {text}$"):
         fp.dot_fp32(a, a, order)
+
+
+# --- the bf16 format's compute commands ------------------------------------------------
+
+
+def test_relu_fp32_and_relu_backward_by_hand():
+    x = np.array([0x3F800000, 0xBF800000, 0x80000000, 0x00000001, 0xFFC00001, 0x7F800000])
+    # 1 -> 1, -1 -> +0, -0 -> +0, subnormal (reads +0) -> +0, NaN -> NaN, inf -> inf
+    assert fp.relu_fp32(x).tolist() == [0x3F800000, 0, 0, 0, 0x7FC00000, 0x7F800000]
+    g = np.full(6, 0xC0400000)  # -3
+    assert fp.relu_backward_fp32(g, x).tolist() == [0xC0400000, 0, 0, 0, 0xC0400000, 0xC0400000]
+
+
+def test_sgd_fp32_equals_numpy_float32_steps():
+    """w - lr * g in NumPy float32: the product rounded, then the difference (the device's order)."""
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal(100_000) * 0.1).astype(np.float32)
+    g = (rng.standard_normal(100_000) * 2.0 ** rng.integers(-30, 0, 100_000)).astype(np.float32)
+    lr = np.float32(0.01)
+    want = w - lr * g  # float32 arithmetic, each operation rounded to nearest even
+    assert np.all(np.abs(want[want != 0]) >= 2.0**-126)  # no subnormals: the flush is moot
+    got = fp.sgd_fp32(w.view(np.uint32), g.view(np.uint32), int(lr.view(np.uint32)))
+    np.testing.assert_array_equal(got, want.view(np.uint32))
+    changed = np.sum(got != w.view(np.uint32))
+    assert 50_000 < changed < 99_000  # most steps move w, the smallest are rounded away
+
+
+def test_scale_fp32_equals_numpy_float32():
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(10_000) * 100).astype(np.float32)
+    got = fp.scale_fp32(x.view(np.uint32), int(np.float32(1 / 32).view(np.uint32)))
+    np.testing.assert_array_equal(got, (x * np.float32(1 / 32)).view(np.uint32))
+
+
+@pytest.mark.parametrize("shape", [(32, 64, 16), (64, 32, 10), (7, 300, 5)])
+def test_gemm_bf16_against_float64_numpy(shape):
+    """The independent reference: a float64 NumPy GEMM of the same bf16 inputs.
+
+    Products are exact, so the only error is the K - 1 fp32 roundings of the
+    sums: |C - C64| <= gamma(K - 1) * (|A| @ |B|), gamma(n) = n u / (1 - n u),
+    u = 2**-24 (Higham, Accuracy and Stability of Numerical Algorithms, 3.1).
+    """
+    m, k, n = shape
+    rng = np.random.default_rng(k)
+    a = FMT.quantize(rng.standard_normal((m, k)))
+    b = FMT.quantize(rng.standard_normal((k, n)) * 0.1)
+    got = FMT.dequantize_fp32(fp.gemm_bf16(a, b))
+    va, vb = FMT.dequantize(a), FMT.dequantize(b)
+    exact = va @ vb  # float64: the sum of K exact products, K * 2**-53 from exact at most
+    u = 2.0**-24
+    gamma = (k - 1) * u / (1 - (k - 1) * u)
+    bound = gamma * (np.abs(va) @ np.abs(vb))
+    assert np.all(np.abs(got - exact) <= bound)
+    assert np.max(np.abs(got - exact) / bound) > 0.001  # the sums do round
+    # the transposed forms read the same matrices
+    np.testing.assert_array_equal(fp.gemm_bf16(a.T, b, trans_a=True), fp.gemm_bf16(a, b))
+    np.testing.assert_array_equal(fp.gemm_bf16(a, b.T.copy(), trans_b=True), fp.gemm_bf16(a, b))

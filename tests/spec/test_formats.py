@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import BF16, FP32, BFloat16Format, FixedPointFormat
+from gradsync.spec.formats import (
+    BF16,
+    FP32,
+    BFloat16Format,
+    FixedPointFormat,
+    format_from_register,
+)
 
 
 def test_quantize_follows_the_rounding_rules():
@@ -141,3 +147,42 @@ def test_fp32_quantize_equals_numpy_float32_in_the_normal_range():
     f = BFloat16Format()
     np.testing.assert_array_equal(f.quantize_fp32(x), want)
     np.testing.assert_array_equal(f.dequantize_fp32(want), x.astype(np.float32))
+
+
+# --- HW_FORMAT: the family field ----------------------------------------------------------
+
+
+def test_bf16_hw_format_register_by_hand():
+    """family 1 in bits 31:28, then acc_bits 32, frac_bits 7, total_bits 16, nearest_even."""
+    word = BFloat16Format().to_register()
+    assert word == (1 << 28) | (1 << 24) | (32 << 16) | (7 << 8) | 16 == 0x1120_0710
+    assert BFloat16Format.from_register(word) == BFloat16Format()
+    assert format_from_register(word) == BFloat16Format()
+
+
+def test_fixed_hw_format_register_has_family_zero():
+    f = FixedPointFormat()
+    assert rm.reg("HW_FORMAT").field("family").get(f.to_register()) == 0
+    assert format_from_register(f.to_register()) == f
+
+
+def test_format_sizes_for_a_memory_plan():
+    """Scratchpad elements (word_bytes) and gradient-SRAM elements (grad_bytes)."""
+    assert (FixedPointFormat(8, 4, 22).word_bytes, FixedPointFormat(8, 4, 22).grad_bytes) == (1, 1)
+    bf = BFloat16Format()
+    assert (bf.word_bytes, bf.grad_bytes, bf.acc_bytes, bf.word_bits) == (2, 4, 4, 16)
+    assert (FixedPointFormat().mac_latency_cycles, bf.mac_latency_cycles) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "word, text",
+    [
+        (0x1120_0710, "is format family 1, not fixed point"),
+        (0x2000_0000, "unknown format family 2"),
+        (0x1120_0810, "is not the bf16 format's 0x11200710"),
+    ],
+)
+def test_hw_format_decoding_refuses_other_words(word, text):
+    decode = FixedPointFormat.from_register if "fixed" in text else format_from_register
+    with pytest.raises(ValueError, match=f"HW_FORMAT 0x{word:08X} .*{text}"):
+        decode(word)
