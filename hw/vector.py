@@ -34,6 +34,22 @@ class VectorOp(enum.IntEnum):
     SGD = 3  #: out = sat(x - round_shift(arg * y, frac_bits))
 
 
+def _ports(word, arg_shape, lanes: int) -> dict:
+    """The vector unit's ports (both number formats): an operation on ``lanes`` lanes of
+    ``word`` operands with an argument of ``arg_shape``, a result three cycles later."""
+    return {
+        "op": In(VectorOp),
+        "arg": In(arg_shape),
+        "in_valid": In(1),
+        "in_mask": In(lanes),
+        "x": In(word),
+        "y": In(word),
+        "out_valid": Out(1),
+        "out_mask": Out(lanes),
+        "out": Out(word),
+    }
+
+
 class VectorUnit(wiring.Component):
     """``lanes`` element-wise lanes, fully pipelined, three register stages.
 
@@ -86,19 +102,7 @@ class VectorUnit(wiring.Component):
         self.rounding = rounding
         self.saturate = bool(saturate)
         word = data.ArrayLayout(signed(total_bits), lanes)
-        super().__init__(
-            {
-                "op": In(VectorOp),
-                "arg": In(signed(total_bits)),
-                "in_valid": In(1),
-                "in_mask": In(lanes),
-                "x": In(word),
-                "y": In(word),
-                "out_valid": Out(1),
-                "out_mask": Out(lanes),
-                "out": Out(word),
-            }
-        )
+        super().__init__(_ports(word, signed(total_bits), lanes))
 
     def elaborate(self, platform):
         m = Module()
@@ -199,19 +203,7 @@ class Fp32VectorUnit(wiring.Component):
             raise ValueError(f"lanes must be an integer in 1..64, not {lanes!r}")
         self.lanes = lanes
         word = data.ArrayLayout(32, lanes)
-        super().__init__(
-            {
-                "op": In(VectorOp),
-                "arg": In(32),
-                "in_valid": In(1),
-                "in_mask": In(lanes),
-                "x": In(word),
-                "y": In(word),
-                "out_valid": Out(1),
-                "out_mask": Out(lanes),
-                "out": Out(word),
-            }
-        )
+        super().__init__(_ports(word, 32, lanes))
 
     def elaborate(self, platform):
         m = Module()
