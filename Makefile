@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.gradsync-installed
 
-.PHONY: run doctor test test-fast lint bench setup clean-cache
+.PHONY: run doctor test test-fast test-huge lint bench setup clean-cache
 
 setup: $(STAMP)
 
@@ -27,10 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: lint
-	$(BIN)/pytest -n 2 --dist loadgroup --durations=40 tests examples
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=40 -m "not huge" tests examples
 
 test-fast: lint
-	$(BIN)/pytest -n 2 --dist loadgroup -m "not slow" tests
+	$(BIN)/pytest -n 2 --dist loadgroup -m "not slow and not huge" tests
+
+test-huge: lint
+	$(BIN)/pytest -m huge tests
 
 clean-cache:
 	rm -rf $${GRADSYNC_CACHE:-$$HOME/.cache/gradsync}/verilator
