@@ -239,7 +239,16 @@ def test_ctrl_c_stops_with_one_line_exit_130_and_an_interrupted_record(tmp_path)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "gradsync.cli", "train", "--backend", "model", "--steps", "3000"]
     cmd += ["--quiet", "--no-baselines", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as in an interactive shell: SIGINT at its default in the child, whatever this
+    # (pytest worker) process has it set to -- a child started with SIGINT ignored keeps
+    # ignoring it (Python installs its KeyboardInterrupt handler only over SIG_DFL)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(tmp_path.glob(".run.gradsync-tmp-*/results.json")):  # the run is on
