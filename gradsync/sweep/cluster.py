@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -60,7 +61,15 @@ class Session:
 
 def jobqueue_cluster(kind: str, table: dict):
     """The dask-jobqueue cluster of ``kind`` for a ``[jobqueue]`` table (no job submitted yet)."""
-    import dask_jobqueue
+    # importing dask_jobqueue (its runner module) replaces the process's SIGINT handler with
+    # one that calls sys.exit(): Ctrl-C would no longer be a KeyboardInterrupt that stops the
+    # sweep cleanly; keep ours
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        import dask_jobqueue
+    finally:
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
 
     if kind not in JOBQUEUE_CLASSES:
         raise ValueError(f"--jobqueue must be one of {', '.join(JOBQUEUE_CLASSES)}, not {kind!r}")

@@ -51,3 +51,16 @@ def test_a_key_the_cluster_class_does_not_take_is_named():
         jobqueue_cluster("slurm", {"queu": "x", "cores": 1, "memory": "1GB"})
     with pytest.raises(ValueError, match="--jobqueue must be one of .* not 'condor'"):
         jobqueue_cluster("condor", TABLE)
+
+
+def test_ctrl_c_stays_a_keyboard_interrupt_after_dask_jobqueue_is_imported(monkeypatch):
+    """dask_jobqueue's runner module installs ``lambda *_: sys.exit()`` for SIGINT when it is
+    imported: a sweep's Ctrl-C would become a SystemExit, not the clean interrupted stop."""
+    import signal
+    import sys
+
+    for name in [m for m in sys.modules if m.split(".")[0] == "dask_jobqueue"]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh here, as in a new process
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _script("slurm", TABLE)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
