@@ -238,6 +238,11 @@ def test_report_names_the_held_packet_from_the_rtl_node_ports():
 @pytest.mark.slow
 def test_rtl_packet_held_for_good_is_named_as_the_model_names_it(tmp_path, monkeypatch):
     from gradsync import model_backend
+    from gradsync.firmware import training
+
+    # the schedule file is also imported here (the CLI side validates it) and patches this
+    # process's firmware: restore it after the test, for the tests that follow in this worker
+    monkeypatch.setattr(training.NodeFirmware, "_tag_windows", training.NodeFirmware._tag_windows)
     from gradsync.model.nic import held_sentence
     from gradsync.sim.rtl_backend import LAST_RUN, RtlRunError, run_rtl
 
