@@ -73,33 +73,16 @@ def compile_variant(model, work: Path, opt_fast: str, opt_slow: str) -> dict:
 
 def record_stimulus(tmp: Path):
     """The main job's cached cluster and a recorded (b)-style stimulus of it."""
+    from gradsync.cmd_bench import record_idle
     from gradsync.firmware.experiment import TrainConfig
-    from gradsync.sim.build import run_cocotb
     from gradsync.sim.raw_build import build_raw
     from gradsync.sim.rtl_backend import build_cluster
 
     cfg = TrainConfig()
     model = build_cluster(cfg)
     raw = build_raw(model)
-    hw, fmt = cfg.hardware, cfg.fixed_point
     plan = {"rounds": 2, "count": 64, "chunk": 2048, "gemm": [64, 32, 64]}
-    out, stim = tmp / "idle.json", tmp / "stimulus.txt"
-    env = {
-        "GRADSYNC_BENCH_IDLE": json.dumps(
-            {
-                "hardware": hw.to_dict(),
-                "format": fmt.to_dict(),
-                "plan": plan,
-                "nodes": cfg.nodes,
-                "ports": list(raw.ports),
-            }  # fmt: skip
-        ),
-        "GRADSYNC_BENCH_OUT": str(out),
-        "GRADSYNC_BENCH_STIMULUS": str(stim),
-    }
-    run_cocotb(model, "gradsync.sim.bench_cocotb", testcase="idle_exchange",
-               test_dir=tmp, extra_env=env)  # fmt: skip
-    res = json.loads(out.read_text())
+    res, stim = record_idle(model, raw, cfg, plan, tmp)
     return model, raw, stim, res
 
 

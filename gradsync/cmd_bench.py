@@ -220,32 +220,40 @@ def main_job(cfg) -> dict:
     }
 
 
+def record_idle(model, raw, cfg, plan: dict, tmp: Path) -> tuple[dict, Path]:
+    """Run the idle exchange ``plan`` on the cocotb model, recording its port writes for the
+    raw binary: (the test's result record, the stimulus file in ``tmp``)."""
+    from gradsync.sim.build import run_cocotb
+
+    hw, fmt = cfg.hardware, cfg.fixed_point
+    out, stim = tmp / "idle.json", tmp / "stimulus.txt"
+    env = {
+        "GRADSYNC_BENCH_IDLE": json.dumps(
+            {
+                "hardware": hw.to_dict(),
+                "format": fmt.to_dict(),
+                "plan": plan,
+                "nodes": cfg.nodes,
+                "ports": list(raw.ports),
+            }  # fmt: skip
+        ),
+        "GRADSYNC_BENCH_OUT": str(out),
+        "GRADSYNC_BENCH_STIMULUS": str(stim),
+    }
+    run_cocotb(model, "gradsync.sim.bench_cocotb", testcase="idle_exchange",
+               test_dir=tmp, extra_env=env)  # fmt: skip
+    return json.loads(out.read_text()), stim
+
+
 def idle_and_raw(model, raw, cfg, rounds: int) -> tuple[dict, dict]:
     """(b) on the cocotb model, recording its ports; (c) the raw binary replaying them."""
     from gradsync.sim.bench_cocotb import model_idle_logs
-    from gradsync.sim.build import run_cocotb
     from gradsync.sim.raw_build import run_raw
 
     hw, fmt = cfg.hardware, cfg.fixed_point
     plan = {"rounds": rounds, "count": 64, "chunk": 2048, "gemm": [64, 32, 64]}
     with tempfile.TemporaryDirectory(prefix="gradsync-bench-") as tmp:
-        out, stim = Path(tmp) / "idle.json", Path(tmp) / "stimulus.txt"
-        env = {
-            "GRADSYNC_BENCH_IDLE": json.dumps(
-                {
-                    "hardware": hw.to_dict(),
-                    "format": fmt.to_dict(),
-                    "plan": plan,
-                    "nodes": cfg.nodes,
-                    "ports": list(raw.ports),
-                }  # fmt: skip
-            ),
-            "GRADSYNC_BENCH_OUT": str(out),
-            "GRADSYNC_BENCH_STIMULUS": str(stim),
-        }
-        run_cocotb(model, "gradsync.sim.bench_cocotb", testcase="idle_exchange",
-                   test_dir=Path(tmp), extra_env=env)  # fmt: skip
-        res = json.loads(out.read_text())
+        res, stim = record_idle(model, raw, cfg, plan, Path(tmp))
         replay = run_raw(raw, stim, res["end_steps"])
     want = model_idle_logs(hw, fmt, plan, cfg.nodes)
     if res["logs"] != want:
