@@ -15,8 +15,14 @@ from dataclasses import asdict, dataclass, replace
 
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
-from gradsync.spec.limits import LimitError, check_link
-from gradsync.spec.link import PACKET_CRC_BYTES, PACKET_HEADER_BYTES, LinkConfig
+from gradsync.spec.limits import LimitError, check_link, check_link_latency
+from gradsync.spec.link import (
+    LINK_MAX_LATENCY_CYCLES,
+    MAX_PAYLOAD_BYTES,
+    PACKET_CRC_BYTES,
+    PACKET_HEADER_BYTES,
+    LinkConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class HardwareConfig:
             self.packet_header_bytes,
             self.packet_crc_bytes,
         )
+        check_link_latency(self.link_latency_cycles)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -155,4 +162,23 @@ def constant_registers(
         ),
         "LINK_LATENCY": hw.link_latency_cycles,
         "LINK_MAX_PAYLOAD": hw.max_payload_bytes,
+        "LINK_LIMITS": rm.reg("LINK_LIMITS").pack(
+            max_payload_words=MAX_PAYLOAD_BYTES // 4, max_latency=LINK_MAX_LATENCY_CYCLES
+        ),
     }
+
+
+#: The link a device is built with (the reset values of ``LINK_INFO``/``LINK_LATENCY``/
+#: ``LINK_MAX_PAYLOAD``) when the run's link is set at run time through ``LINK_SET``: the
+#: ``small`` preset's, so that a run on that link writes nothing and any other link reuses
+#: the same Verilator build.
+BUILD_LINK = {
+    name: getattr(PRESETS["small"], name)
+    for name in ("link_bytes_per_cycle", "link_latency_cycles", "max_payload_bytes")
+}
+
+
+def build_config(hw: HardwareConfig) -> HardwareConfig:
+    """``hw`` with :data:`BUILD_LINK`: what both backends build for a run on ``hw``, whose
+    firmware then sets ``hw.link`` with ``LINK_SET`` (the link is not part of a build)."""
+    return replace(hw, **BUILD_LINK)

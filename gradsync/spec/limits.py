@@ -85,6 +85,15 @@ def check_learning_rate(lr: float, fmt: FixedPointFormat) -> None:
         )
 
 
+def check_link_latency(latency_cycles: int) -> None:
+    """0 .. :data:`gradsync.spec.link.LINK_MAX_LATENCY_CYCLES` cycles (the RTL's delay lines)."""
+    if not 0 <= latency_cycles <= lk.LINK_MAX_LATENCY_CYCLES:
+        raise LimitError(
+            "link_latency_cycles", latency_cycles,
+            f"in 0..{lk.LINK_MAX_LATENCY_CYCLES} (the RTL link's delay line)",
+        )
+
+
 def check_link(bytes_per_cycle: int, max_payload_bytes: int, header_bytes: int, crc_bytes: int):
     """The link widths and packet sizes the packet format and the NIC carry.
 

@@ -26,6 +26,9 @@ PAYLOAD_WORDS_BITS = 7
 MAX_PAYLOAD_BYTES = 4 << PAYLOAD_WORDS_BITS
 #: Link widths the link serialiser implements (a 32-bit word every 4 / width cycles).
 LINK_BYTES_PER_CYCLE = (1, 2, 4)
+#: Largest link latency the RTL's delay lines hold (``LINK_LIMITS.max_latency``): a latency is
+#: a run-time setting (``LINK_SET``) up to this bound fixed at elaboration.
+LINK_MAX_LATENCY_CYCLES = 1023
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -57,6 +60,43 @@ class LinkConfig:
             header_bytes=r.field("header_bytes").get(link_info),
             crc_bytes=r.field("crc_bytes").get(link_info),
         )
+
+
+def link_set_value(link: LinkConfig) -> int:
+    """The ``LINK_SET`` register value that sets ``link`` (bytes per cycle, payload, latency)."""
+    r = rm.reg("LINK_SET")
+    return r.pack(
+        bytes_per_cycle=link.bytes_per_cycle,
+        payload_words=link.max_payload_bytes // 4,
+        latency=link.latency_cycles,
+    )
+
+
+def link_set_refusal(value: int, limits: int) -> tuple[rm.ErrorCode, int] | None:
+    """Why an unlocked node refuses ``LINK_SET = value`` given ``LINK_LIMITS = limits``.
+
+    ``(LINK_SET_BAD, index)`` for the first bad field in the register's order
+    (0 bytes_per_cycle, 1 payload_words, 2 latency), ``None`` if it is accepted.
+    The RTL (``hw/node.py``) checks the same fields in the same order.
+    """
+    r, lim = rm.reg("LINK_SET"), rm.reg("LINK_LIMITS")
+    if r.field("bytes_per_cycle").get(value) not in LINK_BYTES_PER_CYCLE:
+        return rm.ErrorCode.LINK_SET_BAD, 0
+    if not 1 <= r.field("payload_words").get(value) <= lim.field("max_payload_words").get(limits):
+        return rm.ErrorCode.LINK_SET_BAD, 1
+    if r.field("latency").get(value) > lim.field("max_latency").get(limits):
+        return rm.ErrorCode.LINK_SET_BAD, 2
+    return None
+
+
+def link_from_set_value(value: int) -> LinkConfig:
+    """The link an accepted ``LINK_SET = value`` sets."""
+    r = rm.reg("LINK_SET")
+    return LinkConfig(
+        bytes_per_cycle=r.field("bytes_per_cycle").get(value),
+        latency_cycles=r.field("latency").get(value),
+        max_payload_bytes=4 * r.field("payload_words").get(value),
+    )
 
 
 def packet_payloads(length_bytes: int, link: LinkConfig) -> list[int]:

@@ -160,6 +160,8 @@ class ErrorCode(enum.IntEnum):
     RING_OUT_OF_MEMORY = 17  #: doorbell while the ring leaves ring memory
     DOORBELL_BACKWARDS = 18  #: doorbell behind TAIL: TAIL may only move forward
     TRACE_EMPTY = 19  #: TRACE_DATA read while the trace buffer was empty
+    LINK_SET_LOCKED = 20  #: LINK_SET written after the node's first DOORBELL write
+    LINK_SET_BAD = 21  #: LINK_SET value outside LINK_LIMITS or an unsupported width
 
 
 #: What each error means and what ``ERR_CODE.index``/``ERR_INFO`` hold (docs and the driver's
@@ -200,6 +202,11 @@ ERROR_MEANINGS = {
     "index = queue, info = the doorbell value",
     ErrorCode.TRACE_EMPTY: "TRACE_DATA read while the trace buffer was empty (the read returns "
     "TRACE_EMPTY_WORD, no ERROR record is written); index = 0, info = TRACE_TAIL",
+    ErrorCode.LINK_SET_LOCKED: "LINK_SET written after the node's first DOORBELL write (the "
+    "link is set before any traffic); index = 0, info = the written value",
+    ErrorCode.LINK_SET_BAD: "LINK_SET outside LINK_LIMITS: index = the first bad field "
+    "(0 bytes_per_cycle not 1, 2 or 4; 1 payload_words not in 1..max_payload_words; "
+    "2 latency above max_latency), info = the written value",
 }
 
 #: Doorbell refusals, in the order the DMA engine checks them (the first that applies is
@@ -360,15 +367,44 @@ _GLOBAL = [
         0x038,
         Access.RO,
         0,
-        "Transmit link parameters (build parameters).",
+        "Transmit link parameters: bytes_per_cycle as set (reset: the build's; see LINK_SET), "
+        "header and CRC bytes of the packet format.",
         (
             Field("bytes_per_cycle", 0, 8),
             Field("header_bytes", 8, 8),
             Field("crc_bytes", 16, 8),
         ),
     ),
-    Register("LINK_LATENCY", 0x03C, Access.RO, 0, "Link latency in cycles."),
-    Register("LINK_MAX_PAYLOAD", 0x04C, Access.RO, 0, "Maximum packet payload in bytes."),
+    Register("LINK_LATENCY", 0x03C, Access.RO, 0, "Link latency in cycles, as set (see LINK_SET)."),
+    Register(
+        "LINK_MAX_PAYLOAD", 0x04C, Access.RO, 0, "Maximum packet payload in bytes, as set."
+    ),
+    Register(
+        "LINK_SET",
+        0x094,
+        Access.WO,
+        0,
+        "Set this node's transmit link and NIC at run time, in one write: bytes per cycle, "
+        "maximum payload and latency. Refused (ERR_CODE LINK_SET_LOCKED) after the node's "
+        "first DOORBELL write, or (LINK_SET_BAD) outside LINK_LIMITS; a refused write "
+        "changes nothing. Takes effect in the cycle after the write.",
+        (
+            Field("bytes_per_cycle", 0, 4, "1, 2 or 4 (LINK_BYTES_PER_CYCLE)"),
+            Field("payload_words", 4, 8, "maximum payload in 32-bit words, 1..max_payload_words"),
+            Field("latency", 12, 20, "latency in cycles, 0..max_latency"),
+        ),
+    ),
+    Register(
+        "LINK_LIMITS",
+        0x098,
+        Access.RO,
+        0,
+        "Bounds of LINK_SET fixed at elaboration (build constants).",
+        (
+            Field("max_payload_words", 0, 8, "largest payload_words"),
+            Field("max_latency", 8, 24, "largest latency in cycles"),
+        ),
+    ),
     Register(
         "CYCLE_LO",
         0x030,
