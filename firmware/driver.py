@@ -7,14 +7,14 @@ nothing here knows which backend it runs on.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from gradsync.firmware.device import Device
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
-from gradsync.spec.link import LinkConfig
+from gradsync.spec.link import LinkConfig, link_set_refusal, link_set_value
 
 IRQ_ENABLED = rm.Irq.COMPUTE | rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Irq.ERROR
 
@@ -208,6 +208,24 @@ class Driver:
             await self.dev.write32(rm.dma_reg(qi, "WIN_BASE"), rm.GRAD_BASE)
             await self.dev.write32(rm.dma_reg(qi, "WIN_LEN"), grad_window_bytes)
         await self.write("IRQ_MASK", self.irq_enabled)
+        return self.info
+
+    async def set_link(self, link: LinkConfig) -> DeviceInfo:
+        """Set this node's transmit link and NIC to ``link`` (``LINK_SET``): bytes per cycle,
+        latency and maximum payload, within ``LINK_LIMITS``.  Call it after :meth:`init`
+        and before the node's first doorbell (the device refuses it later,
+        ``LINK_SET_LOCKED``); returns the updated :attr:`info`."""
+        value = link_set_value(link)
+        refusal = link_set_refusal(value, await self.read("LINK_LIMITS"))
+        if refusal is not None:
+            code, index = refusal
+            field = rm.reg("LINK_SET").fields[index]
+            raise DeviceError(
+                f"node {self.info.node_id} cannot carry link {field.name} "
+                f"{field.get(value)}: {rm.ERROR_MEANINGS[code].split(':')[0]}"
+            )
+        await self.write("LINK_SET", value)
+        self.info = replace(self.info, link=link)
         return self.info
 
     # --------------------------------------------------------------- compute

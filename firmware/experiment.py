@@ -165,6 +165,7 @@ def build_jobs(
                 init_weights=weights,
                 inputs=[data.x[b[node]] * digits.INPUT_SCALE for b in batches],
                 labels=[data.y[b[node]] for b in batches],
+                link=cfg.hardware.link,
             )
         )
     return jobs, batches

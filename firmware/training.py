@@ -59,7 +59,7 @@ from gradsync.firmware.schedules import (
     sort_by_priority,
 )
 from gradsync.spec import regmap as rm
-from gradsync.spec.link import auto_chunk_bytes
+from gradsync.spec.link import LinkConfig, auto_chunk_bytes
 
 
 class ConfigError(ValueError):
@@ -113,6 +113,9 @@ class NodeJob:
     #: the start of a step and report drops in ``NodeResult.trace_drops`` (to study the
     #: trace buffer's drops; ``experiment.run`` computes no metric from such a trace)
     trace_drain: str = "interrupt"
+    #: the link to run on, set at start-up (``LINK_SET``) unless the device's already is it;
+    #: ``None``: the device's link as built
+    link: LinkConfig | None = None
 
 
 def _align(n_bytes: int, a: int = rm.DMA_ALIGN_BYTES) -> int:
@@ -241,6 +244,8 @@ class NodeFirmware:
             raise ConfigError(f"steps must be >= 0, not {job.steps}")
         local_batch = len(job.labels[0]) if job.labels else 1
         info = await drv.init(0)
+        if job.link is not None and job.link != info.link:
+            info = await drv.set_link(job.link)
         self.fmt = info.fmt
         self.trace_depth = info.trace_depth
         self.node, self.nodes = info.node_id, info.num_nodes

@@ -33,6 +33,7 @@ from gradsync.model.events import SimulationError
 from gradsync.model.link import LinkStalled
 from gradsync.model.nic import ReceiverHold
 from gradsync.spec import regmap as rm
+from gradsync.spec.hardware import build_config
 from gradsync.watchdog import (
     NodeProgress,
     Watchdog,
@@ -105,7 +106,8 @@ def _run_once(
     seq_start: int,
 ) -> tuple[BackendResult, Cluster]:
     hw, fmt = cfg.hardware, cfg.fixed_point
-    cluster = Cluster(cfg.nodes, hw, fmt, link_faults, seq_start)
+    # built with the build link, as the RTL is; the firmware sets the run's (LINK_SET)
+    cluster = Cluster(cfg.nodes, build_config(hw), fmt, link_faults, seq_start)
     weights = {}
     firmware: list[NodeFirmware | None] = [None] * cfg.nodes
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from gradsync.firmware.experiment import BackendResult, TrainConfig
 from gradsync.firmware.schedules import schedule_spec
 from gradsync.firmware.training import NodeJob
+from gradsync.spec.hardware import build_config
 
 #: Period of the generated clock (only sim time; no effect on speed).
 CLOCK_PERIOD_NS = 10
@@ -67,7 +68,8 @@ def build_cluster(cfg: TrainConfig, waves: str | None = None):
     from gradsync.hw.cluster import Cluster
     from gradsync.sim.build import BuildOptions, build_component
 
-    hw, fmt = cfg.hardware, cfg.fixed_point
+    # the link is not part of a build: the firmware sets the run's (LINK_SET)
+    hw, fmt = build_config(cfg.hardware), cfg.fixed_point
     if cfg.nodes < 2:
         raise ValueError(f"the RTL backend simulates 2 or more nodes, not {cfg.nodes}")
     options = BuildOptions(clock_period_ns=CLOCK_PERIOD_NS, waves=waves)

@@ -286,6 +286,7 @@ def test_ctrl_c_stops_with_one_line_exit_130_and_an_interrupted_record(tmp_path)
         (["--link-bytes-per-cycle", "8"], ["--link-bytes-per-cycle", "not 8"]),
         (["--max-payload-bytes", "1024"], ["--max-payload-bytes", "512", "not 1024"]),
         (["--max-payload-bytes", "6"], ["--max-payload-bytes", "not 6"]),
+        (["--link-latency-cycles", "1024"], ["--link-latency-cycles", "0..1023", "not 1024"]),
         (["--layers", "64,32,11"], ["--layers", "64,32,11"]),
         (["--chunk-bytes", "6"], ["--chunk-bytes", "not 6"]),
         (["--total-bits", "12"], ["--total-bits", "not 12"]),

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 from gradsync.cmd_train import add_config_arguments, backend_for, config_from_args
 from gradsync.firmware.experiment import TrainConfig
+from gradsync.spec.hardware import build_config
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -135,7 +136,8 @@ def build_key(point: TrainPoint) -> str | None:
     cfg = point.config
     hw = {
         "nodes": cfg.nodes,
-        "hardware": cfg.hardware.to_dict(),
+        # the link is not part of a build (the firmware sets it: LINK_SET)
+        "hardware": build_config(cfg.hardware).to_dict(),
         "format": cfg.fixed_point.to_dict(),
     }
     return json.dumps(hw, sort_keys=True)

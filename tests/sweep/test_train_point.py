@@ -89,8 +89,11 @@ def test_one_model_build_per_distinct_rtl_hardware():
         for o in (
             {"schedule": "fifo"},
             {"schedule": "priority", "chunk_bytes": 64},  # same hardware: same build
+            # the link is set at run time (LINK_SET): same build
             {"link_latency_cycles": 20},
+            {"link_bytes_per_cycle": 4, "max_payload_bytes": 64},
             {"nodes": 3, "global_batch": 63},
+            {"array": "4x4"},
         )
     }
     assert len(keys) == 3
