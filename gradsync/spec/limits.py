@@ -89,7 +89,8 @@ def check_link_latency(latency_cycles: int) -> None:
     """0 .. :data:`gradsync.spec.link.LINK_MAX_LATENCY_CYCLES` cycles (the RTL's delay lines)."""
     if not 0 <= latency_cycles <= lk.LINK_MAX_LATENCY_CYCLES:
         raise LimitError(
-            "link_latency_cycles", latency_cycles,
+            "link_latency_cycles",
+            latency_cycles,
             f"in 0..{lk.LINK_MAX_LATENCY_CYCLES} (the RTL link's delay line)",
         )
 

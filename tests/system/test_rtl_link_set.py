@@ -28,8 +28,11 @@ SMALL = TrainConfig(nodes=2, steps=2, global_batch=16, layers=(64, 16, 10), chun
 
 #: (bytes per cycle, latency, max payload): the build's link and two others
 SETTINGS = [
-    (BUILD_LINK["link_bytes_per_cycle"], BUILD_LINK["link_latency_cycles"],
-     BUILD_LINK["max_payload_bytes"]),
+    (
+        BUILD_LINK["link_bytes_per_cycle"],
+        BUILD_LINK["link_latency_cycles"],
+        BUILD_LINK["max_payload_bytes"],
+    ),
     (4, 7, 64),
     (2, 0, 512),
 ]
@@ -37,7 +40,9 @@ SETTINGS = [
 
 def _cfg(bpc: int, latency: int, payload: int) -> TrainConfig:
     hw = dataclasses.replace(
-        DEFAULT_HARDWARE, link_bytes_per_cycle=bpc, link_latency_cycles=latency,
+        DEFAULT_HARDWARE,
+        link_bytes_per_cycle=bpc,
+        link_latency_cycles=latency,
         max_payload_bytes=payload,
     )
     return dataclasses.replace(SMALL, hardware=hw)
@@ -58,8 +63,7 @@ def test_one_build_runs_every_link_setting_exactly(tmp_path):
     for i, setting in enumerate(SETTINGS):
         cfg = _cfg(*setting)
         jobs, _ = build_jobs(cfg, digits.load(cfg.seed))
-        res = run_rtl(cfg, jobs, work_dir=tmp_path / str(i), progress=False,
-                      max_cycles=3_000_000)
+        res = run_rtl(cfg, jobs, work_dir=tmp_path / str(i), progress=False, max_cycles=3_000_000)
         rep = check_run(cfg, res)
         assert rep.weight_mismatches == 0 and rep.event_mismatches == 0, rep.details
         assert rep.loss_mismatches == 0, rep.details
