@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from gradsync.model.cluster import Cluster
+from gradsync.model.events import SimulationError
 from gradsync.spec import regmap as rm
 from gradsync.spec.faults import LinkReference
 from gradsync.spec.hardware import BUILD_LINK
@@ -298,3 +299,95 @@ def test_latency_zero_passes_the_input_in_its_own_cycle_and_the_limit_is_1023():
         ref.set_link(1024, 4)
     with pytest.raises(ValueError, match=r"bytes_per_cycle must be one of \(1, 2, 4\), not 3"):
         ref.set_link(5, 3)
+
+
+def _count_acks(cluster) -> dict[int, list[int]]:
+    """Per link, the cycles an acknowledgement enters its sideband (from the receiver)."""
+    sent = {}
+    for i, dev in enumerate(cluster.devices):
+        ref, cycle = dev.nic.layer.link, dev.nic.layer.link.cycle
+        sent[i] = []
+
+        def counting(valid, data, last, ack, ref=ref, cycle=cycle, out=sent[i]):
+            if ack is not None:
+                out.append(ref.t)
+            return cycle(valid, data, last, ack)
+
+        ref.cycle = counting
+    return sent
+
+
+def test_each_link_layer_takes_its_sender_and_receiver_settings_from_their_own_links():
+    """Node 0 sets (4 B/cycle, 20, 64 B), node 1 (2, 50, 256 B); no traffic.  By hand
+    (``nic_timeouts``: round trip = 2 latency + longest packet's cycles + 16, timeout = 2 round
+    trips + 64): node 0's round trip 40 + 20 + 16 = 76, node 1's 100 + 136 + 16 = 252.  An idle
+    receiver repeats its acknowledgement when its quiet counter reaches its own hold-off (its
+    round trip): in cycles H + 1, 2H + 3, ... (period H + 2)."""
+    links = {0: set_value(4, 16, 20), 1: set_value(2, 64, 50)}
+    end = 2000
+
+    def program(node):
+        async def prog(dev):
+            await dev.write32(LINK_SET, links[node])
+            await dev.sim.delay(end - dev.sim.now)
+
+        return prog
+
+    cluster = Cluster(2, BUILD_HW, FMT, [{"seed": 1}, {"seed": 2}])
+    sent = _count_acks(cluster)
+    run = cluster.run([program(0), program(1)])
+    assert run.cycles == end
+    l0, l1 = (d.nic.layer for d in cluster.devices)
+    assert (l0.timeout, l0.holdoff, l0.link.latency, l0.link.period) == (216, 252, 20, 1)
+    assert (l1.timeout, l1.holdoff, l1.link.latency, l1.link.period) == (568, 76, 50, 2)
+    # link 0 carries node 1's acknowledgements (hold-off 252), link 1 node 0's (76)
+    assert sent[0] == list(range(253, end, 254))
+    assert sent[1] == list(range(77, end, 78))
+
+
+def test_a_hold_off_lowered_below_the_quiet_count_fires_at_once():
+    """Node 1 sets hold-off 76 (as above) in cycle 304 (a 300-cycle wait, then a 4-cycle host
+    write), effective from 305, when its quiet counter is past 76: it fires in 305 (counter >=
+    threshold), the acknowledgement leaves in 306, then every 78 cycles.  Node 0 keeps the
+    build link: hold-off 200 + 272 + 16 = 488, acknowledgements in 489, 489 + 490, ..."""
+    end = 2000
+    wrote = []
+
+    async def late(dev):
+        await dev.sim.delay(300)
+        await dev.write32(LINK_SET, set_value(4, 16, 20))
+        wrote.append(dev.sim.now)
+        await dev.sim.delay(end - dev.sim.now)
+
+    async def quiet(dev):
+        await dev.sim.delay(end)
+
+    cluster = Cluster(2, BUILD_HW, FMT, [{"seed": 1}, {"seed": 2}])
+    sent = _count_acks(cluster)
+    cluster.run([quiet, late])
+    assert wrote == [304]
+    assert sent[0] == list(range(306, end, 78))
+    assert sent[1] == list(range(489, end, 490))
+
+
+def test_a_link_set_after_a_faulted_layer_ran_ahead_of_it_stops_the_run():
+    """A faulted link layer steps a sent chunk's cycles before the event loop reaches them;
+    a receiving node that sets its link (NAK hold-off) in one of those cycles is refused by
+    the model with a sentence, not timed wrong."""
+    shared = {}
+
+    async def sender(dev):
+        await setup_queues(dev)
+        await post(dev, 0, 0, rm.Descriptor(gaddr(0), CHUNK_BYTES, 1, gaddr(1024), 2, 0))
+        shared["posted"] = dev.sim.now  # the doorbell's cycle
+        await dev.sim.delay(3000)
+
+    async def receiver(dev):
+        while "posted" not in shared:
+            await dev.sim.delay(1)
+        await dev.sim.delay(20)  # the chunk is on its way (fetched 10 cycles after the grant)
+        await dev.write32(LINK_SET, set_value(4, 16, 20))
+
+    cluster = Cluster(2, BUILD_HW, FMT, [{"seed": 1}, {"seed": 2}])
+    with pytest.raises(SimulationError, match=r"LINK_SET in cycle \d+ changes a link link 0 "):
+        cluster.run([sender, receiver])
