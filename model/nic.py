@@ -4,8 +4,8 @@ The golden twin of ``hw/nic.py`` (``DESIGN.md``, "One node", "Links").  The
 DMA engine hands :meth:`Nic.send` a validated chunk; it leaves back to back in
 packets of at most ``max_payload_bytes`` (:mod:`gradsync.spec.link`) on the
 single link to ``TX_PEER``, timed with the link in effect when it is sent
-(:class:`~gradsync.model.link_setting.LinkSetting`: the build's, or ``LINK_SET``'s).  The receiver's store-and-forward applier takes
-packets in order, one at a time (``timing.rx_visible_cycle``), checks each
+(:class:`~gradsync.model.link_setting.LinkSetting`: the build's, or ``LINK_SET``'s).
+The receiver's store-and-forward applier takes packets in order, one at a time (``timing.rx_visible_cycle``), checks each
 against the RX window the firmware opened (``WINn_*`` registers) and applies
 it: a plain write, or a saturating reduce-add with the window's local source.
 A window whose ``RECEIVED`` reaches its armed ``EXPECT`` sets its
