@@ -258,7 +258,7 @@ def test_a_faulted_link_set_at_start_runs_like_a_build_with_that_link(bpc, laten
 
 
 def test_a_faulted_link_layer_needs_a_latency_of_one_cycle_or_more():
-    with pytest.raises(Exception, match="needs a latency >= 1 cycle, not 0"):
+    with pytest.raises(SimulationError, match="needs a latency >= 1 cycle, not 0"):
         _exchange(BUILD_HW, set_value(4, 16, 0), [{"drop_rate": 100, "seed": 1 + i}
                                                    for i in range(2)])  # fmt: skip
 
