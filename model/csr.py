@@ -140,7 +140,7 @@ class CsrBlock:
 
     def check_complete(self) -> None:
         """Every ``W1C`` and ``WO`` register must have an engine behind it."""
-        for r in rm.REGISTERS:
+        for r in sorted(rm.REGISTERS, key=lambda r: r.offset):  # the lowest offset is named
             if r.access in (rm.Access.W1C, rm.Access.WO) and r.offset not in self._writers:
                 raise ValueError(f"no engine takes writes to {r.access.value} register {r.name}")
 
@@ -165,6 +165,11 @@ class CsrBlock:
             self.values[addr] = value
         else:
             writer(value)
+
+    @property
+    def read_cycle(self) -> int:
+        """The cycle whose state the register read in progress samples (for bound readers)."""
+        return self._read_cycle
 
     @property
     def trace_enabled(self) -> bool:

@@ -14,6 +14,7 @@ file each, as ``hw/`` does (``DESIGN.md``, "One node"):
 * :mod:`model.compute`: in-order command FIFO, GEMM and vector commands;
 * :mod:`model.dma`: descriptor rings, strict-priority arbiter, validation, fences;
 * :mod:`model.nic`: packetising, RX windows, the in-order applier;
+* :mod:`model.link_setting`: the transmit link as ``LINK_SET`` sets it (the NIC's);
 * :mod:`model.host`: the host's register, interrupt and bulk-port calls and their costs.
 """
 

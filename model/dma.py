@@ -75,6 +75,7 @@ class DmaEngine(Engine):
 
     def _doorbell(self, q_idx: int, value: int) -> None:
         q = self.queues[q_idx]
+        self.nic.link.lock()  # the link is set before any traffic (LINK_SET_LOCKED)
         code, info = self._doorbell_check(q, value)
         if code is not rm.ErrorCode.OK:
             self.csr.error(code, rm.Engine.DMA_HI + q_idx, q_idx, info)

@@ -70,10 +70,16 @@ class LinkStalled(SimulationError):
 class LinkLayer:
     """Link ``i``: node ``i``'s NicTx, the link, node ``i + 1``'s RxFrontEnd and applier timing.
 
+    The link's width and latency (data and acknowledgement sideband) and NicTx's
+    retransmission timeout follow node ``i``'s link in effect in each cycle, the
+    front end's NAK hold-off and payload check node ``i + 1``'s
+    (:class:`~gradsync.model.link_setting.LinkSetting`, ``LINK_SET``).
+
     Parameters
     ----------
-    hw:
-        The node and link configuration (``HardwareConfig``).
+    tx_link, rx_link:
+        The sending and the receiving node's links by cycle (``at(cycle)`` gives a
+        ``gradsync.spec.link.LinkConfig``).
     controls:
         The link's fault controls (``gradsync.spec.faults.CONTROLS``).
     deliver:
@@ -88,25 +94,26 @@ class LinkLayer:
 
     def __init__(
         self,
-        hw,
+        tx_link,
+        rx_link,
         controls: dict,
         deliver: Callable[[int, object, int], None],
         seq_start: int = 0,
         rx_check: Callable[[int, object], bool | None] | None = None,
     ):
-        lk = hw.link
-        if hw.link_latency_cycles < 1:
-            raise ValueError("a faulted model link needs link_latency_cycles >= 1")
-        self.link = fs.LinkReference(hw.link_latency_cycles, hw.link_bytes_per_cycle, controls)
+        self.tx_link, self.rx_link = tx_link, rx_link
+        self.name = "link"  #: how errors name it (the NIC sets ``link I (...)``)
+        first = tx_link.at(0)
+        self._check_latency(first, 0)
+        self.link = fs.LinkReference(first.latency_cycles, first.bytes_per_cycle, controls)
         self.deliver = deliver
-        self.period = 4 // hw.link_bytes_per_cycle
-        self.max_pw = hw.max_payload_bytes // 4
-        self.timeout, self.holdoff = nic_timeouts(lk)
+        self._tx_in_use = self._rx_in_use = None  # the links the settings below were taken from
+        self.timeout = self.holdoff = self.max_pw = 0
+        self._follow_links(0)
         self.now = 0  #: next cycle to simulate
         #: the watchdog's bound: a send stuck this long raises :class:`LinkStalled` (None: never)
         self.stall_limit: int | None = None
         self.last_progress = 0  #: last cycle a new packet started or an ack freed one
-        self.name = "link"  #: how errors name it (the NIC sets ``link I (...)``)
         #: (last progress, cycle, message) of a stall, for the watchdog's report
         self.stalled: tuple[int, int, str] | None = None
         # ---- NicTx
@@ -144,6 +151,26 @@ class LinkLayer:
         self.apply_last = -1  #: the cycle of the LAST state of the packet being applied
         self.held = False  #: the head packet failed its check for its window's next step
         self.holds = 0  #: packets held at least one cycle
+
+    def _check_latency(self, link, cycle: int) -> None:
+        if link.latency_cycles < 1:
+            raise SimulationError(
+                f"{self.name}: a faulted model link needs a latency >= 1 cycle, not "
+                f"{link.latency_cycles} (from cycle {cycle})"
+            )
+
+    def _follow_links(self, t: int) -> None:
+        """Take the settings of the links in effect in cycle ``t``."""
+        tx, rx = self.tx_link.at(t), self.rx_link.at(t)
+        if tx is not self._tx_in_use:
+            self._check_latency(tx, t)
+            self._tx_in_use = tx
+            self.link.set_link(tx.latency_cycles, tx.bytes_per_cycle)
+            self.timeout = nic_timeouts(tx)[0]
+        if rx is not self._rx_in_use:
+            self._rx_in_use = rx
+            self.holdoff = nic_timeouts(rx)[1]
+            self.max_pw = rx.max_payload_bytes // 4
 
     # ------------------------------------------------------------------ interface
     def send(self, t0: int, packets: list[tuple[list[int], object]]) -> tuple[int, int]:
@@ -241,7 +268,7 @@ class LinkLayer:
             and self.apply_now == self.now
             and not (self.nak_sent or self.nak_pending)
             and self.rx_widx == 0
-            and all(b is None for b in self.link.line)
+            and not self.link.in_flight()
             and self.limit == (self.applied + CREDITS) & M16
         )
 
@@ -277,6 +304,7 @@ class LinkLayer:
 
     def _cycle(self) -> None:
         t = self.now
+        self._follow_links(t)
         valid, data, last, kind = self._tx_outputs()
         ack = self._rx_ack()
         fire, beat, ack_in = self.link.cycle(valid, data, last, ack)
@@ -358,7 +386,7 @@ class LinkLayer:
     def _tx_timer(self, restart: bool) -> None:
         if restart:
             self.timer = 0
-        elif self.timer == self.timeout - 1:
+        elif self.timer >= self.timeout - 1:
             self.timer = 0
             self.resend_pending = True
             self.tx_counters["timeouts"] += 1
@@ -372,12 +400,12 @@ class LinkLayer:
         self.dirty = False
         if ack_sent:
             self.quiet = 0
-        elif self.quiet == self.holdoff:
+        elif self.quiet >= self.holdoff:
             self.quiet, self.dirty = 0, True
         else:
             self.quiet += 1
         if self.nak_sent:
-            if self.nak_holdoff == self.holdoff:
+            if self.nak_holdoff >= self.holdoff:
                 self.nak_sent = False
             else:
                 self.nak_holdoff += 1

@@ -3,8 +3,9 @@
 The golden twin of ``hw/nic.py`` (``DESIGN.md``, "One node", "Links").  The
 DMA engine hands :meth:`Nic.send` a validated chunk; it leaves back to back in
 packets of at most ``max_payload_bytes`` (:mod:`gradsync.spec.link`) on the
-single link to ``TX_PEER``.  The receiver's store-and-forward applier takes
-packets in order, one at a time (``timing.rx_visible_cycle``), checks each
+single link to ``TX_PEER``, timed with the link in effect when it is sent
+(:class:`~gradsync.model.link_setting.LinkSetting`: the build's, or ``LINK_SET``'s).
+The receiver's store-and-forward applier takes packets in order, one at a time (``timing.rx_visible_cycle``), checks each
 against the RX window the firmware opened (``WINn_*`` registers) and applies
 it: a plain write, or a saturating reduce-add with the window's local source.
 A window whose ``RECEIVED`` reaches its armed ``EXPECT`` sets its
@@ -35,6 +36,7 @@ from gradsync.model.csr import register_state
 from gradsync.model.engine import Engine, NodeParts
 from gradsync.model.events import SimulationError
 from gradsync.model.link import LinkLayer
+from gradsync.model.link_setting import LinkSetting
 from gradsync.spec import link as lk
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
@@ -104,6 +106,8 @@ class Nic(Engine):
     ----------
     peer:
         The NIC at the other end of the transmit link (set when the cluster links nodes).
+    link:
+        The transmit link as set at run time (``LINK_SET``; every timing here follows it).
     windows:
         The ``hw.rx_windows`` RX windows.
     rx_done, rx_drops:
@@ -120,6 +124,7 @@ class Nic(Engine):
         self.wb = self.fmt.word_bytes
         self.node_id = node_id
         self.peer: Nic | None = None
+        self.link = LinkSetting(self.sim, self.hw, csr)
         self.windows = [RxWindow() for _ in range(self.hw.rx_windows)]
         self.rx_done = 0
         self.rx_drops = 0
@@ -150,7 +155,11 @@ class Nic(Engine):
         def deliver(cycle: int, pkt: Packet, checked: int) -> None:
             self.sim.at(cycle, lambda: peer.receive(pkt, checked))
 
-        self.layer = LinkLayer(self.hw, controls, deliver, seq_start, rx_check=peer.hold_verdict)
+        self.layer = LinkLayer(
+            self.link, peer.link, controls, deliver, seq_start, rx_check=peer.hold_verdict
+        )
+        self.link.watch(self.layer)
+        peer.link.watch(self.layer)
         self.layer.name = f"link {self.node_id} (node {self.node_id} nic.tx -> next node's nic.rx)"
         peer.rx_layer = self.layer
 
@@ -179,7 +188,7 @@ class Nic(Engine):
     def _send_faulted(self, d: rm.Descriptor, data: np.ndarray, done) -> int | None:
         layer = self.layer
         packets, offset_bytes = [], 0
-        for payload in lk.packet_payloads(d.length, self.hw.link):
+        for payload in lk.packet_payloads(d.length, self.link.current):
             words = data[offset_bytes // self.wb : (offset_bytes + payload) // self.wb]
             pkt = Packet(self.node_id, d.window, d.tag, d.remote_addr + offset_bytes, words,
                          bool(d.flags & rm.DescFlag.REDUCE_ADD))  # fmt: skip
@@ -214,7 +223,7 @@ class Nic(Engine):
             return None
         self._pending = None
         first, crc_sent = sent
-        t = crc_sent + max(1, 4 // self.hw.link_bytes_per_cycle)
+        t = crc_sent + max(1, 4 // self.link.at(crc_sent).bytes_per_cycle)
         self.perf["tx"] += t - first
         end = (rm.Engine.NIC_TX, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length)
         self.sim.at(t, lambda: self.trace.record(*end))
@@ -233,8 +242,9 @@ class Nic(Engine):
         self.trace.record(rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
         offset_bytes = 0
         peer = self.peer
-        for payload in lk.packet_payloads(d.length, self.hw.link):
-            t_end = t + lk.packet_cycles(payload, self.hw.link)
+        hw = self.link.hw_at(t)  # locked (a doorbell came first): one link for the chunk
+        for payload in lk.packet_payloads(d.length, hw.link):
+            t_end = t + lk.packet_cycles(payload, hw.link)
             words = data[offset_bytes // self.wb : (offset_bytes + payload) // self.wb]
             pkt = Packet(
                 self.node_id,
@@ -246,7 +256,7 @@ class Nic(Engine):
             )
             assert peer is not None
             applied = tm.rx_visible_cycle(
-                t_end + tm.crc_arrival_offset(self.hw), peer.rx_free_at, payload
+                t_end + tm.crc_arrival_offset(hw), peer.rx_free_at, payload
             )
             peer.rx_free_at = applied
             self.sim.at(applied, lambda p=peer, pk=pkt: p.receive(pk))

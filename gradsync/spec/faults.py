@@ -61,6 +61,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from gradsync.spec.link import LINK_BYTES_PER_CYCLE, LINK_MAX_LATENCY_CYCLES
+
 M32 = 0xFFFF_FFFF
 
 #: Fault-injection control ports of a link and their widths (``hw.link``; a cluster
@@ -169,10 +171,17 @@ class LinkReference:
     :meth:`cycle` with what the transmitter and the receiver's acknowledge side
     offer; it returns what arrives at the far ends in this cycle.
 
+    Latency and width are run-time settings (``LINK_SET``, :meth:`set_link`).  Both
+    directions are a delay line written every cycle and read ``L`` cycles back,
+    ``L`` the latency in effect in the reading cycle: what arrives in cycle ``t``
+    is what entered in cycle ``t - L(t)`` (``L = 0``: the same cycle), so a latency
+    raised by ``k`` repeats ``k`` cycles' words and one lowered by ``k`` skips ``k``.
+
     Parameters
     ----------
     latency_cycles, bytes_per_cycle:
-        As ``hw.link.Link``'s.
+        As ``hw.link.Link``'s, until :meth:`set_link` changes them (latency at
+        most ``LINK_MAX_LATENCY_CYCLES``).
     controls:
         Control values by name (:data:`CONTROLS`; missing ones are 0); the
         process starts restarted with ``controls["seed"]``.
@@ -182,22 +191,40 @@ class LinkReference:
         unknown = set(controls) - set(CONTROLS)
         if unknown:
             raise ValueError(f"unknown link controls {sorted(unknown)}")
-        self.latency = latency_cycles
-        self.period = 4 // bytes_per_cycle
+        self.set_link(latency_cycles, bytes_per_cycle)
         c = {name: int(controls.get(name, 0)) for name in CONTROLS}
         self.c = c
         self.gen = seeded(c["seed"])
         self.fcyc = 0
-        self.t = 0  # position in the latency line (never restarted)
+        self.t = 0  # cycles since reset: the delay lines' write position (never restarted)
+        self.last_beat_in = -LINK_MAX_LATENCY_CYCLES - 2  #: cycle a word last entered the line
         self.gap = 0
         self.stall = 0
         self.down = 0
         self.in_packet = False
         self.word = 0
         self.hold = (False, None, None, None)  # drop, corrupt (w, mask), burst, frame word
-        self.line: list = [None] * (latency_cycles + 1)
-        self.ack_line: list = [None] * (latency_cycles + 1)
+        #: what entered in cycle s, at s % (LINK_MAX_LATENCY_CYCLES + 1): word, ack message
+        self.line: list = [None] * (LINK_MAX_LATENCY_CYCLES + 1)
+        self.ack_line: list = [None] * (LINK_MAX_LATENCY_CYCLES + 1)
         self.counters = dict.fromkeys(COUNTERS, 0)
+
+    def set_link(self, latency_cycles: int, bytes_per_cycle: int) -> None:
+        """Latency (cycles) and width (bytes per cycle) from the next :meth:`cycle` on."""
+        if not 0 <= latency_cycles <= LINK_MAX_LATENCY_CYCLES:
+            raise ValueError(
+                f"latency_cycles must be in 0..{LINK_MAX_LATENCY_CYCLES}, not {latency_cycles!r}"
+            )
+        if bytes_per_cycle not in LINK_BYTES_PER_CYCLE:
+            raise ValueError(
+                f"bytes_per_cycle must be one of {LINK_BYTES_PER_CYCLE}, not {bytes_per_cycle!r}"
+            )
+        self.latency = latency_cycles
+        self.period = 4 // bytes_per_cycle
+
+    def in_flight(self) -> bool:
+        """A word on the line still arrives at the present latency."""
+        return self.last_beat_in >= self.t - self.latency
 
     def ready(self) -> bool:
         """Whether ``tx`` accepts a word in this cycle."""
@@ -269,13 +296,14 @@ class LinkReference:
         return accepted, beat, ack_out
 
     def _delay(self, beat, ack):
-        """Put this cycle's words into the latency line; return the ones leaving it."""
-        n = self.latency + 1
-        i_in, i_out = (self.t + self.latency) % n, self.t % n
+        """Put this cycle's inputs into the delay lines; return what entered ``latency``
+        cycles ago (nothing before reset)."""
+        n = LINK_MAX_LATENCY_CYCLES + 1
+        i_in, i_out = self.t % n, (self.t - self.latency) % n
         self.line[i_in], self.ack_line[i_in] = beat, ack
-        beat, ack = self.line[i_out], self.ack_line[i_out]
-        self.line[i_out] = self.ack_line[i_out] = None
-        return beat, ack
+        if beat is not None:
+            self.last_beat_in = self.t
+        return self.line[i_out], self.ack_line[i_out]
 
     def _advance(self, accepted: bool, down: bool) -> None:
         """The clock edge at the end of the cycle: timers and generators."""
@@ -305,6 +333,7 @@ class LinkReference:
     def idle(self, cycles: int) -> None:
         """``cycles`` cycles with nothing offered and nothing in flight (fast path)."""
         for _ in range(cycles):
+            self._delay(None, None)
             self._advance(False, self.is_down())
 
 
