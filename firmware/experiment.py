@@ -132,17 +132,21 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """``results.json["config"]``'s run parameters (``docs/outputs.md``).
 
-        ``format`` names the number format (``name`` ``fixed`` or ``bf16``) with its
-        fields; ``fixed_point`` keeps its fields for a fixed-point run (None in bf16).
+        A fixed-point run's dict is what it was before bf16 (its format in ``fixed_point``;
+        sweeps hash it). A bf16 run's has ``fixed_point`` None, ``format`` (``name``
+        ``bf16`` and its fields) and ``grad_format``.
         """
         d = asdict(self)
         fmt = d.pop("number_format")
+        d.pop("grad_format")
         d["layers"] = list(self.layers)
         d["chunk_bytes"] = "auto" if self.chunk_bytes is None else self.chunk_bytes
-        floating = is_float(self.number_format)
-        d["fixed_point"] = None if floating else fmt
-        d["format"] = {"name": self.number_format.name, **self.number_format.to_dict()}
-        d["grad_format"] = (self.grad_format or "fp32") if floating else None
+        if not is_float(self.number_format):
+            d["fixed_point"] = fmt
+            return d
+        d["fixed_point"] = None
+        d["format"] = self.number_format.to_dict()
+        d["grad_format"] = self.grad_format or "fp32"
         return d
 
 
