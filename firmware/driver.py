@@ -13,7 +13,7 @@ import numpy as np
 
 from gradsync.firmware.device import Device
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat, format_from_register
 from gradsync.spec.link import LinkConfig, link_set_refusal, link_set_value
 
 IRQ_ENABLED = rm.Irq.COMPUTE | rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Irq.ERROR
@@ -28,7 +28,7 @@ class DeviceInfo:
     node_id: int
     num_nodes: int
     tx_peer: int
-    fmt: FixedPointFormat
+    fmt: FixedPointFormat | BFloat16Format  #: the number format the device reports (HW_FORMAT)
     scratch_words: int
     grad_words: int
     ring_entries: int
@@ -185,7 +185,7 @@ class Driver:
             node_id=await self.read("NODE_ID"),
             num_nodes=await self.read("NUM_NODES"),
             tx_peer=await self.read("TX_PEER"),
-            fmt=FixedPointFormat.from_register(await self.read("HW_FORMAT")),
+            fmt=format_from_register(await self.read("HW_FORMAT")),
             scratch_words=await self.read("SCRATCH_WORDS"),
             grad_words=await self.read("GRAD_WORDS"),
             ring_entries=q.field("ring_entries").get(queues),

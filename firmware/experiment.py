@@ -10,6 +10,7 @@ computed from the hardware trace records the firmware read from the devices.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,15 +24,21 @@ from gradsync.firmware.training import (
     NodeResult,
     check_chunk_bytes,
     check_schedule,
-    plan_memory,
+    is_float,
+    plan_memory_for,
 )
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig
 from gradsync.spec.limits import LimitError, check_layers, check_learning_rate, check_nodes
 from gradsync.spec.link import auto_chunk_bytes
 
 MAX_STEPS = 4096  # trace tags carry the step modulo 4096
+#: Exchange formats of the gradients in bf16 (``--grad-format``): fp32 only for now (the
+#: gradient SRAM's elements; bf16 exchange, half the link bytes, is issue 18's follow-up).
+GRAD_FORMATS = ("fp32",)
+
+NumberFormat = FixedPointFormat | BFloat16Format
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,16 @@ class TrainConfig:
     global_batch: int = 16
     learning_rate: float = 0.25
     seed: int = 0
-    fixed_point: FixedPointFormat = DEFAULT_FORMAT
+    #: the device's number format: fixed point (``q5.10`` by default) or bf16
+    number_format: NumberFormat = DEFAULT_FORMAT
     hardware: HardwareConfig = DEFAULT_HARDWARE
+    #: bf16 only: the gradients' format on the link (:data:`GRAD_FORMATS`); None: fp32
+    grad_format: str | None = None
+
+    @property
+    def fixed_point(self) -> NumberFormat:
+        """:attr:`number_format` under its name from before bf16 (fixed point's readers)."""
+        return self.number_format
 
     def validate(self) -> None:
         """Raise :class:`~gradsync.spec.limits.LimitError` (a ``ConfigError`` for the memory
@@ -72,28 +87,66 @@ class TrainConfig:
             )
         if not isinstance(self.schedule, str) or not self.schedule.strip():
             raise LimitError("schedule", self.schedule, "a schedule name or path/file.py:Class")
-        check_learning_rate(self.learning_rate, self.fixed_point)
+        fmt = self.number_format
+        self._check_format()
         self.hardware.check_carriable()
         # the firmware plans the same layout from the device's size registers at start;
         # checking here refuses an impossible configuration before a backend is built
-        lay = plan_memory(
+        lay = plan_memory_for(
+            fmt,
             tuple(self.layers),
             self.global_batch // self.nodes,
-            self.fixed_point.word_bytes,
             self.hardware.scratchpad_words,
             self.hardware.gradient_words,
         )
         # and asks the schedule about every send of the run the firmware will ask it about
-        sched, word = load_schedule(self.schedule), self.fixed_point.word_bytes
-        chunk = self.chunk_bytes or auto_chunk_bytes(self.hardware.link, word)
-        chunk = schedule_chunk_bytes(sched, chunk, word)
-        check_chunk_bytes(chunk, self.hardware.gradient_words * word)
+        sched, element = load_schedule(self.schedule), fmt.grad_bytes
+        chunk = self.chunk_bytes or auto_chunk_bytes(self.hardware.link, element)
+        chunk = schedule_chunk_bytes(sched, chunk, element)
+        check_chunk_bytes(chunk, self.hardware.gradient_words * fmt.word_bytes)
         check_schedule(sched, tuple(lay.grad_bytes[1:]), chunk, self.nodes, self.steps)
 
+    def _check_format(self) -> None:
+        """The learning rate in the device format, and the exchange format (bf16 only)."""
+        fmt, lr = self.number_format, self.learning_rate
+        if not is_float(fmt):
+            check_learning_rate(lr, fmt)
+            if self.grad_format is not None:
+                raise LimitError(
+                    "grad_format", self.grad_format, "left out with a fixed-point format"
+                )
+            return
+        if not (math.isfinite(lr) and lr > 0 and fmt.dequantize_fp32(fmt.quantize_fp32(lr)) > 0):
+            raise LimitError(
+                "learning_rate",
+                lr,
+                f"a positive fp32 value ({fmt.accumulator.min_normal:g} or more)",
+            )
+        if self.grad_format not in (None, *GRAD_FORMATS):
+            raise LimitError(
+                "grad_format",
+                self.grad_format,
+                " or ".join(GRAD_FORMATS) + " (a bf16 exchange is not built yet)",
+            )
+
     def to_dict(self) -> dict:
+        """``results.json["config"]``'s run parameters (``docs/outputs.md``).
+
+        A fixed-point run's dict is what it was before bf16 (its format in ``fixed_point``;
+        sweeps hash it). A bf16 run's has ``fixed_point`` None, ``format`` (``name``
+        ``bf16`` and its fields) and ``grad_format``.
+        """
         d = asdict(self)
+        fmt = d.pop("number_format")
+        d.pop("grad_format")
         d["layers"] = list(self.layers)
         d["chunk_bytes"] = "auto" if self.chunk_bytes is None else self.chunk_bytes
+        if not is_float(self.number_format):
+            d["fixed_point"] = fmt
+            return d
+        d["fixed_point"] = None
+        d["format"] = self.number_format.to_dict()
+        d["grad_format"] = self.grad_format or "fp32"
         return d
 
 
@@ -250,7 +303,8 @@ def step_timing(
 ) -> list[tuple[int, int, int, int]]:
     """(start, cycles, layer1_ready, exposed_comm) per step from the trace intervals."""
     loads: dict[int, list[int]] = {}
-    ready: dict[int, list[int]] = {}
+    #: step -> node -> end of the node's last layer-1 update command (bf16: SGD, then SCALE)
+    ready: dict[int, dict[int, int]] = {}
     comm: dict[int, list[tuple[int, int]]] = {n: [] for n in range(nodes)}
     comp: dict[int, list[tuple[int, int]]] = {n: [] for n in range(nodes)}
     input_tags = {rm.encode_tag(0, 0, k): k for k in range(steps)}
@@ -258,7 +312,8 @@ def step_timing(
         if iv.engine == rm.Engine.HOST and iv.kind == rm.Kind.LOAD and iv.tag in input_tags:
             loads.setdefault(input_tags[iv.tag], []).append(iv.start)
         elif iv.kind == rm.Kind.UPDATE and iv.layer == 1 and iv.engine == rm.Engine.VECTOR:
-            ready.setdefault(iv.step, []).append(iv.end)
+            per_node = ready.setdefault(iv.step, {})
+            per_node[iv.node] = max(per_node.get(iv.node, iv.end), iv.end)
         if iv.engine in COMM_ENGINES:
             comm[iv.node].append((iv.start, iv.end))
         elif iv.engine in COMPUTE_ENGINES:
@@ -278,12 +333,12 @@ def step_timing(
     for k in range(steps):
         lo = starts[k]
         hi = starts[k + 1] if k + 1 < steps else end_all
-        r = ready.get(k % MAX_STEPS, [])
+        r = ready.get(k % MAX_STEPS, {})
         if len(r) != nodes:
             raise IncompleteTraceError(
                 f"trace lacks the layer-1 update of step {k} on {nodes - len(r)} node(s)"
             )
-        l1 = max(r) - lo
+        l1 = max(r.values()) - lo
         worst = 0
         for n in range(nodes):
             worst = max(
@@ -320,12 +375,22 @@ def check_trace_complete(res: BackendResult) -> None:
         )
 
 
-def forward_accuracy(weights: list[np.ndarray], frac_bits: int, data: digits.Digits) -> float:
+def weight_values(raw: np.ndarray, fmt: NumberFormat) -> np.ndarray:
+    """Weights as the device holds them (scratchpad words) -> float64 values (exact).
+
+    Fixed point: ``raw * 2**-frac_bits``; bf16: the working copy's bf16 words.
+    """
+    if is_float(fmt):
+        return fmt.dequantize(raw)
+    return raw.astype(np.float64) * 2.0**-fmt.frac_bits
+
+
+def forward_accuracy(weights: list[np.ndarray], fmt: NumberFormat, data: digits.Digits) -> float:
     """Held-out accuracy: float64 forward of the dequantised weights on the test split."""
     x = data.x[data.test_indices] * digits.INPUT_SCALE
     h = x
     for i, w in enumerate(weights):
-        h = h @ (w.astype(np.float64) * 2.0**-frac_bits)
+        h = h @ weight_values(w, fmt)
         if i < len(weights) - 1:
             h = np.maximum(h, 0.0)
     return float((h.argmax(axis=1) == data.y[data.test_indices]).mean())
@@ -383,7 +448,6 @@ def run(
     check_trace_complete(res)
     ivs = [iv for node, nr in enumerate(res.nodes) for iv in intervals(nr.records, node)]
     timing = step_timing(ivs, cfg.steps, cfg.nodes)
-    frac = cfg.fixed_point.frac_bits
     metrics = []
     for k in range(cfg.steps):
         loss = sum(nr.losses[k] for nr in res.nodes) / cfg.global_batch
@@ -391,7 +455,7 @@ def run(
         m = StepMetrics(
             step=k,
             loss=loss,
-            accuracy=forward_accuracy(weights[k + 1], frac, data),
+            accuracy=forward_accuracy(weights[k + 1], cfg.number_format, data),
             start_cycle=start,
             cycles=cycles,
             layer1_ready_cycle=l1,

@@ -30,9 +30,21 @@ done, and X+1 holds nothing older than s), so they complete; hence X's dW of
 step s ends, X writes the TAG and the packet is applied.  This holds whatever
 order a schedule gives the sends within a step (e.g. top layers first).
 
-Loss scaling: the host loads ``dZ * 2**s`` with ``s = floor(log2(global
-batch))`` so the 1/batch factor does not eat the operand's fractional bits;
-the dA GEMMs keep the scale and the dW GEMMs shift it out (CMD_ARG = s).
+Loss scaling (fixed point): the host loads ``dZ * 2**s`` with ``s =
+floor(log2(global batch))`` so the 1/batch factor does not eat the operand's
+fractional bits; the dA GEMMs keep the scale and the dW GEMMs shift it out
+(CMD_ARG = s).  bf16 needs no loss scaling (``s = 0``): a power of two changes
+no significant bit of a floating-point number.
+
+Number formats (``docs/numerics.md``, "Where each format lives").  In fixed
+point every element is one operand word.  In bf16 the scratchpad holds bf16
+words (inputs, activations, dZ/dA and the weights' bf16 working copy, which
+the GEMMs read) and the gradient SRAM fp32 elements of two words each (dW, the
+reduced gradients and the fp32 master weights).  A layer's update is then two
+commands: ``SGD`` on the master weights (A = C = W32, B = the reduced G), and
+``SCALE`` by 1.0 from W32 into the working copy (fp32 -> bf16, round to
+nearest even).  Gradient buffers, chunks, descriptors and RX windows count
+bytes of gradient elements (``fmt.grad_bytes``).
 """
 
 from __future__ import annotations
@@ -59,7 +71,11 @@ from gradsync.firmware.schedules import (
     sort_by_priority,
 )
 from gradsync.spec import regmap as rm
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 from gradsync.spec.link import LinkConfig, auto_chunk_bytes
+
+#: ``SCALE``'s argument in bf16: the fp32 word of 1.0 (a pure fp32 -> bf16 conversion).
+FP32_ONE = 0x3F80_0000
 
 
 class ConfigError(ValueError):
@@ -133,12 +149,28 @@ class MemoryLayout:
     r: list[int]
     grad_bytes: list[int]  # padded bytes of each layer's gradient buffer
     grad_window_bytes: int
+    #: master[l]: layer l's fp32 master weights in the gradient SRAM (bf16; empty in fixed
+    #: point), after the gradient buffers, outside the DMA window
+    master: list[int] = field(default_factory=list)
 
 
 def plan_memory(
-    layers: tuple[int, ...], local_batch: int, word_bytes: int, scratch_words: int, grad_words: int
+    layers: tuple[int, ...],
+    local_batch: int,
+    word_bytes: int,
+    scratch_words: int,
+    grad_words: int,
+    grad_bytes: int | None = None,
+    master_weights: bool = False,
 ) -> MemoryLayout:
-    """Place weights, activations and gradients; raise ConfigError if they do not fit."""
+    """Place weights, activations and gradients; raise ConfigError if they do not fit.
+
+    ``word_bytes``: bytes of a scratchpad element and of an SRAM word (both banks);
+    ``grad_bytes``: bytes of a gradient-SRAM element (default ``word_bytes``; 4 in
+    bf16); ``master_weights``: also place each layer's master weights (``grad_bytes``
+    per element) in the gradient SRAM.  ``scratch_words``/``grad_words`` count SRAM words.
+    """
+    elem = word_bytes if grad_bytes is None else grad_bytes
     nl = len(layers) - 1
     sp = 0
 
@@ -160,17 +192,48 @@ def plan_memory(
     gp = 0
     g, r, grad_bytes = [0], [0], [0]
     for i in range(nl):
-        nb = _align(layers[i] * layers[i + 1] * word_bytes)
+        nb = _align(layers[i] * layers[i + 1] * elem)
         grad_bytes.append(nb)
         g.append(rm.GRAD_BASE + gp)
         r.append(rm.GRAD_BASE + gp + nb)
         gp += 2 * nb
+    window, master = gp, []
+    if master_weights:
+        master = [0]
+        for i in range(nl):
+            master.append(rm.GRAD_BASE + gp)
+            gp += grad_bytes[i + 1]
     if gp > grad_words * word_bytes:
+        what = " (gradients and fp32 master weights)" if master_weights else ""
         raise MemoryPlanError(
-            f"layers {','.join(map(str, layers))} need {gp // word_bytes} gradient SRAM words "
-            f"but the device has {grad_words}"
+            f"layers {','.join(map(str, layers))} need {gp // word_bytes} gradient SRAM "
+            f"words{what} but the device has {grad_words}"
         )
-    return MemoryLayout(w, act, dz, g, r, grad_bytes, gp)
+    return MemoryLayout(w, act, dz, g, r, grad_bytes, window, master)
+
+
+def plan_memory_for(
+    fmt: FixedPointFormat | BFloat16Format,
+    layers: tuple[int, ...],
+    local_batch: int,
+    scratch_words: int,
+    grad_words: int,
+) -> MemoryLayout:
+    """:func:`plan_memory` for a device of format ``fmt`` (bf16: fp32 gradients and masters)."""
+    return plan_memory(
+        layers,
+        local_batch,
+        fmt.word_bytes,
+        scratch_words,
+        grad_words,
+        fmt.grad_bytes,
+        master_weights=is_float(fmt),
+    )
+
+
+def is_float(fmt: FixedPointFormat | BFloat16Format) -> bool:
+    """Whether ``fmt`` is the floating-point format (fp32 gradients, master weights)."""
+    return isinstance(fmt, BFloat16Format)
 
 
 def split_chunks(n_bytes: int, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -249,13 +312,14 @@ class NodeFirmware:
         self.fmt = info.fmt
         self.trace_depth = info.trace_depth
         self.node, self.nodes = info.node_id, info.num_nodes
-        self.lay = plan_memory(
-            job.layers, local_batch, info.fmt.word_bytes, info.scratch_words, info.grad_words
+        self.float = is_float(info.fmt)
+        self.lay = plan_memory_for(
+            info.fmt, job.layers, local_batch, info.scratch_words, info.grad_words
         )
-        k_limit = info.fmt.max_exact_k
+        k_limit = getattr(info.fmt, "max_exact_k", None)  # fp32 accumulation never wraps
         widths = [(w, "layer width") for w in job.layers] + [(local_batch, "local batch")]
         for k_dim, what in widths:
-            if k_dim > k_limit:
+            if k_limit is not None and k_dim > k_limit:
                 raise ConfigError(
                     f"{what} {k_dim} exceeds the {k_limit}-term sums the {info.fmt.acc_bits}-bit "
                     "accumulator holds exactly"
@@ -265,8 +329,8 @@ class NodeFirmware:
         check_attributes(self.sched)
         chunk = job.chunk_bytes
         if chunk is None:
-            chunk = auto_chunk_bytes(info.link, info.fmt.word_bytes)
-        chunk = schedule_chunk_bytes(self.sched, chunk, info.fmt.word_bytes)
+            chunk = auto_chunk_bytes(info.link, info.fmt.grad_bytes)
+        chunk = schedule_chunk_bytes(self.sched, chunk, info.fmt.grad_bytes)
         check_chunk_bytes(chunk, info.grad_words * info.fmt.word_bytes)
         self.chunk_bytes = chunk
         self.chunks = [[]] + [
@@ -284,17 +348,16 @@ class NodeFirmware:
         for i in range(1, self.nl + 1):
             for c in range(len(self.chunks[i])):
                 self.window_of[(i, c)] = len(self.window_of)
-        self.s = int(math.floor(math.log2(job.global_batch)))
-        self.lr_raw = int(self.fmt.quantize(np.array([job.learning_rate]))[0])
+        self.s = 0 if self.float else int(math.floor(math.log2(job.global_batch)))
+        lr = np.array([job.learning_rate])
+        self.lr_raw = int((self.fmt.quantize_fp32 if self.float else self.fmt.quantize)(lr)[0])
         if self.lr_raw == 0:
             raise ConfigError(f"learning rate {job.learning_rate} rounds to 0 in the device format")
         drv.on_dma_done = self._dma_done
         drv.on_rx_done = self._rx_done
         for i in range(1, self.nl + 1):
             await drv.write("HOST_TAG", self._tag(i, 0, 0))
-            await self.dev.load(
-                self.lay.w[i], self.fmt.quantize(job.init_weights[i - 1]).reshape(-1)
-            )
+            await self._load_weights(i, job.init_weights[i - 1])
         for i in range(1, self.nl + 1):
             await self._open_windows(i, 0, first=True)
         for step in range(job.steps):
@@ -312,6 +375,18 @@ class NodeFirmware:
         # the receiver) would otherwise go unreported: the earlier ones stopped the run at once
         await drv.check_errors()
         return NodeResult(self.losses, self.records, self.chunk_bytes, drv.trace_drops)
+
+    async def _load_weights(self, layer: int, values: np.ndarray) -> None:
+        """Load ``layer``'s initial weights (float64): fixed point, quantised, into the
+        scratchpad; bf16, the fp32 master weights into the gradient SRAM and their bf16
+        rounding (what ``SCALE`` by 1.0 makes of them) as the working copy."""
+        fmt = self.fmt
+        if not self.float:
+            await self.dev.load(self.lay.w[layer], fmt.quantize(values).reshape(-1))
+            return
+        master = fmt.quantize_fp32(values).reshape(-1)
+        await self.dev.load(self.lay.master[layer], fmt.split_fp32(master))
+        await self.dev.load(self.lay.w[layer], fmt.quantize(fmt.dequantize_fp32(master)))
 
     # ------------------------------------------------------------------ step
     def _tag(self, layer: int, chunk: int, step: int) -> int:
@@ -474,19 +549,35 @@ class NodeFirmware:
             self.updated[layer] += 1
             self._reopen.append((layer, self.updated[layer]))
 
+        weights = lay.master[layer] if self.float else lay.w[layer]
+        tag = self._tag(layer, 0, step)
         await self.drv.launch(
             rm.Opcode.SGD,
-            lay.w[layer],
+            weights,
             grads,
-            lay.w[layer],
+            weights,
             1,
             0,
             n,
             arg=self.lr_raw,
             kind=rm.Kind.UPDATE,
-            tag=self._tag(layer, 0, step),
-            on_done=done,
+            tag=tag,
+            on_done=None if self.float else done,
         )
+        if self.float:  # the fp32 master weights -> the bf16 working copy the GEMMs read
+            await self.drv.launch(
+                rm.Opcode.SCALE,
+                weights,
+                0,
+                lay.w[layer],
+                1,
+                0,
+                n,
+                arg=FP32_ONE,
+                kind=rm.Kind.UPDATE,
+                tag=tag,
+                on_done=done,
+            )
 
     # -------------------------------------------------------------- exchange
     async def _open_windows(self, layer: int, step: int, first: bool = False) -> None:

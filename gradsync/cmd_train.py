@@ -8,10 +8,11 @@ step and writes the experiment record (``docs/outputs.md``) with ``--out``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_PRESET, PRESET_HELP, PRESETS, preset
 from gradsync.spec.limits import LimitError
 
@@ -42,6 +43,18 @@ def _chunk(text: str) -> int | None:
         raise argparse.ArgumentTypeError(
             f"chunk size must be bytes or 'auto', not {text!r}"
         ) from None
+
+
+def _number_format(text: str) -> str | tuple[int, int]:
+    """``--format``: ``bf16``, or fixed point ``qI.F`` (I integer, F fractional bits)."""
+    if text.lower() == "bf16":
+        return "bf16"
+    m = re.fullmatch(r"[qQ](\d+)\.(\d+)", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"format must be bf16 or fixed point qI.F such as q5.10, not {text!r}"
+        )
+    return int(m[1]), int(m[2])
 
 
 def add_config_arguments(
@@ -140,7 +153,25 @@ def add_config_arguments(
             metavar="N",
             help=f"{what} (default: the preset's, {getattr(small, field)} on {DEFAULT_PRESET})",
         )
-    fmt = d.fixed_point
+    fmt = d.number_format
+    hw.add_argument(
+        "--format",
+        type=_number_format,
+        default=None,
+        metavar="FMT",
+        help="number format: fixed point qI.F (sign, I integer and F fractional bits; "
+        f"q{fmt.total_bits - fmt.frac_bits - 1}.{fmt.frac_bits} by default, as --total-bits "
+        "and --frac-bits say) or bf16 (bf16 operands, fp32 accumulation, gradients and "
+        "master weights; --backend model only for now; needs --hardware large for the "
+        "default network)",
+    )
+    hw.add_argument(
+        "--grad-format",
+        default=None,
+        metavar="FMT",
+        help="with --format bf16: the gradients' format on the link, fp32 (default fp32; "
+        "a bf16 exchange is not built yet)",
+    )
     hw.add_argument(
         "--total-bits",
         type=int,
@@ -190,7 +221,11 @@ OPTIONS = {
     "max_payload_bytes": "--max-payload-bytes",
     "total_bits": "--total-bits",
     "frac_bits": "--frac-bits",
+    "grad_format": "--grad-format",
 }
+
+#: Why ``--format bf16`` is refused on the RTL backend (before anything is built).
+BF16_RTL_REFUSAL = "--format bf16 runs on --backend model only until the RTL node takes bf16"
 
 
 def option_error(exc: LimitError, options: dict[str, str] = OPTIONS) -> ValueError:
@@ -239,7 +274,7 @@ def _config_from_args(args, schedule: str | None = None):
         except ValueError:
             raise ValueError(f"--array must look like 8x8, not {args.array!r}") from None
     hw = preset(args.hardware, **overrides)
-    fmt = FixedPointFormat(total_bits=args.total_bits, frac_bits=args.frac_bits)
+    fmt = _format_from_args(args)
     cfg = TrainConfig(
         nodes=args.nodes,
         schedule=args.schedule if schedule is None else schedule,
@@ -249,8 +284,9 @@ def _config_from_args(args, schedule: str | None = None):
         global_batch=args.global_batch,
         learning_rate=args.lr,
         seed=args.seed,
-        fixed_point=fmt,
+        number_format=fmt,
         hardware=hw,
+        grad_format=getattr(args, "grad_format", None),
     )
     try:
         cfg.validate()
@@ -259,6 +295,35 @@ def _config_from_args(args, schedule: str | None = None):
         hint = f" (--hardware {args.hardware}); try --hardware {fits[0]}" if fits else ""
         raise MemoryPlanError(f"{exc}{hint}") from None
     return cfg
+
+
+def _format_from_args(args) -> FixedPointFormat | BFloat16Format:
+    """The number format of ``--format`` (or of ``--total-bits``/``--frac-bits``)."""
+    chosen = getattr(args, "format", None)
+    if chosen is None:
+        return FixedPointFormat(total_bits=args.total_bits, frac_bits=args.frac_bits)
+    default = FixedPointFormat()
+    if (args.total_bits, args.frac_bits) != (default.total_bits, default.frac_bits):
+        raise ValueError(
+            f"--format {_format_name(chosen)} and --total-bits/--frac-bits both set the "
+            "number format; give one of them"
+        )
+    if chosen == "bf16":
+        if getattr(args, "backend", "model") == "rtl":
+            raise ValueError(BF16_RTL_REFUSAL)
+        return BFloat16Format()
+    integer, frac = chosen
+    try:
+        return FixedPointFormat(total_bits=integer + frac + 1, frac_bits=frac)
+    except LimitError:
+        raise ValueError(
+            f"--format must be bf16 or a fixed-point format of 8, 16 or 32 bits "
+            f"(q{integer}.{frac} has {integer + frac + 1}), not q{integer}.{frac}"
+        ) from None
+
+
+def _format_name(chosen: str | tuple[int, int]) -> str:
+    return chosen if isinstance(chosen, str) else f"q{chosen[0]}.{chosen[1]}"
 
 
 def backend_for(name: str, args=None, capture: dict | None = None):

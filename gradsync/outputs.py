@@ -22,7 +22,14 @@ import numpy as np
 
 from gradsync import __version__
 from gradsync.firmware import data as digits
-from gradsync.firmware.experiment import Interval, RunResult, StepMetrics, TrainConfig, intervals
+from gradsync.firmware.experiment import (
+    Interval,
+    RunResult,
+    StepMetrics,
+    TrainConfig,
+    intervals,
+    weight_values,
+)
 from gradsync.spec import regmap as rm
 
 FORMAT_VERSION = 1
@@ -323,11 +330,10 @@ def write_all(res: RunResult, out: Path, backend: str, extra: dict | None = None
     results.update(extra or {})
     wdir = out / "weights"
     wdir.mkdir(exist_ok=True)
-    frac = res.config.fixed_point.frac_bits
     for k, layers in enumerate(res.weights):
         arrays = {}
         for i, w in enumerate(layers, start=1):
-            arrays[f"layer{i}"] = w.astype(np.float64) * 2.0**-frac
+            arrays[f"layer{i}"] = weight_values(w, res.config.number_format)
             arrays[f"layer{i}_raw"] = w.astype(np.int64)
         np.savez(wdir / f"step_{k:04d}.npz", **arrays)
     (out / "trace.json").write_text(json.dumps(trace_events(res.records, res.intervals)))

@@ -76,6 +76,26 @@ def fp32_add(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
         return _fp32_words(_fp32_values(a) + _fp32_values(b))
 
 
+def reduce_add_fp32(local: np.ndarray, payload: np.ndarray) -> np.ndarray:
+    """The NIC's reduce-add on receive in bf16: gradient-SRAM words + payload words.
+
+    Both arguments hold 16-bit SRAM words, two per fp32 element, low half at the
+    lower address (the gradient SRAM's layout, and a 32-bit packet word's: its
+    bytes 0-1 are the low half).  Each element is ``fp32_add(local, payload)``
+    (round to nearest even, flush-to-zero, canonical NaN); the result is SRAM
+    words in the same layout, ``int64``.  The lanes are independent, so the
+    order the receiver applies them in changes no bit.
+    """
+    local, payload = np.asarray(local), np.asarray(payload)
+    if local.shape != payload.shape or local.size % 2:
+        raise ValueError(
+            f"reduce-add needs whole fp32 elements of equal length, not {local.size} local "
+            f"and {payload.size} payload words"
+        )
+    total = fp32_add(_FORMAT.join_fp32(local), _FORMAT.join_fp32(payload))
+    return _FORMAT.split_fp32(total)
+
+
 def fp32_canonical(a: np.ndarray | int) -> np.ndarray:
     """fp32 words as the arithmetic reads them: subnormals -> signed zeros, NaNs canonical."""
     return _fp32_words(_fp32_values(a))

@@ -406,7 +406,7 @@ class Nic(Engine):
         if pkt.reduce:
             smem, sidx = src
             local = smem[sidx : sidx + len(pkt.payload)]
-            mem[idx : idx + len(pkt.payload)] = nx.add_saturating(local, pkt.payload, self.fmt)
+            mem[idx : idx + len(pkt.payload)] = nx.reduce_add(local, pkt.payload, self.fmt)
         else:
             mem[idx : idx + len(pkt.payload)] = pkt.payload
         w.received += nbytes

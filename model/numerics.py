@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradsync.spec.formats import ROUNDING_MODES, FixedPointFormat, wrap
+from gradsync.model import fp
+from gradsync.spec.formats import ROUNDING_MODES, BFloat16Format, FixedPointFormat, wrap
 
 
 def _as_int(x: np.ndarray | int) -> np.ndarray:
@@ -102,6 +103,19 @@ def gemm(
 def add_saturating(x: np.ndarray, y: np.ndarray, fmt: FixedPointFormat) -> np.ndarray:
     """Saturating element-wise add: the NIC's reduce-add on receive."""
     return saturate(_as_int(x) + _as_int(y), fmt)
+
+
+def reduce_add(
+    local: np.ndarray, payload: np.ndarray, fmt: FixedPointFormat | BFloat16Format
+) -> np.ndarray:
+    """The NIC's reduce-add on receive, in the format's gradient elements (SRAM words in/out).
+
+    Fixed point: :func:`add_saturating` per word.  bf16: fp32 addition per pair of
+    words (:func:`gradsync.model.fp.reduce_add_fp32`, ``docs/numerics.md``).
+    """
+    if isinstance(fmt, BFloat16Format):
+        return fp.reduce_add_fp32(local, payload)
+    return add_saturating(local, payload, fmt)
 
 
 def relu(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""``gradsync train --format bf16`` on the model backend: accuracy, the record, refusals.
+
+The README's main job (``--layers 64,32,32,10``, 2 nodes, batch 16, lr 0.25)
+needs 20352 gradient SRAM words in bf16 (fp32 gradients G and R, fp32 master
+weights) and the ``small`` preset has 8192, so these runs take ``--hardware
+large`` with the small preset's link (1 byte/cycle, 100 cycles latency).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from gradsync.cli import main
+from gradsync.spec.formats import BFloat16Format
+
+BF16 = BFloat16Format()
+MAIN_JOB_BF16 = [
+    "train",
+    "--backend",
+    "model",
+    "--format",
+    "bf16",
+    "--hardware",
+    "large",
+    "--link-bytes-per-cycle",
+    "1",
+    "--link-latency-cycles",
+    "100",
+    "--quiet",
+    "--no-baselines",
+]
+
+
+def held_out_accuracy(printed: str) -> float:
+    return float(re.search(r"held-out accuracy ([\d.]+)%", printed)[1]) / 100
+
+
+def test_bf16_main_job_reaches_94_percent(capsys):
+    """Issue 18's target, >= 94 % held-out accuracy, after 300 steps: 96.66 % (Q5.10 96.38 %).
+
+    After the main job's 100 steps bf16 reaches 90.53 % (Q5.10 91.92 %), and so does
+    exact arithmetic: float64 SGD from the same initial weights on the same batches ends
+    at 89.97 % (held-out accuracy of its weights rounded to bf16). 100 steps of 16 samples
+    see 1600 samples, barely one epoch of the 1437 training digits; the lr is not the
+    limit (float64 at 100 steps: 84.4 % at lr 0.1, 87.2 % at 0.15, 74.4 % at 0.5).
+    """
+    code = main([*MAIN_JOB_BF16, "--steps", "300"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert held_out_accuracy(printed) >= 0.94
+
+
+def test_bf16_record_names_the_format_and_decodes_the_weights(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main([*MAIN_JOB_BF16, "--steps", "2", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    cfg = json.loads((out / "results.json").read_text())["config"]
+    assert cfg["format"]["name"] == "bf16" and cfg["format"]["gradient"] == "fp32"
+    assert cfg["fixed_point"] is None and cfg["grad_format"] == "fp32"
+    w = np.load(out / "weights" / "step_0002.npz")
+    raw = w["layer1_raw"]
+    assert raw.shape == (64, 32) and raw.min() >= 0 and raw.max() <= 0xFFFF  # bf16 words
+    # layer1 is the bf16 value of each word: sign, exponent and 7 fraction bits by hand
+    sign = np.where(raw >> 15, -1.0, 1.0)
+    exp, frac = (raw >> 7) & 0xFF, raw & 0x7F
+    assert exp.min() > 0 and exp.max() < 255  # normal numbers only (initial weights are)
+    np.testing.assert_array_equal(w["layer1"], sign * (1 + frac / 128) * 2.0 ** (exp - 127))
+    first = np.load(out / "weights" / "step_0000.npz")["layer1"]
+    assert not np.array_equal(first, w["layer1"])
+
+
+def test_fixed_point_record_keeps_its_keys(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "model", "--steps", "1", "--quiet", "--no-baselines"]
+    assert main([*argv, "--format", "q5.10", "--out", str(out)]) == 0
+    cfg = json.loads((out / "results.json").read_text())["config"]
+    assert cfg["fixed_point"] == {
+        "total_bits": 16,
+        "frac_bits": 10,
+        "acc_bits": 40,
+        "rounding": "nearest-even",
+        "saturate": True,
+    }
+    assert "format" not in cfg and "grad_format" not in cfg  # as before bf16 (sweeps hash it)
+
+
+def test_bf16_on_the_rtl_backend_is_refused_before_anything_is_built(tmp_path, capsys, monkeypatch):
+    import gradsync.cmd_train as ct
+
+    def no_backend(*a, **kw):
+        raise AssertionError("a backend was made for --format bf16 --backend rtl")
+
+    monkeypatch.setattr(ct, "backend_for", no_backend)
+    out = tmp_path / "run"
+    code = main(["train", "--backend", "rtl", "--format", "bf16", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (
+        "gradsync train: --format bf16 runs on --backend model only until the RTL node takes bf16"
+    )
+    assert not out.exists()
+    assert main(["train", "--format", "bf16", "--steps", "1"]) == 2  # rtl is the default
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (
+            ["--format", "q5.11"],
+            "--format must be bf16 or a fixed-point format of 8, 16 or 32 bits (q5.11 has "
+            "17), not q5.11",
+        ),
+        (["--format", "q5.10", "--frac-bits", "8"], "--format q5.10 and --total-bits/--frac-bits"),
+        (["--format", "bf16", "--total-bits", "8"], "--format bf16 and --total-bits/--frac-bits"),
+        (["--grad-format", "fp32"], "--grad-format must be left out with a fixed-point format"),
+        (
+            ["--format", "bf16", "--hardware", "large", "--grad-format", "bf16"],
+            "--grad-format must be fp32 (a bf16 exchange is not built yet), not bf16",
+        ),
+        (
+            ["--format", "bf16"],
+            "need 20352 gradient SRAM words (gradients and fp32 master weights) but the device "
+            "has 8192 (--hardware small); try --hardware large",
+        ),
+        (["--format", "bf16", "--hardware", "large", "--lr", "1e-50"], "--lr must be a positive"),
+    ],
+)
+def test_bad_format_options_fail_with_one_sentence(argv, text, capsys, tmp_path):
+    out = tmp_path / "run"
+    code = main(["train", "--backend", "model", "--steps", "1", "--out", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert text in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_unparsable_format_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--backend", "model", "--format", "bf17"])
+    assert exc.value.code == 2
+    assert "argument --format: format must be bf16 or fixed point qI.F" in capsys.readouterr().err
+
+
+def test_q_format_sets_the_fixed_point_fields(tmp_path, capsys):
+    """q3.4 is an 8-bit format with 4 fractional bits, as --total-bits 8 --frac-bits 4."""
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "model", "--steps", "1", "--quiet", "--no-baselines"]
+    assert main([*argv, "--format", "q3.4", "--out", str(out)]) == 0
+    cfg = json.loads((out / "results.json").read_text())["config"]
+    assert (cfg["fixed_point"]["total_bits"], cfg["fixed_point"]["frac_bits"]) == (8, 4)
