@@ -88,6 +88,7 @@ def validate(options: dict) -> TrainPoint:
     args = _parser().parse_args(_argv(options))
     schedule, digest = _schedule(args.schedule)
     cfg = config_from_args(args, schedule=schedule)
+    fixed = hasattr(cfg.number_format, "frac_bits")
     columns = {
         "backend": args.backend,
         "schedule": args.schedule,
@@ -103,10 +104,20 @@ def validate(options: dict) -> TrainPoint:
         "link_bytes_per_cycle": cfg.hardware.link_bytes_per_cycle,
         "link_latency_cycles": cfg.hardware.link_latency_cycles,
         "max_payload_bytes": cfg.hardware.max_payload_bytes,
-        "total_bits": cfg.fixed_point.total_bits,
-        "frac_bits": cfg.fixed_point.frac_bits,
+        # fixed point's widths; empty for bf16 (its columns: format, grad_format)
+        "total_bits": cfg.number_format.total_bits if fixed else None,
+        "frac_bits": cfg.number_format.frac_bits if fixed else None,
+        "format": _format_name(cfg.number_format),
+        "grad_format": cfg.grad_format,
     }
     return TrainPoint(args.backend, args.max_cycles, cfg, columns, digest)
+
+
+def _format_name(fmt) -> str:
+    """``bf16`` or ``qI.F`` as ``--format`` spells it."""
+    if hasattr(fmt, "frac_bits"):
+        return f"q{fmt.total_bits - fmt.frac_bits - 1}.{fmt.frac_bits}"
+    return fmt.name
 
 
 @functools.cache
@@ -138,7 +149,7 @@ def build_key(point: TrainPoint) -> str | None:
         "nodes": cfg.nodes,
         # the link is not part of a build (the firmware sets it: LINK_SET)
         "hardware": build_config(cfg.hardware).to_dict(),
-        "format": cfg.fixed_point.to_dict(),
+        "format": cfg.number_format.to_dict(),
     }
     return json.dumps(hw, sort_keys=True)
 

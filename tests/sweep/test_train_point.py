@@ -110,3 +110,15 @@ def test_a_bad_point_stops_the_sweep_naming_point_and_key(tmp_path):
         prepare(sweep)
     with pytest.raises(SweepFileError, match="command 'scal' cannot be swept"):
         prepare(SweepFile(tmp_path / "s.toml", "scal", {}, {"x": [1]}))
+
+
+def test_a_bf16_point_names_its_format_and_leaves_the_fixed_point_widths_empty():
+    bf16 = train_point.validate({"format": "bf16", "hardware": "large", "backend": "model"})
+    fixed = train_point.validate({"backend": "model"})
+    assert (bf16.columns["format"], bf16.columns["total_bits"], bf16.columns["frac_bits"]) == (
+        "bf16",
+        None,
+        None,
+    )
+    assert (fixed.columns["format"], fixed.columns["total_bits"]) == ("q5.10", 16)
+    assert train_point.hash_input(bf16)["config"] != train_point.hash_input(fixed)["config"]
