@@ -103,8 +103,10 @@ class NicTx(wiring.Component):
             )
         if not 1 <= credits < 1 << 15:
             raise ValueError(f"credits must be in 1..32767, not {credits!r}")
-        if not 1 <= timeout_cycles < 1 << 16:
-            raise ValueError(f"timeout_cycles must be in 1..65535, not {timeout_cycles!r}")
+        if timeout_cycles < 1:
+            raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
+        if timeout_cycles >= 1 << 16:
+            raise ValueError(f"timeout_cycles must be below 65536, not {timeout_cycles!r}")
         if not 0 <= seq_start < 1 << 16:
             raise ValueError(f"seq_start must be in 0..65535, not {seq_start!r}")
         self.seq_start = seq_start
