@@ -197,6 +197,9 @@ class RxFrontEnd(wiring.Component):
     run_nak_holdoff : In(16)
         The current NAK hold-off (reset: ``nak_holdoff_cycles``); its counters
         compare with ``>=``, so a lowered hold-off fires at once.
+    run_payload_words : In(8)
+        The current maximum payload (reset: ``max_payload_words``, the buffers'
+        size): a longer packet is dropped as a bad length.
     packets : Out(stream of PacketHeader)
         The oldest committed packet; valid from the cycle after its CRC word
         arrived.  Its payload is readable through ``payload`` while it is
@@ -221,6 +224,7 @@ class RxFrontEnd(wiring.Component):
             {
                 **_link_ports(),
                 "run_nak_holdoff": In(16, init=nak_holdoff_cycles),
+                "run_payload_words": In(8, init=max_payload_words),
                 "packets": Out(stream.Signature(PacketHeader)),
                 "payload": In(payload_port_signature(max_payload_words)),
                 **_arrival_counter_ports(),
@@ -302,7 +306,7 @@ class RxFrontEnd(wiring.Component):
             m.d.comb += good.eq(
                 (crcp.crc == beat.data)
                 & (widx == HEADER_WORDS + pw_in)
-                & (pw_in <= self.max_payload_words)
+                & (pw_in <= self.run_payload_words)
             )
             with m.If(good & (seq == exp)):
                 m.d.sync += [
@@ -729,9 +733,10 @@ class NicRx(wiring.Component):
 
     Attributes
     ----------
-    run_nak_holdoff : In(16)
+    run_nak_holdoff : In(16), run_payload_words : In(8)
         The current NAK hold-off in cycles (``nic_timeouts`` of the node's link as
-        set, ``LINK_SET``); undriven: ``nak_holdoff_cycles``.
+        set, ``LINK_SET``) and maximum payload in words (a longer packet is dropped
+        like a bad CRC); undriven: ``nak_holdoff_cycles``, ``max_payload_words``.
     link : In(stream of LinkBeat)
         From the link; always ready (the receiver absorbs one word per cycle).
     ack : Out(stream of AckMessage)
@@ -817,6 +822,7 @@ class NicRx(wiring.Component):
         super().__init__(
             {
                 "run_nak_holdoff": In(16, init=nak_holdoff_cycles),
+                "run_payload_words": In(8, init=max_payload_words),
                 **_link_ports(),
                 **_memory_ports(self.mem_addr_width, len(regions)),
                 **_window_register_ports(),
@@ -843,7 +849,10 @@ class NicRx(wiring.Component):
             saturate=self.saturate,
             max_payload_words=self.max_payload_words,
         )
-        m.d.comb += front.run_nak_holdoff.eq(self.run_nak_holdoff)
+        m.d.comb += [
+            front.run_nak_holdoff.eq(self.run_nak_holdoff),
+            front.run_payload_words.eq(self.run_payload_words),
+        ]
         wiring.connect(m, wiring.flipped(self.link), front.link)
         wiring.connect(m, wiring.flipped(self.ack), front.ack)
         wiring.connect(m, front.packets, applier.packets)

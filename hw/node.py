@@ -632,6 +632,7 @@ class Node(wiring.Component):
             dma.run_bytes_per_cycle.eq(link.bytes_per_cycle),
             tx.run_timeout.eq(link.timeout),
             rx.run_nak_holdoff.eq(link.holdoff),
+            rx.run_payload_words.eq(link.payload_words),
             self.link_bytes_per_cycle.eq(link.bytes_per_cycle),
             self.link_latency.eq(link.latency),
             csr.port("ro", "LINK_INFO").eq(

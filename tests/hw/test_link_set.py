@@ -119,9 +119,7 @@ async def _refusal_checks(h: Host, value: int, *, doorbell: bool) -> dict:
 
 
 @pytest.mark.parametrize("value,code,index", REFUSALS, ids=lambda v: f"{v:#x}")
-def test_a_bad_setting_is_refused_with_the_first_bad_field_and_changes_nothing(
-    value, code, index
-):
+def test_a_bad_setting_is_refused_with_the_first_bad_field_and_changes_nothing(value, code, index):
     assert link_set_refusal(value, LIMITS) == (code, index)  # the spec's order agrees
     dut = Cluster(BUILT, FMT, 2, compute=False)
     out = {}
@@ -226,7 +224,10 @@ def _transfer(hw, setting: LinkConfig | None, faults: dict | None = None) -> dic
             pass
         for _ in range(200):  # the last acknowledgements
             await ctx.tick()
-        out["err"] = await h.read(0, rm.offset("ERR_COUNT")), await h.read(1, rm.offset("ERR_COUNT"))
+        out["err"] = (
+            await h.read(0, rm.offset("ERR_COUNT")),
+            await h.read(1, rm.offset("ERR_COUNT")),
+        )
         out["perf_tx_cycles"] = await h.read(0, rm.offset("PERF_TX_CYCLES"))
         out["trace0"] = await h.trace(0)
         out["trace1"] = await h.trace(1)
@@ -265,7 +266,7 @@ def test_a_link_set_at_run_time_times_like_a_link_built_in(link):
     payloads = packet_payloads(LENGTH, link)
     rx_ends = _records(run["trace1"], rm.Engine.NIC_RX, rm.TraceEvent.END)
     assert [r.aux for r in rx_ends] == payloads
-    print("ARRIVAL", last_rx.cycle - tx_end.cycle, tm.packet_arrival_offset(built, payloads[-1]))
+    assert last_rx.cycle - tx_end.cycle == tm.packet_arrival_offset(built, payloads[-1])
 
 
 FAULTS = {"drop_rate": 0x1800, "corrupt_rate": 0x1800, "ack_drop_rate": 0x1000}
