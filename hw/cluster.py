@@ -42,6 +42,8 @@ from .node import HOST_PORTS, NODE_COUNTERS, Node
 def join_ring(m: Module, top, nodes, links) -> None:
     """Node ``i`` transmits over ``links[i]`` to node ``(i + 1) mod N``; ``l{i}_*`` ports of ``top``.
 
+    Link ``i`` takes node ``i``'s current bandwidth and latency (``LINK_SET``) for
+    both its data and its acknowledgement direction.
     Adds the links as submodules ``link{i}`` and wires their fault-injection
     controls (``LINK_CONTROLS``) and counters (``LINK_COUNTERS``) to ``top``.
     """
@@ -53,6 +55,10 @@ def join_ring(m: Module, top, nodes, links) -> None:
         wiring.connect(m, link.rx, dst.rx)
         wiring.connect(m, dst.rx_ack, link.ack_tx)
         wiring.connect(m, link.ack_rx, src.tx_ack)
+        m.d.comb += [
+            link.run_bytes_per_cycle.eq(src.link_bytes_per_cycle),
+            link.run_latency.eq(src.link_latency),
+        ]
         for c in LINK_CONTROLS:
             m.d.comb += getattr(link, c).eq(getattr(top, f"l{i}_{c}"))
         for c in LINK_COUNTERS:

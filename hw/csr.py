@@ -44,7 +44,7 @@ from .events import ErrorEvent, TraceWrite
 from .sram import read_port_signature
 from .trace_buffer import TraceBuffer, pack_fields, trace_regs_signature
 
-__all__ = ["CONSTANTS", "INTERNAL", "CsrBlock", "IrqErrorLatch", "axil_signature"]
+__all__ = ["CONSTANTS", "INTERNAL", "LINK_CURRENT", "CsrBlock", "IrqErrorLatch", "axil_signature"]
 
 #: Registers whose behaviour lives in this block.
 INTERNAL = {
@@ -79,7 +79,12 @@ CONSTANTS = {
     "LINK_INFO",
     "LINK_LATENCY",
     "LINK_MAX_PAYLOAD",
+    "LINK_LIMITS",
 }
+
+#: Build constants a node with a run-time link drives instead (``LINK_SET``):
+#: ``CsrBlock(live=LINK_CURRENT)`` makes them ``ro_`` ports.
+LINK_CURRENT = ("LINK_INFO", "LINK_LATENCY", "LINK_MAX_PAYLOAD")
 
 
 def irq_regs_signature() -> wiring.Signature:
@@ -197,6 +202,10 @@ class CsrBlock(wiring.Component):
     constants:
         Values of the read-only build-constant registers by name (see
         :data:`CONSTANTS`); missing ones read their regmap reset value.
+    live:
+        Names in :data:`CONSTANTS` that are not constant here but read an
+        ``ro_<name>`` port the node drives (:data:`LINK_CURRENT`: the link as
+        set by ``LINK_SET``); their ``constants`` entries are ignored.
     trace_records:
         Trace buffer capacity in records (a power of two).
     trace_writers, error_sources:
@@ -251,6 +260,7 @@ class CsrBlock(wiring.Component):
         self,
         *,
         constants: dict | None = None,
+        live: tuple[str, ...] = (),
         trace_records: int = 1 << 14,
         trace_writers: int = 1,
         error_sources: int = 1,
@@ -264,10 +274,12 @@ class CsrBlock(wiring.Component):
         unknown = set(constants) - CONSTANTS
         if unknown:
             raise ValueError(f"constants only cover {sorted(CONSTANTS)}, not {sorted(unknown)!r}")
+        if set(live) - CONSTANTS:
+            raise ValueError(f"live only covers {sorted(CONSTANTS)}, not {sorted(live)!r}")
         self.constants = {
             name: constants.get(name, rm.reg(name).reset)
             for name in CONSTANTS
-            if name in rm.BY_NAME
+            if name in rm.BY_NAME and name not in live
         }
         self.trace_records = trace_records
         self.addr_bits = addr_bits
@@ -279,7 +291,9 @@ class CsrBlock(wiring.Component):
         self.engine_regs = [
             r
             for r in rm.REGISTERS
-            if r.name not in INTERNAL and r.name not in CONSTANTS and not self._forwarded(r)
+            if r.name not in INTERNAL
+            and (r.name not in CONSTANTS or r.name in live)
+            and not self._forwarded(r)
         ]
         ports = axil_signature(addr_bits)
         ports.update(

@@ -411,10 +411,14 @@ class PacketStreamer(wiring.Component):
     queues, ring_addr_bits, src_regions, src_addr_width, max_payload_bytes:
         As for :class:`DmaEngine`.
     word_period:
-        Cycles the link needs per 32-bit word (``4 / link_bytes_per_cycle``).
+        Cycles the link needs per 32-bit word (``4 / link_bytes_per_cycle``): the
+        reset value of ``run_word_period``.
 
     Attributes
     ----------
+    run_payload_words : In(8), run_word_period : In(3)
+        The current maximum payload (words, 1 .. ``max_payload_bytes / 4``) and word
+        period (1, 2 or 4); undriven: the parameters.
     job : In(descriptor_job_signature)
     compute_done : In(32), cycle : In(48)
     src_addr, src_region : Out, src_data : In(32)
@@ -443,6 +447,8 @@ class PacketStreamer(wiring.Component):
         write_port = WritePort.Signature(addr_width=ring_addr_bits, shape=32)
         super().__init__(
             {
+                "run_payload_words": In(8, init=max_payload_bytes // 4),
+                "run_word_period": In(3, init=word_period),
                 "job": In(descriptor_job_signature(queues, ring_addr_bits, len(src_regions))),
                 "compute_done": In(32),
                 "cycle": In(48),
@@ -475,7 +481,7 @@ class PacketStreamer(wiring.Component):
         region = Signal.like(self.src_region)
         hold = Signal(2)
         fence_wait = Signal()
-        maxw = self.max_payload_bytes // 4
+        maxw = self.run_payload_words
         m.d.comb += [self.src_addr.eq(ptr), self.src_region.eq(region)]
         m.d.comb += pw.eq(Mux(rem[2:] > maxw, maxw, rem[2:]))
         dma_trace, tx_trace = self.trace
@@ -543,10 +549,10 @@ class PacketStreamer(wiring.Component):
                         with m.If(rem[2:] == pw):
                             m.next = "WAIT_CRC"
             with m.State("WAIT_CRC"), m.If(self.crc_sent):
-                if self.word_period > 1:
-                    m.d.sync += hold.eq(self.word_period - 2)
+                with m.If(self.run_word_period > 1):
+                    m.d.sync += hold.eq(self.run_word_period - 2)
                     m.next = "LINK_TAIL"
-                else:
+                with m.Else():
                     m.next = "WRITEBACK"
             with m.State("LINK_TAIL"):
                 # A slow link is busy for word_period cycles per word: the chunk's
@@ -622,11 +628,13 @@ class DmaEngine(wiring.Component):
         size in words; a ring must lie inside it (``RING_BASE`` is a device
         byte address, 32-byte aligned).
     max_payload_bytes:
-        Largest packet payload (multiple of 4, at most 512).
+        Largest packet payload (multiple of 4, at most 512): the reset value of
+        ``run_payload_words`` (times 4).
     link_bytes_per_cycle:
         Bandwidth of the transmit link (1, 2 or 4): a chunk's transmission
         ends ``4 / link_bytes_per_cycle - 1`` cycles after its last word was
-        taken, and only then is it written back.
+        taken, and only then is it written back.  The reset value of
+        ``run_bytes_per_cycle``.
     src_regions:
         ``(base, bytes)`` of the device-memory regions a descriptor may read;
         a source range not inside one of them is refused as out of window.
@@ -635,6 +643,10 @@ class DmaEngine(wiring.Component):
 
     Attributes
     ----------
+    run_payload_words : In(8), run_bytes_per_cycle : In(3)
+        The current link (``LINK_SET``): packets carry at most ``run_payload_words``
+        words; the link takes a word every ``4 / run_bytes_per_cycle`` cycles.
+        Undriven: the parameters.
     ring_addr, ring_wdata, ring_we, ring_rdata
         Host port of the ring memory (word address; read data one cycle later).
     ring1_addr, ring1_wdata, ring1_we, ring1_rdata
@@ -735,6 +747,8 @@ class DmaEngine(wiring.Component):
         self.src_regions = tuple(src_regions)
         self.src_addr_width = max(1, ceil_log2(max(size for _, size in src_regions) // 4))
         ports = {
+            "run_payload_words": In(8, init=max_payload_bytes // 4),
+            "run_bytes_per_cycle": In(3, init=link_bytes_per_cycle),
             "ring_addr": In(ceil_log2(ring_words)),
             "ring_wdata": In(32),
             "ring_we": In(1),
@@ -827,6 +841,10 @@ class DmaEngine(wiring.Component):
             fetcher.tx_peer.eq(self.tx_peer),
             fetcher.peers_ok.eq(self.peers_ok),
             fetcher.cycle.eq(self.cycle),
+            streamer.run_payload_words.eq(self.run_payload_words),
+            streamer.run_word_period.eq(
+                Mux(self.run_bytes_per_cycle == 1, 4, Mux(self.run_bytes_per_cycle == 2, 2, 1))
+            ),
             streamer.compute_done.eq(self.compute_done),
             streamer.cycle.eq(self.cycle),
             streamer.src_data.eq(self.src_data),

@@ -14,14 +14,20 @@ through ports, so a long fault campaign costs no Python per packet.
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, ResetSignal, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, Value
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from gradsync.spec import faults as fs
+from gradsync.spec.link import LINK_MAX_LATENCY_CYCLES
 
 #: One link word: 32 bits of packet data and the end-of-packet flag.
 LinkBeat = data.StructLayout({"data": 32, "last": 1})
+
+#: Width of a link latency (0 .. LINK_MAX_LATENCY_CYCLES).
+LATENCY_BITS = ceil_log2(LINK_MAX_LATENCY_CYCLES + 1)
 
 #: The receiver's acknowledge/credit message (see ``hw/nic.py``); ``chk`` is
 #: ``gradsync.spec.faults.ack_check`` of the rest, so a corrupted message is ignored.
@@ -61,13 +67,23 @@ class Link(wiring.Component):
     ----------
     latency_cycles:
         Cycles from a word being accepted on ``tx`` to it appearing on ``rx``
-        (and from ``ack_tx`` to ``ack_rx``).  0 makes the link combinational.
+        (and from ``ack_tx`` to ``ack_rx``), 0 .. ``LINK_MAX_LATENCY_CYCLES``;
+        0 makes the link combinational.  The reset value of ``run_latency``.
     bytes_per_cycle:
         Link bandwidth: 4 accepts one 32-bit word per cycle; 1 or 2 accept one
-        word every ``4 / bytes_per_cycle`` cycles.
+        word every ``4 / bytes_per_cycle`` cycles.  The reset value of
+        ``run_bytes_per_cycle``.
 
     Attributes
     ----------
+    run_bytes_per_cycle : In(3), run_latency : In(10)
+        The link's current bandwidth (1, 2 or 4) and latency in cycles (a run-time
+        setting, ``LINK_SET`` of the transmitting node; undriven: the parameters).
+        Both directions are delay lines of ``LINK_MAX_LATENCY_CYCLES + 1`` entries
+        written every cycle: what leaves in cycle ``t`` entered in cycle
+        ``t - run_latency(t)`` (nothing if that was before the last reset), so a
+        constant latency ``L`` is exactly ``L`` register stages.  A new bandwidth
+        applies from the next word accepted.
     tx : In(stream of LinkBeat)
         Transmitter side.  ``ready`` is low while the link is throttled to its
         bandwidth or stalled by fault injection; words are never lost because
@@ -92,6 +108,11 @@ class Link(wiring.Component):
     def __init__(self, latency_cycles: int, bytes_per_cycle: int = 4):
         if not isinstance(latency_cycles, int) or latency_cycles < 0:
             raise ValueError(f"latency_cycles must be an int >= 0, not {latency_cycles!r}")
+        if latency_cycles > LINK_MAX_LATENCY_CYCLES:
+            raise ValueError(
+                f"latency_cycles must be at most {LINK_MAX_LATENCY_CYCLES} (the delay line), "
+                f"not {latency_cycles!r}"
+            )
         if bytes_per_cycle not in (1, 2, 4):
             raise ValueError(f"bytes_per_cycle must be 1, 2 or 4, not {bytes_per_cycle!r}")
         self.latency_cycles = latency_cycles
@@ -102,19 +123,45 @@ class Link(wiring.Component):
                 "rx": Out(stream.Signature(LinkBeat, always_ready=True)),
                 "ack_tx": In(stream.Signature(AckMessage, always_ready=True)),
                 "ack_rx": Out(stream.Signature(AckMessage, always_ready=True)),
+                "run_bytes_per_cycle": In(3, init=bytes_per_cycle),
+                "run_latency": In(LATENCY_BITS, init=latency_cycles),
                 **link_fault_ports(),
             }
         )
 
-    def _delay(self, m: Module, valid, payload, width: int):
-        """``latency_cycles`` register stages; returns (valid, payload) at the far end."""
-        v, p = valid, payload
-        for i in range(self.latency_cycles):
-            nv = Signal(name=f"dly_v{width}_{i}")
-            np_ = Signal(width, name=f"dly_p{width}_{i}")
-            m.d.sync += [nv.eq(v), np_.eq(p)]
-            v, p = nv, np_
+    def _delay(self, m: Module, valid, payload, width: int, age):
+        """A delay line of ``run_latency`` cycles; returns (valid, payload) at the far end.
+
+        Entry ``ptr`` is written every cycle; the output reads the entry written
+        ``run_latency`` cycles ago (combinationally the input when it is 0), valid only if
+        at least that many cycles have passed since reset (``age``, saturating).
+        """
+        depth = LINK_MAX_LATENCY_CYCLES + 1
+        line = Memory(shape=width + 1, depth=depth, init=[])
+        m.submodules[f"delay{width}"] = line
+        wr, rd = line.write_port(), line.read_port(domain="comb")
+        ptr = Signal(ceil_log2(depth), name=f"dly_ptr{width}")
+        m.d.sync += ptr.eq(ptr + 1)
+        lat = self.run_latency
+        m.d.comb += [
+            wr.addr.eq(ptr),
+            wr.data.eq(Cat(valid, payload)),
+            wr.en.eq(1),
+            rd.addr.eq(ptr - lat),
+        ]
+        v, p = Signal(name=f"dly_v{width}"), Signal(width, name=f"dly_p{width}")
+        with m.If(lat == 0):
+            m.d.comb += [v.eq(valid), p.eq(payload)]
+        with m.Else():
+            m.d.comb += [v.eq(rd.data[0] & (age >= lat)), p.eq(rd.data[1:])]
         return v, p
+
+    def _age(self, m: Module):
+        """Cycles since reset, saturating at ``LINK_MAX_LATENCY_CYCLES``."""
+        age = Signal(LATENCY_BITS)
+        with m.If(age != LINK_MAX_LATENCY_CYCLES):
+            m.d.sync += age.eq(age + 1)
+        return age
 
     def _generators(self, m: Module) -> tuple:
         """The fault generators, fault cycle counter and the restart condition."""
@@ -135,8 +182,9 @@ class Link(wiring.Component):
 
     def _timers(self, m: Module, restart, fcyc, cyc, dn, accepted):
         """Bandwidth throttle, stalls and outages; returns (tx ready, link down)."""
-        period = 4 // self.bytes_per_cycle
-        gap = Signal(range(period))
+        bpc = self.run_bytes_per_cycle
+        period_m1 = Mux(bpc == 1, 3, Mux(bpc == 2, 1, 0))  # 4 / bytes_per_cycle - 1
+        gap = Signal(2)
         stall = Signal(9)
         down = Signal(17)
         ready = Signal()
@@ -145,11 +193,10 @@ class Link(wiring.Component):
             ready.eq((gap == 0) & (stall == 0)),
             is_down.eq((down != 0) | ((fcyc - self.down_at)[:32] < self.down_len)),
         ]
-        if period > 1:
-            with m.If(accepted):
-                m.d.sync += gap.eq(period - 1)
-            with m.Elif(gap != 0):
-                m.d.sync += gap.eq(gap - 1)
+        with m.If(accepted):
+            m.d.sync += gap.eq(period_m1)
+        with m.Elif(gap != 0):
+            m.d.sync += gap.eq(gap - 1)
         with m.If(stall != 0):
             m.d.sync += stall.eq(stall - 1)
         with m.Elif((cyc[8:24] < self.stall_rate) & (self.stall_max != 0)):
@@ -252,9 +299,10 @@ class Link(wiring.Component):
         ready, is_down = self._timers(m, restart, fcyc, gens[1], gens[5], accepted)
         m.d.comb += [self.tx.ready.eq(ready), accepted.eq(self.tx.valid & ready)]
         valid, beat = self._packet_faults(m, gens, accepted, is_down)
-        v, p = self._delay(m, valid, beat.as_value(), len(beat.as_value()))
+        age = self._age(m)
+        v, p = self._delay(m, valid, beat.as_value(), len(beat.as_value()), age)
         m.d.comb += [self.rx.valid.eq(v), self.rx.p.eq(p)]
         avalid, amsg = self._ack_faults(m, gens, is_down)
-        av, ap = self._delay(m, avalid, amsg, len(amsg))
+        av, ap = self._delay(m, avalid, amsg, len(amsg), age)
         m.d.comb += [self.ack_rx.valid.eq(av), self.ack_rx.p.eq(ap)]
         return m

@@ -53,13 +53,19 @@ class NicTx(wiring.Component):
         Receive-buffer credits the receiver starts with (its ``credits``).
     timeout_cycles:
         Cycles without acknowledgement progress, while packets are
-        outstanding, after which everything unacknowledged is resent.
+        outstanding, after which everything unacknowledged is resent: the
+        reset value of ``run_timeout``.
     seq_start:
         The first sequence number (the receiver's ``seq_start`` must match);
         tests start near 65535 to exercise the 16-bit wrap.
 
     Attributes
     ----------
+    run_timeout : In(16)
+        The current retransmission timeout in cycles (``nic_timeouts`` of the
+        node's link as set, ``LINK_SET``); the counter fires once it reaches
+        ``run_timeout - 1``, at once if a lowered timeout is already behind it.
+        Undriven: ``timeout_cycles``.
     pkt : In(stream of TxWord)
         Packets from the DMA engine; H0's sequence field must be 0.  A new
         packet starts in the same cycle it is offered if the link is ready, a
@@ -99,6 +105,8 @@ class NicTx(wiring.Component):
             raise ValueError(f"credits must be in 1..32767, not {credits!r}")
         if timeout_cycles < 1:
             raise ValueError(f"timeout_cycles must be >= 1, not {timeout_cycles!r}")
+        if timeout_cycles >= 1 << 16:
+            raise ValueError(f"timeout_cycles must be below 65536, not {timeout_cycles!r}")
         if not 0 <= seq_start < 1 << 16:
             raise ValueError(f"seq_start must be in 0..65535, not {seq_start!r}")
         self.seq_start = seq_start
@@ -109,6 +117,7 @@ class NicTx(wiring.Component):
         self.stride = HEADER_WORDS + max_payload_words
         super().__init__(
             {
+                "run_timeout": In(16, init=timeout_cycles),
                 "pkt": In(stream.Signature(TxWord)),
                 "link": Out(stream.Signature(LinkBeat)),
                 "ack": In(stream.Signature(AckMessage, always_ready=True)),
@@ -139,7 +148,7 @@ class NicTx(wiring.Component):
         rtotal = Signal(range(self.stride + 1))
         widx = Signal(range(self.stride + 1))
         pw = Signal(8)  # payload words of the new packet in flight
-        timer = Signal(range(self.timeout_cycles + 1))
+        timer = Signal(16)
 
         outstanding = Signal(16)
         credit_ok = Signal()
@@ -267,7 +276,7 @@ class NicTx(wiring.Component):
         # Timeout: no acknowledgement progress while packets are outstanding.
         with m.If((una == seq_next) | advanced | resending):
             m.d.sync += timer.eq(0)
-        with m.Elif(timer == self.timeout_cycles - 1):
+        with m.Elif(timer + 1 >= self.run_timeout):
             m.d.sync += [timer.eq(0), resend_pending.eq(1), self.timeouts.eq(self.timeouts + 1)]
         with m.Else():
             m.d.sync += timer.eq(timer + 1)

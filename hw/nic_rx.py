@@ -192,8 +192,14 @@ class RxFrontEnd(wiring.Component):
     ack : Out(stream of AckMessage)
         Cumulative ACK (``exp``), credit limit (packets freed + ``credits``),
         NAK and check byte, sent in the cycle after anything of them changed,
-        and repeated after ``nak_holdoff_cycles`` without a message (a lost
+        and repeated after ``run_nak_holdoff`` cycles without a message (a lost
         message, e.g. the last credit, is repaired without a sender timeout).
+    run_nak_holdoff : In(16)
+        The current NAK hold-off (reset: ``nak_holdoff_cycles``); its counters
+        compare with ``>=``, so a lowered hold-off fires at once.
+    run_payload_words : In(8)
+        The current maximum payload (reset: ``max_payload_words``, the buffers'
+        size): a longer packet is dropped as a bad length.
     packets : Out(stream of PacketHeader)
         The oldest committed packet; valid from the cycle after its CRC word
         arrived.  Its payload is readable through ``payload`` while it is
@@ -217,6 +223,8 @@ class RxFrontEnd(wiring.Component):
         super().__init__(
             {
                 **_link_ports(),
+                "run_nak_holdoff": In(16, init=nak_holdoff_cycles),
+                "run_payload_words": In(8, init=max_payload_words),
                 "packets": Out(stream.Signature(PacketHeader)),
                 "payload": In(payload_port_signature(max_payload_words)),
                 **_arrival_counter_ports(),
@@ -256,17 +264,17 @@ class RxFrontEnd(wiring.Component):
             m.d.sync += nak_pending.eq(0)
         # One-cycle flags; later assignments in this function set them again.
         m.d.sync += dirty.eq(0)
-        quiet = Signal(range(self.nak_holdoff_cycles + 1))
+        quiet = Signal(16)
         with m.If(self.ack.valid):
             m.d.sync += quiet.eq(0)
-        with m.Elif(quiet == self.nak_holdoff_cycles):
+        with m.Elif(quiet >= self.run_nak_holdoff):
             m.d.sync += [quiet.eq(0), dirty.eq(1)]
         with m.Else():
             m.d.sync += quiet.eq(quiet + 1)
 
-        holdoff = Signal(range(self.nak_holdoff_cycles + 1))
+        holdoff = Signal(16)
         with m.If(nak_sent):
-            with m.If(holdoff == self.nak_holdoff_cycles):
+            with m.If(holdoff >= self.run_nak_holdoff):
                 m.d.sync += nak_sent.eq(0)
             with m.Else():
                 m.d.sync += holdoff.eq(holdoff + 1)
@@ -298,7 +306,7 @@ class RxFrontEnd(wiring.Component):
             m.d.comb += good.eq(
                 (crcp.crc == beat.data)
                 & (widx == HEADER_WORDS + pw_in)
-                & (pw_in <= self.max_payload_words)
+                & (pw_in <= self.run_payload_words)
             )
             with m.If(good & (seq == exp)):
                 m.d.sync += [
@@ -718,12 +726,17 @@ class NicRx(wiring.Component):
         After a NAK the receiver NAKs again only when the expected packet
         arrived or this many cycles passed (about one round trip), so a lost
         resend is NAKed again instead of waiting for the sender's timeout;
-        also the longest gap between acknowledge messages (a repeat).
+        also the longest gap between acknowledge messages (a repeat).  The
+        reset value of ``run_nak_holdoff``.
     seq_start:
         The first sequence number expected (the sender's ``seq_start``).
 
     Attributes
     ----------
+    run_nak_holdoff : In(16), run_payload_words : In(8)
+        The current NAK hold-off in cycles (``nic_timeouts`` of the node's link as
+        set, ``LINK_SET``) and maximum payload in words (a longer packet is dropped
+        like a bad CRC); undriven: ``nak_holdoff_cycles``, ``max_payload_words``.
     link : In(stream of LinkBeat)
         From the link; always ready (the receiver absorbs one word per cycle).
     ack : Out(stream of AckMessage)
@@ -808,6 +821,8 @@ class NicRx(wiring.Component):
         self.slots = credits + 1
         super().__init__(
             {
+                "run_nak_holdoff": In(16, init=nak_holdoff_cycles),
+                "run_payload_words": In(8, init=max_payload_words),
                 **_link_ports(),
                 **_memory_ports(self.mem_addr_width, len(regions)),
                 **_window_register_ports(),
@@ -834,6 +849,10 @@ class NicRx(wiring.Component):
             saturate=self.saturate,
             max_payload_words=self.max_payload_words,
         )
+        m.d.comb += [
+            front.run_nak_holdoff.eq(self.run_nak_holdoff),
+            front.run_payload_words.eq(self.run_payload_words),
+        ]
         wiring.connect(m, wiring.flipped(self.link), front.link)
         wiring.connect(m, wiring.flipped(self.ack), front.ack)
         wiring.connect(m, front.packets, applier.packets)

@@ -49,6 +49,7 @@ from gradsync.spec import regmap as rm
 from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
 from gradsync.spec.link import (
+    LINK_BYTES_PER_CYCLE,
     NIC_CREDITS,
     NIC_WINDOW_PACKETS,
     PACKET_CRC_BYTES,
@@ -62,9 +63,10 @@ from .compute_node import (
     connect_sequencer,
     make_sequencer,
 )
-from .csr import CsrBlock, axil_signature
+from .csr import LINK_CURRENT, CsrBlock, axil_signature
 from .dma import DmaEngine
-from .link import AckMessage, LinkBeat
+from .events import ErrorEvent
+from .link import LATENCY_BITS, AckMessage, LinkBeat
 from .nic import NicRx, NicTx
 from .sram import DeviceMemory, device_addr_bits
 
@@ -121,8 +123,11 @@ NIC_COUNTER_SOURCES = {
 
 
 def link_ports() -> dict:
-    """A node's link side: beats out and in, acks both ways, and its NIC counters."""
+    """A node's link side: beats out and in, acks both ways, the transmit link's current
+    bandwidth and latency (``LINK_SET``), and its NIC counters."""
     ports = {
+        "link_bytes_per_cycle": Out(3),
+        "link_latency": Out(LATENCY_BITS),
         "tx": Out(stream.Signature(LinkBeat)),
         "tx_ack": In(stream.Signature(AckMessage, always_ready=True)),
         "rx": In(stream.Signature(LinkBeat, always_ready=True)),
@@ -150,6 +155,102 @@ def connect_nic(m: Module, top, dma: DmaEngine, tx: NicTx, rx: NicRx) -> None:
     wiring.connect(m, wiring.flipped(top.tx_ack), tx.ack)
     wiring.connect(m, wiring.flipped(top.rx), rx.link)
     wiring.connect(m, wiring.flipped(top.rx_ack), rx.ack)
+
+
+class LinkSetting(wiring.Component):
+    """The node's current transmit link (``LINK_SET``) and the NIC timeouts derived from it.
+
+    Parameters
+    ----------
+    hw:
+        The build's link (``link_bytes_per_cycle``, ``link_latency_cycles``,
+        ``max_payload_bytes``): the values after reset.
+    limits:
+        ``LINK_LIMITS`` (``max_payload_words``, ``max_latency``), the bounds of a setting.
+
+    Attributes
+    ----------
+    set_we : In(1), set_data : In(32)
+        A ``LINK_SET`` write.  Refused, changing nothing, if a doorbell was written
+        since reset (``LINK_SET_LOCKED``, index 0) or by the first bad field in
+        ``gradsync.spec.link.link_set_refusal``'s order (``LINK_SET_BAD``, index 0
+        width, 1 payload words, 2 latency); ``error`` (engine HOST, info = the
+        value) in the cycle of the write, as ``CMD_FIFO_FULL``.  Accepted: the
+        outputs take the new values at the end of the write's cycle.
+    doorbell : In(1)
+        Any ``DMAn_DOORBELL`` write (accepted or refused): locks the setting until reset.
+    bytes_per_cycle : Out(3), payload_words : Out(8), latency : Out(10)
+        The current link.
+    timeout, holdoff : Out(16)
+        ``gradsync.spec.link.nic_timeouts`` of the current link, in cycles.
+    error : Out(ErrorEvent)
+    """
+
+    def __init__(self, hw: HardwareConfig, limits: int):
+        lim = rm.reg("LINK_LIMITS")
+        self.max_payload_words = lim.field("max_payload_words").get(limits)
+        self.max_latency = lim.field("max_latency").get(limits)
+        self.framing_words = (PACKET_HEADER_BYTES + PACKET_CRC_BYTES) // 4
+        super().__init__(
+            {
+                "set_we": In(1),
+                "set_data": In(32),
+                "doorbell": In(1),
+                "bytes_per_cycle": Out(3, init=hw.link_bytes_per_cycle),
+                "payload_words": Out(8, init=hw.max_payload_bytes // 4),
+                "latency": Out(LATENCY_BITS, init=hw.link_latency_cycles),
+                "timeout": Out(16),
+                "holdoff": Out(16),
+                "error": Out(ErrorEvent),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        r = rm.reg("LINK_SET")
+        v = self.set_data
+        bpc, pw, lat = (
+            v[f.lsb : f.lsb + f.width]
+            for f in map(r.field, ("bytes_per_cycle", "payload_words", "latency"))
+        )
+        locked = Signal()
+        with m.If(self.doorbell):
+            m.d.sync += locked.eq(1)
+        bad = Signal(3)  # per field, in link_set_refusal's order
+        m.d.comb += [
+            bad[0].eq(~sum(bpc == w for w in LINK_BYTES_PER_CYCLE).bool()),
+            bad[1].eq((pw == 0) | (pw > self.max_payload_words)),
+            bad[2].eq(lat > self.max_latency),
+        ]
+        e = self.error
+        with m.If(self.set_we):
+            with m.If(locked):
+                m.d.comb += [e.valid.eq(1), e.code.eq(rm.ErrorCode.LINK_SET_LOCKED)]
+            with m.Elif(bad != 0):
+                m.d.comb += [
+                    e.valid.eq(1),
+                    e.code.eq(rm.ErrorCode.LINK_SET_BAD),
+                    e.index.eq(Mux(bad[0], 0, Mux(bad[1], 1, 2))),
+                ]
+            with m.Else():
+                m.d.sync += [
+                    self.bytes_per_cycle.eq(bpc),
+                    self.payload_words.eq(pw),
+                    self.latency.eq(lat),
+                ]
+        m.d.comb += [e.engine.eq(rm.Engine.HOST), e.info.eq(v)]
+
+        # nic_timeouts: rtt = 2 latency + (framing + payload words) * 4 / width + 16
+        shift = Mux(self.bytes_per_cycle == 1, 2, Mux(self.bytes_per_cycle == 2, 1, 0))
+        rtt = Signal(16)
+        words = Signal(9)
+        m.d.comb += [
+            words.eq(self.framing_words + self.payload_words),
+            rtt.eq((self.latency << 1) + (words << shift) + 16),
+            self.holdoff.eq(rtt),
+            self.timeout.eq((rtt << 1) + 64),
+        ]
+        return m
 
 
 class Node(wiring.Component):
@@ -200,6 +301,9 @@ class Node(wiring.Component):
     tx, tx_ack, rx, rx_ack :
         Link ports (``hw/link.py``): packets out, their acknowledgements in;
         packets in, acknowledgements out.
+    link_bytes_per_cycle : Out(3), link_latency : Out(10)
+        The transmit link's current bandwidth and latency (:class:`LinkSetting`),
+        for the :class:`~gradsync.hw.link.Link` the cluster joins to ``tx``.
     tx_packets ... rx_drops : Out(32)
         NIC counters (:data:`NODE_COUNTERS`).
     compute_done : In(32)
@@ -271,7 +375,11 @@ class Node(wiring.Component):
         lanes32 = 32 // fmt.total_bits  # operand words per 32-bit DMA/NIC word
         ring_words = 1 << ceil_log2(Q * hw.ring_entries * rm.DESCRIPTOR_WORDS)
         ring_valid = Q * hw.ring_entries * rm.DESCRIPTOR_WORDS
-        max_pw = hw.max_payload_bytes // 4
+        consts = constant_registers(hw, fmt, self.node_id, self.num_nodes)
+        # Buffers and packet fields are sized for LINK_LIMITS; LINK_SET picks within them.
+        link = LinkSetting(hw, consts["LINK_LIMITS"])
+        max_pw = link.max_payload_words
+        timeout, holdoff = nic_timeouts(hw.link)  # reset values; LinkSetting drives them
 
         # ---- parts ---------------------------------------------------------------------------
         seq = make_sequencer(hw, fmt) if self.compute else None
@@ -307,12 +415,11 @@ class Node(wiring.Component):
             ring_entries=hw.ring_entries,
             ring_base_addr=rm.RING_MEM_BASE,
             ring_valid_words=ring_valid,
-            max_payload_bytes=hw.max_payload_bytes,
+            max_payload_bytes=4 * max_pw,
             link_bytes_per_cycle=hw.link_bytes_per_cycle,
             src_regions=regions,
             host_lanes=WIDE_PER_BEAT,
         )
-        timeout, holdoff = nic_timeouts(hw.link)
         tx = NicTx(
             max_payload_words=max_pw,
             window_packets=NIC_WINDOW_PACKETS,
@@ -331,12 +438,13 @@ class Node(wiring.Component):
             seq_start=self.seq_start,
         )
         trace_writes = [dma.trace[0], dma.trace[1], rx.trace, bulk.trace[0], bulk.trace[1]]
-        errors = [dma.error[0], dma.error[1], rx.error]
+        errors = [dma.error[0], dma.error[1], rx.error, link.error]
         if seq:
             trace_writes.insert(0, seq.trace)
             errors[:0] = [seq.cmd_err, seq.launch_err]
         csr = CsrBlock(
-            constants=constant_registers(hw, fmt, self.node_id, self.num_nodes),
+            constants=consts,
+            live=LINK_CURRENT,
             trace_records=hw.trace_records,
             trace_writers=len(trace_writes),
             error_sources=len(errors),
@@ -351,6 +459,7 @@ class Node(wiring.Component):
         m.submodules.nic_tx = tx
         m.submodules.nic_rx = rx
         m.submodules.csr = csr
+        m.submodules.link_setting = link
 
         # ---- device memory: sequencer, bulk, DMA source, receiver (later writers win) --------
         if seq:
@@ -384,6 +493,7 @@ class Node(wiring.Component):
             rx.now.eq(csr.now[:48]),
         ]
         self._connect_comm_registers(m, csr, dma, tx, rx)
+        self._connect_link_setting(m, csr, link, dma, tx, rx)
 
         # ---- interrupts, trace, errors ------------------------------------------------------------
         def irq_bit(irq):
@@ -507,6 +617,31 @@ class Node(wiring.Component):
             rx.cfg_wdata.eq(csr.win_wdata),
             rx.cfg_we.eq(csr.win_we),
             csr.win_rdata.eq(rx.cfg_rdata),
+        ]
+
+    def _connect_link_setting(self, m, csr, link, dma, tx, rx):
+        """LINK_SET and the doorbells in; the current link to the engines, the transmit
+        link's ports and the LINK_INFO/LINK_LATENCY/LINK_MAX_PAYLOAD registers."""
+        doorbells = [csr.port("wo", rm.dma_reg_name(q, "DOORBELL")) for q in range(rm.DMA_QUEUES)]
+        info = rm.reg("LINK_INFO")
+        m.d.comb += [
+            link.set_we.eq(csr.port("wo", "LINK_SET")),
+            link.set_data.eq(csr.wo_data),
+            link.doorbell.eq(Cat(*doorbells).any()),
+            dma.run_payload_words.eq(link.payload_words),
+            dma.run_bytes_per_cycle.eq(link.bytes_per_cycle),
+            tx.run_timeout.eq(link.timeout),
+            rx.run_nak_holdoff.eq(link.holdoff),
+            rx.run_payload_words.eq(link.payload_words),
+            self.link_bytes_per_cycle.eq(link.bytes_per_cycle),
+            self.link_latency.eq(link.latency),
+            csr.port("ro", "LINK_INFO").eq(
+                link.bytes_per_cycle << info.field("bytes_per_cycle").lsb
+                | PACKET_HEADER_BYTES << info.field("header_bytes").lsb
+                | PACKET_CRC_BYTES << info.field("crc_bytes").lsb
+            ),
+            csr.port("ro", "LINK_LATENCY").eq(link.latency),
+            csr.port("ro", "LINK_MAX_PAYLOAD").eq(link.payload_words << 2),
         ]
 
     def _connect_host_ports(self, m, csr, bulk):
