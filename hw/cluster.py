@@ -32,7 +32,7 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig
 
 from .link import LINK_CONTROLS, LINK_COUNTERS, Link
@@ -72,7 +72,7 @@ class Cluster(wiring.Component):
     ----------
     hw, fmt:
         Node and link configuration (``gradsync.spec.hardware.HardwareConfig``,
-        ``gradsync.spec.formats.FixedPointFormat``); every node and link is the same.
+        ``FixedPointFormat`` or ``BFloat16Format``); every node and link is the same.
     num_nodes:
         Nodes (>= 2).
     **node_kwargs:
@@ -91,7 +91,7 @@ class Cluster(wiring.Component):
     def __init__(
         self,
         hw: HardwareConfig = DEFAULT_HARDWARE,
-        fmt: FixedPointFormat = DEFAULT_FORMAT,
+        fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT,
         num_nodes: int = 2,
         **node_kwargs,
     ):

@@ -15,9 +15,12 @@ joined with ``wiring.connect``:
   to which words of which memory region) and counts RECEIVED bytes up to the
   window's done bit and interrupt.
 * :class:`RxApplier` takes one packet at a time: looks it up, then writes its
-  payload, or the saturating reduce-add ``dst[i] = sat(src[i] + payload[i])``,
-  to device memory, traces it and counts it; a refused packet is an error
-  event and a drop.  Every packet is applied exactly once.
+  payload, or the reduce-add ``dst[i] = src[i] + payload[i]``, to device
+  memory, traces it and counts it; a refused packet is an error event and a
+  drop.  Every packet is applied exactly once.  The sum is per operand lane,
+  saturating (fixed point), or per 32-bit word, one fp32 element rounded to
+  nearest even with subnormals flushed (``fp32=True``, a bf16 node:
+  ``docs/numerics.md``, "The NIC's reduce-add on receive").
 
 Receiver not ready: a packet whose tag has the layer and chunk of its enabled
 window's ``TAG`` and whose step is that step + 1 (modulo 4096) is not an
@@ -40,6 +43,7 @@ from gradsync.spec import regmap as rm
 
 from .arith import add_lanes
 from .events import ErrorEvent, TraceWrite
+from .fp import fp32_add
 from .link import AckMessage, LinkBeat, ack_check
 from .packet import HEADER_WORDS, Header0, PacketHeader, crc32
 from .sram import read_port_signature
@@ -520,7 +524,7 @@ class RxApplier(wiring.Component):
 
     Parameters
     ----------
-    regions, operand_bits, saturate, max_payload_words:
+    regions, operand_bits, saturate, fp32, max_payload_words:
         As :class:`NicRx`'s.
     mem_addr_width:
         Width of a word address in a region.
@@ -557,9 +561,11 @@ class RxApplier(wiring.Component):
         operand_bits: int,
         saturate: bool,
         max_payload_words: int,
+        fp32: bool = False,
     ):
         self.operand_bits = operand_bits
         self.saturate = saturate
+        self.fp32 = fp32
         super().__init__(
             {
                 "packets": In(stream.Signature(PacketHeader)),
@@ -609,7 +615,12 @@ class RxApplier(wiring.Component):
         p_reduce = Signal()
         m.d.sync += p_valid.eq(0)
         payload = self.payload.data
-        summed = add_lanes(m, self.mem_rd_data, payload, self.operand_bits, self.saturate, "lane")
+        if self.fp32:  # one fp32 element per 32-bit word, combinational (docs/numerics.md)
+            summed = fp32_add(m, self.mem_rd_data, payload, "reduce_fp32")
+        else:
+            summed = add_lanes(
+                m, self.mem_rd_data, payload, self.operand_bits, self.saturate, "lane"
+            )
         with m.If(p_valid):
             m.d.comb += [
                 self.mem_wr_addr.eq(p_addr),
@@ -721,7 +732,14 @@ class NicRx(wiring.Component):
         window.  The memory ports address 32-bit words
         ``(addr - base) >> 2`` of a region, with the region's index beside.
     operand_bits, saturate:
-        Operand format of the reduce-add (8, 16 or 32 bits per lane).
+        Operand format of the fixed-point reduce-add (8, 16 or 32 bits per lane).
+    fp32:
+        Reduce-add fp32 elements instead (a bf16 node's gradient SRAM): each 32-bit
+        payload word and the local 32-bit word it meets (two SRAM words, low half
+        first) are one fp32 value each, summed by :func:`hw.fp.fp32_add` (flush to
+        zero, round to nearest even, canonical NaN); ``operand_bits`` and
+        ``saturate`` are then unused.  Combinational, so the timing below holds in
+        both formats.
     nak_holdoff_cycles:
         After a NAK the receiver NAKs again only when the expected packet
         arrived or this many cycles passed (about one round trip), so a lost
@@ -791,6 +809,7 @@ class NicRx(wiring.Component):
         regions: tuple[tuple[int, int], ...] = ((rm.GRAD_BASE, 1 << 16),),
         operand_bits: int = 16,
         saturate: bool = True,
+        fp32: bool = False,
         nak_holdoff_cycles: int = 256,
         seq_start: int = 0,
     ):
@@ -817,6 +836,7 @@ class NicRx(wiring.Component):
         self.mem_addr_width = max(1, ceil_log2(max(size for _, size in regions) // 4))
         self.operand_bits = operand_bits
         self.saturate = saturate
+        self.fp32 = fp32
         self.stride = HEADER_WORDS + max_payload_words
         self.slots = credits + 1
         super().__init__(
@@ -848,6 +868,7 @@ class NicRx(wiring.Component):
             operand_bits=self.operand_bits,
             saturate=self.saturate,
             max_payload_words=self.max_payload_words,
+            fp32=self.fp32,
         )
         m.d.comb += [
             front.run_nak_holdoff.eq(self.run_nak_holdoff),

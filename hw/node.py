@@ -46,7 +46,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import DEFAULT_FORMAT, FixedPointFormat
+from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
 from gradsync.spec.link import (
     LINK_BYTES_PER_CYCLE,
@@ -262,7 +262,10 @@ class Node(wiring.Component):
         ``HardwareConfig`` (array, SRAM sizes, queues, windows, trace depth,
         link bandwidth/latency, payload size).
     fmt:
-        ``FixedPointFormat``.
+        ``FixedPointFormat`` or ``BFloat16Format``: chosen at elaboration, reported in
+        ``HW_FORMAT``.  In bf16 both SRAMs hold 16-bit words (two per 32-bit DMA/NIC
+        word, as 16-bit fixed point) and the receiver's reduce-add sums fp32 elements,
+        one per 32-bit packet word (``docs/numerics.md``).
     node_id, num_nodes:
         This node's index and the cluster size (``NODE_ID``, ``NUM_NODES``,
         ``TX_PEER = (node_id + 1) % num_nodes``).
@@ -313,7 +316,7 @@ class Node(wiring.Component):
     def __init__(
         self,
         hw: HardwareConfig = DEFAULT_HARDWARE,
-        fmt: FixedPointFormat = DEFAULT_FORMAT,
+        fmt: FixedPointFormat | BFloat16Format = DEFAULT_FORMAT,
         node_id: int = 0,
         num_nodes: int = 2,
         *,
@@ -326,8 +329,11 @@ class Node(wiring.Component):
     ):
         if not isinstance(hw, HardwareConfig):
             raise TypeError(f"hw must be a HardwareConfig, not {hw!r}")
-        if not isinstance(fmt, FixedPointFormat):
-            raise TypeError(f"fmt must be a FixedPointFormat, not {fmt!r}")
+        if not isinstance(fmt, (FixedPointFormat, BFloat16Format)):
+            raise TypeError(
+                "fmt must be a gradsync.spec.formats.FixedPointFormat or BFloat16Format, "
+                f"not {fmt!r}"
+            )
         if num_nodes < 1 or not 0 <= node_id < num_nodes:
             raise ValueError(f"node_id must be in 0..{num_nodes - 1}, not {node_id!r}")
         if hw.trace_records & (hw.trace_records - 1):
@@ -433,7 +439,8 @@ class Node(wiring.Component):
             windows=hw.rx_windows,
             regions=regions,
             operand_bits=fmt.total_bits,
-            saturate=fmt.saturate,
+            saturate=getattr(fmt, "saturate", False),
+            fp32=isinstance(fmt, BFloat16Format),
             nak_holdoff_cycles=holdoff,
             seq_start=self.seq_start,
         )
