@@ -162,8 +162,7 @@ def add_config_arguments(
         help="number format: fixed point qI.F (sign, I integer and F fractional bits; "
         f"q{fmt.total_bits - fmt.frac_bits - 1}.{fmt.frac_bits} by default, as --total-bits "
         "and --frac-bits say) or bf16 (bf16 operands, fp32 accumulation, gradients and "
-        "master weights; --backend model only for now; needs --hardware large for the "
-        "default network)",
+        "master weights; needs --hardware large for the default network)",
     )
     hw.add_argument(
         "--grad-format",
@@ -223,9 +222,6 @@ OPTIONS = {
     "frac_bits": "--frac-bits",
     "grad_format": "--grad-format",
 }
-
-#: Why ``--format bf16`` is refused on the RTL backend (before anything is built).
-BF16_RTL_REFUSAL = "--format bf16 runs on --backend model only until the RTL node takes bf16"
 
 
 def option_error(exc: LimitError, options: dict[str, str] = OPTIONS) -> ValueError:
@@ -309,8 +305,6 @@ def _format_from_args(args) -> FixedPointFormat | BFloat16Format:
             "number format; give one of them"
         )
     if chosen == "bf16":
-        if getattr(args, "backend", "model") == "rtl":
-            raise ValueError(BF16_RTL_REFUSAL)
         return BFloat16Format()
     integer, frac = chosen
     try:

@@ -68,7 +68,7 @@ from gradsync.hw.bulk import BEAT_BITS, bulk_header
 from gradsync.hw.sram import device_addr_bits
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
-from gradsync.spec.formats import FixedPointFormat
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
 
 M32 = 0xFFFF_FFFF
@@ -219,7 +219,9 @@ class RtlDevice:
         Name prefix of this node's ports (``"n1_"``), ``""`` for a lone node.
     hw, fmt:
         The configuration the model was built from (host timing, word format,
-        SRAM sizes for the debug port's word address).
+        SRAM sizes for the debug port's word address).  In bf16 the SRAM words are
+        bit patterns (``uint16``; an fp32 gradient-SRAM element is two of them, low
+        half first), moved and returned as they are.
     clk:
         The clock handle (``dut.clk`` of the build's clock wrapper).
     latency:
@@ -233,7 +235,7 @@ class RtlDevice:
         dut,
         prefix: str,
         hw: HardwareConfig,
-        fmt: FixedPointFormat,
+        fmt: FixedPointFormat | BFloat16Format,
         clk,
         latency: BusLatency | None = None,
         *,

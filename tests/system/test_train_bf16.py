@@ -88,22 +88,43 @@ def test_fixed_point_record_keeps_its_keys(tmp_path, capsys):
     assert "format" not in cfg and "grad_format" not in cfg  # as before bf16 (sweeps hash it)
 
 
-def test_bf16_on_the_rtl_backend_is_refused_before_anything_is_built(tmp_path, capsys, monkeypatch):
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_bf16_on_the_rtl_backend_checks_against_the_model(tmp_path, capsys):
+    """``--backend rtl --format bf16 --hardware large --check``: the RTL cluster in bf16
+    matches the golden model bit, event and cycle exactly; its record is bf16's."""
+    pytest.importorskip("gradsync.hw.cluster")
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "rtl", "--format", "bf16", "--hardware", "large", "--check",
+            "--nodes", "2", "--steps", "2", "--global-batch", "16", "--layers", "64,16,10",
+            "--chunk-bytes", "256", "--quiet", "--no-progress", "--no-baselines",
+            "--out", str(out)]  # fmt: skip
+    code = main(argv)
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "check OK against the golden model" in text, text
+    assert "0 mismatches" in text and "0 event mismatches, 0 cycle differences" in text
+    record = json.loads((out / "results.json").read_text())
+    assert record["backend"] == "rtl" and record["config"]["format"]["name"] == "bf16"
+    raw = np.load(out / "weights" / "step_0002.npz")["layer1_raw"]
+    assert raw.shape == (64, 16) and raw.max() <= 0xFFFF  # bf16 words
+
+
+def test_bf16_on_the_rtl_backend_needs_room_before_anything_is_built(tmp_path, capsys, monkeypatch):
+    """The default (rtl) backend takes bf16 now; the small preset's gradient SRAM is still
+    refused with one sentence before a backend is made."""
     import gradsync.cmd_train as ct
 
     def no_backend(*a, **kw):
-        raise AssertionError("a backend was made for --format bf16 --backend rtl")
+        raise AssertionError("a backend was made for a bf16 run that does not fit")
 
     monkeypatch.setattr(ct, "backend_for", no_backend)
     out = tmp_path / "run"
     code = main(["train", "--backend", "rtl", "--format", "bf16", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.strip() == (
-        "gradsync train: --format bf16 runs on --backend model only until the RTL node takes bf16"
-    )
-    assert not out.exists()
-    assert main(["train", "--format", "bf16", "--steps", "1"]) == 2  # rtl is the default
+    assert "need 20352 gradient SRAM words" in err and "try --hardware large" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
 
 
 @pytest.mark.parametrize(
