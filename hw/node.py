@@ -330,10 +330,7 @@ class Node(wiring.Component):
         if not isinstance(hw, HardwareConfig):
             raise TypeError(f"hw must be a HardwareConfig, not {hw!r}")
         if not isinstance(fmt, (FixedPointFormat, BFloat16Format)):
-            raise TypeError(
-                "fmt must be a gradsync.spec.formats.FixedPointFormat or BFloat16Format, "
-                f"not {fmt!r}"
-            )
+            raise TypeError(f"fmt must be a FixedPointFormat or a BFloat16Format, not {fmt!r}")
         if num_nodes < 1 or not 0 <= node_id < num_nodes:
             raise ValueError(f"node_id must be in 0..{num_nodes - 1}, not {node_id!r}")
         if hw.trace_records & (hw.trace_records - 1):

@@ -72,7 +72,12 @@ def test_sim_hardware_fits_the_default_training_run():
     [
         ((DEFAULT_HARDWARE, FMT, 2, 2), {}, ValueError, "node_id must be in 0..1, not 2"),
         (({}, FMT), {}, TypeError, "hw must be a HardwareConfig, not {}"),
-        ((DEFAULT_HARDWARE, 16), {}, TypeError, "fmt must be a FixedPointFormat, not 16"),
+        (
+            (DEFAULT_HARDWARE, 16),
+            {},
+            TypeError,
+            "fmt must be a FixedPointFormat or a BFloat16Format, not 16",
+        ),
         (
             (dataclasses.replace(DEFAULT_HARDWARE, trace_records=1000), FMT),
             {},
