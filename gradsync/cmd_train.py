@@ -142,9 +142,21 @@ def add_config_arguments(
         f"(default: the preset's, {small.array_rows}x{small.array_cols} on {DEFAULT_PRESET})",
     )
     for flag, field, what in (
-        ("--link-bytes-per-cycle", "link_bytes_per_cycle", "link bytes per cycle (1, 2 or 4)"),
-        ("--link-latency-cycles", "link_latency_cycles", "link latency in cycles"),
-        ("--max-payload-bytes", "max_payload_bytes", "largest packet payload in bytes"),
+        (
+            "--link-bytes-per-cycle",
+            "link_bytes_per_cycle",
+            "link bytes per cycle (1, 2 or 4; set at run time, no new build)",
+        ),
+        (
+            "--link-latency-cycles",
+            "link_latency_cycles",
+            "link latency in cycles (0..1023; set at run time)",
+        ),
+        (
+            "--max-payload-bytes",
+            "max_payload_bytes",
+            "largest packet payload in bytes (4..512; set at run time)",
+        ),
     ):
         hw.add_argument(
             flag,
