@@ -30,7 +30,7 @@ A doorbell written in cycle ``d`` makes the queue non-empty in ``d+1``.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal
+from amaranth.hdl import Array, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib import stream as _stream
 from amaranth.lib.memory import Memory, ReadPort, WritePort
@@ -38,6 +38,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.hw.events import ErrorEvent, TraceWrite
+from gradsync.hw.link import word_period_log2
 from gradsync.hw.nic import TxWord
 from gradsync.spec import regmap as rm
 
@@ -842,9 +843,7 @@ class DmaEngine(wiring.Component):
             fetcher.peers_ok.eq(self.peers_ok),
             fetcher.cycle.eq(self.cycle),
             streamer.run_payload_words.eq(self.run_payload_words),
-            streamer.run_word_period.eq(
-                Mux(self.run_bytes_per_cycle == 1, 4, Mux(self.run_bytes_per_cycle == 2, 2, 1))
-            ),
+            streamer.run_word_period.eq(Const(1, 3) << word_period_log2(self.run_bytes_per_cycle)),
             streamer.compute_done.eq(self.compute_done),
             streamer.cycle.eq(self.cycle),
             streamer.src_data.eq(self.src_data),

@@ -60,6 +60,13 @@ def _xorshift32(x):
     return x
 
 
+def word_period_log2(bytes_per_cycle: Value) -> Value:
+    """log2 of the cycles per 32-bit word of a link of ``bytes_per_cycle`` (1, 2 or 4):
+    a word every ``4 / bytes_per_cycle`` cycles (``gradsync.spec.link.LINK_BYTES_PER_CYCLE``).
+    The link's serialiser, the DMA engine's word period and the NIC timeouts use it."""
+    return Mux(bytes_per_cycle == 1, 2, Mux(bytes_per_cycle == 2, 1, 0))
+
+
 class Link(wiring.Component):
     """One direction of a node-to-node link with fault injection.
 
@@ -182,8 +189,7 @@ class Link(wiring.Component):
 
     def _timers(self, m: Module, restart, fcyc, cyc, dn, accepted):
         """Bandwidth throttle, stalls and outages; returns (tx ready, link down)."""
-        bpc = self.run_bytes_per_cycle
-        period_m1 = Mux(bpc == 1, 3, Mux(bpc == 2, 1, 0))  # 4 / bytes_per_cycle - 1
+        period_m1 = (Const(1, 3) << word_period_log2(self.run_bytes_per_cycle)) - 1
         gap = Signal(2)
         stall = Signal(9)
         down = Signal(17)

@@ -66,7 +66,7 @@ from .compute_node import (
 from .csr import LINK_CURRENT, CsrBlock, axil_signature
 from .dma import DmaEngine
 from .events import ErrorEvent
-from .link import LATENCY_BITS, AckMessage, LinkBeat
+from .link import LATENCY_BITS, AckMessage, LinkBeat, word_period_log2
 from .nic import NicRx, NicTx
 from .sram import DeviceMemory, device_addr_bits
 
@@ -241,7 +241,7 @@ class LinkSetting(wiring.Component):
         m.d.comb += [e.engine.eq(rm.Engine.HOST), e.info.eq(v)]
 
         # nic_timeouts: rtt = 2 latency + (framing + payload words) * 4 / width + 16
-        shift = Mux(self.bytes_per_cycle == 1, 2, Mux(self.bytes_per_cycle == 2, 1, 0))
+        shift = word_period_log2(self.bytes_per_cycle)
         rtt = Signal(16)
         words = Signal(9)
         m.d.comb += [
