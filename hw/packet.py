@@ -9,10 +9,11 @@ the golden model's timing uses too.
 
 Packet format (32-bit words, little-endian fields)::
 
-    H0  [7:0] RX window  [8] reduce-add  [15:9] payload words - 1  [31:16] sequence
+    H0  [6:0] RX window  [7] bf16  [8] reduce-add  [15:9] payload words - 1  [31:16] sequence
     H1  tag (layer, chunk, step)
     H2  destination byte address in the receiver's memory
-    payload words (each holds 32 / operand_bits operands, lowest address in the low bits)
+    payload words (each holds 32 / operand_bits operands, lowest address in the low bits;
+                   with bf16 set, two bf16 gradients widened to fp32 at the receiver)
     CRC-32 (Ethernet polynomial) over H0..payload
 """
 
@@ -38,7 +39,7 @@ if (HEADER_WORDS, PACKET_HEADER_BYTES % 4, PACKET_CRC_BYTES) != (3, 0, 4):
     )
 
 #: The H0 word's fields.
-Header0 = data.StructLayout({"window": 8, "reduce": 1, "words_minus_1": 7, "seq": 16})
+Header0 = data.StructLayout({"window": 7, "bf16": 1, "reduce": 1, "words_minus_1": 7, "seq": 16})
 
 #: A packet's header as the receiver's front end hands it to the applier: H0, H1, H2.
 PacketHeader = data.StructLayout({"h0": Header0, "tag": 32, "addr": 32})
@@ -49,6 +50,12 @@ def crc32() -> crc.Parameters:
     return crc.catalog.CRC32_ETHERNET(32)
 
 
-def header0(window, reduce, payload_words, seq=0):
+def header0(window, reduce, payload_words, seq=0, bf16=False):
     """Python helper: the H0 word (tests and models build packets with it)."""
-    return (window & 0xFF) | (int(reduce) << 8) | ((payload_words - 1) << 9) | (seq << 16)
+    return (
+        (window & 0x7F)
+        | (int(bf16) << 7)
+        | (int(reduce) << 8)
+        | ((payload_words - 1) << 9)
+        | (seq << 16)
+    )

@@ -99,6 +99,29 @@ def link_from_set_value(value: int) -> LinkConfig:
     )
 
 
+#: Gradient exchange formats (``--grad-format``): bytes of one gradient element on the link.
+#: The gradient SRAM holds fp32 either way; ``bf16`` is a descriptor flag (``DescFlag.BF16``).
+EXCHANGE_ELEMENT_BYTES = {"fp32": 4, "bf16": 2}
+
+
+def wire_bytes(length_bytes: int, bf16: bool = False) -> int:
+    """Payload bytes on the link of a descriptor of ``length_bytes`` fp32 gradient bytes.
+
+    With ``DescFlag.BF16`` each 32-bit payload word carries two bf16 elements (the
+    lower-addressed one in bits 15:0), so the link carries half the descriptor's LENGTH.
+    Every link-time function below takes these wire bytes.
+    """
+    return length_bytes // 2 if bf16 else length_bytes
+
+
+def memory_bytes(payload_bytes: int, bf16: bool = False) -> int:
+    """Bytes of fp32 memory a packet of ``payload_bytes`` covers at the receiver (twice with bf16).
+
+    A window's ``RECEIVED``, the receive trace's byte count and the window checks use these.
+    """
+    return 2 * payload_bytes if bf16 else payload_bytes
+
+
 def packet_payloads(length_bytes: int, link: LinkConfig) -> list[int]:
     """Payload sizes of the packets a chunk of ``length_bytes`` is cut into."""
     full, rest = divmod(length_bytes, link.max_payload_bytes)
@@ -119,30 +142,36 @@ def chunk_tx_cycles(length_bytes: int, link: LinkConfig) -> int:
     return sum(packet_cycles(p, link) for p in packet_payloads(length_bytes, link))
 
 
-def link_efficiency(chunk_bytes: int, link: LinkConfig) -> float:
+def link_efficiency(chunk_bytes: int, link: LinkConfig, bf16: bool = False) -> float:
     """Payload fraction of a chunk's link time including framing and latency.
 
-    ``chunk / (bytes_per_cycle * (chunk_tx_cycles(chunk) + latency))`` -- the
-    quantity ``--chunk-bytes auto`` drives above a target.
+    ``wire / (bytes_per_cycle * (chunk_tx_cycles(wire) + latency))`` with ``wire =
+    wire_bytes(chunk_bytes, bf16)`` -- the quantity ``--chunk-bytes auto`` drives
+    above a target.
     """
-    busy = chunk_tx_cycles(chunk_bytes, link) + link.latency_cycles
-    return chunk_bytes / (link.bytes_per_cycle * busy)
+    wire = wire_bytes(chunk_bytes, bf16)
+    busy = chunk_tx_cycles(wire, link) + link.latency_cycles
+    return wire / (link.bytes_per_cycle * busy)
 
 
-def auto_chunk_bytes(link: LinkConfig, word_bytes: int, target_efficiency: float = 0.8) -> int:
+def auto_chunk_bytes(
+    link: LinkConfig, word_bytes: int, target_efficiency: float = 0.8, bf16: bool = False
+) -> int:
     """Smallest chunk (whole number of full packets) with link efficiency >= target.
 
     Small chunks let a lower layer overtake sooner; each chunk pays header,
     CRC and link latency, so it must be large enough to amortise them.  If no
     chunk up to 64 packets reaches the target the largest candidate is
-    returned.  The result is a multiple of ``word_bytes``.
+    returned.  The result is a multiple of ``word_bytes`` (of memory bytes: with
+    ``bf16`` a packet carries twice its payload in fp32 gradient bytes, so the chunk
+    is twice as large for the same packets).
     """
     if not 0.0 < target_efficiency < 1.0:
         raise ValueError(f"target_efficiency must be in (0, 1), not {target_efficiency!r}")
     candidate = link.max_payload_bytes
     for packets in range(1, 65):
-        candidate = packets * link.max_payload_bytes
-        if link_efficiency(candidate, link) >= target_efficiency:
+        candidate = memory_bytes(packets * link.max_payload_bytes, bf16)
+        if link_efficiency(candidate, link, bf16) >= target_efficiency:
             break
     return candidate - candidate % word_bytes
 

@@ -162,6 +162,7 @@ class ErrorCode(enum.IntEnum):
     TRACE_EMPTY = 19  #: TRACE_DATA read while the trace buffer was empty
     LINK_SET_LOCKED = 20  #: LINK_SET written after the node's first DOORBELL write
     LINK_SET_BAD = 21  #: LINK_SET value outside LINK_LIMITS or an unsupported width
+    BAD_FLAGS = 22  #: descriptor flag the device cannot do (BF16 on a fixed-point device)
 
 
 #: What each error means and what ``ERR_CODE.index``/``ERR_INFO`` hold (docs and the driver's
@@ -172,7 +173,8 @@ ERROR_MEANINGS = {
     "info = source address",
     ErrorCode.ZERO_LENGTH: "descriptor length is 0; index = ring slot, info = source address",
     ErrorCode.MISALIGNED: "descriptor length, source or remote address not a multiple of "
-    "DMA_ALIGN_BYTES; index = ring slot, info = source address",
+    "DMA_ALIGN_BYTES, or a BF16 descriptor's length not a multiple of BF16_LENGTH_ALIGN_BYTES; "
+    "index = ring slot, info = source address",
     ErrorCode.OUT_OF_WINDOW: "descriptor source range leaves the queue's window or its SRAM; "
     "index = ring slot, info = source address",
     ErrorCode.UNKNOWN_PEER: "descriptor destination is not TX_PEER; index = ring slot, "
@@ -204,6 +206,9 @@ ERROR_MEANINGS = {
     "TRACE_EMPTY_WORD, no ERROR record is written); index = 0, info = TRACE_TAIL",
     ErrorCode.LINK_SET_LOCKED: "LINK_SET written after the node's first DOORBELL write (the "
     "link is set before any traffic); index = 0, info = the written value",
+    ErrorCode.BAD_FLAGS: "descriptor flags the device cannot do: BF16 on a device whose "
+    "format is fixed point (its gradients are not fp32); index = ring slot, info = source "
+    "address",
     ErrorCode.LINK_SET_BAD: "LINK_SET outside LINK_LIMITS: index = the first bad field "
     "(0 bytes_per_cycle not 1, 2 or 4; 1 payload_words not in 1..max_payload_words; "
     "2 latency above max_latency), info = the written value",
@@ -217,6 +222,17 @@ DOORBELL_CHECKS = (
     ErrorCode.RING_OUT_OF_MEMORY,
     ErrorCode.DOORBELL_BACKWARDS,
     ErrorCode.RING_FULL,
+)
+
+#: Descriptor refusals, in the order the DMA engine checks them (the first that applies is
+#: reported); nothing is sent for a refused descriptor.
+DESCRIPTOR_CHECKS = (
+    ErrorCode.BAD_VERSION,
+    ErrorCode.BAD_FLAGS,
+    ErrorCode.ZERO_LENGTH,
+    ErrorCode.MISALIGNED,
+    ErrorCode.OUT_OF_WINDOW,
+    ErrorCode.UNKNOWN_PEER,
 )
 
 #: What a ``TRACE_DATA`` read of an empty trace buffer returns (it also latches TRACE_EMPTY).
@@ -754,6 +770,15 @@ class DescFlag(enum.IntFlag):
     REDUCE_ADD = 1 << 0  #: receiver computes dst = sat(window src + payload)
     IRQ = 1 << 1  #: raise the queue's Irq bit on completion
     FENCE = 1 << 2  #: wait until COMPUTE_DONE >= FENCE_COUNT before sending
+    #: bf16 gradient exchange (``docs/numerics.md``): send the fp32 source elements as bf16
+    #: (round to nearest even), two per payload word; LENGTH and the addresses still count
+    #: fp32 bytes (LENGTH a multiple of BF16_LENGTH_ALIGN_BYTES). Only on a bf16 device.
+    BF16 = 1 << 3
+
+
+#: With ``DescFlag.BF16`` a descriptor's LENGTH is a whole number of payload words of two
+#: bf16 elements: a multiple of two fp32 elements (``MISALIGNED`` otherwise).
+BF16_LENGTH_ALIGN_BYTES = 8
 
 
 DESCRIPTOR_LAYOUT = (
@@ -765,7 +790,7 @@ DESCRIPTOR_LAYOUT = (
             Field("version", 0, 8, "DESCRIPTOR_VERSION"),
             Field("flags", 8, 8, "DescFlag"),
             Field("peer", 16, 8, "destination node (must equal TX_PEER)"),
-            Field("window", 24, 8, "receiver's RX window index"),
+            Field("window", 24, 7, "receiver's RX window index (bit 31 is reserved, 0)"),
         ),
         "Version, flags, destination.",
     ),

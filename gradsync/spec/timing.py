@@ -28,6 +28,7 @@ from gradsync.spec.link import (
     chunk_tx_cycles,
     nic_timeouts,
     packet_cycles,
+    wire_bytes,
 )
 
 # --- fixed latencies (cycles) -------------------------------------------------
@@ -147,26 +148,27 @@ def descriptor_fetch_cycles(hw: HardwareConfig) -> int:
     return SRAM_READ_LATENCY_CYCLES + DESCRIPTOR_WORDS + DESCRIPTOR_CHECK_CYCLES
 
 
-def descriptor_cycles(length_bytes: int, hw: HardwareConfig) -> int:
+def descriptor_cycles(length_bytes: int, hw: HardwareConfig, bf16: bool = False) -> int:
     """DMA engine occupancy of one valid descriptor, grant to completion.
 
-    ``descriptor_fetch + chunk_tx + DESCRIPTOR_WRITEBACK``.  The arbiter grants
+    ``descriptor_fetch + chunk_tx + DESCRIPTOR_WRITEBACK``, the chunk's link time
+    of its wire bytes (half its LENGTH with ``DescFlag.BF16``: ``wire_bytes``).  The arbiter grants
     the next descriptor in the cycle after completion, so a high-priority
     descriptor posted while a low-priority one runs waits at most one
     ``descriptor_cycles`` of the running chunk (chunk-granular preemption).
     """
     return (
         descriptor_fetch_cycles(hw)
-        + chunk_tx_cycles(length_bytes, hw.link)
+        + chunk_tx_cycles(wire_bytes(length_bytes, bf16), hw.link)
         + (DESCRIPTOR_WRITEBACK_CYCLES)
     )
 
 
-def priority_wait_bound(running_length_bytes: int, hw: HardwareConfig) -> int:
+def priority_wait_bound(running_length_bytes: int, hw: HardwareConfig, bf16: bool = False) -> int:
     """Longest wait of a queue-0 descriptor whose doorbell rings while a queue-1
     descriptor of ``running_length_bytes`` is running: the remainder of that
     descriptor, at most all of it (granted in the doorbell's cycle otherwise)."""
-    return descriptor_cycles(running_length_bytes, hw)
+    return descriptor_cycles(running_length_bytes, hw, bf16)
 
 
 def refused_descriptor_cycles(hw: HardwareConfig) -> int:
@@ -201,7 +203,10 @@ def crc_arrival_offset(hw: HardwareConfig) -> int:
 
 
 def rx_apply_cycles(payload_bytes: int) -> int:
-    """Receiver applier occupancy of one packet: window check, then a word per cycle."""
+    """Receiver applier occupancy of one packet: window check, then a payload word per cycle.
+
+    A bf16 packet's payload word is two fp32 elements, applied in the same cycle.
+    """
     return RX_APPLY_LATENCY_CYCLES + ceil_div(payload_bytes, 4)
 
 

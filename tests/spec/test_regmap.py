@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -55,7 +56,7 @@ def test_required_registers_exist():
     src=st.integers(0, 2**32 - 1),
     length=st.integers(0, 2**32 - 1),
     peer=st.integers(0, 255),
-    window=st.integers(0, 255),
+    window=st.integers(0, 127),
     remote=st.integers(0, 2**32 - 1),
     layer=st.integers(0, 255),
     chunk=st.integers(0, 4095),
@@ -76,6 +77,16 @@ def test_descriptor_roundtrip_and_little_endian_layout(
     assert w[4] == layer | (chunk << 8) | (step << 20)
     assert rm.Descriptor.from_bytes(raw) == d
     assert rm.decode_tag(tag) == (layer, chunk, step)
+
+
+def test_descriptor_window_is_seven_bits_and_bit_31_is_reserved():
+    """H0 carries the window in bits 6:0 (bit 7 is the bf16 flag), so a descriptor's window
+    field is 7 bits: 128 cannot be encoded, and a set bit 31 is not read as part of it."""
+    with pytest.raises(ValueError, match="window holds 7 bits"):
+        rm.Descriptor(0, 4, 1, 0, 128, 0).encode()
+    words = rm.Descriptor(0, 4, 1, 0, 5, 0).encode()
+    words[0] |= 1 << 31
+    assert rm.Descriptor.decode(words).window == 5
 
 
 def test_trace_record_roundtrip():
