@@ -111,6 +111,8 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"gradsync compare: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "hardware_note", None):
+        print(args.hardware_note)
     print(
         f"{plural(args.nodes, 'node')}, chunk {rows[0]['chunk_bytes']} B, "
         f"{plural(args.steps, 'step')}, backend {args.backend}"

@@ -128,11 +128,12 @@ def add_config_arguments(
     hw.add_argument(
         "--hardware",
         choices=tuple(PRESETS),
-        default=DEFAULT_PRESET,
+        default=None,
         metavar="NAME",
         help="hardware preset: "
         + "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items())
-        + "; the flags below override its fields",
+        + f"; the flags below override its fields. Not given: {DEFAULT_PRESET}, with the "
+        "SRAMs of the first larger preset if the run does not fit its own (said before the run)",
     )
     hw.add_argument(
         "--array",
@@ -174,7 +175,7 @@ def add_config_arguments(
         help="number format: fixed point qI.F (sign, I integer and F fractional bits; "
         f"q{fmt.total_bits - fmt.frac_bits - 1}.{fmt.frac_bits} by default, as --total-bits "
         "and --frac-bits say) or bf16 (bf16 operands, fp32 accumulation, gradients and "
-        "master weights; needs --hardware large for the default network)",
+        "master weights; the default network then needs the large preset's SRAMs)",
     )
     hw.add_argument(
         "--grad-format",
@@ -197,18 +198,23 @@ def add_config_arguments(
     )
 
 
-def _fits(cfg, preset_name: str) -> bool:
-    """Whether ``cfg``'s layers and batch fit the SRAMs of the preset ``preset_name``."""
+def _with_srams(cfg, preset_name: str):
+    """``cfg`` with the scratchpad and gradient SRAM sizes of the preset ``preset_name``."""
     import dataclasses
-
-    from gradsync.firmware.training import MemoryPlanError
 
     sizes = PRESETS[preset_name]
     hw = dataclasses.replace(
         cfg.hardware, scratchpad_words=sizes.scratchpad_words, gradient_words=sizes.gradient_words
     )
+    return dataclasses.replace(cfg, hardware=hw)
+
+
+def _fits(cfg, preset_name: str) -> bool:
+    """Whether ``cfg``'s layers and batch fit the SRAMs of the preset ``preset_name``."""
+    from gradsync.firmware.training import MemoryPlanError
+
     try:
-        dataclasses.replace(cfg, hardware=hw).validate()
+        _with_srams(cfg, preset_name).validate()
     except MemoryPlanError:
         return False
     return True
@@ -281,7 +287,8 @@ def _config_from_args(args, schedule: str | None = None):
             )
         except ValueError:
             raise ValueError(f"--array must look like 8x8, not {args.array!r}") from None
-    hw = preset(args.hardware, **overrides)
+    name = args.hardware or DEFAULT_PRESET
+    hw = preset(name, **overrides)
     fmt = _format_from_args(args)
     cfg = TrainConfig(
         nodes=args.nodes,
@@ -296,12 +303,20 @@ def _config_from_args(args, schedule: str | None = None):
         hardware=hw,
         grad_format=getattr(args, "grad_format", None),
     )
+    args.hardware_note = None
     try:
         cfg.validate()
     except MemoryPlanError as exc:
-        fits = [name for name in PRESETS if name != args.hardware and _fits(cfg, name)]
-        hint = f" (--hardware {args.hardware}); try --hardware {fits[0]}" if fits else ""
-        raise MemoryPlanError(f"{exc}{hint}") from None
+        fits = [other for other in PRESETS if other != name and _fits(cfg, other)]
+        if args.hardware is not None or not fits:
+            hint = f" (--hardware {name}); try --hardware {fits[0]}" if fits else ""
+            raise MemoryPlanError(f"{exc}{hint}") from None
+        cfg = _with_srams(cfg, fits[0])
+        args.hardware_note = (
+            f"hardware: {name} with the {fits[0]} preset's SRAMs "
+            f"({cfg.hardware.scratchpad_words:,} scratchpad + {cfg.hardware.gradient_words:,} "
+            f"gradient words), since {exc}"
+        )
     return cfg
 
 
@@ -518,6 +533,8 @@ def run(args) -> int:
         print(f"gradsync train: {exc}", file=sys.stderr)
         return 2
     args.waves_dir = record.work
+    if args.hardware_note and not args.quiet:
+        print(args.hardware_note, flush=True)
     done: list[int] = []
 
     def show(m) -> None:

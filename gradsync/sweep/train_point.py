@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 from gradsync.cmd_train import add_config_arguments, backend_for, config_from_args
 from gradsync.firmware.experiment import TrainConfig
-from gradsync.spec.hardware import build_config
+from gradsync.spec.hardware import DEFAULT_PRESET, build_config
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -99,7 +99,7 @@ def validate(options: dict) -> TrainPoint:
         "global_batch": cfg.global_batch,
         "lr": cfg.learning_rate,
         "seed": cfg.seed,
-        "hardware": args.hardware,
+        "hardware": args.hardware or DEFAULT_PRESET,
         "array": f"{cfg.hardware.array_rows}x{cfg.hardware.array_cols}",
         "link_bytes_per_cycle": cfg.hardware.link_bytes_per_cycle,
         "link_latency_cycles": cfg.hardware.link_latency_cycles,

@@ -51,7 +51,16 @@ def test_layers_too_big_for_the_preset_exit_2_before_running(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("earlier results")
     # the main job's MLP until issue 17, on one node (the default 64,32,32,10 fits)
-    argv = ["--layers", "64,32,10", "--global-batch", "64", "--out", str(out)]
+    argv = [
+        "--hardware",
+        "small",
+        "--layers",
+        "64,32,10",
+        "--global-batch",
+        "64",
+        "--out",
+        str(out),
+    ]
     code = main(["train", "--backend", "model", "--nodes", "1", "--steps", "1", *argv])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -67,3 +76,31 @@ def test_no_preset_is_suggested_when_none_fits(capsys):
     err = capsys.readouterr().err.strip()
     assert err.endswith("need 90672 scratchpad words but the device has 8192")
     assert "try --hardware" not in err
+
+
+def test_without_hardware_a_run_that_does_not_fit_gets_the_next_presets_srams(tmp_path, capsys):
+    """No --hardware: the default preset, with the SRAMs of the first preset the run fits,
+    said in one line before the run; its link and array stay the default's. With --hardware
+    the same run is refused (above)."""
+    cfg = _cfg(
+        ["--backend", "model", "--layers", "64,32,10", "--global-batch", "64", "--nodes", "1"]
+    )
+    small, large = PRESETS["small"], PRESETS["large"]
+    assert (cfg.hardware.scratchpad_words, cfg.hardware.gradient_words) == (
+        large.scratchpad_words,
+        large.gradient_words,
+    )
+    assert cfg.hardware.link == small.link and cfg.hardware.array_rows == small.array_rows
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "model", "--nodes", "1", "--steps", "1", "--layers", "64,32,10"]
+    code = main([*argv, "--global-batch", "64", "--no-baselines", "--out", str(out)])
+    assert code == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        "hardware: small with the large preset's SRAMs (65,536 scratchpad + 32,768 gradient "
+        "words), since layers 64,32,10 (widest 64) with a local batch of 64 need 11840 "
+        "scratchpad words but the device has 8192"
+    )
+    record = json.loads((out / "results.json").read_text())
+    assert record["config"]["hardware"]["scratchpad_words"] == large.scratchpad_words
+    assert record["config"]["hardware"]["link_bytes_per_cycle"] == small.link_bytes_per_cycle

@@ -120,7 +120,8 @@ def test_bf16_on_the_rtl_backend_needs_room_before_anything_is_built(tmp_path, c
 
     monkeypatch.setattr(ct, "backend_for", no_backend)
     out = tmp_path / "run"
-    code = main(["train", "--backend", "rtl", "--format", "bf16", "--out", str(out)])
+    argv = ["train", "--backend", "rtl", "--format", "bf16", "--hardware", "small"]
+    code = main([*argv, "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2
     assert "need 20352 gradient SRAM words" in err and "try --hardware large" in err, err
@@ -143,7 +144,7 @@ def test_bf16_on_the_rtl_backend_needs_room_before_anything_is_built(tmp_path, c
             "--grad-format must be fp32 (a bf16 exchange is not built yet), not bf16",
         ),
         (
-            ["--format", "bf16"],
+            ["--format", "bf16", "--hardware", "small"],
             "need 20352 gradient SRAM words (gradients and fp32 master weights) but the device "
             "has 8192 (--hardware small); try --hardware large",
         ),

@@ -247,7 +247,8 @@ def test_rtl_config_that_does_not_fit_the_simulated_sram_is_refused_before_any_b
         raise AssertionError("the RTL cluster was built for a configuration that cannot fit")
 
     monkeypatch.setattr(rb, "build_cluster", no_build)
-    code = main(["train", "--backend", "rtl", "--steps", "1", "--layers", "64,128,10"])
+    argv = ["train", "--backend", "rtl", "--hardware", "small", "--steps", "1"]
+    code = main([*argv, "--layers", "64,128,10"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == (
