@@ -2,7 +2,9 @@
 
 Prints mean cycles per step, mean layer-1-ready cycle and mean exposed
 communication per schedule (and the final loss, which must not depend on the
-schedule because the reductions are bit-identical).  ``gradsync train`` prints
+schedule because the reductions are bit-identical).  With ``--format bf16``,
+``--grad-format fp32,bf16`` runs every schedule with each gradient exchange
+format and adds what the bf16 exchange saves per schedule.  ``gradsync train`` prints
 the same rows, computed on the golden model, beside its own run
 (:func:`schedule_rows`, :func:`gain_line`).
 """
@@ -40,11 +42,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def summary_row(name: str, res) -> dict:
+def summary_row(name: str, res, grad_format: str | None = None) -> dict:
     """The table row of one run (a ``RunResult``): means over its steps, in cycles."""
     n = len(res.steps)
     return {
         "schedule": name,
+        "grad_format": grad_format,
         "chunk_bytes": res.chunk_bytes,
         "cycles_per_step": sum(m.cycles for m in res.steps) / n,
         "layer1_ready_cycle": sum(m.layer1_ready_cycle for m in res.steps) / n,
@@ -63,29 +66,60 @@ def schedule_rows(cfg, backend, names: list[str]) -> list[dict]:
             res = experiment.run(dataclasses.replace(cfg, schedule=name), backend)
         except RuntimeError as exc:
             raise ValueError(f"schedule {name}: {exc}") from None
-        rows.append(summary_row(name, res))
+        rows.append(summary_row(name, res, cfg.grad_format))
     return rows
 
 
+def _split(text: str | None) -> list:
+    return [None] if text is None else [part.strip() for part in text.split(",")]
+
+
 def compare(args) -> list[dict]:
-    names = [name.strip() for name in args.schedules.split(",")]
+    names = _split(args.schedules)
+    formats = _split(args.grad_format)
     options = dict(OPTIONS, schedule=f"--schedules {args.schedules!r}: each schedule")
-    for name in names:  # every schedule is checked (and loaded) before the first is run
-        prepare_from_args(args, schedule=name, options=options)
-    return schedule_rows(
-        config_from_args(args, schedule=names[0]), backend_for(args.backend, args), names
-    )
+    if len(formats) > 1:
+        options["grad_format"] = f"--grad-format {args.grad_format!r}: each format"
+    configs = []
+    for grad_format in formats:  # every pair is checked (and loaded) before the first is run
+        args.grad_format = grad_format
+        for name in names:
+            prepare_from_args(args, schedule=name, options=options)
+        configs.append(config_from_args(args, schedule=names[0]))
+    backend = backend_for(args.backend, args)
+    return [row for cfg in configs for row in schedule_rows(cfg, backend, names)]
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'schedule':<12} {'cycles/step':>12} {'layer1-ready':>13} {'exposed comm':>13} {'final loss':>11}"
+    """The table; an ``exchange`` column when the rows have more than one gradient format."""
+    several = len({r.get("grad_format") for r in rows}) > 1
+    exchange = f"{'exchange':<9} " if several else ""
+    head = (
+        f"{'schedule':<12} {exchange}{'cycles/step':>12} {'layer1-ready':>13} "
+        f"{'exposed comm':>13} {'final loss':>11}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
+        exchange = f"{r['grad_format'] or 'fp32':<9} " if several else ""
         lines.append(
-            f"{r['schedule']:<12} {r['cycles_per_step']:>12.0f} {r['layer1_ready_cycle']:>13.0f} "
-            f"{r['exposed_comm_cycles']:>13.0f} {r['final_loss']:>11.4f}"
+            f"{r['schedule']:<12} {exchange}{r['cycles_per_step']:>12.0f} "
+            f"{r['layer1_ready_cycle']:>13.0f} {r['exposed_comm_cycles']:>13.0f} "
+            f"{r['final_loss']:>11.4f}"
         )
     return "\n".join(lines)
+
+
+def exchange_lines(rows: list[dict]) -> list[str]:
+    """Per schedule, what each later gradient format saves over the first one given."""
+    first = {}
+    lines = []
+    for r in rows:
+        base = first.setdefault(r["schedule"], r)
+        if base is not r:
+            own = dict(r, schedule=f"{r['schedule']} {r['grad_format']} exchange")
+            other = dict(base, schedule=f"{base['grad_format'] or 'fp32'}")
+            lines.append(gain_line(own, other))
+    return lines
 
 
 def gain_line(own: dict, other: dict) -> str:
@@ -118,4 +152,6 @@ def run(args) -> int:
         f"{plural(args.steps, 'step')}, backend {args.backend}"
     )
     print(format_table(rows))
+    for line in exchange_lines(rows):
+        print(line)
     return 0
