@@ -48,25 +48,27 @@ class ChunkPlan:
         return tuple(sorted({s.prereq for s in self.sends if s.prereq > 0} | {self.expected}))
 
 
-def segments(length: int, nodes: int) -> list[tuple[int, int]]:
-    """(offset, length) of the N ring segments of a chunk, in DMA_ALIGN_BYTES units."""
-    units = length // DMA_ALIGN_BYTES
+def segments(length: int, nodes: int, align: int = DMA_ALIGN_BYTES) -> list[tuple[int, int]]:
+    """(offset, length) of the N ring segments of a chunk, in units of ``align`` bytes
+    (``DMA_ALIGN_BYTES``; ``BF16_LENGTH_ALIGN_BYTES`` for a bf16 exchange)."""
+    units = length // align
     base, extra = divmod(units, nodes)
     out, off = [], 0
     for j in range(nodes):
-        n = (base + (1 if j < extra else 0)) * DMA_ALIGN_BYTES
+        n = (base + (1 if j < extra else 0)) * align
         out.append((off, n))
         off += n
     return out
 
 
-def chunk_plan(node: int, nodes: int, length: int) -> ChunkPlan:
-    """The sends of ``node`` for one chunk of ``length`` bytes."""
+def chunk_plan(node: int, nodes: int, length: int, align: int = DMA_ALIGN_BYTES) -> ChunkPlan:
+    """The sends of ``node`` for one chunk of ``length`` bytes; with ``length`` a multiple
+    of ``align`` bytes, so is every send."""
     if nodes < 2:
         return ChunkPlan((), 0)
     if nodes == 2:
         return ChunkPlan((PlannedSend(0, False, 0, length, True, 0),), length)
-    segs = segments(length, nodes)
+    segs = segments(length, nodes, align)
     seg = lambda j: segs[j % nodes]  # noqa: E731
     received_after: list[int] = []  # cumulative bytes after each receive phase
     total = 0

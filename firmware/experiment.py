@@ -24,6 +24,7 @@ from gradsync.firmware.training import (
     NodeResult,
     check_chunk_bytes,
     check_schedule,
+    exchange_align,
     is_float,
     plan_memory_for,
 )
@@ -34,9 +35,9 @@ from gradsync.spec.limits import LimitError, check_layers, check_learning_rate, 
 from gradsync.spec.link import auto_chunk_bytes
 
 MAX_STEPS = 4096  # trace tags carry the step modulo 4096
-#: Exchange formats of the gradients in bf16 (``--grad-format``): fp32 only for now (the
-#: gradient SRAM's elements; bf16 exchange, half the link bytes, is issue 18's follow-up).
-GRAD_FORMATS = ("fp32",)
+#: Exchange formats of the gradients in bf16 (``--grad-format``): fp32 (the gradient SRAM's
+#: elements) or bf16 (``DescFlag.BF16``: half the link bytes; ``docs/numerics.md``).
+GRAD_FORMATS = ("fp32", "bf16")
 
 NumberFormat = FixedPointFormat | BFloat16Format
 
@@ -89,6 +90,14 @@ class TrainConfig:
             raise LimitError("schedule", self.schedule, "a schedule name or path/file.py:Class")
         fmt = self.number_format
         self._check_format()
+        align = exchange_align(self.exchange_format)
+        if self.chunk_bytes is not None and self.chunk_bytes % align:
+            raise LimitError(
+                "chunk_bytes",
+                self.chunk_bytes,
+                f"a multiple of {align} bytes (two fp32 elements) with --grad-format bf16",
+                label="chunk size",
+            )
         self.hardware.check_carriable()
         # the firmware plans the same layout from the device's size registers at start;
         # checking here refuses an impossible configuration before a backend is built
@@ -98,13 +107,20 @@ class TrainConfig:
             self.global_batch // self.nodes,
             self.hardware.scratchpad_words,
             self.hardware.gradient_words,
+            self.exchange_format,
         )
         # and asks the schedule about every send of the run the firmware will ask it about
         sched, element = load_schedule(self.schedule), fmt.grad_bytes
-        chunk = self.chunk_bytes or auto_chunk_bytes(self.hardware.link, element)
+        bf16 = self.exchange_format == "bf16"
+        chunk = self.chunk_bytes or auto_chunk_bytes(self.hardware.link, element, bf16=bf16)
         chunk = schedule_chunk_bytes(sched, chunk, element)
-        check_chunk_bytes(chunk, self.hardware.gradient_words * fmt.word_bytes)
-        check_schedule(sched, tuple(lay.grad_bytes[1:]), chunk, self.nodes, self.steps)
+        check_chunk_bytes(chunk, self.hardware.gradient_words * fmt.word_bytes, align)
+        check_schedule(sched, tuple(lay.grad_bytes[1:]), chunk, self.nodes, self.steps, align)
+
+    @property
+    def exchange_format(self) -> str:
+        """The gradients' format on the link: :attr:`grad_format`, fp32 when left out."""
+        return self.grad_format or "fp32"
 
     def _check_format(self) -> None:
         """The learning rate in the device format, and the exchange format (bf16 only)."""
@@ -123,11 +139,7 @@ class TrainConfig:
                 f"a positive fp32 value ({fmt.accumulator.min_normal:g} or more)",
             )
         if self.grad_format not in (None, *GRAD_FORMATS):
-            raise LimitError(
-                "grad_format",
-                self.grad_format,
-                " or ".join(GRAD_FORMATS) + " (a bf16 exchange is not built yet)",
-            )
+            raise LimitError("grad_format", self.grad_format, " or ".join(GRAD_FORMATS))
 
     def to_dict(self) -> dict:
         """``results.json["config"]``'s run parameters (``docs/outputs.md``).
@@ -219,6 +231,7 @@ def build_jobs(
                 inputs=[data.x[b[node]] * digits.INPUT_SCALE for b in batches],
                 labels=[data.y[b[node]] for b in batches],
                 link=cfg.hardware.link,
+                grad_format=cfg.exchange_format,
             )
         )
     return jobs, batches

@@ -132,6 +132,15 @@ class NodeJob:
     #: the link to run on, set at start-up (``LINK_SET``) unless the device's already is it;
     #: ``None``: the device's link as built
     link: LinkConfig | None = None
+    #: the gradients' format on the link (``--grad-format``): ``"fp32"``, or ``"bf16"`` (a bf16
+    #: device only): every gradient send carries ``DescFlag.BF16`` (``docs/numerics.md``)
+    grad_format: str = "fp32"
+
+
+def exchange_align(grad_format: str) -> int:
+    """Bytes every chunk and send is a multiple of: ``BF16_LENGTH_ALIGN_BYTES`` (two fp32
+    elements, one payload word) with a bf16 exchange, else ``DMA_ALIGN_BYTES``."""
+    return rm.BF16_LENGTH_ALIGN_BYTES if grad_format == "bf16" else rm.DMA_ALIGN_BYTES
 
 
 def _align(n_bytes: int, a: int = rm.DMA_ALIGN_BYTES) -> int:
@@ -162,6 +171,7 @@ def plan_memory(
     grad_words: int,
     grad_bytes: int | None = None,
     master_weights: bool = False,
+    grad_align: int = rm.DMA_ALIGN_BYTES,
 ) -> MemoryLayout:
     """Place weights, activations and gradients; raise ConfigError if they do not fit.
 
@@ -169,6 +179,9 @@ def plan_memory(
     ``grad_bytes``: bytes of a gradient-SRAM element (default ``word_bytes``; 4 in
     bf16); ``master_weights``: also place each layer's master weights (``grad_bytes``
     per element) in the gradient SRAM.  ``scratch_words``/``grad_words`` count SRAM words.
+    Each layer's gradient buffers are padded to a multiple of ``grad_align`` bytes (8 for
+    a bf16 exchange, :func:`exchange_align`); the pad is never written, so stays zero
+    (a bf16 exchange of zeros reduces to zeros).
     """
     elem = word_bytes if grad_bytes is None else grad_bytes
     nl = len(layers) - 1
@@ -192,7 +205,7 @@ def plan_memory(
     gp = 0
     g, r, grad_bytes = [0], [0], [0]
     for i in range(nl):
-        nb = _align(layers[i] * layers[i + 1] * elem)
+        nb = _align(layers[i] * layers[i + 1] * elem, grad_align)
         grad_bytes.append(nb)
         g.append(rm.GRAD_BASE + gp)
         r.append(rm.GRAD_BASE + gp + nb)
@@ -218,8 +231,10 @@ def plan_memory_for(
     local_batch: int,
     scratch_words: int,
     grad_words: int,
+    grad_format: str = "fp32",
 ) -> MemoryLayout:
-    """:func:`plan_memory` for a device of format ``fmt`` (bf16: fp32 gradients and masters)."""
+    """:func:`plan_memory` for a device of format ``fmt`` (bf16: fp32 gradients and masters)
+    exchanging its gradients in ``grad_format`` (bf16: buffers padded to 8 bytes)."""
     return plan_memory(
         layers,
         local_batch,
@@ -228,6 +243,7 @@ def plan_memory_for(
         grad_words,
         fmt.grad_bytes,
         master_weights=is_float(fmt),
+        grad_align=exchange_align(grad_format),
     )
 
 
@@ -313,8 +329,10 @@ class NodeFirmware:
         self.trace_depth = info.trace_depth
         self.node, self.nodes = info.node_id, info.num_nodes
         self.float = is_float(info.fmt)
+        self.bf16_exchange = check_grad_format(job.grad_format, info.fmt)
+        self.align = exchange_align(job.grad_format)
         self.lay = plan_memory_for(
-            info.fmt, job.layers, local_batch, info.scratch_words, info.grad_words
+            info.fmt, job.layers, local_batch, info.scratch_words, info.grad_words, job.grad_format
         )
         k_limit = getattr(info.fmt, "max_exact_k", None)  # fp32 accumulation never wraps
         widths = [(w, "layer width") for w in job.layers] + [(local_batch, "local batch")]
@@ -329,9 +347,9 @@ class NodeFirmware:
         check_attributes(self.sched)
         chunk = job.chunk_bytes
         if chunk is None:
-            chunk = auto_chunk_bytes(info.link, info.fmt.grad_bytes)
+            chunk = auto_chunk_bytes(info.link, info.fmt.grad_bytes, bf16=self.bf16_exchange)
         chunk = schedule_chunk_bytes(self.sched, chunk, info.fmt.grad_bytes)
-        check_chunk_bytes(chunk, info.grad_words * info.fmt.word_bytes)
+        check_chunk_bytes(chunk, info.grad_words * info.fmt.word_bytes, self.align)
         self.chunk_bytes = chunk
         self.chunks = [[]] + [
             split_chunks(self.lay.grad_bytes[i], chunk) for i in range(1, self.nl + 1)
@@ -343,7 +361,9 @@ class NodeFirmware:
                 f"device has {info.rx_windows} RX windows; use larger chunks"
             )
         self.groups = release_groups(self.sched, tuple(self.lay.grad_bytes[1:]))
-        check_schedule(self.sched, tuple(self.lay.grad_bytes[1:]), chunk, self.nodes, job.steps)
+        check_schedule(
+            self.sched, tuple(self.lay.grad_bytes[1:]), chunk, self.nodes, job.steps, self.align
+        )
         self.window_of = {}
         for i in range(1, self.nl + 1):
             for c in range(len(self.chunks[i])):
@@ -587,7 +607,7 @@ class NodeFirmware:
             return
         for c, (off, n) in enumerate(self.chunks[layer]):
             w = self.window_of[(layer, c)]
-            plan = chunk_plan(self.node, self.nodes, n)
+            plan = chunk_plan(self.node, self.nodes, n, self.align)
             self.step_chunks[w] = _ChunkState(layer, c, w, off, n, plan, pending=list(plan.sends))
             dst, src, expect = self.lay.r[layer] + off, self.lay.g[layer] + off, plan.thresholds[0]
             if first:
@@ -639,6 +659,8 @@ class NodeFirmware:
         self.ready_seq += 1
         base = self.lay.r[st.layer] if ps.from_recv else self.lay.g[st.layer]
         flags = rm.DescFlag.IRQ | (rm.DescFlag.REDUCE_ADD if ps.reduce else 0)
+        if self.bf16_exchange:
+            flags |= rm.DescFlag.BF16
         desc = rm.Descriptor(
             src_addr=base + st.offset + ps.offset,
             length=ps.length,
@@ -717,16 +739,22 @@ async def _observe(result) -> None:
 
 
 def schedule_tasks(
-    grad_bytes: tuple[int, ...], chunk_bytes: int, node: int, nodes: int, step: int
+    grad_bytes: tuple[int, ...],
+    chunk_bytes: int,
+    node: int,
+    nodes: int,
+    step: int,
+    align: int = rm.DMA_ALIGN_BYTES,
 ) -> list[SendTask]:
     """Every send of one node in one step, as the schedule sees it (``ready_seq`` in plan order).
 
-    ``grad_bytes``: padded bytes of each layer's gradient buffer, layer 1 first.
+    ``grad_bytes``: padded bytes of each layer's gradient buffer, layer 1 first; ``align``:
+    the ring segments' unit (:func:`exchange_align`).
     """
     tasks: list[SendTask] = []
     for layer in range(len(grad_bytes), 0, -1):
         for c, (_off, n) in enumerate(split_chunks(grad_bytes[layer - 1], chunk_bytes)):
-            for ps in chunk_plan(node, nodes, n).sends:
+            for ps in chunk_plan(node, nodes, n, align).sends:
                 tasks.append(
                     SendTask(step, layer, c, ps.phase, ps.length, len(tasks), len(grad_bytes))
                 )
@@ -734,7 +762,12 @@ def schedule_tasks(
 
 
 def check_schedule(
-    sched: Schedule, grad_bytes: tuple[int, ...], chunk_bytes: int, nodes: int, steps: int
+    sched: Schedule,
+    grad_bytes: tuple[int, ...],
+    chunk_bytes: int,
+    nodes: int,
+    steps: int,
+    align: int = rm.DMA_ALIGN_BYTES,
 ) -> None:
     """Ask ``sched`` up front about the sends of a run (first and last node, first and last
     step); a bad answer is a :class:`~gradsync.firmware.schedules.ScheduleError` sentence."""
@@ -744,13 +777,27 @@ def check_schedule(
         return
     for node in sorted({0, nodes - 1}):
         for step in sorted({0, steps - 1}):
-            check_tasks(sched, schedule_tasks(grad_bytes, chunk_bytes, node, nodes, step))
+            check_tasks(sched, schedule_tasks(grad_bytes, chunk_bytes, node, nodes, step, align))
 
 
-def check_chunk_bytes(chunk: int, grad_sram_bytes: int) -> None:
-    if chunk <= 0 or chunk % rm.DMA_ALIGN_BYTES:
+def check_grad_format(grad_format: str, fmt: FixedPointFormat | BFloat16Format) -> bool:
+    """Whether the gradients go as bf16 (``DescFlag.BF16``); ConfigError if ``fmt`` cannot."""
+    if grad_format not in ("fp32", "bf16"):
+        raise ConfigError(f"grad_format must be fp32 or bf16, not {grad_format!r}")
+    if grad_format == "bf16" and not is_float(fmt):
         raise ConfigError(
-            f"chunk size must be a positive multiple of {rm.DMA_ALIGN_BYTES} bytes, not {chunk}"
+            "grad_format bf16 needs a bf16 device; this device's format is fixed point "
+            "(its gradients are not fp32)"
+        )
+    return grad_format == "bf16"
+
+
+def check_chunk_bytes(chunk: int, grad_sram_bytes: int, align: int = rm.DMA_ALIGN_BYTES) -> None:
+    """A chunk is a positive multiple of ``align`` bytes (:func:`exchange_align`) that fits."""
+    if chunk <= 0 or chunk % align:
+        what = " with a bf16 gradient exchange" if align != rm.DMA_ALIGN_BYTES else ""
+        raise ConfigError(
+            f"chunk size must be a positive multiple of {align} bytes{what}, not {chunk}"
         )
     if chunk > grad_sram_bytes:
         raise ConfigError(

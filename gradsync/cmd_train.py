@@ -181,8 +181,9 @@ def add_config_arguments(
         "--grad-format",
         default=None,
         metavar="FMT",
-        help="with --format bf16: the gradients' format on the link, fp32 (default fp32; "
-        "a bf16 exchange is not built yet)",
+        help="with --format bf16: the gradients' format on the link, fp32 or bf16 (half the "
+        "link bytes: sent rounded to bf16, reduce-added in fp32; chunks a multiple of 8 "
+        "bytes) (default fp32)",
     )
     hw.add_argument(
         "--total-bits",

@@ -20,6 +20,7 @@ from gradsync.model.engine import Engine, NodeParts
 from gradsync.model.nic import Nic
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
+from gradsync.spec.formats import BFloat16Format
 
 M32 = 0xFFFF_FFFF
 
@@ -124,12 +125,18 @@ class DmaEngine(Engine):
         ]
 
     def _check(self, q: DmaQueue, d: rm.Descriptor) -> rm.ErrorCode:
+        """The first of ``rm.DESCRIPTOR_CHECKS`` descriptor ``d`` fails (OK if none)."""
         a = rm.DMA_ALIGN_BYTES
+        bf16 = bool(d.flags & rm.DescFlag.BF16)
         if d.version != rm.DESCRIPTOR_VERSION:
             return rm.ErrorCode.BAD_VERSION
+        if bf16 and not isinstance(self.fmt, BFloat16Format):  # fixed-point gradients
+            return rm.ErrorCode.BAD_FLAGS
         if d.length == 0:
             return rm.ErrorCode.ZERO_LENGTH
         if d.length % a or d.src_addr % a or d.remote_addr % a:
+            return rm.ErrorCode.MISALIGNED
+        if bf16 and d.length % rm.BF16_LENGTH_ALIGN_BYTES:  # whole payload words of 2 elements
             return rm.ErrorCode.MISALIGNED
         if not (q.win_base <= d.src_addr and d.src_addr + d.length <= q.win_base + q.win_len):
             return rm.ErrorCode.OUT_OF_WINDOW

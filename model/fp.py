@@ -96,6 +96,31 @@ def reduce_add_fp32(local: np.ndarray, payload: np.ndarray) -> np.ndarray:
     return _FORMAT.split_fp32(total)
 
 
+def bf16_round_fp32(a: np.ndarray | int) -> np.ndarray:
+    """``r(x)``: fp32 words rounded to bf16 precision (nearest even) and kept as fp32 words."""
+    return bf16_to_fp32(fp32_to_bf16(a))
+
+
+def bf16_exchange_apply(local: np.ndarray | None, payload: np.ndarray) -> np.ndarray:
+    """The receiver of a bf16 gradient exchange (``docs/numerics.md``): fp32 words written.
+
+    ``payload`` holds the packet's bf16 words (one per element), ``local`` the fp32 words
+    of the window's source for a reduce-add, or None for a plain write.  With ``w =
+    bf16_to_fp32(p)``: a plain write gives ``w``; a reduce-add ``r(fp32_add(r(g), w))``,
+    ``r`` = :func:`bf16_round_fp32` (rounding the local operand and the sum keeps every
+    replica's reduced gradient identical, whatever node adds first).
+    """
+    w = bf16_to_fp32(payload)
+    if local is None:
+        return w
+    if np.shape(local) != np.shape(payload):
+        raise ValueError(
+            f"a bf16 reduce-add needs as many local as payload elements, not "
+            f"{np.size(local)} and {np.size(payload)}"
+        )
+    return bf16_round_fp32(fp32_add(bf16_round_fp32(local), w))
+
+
 def fp32_canonical(a: np.ndarray | int) -> np.ndarray:
     """fp32 words as the arithmetic reads them: subnormals -> signed zeros, NaNs canonical."""
     return _fp32_words(_fp32_values(a))

@@ -95,8 +95,9 @@ class Packet:
     window: int
     tag: int
     addr: int
-    payload: np.ndarray
+    payload: np.ndarray  #: operand words; with ``bf16``, one bf16 word per fp32 element
     reduce: bool
+    bf16: bool = False  #: H0's bf16 bit: the payload is the bf16 rounding of fp32 elements
 
 
 class Nic(Engine):
@@ -180,22 +181,34 @@ class Nic(Engine):
 
     def _words(self, pkt: Packet, payload_bytes: int) -> list[int]:
         """The packet's link words before the CRC (H0 with sequence 0, tag, address, payload)."""
-        h0 = pkt.window | pkt.reduce << 8 | (payload_bytes // 4 - 1) << 9
-        # operands of word_bytes each, lowest address in the low bits (hw/packet.py)
-        payload = np.asarray(pkt.payload).astype(f"<i{self.wb}")
+        h0 = pkt.window | pkt.bf16 << 7 | pkt.reduce << 8 | (payload_bytes // 4 - 1) << 9
+        # operands of word_bytes each (bf16: 2), lowest address in the low bits (hw/packet.py)
+        payload = np.asarray(pkt.payload).astype("<i2" if pkt.bf16 else f"<i{self.wb}")
         return [h0, pkt.tag & M32, pkt.addr & M32, *payload.view("<u4").tolist()]
+
+    def _packets(self, d: rm.Descriptor, data: np.ndarray, link: lk.LinkConfig):
+        """(wire payload bytes, :class:`Packet`) of each packet chunk ``data`` (SRAM words of
+        descriptor ``d``) is cut into.  With ``DescFlag.BF16`` the packets are cut from the
+        wire bytes (``lk.wire_bytes``), each payload word two bf16 elements, and a packet
+        covers ``lk.memory_bytes`` of fp32 memory from its address (``docs/numerics.md``)."""
+        bf16 = bool(d.flags & rm.DescFlag.BF16)
+        words = nx.bf16_send_words(data) if bf16 else data
+        unit = 2 if bf16 else self.wb  # wire bytes of one element of ``words``
+        reduce = bool(d.flags & rm.DescFlag.REDUCE_ADD)
+        wire = 0
+        for payload in lk.packet_payloads(lk.wire_bytes(d.length, bf16), link):
+            part = words[wire // unit : (wire + payload) // unit]
+            addr = d.remote_addr + lk.memory_bytes(wire, bf16)
+            yield payload, Packet(self.node_id, d.window, d.tag, addr, part, reduce, bf16)
+            wire += payload
 
     def _send_faulted(self, d: rm.Descriptor, data: np.ndarray, done) -> int | None:
         layer = self.layer
-        packets, offset_bytes = [], 0
-        for payload in lk.packet_payloads(d.length, self.link.current):
-            words = data[offset_bytes // self.wb : (offset_bytes + payload) // self.wb]
-            pkt = Packet(self.node_id, d.window, d.tag, d.remote_addr + offset_bytes, words,
-                         bool(d.flags & rm.DescFlag.REDUCE_ADD))  # fmt: skip
+        packets = []
+        for payload, pkt in self._packets(d, data, self.link.current):
             packets.append((self._words(pkt, payload), pkt))
             self.perf["tx_pkts"] += 1
             self.perf["tx_bytes"] += payload
-            offset_bytes += payload
         self._pending = [d, done, False]
         sent = layer.send(self.sim.now, packets)
         t = self._progress(sent)
@@ -240,20 +253,10 @@ class Nic(Engine):
             return self._send_faulted(d, data, done)
         t = self.sim.now
         self.trace.record(rm.Engine.NIC_TX, rm.TraceEvent.START, rm.Kind.SEND, d.tag, d.length)
-        offset_bytes = 0
         peer = self.peer
         hw = self.link.hw_at(t)  # locked (a doorbell came first): one link for the chunk
-        for payload in lk.packet_payloads(d.length, hw.link):
+        for payload, pkt in self._packets(d, data, hw.link):
             t_end = t + lk.packet_cycles(payload, hw.link)
-            words = data[offset_bytes // self.wb : (offset_bytes + payload) // self.wb]
-            pkt = Packet(
-                self.node_id,
-                d.window,
-                d.tag,
-                d.remote_addr + offset_bytes,
-                words,
-                bool(d.flags & rm.DescFlag.REDUCE_ADD),
-            )
             assert peer is not None
             applied = tm.rx_visible_cycle(
                 t_end + tm.crc_arrival_offset(hw), peer.rx_free_at, payload
@@ -262,7 +265,6 @@ class Nic(Engine):
             self.sim.at(applied, lambda p=peer, pk=pkt: p.receive(pk))
             self.perf["tx_pkts"] += 1
             self.perf["tx_bytes"] += payload
-            offset_bytes += payload
             t = t_end
         self.perf["tx"] += t - self.sim.now
         self.sim.at(
@@ -365,9 +367,11 @@ class Nic(Engine):
         then); None on the fast path, where the check was ``payload words + 2`` cycles ago
         (``RxApplier``'s timing) and a packet it would have held raises :class:`ReceiverHold`.
         """
-        nbytes = len(pkt.payload) * self.wb
+        wire = len(pkt.payload) * (2 if pkt.bf16 else self.wb)
+        nbytes = lk.memory_bytes(wire, pkt.bf16)  # of the window's memory (fp32 with bf16)
+        n_words = nbytes // self.wb
         code = rm.ErrorCode.OK
-        check = self.sim.now - nbytes // 4 - 2 if checked is None else checked
+        check = self.sim.now - wire // 4 - 2 if checked is None else checked
         enabled, tag = (
             (0, 0) if pkt.window >= len(self.windows) else self._state_at(pkt.window, check)
         )
@@ -392,8 +396,8 @@ class Nic(Engine):
                 # 32-bit aligned, since the receiver moves the packet's 32-bit payload words
                 # (``region`` alone would accept operand alignment, which the RTL cannot do).
                 src_addr = w.src + (pkt.addr - w.dst)
-                dst = self.srams.region(pkt.addr, len(pkt.payload))
-                src = self.srams.region(src_addr, len(pkt.payload))
+                dst = self.srams.region(pkt.addr, n_words)
+                src = self.srams.region(src_addr, n_words)
                 a = rm.DMA_ALIGN_BYTES
                 if dst is None or pkt.addr % a or (pkt.reduce and (src is None or src_addr % a)):
                     code = rm.ErrorCode.RX_OUT_OF_WINDOW
@@ -403,12 +407,16 @@ class Nic(Engine):
             self.csr.error(code, rm.Engine.NIC_RX, pkt.window, pkt.tag)
             return
         mem, idx = dst
+        local = None
         if pkt.reduce:
             smem, sidx = src
-            local = smem[sidx : sidx + len(pkt.payload)]
-            mem[idx : idx + len(pkt.payload)] = nx.reduce_add(local, pkt.payload, self.fmt)
+            local = smem[sidx : sidx + n_words]
+        if pkt.bf16:
+            mem[idx : idx + n_words] = nx.bf16_receive_words(local, pkt.payload)
+        elif pkt.reduce:
+            mem[idx : idx + n_words] = nx.reduce_add(local, pkt.payload, self.fmt)
         else:
-            mem[idx : idx + len(pkt.payload)] = pkt.payload
+            mem[idx : idx + n_words] = pkt.payload
         w.received += nbytes
         self.perf["rx_pkts"] += 1
         self.perf["rx_bytes"] += nbytes

@@ -118,6 +118,28 @@ def reduce_add(
     return add_saturating(local, payload, fmt)
 
 
+_BF16 = BFloat16Format()
+
+
+def bf16_send_words(sram_words: np.ndarray) -> np.ndarray:
+    """A ``DescFlag.BF16`` sender: gradient-SRAM words (two per fp32 element, low half
+    first) -> the bf16 word of each element (``fp32_to_bf16``), ``int64``, in order.
+
+    Packet word ``k`` then holds elements ``2k`` (bits 15:0) and ``2k + 1`` (bits 31:16).
+    """
+    return fp.fp32_to_bf16(_BF16.join_fp32(sram_words)).astype(np.int64)
+
+
+def bf16_receive_words(local: np.ndarray | None, payload: np.ndarray) -> np.ndarray:
+    """A ``DescFlag.BF16`` packet's receiver: gradient-SRAM words written (two per element).
+
+    ``payload``: bf16 words; ``local``: the window source's SRAM words for a reduce-add,
+    None for a plain write (:func:`gradsync.model.fp.bf16_exchange_apply` is the rule).
+    """
+    g = None if local is None else _BF16.join_fp32(local)
+    return _BF16.split_fp32(fp.bf16_exchange_apply(g, np.asarray(payload).astype(np.uint16)))
+
+
 def relu(x: np.ndarray) -> np.ndarray:
     """Vector op ``relu``: max(x, 0) on raw integers (exact in any format)."""
     x = _as_int(x)
