@@ -147,8 +147,14 @@ def run(args) -> int:
         return 2
     if getattr(args, "hardware_note", None):
         print(args.hardware_note)
+    chunks = {r["grad_format"]: r["chunk_bytes"] for r in rows}
+    several = len(set(chunks.values())) > 1
+    chunk = ", ".join(
+        f"{size} B" + (f" ({fmt} exchange)" if several else "")
+        for fmt, size in (chunks.items() if several else list(chunks.items())[:1])
+    )
     print(
-        f"{plural(args.nodes, 'node')}, chunk {rows[0]['chunk_bytes']} B, "
+        f"{plural(args.nodes, 'node')}, chunk {chunk}, "
         f"{plural(args.steps, 'step')}, backend {args.backend}"
     )
     print(format_table(rows))

@@ -395,3 +395,11 @@ def test_scale_and_sweep_refuse_an_out_under_a_file_before_running(
         assert main([*argv, "--out", str(out)]) == 2
         _refused(capsys, f"gradsync {command}: --out", str(out), needle)
     assert f.read_text() == "mine"
+
+
+def test_compare_checks_every_exchange_format_before_the_first_runs(capsys, monkeypatch):
+    _run_nothing(monkeypatch)
+    argv = ["compare", "--backend", "model", "--steps", "2", "--format", "bf16",
+            "--grad-format", "fp32,bogus"]  # fmt: skip
+    assert main(argv) == 2
+    _refused(capsys, "gradsync compare: --grad-format 'fp32,bogus': each format", "not bogus")

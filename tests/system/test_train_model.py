@@ -367,3 +367,45 @@ def test_link_fault_spec_gives_every_link_its_own_seed():
     assert link_faults_from_spec("drop=600, stall=100 ,seed=0x10", 3) == [
         {"drop_rate": 600, "stall_rate": 100, "stall_max": 16, "seed": 16 + i} for i in range(3)
     ]
+
+
+def test_compare_both_exchange_formats_side_by_side(capsys):
+    """``--grad-format fp32,bf16``: every schedule with each exchange format; the rows are the
+    runs' own step means (run again here through ``experiment.run``), bf16 exchange is faster
+    on the slow default link, and the gain lines say by how much."""
+    import dataclasses
+
+    from gradsync.firmware import experiment
+    from gradsync.model_backend import run_model
+    from gradsync.spec.formats import BFloat16Format
+    from gradsync.spec.hardware import PRESETS
+
+    argv = ["compare", "--format", "bf16", "--grad-format", "fp32,bf16", "--steps", "2",
+            "--schedules", "fifo,priority"]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("hardware: small with the large preset's SRAMs")
+    assert lines[1] == "2 nodes, chunk 512 B, 2 steps, backend model"
+    assert lines[2].split() == [
+        "schedule", "exchange", "cycles/step", "layer1-ready", "exposed", "comm", "final", "loss"
+    ]  # fmt: skip
+    rows = {(c[0], c[1]): c for c in (line.split() for line in lines[4:8])}
+    assert set(rows) == {(s, f) for s in ("fifo", "priority") for f in ("fp32", "bf16")}
+    hw = dataclasses.replace(
+        PRESETS["small"],
+        scratchpad_words=PRESETS["large"].scratchpad_words,
+        gradient_words=PRESETS["large"].gradient_words,
+    )
+    for (sched, fmt), cols in rows.items():
+        cfg = experiment.TrainConfig(
+            nodes=2, schedule=sched, steps=2, number_format=BFloat16Format(), grad_format=fmt,
+            hardware=hw,
+        )  # fmt: skip
+        res = experiment.run(cfg, run_model)
+        mean = sum(m.cycles for m in res.steps) / 2
+        ready = sum(m.layer1_ready_cycle for m in res.steps) / 2
+        assert (int(cols[2]), int(cols[3])) == (round(mean), round(ready))
+    for sched in ("fifo", "priority"):
+        assert int(rows[sched, "bf16"][2]) < 0.7 * int(rows[sched, "fp32"][2])
+    assert lines[8].startswith("fifo bf16 exchange vs fp32: ") and "fewer cycles" in lines[8]
+    assert lines[9].startswith("priority bf16 exchange vs fp32: ") and len(lines) == 10
