@@ -91,6 +91,7 @@ def test_fixed_point_record_keeps_its_keys(tmp_path, capsys):
 
 @pytest.mark.rtl
 @pytest.mark.slow
+@pytest.mark.xdist_group("bf16_cluster2_large")  # the build of tests/system/test_rtl_train_bf16.py
 def test_bf16_on_the_rtl_backend_checks_against_the_model(tmp_path, capsys):
     """``--backend rtl --format bf16 --hardware large --check``: the RTL cluster in bf16
     matches the golden model bit, event and cycle exactly; its record is bf16's."""
