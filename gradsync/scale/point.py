@@ -36,8 +36,21 @@ from gradsync.scale.config import (
     Straggler,
     Topology,
 )
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
+from gradsync.spec.limits import LimitError
 from gradsync.spec.regmap import DMA_ALIGN_BYTES
+from gradsync.workloads.formats import (
+    ELEMENT_BYTES_DEVICES,
+    GRAD_FORMATS,
+    NumberFormat,
+    device_for_element_bytes,
+    exchange_element_bytes,
+    format_name,
+    is_float,
+    resolve_grad_format,
+)
+from gradsync.workloads.workload import WorkloadError
 
 #: MiB, as PyTorch's ``bucket_cap_mb`` means it
 MIB = 1 << 20
@@ -102,11 +115,35 @@ def _chunk(key: str, value) -> int | str:
     return chunk
 
 
+def _format(key: str, value) -> str:
+    """``--format``: fixed point ``qI.F`` or ``bf16`` (``gradsync train --format``'s parser)."""
+    from argparse import ArgumentTypeError
+
+    from gradsync.cmd_train import _number_format
+
+    try:
+        chosen = _number_format(str(value))
+    except ArgumentTypeError:
+        raise _bad(key, value, "must be bf16 or fixed point qI.F such as q5.10") from None
+    name = chosen if isinstance(chosen, str) else f"q{chosen[0]}.{chosen[1]}"
+    try:
+        _number_format_of(name)
+    except LimitError:
+        bits = sum(chosen) + 1
+        raise _bad(
+            key, value, f"is a {bits}-bit fixed-point format; the device has 8 or 16"
+        ) from None
+    return name
+
+
+def _grad_format(key: str, value) -> str:
+    if value not in GRAD_FORMATS:
+        raise _bad(key, value, f"must be {' or '.join(GRAD_FORMATS)}")
+    return value
+
+
 def _element_bytes(key: str, value) -> int:
-    size = _int(key, value, 1)
-    if size not in (2, 4):
-        raise _bad(key, value, "must be 2 (16-bit gradients) or 4 (32-bit)")
-    return size
+    return _int(key, value, 1)  # checked against the formats in :func:`_resolve_formats`
 
 
 def _array(key: str, value) -> str:
@@ -175,7 +212,15 @@ OPTIONS: dict[str, Option] = {
     "batch": Option(
         _optional(lambda k, v: _int(k, v, 1)), None, "per-node batch (default: the workload's)"
     ),
-    "element_bytes": Option(_element_bytes, 2, "bytes per gradient element: 2 or 4"),
+    "format": Option(_format, "q5.10", "device number format: fixed point qI.F or bf16"),
+    "grad_format": Option(
+        _optional(_grad_format), None, "with --format bf16: gradients on the link, fp32 or bf16"
+    ),
+    "element_bytes": Option(
+        _optional(_element_bytes),
+        None,
+        "deprecated: gradient bytes on the link, 2 (q5.10) or 4 (bf16, fp32 exchange)",
+    ),
     "seq_len": Option(_optional(lambda k, v: _int(k, v, 1)), None, "sequence length of BERT/GPT-2"),
     "straggler": Option(_optional(_straggler), None, "K:F -- K nodes' compute F times slower"),
     "bucket_cap_mb": Option(
@@ -188,6 +233,8 @@ OPTIONS: dict[str, Option] = {
 
 #: options without a default
 REQUIRED = ("workload", "nodes", "link_gbps")
+#: options whose value follows from others (``element_bytes``: from the two formats)
+DERIVED = ("element_bytes",)
 
 
 @dataclass(frozen=True)
@@ -209,6 +256,8 @@ class PointConfig:
     array: str
     vector_lanes: int
     batch: int | None
+    format: str
+    grad_format: str | None
     element_bytes: int
     seq_len: int | None
     straggler: str | None
@@ -238,9 +287,46 @@ def validate(options: dict) -> PointConfig:
         if raw is None and key in REQUIRED:
             raise ScaleConfigError(f"{_flag(key)} is required")
         values[key] = opt.parse(key, raw) if raw is not None else None
+    _resolve_formats(values, given=set(options))
     point = PointConfig(**values)
     build(point)
     return point
+
+
+def _resolve_formats(values: dict, given: set[str]) -> None:
+    """Fill in ``grad_format`` (bf16: fp32 by default) and ``element_bytes`` (the link's
+    gradient element); a bare ``element_bytes`` picks the device with that exchange."""
+    fmt = _number_format_of(values["format"])
+    grad, size = values["grad_format"], values["element_bytes"]
+    if grad is not None and not is_float(fmt):
+        raise _bad("grad_format", grad, f"needs --format bf16, not {values['format']}")
+    if size is not None and not {"format", "grad_format"} & given:
+        try:
+            fmt, grad = device_for_element_bytes(size)
+        except WorkloadError:
+            choices = " or ".join(
+                f"{exchange_element_bytes(f, g)} ({format_name(f)}{f', {g} exchange' if g else ''})"
+                for f, g in ELEMENT_BYTES_DEVICES
+            )
+            raise _bad("element_bytes", size, f"must be {choices}") from None
+    grad = resolve_grad_format(fmt, grad)
+    element = exchange_element_bytes(fmt, grad)
+    if size is not None and size != element:
+        on_link = format_name(fmt) + (f" with {grad} exchange" if grad else "")
+        raise _bad(
+            "element_bytes",
+            size,
+            f"disagrees with {on_link} ({element}-byte gradients); leave it out",
+        )
+    values.update(format=format_name(fmt), grad_format=grad, element_bytes=element)
+
+
+def _number_format_of(name: str) -> NumberFormat:
+    """The format object of a canonical ``--format`` name (``q5.10``, ``bf16``)."""
+    if name == BFloat16Format.name:
+        return BFloat16Format()
+    integer, frac = (int(x) for x in name[1:].split("."))
+    return FixedPointFormat(total_bits=integer + frac + 1, frac_bits=frac)
 
 
 def _hardware(point: PointConfig) -> HardwareConfig:
@@ -257,7 +343,7 @@ def _hardware(point: PointConfig) -> HardwareConfig:
 
 
 @functools.lru_cache(maxsize=64)
-def _workload(name: str, batch, hardware: HardwareConfig, element_bytes: int, seq_len):
+def _workload(name: str, batch, hardware: HardwareConfig, fmt: str, grad_format, seq_len):
     from gradsync import workloads
 
     if name not in workloads.BUILTIN_NAMES and not Path(name).is_file():
@@ -268,7 +354,14 @@ def _workload(name: str, batch, hardware: HardwareConfig, element_bytes: int, se
     # an imported file's cycles are fixed: only a built-in takes the array
     kw = {"hardware": hardware} if name in workloads.BUILTIN_NAMES else {}
     try:
-        return workloads.get(name, batch=batch, element_bytes=element_bytes, seq_len=seq_len, **kw)
+        return workloads.get(
+            name,
+            batch=batch,
+            number_format=_number_format_of(fmt),
+            grad_format=grad_format,
+            seq_len=seq_len,
+            **kw,
+        )
     except workloads.WorkloadError as exc:
         text = str(exc)  # a file's errors start with its path: name it once
         sep = "" if text.startswith(f"{name}, ") else ": "
@@ -315,7 +408,9 @@ def _stragglers(point: PointConfig) -> tuple[Straggler, ...]:
 def build(point: PointConfig) -> ScaleConfig:
     """The simulator's configuration of ``point``; ``chunk_bytes`` is 0 while it is ``auto``."""
     hardware = _hardware(point)
-    workload = _workload(point.workload, point.batch, hardware, point.element_bytes, point.seq_len)
+    workload = _workload(
+        point.workload, point.batch, hardware, point.format, point.grad_format, point.seq_len
+    )
     largest = max(layer.grad_bytes for layer in workload.layers)
     if point.chunk_bytes != "auto" and point.chunk_bytes > largest:
         raise _bad(

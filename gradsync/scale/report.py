@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from gradsync import __version__
-from gradsync.scale.point import OPTIONS, PointRun
+from gradsync.scale.point import DERIVED, OPTIONS, PointRun
 
 FORMAT_VERSION = 1
 
@@ -91,6 +91,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def varying_options(runs: list[PointRun], shown: set[str]) -> list[str]:
     """Options outside ``shown`` whose value differs between points (extra table columns)."""
     dicts = [r.point.to_dict() for r in runs]
+    shown = set(shown) | set(DERIVED)
     return [k for k in OPTIONS if k not in shown and len({json.dumps(d[k]) for d in dicts}) > 1]
 
 
@@ -100,7 +101,7 @@ def _fixed_options(runs: list[PointRun], shown: set[str]) -> list[str]:
     return [
         f"--{k.replace('_', '-')} {first[k]}"
         for k, opt in OPTIONS.items()
-        if k not in shown and first[k] != opt.default
+        if k not in shown and k not in DERIVED and first[k] != opt.default
     ]
 
 

@@ -150,7 +150,8 @@ def _regs(layer, i: int, step: int, pas: str, j: int, batch: int) -> tuple:
     ``act[i-1] @ w[i] -> act[i]`` then its vector op in place; dW
     ``act[i-1]^T dz[i] -> g[i]`` (ARG: the loss-scale shift); dA
     ``dz[i] w[i]^T -> dz[i-1]`` then ``relu_bwd`` in place (tagged with layer i-1);
-    SGD ``w[i] -= lr * r[i]``.  Two symbols are equal where the firmware writes equal
+    SGD ``w[i] -= lr * r[i]`` (bf16: on the master weights ``w32[i]``, then SCALE into
+    ``w[i]``, a two-command update).  Two symbols are equal where the firmware writes equal
     values, so the driver's skip of unchanged registers costs what it costs there.
     Shapes come from the workload's GEMMs (unknown shapes never repeat).
     """
@@ -159,7 +160,13 @@ def _regs(layer, i: int, step: int, pas: str, j: int, batch: int) -> tuple:
     shape = (g.m, g.k, g.n) if g is not None else (("m", i, pas), ("k", i, pas), ("n", i, pas))
     tag = ("tag", i - 1 if pas == "ig" else i, step)
     if pas == "update":
-        return (("sgd",), ("w", i), ("r", i), ("w", i), 1, 0, layer.params, "lr", tag)
+        if len(layer.update) == 1:  # fixed point: SGD on the weights
+            return (("sgd",), ("w", i), ("r", i), ("w", i), 1, 0, layer.params, "lr", tag)
+        # bf16 (two commands): SGD on the fp32 master weights, then SCALE by 1.0 into the
+        # bf16 working copy the GEMMs read
+        if j == 0:
+            return (("sgd",), ("w32", i), ("r", i), ("w32", i), 1, 0, layer.params, "lr", tag)
+        return (("scale",), ("w32", i), 0, ("w", i), 1, 0, layer.params, "one", tag)
     if j == 0 and g is not None or j == 0 and pas == "wg":
         a, b, c = {
             "fwd": (("act", i - 1), ("w", i), ("act", i)),

@@ -1,9 +1,10 @@
 """Turns layer shapes into device commands and their cycles (the built-in networks use it).
 
 Every command is timed with the project's own closed formulas,
-:func:`gradsync.spec.timing.gemm_cycles` and
-:func:`gradsync.spec.timing.vector_cycles`; a GEMM repeated ``count`` times
-costs ``count * gemm_cycles``.  A pass is written as a list of commands, each
+:func:`gradsync.spec.timing.gemm_cycles` (in the device's number format) and
+:func:`gradsync.spec.timing.vector_cycles` (the same in every format); a GEMM
+repeated ``count`` times costs ``count * gemm_cycles``.  The update is
+:func:`update_commands`: one ``sgd`` in fixed point, ``sgd`` then ``scale`` in bf16.  A pass is written as a list of commands, each
 a :class:`~gradsync.workloads.workload.Gemm` or a ``(vector op, elements)``
 pair.
 
@@ -20,20 +21,31 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gradsync.spec.formats import DEFAULT_FORMAT
 from gradsync.spec.hardware import HardwareConfig
 from gradsync.spec.timing import gemm_cycles, vector_cycles
+from gradsync.workloads.formats import NumberFormat, is_float
 from gradsync.workloads.workload import Gemm, Layer
 
 #: A device command: a GEMM, or a vector op over a number of elements.
 Command = Gemm | tuple[str, int]
 
 
-def command_cycles(cmd: Command, hw: HardwareConfig) -> int:
-    """Cycles of one command on ``hw`` (``count * gemm_cycles`` for a repeated GEMM)."""
+def command_cycles(cmd: Command, hw: HardwareConfig, fmt: NumberFormat = DEFAULT_FORMAT) -> int:
+    """Cycles of one command on ``hw`` in ``fmt`` (``count * gemm_cycles`` for a repeated GEMM)."""
     if isinstance(cmd, Gemm):
-        return cmd.count * gemm_cycles(cmd.m, cmd.k, cmd.n, hw)
+        return cmd.count * gemm_cycles(cmd.m, cmd.k, cmd.n, hw, fmt)
     op, n = cmd
     return vector_cycles(op, n, hw)
+
+
+def update_commands(params: int, fmt: NumberFormat) -> list[Command]:
+    """The SGD update of ``params`` weights, as the firmware issues it (``_launch_update``):
+    ``sgd``; in bf16 ``sgd`` on the fp32 master weights, then ``scale`` by 1.0 into the
+    bf16 working copy the GEMMs read."""
+    if not params:
+        return []
+    return [("sgd", params), ("scale", params)] if is_float(fmt) else [("sgd", params)]
 
 
 def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
@@ -42,16 +54,23 @@ def conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
 
 
 class NetBuilder:
-    """Collects the layers of one network for a local ``batch`` on ``hw``.
+    """Collects the layers of one network for a local ``batch`` on ``hw`` in format ``fmt``.
 
-    ``element_bytes`` is the gradient element size: a layer's ``grad_bytes``
-    is ``params * element_bytes``.
+    ``element_bytes`` is the gradient element size on the link: a layer's
+    ``grad_bytes`` is ``params * element_bytes``.
     """
 
-    def __init__(self, hw: HardwareConfig, batch: int, element_bytes: int) -> None:
+    def __init__(
+        self,
+        hw: HardwareConfig,
+        batch: int,
+        element_bytes: int,
+        fmt: NumberFormat = DEFAULT_FORMAT,
+    ) -> None:
         self.hw = hw
         self.batch = batch
         self.element_bytes = element_bytes
+        self.fmt = fmt
         self.layers: list[Layer] = []
         self.pending: list[Command] = []  # backward of the last activation, for the next ig
 
@@ -77,17 +96,17 @@ class NetBuilder:
         else:
             ig_cmds = [*ig, *self.pending]
         self.pending = list(act_bwd)
-        hw = self.hw
+        hw, fmt = self.hw, self.fmt
         self.layers.append(
             Layer(
                 name=name,
                 kind=kind,
                 params=params,
                 grad_bytes=params * self.element_bytes,
-                fwd=tuple(command_cycles(c, hw) for c in fwd),
-                ig=tuple(command_cycles(c, hw) for c in ig_cmds),
-                wg=tuple(command_cycles(c, hw) for c in wg),
-                update=(vector_cycles("sgd", params, hw),) if params else (),
+                fwd=tuple(command_cycles(c, hw, fmt) for c in fwd),
+                ig=tuple(command_cycles(c, hw, fmt) for c in ig_cmds),
+                wg=tuple(command_cycles(c, hw, fmt) for c in wg),
+                update=tuple(command_cycles(c, hw, fmt) for c in update_commands(params, fmt)),
                 fwd_gemms=tuple(c for c in fwd if isinstance(c, Gemm)),
                 ig_gemms=tuple(c for c in ig_cmds if isinstance(c, Gemm)),
                 wg_gemms=tuple(c for c in wg if isinstance(c, Gemm)),
@@ -98,7 +117,7 @@ class NetBuilder:
         """The layers; a top-layer activation's backward opens that layer's weight-gradient pass."""
         if self.pending:
             top = self.layers[-1]
-            cycles = tuple(command_cycles(c, self.hw) for c in self.pending)
+            cycles = tuple(command_cycles(c, self.hw, self.fmt) for c in self.pending)
             self.layers[-1] = replace(top, wg=cycles + top.wg)
             self.pending = []
         return tuple(self.layers)

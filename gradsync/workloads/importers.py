@@ -18,6 +18,7 @@ import csv
 import io
 from pathlib import Path
 
+from gradsync.spec.formats import DEFAULT_FORMAT
 from gradsync.workloads.workload import Layer, Workload, WorkloadError
 
 #: The per-layer columns, in ASTRA-sim's order (also the CSV header names).
@@ -117,7 +118,9 @@ def _fields(line: str) -> tuple[list[str], list[int]]:
     return fields, list(range(1, len(fields) + 1))
 
 
-def parse_astra_text(text: str, path: str, element_bytes: int = 2) -> tuple[Layer, ...]:
+def parse_astra_text(
+    text: str, path: str, element_bytes: int = DEFAULT_FORMAT.grad_bytes
+) -> tuple[Layer, ...]:
     """Layers of an ASTRA-sim text workload; :class:`WorkloadError` names line and column."""
     lines = text.splitlines()
     head = lines[0].split() if lines else []
@@ -156,7 +159,9 @@ def parse_astra_text(text: str, path: str, element_bytes: int = 2) -> tuple[Laye
     return tuple(layers)
 
 
-def parse_csv(text: str, path: str, element_bytes: int = 2) -> tuple[Layer, ...]:
+def parse_csv(
+    text: str, path: str, element_bytes: int = DEFAULT_FORMAT.grad_bytes
+) -> tuple[Layer, ...]:
     """Layers of a CSV workload whose header names :data:`COLUMNS` (any order)."""
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
@@ -188,10 +193,14 @@ def parse_csv(text: str, path: str, element_bytes: int = 2) -> tuple[Layer, ...]
     return tuple(layers)
 
 
-def load(path: str | Path, *, element_bytes: int = 2) -> Workload:
-    """Read an ASTRA-sim text workload, or a CSV one (by the ``.csv`` suffix)."""
-    if element_bytes not in (2, 4):
-        raise WorkloadError(f"element_bytes must be 2 or 4, not {element_bytes!r}")
+def load(path: str | Path, *, element_bytes: int = DEFAULT_FORMAT.grad_bytes) -> Workload:
+    """Read an ASTRA-sim text workload, or a CSV one (by the ``.csv`` suffix).
+
+    ``element_bytes``: bytes of a gradient element on the link (default: the
+    default fixed-point device's), which turns ``wg_comm_bytes`` into parameters.
+    """
+    if isinstance(element_bytes, bool) or not isinstance(element_bytes, int) or element_bytes < 1:
+        raise WorkloadError(f"element_bytes must be a positive whole number, not {element_bytes!r}")
     p = Path(path)
     try:
         text = p.read_text()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from gradsync.spec.hardware import HardwareConfig
 from gradsync.workloads.builder import NetBuilder
+from gradsync.workloads.formats import NumberFormat
 from gradsync.workloads.workload import Layer
 
 IMAGE_SIZE = 224
@@ -145,14 +146,20 @@ def gpt2_small(b: NetBuilder, seq: int) -> None:
 
 
 def build(
-    name: str, hw: HardwareConfig, batch: int, element_bytes: int, seq: int | None
+    name: str,
+    hw: HardwareConfig,
+    batch: int,
+    fmt: NumberFormat,
+    element_bytes: int,
+    seq: int | None,
 ) -> tuple[tuple[Layer, ...], int, int]:
-    """Layers, input bytes and output bytes of the big network ``name``.
+    """Layers, input bytes and output bytes of the big network ``name`` on a ``fmt`` device.
 
-    Images are loaded at ``element_bytes`` per value, token ids at 4 bytes;
+    ``element_bytes``: gradient bytes per parameter on the link.  Images and the
+    output are scratchpad words (``fmt.word_bytes`` per value), token ids 4 bytes;
     the output is the logits (BERT: the pooled ``[CLS]`` vector).
     """
-    b = NetBuilder(hw, batch, element_bytes)
+    b = NetBuilder(hw, batch, element_bytes, fmt)
     if name == "resnet50":
         resnet50(b)
     elif name == "vgg19":
@@ -162,11 +169,12 @@ def build(
     else:
         gpt2_small(b, seq)
     layers = b.finish()
+    word = fmt.word_bytes
     if name in ("resnet50", "vgg19"):
-        in_bytes = batch * 3 * IMAGE_SIZE * IMAGE_SIZE * element_bytes
-        out_bytes = batch * IMAGENET_CLASSES * element_bytes
+        in_bytes = batch * 3 * IMAGE_SIZE * IMAGE_SIZE * word
+        out_bytes = batch * IMAGENET_CLASSES * word
     elif name == "bert-base":
-        in_bytes, out_bytes = batch * seq * 4, batch * HIDDEN * element_bytes
+        in_bytes, out_bytes = batch * seq * 4, batch * HIDDEN * word
     else:
-        in_bytes, out_bytes = batch * seq * 4, batch * seq * GPT2_VOCAB * element_bytes
+        in_bytes, out_bytes = batch * seq * 4, batch * seq * GPT2_VOCAB * word
     return layers, in_bytes, out_bytes

@@ -108,7 +108,11 @@ class Workload:
     ``batch`` is the per-node batch the cycles were computed for (0: unknown,
     an imported file); ``input_bytes`` the bytes the host loads per step,
     ``output_bytes`` the bytes it dumps (logits) and loads back (dZ);
-    ``hardware`` the array the cycles were computed for (None: imported).
+    ``hardware`` the array the cycles were computed for (None: imported);
+    ``element_bytes`` the bytes of one gradient element on the link;
+    ``format`` the device's number format the cycles were computed for (``q5.10``,
+    ``bf16``; None: imported) and ``grad_format`` a bf16 device's gradient exchange
+    format (``fp32`` or ``bf16``; None for fixed point).
     """
 
     name: str
@@ -119,6 +123,8 @@ class Workload:
     output_bytes: int
     source: str
     hardware: HardwareConfig | None = None
+    format: str | None = None
+    grad_format: str | None = None
 
     @property
     def params(self) -> int:
@@ -150,6 +156,8 @@ class Workload:
             "source": self.source,
             "batch": self.batch,
             "element_bytes": self.element_bytes,
+            "format": self.format,
+            "grad_format": self.grad_format,
             "input_bytes": self.input_bytes,
             "output_bytes": self.output_bytes,
             "hardware": None

@@ -188,7 +188,32 @@ BAD = [
     # the bad value is in the LAST point of the grid: nothing may have run before it
     (["--nodes", "8,12", "--topology", "hierarchical"], "--per-box 8 does not divide --nodes 12"),
     (["--trace-point", "1"], "--trace-point 1 is not a point of this grid (0 to 0)"),
+    (["--format", "bf16,fp16"], "--format fp16: must be bf16 or fixed point qI.F"),
+    (["--grad-format", "bf16"], "--grad-format bf16: needs --format bf16, not q5.10"),
+    (["--format", "bf16", "--grad-format", "int8"], "--grad-format int8: must be fp32 or bf16"),
+    (["--format", "bf16", "--element-bytes", "2"], "--element-bytes 2: disagrees with bf16"),
 ]
+
+
+def test_format_and_grad_format_in_rows_and_table(tmp_path, capsys):
+    """One format per point; bf16 exchange halves the gradient bytes on the link."""
+    out = tmp_path / "fmt"
+    code = main(["scale", "--workload", "mlp", "--nodes", "4", "--link-gbps", "100",
+                 "--format", "q5.10,bf16", "--chunk-bytes", "256", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "format" in head and "element_bytes" not in head
+    more = main(["scale", "--workload", "mlp", "--nodes", "4", "--link-gbps", "100", "--format",
+                 "bf16", "--grad-format", "bf16", "--chunk-bytes", "256", "--json"])  # fmt: skip
+    assert more == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    bf16 = json.loads(capsys.readouterr().out)["points"][0]
+    got = [(r["format"], r["grad_format"], r["element_bytes"]) for r in rows]
+    assert got == [("q5.10", "", "2"), ("bf16", "fp32", "4")]
+    assert (bf16["format"], bf16["grad_format"], bf16["config"]["grad_format"]) == ("bf16",) * 3
+    params = 64 * 32 + 32 * 32 + 32 * 10  # the MLP's weights
+    assert [int(r["gradient_bytes"]) for r in rows] == [2 * params, 4 * params]
+    assert bf16["gradient_bytes"] == 2 * params
 
 
 @pytest.fixture

@@ -51,6 +51,27 @@ def test_defaults_are_the_documented_ones():
     assert cfg.stragglers == () and cfg.steps == 3
 
 
+@pytest.mark.parametrize(
+    "options, fmt, grad_format, element",
+    [
+        ({}, "q5.10", None, 2),
+        ({"format": "Q7.8"}, "q7.8", None, 2),
+        ({"format": "bf16"}, "bf16", "fp32", 4),  # fp32 exchange by default
+        ({"format": "bf16", "grad_format": "bf16"}, "bf16", "bf16", 2),
+        ({"element_bytes": 2}, "q5.10", None, 2),  # the deprecated option alone
+        ({"element_bytes": "4"}, "bf16", "fp32", 4),
+        ({"format": "bf16", "grad_format": "bf16", "element_bytes": 2}, "bf16", "bf16", 2),
+    ],
+)
+def test_formats_fill_in_the_exchange_and_its_element(options, fmt, grad_format, element):
+    """Gradient bytes on the link: parameters x 2 (q5.10 words), 4 (fp32) or 2 (bf16)."""
+    p = point.validate({**BASE, **options})
+    assert (p.format, p.grad_format, p.element_bytes) == (fmt, grad_format, element)
+    wl = point.build(p).workload
+    assert wl.grad_bytes == 25_557_032 * element  # ResNet-50's published parameter count
+    assert (wl.format, wl.grad_format) == (fmt, grad_format)
+
+
 def test_clock_and_latency_convert_to_cycles():
     p = point.validate({**BASE, "link_gbps": 400, "clock_ghz": 2, "link_latency_ns": 700})
     # 400 Gb/s = 50 GB/s; at 2 GHz that is 25 bytes per cycle; 700 ns = 1400 cycles
@@ -151,7 +172,19 @@ BAD = [
     ({**BASE, "schedule": "fastest"}, r"--schedule fastest: unknown schedule 'fastest'"),
     ({**BASE, "array": "128"}, r"--array 128: must be ROWSxCOLS"),
     ({**BASE, "steps": 1}, r"--steps 1: must be >= 2"),
-    ({**BASE, "element_bytes": 3}, r"--element-bytes 3: must be 2 \(16-bit gradients\) or 4"),
+    ({**BASE, "element_bytes": 3}, r"--element-bytes 3: must be 2 \(q5.10\) or 4 \(bf16, fp32"),
+    ({**BASE, "format": "fp8"}, r"--format fp8: must be bf16 or fixed point qI.F such as q5.10"),
+    ({**BASE, "format": "q15.16"}, r"--format q15.16: is a 32-bit fixed-point format"),
+    ({**BASE, "grad_format": "bf16"}, r"--grad-format bf16: needs --format bf16, not q5.10"),
+    ({**BASE, "format": "q7.8", "grad_format": "fp32"}, r"--grad-format fp32: needs --format bf16"),
+    (
+        {**BASE, "format": "bf16", "grad_format": "fp16"},
+        r"--grad-format fp16: must be fp32 or bf16",
+    ),
+    (
+        {**BASE, "format": "bf16", "element_bytes": 2},
+        r"--element-bytes 2: disagrees with bf16 with fp32 exchange \(4-byte gradients\)",
+    ),
     ({**BASE, "colour": "red"}, r"unknown option 'colour'"),
 ]
 
