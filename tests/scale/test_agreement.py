@@ -179,7 +179,6 @@ def test_bf16_device_with_fp32_exchange(nodes, sched_name, chunk):
     _check(nodes, sched_name, chunk, fmt=BFloat16Format(), grad="fp32")
 
 
-@pytest.mark.xfail(strict=False, reason="needs the model's bf16 exchange")
 @pytest.mark.parametrize(("nodes", "sched_name", "chunk"), BF16_POINTS)
 def test_bf16_device_with_bf16_exchange(nodes, sched_name, chunk):
     """bf16 on the link: a model chunk of C bytes of fp32 memory is C/2 bytes on the link."""
