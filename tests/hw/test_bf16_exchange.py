@@ -206,9 +206,13 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "elements,flags,link", CASES, ids=lambda v: str(v).replace("DescFlag.", "")
-)
+def _case_id(case) -> str:
+    elements, flags, link = case
+    kind = "reduce" if flags & rm.DescFlag.REDUCE_ADD else "write"
+    return f"{elements}el-{kind}-{link.bytes_per_cycle}Bpc-{link.max_payload_bytes}B"
+
+
+@pytest.mark.parametrize("elements,flags,link", CASES, ids=[_case_id(c) for c in CASES])
 def test_a_bf16_send_lands_as_the_reference_in_the_cycles_of_its_wire_bytes(elements, flags, link):
     local, sent = _vectors(elements, seed=elements)
     reduce = bool(flags & rm.DescFlag.REDUCE_ADD)
