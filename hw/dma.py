@@ -9,7 +9,10 @@ granularity: a high-priority chunk posted during a long low-priority transfer
 waits for at most the running descriptor.  A descriptor is validated before
 any byte moves; a refused one is completed with its error code and nothing is
 sent.  A valid one is cut into packets of at most ``max_payload_bytes`` that
-are streamed to the NIC transmitter back to back.
+are streamed to the NIC transmitter back to back.  On a bf16 build a
+``DescFlag.BF16`` descriptor is sent as bf16, two source elements read and
+packed per payload word, so its packets carry half its LENGTH
+(``docs/numerics.md``, "The bf16 gradient exchange").
 
 Cycle timing (``t`` = grant cycle; see ``gradsync.spec.timing``)::
 
@@ -30,7 +33,7 @@ A doorbell written in cycle ``d`` makes the queue non-empty in ``d+1``.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib import stream as _stream
 from amaranth.lib.memory import Memory, ReadPort, WritePort
@@ -38,6 +41,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.hw.events import ErrorEvent, TraceWrite
+from gradsync.hw.fp import fp32_to_bf16
 from gradsync.hw.link import word_period_log2
 from gradsync.hw.nic import TxWord
 from gradsync.spec import regmap as rm
@@ -48,8 +52,10 @@ DESCRIPTOR_WORDS = rm.DESCRIPTOR_WORDS
 FLAG_REDUCE_ADD = int(rm.DescFlag.REDUCE_ADD)
 FLAG_IRQ = int(rm.DescFlag.IRQ)
 FLAG_FENCE = int(rm.DescFlag.FENCE)
+FLAG_BF16 = int(rm.DescFlag.BF16)
 ERR_OK = int(rm.ErrorCode.OK)
 ERR_BAD_VERSION = int(rm.ErrorCode.BAD_VERSION)
+ERR_BAD_FLAGS = int(rm.ErrorCode.BAD_FLAGS)
 ERR_ZERO_LENGTH = int(rm.ErrorCode.ZERO_LENGTH)
 ERR_MISALIGNED = int(rm.ErrorCode.MISALIGNED)
 ERR_OUT_OF_WINDOW = int(rm.ErrorCode.OUT_OF_WINDOW)
@@ -71,10 +77,14 @@ KIND_RECV = int(rm.Kind.RECV)
 
 
 #: The eight descriptor words as the engine holds them (``regmap.DESCRIPTOR_LAYOUT``):
-#: word 0 split into its fields, the others whole.
+#: word 0 split into its fields (32 bits wide, its reserved bits included), the others whole.
 DescriptorLayout = data.StructLayout(
     {
-        name.lower(): data.StructLayout({f.name: f.width for f in fields}) if word == 0 else 32
+        name.lower(): data.FlexibleLayout(
+            32, {f.name: data.Field(unsigned(f.width), f.lsb) for f in fields}
+        )
+        if word == 0
+        else 32
         for word, name, fields, _ in rm.DESCRIPTOR_LAYOUT
     }
 )
@@ -108,6 +118,11 @@ def queue_ports(queues: int, *, windows: bool) -> dict:
             }
         )
     return ports
+
+
+def bf16_source_ports(src_addr_width: int) -> dict:
+    """The second source read port of a bf16 build: the word after ``src_addr`` (``BF16``)."""
+    return {"src1_addr": Out(src_addr_width), "src1_data": In(32)}
 
 
 def _send_record(port, cycle, engine, event, tag, aux) -> list:
@@ -297,13 +312,14 @@ class DmaQueues(wiring.Component):
 class DescriptorFetcher(wiring.Component):
     """Takes the granted descriptor, fetches its eight words and validates them.
 
-    Validation, in the model's order, before any byte moves: version, zero length,
-    alignment of length/source/remote address, source range inside the queue's
-    window and inside a source region, destination peer.
+    Validation, in ``rm.DESCRIPTOR_CHECKS`` order, before any byte moves: version,
+    flags (``BF16`` on a fixed-point build: ``BAD_FLAGS``), zero length, alignment of
+    length/source/remote address (a ``BF16`` length: of 8 bytes), source range inside
+    the queue's window and inside a source region, destination peer.
 
     Parameters
     ----------
-    queues, ring_addr_bits, src_regions:
+    queues, ring_addr_bits, src_regions, bf16:
         As for :class:`DmaEngine`.
 
     Attributes
@@ -322,8 +338,9 @@ class DescriptorFetcher(wiring.Component):
         Not waiting for a grant.
     """
 
-    def __init__(self, queues: int, ring_addr_bits: int, src_regions):
+    def __init__(self, queues: int, ring_addr_bits: int, src_regions, bf16: bool = False):
         self.queues, self.ring_addr_bits = queues, ring_addr_bits
+        self.bf16 = bf16
         self.src_regions = tuple(src_regions)
         super().__init__(
             {
@@ -357,13 +374,21 @@ class DescriptorFetcher(wiring.Component):
         for i, (base, size) in enumerate(self.src_regions):
             with m.If((desc.src_addr >= base) & (src_end <= base + size)):
                 m.d.comb += [in_region.eq(1), job.region.eq(i)]
+        # rm.DESCRIPTOR_CHECKS order: version, flags, zero length, alignment, window, peer.
+        bf16 = _flag(desc.control.flags, FLAG_BF16)
+        misaligned = (
+            (desc.length[0:2] != 0) | (desc.src_addr[0:2] != 0) | (desc.remote_addr[0:2] != 0)
+        )
+        if self.bf16:  # a BF16 length is whole payload words of two bf16 elements
+            misaligned = misaligned | (bf16 & (desc.length[0:3] != 0))
         with m.If(desc.control.version != DESCRIPTOR_VERSION):
             m.d.comb += check.eq(ERR_BAD_VERSION)
+        if not self.bf16:  # a fixed-point device's gradients are not fp32
+            with m.Elif(bf16):
+                m.d.comb += check.eq(ERR_BAD_FLAGS)
         with m.Elif(desc.length == 0):
             m.d.comb += check.eq(ERR_ZERO_LENGTH)
-        with m.Elif(
-            (desc.length[0:2] != 0) | (desc.src_addr[0:2] != 0) | (desc.remote_addr[0:2] != 0)
-        ):
+        with m.Elif(misaligned):
             m.d.comb += check.eq(ERR_MISALIGNED)
         with m.Elif((desc.src_addr < self.win_base) | (src_end > win_end) | ~in_region):
             m.d.comb += check.eq(ERR_OUT_OF_WINDOW)
@@ -403,13 +428,16 @@ class PacketStreamer(wiring.Component):
     A valid descriptor's payload is cut into packets of at most ``max_payload_bytes``
     (header words H0 = window | REDUCE_ADD << 8 | (words - 1) << 9, H1 = tag, H2 =
     remote address, then the payload read from ``src_*``), streamed back to back; a
-    refused one goes straight to the write-back. The write-back cycle writes STATUS
+    refused one goes straight to the write-back.  With ``BF16`` (bf16 builds) the
+    packets cut the wire bytes (LENGTH / 2), H0 bit 7 is set, payload word ``k`` is
+    elements ``2k`` and ``2k + 1`` rounded to bf16 (bits 15:0 and 31:16), read in one
+    cycle from ``src_data`` and ``src1_data``, and H2 advances by twice the payload. The write-back cycle writes STATUS
     and DONE_CYCLE into the descriptor's slot, reports ``retire`` to its queue,
     the trace END records and, if refused, the error.
 
     Parameters
     ----------
-    queues, ring_addr_bits, src_regions, src_addr_width, max_payload_bytes:
+    queues, ring_addr_bits, src_regions, src_addr_width, max_payload_bytes, bf16:
         As for :class:`DmaEngine`.
     word_period:
         Cycles the link needs per 32-bit word (``4 / link_bytes_per_cycle``): the
@@ -423,8 +451,9 @@ class PacketStreamer(wiring.Component):
     job : In(descriptor_job_signature)
     compute_done : In(32), cycle : In(48)
     src_addr, src_region : Out, src_data : In(32)
+    src1_addr : Out, src1_data : In(32)
     pkt : Out(stream of TxWord), crc_sent : In(1)
-        As on :class:`DmaEngine`.
+        As on :class:`DmaEngine` (``src1_*`` only with ``bf16``).
     status, done_cycle : In(WritePort.Signature)
         Write ports of the ring memory for the STATUS and DONE_CYCLE words.
     retire : Out(stream.Signature(retire_layout, always_ready=True))
@@ -441,10 +470,12 @@ class PacketStreamer(wiring.Component):
         src_addr_width: int,
         max_payload_bytes: int,
         word_period: int,
+        bf16: bool = False,
     ):
         self.src_regions = tuple(src_regions)
         self.max_payload_bytes = max_payload_bytes
         self.word_period = word_period
+        self.bf16 = bf16
         write_port = WritePort.Signature(addr_width=ring_addr_bits, shape=32)
         super().__init__(
             {
@@ -464,8 +495,17 @@ class PacketStreamer(wiring.Component):
                 "trace": Out(TraceWrite).array(2),
                 "error": Out(ErrorEvent),
                 "tx_cycles": Out(32),
+                **(bf16_source_ports(src_addr_width) if bf16 else {}),
             }
         )
+
+    def _payload_word(self, m: Module, is_bf16):
+        """The payload word on ``src_data`` (with ``BF16``: two elements as bf16, low first)."""
+        if not self.bf16:
+            return self.src_data
+        lo = fp32_to_bf16(m, self.src_data, "tx_bf16_lo")
+        hi = fp32_to_bf16(m, self.src1_data, "tx_bf16_hi")
+        return Mux(is_bf16, Cat(lo, hi), self.src_data)
 
     def elaborate(self, platform):
         m = Module()
@@ -486,6 +526,20 @@ class PacketStreamer(wiring.Component):
         m.d.comb += [self.src_addr.eq(ptr), self.src_region.eq(region)]
         m.d.comb += pw.eq(Mux(rem[2:] > maxw, maxw, rem[2:]))
         dma_trace, tx_trace = self.trace
+        # BF16 (bf16 builds): the link carries half of LENGTH, two source words per payload
+        # word, a packet covers twice its payload of the peer's memory.
+        if self.bf16:
+            is_bf16 = _flag(flags, FLAG_BF16)
+            wire_len = Mux(is_bf16, d_len >> 1, d_len)
+            src_step = Mux(is_bf16, 2, 1)
+            mem_bytes = Mux(is_bf16, pw << 3, pw << 2)
+            m.d.comb += self.src1_addr.eq(self.src_addr + 1)
+        else:
+            is_bf16, wire_len, src_step, mem_bytes = Const(0), d_len, 1, pw << 2
+        payload_word = self._payload_word(m, is_bf16)
+        h0 = d.control.window | (_flag(flags, FLAG_REDUCE_ADD) << 8) | ((pw - 1)[:7] << 9)
+        if self.bf16:
+            h0 = h0 | (is_bf16 << 7)
         queue_engine = ENGINE_DMA_HI + job.queue
 
         with m.FSM(name="send") as fsm:
@@ -495,7 +549,7 @@ class PacketStreamer(wiring.Component):
                 )
                 m.d.sync += [
                     code.eq(job.code),
-                    rem.eq(d_len),
+                    rem.eq(wire_len),
                     wi.eq(0),
                     raddr.eq(d.remote_addr),
                     region.eq(job.region),
@@ -515,17 +569,13 @@ class PacketStreamer(wiring.Component):
                 last = wi == 2 + pw
                 with m.Switch(wi):
                     with m.Case(0):
-                        m.d.comb += pkt.p.data.eq(
-                            d.control.window
-                            | (_flag(flags, FLAG_REDUCE_ADD) << 8)
-                            | ((pw - 1)[:7] << 9)
-                        )
+                        m.d.comb += pkt.p.data.eq(h0)
                     with m.Case(1):
                         m.d.comb += pkt.p.data.eq(d_tag)
                     with m.Case(2):
                         m.d.comb += pkt.p.data.eq(raddr)
                     with m.Default():
-                        m.d.comb += pkt.p.data.eq(self.src_data)
+                        m.d.comb += pkt.p.data.eq(payload_word)
                 fire = go & pkt.ready
                 m.d.comb += [
                     pkt.valid.eq(go),
@@ -533,9 +583,9 @@ class PacketStreamer(wiring.Component):
                     pkt.p.chunk_end.eq(last & (rem[2:] == pw)),
                 ]
                 with m.If(fire & (wi >= 3)):
-                    m.d.comb += self.src_addr.eq(ptr + 1)
-                    m.d.sync += ptr.eq(ptr + 1)
-                with m.If(fire & (wi == 0) & (rem == d_len)):
+                    m.d.comb += self.src_addr.eq(ptr + src_step)
+                    m.d.sync += ptr.eq(ptr + src_step)
+                with m.If(fire & (wi == 0) & (rem == wire_len)):
                     m.d.comb += _send_record(
                         tx_trace, self.cycle, ENGINE_NIC_TX, EVENT_START, d_tag, d_len
                     )
@@ -545,7 +595,7 @@ class PacketStreamer(wiring.Component):
                         m.d.sync += [
                             wi.eq(0),
                             rem.eq(rem - (pw << 2)),
-                            raddr.eq(raddr + (pw << 2)),
+                            raddr.eq(raddr + mem_bytes),
                         ]
                         with m.If(rem[2:] == pw):
                             m.next = "WAIT_CRC"
@@ -597,7 +647,7 @@ class PacketStreamer(wiring.Component):
         self._count_tx_cycles(
             m,
             fsm.ongoing("SEND") & pkt.valid & pkt.ready,
-            (wi == 0) & (rem == d_len),
+            (wi == 0) & (rem == wire_len),
             fsm.ongoing("WRITEBACK"),
         )
         return m
@@ -641,6 +691,13 @@ class DmaEngine(wiring.Component):
         a source range not inside one of them is refused as out of window.
         The read port addresses 32-bit words ``(addr - base) >> 2`` of the
         region, with ``src_region`` its index.
+    bf16:
+        A bf16 build (``BFloat16Format``): a descriptor may carry ``DescFlag.BF16``
+        (its LENGTH a multiple of ``BF16_LENGTH_ALIGN_BYTES``, ``MISALIGNED``
+        otherwise) and is sent as bf16, two elements per payload word
+        (``docs/numerics.md``), reading two source words per cycle
+        (``src1_*``).  Without it a ``BF16`` descriptor is refused with
+        ``BAD_FLAGS``.
 
     Attributes
     ----------
@@ -675,6 +732,9 @@ class DmaEngine(wiring.Component):
     src_addr, src_region, src_data
         Source read port: word address and region index out, data in one
         cycle later.  Held while back-pressured, so data stays valid.
+    src1_addr, src1_data
+        Only with ``bf16``: a second source read port at ``src_addr + 1`` (same
+        region), the element after, for ``BF16`` descriptors.
     pkt : Out(stream of TxWord)
         Packets to the NIC transmitter (H0 carries sequence 0).
     crc_sent : In(1)
@@ -690,7 +750,8 @@ class DmaEngine(wiring.Component):
         the grant cycle, aux = length) and END (emitted in the write-back
         cycle, stamped with the completion cycle, aux = length or the error
         code).  Port 1, engine NIC_TX: START when the chunk's first word goes
-        on the link, END in the cycle after its last word (aux = length).
+        on the link, END in the cycle after its last word (aux = length, the
+        descriptor's LENGTH also with ``BF16``).
     error : Out(ErrorEvent).array(2)
         Port 0: a refused descriptor (in its write-back cycle; index = its
         HEAD slot, info = source address).  Port 1: a refused doorbell (in
@@ -715,7 +776,9 @@ class DmaEngine(wiring.Component):
         link_bytes_per_cycle: int = 4,
         src_regions: tuple[tuple[int, int], ...] = ((0x2000_0000, 1 << 16),),
         host_lanes: int = 1,
+        bf16: bool = False,
     ):
+        self.bf16 = bf16
         if queues < 2:
             raise ValueError(f"queues must be >= 2, not {queues!r}")
         if ring_words & (ring_words - 1) or ring_words < DESCRIPTOR_WORDS:
@@ -769,6 +832,8 @@ class DmaEngine(wiring.Component):
             "busy": Out(1),
             "tx_cycles": Out(32),
         }
+        if bf16:
+            ports.update(bf16_source_ports(self.src_addr_width))
         if host_lanes == 2:
             ports.update(
                 {
@@ -806,7 +871,7 @@ class DmaEngine(wiring.Component):
         m.submodules.queues = queues = DmaQueues(
             Q, self.ring_entries, self.ring_base_addr, self.ring_valid_words, aw
         )
-        m.submodules.fetcher = fetcher = DescriptorFetcher(Q, aw, self.src_regions)
+        m.submodules.fetcher = fetcher = DescriptorFetcher(Q, aw, self.src_regions, self.bf16)
         m.submodules.streamer = streamer = PacketStreamer(
             queues=Q,
             ring_addr_bits=aw,
@@ -814,7 +879,13 @@ class DmaEngine(wiring.Component):
             src_addr_width=self.src_addr_width,
             max_payload_bytes=self.max_payload_bytes,
             word_period=self.word_period,
+            bf16=self.bf16,
         )
+        if self.bf16:
+            m.d.comb += [
+                self.src1_addr.eq(streamer.src1_addr),
+                streamer.src1_data.eq(self.src1_data),
+            ]
 
         # Ring memory; port order fixes write priority (a later port wins a collision).
         m.submodules.ring = ring = Memory(shape=32, depth=self.ring_words, init=[])

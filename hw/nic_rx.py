@@ -20,7 +20,11 @@ joined with ``wiring.connect``:
   drop.  Every packet is applied exactly once.  The sum is per operand lane,
   saturating (fixed point), or per 32-bit word, one fp32 element rounded to
   nearest even with subnormals flushed (``fp32=True``, a bf16 node:
-  ``docs/numerics.md``, "The NIC's reduce-add on receive").
+  ``docs/numerics.md``, "The NIC's reduce-add on receive").  On a bf16 node a
+  packet with H0's ``bf16`` bit carries two bf16 elements per word: it covers
+  twice its payload bytes of fp32 memory, both elements of a word are applied in
+  the same cycle (second read and write port), ``dst = w`` or ``dst = r(r(g) + w)``
+  (``docs/numerics.md``, "The bf16 gradient exchange").
 
 Receiver not ready: a packet whose tag has the layer and chunk of its enabled
 window's ``TAG`` and whose step is that step + 1 (modulo 4096) is not an
@@ -43,7 +47,7 @@ from gradsync.spec import regmap as rm
 
 from .arith import add_lanes
 from .events import ErrorEvent, TraceWrite
-from .fp import fp32_add
+from .fp import bf16_to_fp32, fp32_add, fp32_to_bf16
 from .link import AckMessage, LinkBeat, ack_check
 from .packet import HEADER_WORDS, Header0, PacketHeader, crc32
 from .sram import read_port_signature
@@ -73,14 +77,17 @@ def payload_port_signature(max_payload_words: int) -> wiring.Signature:
     return read_port_signature(max(1, ceil_log2(max_payload_words)), 32)
 
 
-def window_lookup_signature(mem_addr_width: int, regions: int) -> wiring.Signature:
+def window_lookup_signature(
+    mem_addr_width: int, regions: int, bytes_bits: int = 10
+) -> wiring.Signature:
     """The applier's question to the window table and its answer, as the applier sees it.
 
     Members (all combinational)
     ---------------------------
     window, tag, addr, bytes, reduce : Out
-        The packet: its RX window, tag, destination byte address, payload
-        bytes and whether it is a reduce-add.
+        The packet: its RX window, tag, destination byte address, bytes of memory
+        it covers (its payload bytes, twice them for a bf16 packet; ``bytes_bits``
+        wide) and whether it is a reduce-add.
     commit : Out(1)
         The packet is being applied: add ``bytes`` to the window's RECEIVED.
     code : In(8)
@@ -96,7 +103,7 @@ def window_lookup_signature(mem_addr_width: int, regions: int) -> wiring.Signatu
             "window": Out(8),
             "tag": Out(32),
             "addr": Out(32),
-            "bytes": Out(10),
+            "bytes": Out(bytes_bits),
             "reduce": Out(1),
             "commit": Out(1),
             "code": In(8),
@@ -117,9 +124,10 @@ def _link_ports() -> dict:
     }
 
 
-def _memory_ports(mem_addr_width: int, regions: int) -> dict:
-    """The device-memory ports (NicRx's and RxApplier's)."""
-    return {
+def _memory_ports(mem_addr_width: int, regions: int, fp32: bool = False) -> dict:
+    """The device-memory ports (NicRx's and RxApplier's); with ``fp32`` the second read
+    and write port of a bf16 packet's odd elements (``mem_rd1_*``, ``mem_wr1_*``)."""
+    ports = {
         "mem_rd_addr": Out(mem_addr_width),
         "mem_rd_region": Out(range(regions)),
         "mem_rd_data": In(32),
@@ -128,6 +136,28 @@ def _memory_ports(mem_addr_width: int, regions: int) -> dict:
         "mem_wr_data": Out(32),
         "mem_wr_en": Out(1),
     }
+    if fp32:
+        ports.update(
+            {
+                "mem_rd1_addr": Out(mem_addr_width),
+                "mem_rd1_data": In(32),
+                "mem_wr1_addr": Out(mem_addr_width),
+                "mem_wr1_data": Out(32),
+                "mem_wr1_en": Out(1),
+            }
+        )
+    return ports
+
+
+def _lookup_bytes_bits(fp32: bool) -> int:
+    """Width of a packet's memory bytes: 128 words of 4 bytes, of 8 with bf16 (fp32 builds)."""
+    return 11 if fp32 else 10
+
+
+def round_to_bf16(m: Module, a, name: str) -> Signal:
+    """``r(a) = bf16_to_fp32(fp32_to_bf16(a))``: fp32 word ``a`` rounded to bf16 precision
+    (nearest even, subnormals flushed, canonical NaN), kept as fp32 (combinational)."""
+    return bf16_to_fp32(m, fp32_to_bf16(m, a, f"{name}_bf16"), name)
 
 
 def _window_register_ports() -> dict:
@@ -353,6 +383,8 @@ class RxWindowTable(wiring.Component):
     ----------
     windows, regions:
         As :class:`NicRx`'s.
+    mem_addr_width, bytes_bits:
+        Widths of a word address in a region and of ``lookup.bytes``.
 
     Attributes
     ----------
@@ -371,12 +403,19 @@ class RxWindowTable(wiring.Component):
         combinational; register updates are visible the next cycle.
     """
 
-    def __init__(self, *, windows: int, regions: tuple[tuple[int, int], ...], mem_addr_width: int):
+    def __init__(
+        self,
+        *,
+        windows: int,
+        regions: tuple[tuple[int, int], ...],
+        mem_addr_width: int,
+        bytes_bits: int = 10,
+    ):
         self.windows = windows
         self.regions = regions
         super().__init__(
             {
-                "lookup": In(window_lookup_signature(mem_addr_width, len(regions))),
+                "lookup": In(window_lookup_signature(mem_addr_width, len(regions), bytes_bits)),
                 **_window_register_ports(),
             }
         )
@@ -570,8 +609,10 @@ class RxApplier(wiring.Component):
             {
                 "packets": In(stream.Signature(PacketHeader)),
                 "payload": Out(payload_port_signature(max_payload_words)),
-                "lookup": Out(window_lookup_signature(mem_addr_width, len(regions))),
-                **_memory_ports(mem_addr_width, len(regions)),
+                "lookup": Out(
+                    window_lookup_signature(mem_addr_width, len(regions), _lookup_bytes_bits(fp32))
+                ),
+                **_memory_ports(mem_addr_width, len(regions), fp32),
                 **_report_ports(),
             }
         )
@@ -583,6 +624,7 @@ class RxApplier(wiring.Component):
         a_win = Signal(8)
         a_reduce = Signal()
         a_pw = Signal(8)
+        a_bf16 = Signal()  # a bf16 packet (fp32 builds): a word is two elements
         a_tag = Signal(32)
         a_addr = Signal(32)
         a_code = Signal(8)
@@ -591,10 +633,10 @@ class RxApplier(wiring.Component):
         src_w = Signal(aw)
         dst_r = Signal(region_bits)
         src_r = Signal(region_bits)
-        bytes_ = Signal(10)
+        bytes_ = Signal(len(self.lookup.bytes))
         lk = self.lookup
         m.d.comb += [
-            bytes_.eq(a_pw << 2),
+            bytes_.eq(Mux(a_bf16, a_pw << 3, a_pw << 2) if self.fp32 else a_pw << 2),
             lk.window.eq(a_win),
             lk.tag.eq(a_tag),
             lk.addr.eq(a_addr),
@@ -613,21 +655,25 @@ class RxApplier(wiring.Component):
         p_addr = Signal(aw)
         p_region = Signal(region_bits)
         p_reduce = Signal()
+        p_bf16 = Signal()
         m.d.sync += p_valid.eq(0)
         payload = self.payload.data
-        if self.fp32:  # one fp32 element per 32-bit word, combinational (docs/numerics.md)
-            summed = fp32_add(m, self.mem_rd_data, payload, "reduce_fp32")
+        if self.fp32:
+            word0 = self._fp32_words(m, p_reduce, p_bf16)
         else:
             summed = add_lanes(
                 m, self.mem_rd_data, payload, self.operand_bits, self.saturate, "lane"
             )
+            word0 = Mux(p_reduce, summed, payload)
         with m.If(p_valid):
             m.d.comb += [
                 self.mem_wr_addr.eq(p_addr),
                 self.mem_wr_region.eq(p_region),
-                self.mem_wr_data.eq(Mux(p_reduce, summed, payload)),
+                self.mem_wr_data.eq(word0),
                 self.mem_wr_en.eq(1),
             ]
+        # a bf16 packet's word k covers elements 2k and 2k + 1 (fp32 builds)
+        step = Mux(a_bf16, k << 1, k) if self.fp32 else k
 
         with m.FSM(name="apply"):
             with m.State("IDLE"), m.If(self.packets.valid):
@@ -635,6 +681,7 @@ class RxApplier(wiring.Component):
                 m.d.sync += [
                     a_win.eq(h.h0.window),
                     a_reduce.eq(h.h0.reduce),
+                    *([a_bf16.eq(h.h0.bf16)] if self.fp32 else []),
                     a_pw.eq(h.h0.words_minus_1 + 1),
                     a_tag.eq(h.tag),
                     a_addr.eq(h.addr),
@@ -664,14 +711,15 @@ class RxApplier(wiring.Component):
                 m.d.comb += [
                     self.payload.addr.eq(k),
                     self.payload.en.eq(1),
-                    self.mem_rd_addr.eq(src_w + k),
+                    self.mem_rd_addr.eq(src_w + step),
                     self.mem_rd_region.eq(src_r),
                 ]
                 m.d.sync += [
                     p_valid.eq(a_code == 0),
-                    p_addr.eq(dst_w + k),
+                    p_addr.eq(dst_w + step),
                     p_region.eq(dst_r),
                     p_reduce.eq(a_reduce),
+                    *([p_bf16.eq(a_bf16)] if self.fp32 else []),
                     k.eq(k + 1),
                 ]
                 with m.If(k + 1 == a_pw):
@@ -707,6 +755,34 @@ class RxApplier(wiring.Component):
                 m.next = "IDLE"
         return m
 
+    def _fp32_words(self, m: Module, p_reduce, p_bf16):
+        """The fp32 write stage (``docs/numerics.md``): the word for ``mem_wr_data``; drives
+        the second write port (a bf16 packet's odd element, the word after).
+
+        fp32 packet: ``dst = g + p`` or ``p``.  bf16 packet, for each half ``p`` and its
+        local element ``g``, ``w = bf16_to_fp32(p)``: ``dst = r(fp32_add(r(g), w))`` or
+        ``w``.  Element 0 shares the fp32 packet's adder.  Combinational.
+        """
+        payload = self.payload.data
+        w0 = bf16_to_fp32(m, payload[:16], "rx_w0")
+        w1 = bf16_to_fp32(m, payload[16:], "rx_w1")
+        g0 = round_to_bf16(m, self.mem_rd_data, "rx_g0")
+        g1 = round_to_bf16(m, self.mem_rd1_data, "rx_g1")
+        sum0 = fp32_add(
+            m, Mux(p_bf16, g0, self.mem_rd_data), Mux(p_bf16, w0, payload), "reduce_fp32"
+        )
+        sum1 = fp32_add(m, g1, w1, "reduce_bf16_hi")
+        sum0_r = round_to_bf16(m, sum0, "rx_sum0")
+        sum1_r = round_to_bf16(m, sum1, "rx_sum1")
+        word0 = Mux(p_reduce, Mux(p_bf16, sum0_r, sum0), Mux(p_bf16, w0, payload))
+        m.d.comb += [
+            self.mem_rd1_addr.eq(self.mem_rd_addr + 1),
+            self.mem_wr1_addr.eq(self.mem_wr_addr + 1),
+            self.mem_wr1_data.eq(Mux(p_reduce, sum1_r, w1)),
+            self.mem_wr1_en.eq(self.mem_wr_en & p_bf16),
+        ]
+        return word0
+
 
 class NicRx(wiring.Component):
     """Receiver: CRC and sequence check, commit, window check, reduce-add into memory.
@@ -739,7 +815,13 @@ class NicRx(wiring.Component):
         first) are one fp32 value each, summed by :func:`hw.fp.fp32_add` (flush to
         zero, round to nearest even, canonical NaN); ``operand_bits`` and
         ``saturate`` are then unused.  Combinational, so the timing below holds in
-        both formats.
+        both formats.  A packet with H0's ``bf16`` bit then covers ``2 * payload``
+        bytes at H2 (window and region checks, RECEIVED, RX trace aux, ``bytes_applied``):
+        payload word ``k`` is elements ``2k`` (bits 15:0) and ``2k + 1``, read through
+        ``mem_rd_*`` and ``mem_rd1_*`` and written through ``mem_wr_*`` and
+        ``mem_wr1_*`` (the word after) in the same cycle: ``dst = w`` or ``dst =
+        r(fp32_add(r(g), w))``, ``w`` the widened half, ``r`` :func:`round_to_bf16`.
+        Without the bit (and in fixed-point builds) a packet is applied as before.
     nak_holdoff_cycles:
         After a NAK the receiver NAKs again only when the expected packet
         arrived or this many cycles passed (about one round trip), so a lost
@@ -762,6 +844,10 @@ class NicRx(wiring.Component):
     mem_rd_addr, mem_rd_region, mem_rd_data, mem_wr_addr, mem_wr_region, mem_wr_data, mem_wr_en
         Device memory ports (word address in the region, region index):
         synchronous read (data one cycle after the address), write.
+    mem_rd1_addr, mem_rd1_data, mem_wr1_addr, mem_wr1_data, mem_wr1_en
+        Only with ``fp32``: a second read and write port in the same regions
+        (``mem_rd_region``, ``mem_wr_region``) at the word after, for a bf16
+        packet's odd elements.
     cfg_window, cfg_reg, cfg_wdata, cfg_we, cfg_rdata
         RX window registers (``WIN_*`` indices); ``cfg_rdata`` is
         combinational.  Writing CTRL with bit 0 set clears RECEIVED and the
@@ -844,7 +930,7 @@ class NicRx(wiring.Component):
                 "run_nak_holdoff": In(16, init=nak_holdoff_cycles),
                 "run_payload_words": In(8, init=max_payload_words),
                 **_link_ports(),
-                **_memory_ports(self.mem_addr_width, len(regions)),
+                **_memory_ports(self.mem_addr_width, len(regions), fp32),
                 **_window_register_ports(),
                 **_report_ports(),
                 **_arrival_counter_ports(),
@@ -860,7 +946,10 @@ class NicRx(wiring.Component):
             seq_start=self.seq_start,
         )
         m.submodules.windows = windows = RxWindowTable(
-            windows=self.windows, regions=self.regions, mem_addr_width=self.mem_addr_width
+            windows=self.windows,
+            regions=self.regions,
+            mem_addr_width=self.mem_addr_width,
+            bytes_bits=_lookup_bytes_bits(self.fp32),
         )
         m.submodules.applier = applier = RxApplier(
             regions=self.regions,
@@ -883,7 +972,13 @@ class NicRx(wiring.Component):
         for part, ports in (
             (front, _arrival_counter_ports()),
             (windows, _window_register_ports()),
-            (applier, {**_memory_ports(self.mem_addr_width, len(self.regions)), **_report_ports()}),
+            (
+                applier,
+                {
+                    **_memory_ports(self.mem_addr_width, len(self.regions), self.fp32),
+                    **_report_ports(),
+                },
+            ),
         ):
             for name, member in ports.items():
                 outer, inner = getattr(self, name), getattr(part, name)

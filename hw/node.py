@@ -265,7 +265,9 @@ class Node(wiring.Component):
         ``FixedPointFormat`` or ``BFloat16Format``: chosen at elaboration, reported in
         ``HW_FORMAT``.  In bf16 both SRAMs hold 16-bit words (two per 32-bit DMA/NIC
         word, as 16-bit fixed point) and the receiver's reduce-add sums fp32 elements,
-        one per 32-bit packet word (``docs/numerics.md``).
+        one per 32-bit packet word; ``DescFlag.BF16`` sends are two bf16 elements per
+        packet word, the DMA source and the receiver reading (and writing) two 32-bit
+        words per cycle (``docs/numerics.md``, "The bf16 gradient exchange").
     node_id, num_nodes:
         This node's index and the cluster size (``NODE_ID``, ``NUM_NODES``,
         ``TX_PEER = (node_id + 1) % num_nodes``).
@@ -376,6 +378,10 @@ class Node(wiring.Component):
         Q = rm.DMA_QUEUES
         wb = fmt.word_bytes
         lanes32 = 32 // fmt.total_bits  # operand words per 32-bit DMA/NIC word
+        bf16 = isinstance(fmt, BFloat16Format)
+        # bf16 builds: a second 32-bit port each for the DMA source, the receiver's read
+        # and its write (two fp32 elements per payload word, docs/numerics.md)
+        comm_ports32 = 2 if bf16 else 1
         ring_words = 1 << ceil_log2(Q * hw.ring_entries * rm.DESCRIPTOR_WORDS)
         ring_valid = Q * hw.ring_entries * rm.DESCRIPTOR_WORDS
         consts = constant_registers(hw, fmt, self.node_id, self.num_nodes)
@@ -404,8 +410,8 @@ class Node(wiring.Component):
             hw.scratchpad_words,
             hw.gradient_words,
             fmt.total_bits,
-            read_ports=seq_read + bulk.per_beat + 2 * lanes32,
-            write_ports=seq_write + bulk.per_beat + lanes32,
+            read_ports=seq_read + bulk.per_beat + 2 * comm_ports32 * lanes32,
+            write_ports=seq_write + bulk.per_beat + comm_ports32 * lanes32,
             debug_port=True,
         )
         regions = (
@@ -422,6 +428,7 @@ class Node(wiring.Component):
             link_bytes_per_cycle=hw.link_bytes_per_cycle,
             src_regions=regions,
             host_lanes=WIDE_PER_BEAT,
+            bf16=bf16,
         )
         tx = NicTx(
             max_payload_words=max_pw,
@@ -437,7 +444,7 @@ class Node(wiring.Component):
             regions=regions,
             operand_bits=fmt.total_bits,
             saturate=getattr(fmt, "saturate", False),
-            fp32=isinstance(fmt, BFloat16Format),
+            fp32=bf16,
             nak_holdoff_cycles=holdoff,
             seq_start=self.seq_start,
         )
@@ -539,32 +546,42 @@ class Node(wiring.Component):
             m.d.comb += index.eq(word32 * lanes32 + lane)
             return index, Cat(index[:index_bits], bank)
 
-        # DMA source: always reading, the address held while back-pressured (as its SRAM port).
-        dma_data = []
-        for lane in range(lanes32):
-            port = next(rd)
-            _, addr = lane_addr(dma.src_region[0], dma.src_addr, lane)
-            m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
-            dma_data.append(port.data)
-        m.d.comb += dma.src_data.eq(Cat(*dma_data))
+        def read32(region, word32, data):
+            """A 32-bit read port: ``lanes32`` operand-word ports at 32-bit word ``word32``."""
+            lanes = []
+            for lane in range(lanes32):
+                port = next(rd)
+                _, addr = lane_addr(region, word32, lane)
+                m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
+                lanes.append(port.data)
+            m.d.comb += data.eq(Cat(*lanes))
+
+        def write32(region, word32, data, en):
+            """A 32-bit write port: ``lanes32`` operand-word ports at 32-bit word ``word32``."""
+            for lane in range(lanes32):
+                port = next(wr)
+                _, addr = lane_addr(region, word32, lane)
+                m.d.comb += [
+                    port.addr.eq(addr),
+                    port.data.eq(data[lane * fmt.total_bits : (lane + 1) * fmt.total_bits]),
+                    port.en.eq(en),
+                ]
+
+        # DMA source: always reading, the address held while back-pressured (as its SRAM
+        # port); a bf16 build reads the next word too (BF16 descriptors).
+        read32(dma.src_region[0], dma.src_addr, dma.src_data)
+        if rx.fp32:
+            read32(dma.src_region[0], dma.src1_addr, dma.src1_data)
 
         # Receiver: 32-bit words of its regions, region 0 the scratchpad (bank 0), 1 the
-        # gradient SRAM (bank 1); it writes only ranges it checked to lie inside one.
-        rx_data = []
-        for lane in range(lanes32):
-            port = next(rd)
-            _, addr = lane_addr(rx.mem_rd_region, rx.mem_rd_addr, lane)
-            m.d.comb += [port.addr.eq(addr), port.en.eq(1)]
-            rx_data.append(port.data)
-        m.d.comb += rx.mem_rd_data.eq(Cat(*rx_data))
-        for lane in range(lanes32):
-            port = next(wr)
-            _, addr = lane_addr(rx.mem_wr_region, rx.mem_wr_addr, lane)
-            m.d.comb += [
-                port.addr.eq(addr),
-                port.data.eq(rx.mem_wr_data[lane * fmt.total_bits : (lane + 1) * fmt.total_bits]),
-                port.en.eq(rx.mem_wr_en),
-            ]
+        # gradient SRAM (bank 1); it writes only ranges it checked to lie inside one.  A
+        # bf16 build's second ports carry a bf16 packet's odd elements (the word after).
+        read32(rx.mem_rd_region, rx.mem_rd_addr, rx.mem_rd_data)
+        if rx.fp32:
+            read32(rx.mem_rd_region, rx.mem_rd1_addr, rx.mem_rd1_data)
+        write32(rx.mem_wr_region, rx.mem_wr_addr, rx.mem_wr_data, rx.mem_wr_en)
+        if rx.fp32:
+            write32(rx.mem_wr_region, rx.mem_wr1_addr, rx.mem_wr1_data, rx.mem_wr1_en)
         m.d.comb += [mem.dbg_addr.eq(self.dbg_addr), self.dbg_data.eq(mem.dbg_data)]
 
     @staticmethod
