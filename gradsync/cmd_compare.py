@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def summary_row(name: str, res, grad_format: str | None = None) -> dict:
+def summary_row(name: str, res, grad_format: str | None) -> dict:
     """The table row of one run (a ``RunResult``): means over its steps, in cycles."""
     n = len(res.steps)
     return {

@@ -436,7 +436,7 @@ def _print_baselines(cfg, res, backend: str) -> None:
     others = [name for name in BASELINES if name != cfg.schedule]
     if not others:
         return
-    own = summary_row(f"{cfg.schedule}", res)
+    own = summary_row(f"{cfg.schedule}", res, cfg.grad_format)
     rows = [own] + schedule_rows(cfg, backend_for("model"), others)
     print(
         f"the same configuration under {' and '.join(others)} on the golden model "

@@ -258,3 +258,19 @@ def test_bf16_exchange_halves_the_link_bytes_and_the_step_on_a_slow_link(nodes):
     for m in masters[1:]:
         np.testing.assert_array_equal(m, masters[0])
     assert np.any(masters[0] != 0)
+
+
+def test_bf16_exchange_baselines_table_names_one_exchange(capsys):
+    """``train --grad-format bf16`` with baselines: the run's own row and the golden model's
+    fifo/sequential rows are all bf16-exchange runs, so the table has no exchange column
+    and the run's row equals its own step means."""
+    argv = ["train", "--backend", "model", "--format", "bf16", "--grad-format", "bf16",
+            "--steps", "2"]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("schedule"))
+    assert "exchange" not in lines[head]
+    steps = [line.split() for line in lines if line.startswith("step ")]
+    mean = sum(int(s[s.index("cycles") + 1]) for s in steps) / len(steps)
+    own = lines[head + 2].split()
+    assert own[0] == "priority" and int(own[1]) == round(mean)
