@@ -61,21 +61,14 @@ LENGTH_CLASSES = (
     "window_max",
     "over_window",
 )
-#: The codes a descriptor's STATUS word can carry (the DMA engine's checks).
-DESCRIPTOR_ERRORS = (
-    E.OK,
-    E.BAD_VERSION,
-    E.ZERO_LENGTH,
-    E.MISALIGNED,
-    E.OUT_OF_WINDOW,
-    E.UNKNOWN_PEER,
-)
+#: The codes a descriptor's STATUS word can carry (the DMA engine's checks, in their order).
+DESCRIPTOR_ERRORS = (E.OK, *rm.DESCRIPTOR_CHECKS)
 ERROR_CLASSES = tuple(e.name.lower() for e in DESCRIPTOR_ERRORS)
 _FLAG_BITS = tuple(rm.DescFlag)
 
 
 def flags_name(flags: int) -> str:
-    """``"none"`` or the set DescFlag names joined by ``+`` (unknown bits 3..7 ignored)."""
+    """``"none"`` or the set DescFlag names joined by ``+`` (unknown bits 4..7 ignored)."""
     names = [f.name.lower() for f in _FLAG_BITS if flags & f]
     return "+".join(names) or "none"
 

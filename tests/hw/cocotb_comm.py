@@ -632,7 +632,10 @@ FUZZ_EMPTY_BY_DESIGN = {
     "gradsync.packet.event": tuple(cov.COUNTER_EVENTS),
 }
 #: The fuzz kinds refused by the DMA engine before a byte moves (any length will do).
-DMA_REFUSED = ("version", "misaligned", "window", "peer")
+DMA_REFUSED = ("version", "flags", "misaligned", "window", "peer")
+#: The other descriptor flags, cycled through by the fuzz's BF16 descriptors (refused on a
+#: fixed-point node with BAD_FLAGS) so that every flag combination is covered.
+OTHER_FLAGS = tuple(f for f in rm.DescFlag if f != rm.DescFlag.BF16)
 
 
 @dataclass(frozen=True)
@@ -731,6 +734,7 @@ async def descriptor_fuzz(dut):
         await tb.open_window(1, w, dst, dst - half, slice_, rm.encode_tag(w + 1, 0, 7))
     kinds = ["ok"] * 6 + [
         "version",
+        "flags",
         "zero",
         "misaligned",
         "window",
@@ -744,6 +748,7 @@ async def descriptor_fuzz(dut):
     E = rm.ErrorCode
     expected_code = {
         "version": E.BAD_VERSION,
+        "flags": E.BAD_FLAGS,
         "zero": E.ZERO_LENGTH,
         "misaligned": E.MISALIGNED,
         "window": E.OUT_OF_WINDOW,
@@ -795,6 +800,12 @@ async def descriptor_fuzz(dut):
             )
             if kind == "version":
                 d["version"] = rng.choice([0, 2, 255])
+            elif kind == "flags":  # BF16 on a fixed-point node, with the n-th other-flag subset
+                assert isinstance(tb.fmt, FixedPointFormat), "the fuzz needs a fixed-point build"
+                n = counts[kind] - 1
+                d["flags"] = rm.DescFlag.BF16 | sum(
+                    f for i, f in enumerate(OTHER_FLAGS) if n >> i & 1
+                )
             elif kind == "zero":
                 d["length"] = 0
             elif kind == "misaligned":

@@ -44,7 +44,8 @@ CASES = [
     ((4092, F.IRQ | F.FENCE, E.BAD_VERSION, 1), (1, "multi_packet", "irq+fence", "bad_version")),
     ((4096, F.REDUCE_ADD | F.FENCE, E.OK, 0), (0, "window_max", "reduce_add+fence", "ok")),
     ((4100, 0, E.OUT_OF_WINDOW, 1), (1, "over_window", "none", "out_of_window")),
-    ((0, 0xF8, E.ZERO_LENGTH, 0), (0, "zero", "none", "zero_length")),  # bits 3..7 not flags
+    ((0, 0xF0, E.ZERO_LENGTH, 0), (0, "zero", "none", "zero_length")),  # bits 4..7 not flags
+    ((8, F.BF16 | F.IRQ, E.BAD_FLAGS, 1), (1, "below_payload", "irq+bf16", "bad_flags")),
 ]
 
 
@@ -66,11 +67,18 @@ def test_descriptor_bins_worked_by_hand(args, want):
 
 
 def test_bins_cover_every_descriptor_error_code_and_flag_combination():
-    codes = {"ok"} | {
-        e.name.lower() for e in E if 1 <= e <= 5
-    }  # regmap: BAD_VERSION..UNKNOWN_PEER are the descriptor checks
+    codes = {
+        "ok",
+        "bad_version",
+        "bad_flags",
+        "zero_length",
+        "misaligned",
+        "out_of_window",
+        "unknown_peer",
+    }  # fmt: skip  (docs/registers.md: the DMA engine's refusals)
     assert set(cov.ERROR_CLASSES) == codes
-    assert len(set(cov.FLAG_CLASSES)) == 8 and cov.FLAG_CLASSES[0] == "none"
+    # REDUCE_ADD, IRQ, FENCE, BF16: every combination
+    assert len(set(cov.FLAG_CLASSES)) == 16 and cov.FLAG_CLASSES[0] == "none"
 
 
 def test_descriptor_sampling_refuses_bad_input():
