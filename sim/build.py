@@ -598,6 +598,17 @@ def cocotb_library_path(existing: str | None = None) -> str:
     return os.pathsep.join(p for p in (str(libs_dir), existing) if p)
 
 
+def assertion_rewrite_files(test_module: str) -> str:
+    """The files whose plain ``assert`` cocotb has pytest rewrite (``COCOTB_REWRITE_ASSERTION_FILES``).
+
+    cocotb's default, ``*.py``, rewrites every module the test imports (gradsync,
+    NumPy, Amaranth ...): 0.6-0.8 s of every simulator start (docs/performance.md).
+    Only the test module itself and the project's test-module names are rewritten,
+    so a failing ``assert a == b`` in them still shows both values.
+    """
+    return f"{test_module.rpartition('.')[2]}.py test_*.py cocotb_*.py"
+
+
 def run_cocotb(
     model: BuiltModel,
     test_module: str,
@@ -644,6 +655,8 @@ def run_cocotb(
     env = dict(extra_env or {})
     env.setdefault("GRADSYNC_TOPLEVEL_IS_WRAPPER", "1" if model.options.internal_clock else "0")
     env["LD_LIBRARY_PATH"] = cocotb_library_path(env.get("LD_LIBRARY_PATH"))
+    if "COCOTB_REWRITE_ASSERTION_FILES" not in os.environ:
+        env.setdefault("COCOTB_REWRITE_ASSERTION_FILES", assertion_rewrite_files(test_module))
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)  # we check the results ourselves
     try:
         with _no_waves_env():
