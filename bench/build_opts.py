@@ -17,30 +17,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from gradsync.sim.build import WRAPPER_TOP
+from gradsync.sim.build import VERILATOR_BUILD_ARGS, WRAPPER_TOP
 from gradsync.sim.raw_build import EXECUTABLE, MAIN_CPP, RawModel, _ports_include, run_raw
 from gradsync.sim.toolchain import find_verilator
 
-#: (label, OPT_FAST, OPT_SLOW, further Verilator arguments); the first is what sim/build.py
-#: uses today.  An empty OPT_SLOW is verilated.mk's own default: no -O flag, i.e. g++'s -O0
-#: (sim/toolchain.py's make_flags sets OPT_FAST only).
+#: (label, OPT_FAST, OPT_SLOW, Verilator arguments); the first is what sim/build.py uses
+#: today.  An empty OPT_SLOW is verilated.mk's own default: no -O flag, i.e. g++'s -O0
+#: (sim/toolchain.py's make_flags sets OPT_FAST only).  The Verilog is the cached model's,
+#: i.e. without zero-only memory initialisers (sim/build.py's strip_zero_memory_init).
 NATIVE = "-O3 -march=native -fno-plt -fno-semantic-interposition"
+USED = VERILATOR_BUILD_ARGS
 VARIANTS = (
-    ("used", "-O3", "", ()),
-    ("slow -Os", "-O3", "-Os", ()),
-    ("x fast", "-O3", "", ("--x-assign", "fast", "--x-initial", "fast")),
-    ("native", NATIVE, "", ()),
-    ("verilator -O3", "-O3", "", ("-O3",)),
-    ("split 5000", "-O3", "", ("--output-split", "5000")),
+    ("used", "-O3", "", USED),
+    ("split 20000", "-O3", "", ("--output-split", "20000")),  # Verilator's default
     ("split 60000", "-O3", "", ("--output-split", "60000")),
-    ("-O1 fast", "-O1", "", ()),
+    ("slow -Os", "-O3", "-Os", USED),
+    ("x fast", "-O3", "", (*USED, "--x-assign", "fast", "--x-initial", "fast")),
+    ("native", NATIVE, "", USED),
+    ("verilator -O3", "-O3", "", (*USED, "-O3")),
+    ("-O1 fast", "-O1", "", USED),
 )
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's finished children."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def compile_variant(model, work: Path, opt_fast: str, opt_slow: str, extra=()) -> dict:
@@ -52,12 +61,13 @@ def compile_variant(model, work: Path, opt_fast: str, opt_slow: str, extra=()) -
     (work / "bench_ports.inc").write_text(include)
     shutil.copy(MAIN_CPP, work / MAIN_CPP.name)
     src = model.directory / "src"
+    design = src / f"{model.design_top}.v"
     cmd = [
         str(verilator.executable), "-cc", "--exe", "-Mdir", str(work),
         "--top-module", WRAPPER_TOP, "--prefix", "Vtop", "-o", EXECUTABLE,
         "-CFLAGS", f"-I{work}", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC",
         "--timing", *extra, "--timescale", "1ns/1ps", str(work / MAIN_CPP.name),
-        str(src / "public.vlt"), str(src / f"{model.design_top}.v"),
+        str(src / "public.vlt"), str(design),
         str(src / f"{WRAPPER_TOP}.v"),
     ]  # fmt: skip
     env = verilator.environment()
@@ -67,10 +77,13 @@ def compile_variant(model, work: Path, opt_fast: str, opt_slow: str, extra=()) -
     out = {}
     with open(work / "build.log", "w") as log:
         for name, step in (("verilator", cmd), ("make", make)):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), _children_cpu()
             if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, env=env).returncode:
                 raise RuntimeError(f"{name} failed; log {work / 'build.log'}")
             out[name] = time.perf_counter() - t0
+            # CPU seconds (user + system) of the step's processes: what other load on a
+            # shared machine does not inflate
+            out[f"{name}_cpu"] = _children_cpu() - c0
         # the model's own objects again, the runtime library's kept: the difference is
         # what compiling the runtime library cost
         for f in work.glob("Vtop*.o"):
@@ -129,15 +142,16 @@ def main() -> int:
     print(f"\n{cycles} cycles of the idle exchange, 2-node cluster; {os.cpu_count()} cores; "
           f"load {load_before[0]:.1f} -> {load_after[0]:.1f}; best of {args.rounds} replays")  # fmt: skip
     print(f"{'variant':14} {'OPT_FAST':10} {'OPT_SLOW':8} {'verilator args':28} files  verilator"
-          "  make  (runtime lib)  cycles/s  speed  make")  # fmt: skip
+          "  make  (runtime lib)  CPU s: verilator  make  cycles/s  speed  make CPU")  # fmt: skip
     table = []
     for label, r in rows.items():
         speed = cycles / r["replay_s"]
         fast = "native" if r["opt_fast"] == NATIVE else r["opt_fast"]
         print(f"{label:14} {fast:10} {r['opt_slow'] or '(-O0)':8} {r['verilator_args']:28} "
               f"{r['cxx_files']:5} {r['verilator']:9.1f} {r['make']:5.1f}  "
-              f"({r['runtime_library']:5.1f})  {speed:10,.0f}  {base['replay_s'] / r['replay_s']:5.2f}"
-              f" {r['make'] / base['make']:5.2f}")  # fmt: skip
+              f"({r['runtime_library']:5.1f})  {r['verilator_cpu']:16.1f} {r['make_cpu']:5.1f}"
+              f"  {speed:10,.0f}  {base['replay_s'] / r['replay_s']:5.2f}"
+              f" {r['make_cpu'] / base['make_cpu']:8.2f}")  # fmt: skip
         table.append({"variant": label, "cycles_per_s": speed,
                       **{k: v for k, v in r.items() if k != "exe"}})  # fmt: skip
     if args.json:
