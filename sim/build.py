@@ -48,7 +48,18 @@ from gradsync.sim.toolchain import (
 )
 
 #: Bump when the way a model is built changes, so old cache entries are not reused.
-BUILD_SCRIPT_VERSION = 3
+#: 4: --output-split 5000 and no zero-only memory initialisers (see VERILATOR_BUILD_ARGS).
+BUILD_SCRIPT_VERSION = 4
+
+#: Verilator arguments of every build (and of sim/raw_build.py's).  Measured side by side by
+#: bench/build_opts.py on the 2-node cluster (1 Dec 2026, 2 cores shared, load 4-5, CPU
+#: seconds of make, which other load inflates far less than wall time): Verilator's default
+#: split (20,000) 59.2-66.8 s, ``--output-split 5000`` 44.6-46.5 s (0.67-0.79x; 36 C++ files
+#: instead of 16, smaller -O3 units), replay speed 0.94-1.10x of the default's in three runs
+#: (noise of a loaded machine; no loss).  Tried and not kept: --output-split 60000 (2.2x the
+#: make), Verilator -O3 (2.5x), --x-assign/--x-initial fast (no gain), -march=native -fno-plt
+#: -fno-semantic-interposition (0.96x speed), OPT_SLOW=-Os (1.33x the make).
+VERILATOR_BUILD_ARGS = ("--output-split", "5000")
 
 #: Bump when only the way a *waves* build is made changes: it enters the key of
 #: waves builds alone, so the (long) non-wave builds stay cached. 2: make is run
@@ -168,6 +179,25 @@ def parse_ports(verilog_text: str, module: str) -> tuple[Port, ...]:
         width = abs(int(msb) - int(lsb)) + 1 if msb else 1
         ports.append(Port(name=name, direction=direction, width=width))
     return tuple(ports)
+
+
+#: An ``initial`` block of Yosys's Verilog that only sets memory words to zero, e.g.
+#: ``initial begin\n    grad[0] = 16'h0000;\n ... end`` (Amaranth gives every memory an
+#: init value, zeros by default, and Yosys writes one line per word).
+_ZERO_MEMORY_INIT_RE = re.compile(
+    r"^  initial begin\n(?:    \\?[\w$.]+ ?\[\d+\] = \d+'[hdbo]0+;\n)+  end\n", re.M
+)
+
+
+def strip_zero_memory_init(verilog_text: str) -> tuple[str, int]:
+    """``verilog_text`` without the ``initial`` blocks that only zero memories; (text, blocks).
+
+    Verilator starts every variable without an initialiser at zero (``--x-initial
+    unique`` draws it from ``VL_RAND_RESET``, which is 0 unless the simulation
+    is started with ``+verilator+rand+reset+``), so the model is the same; the
+    blocks were a third of the 2-node cluster's Verilog lines (48,050 of 141,236).
+    """
+    return _ZERO_MEMORY_INIT_RE.subn("", verilog_text)
 
 
 def _wrapper_verilog(design_top: str, ports: Sequence[Port], half_period_ns: int) -> str:
@@ -395,7 +425,7 @@ def _run_build(
     src = work / "src"
     src.mkdir()
     design_v = src / f"{design_top}.v"
-    design_v.write_text(verilog_text)
+    design_v.write_text(strip_zero_memory_init(verilog_text)[0])  # Verilator: 3.5 s less
     sources = []
     vlt = src / "public.vlt"
     vlt.write_text(_control_file(toplevel))
@@ -406,7 +436,7 @@ def _run_build(
         wrapper_v.write_text(_wrapper_verilog(design_top, ports, options.clock_period_ns // 2))
         sources.append(wrapper_v)
 
-    args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]
+    args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", *VERILATOR_BUILD_ARGS]
     if options.public == "ports":
         args.insert(0, "--no-public-flat-rw")
     if options.internal_clock:
@@ -598,6 +628,17 @@ def cocotb_library_path(existing: str | None = None) -> str:
     return os.pathsep.join(p for p in (str(libs_dir), existing) if p)
 
 
+def assertion_rewrite_files(test_module: str) -> str:
+    """The files whose plain ``assert`` cocotb has pytest rewrite (``COCOTB_REWRITE_ASSERTION_FILES``).
+
+    cocotb's default, ``*.py``, rewrites every module the test imports (gradsync,
+    NumPy, Amaranth ...): 0.6-0.8 s of every simulator start (docs/performance.md).
+    Only the test module itself and the project's test-module names are rewritten,
+    so a failing ``assert a == b`` in them still shows both values.
+    """
+    return f"{test_module.rpartition('.')[2]}.py test_*.py cocotb_*.py"
+
+
 def run_cocotb(
     model: BuiltModel,
     test_module: str,
@@ -644,6 +685,8 @@ def run_cocotb(
     env = dict(extra_env or {})
     env.setdefault("GRADSYNC_TOPLEVEL_IS_WRAPPER", "1" if model.options.internal_clock else "0")
     env["LD_LIBRARY_PATH"] = cocotb_library_path(env.get("LD_LIBRARY_PATH"))
+    if "COCOTB_REWRITE_ASSERTION_FILES" not in os.environ:
+        env.setdefault("COCOTB_REWRITE_ASSERTION_FILES", assertion_rewrite_files(test_module))
     saved = os.environ.pop("PYTEST_CURRENT_TEST", None)  # we check the results ourselves
     try:
         with _no_waves_env():

@@ -24,7 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradsync.sim.build import WRAPPER_TOP, BuildError, BuiltModel, cache_root
+from gradsync.sim.build import (
+    VERILATOR_BUILD_ARGS,
+    WRAPPER_TOP,
+    BuildError,
+    BuiltModel,
+    cache_root,
+)
 from gradsync.sim.toolchain import find_verilator, make_flags
 
 MAIN_CPP = Path(__file__).with_name("bench_main.cpp")
@@ -95,7 +101,8 @@ def _compile(model: BuiltModel, work: Path, include: str) -> None:
     (work / "bench_ports.inc").write_text(include)
     shutil.copy(MAIN_CPP, work / MAIN_CPP.name)
     opts = model.options
-    args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "--timing", *opts.extra_args]
+    args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", *VERILATOR_BUILD_ARGS, "--timing",
+            *opts.extra_args]  # fmt: skip
     cmd = [
         str(verilator.executable), "-cc", "--exe", "-Mdir", str(work),
         "--top-module", WRAPPER_TOP, "--prefix", "Vtop", "-o", EXECUTABLE,
