@@ -680,12 +680,15 @@ class FuzzLengths:
 def _fuzz_prologue(kinds: list[str]) -> list[tuple[str, int, str]]:
     """(kind, queue, length class) for every kind, queue and length class the kind allows."""
     lengths = FuzzLengths(0, 0, 0)
-    return [
-        (kind, q, cls)
-        for kind in dict.fromkeys(kinds)
-        for q in range(rm.DMA_QUEUES)
-        for cls in lengths.classes(kind)
-    ]
+    out = []
+    for kind in dict.fromkeys(kinds):
+        for q in range(rm.DMA_QUEUES):
+            classes = lengths.classes(kind)
+            if kind == "flags":  # each queue: every subset of the other flags beside BF16
+                n = 1 << len(OTHER_FLAGS)
+                classes = tuple(classes[i % len(classes)] for i in range(n))
+            out += [(kind, q, cls) for cls in classes]
+    return out
 
 
 async def sample_node_counters(tb: CommTB) -> dict[str, int]:
@@ -760,6 +763,7 @@ async def descriptor_fuzz(dut):
     done = 0
     counts: dict[str, int] = {}
     slot = {0: 0, 1: 0}
+    bf16_posts = {0: 0, 1: 0}  # BF16 descriptors per queue (kind "flags")
     rx_refused = 0
     ring_full = 0
     while done < total:
@@ -781,6 +785,7 @@ async def descriptor_fuzz(dut):
             )
             kind = directed[0] if directed else rng.choice(kinds)
             counts[kind] = counts.get(kind, 0) + 1
+            q = directed[1] if directed else rng.randrange(2)
             w = rng.randrange(nwin - 1)
             length = lengths.draw(rng, kind, directed[2] if directed else None)
             src = win_base + rng.randrange(0, max(1, (win_len - length) // 4)) * 4
@@ -802,7 +807,8 @@ async def descriptor_fuzz(dut):
                 d["version"] = rng.choice([0, 2, 255])
             elif kind == "flags":  # BF16 on a fixed-point node, with the n-th other-flag subset
                 assert isinstance(tb.fmt, FixedPointFormat), "the fuzz needs a fixed-point build"
-                n = counts[kind] - 1
+                n = bf16_posts[q]
+                bf16_posts[q] += 1
                 d["flags"] = rm.DescFlag.BF16 | sum(
                     f for i, f in enumerate(OTHER_FLAGS) if n >> i & 1
                 )
@@ -833,7 +839,6 @@ async def descriptor_fuzz(dut):
                         rm.GRAD_BASE + half + (w + 1) * slice_ - length + 4 * rng.randrange(1, 8),
                     ]
                 )
-            q = directed[1] if directed else rng.randrange(2)
             s = slot[q] % (tb.hw.ring_entries // 2)
             await tb.load_ring(
                 0, rm.RING_MEM_BASE + 0x400 * q + 32 * s, rm.Descriptor(**d).encode()
