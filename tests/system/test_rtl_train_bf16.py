@@ -51,17 +51,24 @@ BF16_EXCHANGE = dataclasses.replace(
 )
 
 
-@pytest.mark.rtl
-@pytest.mark.slow
-@pytest.mark.xdist_group("bf16_cluster2_large")
-def test_bf16_two_nodes_match_model_bit_and_cycle_exactly(tmp_path):
-    cfg = BF16_SMALL
+def _run_exactly(cfg: TrainConfig, tmp_path):
+    """(RTL result, check report) of ``cfg`` on 2 RTL nodes: weights, events, losses and
+    cycles equal the golden model's."""
     jobs, _ = build_jobs(cfg, digits.load(cfg.seed))
     res = run_rtl(cfg, jobs, work_dir=tmp_path, progress=False, max_cycles=3_000_000)
     rep = check_run(cfg, res)
     assert rep.weight_mismatches == 0 and rep.event_mismatches == 0, rep.details
     assert rep.loss_mismatches == 0, rep.details
     assert rep.cycle_differences == 0, "\n".join(rep.details)
+    return res, rep
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+@pytest.mark.xdist_group("bf16_cluster2_large")
+def test_bf16_two_nodes_match_model_bit_and_cycle_exactly(tmp_path):
+    cfg = BF16_SMALL
+    res, rep = _run_exactly(cfg, tmp_path)
     assert rep.weight_arrays == 2 * 3 * 2 and rep.records > 100
     # the snapshots are bf16 words (the scratchpad's working copy) and training moved them
     w0, w2 = (np.asarray(res.weights[(0, s, 1)]) for s in (0, 2))
@@ -80,12 +87,7 @@ def test_bf16_exchange_matches_model_and_puts_half_the_bytes_on_the_link(tmp_pat
     link time is that of half its bytes, and both nodes end with the same weights."""
     cfg = BF16_EXCHANGE
     assert build_config(cfg.hardware) == build_config(BF16_SMALL.hardware)  # the same build
-    jobs, _ = build_jobs(cfg, digits.load(cfg.seed))
-    res = run_rtl(cfg, jobs, work_dir=tmp_path, progress=False, max_cycles=3_000_000)
-    rep = check_run(cfg, res)
-    assert rep.weight_mismatches == 0 and rep.event_mismatches == 0, rep.details
-    assert rep.loss_mismatches == 0, rep.details
-    assert rep.cycle_differences == 0, "\n".join(rep.details)
+    res, _ = _run_exactly(cfg, tmp_path)
     for node in (0, 1):
         tx = [
             iv for iv in intervals(res.nodes[node].records, node) if iv.engine == rm.Engine.NIC_TX
