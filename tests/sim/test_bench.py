@@ -102,3 +102,35 @@ def test_quick_json_record(capsys):
     assert f["builds"] == {"skipped": "--quick"}
     text = render(out)  # the text form prints the same numbers
     assert f"a/c = {s['a_over_c']:.3f}" in text and f"{a['cycles']:,} cycles" in text
+
+
+def test_cold_build_split_comes_from_the_entrys_own_record(tmp_path, monkeypatch):
+    """The cache keeps no intermediate files of a build (``sim.cache.trim_entry``), so the
+    builds figure reads the Verilator and C++ seconds the build recorded in its entry (the
+    full ``gradsync bench`` crashed on a missing ``Vtop.mk`` before)."""
+    from types import SimpleNamespace
+
+    import gradsync.cmd_bench as cb
+    import gradsync.sim.build as sb
+    import gradsync.sim.rtl_backend as rb
+    from gradsync.firmware.experiment import TrainConfig
+    from gradsync.sim.cache import trim_entry
+
+    entry = tmp_path / "cluster2-0123"
+    (entry / "src").mkdir(parents=True)
+    for name in ("gradsync_tb", "Vtop.mk", "Vtop__ALL.a", "build.log"):
+        (entry / name).write_bytes(b"x" * 1000)
+    (entry / "gradsync_build.json").write_text(
+        json.dumps({"build_seconds": 40.0, "verilator_seconds": 9.5, "cxx_seconds": 29.25})
+    )
+    trim_entry(entry, "gradsync_tb")
+    assert not (entry / "Vtop.mk").exists()
+    model = SimpleNamespace(
+        directory=entry, toplevel="gradsync_tb", build_seconds=40.0, cached=False
+    )
+    monkeypatch.setattr(rb, "build_cluster", lambda cfg: model)
+    monkeypatch.setattr(sb, "to_verilog", lambda component, name: "")
+    got = cb._timed_build(TrainConfig())
+    assert (got["verilator"], got["cxx_compile"], got["cached"]) == (9.5, 29.25, False)
+    assert got["entry_mb"] == pytest.approx(sum(
+        f.stat().st_size for f in entry.rglob("*") if f.is_file()) / 1e6)  # fmt: skip
