@@ -32,12 +32,12 @@ from gradsync.spec import regmap as rm
 from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig
 from gradsync.spec.limits import LimitError, check_layers, check_learning_rate, check_nodes
-from gradsync.spec.link import auto_chunk_bytes
+from gradsync.spec.link import EXCHANGE_ELEMENT_BYTES, auto_chunk_bytes
 
 MAX_STEPS = 4096  # trace tags carry the step modulo 4096
 #: Exchange formats of the gradients in bf16 (``--grad-format``): fp32 (the gradient SRAM's
 #: elements) or bf16 (``DescFlag.BF16``: half the link bytes; ``docs/numerics.md``).
-GRAD_FORMATS = ("fp32", "bf16")
+GRAD_FORMATS = tuple(EXCHANGE_ELEMENT_BYTES)
 
 NumberFormat = FixedPointFormat | BFloat16Format
 

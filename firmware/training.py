@@ -71,7 +71,7 @@ from gradsync.firmware.schedules import (
     sort_by_priority,
 )
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import BFloat16Format, FixedPointFormat
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat, is_float
 from gradsync.spec.link import LinkConfig, auto_chunk_bytes
 
 #: ``SCALE``'s argument in bf16: the fp32 word of 1.0 (a pure fp32 -> bf16 conversion).
@@ -245,11 +245,6 @@ def plan_memory_for(
         master_weights=is_float(fmt),
         grad_align=exchange_align(grad_format),
     )
-
-
-def is_float(fmt: FixedPointFormat | BFloat16Format) -> bool:
-    """Whether ``fmt`` is the floating-point format (fp32 gradients, master weights)."""
-    return isinstance(fmt, BFloat16Format)
 
 
 def split_chunks(n_bytes: int, chunk_bytes: int) -> list[tuple[int, int]]:

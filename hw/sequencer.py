@@ -27,7 +27,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.spec import regmap as rm
-from gradsync.spec.formats import BFloat16Format, FixedPointFormat
+from gradsync.spec.formats import BFloat16Format, FixedPointFormat, is_float
 
 from .arith import round_shift, saturate
 from .array import SystolicArray
@@ -57,11 +57,6 @@ def _field(value, name: str):
 def _two_operand(opcode):
     """The vector ops that read ``y`` (at ``CMD_B``) besides ``x``."""
     return (opcode == rm.Opcode.RELU_BWD) | (opcode == rm.Opcode.SGD)
-
-
-def is_float(fmt) -> bool:
-    """The bf16 family: bf16 scratchpad elements, fp32 gradient-SRAM elements (two words)."""
-    return isinstance(fmt, BFloat16Format)
 
 
 def element_words(fmt, dev_addr):

@@ -403,3 +403,15 @@ def format_from_register(word: int) -> FixedPointFormat | BFloat16Format:
     if family == rm.FormatFamily.BF16:
         return BFloat16Format.from_register(word)
     raise ValueError(f"HW_FORMAT 0x{word:08X} has unknown format family {family}")
+
+
+def is_float(fmt: FixedPointFormat | BFloat16Format) -> bool:
+    """Whether ``fmt`` is the bf16 family: bf16 scratchpad words, fp32 gradients and masters."""
+    return isinstance(fmt, BFloat16Format)
+
+
+def format_name(fmt: FixedPointFormat | BFloat16Format) -> str:
+    """``bf16``, or fixed point ``qI.F`` (I integer, F fractional bits), as ``--format`` spells it."""
+    if is_float(fmt):
+        return fmt.name
+    return f"q{fmt.total_bits - fmt.frac_bits - 1}.{fmt.frac_bits}"

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 from gradsync.cmd_train import add_config_arguments, backend_for, config_from_args
 from gradsync.firmware.experiment import TrainConfig
+from gradsync.spec.formats import format_name
 from gradsync.spec.hardware import DEFAULT_PRESET, build_config
 
 
@@ -107,17 +108,10 @@ def validate(options: dict) -> TrainPoint:
         # fixed point's widths; empty for bf16 (its columns: format, grad_format)
         "total_bits": cfg.number_format.total_bits if fixed else None,
         "frac_bits": cfg.number_format.frac_bits if fixed else None,
-        "format": _format_name(cfg.number_format),
+        "format": format_name(cfg.number_format),
         "grad_format": cfg.grad_format,
     }
     return TrainPoint(args.backend, args.max_cycles, cfg, columns, digest)
-
-
-def _format_name(fmt) -> str:
-    """``bf16`` or ``qI.F`` as ``--format`` spells it."""
-    if hasattr(fmt, "frac_bits"):
-        return f"q{fmt.total_bits - fmt.frac_bits - 1}.{fmt.frac_bits}"
-    return fmt.name
 
 
 @functools.cache

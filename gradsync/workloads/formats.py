@@ -12,7 +12,13 @@ Names are spelled as ``gradsync train --format`` / ``--grad-format`` spell them.
 
 from __future__ import annotations
 
-from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
+from gradsync.spec.formats import (
+    DEFAULT_FORMAT,
+    BFloat16Format,
+    FixedPointFormat,
+    format_name,
+    is_float,
+)
 from gradsync.spec.link import EXCHANGE_ELEMENT_BYTES
 from gradsync.workloads.workload import WorkloadError
 
@@ -25,17 +31,6 @@ ELEMENT_BYTES_DEVICES: tuple[tuple[NumberFormat, str | None], ...] = (
     (DEFAULT_FORMAT, None),
     (BFloat16Format(), GRAD_FORMATS[0]),
 )
-
-
-def is_float(fmt: NumberFormat) -> bool:
-    return isinstance(fmt, BFloat16Format)
-
-
-def format_name(fmt: NumberFormat) -> str:
-    """``bf16``, or fixed point ``qI.F`` (I integer, F fractional bits), as ``--format``."""
-    if is_float(fmt):
-        return fmt.name
-    return f"q{fmt.total_bits - fmt.frac_bits - 1}.{fmt.frac_bits}"
 
 
 def resolve_grad_format(fmt: NumberFormat, grad_format: str | None) -> str | None:
