@@ -87,6 +87,10 @@ HOST_PORTS = (
     "dbg_data",
 )
 
+#: SRAM words the debug port (``dbg_addr``/``dbg_data``) returns per address: a testbench
+#: reading a layer's weights pays one simulator evaluation per 8 words, not per word.
+DEBUG_WORDS = 8
+
 #: Counters every node exposes as ports (beside the registers).
 NODE_COUNTERS = (
     "tx_packets",
@@ -300,9 +304,10 @@ class Node(wiring.Component):
     cycle : Out(64)
         The cycle counter (``CYCLE_LO``/``HI``).
     dbg_addr : In, dbg_data : Out
-        Combinational read of one SRAM word at a device word address
-        (``hw/sram.py``: scratchpad words, then the gradient bank at bit
-        ``addr_bits - 1``), for testbenches; no clock edge needed.
+        Combinational read of :data:`DEBUG_WORDS` consecutive SRAM words from a
+        device word address (``hw/sram.py``: scratchpad words, then the gradient
+        bank at bit ``addr_bits - 1``; word ``k`` in bits ``[k*w, (k+1)*w)``), for
+        testbenches; no clock edge needed.
     tx, tx_ack, rx, rx_ack :
         Link ports (``hw/link.py``): packets out, their acknowledgements in;
         packets in, acknowledgements out.
@@ -364,7 +369,7 @@ class Node(wiring.Component):
                 "irq": Out(1),
                 "cycle": Out(64),
                 "dbg_addr": In(self.addr_bits),
-                "dbg_data": Out(fmt.total_bits),
+                "dbg_data": Out(fmt.total_bits * DEBUG_WORDS),
             }
         )
         ports.update(link_ports())
@@ -413,6 +418,7 @@ class Node(wiring.Component):
             read_ports=seq_read + bulk.per_beat + 2 * comm_ports32 * lanes32,
             write_ports=seq_write + bulk.per_beat + comm_ports32 * lanes32,
             debug_port=True,
+            debug_words=DEBUG_WORDS,
         )
         regions = (
             (rm.SCRATCH_BASE, hw.scratchpad_words * wb),

@@ -54,7 +54,12 @@ class DeviceMemory(wiring.Component):
         Optional initial contents (simulation only).
     debug_port:
         Add ``dbg_addr``/``dbg_data``: a combinational (zero-latency) read of
-        one word, for testbenches that inspect memory without a clock edge.
+        ``debug_words`` consecutive words, for testbenches that inspect memory
+        without a clock edge.
+    debug_words:
+        Words the debug port returns at once (a simulator evaluates the design
+        once per address: a testbench reading ``n`` words pays ``n / debug_words``
+        evaluations).
 
     Attributes
     ----------
@@ -64,9 +69,10 @@ class DeviceMemory(wiring.Component):
     wr : In(write_port_signature).array(write_ports)
         Write ports; when two ports write the same word in one cycle the
         higher-numbered port wins.
-    dbg_addr : In(addr_bits), dbg_data : Out(width)
-        Only with ``debug_port``: ``dbg_data`` is the word at device word
-        address ``dbg_addr`` in the same cycle (0 outside both banks).
+    dbg_addr : In(addr_bits), dbg_data : Out(width * debug_words)
+        Only with ``debug_port``: bits ``[k*width, (k+1)*width)`` of ``dbg_data``
+        are the word at device word address ``dbg_addr + k`` in the same cycle,
+        in the bank of ``dbg_addr`` (0 beyond that bank's end).
 
     Behaviour
     ---------
@@ -77,10 +83,10 @@ class DeviceMemory(wiring.Component):
 
     def __init__(self, scratch_words: int, grad_words: int, width: int = 16,
                  read_ports: int = 1, write_ports: int = 1, init_scratch=(), init_grad=(),
-                 debug_port: bool = False):
+                 debug_port: bool = False, debug_words: int = 1):
         for name, value in (("scratch_words", scratch_words), ("grad_words", grad_words),
                             ("width", width), ("read_ports", read_ports),
-                            ("write_ports", write_ports)):
+                            ("write_ports", write_ports), ("debug_words", debug_words)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
         self.scratch_words = scratch_words
@@ -89,12 +95,15 @@ class DeviceMemory(wiring.Component):
         self.addr_bits = device_addr_bits(scratch_words, grad_words)
         self._init = (list(init_scratch), list(init_grad))
         self.debug_port = debug_port
+        self.debug_words = debug_words
         ports = {
             "rd": In(read_port_signature(self.addr_bits, width)).array(read_ports),
             "wr": In(write_port_signature(self.addr_bits, width)).array(write_ports),
         }
         if debug_port:
-            ports.update({"dbg_addr": In(self.addr_bits), "dbg_data": Out(width)})
+            ports.update(
+                {"dbg_addr": In(self.addr_bits), "dbg_data": Out(width * debug_words)}
+            )
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -135,9 +144,12 @@ class DeviceMemory(wiring.Component):
         if self.debug_port:
             bank = self.dbg_addr[index_bits]
             index = self.dbg_addr[:index_bits]
+            w = self.width
             for b, (mem, depth) in enumerate(banks):
-                rp = mem.read_port(domain="comb")
-                m.d.comb += rp.addr.eq(index)
-                with m.If((bank == b) & (index < depth)):
-                    m.d.comb += self.dbg_data.eq(rp.data)
+                for k in range(self.debug_words):
+                    rp = mem.read_port(domain="comb")
+                    at = index + k
+                    m.d.comb += rp.addr.eq(at)
+                    with m.If((bank == b) & (at < depth)):
+                        m.d.comb += self.dbg_data[k * w : (k + 1) * w].eq(rp.data)
         return m

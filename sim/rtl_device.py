@@ -669,11 +669,11 @@ class RtlDevice:
     async def peek(self, addr: int, n: int) -> np.ndarray:
         """Read ``n`` SRAM words at byte address ``addr`` through the debug port, in zero cycles.
 
-        The port is combinational: a chain of plain read-write-phase callbacks
-        sets each address and samples the previous one after the simulator has
-        evaluated it, all within the current time step; the caller resumes one
-        time step later (never across a clock edge).  Debug reads are not
-        recorded for a replay (:class:`Recorder`).
+        The port is combinational and returns several consecutive words per address
+        (``hw.node.DEBUG_WORDS``): a chain of plain read-write-phase callbacks sets each
+        address and samples the previous one after the simulator has evaluated it, all
+        within the current time step; the caller resumes one time step later (never across
+        a clock edge).  Debug reads are not recorded for a replay (:class:`Recorder`).
         """
         from cocotb.triggers import Timer
         from cocotb.utils import get_sim_time
@@ -691,15 +691,21 @@ class RtlDevice:
         t0, c0 = get_sim_time("step"), self.now()
         if lat.period_steps - (t0 - lat.rise_steps) % lat.period_steps <= 1:
             raise HostTimingError("debug read requested in the time step before a clock edge")
-        out = np.empty(n, dtype=np.int64)
+        bits = self.fmt.total_bits
+        per = len(self._dbg_data) // bits  # words per address
+        groups = -(-n // per)
+        raw = bytearray(groups * per * bits // 8)
+        chunk = per * bits // 8
         addr_h, data_h = self._dbg_addr._handle, self._dbg_data._handle
         from cocotb import simulator  # only inside a simulator process
 
-        def sample(i: int) -> None:  # after the evaluation of address first + i
-            out[i] = int(data_h.get_signal_val_binstr(), 2)
-            if i + 1 < n:
-                addr_h.set_signal_val_int(_NO_DELAY, first + i + 1)
-                simulator.register_rwsynch_callback(sample, i + 1)
+        def sample(g: int) -> None:  # after the evaluation of address first + g * per
+            raw[g * chunk : (g + 1) * chunk] = int(data_h.get_signal_val_binstr(), 2).to_bytes(
+                chunk, "little"
+            )
+            if g + 1 < groups:
+                addr_h.set_signal_val_int(_NO_DELAY, first + (g + 1) * per)
+                simulator.register_rwsynch_callback(sample, g + 1)
 
         if n:
             addr_h.set_signal_val_int(_NO_DELAY, first)
@@ -707,4 +713,5 @@ class RtlDevice:
         await Timer(1, "step")
         if self.now() != c0:
             raise HostTimingError("debug read crossed a clock edge")
-        return self.fmt.from_unsigned(out)
+        words = np.frombuffer(bytes(raw), dtype=f"<u{bits // 8}")[:n].astype(np.int64)
+        return self.fmt.from_unsigned(words)

@@ -16,7 +16,7 @@ from gradsync.firmware.training import plan_memory
 from gradsync.hw.cluster import Cluster
 from gradsync.hw.compute_node import ComputeNode
 from gradsync.hw.link import LINK_CONTROLS, LINK_COUNTERS
-from gradsync.hw.node import HOST_PORTS, NODE_COUNTERS, Node
+from gradsync.hw.node import DEBUG_WORDS, HOST_PORTS, NODE_COUNTERS, Node
 from gradsync.spec import regmap as rm
 from gradsync.spec.hardware import DEFAULT_HARDWARE
 from tests.hw.cocotb_cluster import (
@@ -43,7 +43,7 @@ def test_cluster_ports_are_the_compute_node_ports_prefixed():
         for c in LINK_COUNTERS:
             assert cluster[f"l{i}_{c}"].flow is Out and cluster[f"l{i}_{c}"].shape == 32
     node = Node(DEFAULT_HARDWARE, FMT, 0, 2)
-    assert node.signature.members["dbg_data"].shape == FMT.total_bits
+    assert node.signature.members["dbg_data"].shape == FMT.total_bits * DEBUG_WORDS
 
 
 def test_sim_hardware_fits_the_default_training_run():

@@ -70,14 +70,17 @@ def test_read_before_write_of_the_same_word_in_one_cycle():
     run(dut, bench)
 
 
-@pytest.mark.parametrize(("scratch", "grad"), [(12, 5), (8, 8), (3, 16)])
-def test_random_traffic_on_all_ports_matches_a_dict(scratch, grad):
+@pytest.mark.parametrize(("scratch", "grad", "debug_words"), [(12, 5, 1), (8, 8, 1), (3, 16, 1),
+                                                              (12, 5, 3), (3, 16, 8)])
+def test_random_traffic_on_all_ports_matches_a_dict(scratch, grad, debug_words):
     """Three read and three write ports at random every cycle, addresses over the whole
-    device space (out-of-bank words included); reads, the debug port and the final
-    contents equal a dict model in which a higher-numbered write port wins."""
+    device space (out-of-bank words included); reads, the debug port (``debug_words``
+    consecutive words of the address's bank, 0 past its end) and the final contents equal
+    a dict model in which a higher-numbered write port wins."""
     width = 12
     n_rd, n_wr = 3, 3
-    dut = DeviceMemory(scratch, grad, width, read_ports=n_rd, write_ports=n_wr, debug_port=True)
+    dut = DeviceMemory(scratch, grad, width, read_ports=n_rd, write_ports=n_wr, debug_port=True,
+                       debug_words=debug_words)  # fmt: skip
     assert dut.addr_bits == device_addr_bits(scratch, grad)
     index_bits = dut.addr_bits - 1
     sizes = (scratch, grad)
@@ -86,6 +89,15 @@ def test_random_traffic_on_all_ports_matches_a_dict(scratch, grad):
 
     def in_bank(addr):
         return (addr & ((1 << index_bits) - 1)) < sizes[addr >> index_bits]
+
+    def debug_view(addr):
+        """The debug port's value by hand: word k of addr's bank at index + k, or 0."""
+        bank, index = addr >> index_bits, addr & ((1 << index_bits) - 1)
+        value = 0
+        for k in range(debug_words):
+            if index + k < sizes[bank]:
+                value |= model.get(bank << index_bits | (index + k), 0) << (k * width)
+        return value
 
     async def bench(ctx):
         held = [0] * n_rd
@@ -114,7 +126,7 @@ def test_random_traffic_on_all_ports_matches_a_dict(scratch, grad):
                     writes[targets[p]] = value  # later (higher-numbered) port wins
             dbg = int(rng.integers(0, 1 << dut.addr_bits))
             ctx.set(dut.dbg_addr, dbg)
-            assert ctx.get(dut.dbg_data) == (model.get(dbg, 0) if in_bank(dbg) else 0)
+            assert ctx.get(dut.dbg_data) == debug_view(dbg)
             expect = []
             for p, (en, addr) in enumerate(reads):
                 if en:
@@ -131,8 +143,7 @@ def test_random_traffic_on_all_ports_matches_a_dict(scratch, grad):
             for index in range(1 << index_bits):
                 addr = dev_addr(dut, bank, index)
                 ctx.set(dut.dbg_addr, addr)
-                want = model.get(addr, 0) if index < sizes[bank] else 0
-                assert ctx.get(dut.dbg_data) == want, (bank, index)
+                assert ctx.get(dut.dbg_data) == debug_view(addr), (bank, index)
         assert hits > 100 and collisions > 0 and len(model) > (scratch + grad) // 2
 
     run(dut, bench)
