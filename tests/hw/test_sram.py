@@ -70,8 +70,9 @@ def test_read_before_write_of_the_same_word_in_one_cycle():
     run(dut, bench)
 
 
-@pytest.mark.parametrize(("scratch", "grad", "debug_words"), [(12, 5, 1), (8, 8, 1), (3, 16, 1),
-                                                              (12, 5, 3), (3, 16, 8)])
+@pytest.mark.parametrize(
+    ("scratch", "grad", "debug_words"), [(12, 5, 1), (8, 8, 1), (3, 16, 1), (12, 5, 3), (3, 16, 8)]
+)
 def test_random_traffic_on_all_ports_matches_a_dict(scratch, grad, debug_words):
     """Three read and three write ports at random every cycle, addresses over the whole
     device space (out-of-bank words included); reads, the debug port (``debug_words``
