@@ -49,6 +49,16 @@ call at cycle ``t``    RTL (model cycle in brackets)
                        [``S = host_bulk_setup_cycles``]
 =====================  =====================================================
 
+Posted writes (``post_writes=True``, what the training runner uses): ``write32``
+schedules its transaction and returns at once, the device's time running ahead of the
+simulator's by the write's cycles; the next call starts from that time, so every
+transaction still happens in the cycle the model charges.  A read, an interrupt wait,
+a bulk transfer, a debug read or :meth:`RtlDevice.settle` first lets the simulator catch
+up; a write the design did not accept in its cycle raises :class:`HostTimingError`
+there.  A firmware that writes several registers and then waits wakes once, not once
+per write.  Off by default: a testbench that looks at the design's ports right after
+``await dev.write32(...)`` sees the write done.
+
 The ``cycle`` port is the node's cycle counter; after a rising clock edge it
 reads the number of the cycle that edge began, which is what every method
 uses as "now" (all nodes of a cluster share one clock and reset).  Calls
@@ -167,10 +177,20 @@ class Recorder:
 RECORDER: Recorder | None = None
 
 
+@functools.cache
+def _port(handle) -> tuple:
+    """(simulator object, width) of a port handle, looked up once per handle."""
+    return handle._handle, len(handle)
+
+
 def _get(handle) -> int:
     """A port's value as an unsigned int (the raw simulator read; ``.value`` builds a
     ``LogicArray`` first, several times slower, and this runs once per device call)."""
-    value = int(handle._handle.get_signal_val_binstr(), 2)
+    raw, width = _port(handle)
+    if width <= 32:
+        value = raw.get_signal_val_long() & ((1 << width) - 1)  # (a C long: signed)
+    else:
+        value = int(raw.get_signal_val_binstr(), 2)
     if RECORDER is not None:
         RECORDER.add(handle, 1, value)
     return value
@@ -183,11 +203,11 @@ _NO_DELAY = 3
 def _put(handle, value: int) -> None:
     """Deposit ``value`` on an input port now, as ``handle.value = Immediate(value)`` does
     but straight through the simulator object (this runs for every beat and debug word)."""
-    width = len(handle)
+    raw, width = _port(handle)
     if width <= 32:
-        handle._handle.set_signal_val_int(_NO_DELAY, value)
+        raw.set_signal_val_int(_NO_DELAY, value)
     else:
-        handle._handle.set_signal_val_binstr(_NO_DELAY, format(value, f"0{width}b"))
+        raw.set_signal_val_binstr(_NO_DELAY, format(value, f"0{width}b"))
     if RECORDER is not None:
         RECORDER.add(handle, 0, value)
 
@@ -199,6 +219,20 @@ def _at(delay_steps: int, func, *args) -> None:
         func(*args)
         return
     _timed_callback()(delay_steps, func, *args)
+
+
+def _steps() -> int:
+    """The simulator's time in steps (``cocotb.utils.get_sim_time("step")`` without its
+    argument handling: this runs several times per device call)."""
+    high, low = _simulator().get_sim_time()
+    return high << 32 | low
+
+
+@functools.cache
+def _simulator():
+    from cocotb import simulator  # only inside a simulator process
+
+    return simulator
 
 
 @functools.cache
@@ -228,6 +262,9 @@ class RtlDevice:
         Bus latency from :meth:`calibrate` (shared by all nodes of a cluster).
     rst:
         The reset handle (for cocotbext-axi's bus models, when used).
+    post_writes:
+        Return from ``write32`` without waiting for the simulator (module docstring,
+        "Posted writes"); lean driver only.
     """
 
     def __init__(
@@ -240,6 +277,7 @@ class RtlDevice:
         latency: BusLatency | None = None,
         *,
         rst=None,
+        post_writes: bool = False,
     ) -> None:
         self.dut, self.prefix, self.hw, self.fmt, self.clk, self.rst = (
             dut,
@@ -250,6 +288,10 @@ class RtlDevice:
             rst,
         )
         self.wb = fmt.word_bytes
+        self.post_writes = post_writes
+        self._posted_until = 0  # cycle in which the last posted write returns
+        self._posted_error: str | None = None
+        self._now_rise, self._now_cycle = -1, 0  # now()'s cache: a rising edge's time, its cycle
         self.latency = latency
         if latency is not None:
             latency.check(hw)
@@ -288,6 +330,7 @@ class RtlDevice:
         for name in ("s_axil_bready", "s_axil_rready", "m_axis_tready"):
             _put(self._p[name], 1)  # the host always takes responses and dump beats
         _put(self._p["s_axil_wstrb"], 0xF)
+        self._posted_until, self._posted_error = 0, None
 
     # ------------------------------------------------ cocotbext-axi bus models
     def _models(self) -> dict:
@@ -328,17 +371,42 @@ class RtlDevice:
 
     # ------------------------------------------------------------------ time
     def now(self) -> int:
-        """The current cycle (valid right after a rising clock edge, or between edges)."""
-        return _get(self._cycle)
+        """The simulator's current cycle (valid right after a rising clock edge, or between
+        edges); with posted writes in flight the device's own time is :meth:`device_now`."""
+        lat = self.latency
+        if lat is None or not lat.period_steps:
+            return _get(self._cycle)
+        return self._cycle_at(_steps(), lat)
+
+    def _cycle_at(self, t: int, lat: BusLatency) -> int:
+        """The cycle at simulator time ``t`` (now): the counter is read once per clock period,
+        keyed by the time of the period's rising edge (every read in a rising edge's time
+        step happens after its evaluation, see the class docstring)."""
+        rise = t - (t - lat.rise_steps) % lat.period_steps
+        if rise != self._now_rise:
+            self._now_rise, self._now_cycle = rise, _get(self._cycle)
+        return self._now_cycle
+
+    def device_now(self) -> int:
+        """The cycle in which the device's next call starts: the simulator's, or the return
+        cycle of the last posted write if that is later."""
+        return max(self.now(), self._posted_until)
+
+    async def settle(self) -> None:
+        """Let the simulator reach the device's time (every posted write done); raise
+        :class:`HostTimingError` if one of them was not accepted in its cycle."""
+        if self._posted_until > self.now():
+            await self._sleep_until(self._posted_until)
+        if self._posted_error is not None:
+            error, self._posted_error = self._posted_error, None
+            raise HostTimingError(error)
 
     def _delay_to(self, cycle: int) -> int:
         """Time steps from now to ``HOST_OFFSET_STEPS`` after the rising edge beginning ``cycle``."""
-        from cocotb.utils import get_sim_time
-
         lat = self._lat()
-        now_steps = get_sim_time("step")
+        now_steps = _steps()
         rise = now_steps - (now_steps - lat.rise_steps) % lat.period_steps
-        at = rise + (cycle - self.now()) * lat.period_steps + HOST_OFFSET_STEPS
+        at = rise + (cycle - self._cycle_at(now_steps, lat)) * lat.period_steps + HOST_OFFSET_STEPS
         if at < now_steps:
             raise HostTimingError(
                 f"node {self.prefix or '0'}: cannot act in cycle {cycle} in cycle {self.now()}"
@@ -384,6 +452,22 @@ class RtlDevice:
     def _drive_read(self, addr: int) -> None:
         _put(self._p["s_axil_araddr"], addr)
         _put(self._p["s_axil_arvalid"], 1)
+
+    def _post_write(self, target: int, addr: int, value: int) -> None:
+        """AW/W handshake in ``target - 1``, checked and lowered in ``target`` by callbacks."""
+        _at(self._delay_to(target - 1), self._drive_write, addr, value)
+        _at(self._delay_to(target), self._end_posted_write, addr, target)
+        self._posted_until = target
+
+    def _end_posted_write(self, addr: int, target: int) -> None:
+        p = self._p
+        _put(p["s_axil_awvalid"], 0)
+        _put(p["s_axil_wvalid"], 0)
+        if not _get(p["s_axil_bvalid"]) and self._posted_error is None:
+            self._posted_error = (
+                f"node {self.prefix or '0'}: CSR write of 0x{addr:x} not accepted in cycle "
+                f"{target - 1}"
+            )
 
     async def _lean_write(self, target: int, addr: int, value: int) -> None:
         """AW/W handshake in ``target - 1``; return in ``target``."""
@@ -545,6 +629,15 @@ class RtlDevice:
     # -------------------------------------------------------- device protocol
     async def write32(self, addr: int, value: int) -> None:
         lat = self._lat()
+        if self.post_writes and self._ext is None and self.hw.host_write_cycles > 1:
+            # (one cycle per write would lower one write's request in the cycle the next
+            # raises it: not posted)
+            self._post_write(self.device_now() + self.hw.host_write_cycles, addr, value)
+            if addr == _IRQ_MASK:
+                self.irq_mask = value & M32
+            self.calls["write32"] += 1
+            return
+        await self.settle()
         target = self.now() + self.hw.host_write_cycles
         if self._ext is None:
             await self._lean_write(target, addr, value)
@@ -557,16 +650,20 @@ class RtlDevice:
         self.calls["write32"] += 1
 
     async def read32(self, addr: int) -> int:
-        return await self._read_returning_in(self.now() + self.hw.host_read_cycles, addr)
+        return await self._read_returning_in(
+            self.device_now() + self.hw.host_read_cycles, addr
+        )
 
     async def _read_returning_in(self, target: int, addr: int) -> int:
         lat = self._lat()
         if self._ext is None:
             value = await self._lean_read(target, addr)
         else:
+            await self.settle()
             await self._until(target - lat.read)
             value = await self._axil_read(addr)
         self._arrived(f"read of 0x{addr:03x}", target)
+        await self.settle()  # the writes posted before it are done: raise if one failed
         self.calls["read32"] += 1
         return value
 
@@ -584,6 +681,7 @@ class RtlDevice:
                 f"wait_irq(0x{mask:x}) can never return: IRQ_MASK is 0x{self.irq_mask:x}"
             )
         self.calls["wait_irq"] += 1
+        await self.settle()
         if _get(self._irq):
             return await self.read32(_IRQ_STATUS) & mask
         await RisingEdge(self._irq)
@@ -627,6 +725,7 @@ class RtlDevice:
 
     async def _timed_bulk(self, what, addr, n, word_bytes, payload, dump) -> bytes:
         lat = self._lat()
+        await self.settle()
         nbytes = n * word_bytes
         beats = -(-nbytes // BEAT_BYTES)
         target = self.now() + tm.host_bulk_cycles(nbytes, self.hw)
@@ -680,6 +779,7 @@ class RtlDevice:
 
         if self._dbg_addr is None:
             raise RuntimeError(f"the node has no {self.prefix}dbg_addr/dbg_data debug port")
+        await self.settle()
         index_bits = self._dbg_bits - 1
         for bank, base in enumerate((rm.SCRATCH_BASE, rm.GRAD_BASE)):
             if base <= addr < base + rm.REGION_SPAN:

@@ -156,7 +156,10 @@ async def train(dut):
     for i, faults in enumerate(opts.get("link_faults", [])):
         for name, value in faults.items():
             getattr(dut, f"l{i}_{name}").value = value
-    devs = [RtlDevice(dut, f"n{i}_", hw, fmt, dut.clk, rst=dut.rst) for i in range(cfg.nodes)]
+    devs = [
+        RtlDevice(dut, f"n{i}_", hw, fmt, dut.clk, rst=dut.rst, post_writes=True)
+        for i in range(cfg.nodes)
+    ]
     await reset_to_cycle_zero(dut)
     latency = await devs[0].calibrate()
     for d in devs:
@@ -190,15 +193,17 @@ async def train(dut):
     failed = Event()
     errors: list[tuple[str, str]] = []
 
-    async def guarded(fw: NodeFirmware):
+    async def guarded(fw: NodeFirmware, dev: RtlDevice):
         try:
-            return await fw.run()
+            result = await fw.run()
+            await dev.settle()  # the run ends when its last (posted) write has returned
+            return result
         except Exception as exc:  # the firmware's own errors (DeviceError, ConfigError ...)
             errors.append((type(exc).__name__, str(exc)))
             failed.set()
             return None
 
-    tasks = [cocotb.start_soon(guarded(fw)) for fw in fws]
+    tasks = [cocotb.start_soon(guarded(fw, dev)) for fw, dev in zip(fws, devs, strict=True)]
 
     def write_progress() -> None:
         if progress_path:
