@@ -11,6 +11,8 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from gradsync.spec.timing import CSR_RESPONSE_CYCLES
+
 AXI_OKAY = 0b00
 
 
@@ -26,20 +28,26 @@ def axil_signature(addr_bits: int) -> dict:
     }  # fmt: skip
 
 
+#: Cycles from an AW/W (AR) handshake to BVALID (RVALID): the accepted request is
+#: registered, performed in the next cycle and answered in the one after.
+RESPONSE_LATENCY_CYCLES = CSR_RESPONSE_CYCLES
+
+
 def register_bus_signature(addr_bits: int) -> wiring.Signature:
-    """The register accesses of :class:`AxiLiteTarget`, as it drives them.
+    """The register accesses of :class:`AxiLiteTarget`, as it drives them (all registered).
 
     Members
     -------
     w_en : Out(1)
-        A write is accepted this cycle: ``w_data`` to byte address ``w_addr``.
+        A write accepted in the previous cycle is performed this cycle: ``w_data`` to
+        byte address ``w_addr``.
     w_addr, w_data : Out
-        The AW and W channels' address and data (valid with ``w_en``).
+        The accepted AW and W channels' address and data (valid with ``w_en``).
     r_en : Out(1)
-        A read of ``r_addr`` is accepted this cycle; ``r_data`` (combinational,
+        A read of ``r_addr`` is performed this cycle; ``r_data`` (combinational,
         from the register file) is its value and is registered into RDATA.
     r_addr : Out
-        The AR channel's address (driven whether or not a read is accepted).
+        The address of the accepted read, held until it is performed.
     r_data : In(32)
         Value of the register at ``r_addr``.
     r_stall : In(1)
@@ -72,9 +80,17 @@ class AxiLiteTarget(wiring.Component):
     s_axil_* :
         AXI4-Lite slave (:func:`axil_signature`). One write (AW and W together)
         and one read in flight; AWREADY/WREADY and ARREADY are high in the
-        accepting cycle, BVALID/RVALID follow it by one cycle and stay until
-        taken. Every response is OKAY; ``WSTRB`` and the ``PROT`` signals are
-        ignored (registers are written whole).
+        accepting cycle. The accepted request is registered (the bus inputs
+        drive nothing but these registers and the READY signals), performed on
+        ``bus`` in the next cycle and answered by BVALID/RVALID in the one after
+        (:data:`RESPONSE_LATENCY_CYCLES`, ``gradsync.spec.timing.CSR_RESPONSE_CYCLES``), which stay until taken. Every response
+        is OKAY; ``WSTRB`` and the ``PROT`` signals are ignored (registers are
+        written whole).
+
+        The input register keeps the whole register file, and every engine its
+        writes reach, out of the simulator's input-combinational logic: Verilator
+        re-evaluates logic that depends on a top-level input on every ``eval()``,
+        logic behind a register once per clock edge (docs/performance.md).
     bus : Out(register_bus_signature)
         The accepted writes and reads.
     """
@@ -93,29 +109,32 @@ class AxiLiteTarget(wiring.Component):
         bus = self.bus
         m.d.comb += [ax["bresp"].eq(AXI_OKAY), ax["rresp"].eq(AXI_OKAY)]
 
+        # write: accepted (wr_go) -> performed (w_en, the next cycle) -> BVALID
         wr_go = Signal()
         m.d.comb += [
-            wr_go.eq(ax["awvalid"] & ax["wvalid"] & ~ax["bvalid"]),
+            wr_go.eq(ax["awvalid"] & ax["wvalid"] & ~bus.w_en & ~ax["bvalid"]),
             ax["awready"].eq(wr_go),
             ax["wready"].eq(wr_go),
-            bus.w_en.eq(wr_go),
-            bus.w_addr.eq(ax["awaddr"]),
-            bus.w_data.eq(ax["wdata"]),
         ]
+        m.d.sync += bus.w_en.eq(wr_go)
+        with m.If(wr_go):
+            m.d.sync += [bus.w_addr.eq(ax["awaddr"]), bus.w_data.eq(ax["wdata"])]
         with m.If(ax["bvalid"] & ax["bready"]):
             m.d.sync += ax["bvalid"].eq(0)
-        with m.If(wr_go):
+        with m.If(bus.w_en):
             m.d.sync += ax["bvalid"].eq(1)
 
-        rd_go = Signal()
+        # read: accepted (rd_go) -> pending until performed (r_en, not stalled) -> RVALID
+        rd_go, pending = Signal(), Signal()
         m.d.comb += [
-            rd_go.eq(ax["arvalid"] & ~ax["rvalid"] & ~bus.r_stall),
+            rd_go.eq(ax["arvalid"] & ~pending & ~ax["rvalid"]),
             ax["arready"].eq(rd_go),
-            bus.r_en.eq(rd_go),
-            bus.r_addr.eq(ax["araddr"]),
+            bus.r_en.eq(pending & ~bus.r_stall),
         ]
+        with m.If(rd_go):
+            m.d.sync += [pending.eq(1), bus.r_addr.eq(ax["araddr"])]
+        with m.If(bus.r_en):
+            m.d.sync += [pending.eq(0), ax["rvalid"].eq(1), ax["rdata"].eq(bus.r_data)]
         with m.If(ax["rvalid"] & ax["rready"]):
             m.d.sync += ax["rvalid"].eq(0)
-        with m.If(rd_go):
-            m.d.sync += [ax["rvalid"].eq(1), ax["rdata"].eq(bus.r_data)]
         return m

@@ -35,10 +35,11 @@ measures either bus).
 =====================  =====================================================
 call at cycle ``t``    RTL (model cycle in brackets)
 =====================  =====================================================
-``write32``            AW/W handshake in ``t+W-1``, register visible and call
-                       returns in ``t+W`` [``W = host_write_cycles``]
-``read32``             AR handshake in ``t+R-1`` (the value is the state of
-                       that cycle), returns in ``t+R`` [``R = host_read_cycles``]
+``write32``            AW/W handshake in ``t+W-2``, register written in ``t+W-1``,
+                       visible and call returns in ``t+W`` [``W = host_write_cycles``]
+``read32``             AR handshake in ``t+R-2``, the register read in ``t+R-1``
+                       (the value is the state of that cycle), returns in ``t+R``
+                       [``R = host_read_cycles``]
 ``wait_irq``           line already high: a read of ``IRQ_STATUS``; else wake
                        on the line's rising edge (no polling) in cycle ``e``
                        and read ``IRQ_STATUS`` so that the read returns in
@@ -85,6 +86,9 @@ M32 = 0xFFFF_FFFF
 BEAT_BYTES = BEAT_BITS // 8
 _IRQ_STATUS = rm.offset("IRQ_STATUS")
 _IRQ_MASK = rm.offset("IRQ_MASK")
+#: Cycles from a CSR handshake to its response: the lean driver hands a request over
+#: this long before the cycle the call returns in.
+_CSR = tm.CSR_RESPONSE_CYCLES
 #: Time steps after a rising edge at which the lean driver acts (inside the cycle,
 #: clear of the edge's own time step, so no ordering question with the clock arises).
 HOST_OFFSET_STEPS = 1
@@ -454,8 +458,8 @@ class RtlDevice:
         _put(self._p["s_axil_arvalid"], 1)
 
     def _post_write(self, target: int, addr: int, value: int) -> None:
-        """AW/W handshake in ``target - 1``, checked and lowered in ``target`` by callbacks."""
-        _at(self._delay_to(target - 1), self._drive_write, addr, value)
+        """AW/W handshake in ``target - 2``, checked and lowered in ``target`` by callbacks."""
+        _at(self._delay_to(target - _CSR), self._drive_write, addr, value)
         _at(self._delay_to(target), self._end_posted_write, addr, target)
         self._posted_until = target
 
@@ -466,12 +470,13 @@ class RtlDevice:
         if not _get(p["s_axil_bvalid"]) and self._posted_error is None:
             self._posted_error = (
                 f"node {self.prefix or '0'}: CSR write of 0x{addr:x} not accepted in cycle "
-                f"{target - 1}"
+                f"{target - _CSR}"
             )
 
     async def _lean_write(self, target: int, addr: int, value: int) -> None:
-        """AW/W handshake in ``target - 1``; return in ``target``."""
-        _at(self._delay_to(target - 1), self._drive_write, addr, value)
+        """AW/W handshake in ``target - 2`` (the CSR port answers ``CSR_RESPONSE_CYCLES`` later);
+        return in ``target``."""
+        _at(self._delay_to(target - _CSR), self._drive_write, addr, value)
         await self._sleep_until(target)
         p = self._p
         _put(p["s_axil_awvalid"], 0)
@@ -479,19 +484,19 @@ class RtlDevice:
         if not _get(p["s_axil_bvalid"]):
             raise HostTimingError(
                 f"node {self.prefix or '0'}: CSR write of 0x{addr:x} not accepted in cycle "
-                f"{target - 1}"
+                f"{target - _CSR}"
             )
 
     async def _lean_read(self, target: int, addr: int) -> int:
-        """AR handshake in ``target - 1``; RDATA taken in ``target``."""
-        _at(self._delay_to(target - 1), self._drive_read, addr)
+        """AR handshake in ``target - 2``; RDATA taken in ``target``."""
+        _at(self._delay_to(target - _CSR), self._drive_read, addr)
         await self._sleep_until(target)
         p = self._p
         _put(p["s_axil_arvalid"], 0)
         if not _get(p["s_axil_rvalid"]):
             raise HostTimingError(
                 f"node {self.prefix or '0'}: CSR read of 0x{addr:x} not accepted in cycle "
-                f"{target - 1}"
+                f"{target - _CSR}"
             )
         return _get(p["s_axil_rdata"])
 
@@ -591,9 +596,9 @@ class RtlDevice:
                 await {"w": self._axil_write, "r": self._axil_read, "b": self._bulk}[kind](*args)
                 return self.now() - t
             if kind == "w":
-                await self._lean_write(t + 1, *args)
+                await self._lean_write(t + _CSR, *args)
             elif kind == "r":
-                await self._lean_read(t + 1, *args)
+                await self._lean_read(t + _CSR, *args)
             else:
                 await self._lean_bulk(t, *args)
             return self.now() - t
@@ -629,9 +634,8 @@ class RtlDevice:
     # -------------------------------------------------------- device protocol
     async def write32(self, addr: int, value: int) -> None:
         lat = self._lat()
-        if self.post_writes and self._ext is None and self.hw.host_write_cycles > 1:
-            # (one cycle per write would lower one write's request in the cycle the next
-            # raises it: not posted)
+        if self.post_writes and self._ext is None and self.hw.host_write_cycles > _CSR:
+            # (else one write's request would be lowered in the cycle the next raises it)
             self._post_write(self.device_now() + self.hw.host_write_cycles, addr, value)
             if addr == _IRQ_MASK:
                 self.irq_mask = value & M32

@@ -221,6 +221,14 @@ def rx_visible_cycle(crc_arrival: int, applier_free: int, payload_bytes: int) ->
     return max(crc_arrival + 1, applier_free) + rx_apply_cycles(payload_bytes)
 
 
+#: Cycles from a CSR-port handshake (AXI4-Lite AW+W, or AR) to its response (BVALID, RVALID):
+#: the RTL registers the request, performs it in the next cycle and answers in the one after
+#: (``hw/axil.py``).  A host write that returns ``host_write_cycles`` after it starts hands
+#: its request over ``CSR_RESPONSE_CYCLES`` before that (a read likewise), so the host's
+#: cycles must be at least this (the RTL backend's calibration checks it).
+CSR_RESPONSE_CYCLES = 2
+
+
 def host_bulk_cycles(n_bytes: int, hw: HardwareConfig) -> int:
     """Cycles of a host bulk load or dump of ``n_bytes`` of device memory."""
     return hw.host_bulk_setup_cycles + ceil_div(max(n_bytes, 0), hw.host_bulk_bytes_per_cycle)

@@ -16,6 +16,7 @@ from gradsync.hw.cluster import Cluster
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
+from gradsync.spec.timing import CSR_RESPONSE_CYCLES
 
 GB = rm.GRAD_BASE
 #: Small memories (2 KiB each SRAM) and a short link, so the Python simulator is quick.
@@ -58,6 +59,13 @@ class Host:
             if go:
                 return
 
+    async def _response(self, n: int, valid: str):
+        """Tick until ``valid`` is high: ``CSR_RESPONSE_CYCLES`` after the handshake."""
+        for _ in range(CSR_RESPONSE_CYCLES - 1):
+            assert not self.ctx.get(self._p(n, valid)), f"{valid} before its cycle"
+            await self.ctx.tick()
+        assert self.ctx.get(self._p(n, valid)), f"no {valid} {CSR_RESPONSE_CYCLES} cycles after"
+
     async def write(self, n: int, addr: int, data: int):
         ctx, p = self.ctx, self._p
         ctx.set(p(n, "s_axil_awaddr"), addr)
@@ -69,7 +77,8 @@ class Host:
         await self._until(n, "s_axil_awready")
         ctx.set(p(n, "s_axil_awvalid"), 0)
         ctx.set(p(n, "s_axil_wvalid"), 0)
-        assert ctx.get(p(n, "s_axil_bvalid")) and ctx.get(p(n, "s_axil_bresp")) == 0
+        await self._response(n, "s_axil_bvalid")
+        assert ctx.get(p(n, "s_axil_bresp")) == 0
         await ctx.tick()
 
     async def read(self, n: int, addr: int) -> int:
@@ -79,7 +88,8 @@ class Host:
         ctx.set(p(n, "s_axil_arvalid"), 1)
         await self._until(n, "s_axil_arready")
         ctx.set(p(n, "s_axil_arvalid"), 0)
-        assert ctx.get(p(n, "s_axil_rvalid")) and ctx.get(p(n, "s_axil_rresp")) == 0
+        await self._response(n, "s_axil_rvalid")
+        assert ctx.get(p(n, "s_axil_rresp")) == 0
         value = ctx.get(p(n, "s_axil_rdata"))
         await ctx.tick()
         return value

@@ -361,12 +361,13 @@ def test_cycle_counter_and_cycle_hi_latch():
         ctx.set(tb.ax("arvalid"), 1)
         while not ctx.get(tb.ax("arready")):
             await ctx.tick()
-        at_accept = ctx.get(dut.now)
         await ctx.tick()
         ctx.set(tb.ax("arvalid"), 0)
+        at_read = ctx.get(dut.now)  # the accepted read is performed in the next cycle
+        await ctx.tick()
         ctx.set(tb.ax("rready"), 1)
         assert ctx.get(tb.ax("rvalid"))
-        assert ctx.get(tb.ax("rdata")) == at_accept & 0xFFFF_FFFF
+        assert ctx.get(tb.ax("rdata")) == at_read & 0xFFFF_FFFF
         await ctx.tick()
         ctx.set(tb.ax("rready"), 0)
         while ctx.get(dut.now) < 8 << 32:  # carry into bit 32
@@ -423,11 +424,12 @@ def test_irq_line_is_status_and_mask_and_w1c_clears_only_written_bits(idle, back
         ctx.set(tb.ax("wdata"), 0xFF)
         ctx.set(tb.ax("awvalid"), 1)
         ctx.set(tb.ax("wvalid"), 1)
-        ctx.set(dut.irq_set, 0x3)
         assert ctx.get(tb.ax("awready"))
         await ctx.tick()
         ctx.set(tb.ax("awvalid"), 0)
         ctx.set(tb.ax("wvalid"), 0)
+        ctx.set(dut.irq_set, 0x3)  # in the cycle the accepted write is performed
+        await ctx.tick()
         ctx.set(dut.irq_set, 0)
         ctx.set(tb.ax("bready"), 1)
         await ctx.tick()
