@@ -19,25 +19,19 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.spec import regmap as rm
+from gradsync.spec.host import BEAT_BITS, HEADER_DUMP_BIT, bulk_header, device_addr_bits
 
 from .events import TraceWrite
-from .sram import device_addr_bits, read_port_signature, write_port_signature
+from .sram import read_port_signature, write_port_signature
 
-BEAT_BITS = 64
+__all__ = ["BEAT_BITS", "HEADER_DUMP_BIT", "BulkPort", "bulk_header"]
+
 WIDE_PER_BEAT = BEAT_BITS // 32
 
 #: Region codes of a transfer (scratchpad and gradient are the device-address banks).
 REGION_SCRATCH, REGION_GRAD, REGION_RING, REGION_TRACE, REGION_NONE = range(5)
 
-#: Header beat: byte address in [31:0], word count in [62:32], 1 = dump in [63].
-HEADER_DUMP_BIT = 63
-
-
-def bulk_header(byte_addr: int, words: int, dump: bool) -> int:
-    """The 64-bit header beat that starts a bulk transfer."""
-    if not 0 <= byte_addr < 1 << 32 or not 0 < words < 1 << 31:
-        raise ValueError(f"bulk transfer of {words!r} words at {byte_addr!r} is not encodable")
-    return byte_addr | words << 32 | int(dump) << HEADER_DUMP_BIT
+#: (The header beat's layout, :data:`BEAT_BITS` and :func:`bulk_header`: ``gradsync.spec.host``.)
 
 
 class BulkPort(wiring.Component):

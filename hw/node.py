@@ -48,6 +48,7 @@ from amaranth.utils import ceil_log2
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
+from gradsync.spec.host import DEBUG_WORDS, NODE_COUNTERS
 from gradsync.spec.link import (
     LINK_BYTES_PER_CYCLE,
     NIC_CREDITS,
@@ -87,25 +88,8 @@ HOST_PORTS = (
     "dbg_data",
 )
 
-#: SRAM words the debug port (``dbg_addr``/``dbg_data``) returns per address: a testbench
-#: reading a layer's weights pays one simulator evaluation per 8 words, not per word.
-DEBUG_WORDS = 8
-
-#: Counters every node exposes as ports (beside the registers).
-NODE_COUNTERS = (
-    "tx_packets",
-    "tx_retransmits",
-    "tx_timeouts",
-    "tx_naks",
-    "rx_packets",
-    "rx_crc_errors",
-    "rx_seq_errors",
-    "rx_duplicates",
-    "rx_drops",
-    "rx_holds",
-    "rx_held_window",
-    "rx_held_tag",
-)
+#: (:data:`DEBUG_WORDS`, the debug port's words per address, and :data:`NODE_COUNTERS`, the
+#: counter ports every node exposes beside the registers: ``gradsync.spec.host``.)
 
 #: Node counter port -> (NIC side, NicTx/NicRx attribute) that drives it.
 NIC_COUNTER_SOURCES = {

@@ -14,7 +14,8 @@ from __future__ import annotations
 from amaranth.hdl import Module, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+
+from gradsync.spec.host import device_addr_bits
 
 
 def read_port_signature(addr_bits: int, width: int) -> wiring.Signature:
@@ -27,9 +28,7 @@ def write_port_signature(addr_bits: int, width: int) -> wiring.Signature:
     return wiring.Signature({"addr": Out(addr_bits), "data": Out(width), "en": Out(1)})
 
 
-def device_addr_bits(scratch_words: int, grad_words: int) -> int:
-    """Width of a device word address: bank bit + the larger bank's index."""
-    return 1 + ceil_log2(max(scratch_words, grad_words, 2))
+__all__ = ["DeviceMemory", "device_addr_bits", "read_port_signature", "write_port_signature"]
 
 
 class DeviceMemory(wiring.Component):

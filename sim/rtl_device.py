@@ -75,12 +75,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradsync.hw.bulk import BEAT_BITS, bulk_header
-from gradsync.hw.sram import device_addr_bits
 from gradsync.spec import regmap as rm
 from gradsync.spec import timing as tm
 from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import HardwareConfig
+from gradsync.spec.host import BEAT_BITS, bulk_header, device_addr_bits
 
 M32 = 0xFFFF_FFFF
 BEAT_BYTES = BEAT_BITS // 8

@@ -114,8 +114,8 @@ async def watch(dog, dut, devs, tasks, stalled, period_ps: int) -> None:
 
 async def watchdog_report(dog, dut, devs, fws) -> str:
     """The watchdog's error: the stuck link or node, each node's work, link and NIC counters."""
-    from gradsync.hw.link import LINK_COUNTERS
-    from gradsync.hw.node import NODE_COUNTERS
+    from gradsync.spec.faults import COUNTERS as LINK_COUNTERS
+    from gradsync.spec.host import NODE_COUNTERS
     from gradsync.watchdog import pending_sends
 
     cycle = devs[0].now()
@@ -269,8 +269,8 @@ async def train(dut):
     reporter.cancel()
     write_progress()
     total = devs[0].now()
-    from gradsync.hw.link import LINK_COUNTERS
-    from gradsync.hw.node import NODE_COUNTERS
+    from gradsync.spec.faults import COUNTERS as LINK_COUNTERS
+    from gradsync.spec.host import NODE_COUNTERS
 
     counters = {
         "links": [
