@@ -383,9 +383,12 @@ class RtlDevice:
 
     def _cycle_at(self, t: int, lat: BusLatency) -> int:
         """The cycle at simulator time ``t`` (now): the counter is read once per clock period,
-        keyed by the time of the period's rising edge (every read in a rising edge's time
-        step happens after its evaluation, see the class docstring)."""
+        keyed by the time of the period's rising edge.  A read in the edge's own time step
+        is not kept: a timer of some other task (a progress report, a watchdog) may run
+        there before the step's evaluation and see the previous cycle."""
         rise = t - (t - lat.rise_steps) % lat.period_steps
+        if rise == t:
+            return _get(self._cycle)
         if rise != self._now_rise:
             self._now_rise, self._now_cycle = rise, _get(self._cycle)
         return self._now_cycle
