@@ -180,22 +180,29 @@ class Recorder:
 RECORDER: Recorder | None = None
 
 
-@functools.cache
-def _port(handle) -> tuple:
-    """(simulator object, width) of a port handle, looked up once per handle."""
-    return handle._handle, len(handle)
+class _Port:
+    """A port's simulator object, width and name, looked up once (a cocotb handle's
+    ``len()`` and hashing are Python calls; these run for every beat and device call)."""
+
+    __slots__ = ("_name", "raw", "width")
+
+    def __init__(self, handle) -> None:
+        self.raw, self.width, self._name = handle._handle, len(handle), handle._name
 
 
-def _get(handle) -> int:
+def _get(port) -> int:
     """A port's value as an unsigned int (the raw simulator read; ``.value`` builds a
-    ``LogicArray`` first, several times slower, and this runs once per device call)."""
-    raw, width = _port(handle)
+    ``LogicArray`` first, several times slower, and this runs once per device call).
+    ``port``: a :class:`_Port` or a cocotb handle."""
+    if port.__class__ is not _Port:
+        port = _Port(port)
+    raw, width = port.raw, port.width
     if width <= 32:
         value = raw.get_signal_val_long() & ((1 << width) - 1)  # (a C long: signed)
     else:
         value = int(raw.get_signal_val_binstr(), 2)
     if RECORDER is not None:
-        RECORDER.add(handle, 1, value)
+        RECORDER.add(port, 1, value)
     return value
 
 
@@ -203,16 +210,18 @@ def _get(handle) -> int:
 _NO_DELAY = 3
 
 
-def _put(handle, value: int) -> None:
+def _put(port, value: int) -> None:
     """Deposit ``value`` on an input port now, as ``handle.value = Immediate(value)`` does
-    but straight through the simulator object (this runs for every beat and debug word)."""
-    raw, width = _port(handle)
-    if width <= 32:
-        raw.set_signal_val_int(_NO_DELAY, value)
+    but straight through the simulator object (this runs for every beat and debug word).
+    ``port``: a :class:`_Port` or a cocotb handle."""
+    if port.__class__ is not _Port:
+        port = _Port(port)
+    if port.width <= 32:
+        port.raw.set_signal_val_int(_NO_DELAY, value)
     else:
-        raw.set_signal_val_binstr(_NO_DELAY, format(value, f"0{width}b"))
+        port.raw.set_signal_val_binstr(_NO_DELAY, format(value, f"0{port.width}b"))
     if RECORDER is not None:
-        RECORDER.add(handle, 0, value)
+        RECORDER.add(port, 0, value)
 
 
 def _at(delay_steps: int, func, *args) -> None:
@@ -299,13 +308,14 @@ class RtlDevice:
         if latency is not None:
             latency.check(hw)
         self._ext = None  # cocotbext-axi bus models, once asked for (see the module docstring)
-        self._cycle = getattr(dut, prefix + "cycle")
+        self._cycle = _Port(getattr(dut, prefix + "cycle"))
         self._irq = getattr(dut, prefix + "irq")
+        self._irq_port = _Port(self._irq)
         self._dbg_addr = getattr(dut, prefix + "dbg_addr", None)
         self._dbg_data = getattr(dut, prefix + "dbg_data", None)
         self._dbg_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)
         self._p = {
-            name: getattr(dut, f"{prefix}{name}")
+            name: _Port(getattr(dut, f"{prefix}{name}"))
             for name in (
                 "s_axil_awaddr", "s_axil_awvalid", "s_axil_wdata", "s_axil_wstrb",
                 "s_axil_wvalid", "s_axil_bvalid", "s_axil_bready", "s_axil_araddr",
@@ -688,7 +698,7 @@ class RtlDevice:
             )
         self.calls["wait_irq"] += 1
         await self.settle()
-        if _get(self._irq):
+        if _get(self._irq_port):
             return await self.read32(_IRQ_STATUS) & mask
         await RisingEdge(self._irq)
         if self._ext is None:
