@@ -49,11 +49,11 @@ from gradsync.spec import regmap as rm
 from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointFormat
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
 from gradsync.spec.link import (
-    LINK_BYTES_PER_CYCLE,
     NIC_CREDITS,
     NIC_WINDOW_PACKETS,
     PACKET_CRC_BYTES,
     PACKET_HEADER_BYTES,
+    link_bytes_allowed,
     nic_timeouts,
 )
 
@@ -66,7 +66,7 @@ from .compute_node import (
 from .csr import LINK_CURRENT, CsrBlock, axil_signature
 from .dma import DmaEngine
 from .events import ErrorEvent
-from .link import LATENCY_BITS, AckMessage, LinkBeat, word_period_log2
+from .link import LATENCY_BITS, AckMessage, bandwidth_bits, link_beat, word_period_log2
 from .nic import NicRx, NicTx
 from .sram import DeviceMemory, device_addr_bits
 
@@ -122,15 +122,17 @@ NIC_COUNTER_SOURCES = {
 }
 
 
-def link_ports() -> dict:
-    """A node's link side: beats out and in, acks both ways, the transmit link's current
-    bandwidth and latency (``LINK_SET``), and its NIC counters."""
+def link_ports(width_bytes: int = 4) -> dict:
+    """A node's link side: beats out and in (``hw.link.link_beat(width_bytes)``), acks both
+    ways, the transmit link's current bandwidth and latency (``LINK_SET``), and its NIC
+    counters."""
+    beat = link_beat(width_bytes)
     ports = {
-        "link_bytes_per_cycle": Out(3),
+        "link_bytes_per_cycle": Out(bandwidth_bits(width_bytes)),
         "link_latency": Out(LATENCY_BITS),
-        "tx": Out(stream.Signature(LinkBeat)),
+        "tx": Out(stream.Signature(beat)),
         "tx_ack": In(stream.Signature(AckMessage, always_ready=True)),
-        "rx": In(stream.Signature(LinkBeat, always_ready=True)),
+        "rx": In(stream.Signature(beat, always_ready=True)),
         "rx_ack": Out(stream.Signature(AckMessage, always_ready=True)),
     }
     ports.update({name: Out(32) for name in NODE_COUNTERS})
@@ -191,12 +193,15 @@ class LinkSetting(wiring.Component):
         self.max_payload_words = lim.field("max_payload_words").get(limits)
         self.max_latency = lim.field("max_latency").get(limits)
         self.framing_words = (PACKET_HEADER_BYTES + PACKET_CRC_BYTES) // 4
+        self.width_bytes = hw.link_width_bytes
         super().__init__(
             {
                 "set_we": In(1),
                 "set_data": In(32),
                 "doorbell": In(1),
-                "bytes_per_cycle": Out(3, init=hw.link_bytes_per_cycle),
+                "bytes_per_cycle": Out(
+                    bandwidth_bits(hw.link_width_bytes), init=hw.link_bytes_per_cycle
+                ),
                 "payload_words": Out(8, init=hw.max_payload_bytes // 4),
                 "latency": Out(LATENCY_BITS, init=hw.link_latency_cycles),
                 "timeout": Out(16),
@@ -218,7 +223,7 @@ class LinkSetting(wiring.Component):
             m.d.sync += locked.eq(1)
         bad = Signal(3)  # per field, in link_set_refusal's order
         m.d.comb += [
-            bad[0].eq(~sum(bpc == w for w in LINK_BYTES_PER_CYCLE).bool()),
+            bad[0].eq(~sum(bpc == w for w in link_bytes_allowed(self.width_bytes)).bool()),
             bad[1].eq((pw == 0) | (pw > self.max_payload_words)),
             bad[2].eq(lat > self.max_latency),
         ]
@@ -240,13 +245,16 @@ class LinkSetting(wiring.Component):
                 ]
         m.d.comb += [e.engine.eq(rm.Engine.HOST), e.info.eq(v)]
 
-        # nic_timeouts: rtt = 2 latency + (framing + payload words) * 4 / width + 16
+        # nic_timeouts: rtt = 2 latency + (framing + payload words) * 4 // width + 16
         shift = word_period_log2(self.bytes_per_cycle)
         rtt = Signal(16)
         words = Signal(9)
+        serial = words << shift
+        if self.width_bytes == 8:  # at 8 bytes/cycle: half the words, rounded down
+            serial = Mux(self.bytes_per_cycle == 8, words >> 1, serial)
         m.d.comb += [
             words.eq(self.framing_words + self.payload_words),
-            rtt.eq((self.latency << 1) + (words << shift) + 16),
+            rtt.eq((self.latency << 1) + serial + 16),
             self.holdoff.eq(rtt),
             self.timeout.eq((rtt << 1) + 64),
         ]
@@ -367,7 +375,7 @@ class Node(wiring.Component):
                 "dbg_data": Out(fmt.total_bits),
             }
         )
-        ports.update(link_ports())
+        ports.update(link_ports(hw.link_width_bytes))
         if not compute:
             ports["compute_done"] = In(32)
         super().__init__(ports)
