@@ -389,7 +389,14 @@ class Node(wiring.Component):
         bf16 = isinstance(fmt, BFloat16Format)
         # bf16 builds: a second 32-bit port each for the DMA source, the receiver's read
         # and its write (two fp32 elements per payload word, docs/numerics.md)
-        comm_ports32 = 2 if bf16 else 1
+        # and width-8 links: two payload words per cycle from the source and into memory
+        wide = hw.link_width_bytes == 8
+        if bf16 and wide:
+            raise ValueError(
+                "link_width_bytes must be 4 on a bf16 device (its second ports carry bf16 "
+                "elements), not 8"
+            )
+        comm_ports32 = 2 if bf16 or wide else 1
         ring_words = 1 << ceil_log2(Q * hw.ring_entries * rm.DESCRIPTOR_WORDS)
         ring_valid = Q * hw.ring_entries * rm.DESCRIPTOR_WORDS
         consts = constant_registers(hw, fmt, self.node_id, self.num_nodes)
@@ -437,6 +444,7 @@ class Node(wiring.Component):
             src_regions=regions,
             host_lanes=WIDE_PER_BEAT,
             bf16=bf16,
+            **({"link_width_bytes": 8} if wide else {}),
         )
         tx = NicTx(
             max_payload_words=max_pw,
@@ -444,6 +452,7 @@ class Node(wiring.Component):
             credits=self.credits,
             timeout_cycles=timeout,
             seq_start=self.seq_start,
+            **({"width_bytes": 8} if wide else {}),
         )
         rx = NicRx(
             max_payload_words=max_pw,
@@ -455,6 +464,7 @@ class Node(wiring.Component):
             fp32=bf16,
             nak_holdoff_cycles=holdoff,
             seq_start=self.seq_start,
+            **({"width_bytes": 8} if wide else {}),
         )
         trace_writes = [dma.trace[0], dma.trace[1], rx.trace, bulk.trace[0], bulk.trace[1]]
         errors = [dma.error[0], dma.error[1], rx.error, link.error]
@@ -578,17 +588,17 @@ class Node(wiring.Component):
         # DMA source: always reading, the address held while back-pressured (as its SRAM
         # port); a bf16 build reads the next word too (BF16 descriptors).
         read32(dma.src_region[0], dma.src_addr, dma.src_data)
-        if rx.fp32:
+        if rx.two_ports:  # (and a width-8 link's second payload word)
             read32(dma.src_region[0], dma.src1_addr, dma.src1_data)
 
         # Receiver: 32-bit words of its regions, region 0 the scratchpad (bank 0), 1 the
         # gradient SRAM (bank 1); it writes only ranges it checked to lie inside one.  A
         # bf16 build's second ports carry a bf16 packet's odd elements (the word after).
         read32(rx.mem_rd_region, rx.mem_rd_addr, rx.mem_rd_data)
-        if rx.fp32:
+        if rx.two_ports:
             read32(rx.mem_rd_region, rx.mem_rd1_addr, rx.mem_rd1_data)
         write32(rx.mem_wr_region, rx.mem_wr_addr, rx.mem_wr_data, rx.mem_wr_en)
-        if rx.fp32:
+        if rx.two_ports:
             write32(rx.mem_wr_region, rx.mem_wr1_addr, rx.mem_wr1_data, rx.mem_wr1_en)
         m.d.comb += [mem.dbg_addr.eq(self.dbg_addr), self.dbg_data.eq(mem.dbg_data)]
 
@@ -659,6 +669,7 @@ class Node(wiring.Component):
             link.doorbell.eq(Cat(*doorbells).any()),
             dma.run_payload_words.eq(link.payload_words),
             dma.run_bytes_per_cycle.eq(link.bytes_per_cycle),
+            *([tx.run_pair.eq(link.bytes_per_cycle == 8)] if tx.width_bytes == 8 else []),
             tx.run_timeout.eq(link.timeout),
             rx.run_nak_holdoff.eq(link.holdoff),
             rx.run_payload_words.eq(link.payload_words),
@@ -667,11 +678,16 @@ class Node(wiring.Component):
             csr.port("ro", "LINK_INFO").eq(
                 link.bytes_per_cycle << info.field("bytes_per_cycle").lsb
                 | PACKET_HEADER_BYTES << info.field("header_bytes").lsb
-                | PACKET_CRC_BYTES << info.field("crc_bytes").lsb
+                | (PACKET_CRC_BYTES << info.field("crc_bytes").lsb | self._width8_info(info))
             ),
             csr.port("ro", "LINK_LATENCY").eq(link.latency),
             csr.port("ro", "LINK_MAX_PAYLOAD").eq(link.payload_words << 2),
         ]
+
+    def _width8_info(self, info):
+        """``LINK_INFO.width8`` of a width-8 build (a constant 0 adds nothing to the
+        Verilog of a default build)."""
+        return (1 << info.field("width8").lsb) if self.hw.link_width_bytes == 8 else 0
 
     def _connect_host_ports(self, m, csr, bulk):
         """IRQ, cycle counter, AXI4-Lite (CSR block) and AXI4-Stream (bulk port) straight through."""

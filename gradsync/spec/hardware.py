@@ -166,6 +166,7 @@ def constant_registers(
             bytes_per_cycle=hw.link_bytes_per_cycle,
             header_bytes=hw.packet_header_bytes,
             crc_bytes=hw.packet_crc_bytes,
+            width8=int(hw.link_width_bytes == 8),
         ),
         "LINK_LATENCY": hw.link_latency_cycles,
         "LINK_MAX_PAYLOAD": hw.max_payload_bytes,

@@ -83,6 +83,11 @@ class LinkConfig:
         )
 
 
+def link_width_from_info(link_info: int) -> int:
+    """The build's link width in bytes (4 or 8) from a ``LINK_INFO`` value (its ``width8``)."""
+    return 8 if rm.reg("LINK_INFO").field("width8").get(link_info) else 4
+
+
 def link_set_value(link: LinkConfig) -> int:
     """The ``LINK_SET`` register value that sets ``link`` (bytes per cycle, payload, latency)."""
     r = rm.reg("LINK_SET")
