@@ -366,8 +366,8 @@ class NicTx(wiring.Component):
 
         def fold(base):
             """The CRC register after this beat's data words (``hi`` only if it is data)."""
-            one = crc32_step(base, lo)
-            return Mux(two & ~link.last, crc32_step(one, hi), one)
+            one = crc32_step(m, base, lo, "crc_lo")
+            return Mux(two & ~link.last, crc32_step(m, one, hi, "crc_hi"), one)
 
         def new_done():
             m.d.sync += [
@@ -406,7 +406,11 @@ class NicTx(wiring.Component):
                 m.d.comb += [
                     self.link.valid.eq(self.pkt.valid),
                     lo.eq(self.pkt.p.data),
-                    hi.eq(Mux(merge, crc32_value(crc32_step(creg, lo)), self.pkt.p.data1)),
+                    hi.eq(
+                        Mux(
+                            merge, crc32_value(crc32_step(m, creg, lo, "crc_new")), self.pkt.p.data1
+                        )
+                    ),
                     two.eq(self.pkt.p.two | merge),
                     link.last.eq(merge),
                     self.pkt.ready.eq(self.link.ready),
@@ -452,7 +456,7 @@ class NicTx(wiring.Component):
                     resending.eq(1),
                     self.link.valid.eq(1),
                     lo.eq(rd.data),
-                    hi.eq(Mux(merge, crc32_value(crc32_step(base, lo)), rd1.data)),
+                    hi.eq(Mux(merge, crc32_value(crc32_step(m, base, lo, "crc_re")), rd1.data)),
                     two.eq(pair),
                     link.last.eq(merge),
                     rd.addr.eq(slot_rs * stride + ridx),

@@ -419,7 +419,7 @@ class RxFrontEnd(wiring.Component):
         creg = Signal(32, init=CRC_INIT)
         base = Mux(widx == 0, CRC_INIT, creg)
         data_hi = beat.two & ~beat.last  # the second half is a data word (not the CRC)
-        one = crc32_step(base, beat.data)
+        one = crc32_step(m, base, beat.data, "crc_lo")
         slot = wr_slot * self.stride
         with m.If(self.link.valid & (~beat.last | beat.two)):  # beat.data is a data word
             with m.If(widx < self.stride):
@@ -438,7 +438,7 @@ class RxFrontEnd(wiring.Component):
                 with m.Case(2):
                     m.d.sync += hdr2[wr_slot].eq(beat.data)
         with m.If(self.link.valid & ~beat.last):
-            m.d.sync += creg.eq(Mux(data_hi, crc32_step(one, beat.data1), one))
+            m.d.sync += creg.eq(Mux(data_hi, crc32_step(m, one, beat.data1, "crc_hi"), one))
             m.d.sync += widx.eq(Mux(widx >= 254, 255, widx + 1 + data_hi))
         with m.If(self.link.valid & beat.last):
             m.d.sync += widx.eq(0)

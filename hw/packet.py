@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 
-from amaranth.hdl import Cat, Const, Value
+from amaranth.hdl import Cat, Const, Module, Signal, Value
 from amaranth.lib import crc, data
 
 from gradsync.spec.link import PACKET_CRC_BYTES, PACKET_HEADER_BYTES
@@ -90,16 +90,18 @@ _CRC_COLUMNS = _crc_columns()
 CRC_INIT = 0xFFFF_FFFF
 
 
-def crc32_step(reg, word) -> Value:
-    """The CRC-32 register after one more 32-bit word (combinational): ``crc32_value`` of it is
-    the packet CRC (``crc32()``, zlib's) over every word so far, so a 64-bit transmitter or
-    receiver can fold two words, or a word and the CRC, into one cycle."""
-    x = Value.cast(reg ^ word)
-    bits = []
-    for i in range(32):
-        taps = [x[j] for j in range(32) if _CRC_COLUMNS[j] >> i & 1]
-        bits.append(Cat(*taps).xor())
-    return Cat(*bits)
+def crc32_step(m: Module, reg, word, name: str) -> Signal:
+    """The CRC-32 register after one more 32-bit word (combinational, a Signal named
+    ``name``): ``crc32_value`` of it is the packet CRC (``crc32()``, zlib's) over every word
+    so far, so a 64-bit transmitter or receiver can fold two words, or a word and the CRC,
+    into one cycle.  The input is held in a Signal too, so that the XOR taps slice a wire,
+    not a copy of the expression that computes it."""
+    x = Signal(32, name=f"{name}_in")
+    out = Signal(32, name=name)
+    m.d.comb += x.eq(reg ^ word)
+    bits = [Cat(*(x[j] for j in range(32) if _CRC_COLUMNS[j] >> i & 1)).xor() for i in range(32)]
+    m.d.comb += out.eq(Cat(*bits))
+    return out
 
 
 def crc32_value(reg) -> Value:

@@ -3,7 +3,8 @@
 A cluster of ``link_width_bytes`` 8 (a 64-bit link datapath) runs a 2-step training
 run at 8 and at 1 link bytes per cycle on the same Verilator build (the bandwidth is
 ``LINK_SET``, written at start-up); each equals the golden model (weights, events,
-cycles, losses) and each chunk takes the spec's link time.
+cycles, losses) and each chunk takes the spec's link time.  Then the run at 8 bytes/cycle
+under every packet fault kind equals the model's faulted link layer cycle for cycle.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from gradsync.firmware import data as digits
 from gradsync.firmware.experiment import TrainConfig, build_jobs
+from gradsync.spec.faults import parse_link_faults
 from gradsync.spec.hardware import DEFAULT_HARDWARE, build_config
 
 pytest.importorskip("gradsync.hw.cluster")
@@ -57,3 +59,13 @@ def test_one_width_8_build_runs_8_and_1_bytes_per_cycle_exactly(tmp_path):
         assert rep.loss_mismatches == 0, rep.details
         assert rep.max_cycle_difference == 0, "\n".join(rep.details)
         assert_link_in_trace(res.nodes[0].records, cfg)
+    # faulted at 8 bytes/cycle: go-back-N resends of two-word beats, as the model's LinkLayer
+    cfg = _cfg(*SETTINGS[0])
+    spec = "corrupt=6000,drop=6000,burst=4000,frame=6000,ack-drop=6000,seed=13"
+    faults = parse_link_faults(spec, cfg.nodes)
+    jobs, _ = build_jobs(cfg, digits.load(cfg.seed))
+    res = run_rtl(cfg, jobs, work_dir=tmp_path / "faulted", progress=False,
+                  max_cycles=3_000_000, link_faults=faults)  # fmt: skip
+    rep = check_run(cfg, res, link_faults=faults)
+    assert rep.weight_mismatches == 0 and rep.event_mismatches == 0, rep.details
+    assert rep.records > 100 and rep.cycle_differences == 0, "\n".join(rep.details)
