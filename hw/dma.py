@@ -614,7 +614,14 @@ class PacketStreamer(wiring.Component):
                             raddr.eq(raddr + mem_bytes),
                         ]
                         with m.If(rem[2:] == pw):
-                            m.next = "WAIT_CRC"
+                            if self.width_bytes == 8:
+                                # 8 bytes/cycle: the CRC may leave beside this last word
+                                with m.If(self.crc_sent):
+                                    m.next = "WRITEBACK"
+                                with m.Else():
+                                    m.next = "WAIT_CRC"
+                            else:
+                                m.next = "WAIT_CRC"
             with m.State("WAIT_CRC"), m.If(self.crc_sent):
                 with m.If(self.run_word_period > 1):
                     m.d.sync += hold.eq(self.run_word_period - 2)

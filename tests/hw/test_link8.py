@@ -186,7 +186,9 @@ HW8 = dataclasses.replace(COMM_HW, link_width_bytes=8)
 DST = GB + 0x400  # node 1's window; its local gradients (SRC) sit at GB
 TAG = rm.encode_tag(3, 2, 5)
 WINDOW = 2
-LENGTH = 204  # 5 packets of 40 bytes and one of 4 (max payload 40)
+#: 4 packets of 44 bytes (14 words: the CRC in a beat of its own at 8 bytes/cycle) and one
+#: of 24 (9 words: the CRC beside the last payload word, the chunk's end in that beat)
+LENGTH = 200
 
 
 def _operands(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -241,7 +243,7 @@ FAULTS = {"drop_rate": 8000, "corrupt_rate": 8000, "frame_rate": 12000, "ack_dro
 
 
 def _link(bpc: int) -> LinkConfig:
-    return LinkConfig(bpc, 7, 40)
+    return LinkConfig(bpc, 7, 44)
 
 
 async def _exchange_on(ctx, dut, link: LinkConfig, sent, local, flags) -> dict:
@@ -313,6 +315,15 @@ def rtl_runs() -> dict:
             names = ("l0_dropped", "l0_corrupted", "l0_framed", "l0_acks_dropped")
             runs[key].update({n: ctx.get(getattr(dut, n)) for n in names})
             runs[key]["retransmits"] = ctx.get(dut.n0_tx_retransmits)
+        for control in FAULTS:
+            ctx.set(getattr(dut, f"l0_{control}"), 0)
+        ctx.set(cd.rst, 1)
+        await ctx.tick()
+        ctx.set(cd.rst, 0)
+        try:
+            runs["both"] = await _both_on(ctx, dut)
+        except AssertionError as exc:
+            runs["both"] = {"failed": repr(exc)}
 
     sim = Simulator(top)
     sim.add_clock(1e-8, domain="sync")
@@ -387,7 +398,7 @@ def _fields(link: LinkConfig) -> dict:
 
 @pytest.mark.parametrize("bpc, flags", SETTINGS)
 def test_one_width8_build_equals_the_model_at_every_bandwidth(rtl_runs, bpc, flags):
-    """A 204-byte chunk in packets of 40 bytes (and one of 4) from node 0 into node 1's
+    """A 200-byte chunk in packets of 44 bytes (and one of 24) from node 0 into node 1's
     window, the link set at run time to ``bpc`` on the same width-8 build: memory equals
     NumPy's reference and the golden model's; every DMA/NIC_TX/NIC_RX trace cycle equals the
     model's; the link beats carry two words at 8 bytes/cycle with a correct CRC per packet."""
@@ -453,3 +464,130 @@ def test_the_folded_crc_is_zlibs_crc32_over_the_words():
     sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
+
+
+# ------------------------------------- both directions at once, two chunks back to back each
+
+#: Each node sends two 200-byte chunks (reduce-add, then a plain write) from GB + 0x200 into
+#: the other's windows 2 and 3 at GB + 0x400 / GB + 0x600, over its local gradients at GB.
+BOTH_SRC, BOTH_DST = GB + 0x200, (GB + 0x400, GB + 0x600)
+BOTH_FLAGS = (int(rm.DescFlag.REDUCE_ADD), 0)
+
+
+def _both_descriptors(node: int) -> list[rm.Descriptor]:
+    return [
+        rm.Descriptor(src_addr=BOTH_SRC + LENGTH * i, length=LENGTH, peer=1 - node,
+                      remote_addr=BOTH_DST[i], window=2 + i, tag=TAG + i, flags=BOTH_FLAGS[i])
+        for i in range(2)
+    ]  # fmt: skip
+
+
+def _both_data(node: int) -> tuple[np.ndarray, np.ndarray]:
+    """(two chunks to send, local gradients) of ``node``: 200 operands each."""
+    sent, local = _operands(seed=40 + node)
+    more, local2 = _operands(seed=50 + node)
+    return np.concatenate([sent, more]), np.concatenate([local, local2])
+
+
+def _both_want(receiver: int) -> list[np.ndarray]:
+    """What ``receiver``'s windows hold afterwards: the sum into window 2, the copy in 3."""
+    sent, _ = _both_data(1 - receiver)
+    _, local = _both_data(receiver)
+    n = LENGTH // 2
+    return [_saturating_sum(local[:n], sent[:n]), sent[n:]]
+
+
+def _directions(traces) -> list[tuple]:
+    """Per sending node: its DMA/NIC_TX records and its peer's NIC_RX records, cycles
+    relative to the sender's first grant (the directions share no timing but the links')."""
+    out = []
+    for src in (0, 1):
+        tx, rx = traces[src], traces[1 - src]
+        t0 = min(r.cycle for r in tx if r.engine == rm.Engine.DMA_LO and r.event == 0)
+        mine = [r for r in tx if r.engine in (rm.Engine.DMA_LO, rm.Engine.NIC_TX)]
+        theirs = [r for r in rx if r.engine == rm.Engine.NIC_RX]
+        out += sorted((src, r.cycle - t0, int(r.engine), int(r.event), r.aux)
+                      for r in mine + theirs)  # fmt: skip
+    return out
+
+
+async def _both_on(ctx, dut) -> dict:
+    h = Host(ctx, dut)
+    for n in (0, 1):
+        await h.write(n, rm.offset("CONTROL"), 1)
+        await h.write(n, rm.offset("LINK_SET"), link_set_value(_link(8)))
+        send, local = _both_data(n)
+        await h.load(n, BOTH_SRC, _words(send))
+        await h.load(n, GB, _words(local))
+        for i in range(2):
+            await h.window(n, 2 + i, BOTH_DST[i], GB + LENGTH * i, LENGTH, TAG + i)
+    for n in (0, 1):
+        q = rm.RING_MEM_BASE + 0x100
+        for name, value in (("RING_BASE", q), ("RING_SIZE", 8), ("WIN_BASE", GB),
+                            ("WIN_LEN", 0x800)):  # fmt: skip
+            await h.write(n, rm.dma_reg(1, name), value)
+        for i, d in enumerate(_both_descriptors(n)):
+            await h.load(n, q + 32 * i, d.encode())
+    for n in (0, 1):
+        await h.write(n, rm.dma_reg(1, "DOORBELL"), 2)
+    for _ in range(60):
+        for _ in range(20):
+            await ctx.tick()
+        if all([await h.read(n, rm.dma_reg(1, "DONE")) == 2 for n in (0, 1)]):
+            break
+    for _ in range(80):
+        await ctx.tick()
+    out = {"errors": [await h.read(n, rm.offset("ERR_COUNT")) for n in (0, 1)]}
+    out["timeline"] = _directions([await h.trace(0), await h.trace(1)])
+    out["data"] = [
+        [np.array(await h.dump(n, BOTH_DST[i], LENGTH // 4), np.uint32).view("<i2")
+         for i in range(2)]
+        for n in (0, 1)
+    ]  # fmt: skip
+    return out
+
+
+def _both_model() -> dict:
+    async def prog(dev):
+        n = dev.node_id
+        await dev.write32(rm.offset("CONTROL"), 1)
+        await dev.write32(rm.offset("LINK_SET"), link_set_value(_link(8)))
+        send, local = _both_data(n)
+        await dev.load(BOTH_SRC, send)
+        await dev.load(GB, local)
+        for i in range(2):
+            regs = (("DST", BOTH_DST[i]), ("SRC", GB + LENGTH * i), ("LEN", LENGTH),
+                    ("TAG", TAG + i), ("CTRL", 1))  # fmt: skip
+            for name, v in regs:
+                await dev.write32(rm.rx_window_reg(2 + i, name), v)
+        q = rm.RING_MEM_BASE + 0x100
+        for name, value in (("RING_BASE", q), ("RING_SIZE", 8), ("WIN_BASE", GB),
+                            ("WIN_LEN", 0x800)):  # fmt: skip
+            await dev.write32(rm.dma_reg(1, name), value)
+        for i, d in enumerate(_both_descriptors(n)):
+            await dev.load(q + 32 * i, np.array(d.encode()))
+        await dev.write32(rm.dma_reg(1, "DOORBELL"), 2)
+
+    cl = ModelCluster(2, HW8, FMT)
+    cl.run([prog, prog])
+    n = LENGTH // 2
+    data = [
+        [np.asarray(d.grad[(a - GB) // 2 : (a - GB) // 2 + n], np.int16) for a in BOTH_DST]
+        for d in cl.devices
+    ]
+    return {"timeline": _directions([d.trace for d in cl.devices]), "data": data}
+
+
+def test_both_directions_two_chunks_each_at_8_equal_the_model(rtl_runs):
+    """Both nodes send two chunks back to back at once (a reduce-add and a plain write, the
+    second granted as the first completes): memory is NumPy's, every DMA/NIC trace cycle
+    of each direction is the model's."""
+    rtl, ref = rtl_runs["both"], _both_model()
+    assert "failed" not in rtl, rtl
+    assert rtl["errors"] == [0, 0]
+    for n in (0, 1):
+        for got, model, want in zip(rtl["data"][n], ref["data"][n], _both_want(n), strict=True):
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(model, want)
+    assert rtl["timeline"] == ref["timeline"]
+    assert len([t for t in rtl["timeline"] if t[2] == rm.Engine.NIC_RX]) == 2 * 2 * 5
