@@ -442,9 +442,18 @@ class PacketStreamer(wiring.Component):
     word_period:
         Cycles the link needs per 32-bit word (``4 / link_bytes_per_cycle``): the
         reset value of ``run_word_period``.
+    width_bytes:
+        The link datapath (4, or 8: ``pkt`` carries ``packet.TxBeat``).  With
+        ``run_pair`` (the link at 8 bytes/cycle) a beat holds the packet's words
+        ``wi`` and ``wi + 1`` -- (H0, H1), (H2, p0), (p1, p2), ... -- the payload words
+        from ``src_data`` and ``src1_data`` (the word after), the last beat one word
+        if the packet's ``3 + pw`` are odd; a chunk whose CRC leaves beside its last
+        word (``crc_sent`` in that beat's cycle) is written back in the next cycle.
 
     Attributes
     ----------
+    run_pair : In(1) (width 8 only)
+        The link runs at 8 bytes/cycle: two words a beat.
     run_payload_words : In(8), run_word_period : In(3)
         The current maximum payload (words, 1 .. ``max_payload_bytes / 4``) and word
         period (1, 2 or 4); undriven: the parameters.
@@ -452,8 +461,8 @@ class PacketStreamer(wiring.Component):
     compute_done : In(32), cycle : In(48)
     src_addr, src_region : Out, src_data : In(32)
     src1_addr : Out, src1_data : In(32)
-    pkt : Out(stream of TxWord), crc_sent : In(1)
-        As on :class:`DmaEngine` (``src1_*`` only with ``bf16``).
+    pkt : Out(stream of TxWord, or TxBeat at width 8), crc_sent : In(1)
+        As on :class:`DmaEngine` (``src1_*`` only with ``bf16`` or width 8).
     status, done_cycle : In(WritePort.Signature)
         Write ports of the ring memory for the STATUS and DONE_CYCLE words.
     retire : Out(stream.Signature(retire_layout, always_ready=True))
@@ -732,6 +741,11 @@ class DmaEngine(wiring.Component):
         a source range not inside one of them is refused as out of window.
         The read port addresses 32-bit words ``(addr - base) >> 2`` of the
         region, with ``src_region`` its index.
+    link_width_bytes:
+        The link datapath (``HardwareConfig.link_width_bytes``): 4, or 8 (not with
+        ``bf16``): ``pkt`` carries beats of two words at 8 bytes/cycle
+        (``PacketStreamer``'s ``width_bytes``), the payload read through ``src_*``
+        and ``src1_*``; ``run_bytes_per_cycle`` is then 4 bits wide.
     bf16:
         A bf16 build (``BFloat16Format``): a descriptor may carry ``DescFlag.BF16``
         (its LENGTH a multiple of ``BF16_LENGTH_ALIGN_BYTES``, ``MISALIGNED``
@@ -774,9 +788,10 @@ class DmaEngine(wiring.Component):
         Source read port: word address and region index out, data in one
         cycle later.  Held while back-pressured, so data stays valid.
     src1_addr, src1_data
-        Only with ``bf16``: a second source read port at ``src_addr + 1`` (same
-        region), the element after, for ``BF16`` descriptors.
-    pkt : Out(stream of TxWord)
+        Only with ``bf16`` or ``link_width_bytes`` 8: a second source read port at
+        ``src_addr + 1`` (same region), the element after, for ``BF16`` descriptors or
+        the second payload word of a beat.
+    pkt : Out(stream of TxWord, TxBeat at width 8)
         Packets to the NIC transmitter (H0 carries sequence 0).
     crc_sent : In(1)
         From the transmitter: a new packet's CRC word left; ends the chunk.

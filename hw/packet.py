@@ -15,6 +15,10 @@ Packet format (32-bit words, little-endian fields)::
     payload words (each holds 32 / operand_bits operands, lowest address in the low bits;
                    with bf16 set, two bf16 gradients widened to fp32 at the receiver)
     CRC-32 (Ethernet polynomial) over H0..payload
+
+On a 64-bit link (``link_width_bytes`` 8) at 8 bytes/cycle the same words travel two per
+beat (:data:`TxBeat`, ``hw.link.LinkBeat2``); the transmitter and receiver fold the CRC
+register over two words a cycle with :func:`crc32_step`, the same CRC.
 """
 
 from __future__ import annotations
