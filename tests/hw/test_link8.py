@@ -175,6 +175,7 @@ import zlib  # noqa: E402
 
 from gradsync.hw.cluster import Cluster  # noqa: E402
 from gradsync.model.cluster import Cluster as ModelCluster  # noqa: E402
+from gradsync.spec import link as lk  # noqa: E402
 from gradsync.spec import regmap as rm  # noqa: E402
 from gradsync.spec import timing as tm  # noqa: E402
 from gradsync.spec.link import LinkConfig, link_set_value, packet_cycles, packet_payloads  # noqa: E402
@@ -591,3 +592,52 @@ def test_both_directions_two_chunks_each_at_8_equal_the_model(rtl_runs):
             np.testing.assert_array_equal(model, want)
     assert rtl["timeline"] == ref["timeline"]
     assert len([t for t in rtl["timeline"] if t[2] == rm.Engine.NIC_RX]) == 2 * 2 * 5
+
+
+# ------------------------------------------------------------- LINK_SET at the RTL's LinkSetting
+
+
+@pytest.mark.parametrize("width", [4, 8])
+def test_link_set_refuses_8_on_a_width_4_build_as_the_spec_says(width):
+    """``hw.node.LinkSetting``: LINK_SET values of every bandwidth 0..15 (and bad payloads and
+    latencies) are refused or taken exactly as ``spec.link.link_set_refusal`` says for the
+    build's width -- 8 bytes/cycle refused (LINK_SET_BAD, index 0) on width 4 only -- and an
+    accepted one sets the outputs and the NIC timeouts of ``spec.link.nic_timeouts``."""
+    from gradsync.hw.node import LinkSetting
+    from gradsync.spec.hardware import constant_registers
+    from gradsync.spec.link import link_set_refusal, nic_timeouts
+
+    hw = dataclasses.replace(COMM_HW, link_width_bytes=width)
+    limits = constant_registers(hw, FMT)["LINK_LIMITS"]
+    dut = LinkSetting(hw, limits)
+    r = rm.reg("LINK_SET")
+    values = [r.pack(bytes_per_cycle=b, payload_words=16, latency=30) for b in range(16)]
+    values += [r.pack(bytes_per_cycle=8, payload_words=p, latency=5) for p in (0, 1, 128, 129)]
+    values += [r.pack(bytes_per_cycle=8, payload_words=64, latency=lat) for lat in (1023, 1024)]
+    seen = []
+
+    async def bench(ctx):
+        for v in values:
+            ctx.set(dut.set_data, v)
+            ctx.set(dut.set_we, 1)
+            valid, code, index = (ctx.get(dut.error.valid), ctx.get(dut.error.code),
+                                  ctx.get(dut.error.index))  # fmt: skip
+            await ctx.tick()
+            ctx.set(dut.set_we, 0)
+            now = (ctx.get(dut.bytes_per_cycle), ctx.get(dut.timeout), ctx.get(dut.holdoff))
+            seen.append(((code, index) if valid else None, now))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    for v, (refused, (bpc, timeout, holdoff)) in zip(values, seen, strict=True):
+        want = link_set_refusal(v, limits, width)
+        assert refused == (None if want is None else (int(want[0]), want[1])), hex(v)
+        if want is None:
+            link = lk.link_from_set_value(v)
+            assert (bpc, timeout, holdoff) == (link.bytes_per_cycle, *nic_timeouts(link))
+    eights = [
+        s for v, s in zip(values, seen, strict=True) if r.field("bytes_per_cycle").get(v) == 8
+    ]
+    assert (eights[0][0] is None) == (width == 8)
