@@ -867,9 +867,9 @@ class DmaEngine(wiring.Component):
         self.ring_entries = ring_entries
         self.max_payload_bytes = max_payload_bytes
         if link_bytes_per_cycle not in (1, 2, 4, 8)[: 3 if link_width_bytes == 4 else 4]:
+            allowed = "1, 2 or 4" if link_width_bytes == 4 else "1, 2, 4 or 8"
             raise ValueError(
-                f"link_bytes_per_cycle must be 1, 2 or 4 (8 with link_width_bytes 8), "
-                f"not {link_bytes_per_cycle!r}"
+                f"link_bytes_per_cycle must be {allowed}, not {link_bytes_per_cycle!r}"
             )
         self.word_period = max(1, 4 // link_bytes_per_cycle)
         self.src_regions = tuple(src_regions)
