@@ -14,7 +14,12 @@ import numpy as np
 from gradsync.firmware.device import Device
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import BFloat16Format, FixedPointFormat, format_from_register
-from gradsync.spec.link import LinkConfig, link_set_refusal, link_set_value
+from gradsync.spec.link import (
+    LinkConfig,
+    link_set_refusal,
+    link_set_value,
+    link_width_from_info,
+)
 
 IRQ_ENABLED = rm.Irq.COMPUTE | rm.Irq.DMA_Q0 | rm.Irq.DMA_Q1 | rm.Irq.RX | rm.Irq.ERROR
 
@@ -36,6 +41,8 @@ class DeviceInfo:
     cmd_fifo_depth: int
     link: LinkConfig
     trace_depth: int
+    #: the build's link datapath (LINK_INFO width8): 8 bytes/cycle needs 8
+    link_width_bytes: int = 4
 
 
 _E = rm.ErrorCode
@@ -192,11 +199,12 @@ class Driver:
             rx_windows=q.field("rx_windows").get(queues),
             cmd_fifo_depth=q.field("cmd_fifo_depth").get(queues),
             link=LinkConfig.from_registers(
-                await self.read("LINK_INFO"),
+                await self._read_link_info(),
                 await self.read("LINK_LATENCY"),
                 await self.read("LINK_MAX_PAYLOAD"),
             ),
             trace_depth=await self.read("TRACE_DEPTH"),
+            link_width_bytes=self._link_width_bytes,  # from the LINK_INFO read above
         )
         self.ring_size = self.info.ring_entries
         for qi in range(rm.DMA_QUEUES):
@@ -210,13 +218,20 @@ class Driver:
         await self.write("IRQ_MASK", self.irq_enabled)
         return self.info
 
+    async def _read_link_info(self) -> int:
+        """``LINK_INFO``, remembering the build's link width it reports (``width8``)."""
+        value = await self.read("LINK_INFO")
+        self._link_width_bytes = link_width_from_info(value)
+        return value
+
     async def set_link(self, link: LinkConfig) -> DeviceInfo:
         """Set this node's transmit link and NIC to ``link`` (``LINK_SET``): bytes per cycle,
         latency and maximum payload, within ``LINK_LIMITS``.  Call it after :meth:`init`
         and before the node's first doorbell (the device refuses it later,
         ``LINK_SET_LOCKED``); returns the updated :attr:`info`."""
         value = link_set_value(link)
-        refusal = link_set_refusal(value, await self.read("LINK_LIMITS"))
+        width = self.info.link_width_bytes  # 8 bytes/cycle needs 8
+        refusal = link_set_refusal(value, await self.read("LINK_LIMITS"), width)
         if refusal is not None:
             code, index = refusal
             field = rm.reg("LINK_SET").fields[index]

@@ -146,7 +146,8 @@ def add_config_arguments(
         (
             "--link-bytes-per-cycle",
             "link_bytes_per_cycle",
-            "link bytes per cycle (1, 2 or 4; set at run time, no new build)",
+            "link bytes per cycle (1, 2, 4 or 8; set at run time, no new build; 8 needs a "
+            "build of link width 8 bytes, which it then gets: --link-width-bytes)",
         ),
         (
             "--link-latency-cycles",
@@ -166,6 +167,15 @@ def add_config_arguments(
             metavar="N",
             help=f"{what} (default: the preset's, {getattr(small, field)} on {DEFAULT_PRESET})",
         )
+    hw.add_argument(
+        "--link-width-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the build's link datapath in bytes, 4 or 8 (a 64-bit link that runs at any of "
+        "1, 2, 4, 8 bytes/cycle, so a sweep over them reuses one build; not with --format "
+        f"bf16) (default: 8 with --link-bytes-per-cycle 8, else {small.link_width_bytes})",
+    )
     fmt = d.number_format
     hw.add_argument(
         "--format",
@@ -235,6 +245,7 @@ OPTIONS = {
     "array_rows": "--array",
     "array_cols": "--array",
     "link_bytes_per_cycle": "--link-bytes-per-cycle",
+    "link_width_bytes": "--link-width-bytes",
     "link_latency_cycles": "--link-latency-cycles",
     "max_payload_bytes": "--max-payload-bytes",
     "total_bits": "--total-bits",
@@ -281,6 +292,11 @@ def _config_from_args(args, schedule: str | None = None):
         for name in ("link_bytes_per_cycle", "link_latency_cycles", "max_payload_bytes")
         if getattr(args, name) is not None
     }
+    width = getattr(args, "link_width_bytes", None)
+    if width is None and overrides.get("link_bytes_per_cycle") == 8:
+        width = 8  # 8 bytes/cycle needs the 64-bit link datapath: the build gets it
+    if width is not None:
+        overrides["link_width_bytes"] = width
     if args.array is not None:
         try:
             overrides["array_rows"], overrides["array_cols"] = (
@@ -291,6 +307,13 @@ def _config_from_args(args, schedule: str | None = None):
     name = args.hardware or DEFAULT_PRESET
     hw = preset(name, **overrides)
     fmt = _format_from_args(args)
+    if hw.link_width_bytes == 8 and isinstance(fmt, BFloat16Format):
+        raise LimitError(
+            "link_width_bytes",
+            8,
+            "4 with --format bf16 (the 64-bit link carries fixed-point gradients; "
+            "--link-bytes-per-cycle at most 4)",
+        )
     cfg = TrainConfig(
         nodes=args.nodes,
         schedule=args.schedule if schedule is None else schedule,

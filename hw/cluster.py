@@ -101,7 +101,8 @@ class Cluster(wiring.Component):
         #: The nodes and links (also reachable from Amaranth testbenches).
         self.nodes = [Node(hw, fmt, i, num_nodes, **node_kwargs) for i in range(num_nodes)]
         self.links = [
-            Link(hw.link_latency_cycles, hw.link_bytes_per_cycle) for _ in range(num_nodes)
+            Link(hw.link_latency_cycles, hw.link_bytes_per_cycle, hw.link_width_bytes)
+            for _ in range(num_nodes)
         ]
         #: Node ports each node exposes as ``n{i}_<name>``.
         self.node_ports = HOST_PORTS + NODE_COUNTERS

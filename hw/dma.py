@@ -43,7 +43,7 @@ from amaranth.utils import ceil_log2
 from gradsync.hw.events import ErrorEvent, TraceWrite
 from gradsync.hw.fp import fp32_to_bf16
 from gradsync.hw.link import word_period_log2
-from gradsync.hw.nic import TxWord
+from gradsync.hw.packet import tx_beat
 from gradsync.spec import regmap as rm
 
 #: ``gradsync.spec.regmap`` facts the engine is built from.
@@ -442,9 +442,18 @@ class PacketStreamer(wiring.Component):
     word_period:
         Cycles the link needs per 32-bit word (``4 / link_bytes_per_cycle``): the
         reset value of ``run_word_period``.
+    width_bytes:
+        The link datapath (4, or 8: ``pkt`` carries ``packet.TxBeat``).  With
+        ``run_pair`` (the link at 8 bytes/cycle) a beat holds the packet's words
+        ``wi`` and ``wi + 1`` -- (H0, H1), (H2, p0), (p1, p2), ... -- the payload words
+        from ``src_data`` and ``src1_data`` (the word after), the last beat one word
+        if the packet's ``3 + pw`` are odd; a chunk whose CRC leaves beside its last
+        word (``crc_sent`` in that beat's cycle) is written back in the next cycle.
 
     Attributes
     ----------
+    run_pair : In(1) (width 8 only)
+        The link runs at 8 bytes/cycle: two words a beat.
     run_payload_words : In(8), run_word_period : In(3)
         The current maximum payload (words, 1 .. ``max_payload_bytes / 4``) and word
         period (1, 2 or 4); undriven: the parameters.
@@ -452,8 +461,8 @@ class PacketStreamer(wiring.Component):
     compute_done : In(32), cycle : In(48)
     src_addr, src_region : Out, src_data : In(32)
     src1_addr : Out, src1_data : In(32)
-    pkt : Out(stream of TxWord), crc_sent : In(1)
-        As on :class:`DmaEngine` (``src1_*`` only with ``bf16``).
+    pkt : Out(stream of TxWord, or TxBeat at width 8), crc_sent : In(1)
+        As on :class:`DmaEngine` (``src1_*`` only with ``bf16`` or width 8).
     status, done_cycle : In(WritePort.Signature)
         Write ports of the ring memory for the STATUS and DONE_CYCLE words.
     retire : Out(stream.Signature(retire_layout, always_ready=True))
@@ -471,14 +480,18 @@ class PacketStreamer(wiring.Component):
         max_payload_bytes: int,
         word_period: int,
         bf16: bool = False,
+        width_bytes: int = 4,
     ):
         self.src_regions = tuple(src_regions)
         self.max_payload_bytes = max_payload_bytes
         self.word_period = word_period
         self.bf16 = bf16
+        self.width_bytes = width_bytes
         write_port = WritePort.Signature(addr_width=ring_addr_bits, shape=32)
+        wide = {"run_pair": In(1)} if width_bytes == 8 else {}
         super().__init__(
             {
+                **wide,
                 "run_payload_words": In(8, init=max_payload_bytes // 4),
                 "run_word_period": In(3, init=word_period),
                 "job": In(descriptor_job_signature(queues, ring_addr_bits, len(src_regions))),
@@ -487,7 +500,7 @@ class PacketStreamer(wiring.Component):
                 "src_addr": Out(src_addr_width),
                 "src_region": Out(range(len(src_regions))),
                 "src_data": In(32),
-                "pkt": Out(_stream.Signature(TxWord)),
+                "pkt": Out(_stream.Signature(tx_beat(width_bytes))),
                 "crc_sent": In(1),
                 "status": In(write_port),
                 "done_cycle": In(write_port),
@@ -495,7 +508,7 @@ class PacketStreamer(wiring.Component):
                 "trace": Out(TraceWrite).array(2),
                 "error": Out(ErrorEvent),
                 "tx_cycles": Out(32),
-                **(bf16_source_ports(src_addr_width) if bf16 else {}),
+                **(bf16_source_ports(src_addr_width) if bf16 or width_bytes == 8 else {}),
             }
         )
 
@@ -576,13 +589,22 @@ class PacketStreamer(wiring.Component):
                         m.d.comb += pkt.p.data.eq(raddr)
                     with m.Default():
                         m.d.comb += pkt.p.data.eq(payload_word)
+                if self.width_bytes == 8:
+                    last = self._pair_beat(m, wi, pw, h0, d_tag, raddr, last)
                 fire = go & pkt.ready
                 m.d.comb += [
                     pkt.valid.eq(go),
                     pkt.p.last.eq(last),
                     pkt.p.chunk_end.eq(last & (rem[2:] == pw)),
                 ]
-                with m.If(fire & (wi >= 3)):
+                if self.width_bytes == 8:
+                    # words of the payload this beat takes: p0 with H2, then two (one last)
+                    taken = Mux(wi == 2, 1, Mux(pkt.p.two, 2, 1))
+                    src_step = Mux(self.run_pair, taken, 1)
+                    step_ok = Mux(self.run_pair, wi >= 2, wi >= 3)
+                else:
+                    step_ok = wi >= 3
+                with m.If(fire & step_ok):
                     m.d.comb += self.src_addr.eq(ptr + src_step)
                     m.d.sync += ptr.eq(ptr + src_step)
                 with m.If(fire & (wi == 0) & (rem == wire_len)):
@@ -590,7 +612,10 @@ class PacketStreamer(wiring.Component):
                         tx_trace, self.cycle, ENGINE_NIC_TX, EVENT_START, d_tag, d_len
                     )
                 with m.If(fire):
-                    m.d.sync += wi.eq(wi + 1)
+                    if self.width_bytes == 8:
+                        m.d.sync += wi.eq(wi + 1 + (self.run_pair & pkt.p.two))
+                    else:
+                        m.d.sync += wi.eq(wi + 1)
                     with m.If(last):
                         m.d.sync += [
                             wi.eq(0),
@@ -598,7 +623,14 @@ class PacketStreamer(wiring.Component):
                             raddr.eq(raddr + mem_bytes),
                         ]
                         with m.If(rem[2:] == pw):
-                            m.next = "WAIT_CRC"
+                            if self.width_bytes == 8:
+                                # 8 bytes/cycle: the CRC may leave beside this last word
+                                with m.If(self.crc_sent):
+                                    m.next = "WRITEBACK"
+                                with m.Else():
+                                    m.next = "WAIT_CRC"
+                            else:
+                                m.next = "WAIT_CRC"
             with m.State("WAIT_CRC"), m.If(self.crc_sent):
                 with m.If(self.run_word_period > 1):
                     m.d.sync += hold.eq(self.run_word_period - 2)
@@ -652,6 +684,24 @@ class PacketStreamer(wiring.Component):
         )
         return m
 
+    def _pair_beat(self, m: Module, wi, pw, h0, tag, raddr, last_single):
+        """8 bytes/cycle (``run_pair``): the beat of words ``wi`` and ``wi + 1`` -- (H0, H1),
+        (H2, p0), (p1, p2), ..., the last holding one word if the packet's ``3 + pw`` are odd
+        (the transmitter adds the CRC beside it).  Payload words ``p(k)`` and ``p(k+1)`` come
+        from ``src_data`` and ``src1_data`` (the word after).  Returns the beat's ``last``."""
+        pkt = self.pkt
+        with m.If(self.run_pair):
+            with m.Switch(wi):
+                with m.Case(0):
+                    m.d.comb += pkt.p.data1.eq(tag)
+                with m.Case(2):
+                    m.d.comb += pkt.p.data1.eq(self.src_data)
+                with m.Default():
+                    m.d.comb += pkt.p.data1.eq(self.src1_data)
+            m.d.comb += pkt.p.two.eq(wi + 1 <= 2 + pw)
+        m.d.comb += self.src1_addr.eq(self.src_addr + 1)
+        return Mux(self.run_pair, wi + 1 >= 2 + pw, last_single)
+
     def _count_tx_cycles(self, m: Module, word_taken, first_of_chunk, writeback) -> None:
         """``PERF_TX_CYCLES``: from the chunk's first word on the link to its write-back."""
         sending = Signal()
@@ -691,6 +741,11 @@ class DmaEngine(wiring.Component):
         a source range not inside one of them is refused as out of window.
         The read port addresses 32-bit words ``(addr - base) >> 2`` of the
         region, with ``src_region`` its index.
+    link_width_bytes:
+        The link datapath (``HardwareConfig.link_width_bytes``): 4, or 8 (not with
+        ``bf16``): ``pkt`` carries beats of two words at 8 bytes/cycle
+        (``PacketStreamer``'s ``width_bytes``), the payload read through ``src_*``
+        and ``src1_*``; ``run_bytes_per_cycle`` is then 4 bits wide.
     bf16:
         A bf16 build (``BFloat16Format``): a descriptor may carry ``DescFlag.BF16``
         (its LENGTH a multiple of ``BF16_LENGTH_ALIGN_BYTES``, ``MISALIGNED``
@@ -733,9 +788,10 @@ class DmaEngine(wiring.Component):
         Source read port: word address and region index out, data in one
         cycle later.  Held while back-pressured, so data stays valid.
     src1_addr, src1_data
-        Only with ``bf16``: a second source read port at ``src_addr + 1`` (same
-        region), the element after, for ``BF16`` descriptors.
-    pkt : Out(stream of TxWord)
+        Only with ``bf16`` or ``link_width_bytes`` 8: a second source read port at
+        ``src_addr + 1`` (same region), the element after, for ``BF16`` descriptors or
+        the second payload word of a beat.
+    pkt : Out(stream of TxWord, TxBeat at width 8)
         Packets to the NIC transmitter (H0 carries sequence 0).
     crc_sent : In(1)
         From the transmitter: a new packet's CRC word left; ends the chunk.
@@ -777,8 +833,15 @@ class DmaEngine(wiring.Component):
         src_regions: tuple[tuple[int, int], ...] = ((0x2000_0000, 1 << 16),),
         host_lanes: int = 1,
         bf16: bool = False,
+        link_width_bytes: int = 4,
     ):
         self.bf16 = bf16
+        if link_width_bytes not in (4, 8) or (bf16 and link_width_bytes == 8):
+            raise ValueError(
+                f"link_width_bytes must be 4, or 8 on a build that is not bf16, "
+                f"not {link_width_bytes!r}"
+            )
+        self.width_bytes = link_width_bytes
         if queues < 2:
             raise ValueError(f"queues must be >= 2, not {queues!r}")
         if ring_words & (ring_words - 1) or ring_words < DESCRIPTOR_WORDS:
@@ -803,16 +866,17 @@ class DmaEngine(wiring.Component):
             )
         self.ring_entries = ring_entries
         self.max_payload_bytes = max_payload_bytes
-        if link_bytes_per_cycle not in (1, 2, 4):
+        if link_bytes_per_cycle not in (1, 2, 4, 8)[: 3 if link_width_bytes == 4 else 4]:
+            allowed = "1, 2 or 4" if link_width_bytes == 4 else "1, 2, 4 or 8"
             raise ValueError(
-                f"link_bytes_per_cycle must be 1, 2 or 4, not {link_bytes_per_cycle!r}"
+                f"link_bytes_per_cycle must be {allowed}, not {link_bytes_per_cycle!r}"
             )
-        self.word_period = 4 // link_bytes_per_cycle
+        self.word_period = max(1, 4 // link_bytes_per_cycle)
         self.src_regions = tuple(src_regions)
         self.src_addr_width = max(1, ceil_log2(max(size for _, size in src_regions) // 4))
         ports = {
             "run_payload_words": In(8, init=max_payload_bytes // 4),
-            "run_bytes_per_cycle": In(3, init=link_bytes_per_cycle),
+            "run_bytes_per_cycle": In(3 if link_width_bytes == 4 else 4, init=link_bytes_per_cycle),
             "ring_addr": In(ceil_log2(ring_words)),
             "ring_wdata": In(32),
             "ring_we": In(1),
@@ -824,7 +888,7 @@ class DmaEngine(wiring.Component):
             "src_addr": Out(self.src_addr_width),
             "src_region": Out(range(len(src_regions))),
             "src_data": In(32),
-            "pkt": Out(_stream.Signature(TxWord)),
+            "pkt": Out(_stream.Signature(tx_beat(link_width_bytes))),
             "crc_sent": In(1),
             "irq_done": Out(queues),
             "trace": Out(TraceWrite).array(2),
@@ -832,7 +896,7 @@ class DmaEngine(wiring.Component):
             "busy": Out(1),
             "tx_cycles": Out(32),
         }
-        if bf16:
+        if bf16 or link_width_bytes == 8:  # BF16, or two payload words a beat
             ports.update(bf16_source_ports(self.src_addr_width))
         if host_lanes == 2:
             ports.update(
@@ -880,8 +944,11 @@ class DmaEngine(wiring.Component):
             max_payload_bytes=self.max_payload_bytes,
             word_period=self.word_period,
             bf16=self.bf16,
+            width_bytes=self.width_bytes,
         )
-        if self.bf16:
+        if self.width_bytes == 8:
+            m.d.comb += streamer.run_pair.eq(self.run_bytes_per_cycle == 8)
+        if self.bf16 or self.width_bytes == 8:
             m.d.comb += [
                 self.src1_addr.eq(streamer.src1_addr),
                 streamer.src1_data.eq(self.src1_data),

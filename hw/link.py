@@ -21,10 +21,26 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.spec import faults as fs
-from gradsync.spec.link import LINK_MAX_LATENCY_CYCLES
+from gradsync.spec.link import LINK_MAX_LATENCY_CYCLES, LINK_WIDTHS_BYTES
 
 #: One link word: 32 bits of packet data and the end-of-packet flag.
 LinkBeat = data.StructLayout({"data": 32, "last": 1})
+#: A beat of a 64-bit link (``link_width_bytes`` 8): a packet's word ``data`` and, if
+#: ``two``, the word after it, ``data1``; ``last`` ends the packet (its final word is the CRC).
+LinkBeat2 = data.StructLayout({"data": 32, "last": 1, "data1": 32, "two": 1})
+
+
+def link_beat(width_bytes: int) -> data.StructLayout:
+    """The beat of a link datapath ``width_bytes`` wide (4: :data:`LinkBeat`, 8: :data:`LinkBeat2`)."""
+    if width_bytes not in LINK_WIDTHS_BYTES:
+        raise ValueError(f"width_bytes must be one of {LINK_WIDTHS_BYTES}, not {width_bytes!r}")
+    return LinkBeat if width_bytes == 4 else LinkBeat2
+
+
+def bandwidth_bits(width_bytes: int) -> int:
+    """Bits of a run-time bytes-per-cycle value on a link ``width_bytes`` wide (3, or 4 for 8)."""
+    return 3 if width_bytes == 4 else 4
+
 
 #: Width of a link latency (0 .. LINK_MAX_LATENCY_CYCLES).
 LATENCY_BITS = ceil_log2(LINK_MAX_LATENCY_CYCLES + 1)
@@ -61,9 +77,10 @@ def _xorshift32(x):
 
 
 def word_period_log2(bytes_per_cycle: Value) -> Value:
-    """log2 of the cycles per 32-bit word of a link of ``bytes_per_cycle`` (1, 2 or 4):
-    a word every ``4 / bytes_per_cycle`` cycles (``gradsync.spec.link.LINK_BYTES_PER_CYCLE``).
-    The link's serialiser, the DMA engine's word period and the NIC timeouts use it."""
+    """log2 of the cycles per beat of a link of ``bytes_per_cycle`` (1, 2, 4 or 8): a word
+    every ``4 / bytes_per_cycle`` cycles, at 8 a beat of two words every cycle
+    (``gradsync.spec.link.word_period``).  The link's serialiser, the DMA engine's word
+    period and the NIC timeouts use it."""
     return Mux(bytes_per_cycle == 1, 2, Mux(bytes_per_cycle == 2, 1, 0))
 
 
@@ -78,21 +95,26 @@ class Link(wiring.Component):
         0 makes the link combinational.  The reset value of ``run_latency``.
     bytes_per_cycle:
         Link bandwidth: 4 accepts one 32-bit word per cycle; 1 or 2 accept one
-        word every ``4 / bytes_per_cycle`` cycles.  The reset value of
-        ``run_bytes_per_cycle``.
+        word every ``4 / bytes_per_cycle`` cycles; 8 (``width_bytes`` 8) a beat of
+        two words every cycle.  The reset value of ``run_bytes_per_cycle``.
+    width_bytes:
+        The datapath (``HardwareConfig.link_width_bytes``): 4, beats of
+        :data:`LinkBeat`, or 8, beats of :data:`LinkBeat2` (two words at 8
+        bytes/cycle, one word with ``two`` low at 1, 2 or 4).  Default: 8 if
+        ``bytes_per_cycle`` is 8, else 4.
 
     Attributes
     ----------
-    run_bytes_per_cycle : In(3), run_latency : In(10)
-        The link's current bandwidth (1, 2 or 4) and latency in cycles (a run-time
+    run_bytes_per_cycle : In(3) (In(4) at width 8), run_latency : In(10)
+        The link's current bandwidth (1, 2, 4, or 8 at width 8) and latency in cycles (a run-time
         setting, ``LINK_SET`` of the transmitting node; undriven: the parameters).
         Both directions are delay lines of ``LINK_MAX_LATENCY_CYCLES + 1`` entries
         written every cycle: what leaves in cycle ``t`` entered in cycle
         ``t - run_latency(t)`` (nothing if that was before the last reset), so a
         constant latency ``L`` is exactly ``L`` register stages.  A new bandwidth
         applies from the next word accepted.
-    tx : In(stream of LinkBeat)
-        Transmitter side.  ``ready`` is low while the link is throttled to its
+    tx : In(stream of link_beat(width_bytes))
+        Transmitter side (a beat per cycle at most).  ``ready`` is low while the link is throttled to its
         bandwidth or stalled by fault injection; words are never lost because
         of back-pressure.
     rx : Out(stream of LinkBeat, always ready)
@@ -112,7 +134,7 @@ class Link(wiring.Component):
         ``gradsync.spec.faults.COUNTERS`` since reset.
     """
 
-    def __init__(self, latency_cycles: int, bytes_per_cycle: int = 4):
+    def __init__(self, latency_cycles: int, bytes_per_cycle: int = 4, width_bytes=None):
         if not isinstance(latency_cycles, int) or latency_cycles < 0:
             raise ValueError(f"latency_cycles must be an int >= 0, not {latency_cycles!r}")
         if latency_cycles > LINK_MAX_LATENCY_CYCLES:
@@ -120,17 +142,26 @@ class Link(wiring.Component):
                 f"latency_cycles must be at most {LINK_MAX_LATENCY_CYCLES} (the delay line), "
                 f"not {latency_cycles!r}"
             )
-        if bytes_per_cycle not in (1, 2, 4):
-            raise ValueError(f"bytes_per_cycle must be 1, 2 or 4, not {bytes_per_cycle!r}")
+        if width_bytes is None:
+            width_bytes = 8 if bytes_per_cycle == 8 else 4
+        beat = link_beat(width_bytes)
+        allowed = tuple(b for b in (1, 2, 4, 8) if b <= width_bytes)
+        if bytes_per_cycle not in allowed:
+            words = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
+            raise ValueError(
+                f"bytes_per_cycle must be {words} (a link {width_bytes} bytes wide), "
+                f"not {bytes_per_cycle!r}"
+            )
         self.latency_cycles = latency_cycles
         self.bytes_per_cycle = bytes_per_cycle
+        self.width_bytes = width_bytes
         super().__init__(
             {
-                "tx": In(stream.Signature(LinkBeat)),
-                "rx": Out(stream.Signature(LinkBeat, always_ready=True)),
+                "tx": In(stream.Signature(beat)),
+                "rx": Out(stream.Signature(beat, always_ready=True)),
                 "ack_tx": In(stream.Signature(AckMessage, always_ready=True)),
                 "ack_rx": Out(stream.Signature(AckMessage, always_ready=True)),
-                "run_bytes_per_cycle": In(3, init=bytes_per_cycle),
+                "run_bytes_per_cycle": In(bandwidth_bits(width_bytes), init=bytes_per_cycle),
                 "run_latency": In(LATENCY_BITS, init=latency_cycles),
                 **link_fault_ports(),
             }
@@ -252,6 +283,7 @@ class Link(wiring.Component):
         corrupt = ~drop & cur["corrupt"]
         burst = ~drop & cur["burst"]
         frame = ~drop & cur["frame"]
+        two = self.tx.p.two if self.width_bytes == 8 else Const(0)
         with m.If(accepted):
             m.d.sync += in_packet.eq(~self.tx.p.last)
             with m.If(first):
@@ -264,19 +296,37 @@ class Link(wiring.Component):
                 ]
             with m.If(self.tx.p.last):
                 m.d.sync += word.eq(0)
+            if self.width_bytes == 8:
+                with m.Elif(two):
+                    m.d.sync += word.eq(Mux(word >= 254, 255, word + 2))
             with m.Elif(word != 255):
                 m.d.sync += word.eq(word + 1)
+        # the beat's word w = word (and w = word + 1 in its second half)
         flip = Signal(32)
         bflip = Signal(32)
         with m.If(corrupt & (word == cur["cword"])):
             m.d.comb += flip.eq(Const(1, 32) << cur["cbit"])
         with m.If(burst & (word == cur["bword"])):
             m.d.comb += bflip.eq(cur["bmask"])
-        beat = Signal(LinkBeat)
+        beat = Signal(link_beat(self.width_bytes))
         m.d.comb += [
             beat.data.eq(self.tx.p.data ^ flip ^ bflip),
             beat.last.eq(self.tx.p.last ^ (frame & (word == cur["fword"]))),
         ]
+        if self.width_bytes == 8:
+            # the second half carries word ``word + 1`` (spec.faults: "Beats of two words")
+            hit = {k: two & (word + 1 == cur[k]) for k in ("cword", "bword", "fword")}
+            flip1 = Signal(32)
+            bflip1 = Signal(32)
+            with m.If(corrupt & hit["cword"]):
+                m.d.comb += flip1.eq(Const(1, 32) << cur["cbit"])
+            with m.If(burst & hit["bword"]):
+                m.d.comb += bflip1.eq(cur["bmask"])
+            m.d.comb += [
+                beat.data1.eq(self.tx.p.data1 ^ flip1 ^ bflip1),
+                beat.two.eq(two),
+                beat.last.eq(self.tx.p.last ^ (frame & ((word == cur["fword"]) | hit["fword"]))),
+            ]
         return accepted & ~drop & ~is_down, beat
 
     def _ack_faults(self, m: Module, gens, is_down):

@@ -33,9 +33,18 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
-from .link import AckMessage, LinkBeat, ack_check
+from .link import AckMessage, ack_check, link_beat
 from .nic_rx import NicRx
-from .packet import HEADER_WORDS, TxWord, crc32, header0
+from .packet import (
+    CRC_INIT,
+    HEADER_WORDS,
+    TxWord,
+    crc32,
+    crc32_step,
+    crc32_value,
+    header0,
+    tx_beat,
+)
 
 __all__ = ["HEADER_WORDS", "NicRx", "NicTx", "TxWord", "header0"]
 
@@ -58,9 +67,19 @@ class NicTx(wiring.Component):
     seq_start:
         The first sequence number (the receiver's ``seq_start`` must match);
         tests start near 65535 to exercise the 16-bit wrap.
+    width_bytes:
+        The link datapath (``HardwareConfig.link_width_bytes``): 4, a word per
+        beat, or 8, ``pkt`` and ``link`` carry beats of two words
+        (``packet.TxBeat``, ``link.LinkBeat2``).  At 8 bytes/cycle (``run_pair``)
+        the packet's words go two per beat, the CRC word in the second half of
+        the last payload beat if that holds one word, else in a beat of its own
+        (``gradsync.spec.link.packet_cycles`` beats per packet, back to back); at
+        1, 2 or 4 a word per beat as at width 4.  Resends go the same way.
 
     Attributes
     ----------
+    run_pair : In(1) (width 8 only)
+        The link runs at 8 bytes/cycle (two words per beat).
     run_timeout : In(16)
         The current retransmission timeout in cycles (``nic_timeouts`` of the
         node's link as set, ``LINK_SET``); the counter fires once it reaches
@@ -94,7 +113,11 @@ class NicTx(wiring.Component):
         credits: int = 16,
         timeout_cycles: int = 1024,
         seq_start: int = 0,
+        width_bytes: int = 4,
     ):
+        if width_bytes not in (4, 8):
+            raise ValueError(f"width_bytes must be 4 or 8, not {width_bytes!r}")
+        self.width_bytes = width_bytes
         if not 1 <= max_payload_words <= 128:
             raise ValueError(f"max_payload_words must be in 1..128, not {max_payload_words!r}")
         if window_packets < 1 or window_packets & (window_packets - 1) or window_packets > 1 << 14:
@@ -117,9 +140,10 @@ class NicTx(wiring.Component):
         self.stride = HEADER_WORDS + max_payload_words
         super().__init__(
             {
+                **({"run_pair": In(1)} if width_bytes == 8 else {}),
                 "run_timeout": In(16, init=timeout_cycles),
-                "pkt": In(stream.Signature(TxWord)),
-                "link": Out(stream.Signature(LinkBeat)),
+                "pkt": In(stream.Signature(tx_beat(width_bytes))),
+                "link": Out(stream.Signature(link_beat(width_bytes))),
                 "ack": In(stream.Signature(AckMessage, always_ready=True)),
                 "crc_sent": Out(1),
                 "packets_sent": Out(32),
@@ -132,6 +156,8 @@ class NicTx(wiring.Component):
         )
 
     def elaborate(self, platform):
+        if self.width_bytes == 8:
+            return self._elaborate_wide()
         m = Module()
         W = self.window_packets
         m.submodules.replay = replay = Memory(shape=32, depth=W * self.stride, init=[])
@@ -261,6 +287,11 @@ class NicTx(wiring.Component):
                     with m.Else():
                         m.next = "RESEND"
 
+        self._acks(m, una, seq_next, limit, outstanding, resending, resend_pending, timer)
+        return m
+
+    def _acks(self, m, una, seq_next, limit, outstanding, resending, resend_pending, timer):
+        """Acknowledgements (cumulative), NAKs and the retransmission timeout."""
         # Acknowledgements (cumulative) and NAKs.
         advanced = Signal()
         with m.If(self.ack.valid & (self.ack.p.chk == ack_check(self.ack.p))):
@@ -280,4 +311,174 @@ class NicTx(wiring.Component):
             m.d.sync += [timer.eq(0), resend_pending.eq(1), self.timeouts.eq(self.timeouts + 1)]
         with m.Else():
             m.d.sync += timer.eq(timer + 1)
+
+    def _elaborate_wide(self):
+        """The 64-bit transmitter (``width_bytes`` 8; class docstring): the FSM of
+        :meth:`elaborate` on beats of up to two words, the CRC folded combinationally."""
+        m = Module()
+        W = self.window_packets
+        stride = self.stride
+        m.submodules.replay = replay = Memory(shape=32, depth=W * stride, init=[])
+        wr, wr1 = replay.write_port(), replay.write_port()
+        rd, rd1 = replay.read_port(), replay.read_port()
+        pair = self.run_pair
+        creg = Signal(32, init=CRC_INIT)  # CRC register of the words sent so far
+
+        seq_next = Signal(16, init=self.seq_start)
+        una = Signal(16, init=self.seq_start)
+        limit = Signal(16, init=(self.seq_start + self.credits) & 0xFFFF)
+        resend_pending = Signal()
+        rs = Signal(16)
+        ridx = Signal(range(stride + 2))
+        rtotal = Signal(range(stride + 2))
+        widx = Signal(range(stride + 2))
+        pw = Signal(8)
+        timer = Signal(16)
+        outstanding = Signal(16)
+        credit_ok = Signal()
+        can_new = Signal()
+        m.d.comb += [
+            outstanding.eq(seq_next - una),
+            credit_ok.eq((seq_next - limit)[15]),
+            can_new.eq((outstanding < W) & credit_ok & ~resend_pending),
+            rd1.addr.eq(rd.addr + 1),
+        ]
+        slot_new = seq_next[: exact_log2(W)] if W > 1 else Const(0, 1)
+        slot_rs = rs[: exact_log2(W)] if W > 1 else Const(0, 1)
+        with m.If(self.link.valid):
+            m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
+        fire = self.link.valid & self.link.ready
+        resending = Signal()
+        link = self.link.p
+        lo, hi, two = Signal(32), Signal(32), Signal()
+        m.d.comb += [link.data.eq(lo), link.data1.eq(hi), link.two.eq(two)]
+
+        def store(base, index):
+            """Keep the beat's words in the replay slot at ``base + index`` (and the next)."""
+            m.d.comb += [
+                wr.addr.eq(base + index),
+                wr.data.eq(lo),
+                wr.en.eq(fire),
+                wr1.addr.eq(base + index + 1),
+                wr1.data.eq(hi),
+                wr1.en.eq(fire & two & ~link.last),
+            ]
+
+        def fold(base):
+            """The CRC register after this beat's data words (``hi`` only if it is data)."""
+            one = crc32_step(m, base, lo, "crc_lo")
+            return Mux(two & ~link.last, crc32_step(m, one, hi, "crc_hi"), one)
+
+        def new_done():
+            m.d.sync += [
+                seq_next.eq(seq_next + 1),
+                self.packets_sent.eq(self.packets_sent + 1),
+                self.bytes_sent.eq(self.bytes_sent + (pw << 2)),
+            ]
+
+        with m.FSM(name="tx"):
+            with m.State("IDLE"):
+                with m.If(resend_pending):
+                    m.d.sync += resend_pending.eq(0)
+                    with m.If(una != seq_next):
+                        m.d.comb += rd.addr.eq(una[: exact_log2(W)] * stride if W > 1 else 0)
+                        m.d.sync += [rs.eq(una), ridx.eq(0)]
+                        m.next = "RESEND"
+                with m.Elif(self.pkt.valid & can_new):
+                    m.d.comb += [
+                        self.link.valid.eq(1),
+                        lo.eq(self.pkt.p.data | (seq_next << 16)),
+                        hi.eq(self.pkt.p.data1),
+                        two.eq(self.pkt.p.two),
+                        self.pkt.ready.eq(self.link.ready),
+                    ]
+                    store(slot_new * stride, 0)
+                    with m.If(fire):
+                        m.d.sync += [
+                            creg.eq(fold(CRC_INIT)),
+                            widx.eq(1 + two),
+                            pw.eq(self.pkt.p.data[9:16] + 1),
+                        ]
+                        m.next = "NEW"
+            with m.State("NEW"):
+                # 8 bytes/cycle: a last beat of one word takes the CRC in its second half
+                merge = pair & self.pkt.p.last & ~self.pkt.p.two
+                m.d.comb += [
+                    self.link.valid.eq(self.pkt.valid),
+                    lo.eq(self.pkt.p.data),
+                    hi.eq(
+                        Mux(
+                            merge, crc32_value(crc32_step(m, creg, lo, "crc_new")), self.pkt.p.data1
+                        )
+                    ),
+                    two.eq(self.pkt.p.two | merge),
+                    link.last.eq(merge),
+                    self.pkt.ready.eq(self.link.ready),
+                    self.crc_sent.eq(fire & merge),
+                ]
+                store(slot_new * stride, widx)
+                with m.If(fire):
+                    m.d.sync += [creg.eq(fold(creg)), widx.eq(widx + 1 + two)]
+                    with m.If(merge):
+                        new_done()
+                        m.next = "IDLE"
+                    with m.Elif(self.pkt.p.last):
+                        m.next = "NEW_CRC"
+            with m.State("NEW_CRC"):
+                m.d.comb += [
+                    self.link.valid.eq(1),
+                    lo.eq(crc32_value(creg)),
+                    link.last.eq(1),
+                    self.crc_sent.eq(self.link.ready),
+                ]
+                with m.If(self.link.ready):
+                    new_done()
+                    m.next = "IDLE"
+            nxt = Signal(16)  # 16 bits: see elaborate (the wrap)
+            m.d.comb += nxt.eq(rs + 1)
+            nslot = nxt[: exact_log2(W)] if W > 1 else Const(0, 1)
+
+            def resend_done():
+                m.d.comb += rd.addr.eq(nslot * stride)
+                m.d.sync += [self.retransmits.eq(self.retransmits + 1), rs.eq(nxt), ridx.eq(0)]
+                with m.If(nxt == seq_next):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "RESEND"
+
+            with m.State("RESEND"):
+                # rd/rd1 hold words ridx and ridx + 1 of packet rs (addresses of last cycle)
+                total = Mux(ridx == 0, HEADER_WORDS + 1 + rd.data[9:16], rtotal)
+                base = Mux(ridx == 0, CRC_INIT, creg)
+                merge = pair & (ridx + 1 == total)
+                step = Mux(pair, 2, 1)
+                m.d.comb += [
+                    resending.eq(1),
+                    self.link.valid.eq(1),
+                    lo.eq(rd.data),
+                    hi.eq(Mux(merge, crc32_value(crc32_step(m, base, lo, "crc_re")), rd1.data)),
+                    two.eq(pair),
+                    link.last.eq(merge),
+                    rd.addr.eq(slot_rs * stride + ridx),
+                ]
+                with m.If(ridx == 0):
+                    m.d.sync += rtotal.eq(total)
+                with m.If(fire & merge):
+                    resend_done()
+                with m.Elif(fire):
+                    m.d.comb += rd.addr.eq(slot_rs * stride + ridx + step)
+                    m.d.sync += [creg.eq(fold(base)), ridx.eq(ridx + step)]
+                    with m.If(ridx + step == total):
+                        m.next = "RESEND_CRC"
+            with m.State("RESEND_CRC"):
+                m.d.comb += [
+                    resending.eq(1),
+                    self.link.valid.eq(1),
+                    lo.eq(crc32_value(creg)),
+                    link.last.eq(1),
+                ]
+                m.d.comb += rd.addr.eq(nslot * stride)
+                with m.If(self.link.ready):
+                    resend_done()
+        self._acks(m, una, seq_next, limit, outstanding, resending, resend_pending, timer)
         return m

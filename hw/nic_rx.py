@@ -48,8 +48,8 @@ from gradsync.spec import regmap as rm
 from .arith import add_lanes
 from .events import ErrorEvent, TraceWrite
 from .fp import bf16_to_fp32, fp32_add, fp32_to_bf16
-from .link import AckMessage, LinkBeat, ack_check
-from .packet import HEADER_WORDS, Header0, PacketHeader, crc32
+from .link import AckMessage, ack_check, link_beat
+from .packet import CRC_INIT, HEADER_WORDS, Header0, PacketHeader, crc32, crc32_step, crc32_value
 from .sram import read_port_signature
 
 #: Error codes the receiver reports (``gradsync.spec.regmap.ErrorCode``).
@@ -69,12 +69,16 @@ WIN_CTRL, WIN_DST, WIN_SRC, WIN_LEN, WIN_TAG, WIN_EXPECT, WIN_RECEIVED = (
 )
 
 
-def payload_port_signature(max_payload_words: int) -> wiring.Signature:
+def payload_port_signature(max_payload_words: int, width_bytes: int = 4) -> wiring.Signature:
     """The applier's read port into the packet at the head of the front end's queue.
 
-    ``addr`` is a payload word index (0 = the word after H2); data one cycle after ``en``.
+    ``addr`` is a payload word index (0 = the word after H2); data one cycle after ``en``;
+    at width 8 ``data1`` is the word after ``addr`` too.
     """
-    return read_port_signature(max(1, ceil_log2(max_payload_words)), 32)
+    port = read_port_signature(max(1, ceil_log2(max_payload_words)), 32)
+    if width_bytes == 4:
+        return port
+    return wiring.Signature({**port.members, "data1": In(32)})
 
 
 def window_lookup_signature(
@@ -116,17 +120,18 @@ def window_lookup_signature(
     )
 
 
-def _link_ports() -> dict:
+def _link_ports(width_bytes: int = 4) -> dict:
     """The link side of the receiver (NicRx's and RxFrontEnd's)."""
     return {
-        "link": In(stream.Signature(LinkBeat, always_ready=True)),
+        "link": In(stream.Signature(link_beat(width_bytes), always_ready=True)),
         "ack": Out(stream.Signature(AckMessage, always_ready=True)),
     }
 
 
 def _memory_ports(mem_addr_width: int, regions: int, fp32: bool = False) -> dict:
-    """The device-memory ports (NicRx's and RxApplier's); with ``fp32`` the second read
-    and write port of a bf16 packet's odd elements (``mem_rd1_*``, ``mem_wr1_*``)."""
+    """The device-memory ports (NicRx's and RxApplier's); with ``fp32`` (or a width-8 link's
+    applier) the second read and write port at the word after (``mem_rd1_*``, ``mem_wr1_*``):
+    a bf16 packet's odd elements, or a width-8 applier's second payload word."""
     ports = {
         "mem_rd_addr": Out(mem_addr_width),
         "mem_rd_region": Out(range(regions)),
@@ -246,8 +251,15 @@ class RxFrontEnd(wiring.Component):
     """
 
     def __init__(
-        self, *, max_payload_words: int, credits: int, nak_holdoff_cycles: int, seq_start: int = 0
+        self,
+        *,
+        max_payload_words: int,
+        credits: int,
+        nak_holdoff_cycles: int,
+        seq_start: int = 0,
+        width_bytes: int = 4,
     ):
+        self.width_bytes = width_bytes
         self.seq_start = seq_start
         self.max_payload_words = max_payload_words
         self.credits = credits
@@ -256,11 +268,11 @@ class RxFrontEnd(wiring.Component):
         self.slots = credits + 1
         super().__init__(
             {
-                **_link_ports(),
+                **_link_ports(width_bytes),
                 "run_nak_holdoff": In(16, init=nak_holdoff_cycles),
                 "run_payload_words": In(8, init=max_payload_words),
                 "packets": Out(stream.Signature(PacketHeader)),
-                "payload": In(payload_port_signature(max_payload_words)),
+                "payload": In(payload_port_signature(max_payload_words, width_bytes)),
                 **_arrival_counter_ports(),
             }
         )
@@ -271,7 +283,10 @@ class RxFrontEnd(wiring.Component):
         m.submodules.buf = buf = Memory(shape=32, depth=S * self.stride, init=[])
         bw = buf.write_port()
         br = buf.read_port()
-        m.submodules.crc = crcp = crc.Processor(crc32())
+        if self.width_bytes == 4:
+            m.submodules.crc = crcp = crc.Processor(crc32())
+        else:  # the CRC register is folded two words a cycle (_arrival_wide)
+            crcp = buf.write_port()  # the second half of a beat
 
         wr_slot = Signal(range(S))  # slot of the packet arriving
         rd_slot = Signal(range(S))  # oldest committed packet (the head of ``packets``)
@@ -314,6 +329,36 @@ class RxFrontEnd(wiring.Component):
                 m.d.sync += holdoff.eq(holdoff + 1)
 
         # ---------------------------------------------------------------- arrival
+        arrival = self._arrival_wide if self.width_bytes == 8 else self._arrival
+        arrival(m, buf, bw, crcp, wr_slot, exp, widx, h0, hdr0, hdr1, hdr2, nak_sent,
+                nak_pending, dirty, holdoff)  # fmt: skip
+
+        # ------------------------------------------------- committed packets out
+        m.d.comb += [
+            self.packets.valid.eq(rd_slot != wr_slot),
+            self.packets.payload.eq(Cat(hdr0[rd_slot], hdr1[rd_slot], hdr2[rd_slot])),
+            br.addr.eq(rd_slot * self.stride + HEADER_WORDS + self.payload.addr),
+            br.en.eq(self.payload.en),
+            self.payload.data.eq(br.data),
+        ]
+        if self.width_bytes == 8:
+            br1 = buf.read_port()
+            m.d.comb += [
+                br1.addr.eq(br.addr + 1),
+                br1.en.eq(self.payload.en),
+                self.payload.data1.eq(br1.data),
+            ]
+        with m.If(self.packets.valid & self.packets.ready):
+            m.d.sync += [
+                rd_slot.eq(Mux(rd_slot == S - 1, 0, rd_slot + 1)),
+                applied.eq(applied + 1),
+                dirty.eq(1),
+            ]
+        return m
+
+    def _arrival(self, m, buf, bw, crcp, wr_slot, exp, widx, h0, hdr0, hdr1, hdr2, nak_sent,
+                 nak_pending, dirty, holdoff):  # fmt: skip
+        """Store, check and commit the packet arriving a word per beat."""
         beat = self.link.p
         pw_in = h0.words_minus_1 + 1
         with m.If(self.link.valid & ~beat.last):
@@ -342,38 +387,71 @@ class RxFrontEnd(wiring.Component):
                 & (widx == HEADER_WORDS + pw_in)
                 & (pw_in <= self.run_payload_words)
             )
-            with m.If(good & (seq == exp)):
-                m.d.sync += [
-                    wr_slot.eq(Mux(wr_slot == S - 1, 0, wr_slot + 1)),
-                    exp.eq(exp + 1),
-                    dirty.eq(1),
-                    nak_sent.eq(0),
-                ]
-            with m.Elif(good & (seq - exp)[15]):
-                m.d.sync += [self.duplicates.eq(self.duplicates + 1), dirty.eq(1)]
-            with m.Else():
-                with m.If(good):
-                    m.d.sync += self.seq_errors.eq(self.seq_errors + 1)
-                with m.Else():
-                    m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
-                with m.If(~nak_sent):
-                    m.d.sync += [nak_sent.eq(1), nak_pending.eq(1), holdoff.eq(0)]
+            self._verdict(m, good, seq, exp, wr_slot, dirty, nak_sent, nak_pending, holdoff)
 
-        # ------------------------------------------------- committed packets out
-        m.d.comb += [
-            self.packets.valid.eq(rd_slot != wr_slot),
-            self.packets.payload.eq(Cat(hdr0[rd_slot], hdr1[rd_slot], hdr2[rd_slot])),
-            br.addr.eq(rd_slot * self.stride + HEADER_WORDS + self.payload.addr),
-            br.en.eq(self.payload.en),
-            self.payload.data.eq(br.data),
-        ]
-        with m.If(self.packets.valid & self.packets.ready):
+    def _verdict(self, m, good, seq, exp, wr_slot, dirty, nak_sent, nak_pending, holdoff):
+        """A packet's last beat arrived, ``good`` (CRC and length): commit, repeat or NAK."""
+        S = self.slots
+        with m.If(good & (seq == exp)):
             m.d.sync += [
-                rd_slot.eq(Mux(rd_slot == S - 1, 0, rd_slot + 1)),
-                applied.eq(applied + 1),
+                wr_slot.eq(Mux(wr_slot == S - 1, 0, wr_slot + 1)),
+                exp.eq(exp + 1),
                 dirty.eq(1),
+                nak_sent.eq(0),
             ]
-        return m
+        with m.Elif(good & (seq - exp)[15]):
+            m.d.sync += [self.duplicates.eq(self.duplicates + 1), dirty.eq(1)]
+        with m.Else():
+            with m.If(good):
+                m.d.sync += self.seq_errors.eq(self.seq_errors + 1)
+            with m.Else():
+                m.d.sync += self.crc_errors.eq(self.crc_errors + 1)
+            with m.If(~nak_sent):
+                m.d.sync += [nak_sent.eq(1), nak_pending.eq(1), holdoff.eq(0)]
+
+    def _arrival_wide(self, m, buf, bw, bw1, wr_slot, exp, widx, h0, hdr0, hdr1, hdr2,
+                      nak_sent, nak_pending, dirty, holdoff):  # fmt: skip
+        """Store, check and commit the packet arriving in beats of one or two words (width
+        8): a beat's words are ``widx`` and ``widx + 1``; on the ``last`` beat its final word
+        is the CRC, checked against the register folded over every word before it."""
+        beat = self.link.p
+        pw_in = h0.words_minus_1 + 1
+        creg = Signal(32, init=CRC_INIT)
+        base = Mux(widx == 0, CRC_INIT, creg)
+        data_hi = beat.two & ~beat.last  # the second half is a data word (not the CRC)
+        one = crc32_step(m, base, beat.data, "crc_lo")
+        slot = wr_slot * self.stride
+        with m.If(self.link.valid & (~beat.last | beat.two)):  # beat.data is a data word
+            with m.If(widx < self.stride):
+                m.d.comb += [bw.addr.eq(slot + widx), bw.data.eq(beat.data), bw.en.eq(1)]
+            with m.If(data_hi & (widx + 1 < self.stride)):
+                m.d.comb += [bw1.addr.eq(slot + widx + 1), bw1.data.eq(beat.data1), bw1.en.eq(1)]
+            with m.Switch(widx):
+                with m.Case(0):
+                    m.d.sync += [h0.eq(beat.data), hdr0[wr_slot].eq(beat.data)]
+                    with m.If(data_hi):
+                        m.d.sync += hdr1[wr_slot].eq(beat.data1)
+                with m.Case(1):
+                    m.d.sync += hdr1[wr_slot].eq(beat.data)
+                    with m.If(data_hi):
+                        m.d.sync += hdr2[wr_slot].eq(beat.data1)
+                with m.Case(2):
+                    m.d.sync += hdr2[wr_slot].eq(beat.data)
+        with m.If(self.link.valid & ~beat.last):
+            m.d.sync += creg.eq(Mux(data_hi, crc32_step(m, one, beat.data1, "crc_hi"), one))
+            m.d.sync += widx.eq(Mux(widx >= 254, 255, widx + 1 + data_hi))
+        with m.If(self.link.valid & beat.last):
+            m.d.sync += widx.eq(0)
+            good = Signal()
+            seq = h0.seq
+            crc_word = Mux(beat.two, beat.data1, beat.data)
+            words = Mux(beat.two, widx + 1, widx)  # data words of the packet
+            m.d.comb += good.eq(
+                (crc32_value(Mux(beat.two, one, base)) == crc_word)
+                & (words == HEADER_WORDS + pw_in)
+                & (pw_in <= self.run_payload_words)
+            )
+            self._verdict(m, good, seq, exp, wr_slot, dirty, nak_sent, nak_pending, holdoff)
 
 
 class RxWindowTable(wiring.Component):
@@ -601,18 +679,22 @@ class RxApplier(wiring.Component):
         saturate: bool,
         max_payload_words: int,
         fp32: bool = False,
+        width_bytes: int = 4,
     ):
+        if fp32 and width_bytes == 8:
+            raise ValueError("width_bytes must be 4 on an fp32 (bf16) node, not 8")
         self.operand_bits = operand_bits
         self.saturate = saturate
         self.fp32 = fp32
+        self.width_bytes = width_bytes
         super().__init__(
             {
                 "packets": In(stream.Signature(PacketHeader)),
-                "payload": Out(payload_port_signature(max_payload_words)),
+                "payload": Out(payload_port_signature(max_payload_words, width_bytes)),
                 "lookup": Out(
                     window_lookup_signature(mem_addr_width, len(regions), _lookup_bytes_bits(fp32))
                 ),
-                **_memory_ports(mem_addr_width, len(regions), fp32),
+                **_memory_ports(mem_addr_width, len(regions), fp32 or width_bytes == 8),
                 **_report_ports(),
             }
         )
@@ -665,6 +747,17 @@ class RxApplier(wiring.Component):
                 m, self.mem_rd_data, payload, self.operand_bits, self.saturate, "lane"
             )
             word0 = Mux(p_reduce, summed, payload)
+        if self.width_bytes == 8:  # the second payload word of the cycle, the word after
+            p_two = Signal()
+            summed1 = add_lanes(
+                m, self.mem_rd1_data, self.payload.data1, self.operand_bits, self.saturate, "lane1"
+            )
+            m.d.comb += [
+                self.mem_rd1_addr.eq(self.mem_rd_addr + 1),
+                self.mem_wr1_addr.eq(self.mem_wr_addr + 1),
+                self.mem_wr1_data.eq(Mux(p_reduce, summed1, self.payload.data1)),
+                self.mem_wr1_en.eq(self.mem_wr_en & p_two),
+            ]
         with m.If(p_valid):
             m.d.comb += [
                 self.mem_wr_addr.eq(p_addr),
@@ -720,10 +813,15 @@ class RxApplier(wiring.Component):
                     p_region.eq(dst_r),
                     p_reduce.eq(a_reduce),
                     *([p_bf16.eq(a_bf16)] if self.fp32 else []),
-                    k.eq(k + 1),
                 ]
-                with m.If(k + 1 == a_pw):
-                    m.next = "LAST"
+                if self.width_bytes == 8:  # two payload words a cycle (one last if odd)
+                    m.d.sync += [p_two.eq(k + 1 < a_pw), k.eq(k + 2)]
+                    with m.If(k + 2 >= a_pw):
+                        m.next = "LAST"
+                else:
+                    m.d.sync += k.eq(k + 1)
+                    with m.If(k + 1 == a_pw):
+                        m.next = "LAST"
             with m.State("LAST"):
                 t = self.trace
                 m.d.comb += [
@@ -830,6 +928,13 @@ class NicRx(wiring.Component):
         reset value of ``run_nak_holdoff``.
     seq_start:
         The first sequence number expected (the sender's ``seq_start``).
+    width_bytes:
+        The link datapath (``HardwareConfig.link_width_bytes``, not with ``fp32``): 8
+        takes beats of up to two words (at any link bandwidth) and applies two payload
+        words per cycle through the second memory ports (``mem_rd1_*``/``mem_wr1_*``, the
+        word after), a packet occupying the applier ``ceil(payload_words / 2) + 3``
+        cycles (``gradsync.spec.timing.rx_apply_cycles``), so it keeps up with 8
+        bytes/cycle.
 
     Attributes
     ----------
@@ -837,8 +942,9 @@ class NicRx(wiring.Component):
         The current NAK hold-off in cycles (``nic_timeouts`` of the node's link as
         set, ``LINK_SET``) and maximum payload in words (a longer packet is dropped
         like a bad CRC); undriven: ``nak_holdoff_cycles``, ``max_payload_words``.
-    link : In(stream of LinkBeat)
-        From the link; always ready (the receiver absorbs one word per cycle).
+    link : In(stream of link_beat(width_bytes))
+        From the link; always ready (the receiver absorbs a beat per cycle: one word,
+        or two on a ``width_bytes`` 8 link).
     ack : Out(stream of AckMessage)
         Acknowledgements/credits/NAKs back to the transmitter.
     mem_rd_addr, mem_rd_region, mem_rd_data, mem_wr_addr, mem_wr_region, mem_wr_data, mem_wr_en
@@ -898,7 +1004,13 @@ class NicRx(wiring.Component):
         fp32: bool = False,
         nak_holdoff_cycles: int = 256,
         seq_start: int = 0,
+        width_bytes: int = 4,
     ):
+        if width_bytes not in (4, 8) or (fp32 and width_bytes == 8):
+            raise ValueError(
+                f"width_bytes must be 4, or 8 on a node that is not fp32, not {width_bytes!r}"
+            )
+        self.width_bytes = width_bytes
         if not 1 <= windows <= 64:
             raise ValueError(f"windows must be in 1..64, not {windows!r}")
         if operand_bits not in (8, 16, 32):
@@ -923,14 +1035,16 @@ class NicRx(wiring.Component):
         self.operand_bits = operand_bits
         self.saturate = saturate
         self.fp32 = fp32
+        #: second memory ports (``mem_rd1_*``, ``mem_wr1_*``): fp32, or width 8
+        self.two_ports = fp32 or width_bytes == 8
         self.stride = HEADER_WORDS + max_payload_words
         self.slots = credits + 1
         super().__init__(
             {
                 "run_nak_holdoff": In(16, init=nak_holdoff_cycles),
                 "run_payload_words": In(8, init=max_payload_words),
-                **_link_ports(),
-                **_memory_ports(self.mem_addr_width, len(regions), fp32),
+                **_link_ports(width_bytes),
+                **_memory_ports(self.mem_addr_width, len(regions), self.two_ports),
                 **_window_register_ports(),
                 **_report_ports(),
                 **_arrival_counter_ports(),
@@ -944,6 +1058,7 @@ class NicRx(wiring.Component):
             credits=self.credits,
             nak_holdoff_cycles=self.nak_holdoff_cycles,
             seq_start=self.seq_start,
+            width_bytes=self.width_bytes,
         )
         m.submodules.windows = windows = RxWindowTable(
             windows=self.windows,
@@ -958,6 +1073,7 @@ class NicRx(wiring.Component):
             saturate=self.saturate,
             max_payload_words=self.max_payload_words,
             fp32=self.fp32,
+            width_bytes=self.width_bytes,
         )
         m.d.comb += [
             front.run_nak_holdoff.eq(self.run_nak_holdoff),
@@ -975,7 +1091,7 @@ class NicRx(wiring.Component):
             (
                 applier,
                 {
-                    **_memory_ports(self.mem_addr_width, len(self.regions), self.fp32),
+                    **_memory_ports(self.mem_addr_width, len(self.regions), self.two_ports),
                     **_report_ports(),
                 },
             ),

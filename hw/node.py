@@ -50,11 +50,11 @@ from gradsync.spec.formats import DEFAULT_FORMAT, BFloat16Format, FixedPointForm
 from gradsync.spec.hardware import DEFAULT_HARDWARE, HardwareConfig, constant_registers
 from gradsync.spec.host import DEBUG_WORDS, NODE_COUNTERS
 from gradsync.spec.link import (
-    LINK_BYTES_PER_CYCLE,
     NIC_CREDITS,
     NIC_WINDOW_PACKETS,
     PACKET_CRC_BYTES,
     PACKET_HEADER_BYTES,
+    link_bytes_allowed,
     nic_timeouts,
 )
 
@@ -67,7 +67,7 @@ from .compute_node import (
 from .csr import LINK_CURRENT, CsrBlock, axil_signature
 from .dma import DmaEngine
 from .events import ErrorEvent
-from .link import LATENCY_BITS, AckMessage, LinkBeat, word_period_log2
+from .link import LATENCY_BITS, AckMessage, bandwidth_bits, link_beat, word_period_log2
 from .nic import NicRx, NicTx
 from .sram import DeviceMemory, device_addr_bits
 
@@ -110,15 +110,17 @@ NIC_COUNTER_SOURCES = {
 }
 
 
-def link_ports() -> dict:
-    """A node's link side: beats out and in, acks both ways, the transmit link's current
-    bandwidth and latency (``LINK_SET``), and its NIC counters."""
+def link_ports(width_bytes: int = 4) -> dict:
+    """A node's link side: beats out and in (``hw.link.link_beat(width_bytes)``), acks both
+    ways, the transmit link's current bandwidth and latency (``LINK_SET``), and its NIC
+    counters."""
+    beat = link_beat(width_bytes)
     ports = {
-        "link_bytes_per_cycle": Out(3),
+        "link_bytes_per_cycle": Out(bandwidth_bits(width_bytes)),
         "link_latency": Out(LATENCY_BITS),
-        "tx": Out(stream.Signature(LinkBeat)),
+        "tx": Out(stream.Signature(beat)),
         "tx_ack": In(stream.Signature(AckMessage, always_ready=True)),
-        "rx": In(stream.Signature(LinkBeat, always_ready=True)),
+        "rx": In(stream.Signature(beat, always_ready=True)),
         "rx_ack": Out(stream.Signature(AckMessage, always_ready=True)),
     }
     ports.update({name: Out(32) for name in NODE_COUNTERS})
@@ -179,12 +181,15 @@ class LinkSetting(wiring.Component):
         self.max_payload_words = lim.field("max_payload_words").get(limits)
         self.max_latency = lim.field("max_latency").get(limits)
         self.framing_words = (PACKET_HEADER_BYTES + PACKET_CRC_BYTES) // 4
+        self.width_bytes = hw.link_width_bytes
         super().__init__(
             {
                 "set_we": In(1),
                 "set_data": In(32),
                 "doorbell": In(1),
-                "bytes_per_cycle": Out(3, init=hw.link_bytes_per_cycle),
+                "bytes_per_cycle": Out(
+                    bandwidth_bits(hw.link_width_bytes), init=hw.link_bytes_per_cycle
+                ),
                 "payload_words": Out(8, init=hw.max_payload_bytes // 4),
                 "latency": Out(LATENCY_BITS, init=hw.link_latency_cycles),
                 "timeout": Out(16),
@@ -206,7 +211,7 @@ class LinkSetting(wiring.Component):
             m.d.sync += locked.eq(1)
         bad = Signal(3)  # per field, in link_set_refusal's order
         m.d.comb += [
-            bad[0].eq(~sum(bpc == w for w in LINK_BYTES_PER_CYCLE).bool()),
+            bad[0].eq(~sum(bpc == w for w in link_bytes_allowed(self.width_bytes)).bool()),
             bad[1].eq((pw == 0) | (pw > self.max_payload_words)),
             bad[2].eq(lat > self.max_latency),
         ]
@@ -228,13 +233,16 @@ class LinkSetting(wiring.Component):
                 ]
         m.d.comb += [e.engine.eq(rm.Engine.HOST), e.info.eq(v)]
 
-        # nic_timeouts: rtt = 2 latency + (framing + payload words) * 4 / width + 16
+        # nic_timeouts: rtt = 2 latency + (framing + payload words) * 4 // width + 16
         shift = word_period_log2(self.bytes_per_cycle)
         rtt = Signal(16)
         words = Signal(9)
+        serial = words << shift
+        if self.width_bytes == 8:  # at 8 bytes/cycle: half the words, rounded down
+            serial = Mux(self.bytes_per_cycle == 8, words >> 1, serial)
         m.d.comb += [
             words.eq(self.framing_words + self.payload_words),
-            rtt.eq((self.latency << 1) + (words << shift) + 16),
+            rtt.eq((self.latency << 1) + serial + 16),
             self.holdoff.eq(rtt),
             self.timeout.eq((rtt << 1) + 64),
         ]
@@ -356,7 +364,7 @@ class Node(wiring.Component):
                 "dbg_data": Out(fmt.total_bits * DEBUG_WORDS),
             }
         )
-        ports.update(link_ports())
+        ports.update(link_ports(hw.link_width_bytes))
         if not compute:
             ports["compute_done"] = In(32)
         super().__init__(ports)
@@ -370,7 +378,14 @@ class Node(wiring.Component):
         bf16 = isinstance(fmt, BFloat16Format)
         # bf16 builds: a second 32-bit port each for the DMA source, the receiver's read
         # and its write (two fp32 elements per payload word, docs/numerics.md)
-        comm_ports32 = 2 if bf16 else 1
+        # and width-8 links: two payload words per cycle from the source and into memory
+        wide = hw.link_width_bytes == 8
+        if bf16 and wide:
+            raise ValueError(
+                "link_width_bytes must be 4 on a bf16 device (its second ports carry bf16 "
+                "elements), not 8"
+            )
+        comm_ports32 = 2 if bf16 or wide else 1
         ring_words = 1 << ceil_log2(Q * hw.ring_entries * rm.DESCRIPTOR_WORDS)
         ring_valid = Q * hw.ring_entries * rm.DESCRIPTOR_WORDS
         consts = constant_registers(hw, fmt, self.node_id, self.num_nodes)
@@ -419,6 +434,7 @@ class Node(wiring.Component):
             src_regions=regions,
             host_lanes=WIDE_PER_BEAT,
             bf16=bf16,
+            **({"link_width_bytes": 8} if wide else {}),
         )
         tx = NicTx(
             max_payload_words=max_pw,
@@ -426,6 +442,7 @@ class Node(wiring.Component):
             credits=self.credits,
             timeout_cycles=timeout,
             seq_start=self.seq_start,
+            **({"width_bytes": 8} if wide else {}),
         )
         rx = NicRx(
             max_payload_words=max_pw,
@@ -437,6 +454,7 @@ class Node(wiring.Component):
             fp32=bf16,
             nak_holdoff_cycles=holdoff,
             seq_start=self.seq_start,
+            **({"width_bytes": 8} if wide else {}),
         )
         trace_writes = [dma.trace[0], dma.trace[1], rx.trace, bulk.trace[0], bulk.trace[1]]
         errors = [dma.error[0], dma.error[1], rx.error, link.error]
@@ -560,17 +578,17 @@ class Node(wiring.Component):
         # DMA source: always reading, the address held while back-pressured (as its SRAM
         # port); a bf16 build reads the next word too (BF16 descriptors).
         read32(dma.src_region[0], dma.src_addr, dma.src_data)
-        if rx.fp32:
+        if rx.two_ports:  # (and a width-8 link's second payload word)
             read32(dma.src_region[0], dma.src1_addr, dma.src1_data)
 
         # Receiver: 32-bit words of its regions, region 0 the scratchpad (bank 0), 1 the
         # gradient SRAM (bank 1); it writes only ranges it checked to lie inside one.  A
         # bf16 build's second ports carry a bf16 packet's odd elements (the word after).
         read32(rx.mem_rd_region, rx.mem_rd_addr, rx.mem_rd_data)
-        if rx.fp32:
+        if rx.two_ports:
             read32(rx.mem_rd_region, rx.mem_rd1_addr, rx.mem_rd1_data)
         write32(rx.mem_wr_region, rx.mem_wr_addr, rx.mem_wr_data, rx.mem_wr_en)
-        if rx.fp32:
+        if rx.two_ports:
             write32(rx.mem_wr_region, rx.mem_wr1_addr, rx.mem_wr1_data, rx.mem_wr1_en)
         m.d.comb += [mem.dbg_addr.eq(self.dbg_addr), self.dbg_data.eq(mem.dbg_data)]
 
@@ -641,6 +659,7 @@ class Node(wiring.Component):
             link.doorbell.eq(Cat(*doorbells).any()),
             dma.run_payload_words.eq(link.payload_words),
             dma.run_bytes_per_cycle.eq(link.bytes_per_cycle),
+            *([tx.run_pair.eq(link.bytes_per_cycle == 8)] if tx.width_bytes == 8 else []),
             tx.run_timeout.eq(link.timeout),
             rx.run_nak_holdoff.eq(link.holdoff),
             rx.run_payload_words.eq(link.payload_words),
@@ -649,11 +668,16 @@ class Node(wiring.Component):
             csr.port("ro", "LINK_INFO").eq(
                 link.bytes_per_cycle << info.field("bytes_per_cycle").lsb
                 | PACKET_HEADER_BYTES << info.field("header_bytes").lsb
-                | PACKET_CRC_BYTES << info.field("crc_bytes").lsb
+                | (PACKET_CRC_BYTES << info.field("crc_bytes").lsb | self._width8_info(info))
             ),
             csr.port("ro", "LINK_LATENCY").eq(link.latency),
             csr.port("ro", "LINK_MAX_PAYLOAD").eq(link.payload_words << 2),
         ]
+
+    def _width8_info(self, info):
+        """``LINK_INFO.width8`` of a width-8 build (a constant 0 adds nothing to the
+        Verilog of a default build)."""
+        return (1 << info.field("width8").lsb) if self.hw.link_width_bytes == 8 else 0
 
     def _connect_host_ports(self, m, csr, bulk):
         """IRQ, cycle counter, AXI4-Lite (CSR block) and AXI4-Stream (bulk port) straight through."""

@@ -90,6 +90,9 @@ class LinkLayer:
         ``rx_check(cycle, item)``: does the applier hold this packet in ``cycle`` (its
         window's next step)?  True, False, or None when that depends on writes the event
         loop has not made yet.  None: never hold.
+    apply_words:
+        Payload words the receiver applies per cycle: 1, or 2 on a ``link_width_bytes`` 8
+        build (``gradsync.spec.timing.rx_apply_words``).
     """
 
     def __init__(
@@ -100,8 +103,11 @@ class LinkLayer:
         deliver: Callable[[int, object, int], None],
         seq_start: int = 0,
         rx_check: Callable[[int, object], bool | None] | None = None,
+        apply_words: int = 1,
     ):
         self.tx_link, self.rx_link = tx_link, rx_link
+        #: payload words the receiver's applier writes per cycle (``timing.rx_apply_words``)
+        self.apply_words = apply_words
         self.name = "link"  #: how errors name it (the NIC sets ``link I (...)``)
         first = tx_link.at(0)
         self._check_latency(first, 0)
@@ -223,7 +229,7 @@ class LinkLayer:
                 self.apply_now += 1
                 return True
             # held in CHECK at apply_now: nothing it decides frees a slot before this
-            if self.now > self.apply_now + self.queue[0][1].payload_words + 1:
+            if self.now > self.apply_now + self._run_cycles(self.queue[0][1]) + 1:
                 return False
         self._cycle()
         return True
@@ -248,12 +254,17 @@ class LinkLayer:
                 return True
             self.held = False
             self.apply_state = "RUN"
-            self.apply_last = t + 1 + pkt.payload_words
+            self.apply_last = t + 1 + self._run_cycles(pkt)
             self.deliver(self.apply_last + 1, pkt.item, t)
             return True
         if self.queue and self.queue[0][0] <= t:  # IDLE: take the head packet, check it next
             self.apply_state = "CHECK"
         return True
+
+    def _run_cycles(self, pkt: _TxPacket) -> int:
+        """Cycles the applier's RUN state takes for ``pkt``: its payload words, ``apply_words``
+        a cycle."""
+        return -(-pkt.payload_words // self.apply_words)
 
     def quiet_now(self) -> bool:
         """Nothing in flight or pending that could change the link's state but the fault
@@ -277,25 +288,43 @@ class LinkLayer:
         return {**self.link.counters, **self.tx_counters, **self.rx_counters}
 
     # ------------------------------------------------------------------ one cycle
+    @property
+    def pair(self) -> bool:
+        """The transmit link runs at 8 bytes/cycle: beats of two words (``hw/nic.py``,
+        ``NicTx`` of width 8: the CRC in the second half of a last beat of one word)."""
+        return self._tx_in_use.bytes_per_cycle == 8
+
     def _tx_outputs(self):
-        """NicTx's link outputs in this cycle: (valid, data, last, kind)."""
+        """NicTx's link outputs in this cycle: (valid, data, last, kind, data1); ``data1`` is a
+        beat's second word (None: a beat of one word)."""
         st = self.state
         if st == "IDLE":
             if self.resend_pending:
-                return False, 0, False, "resend"
+                return False, 0, False, "resend", None
             outstanding = (self.seq_next - self.una) & M16
             credit_ok = (self.seq_next - self.limit) & 0x8000
             if self.offer and outstanding < WINDOW_PACKETS and credit_ok:
-                return True, self.offer[0].words[0] | self.seq_next << 16, False, "new0"
-            return False, 0, False, None
+                words = self.offer[0].words
+                data1 = words[1] if self.pair else None
+                return True, words[0] | self.seq_next << 16, False, "new0", data1
+            return False, 0, False, None, None
         if st == "NEW":
-            return True, self.offer[0].words[self.offer_wi], False, "new"
+            words, wi = self.offer[0].words, self.offer_wi
+            if not self.pair:
+                return True, words[wi], False, "new", None
+            if wi + 1 < len(words):
+                return True, words[wi], False, "new", words[wi + 1]
+            return True, words[wi], True, "newmerge", crc32_words([*self.crc_words, words[wi]])
         if st == "NEW_CRC":
-            return True, self.cur_crc, True, "newcrc"
+            return True, self.cur_crc, True, "newcrc", None
         pkt = self.replay[self.rs]
         if st == "RESEND":
-            return True, pkt.words[self.ridx], False, "resend_word"
-        return True, pkt.crc, True, "resendcrc"
+            if not self.pair:
+                return True, pkt.words[self.ridx], False, "resend_word", None
+            if self.ridx + 1 < len(pkt.words):
+                return True, pkt.words[self.ridx], False, "resend_word", pkt.words[self.ridx + 1]
+            return True, pkt.words[self.ridx], True, "resendmerge", pkt.crc
+        return True, pkt.crc, True, "resendcrc", None
 
     def _rx_ack(self):
         if self.dirty or self.nak_pending:
@@ -305,21 +334,27 @@ class LinkLayer:
     def _cycle(self) -> None:
         t = self.now
         self._follow_links(t)
-        valid, data, last, kind = self._tx_outputs()
+        valid, data, last, kind, data1 = self._tx_outputs()
         ack = self._rx_ack()
-        fire, beat, ack_in = self.link.cycle(valid, data, last, ack)
+        if data1 is None:
+            fire, beat, ack_in = self.link.cycle(valid, data, last, ack)
+        else:
+            fire, beat, ack_in = self.link.cycle(valid, data, last, ack, data1=data1)
         resending = self.state in ("RESEND", "RESEND_CRC")
         outstanding = (self.seq_next - self.una) & M16
         # the timer sees the registers of this cycle, before the FSM and the ack update them
         nothing_out = outstanding == 0
-        self._tx_fsm(t, kind, fire, data)
+        self._tx_fsm(t, kind, fire, data if data1 is None or last else (data, data1))
         advanced = self._tx_ack(ack_in, outstanding, resending)
         self._tx_timer(nothing_out or advanced or resending)
         self._rx(t, ack is not None, beat)
         self.now = t + 1
 
-    def _tx_fsm(self, t: int, kind, fire: bool, data: int) -> None:
+    def _tx_fsm(self, t: int, kind, fire: bool, data) -> None:
+        """NicTx at the clock edge; ``data``: the beat's data word, or (word, word) for a beat
+        of two data words (8 bytes/cycle)."""
         st = self.state
+        words = list(data) if isinstance(data, tuple) else [data]
         if st == "IDLE":
             if kind == "resend":
                 self.resend_pending = False
@@ -328,42 +363,55 @@ class LinkLayer:
             elif kind == "new0" and fire:
                 self.last_progress = t
                 pkt = self.offer[0]
-                pkt.words[0] = data
-                self.crc_words = [data]
-                self.offer_wi = 1
+                pkt.words[0] = words[0]
+                self.crc_words = list(words)
+                self.offer_wi = len(words)
                 if self.first_fire is None:
                     self.first_fire = t
                 self.state = "NEW"
         elif st == "NEW":
             if fire:
-                self.crc_words.append(data)
-                self.offer_wi += 1
-                if self.offer_wi == len(self.offer[0].words):
+                self.crc_words += words
+                self.offer_wi += len(words)
+                if kind == "newmerge":  # the CRC went with the last word
+                    self.cur_crc = crc32_words(self.crc_words)
+                    self._new_sent(t)
+                elif self.offer_wi == len(self.offer[0].words):
                     self.cur_crc = crc32_words(self.crc_words)
                     self.state = "NEW_CRC"
         elif st == "NEW_CRC":
             if fire:
-                pkt = self.offer.popleft()
-                pkt.crc = self.cur_crc
-                self.replay[self.seq_next] = pkt
-                self.replay.pop((self.seq_next - WINDOW_PACKETS) & M16, None)
-                self.seq_next = (self.seq_next + 1) & M16
-                self.tx_counters["packets_sent"] += 1
-                self.offer_wi = 0
-                self.state = "IDLE"
-                if not self.offer:
-                    self.crc_sent_last = t
+                self._new_sent(t)
         elif st == "RESEND":
-            if fire:
-                self.ridx += 1
+            if fire and kind == "resendmerge":
+                self._resent()
+            elif fire:
+                self.ridx += len(words)
                 if self.ridx == len(self.replay[self.rs].words):
                     self.state = "RESEND_CRC"
         elif fire:  # RESEND_CRC
-            self.tx_counters["retransmits"] += 1
-            self.resent_across_wrap += self.rs == M16 and self.seq_next != 0
-            self.rs = (self.rs + 1) & M16
-            self.ridx = 0
-            self.state = "IDLE" if self.rs == self.seq_next else "RESEND"
+            self._resent()
+
+    def _new_sent(self, t: int) -> None:
+        """A new packet's CRC word was taken: it joins the replay buffer."""
+        pkt = self.offer.popleft()
+        pkt.crc = self.cur_crc
+        self.replay[self.seq_next] = pkt
+        self.replay.pop((self.seq_next - WINDOW_PACKETS) & M16, None)
+        self.seq_next = (self.seq_next + 1) & M16
+        self.tx_counters["packets_sent"] += 1
+        self.offer_wi = 0
+        self.state = "IDLE"
+        if not self.offer:
+            self.crc_sent_last = t
+
+    def _resent(self) -> None:
+        """A resent packet's CRC word was taken: on to the next, or back to IDLE."""
+        self.tx_counters["retransmits"] += 1
+        self.resent_across_wrap += self.rs == M16 and self.seq_next != 0
+        self.rs = (self.rs + 1) & M16
+        self.ridx = 0
+        self.state = "IDLE" if self.rs == self.seq_next else "RESEND"
 
     def _tx_ack(self, msg, outstanding: int, resending: bool) -> bool:
         if msg is None or not fs.ack_valid(msg):
@@ -412,21 +460,27 @@ class LinkLayer:
         if beat is not None:
             self._arrival(t, *beat)
 
-    def _arrival(self, t: int, data: int, last: bool) -> None:
-        if not last:
+    def _arrival(self, t: int, data: int, last: bool, data1: int | None = None) -> None:
+        """A beat at the front end: one word, or two (``data1``, 8 bytes/cycle); on the
+        ``last`` beat its final word is the CRC (``hw/nic_rx.py``, ``_arrival_wide``)."""
+        h0 = self.rx_h0
+        words = [data] if data1 is None else [data, data1]
+        crc = words.pop() if last else None
+        for w in words:  # the beat's data words
             if self.rx_widx == 0:
-                self.rx_h0 = data
-                self.rx_words = [data]
-            else:
-                self.rx_words.append(data)
-            if self.rx_widx != 255:
-                self.rx_widx += 1
+                self.rx_h0 = w
+                self.rx_words = []
+            self.rx_words.append(w)
+            if not last:
+                self.rx_widx = min(self.rx_widx + 1, 255)
+        if not last:
             return
-        pw_in = (self.rx_h0 >> 9 & 0x7F) + 1
+        count = self.rx_widx + len(words)  # data words of the packet
+        pw_in = (h0 >> 9 & 0x7F) + 1  # H0 as registered before this beat
         good = (
-            crc32_words(self.rx_words) == data
-            and self.rx_widx == HEADER_WORDS + pw_in
+            count == HEADER_WORDS + pw_in  # >= 4: rx_words are this packet's
             and pw_in <= self.max_pw
+            and crc32_words(self.rx_words) == crc
         )
         self.rx_widx = 0
         seq = self.rx_h0 >> 16

@@ -54,9 +54,14 @@ class LinkSetting:
         self.locked = False
         self.history: list[tuple[int, HardwareConfig, lk.LinkConfig]] = [(0, hw, hw.link)]
         self._limits = csr.values[rm.offset("LINK_LIMITS")]
+        self._width_bytes = hw.link_width_bytes  # 8 bytes/cycle only on a width-8 build
+        self._width8 = _LINK_INFO.pack(width8=int(hw.link_width_bytes == 8))
         self._watchers: list = []
         csr.bind("LINK_SET", write=self._write)
-        csr.bind("LINK_INFO", read=lambda: self._info(self.at(csr.read_cycle)))
+        csr.bind(
+            "LINK_INFO",
+            read=lambda: self._info(self.at(csr.read_cycle)) | self._width8,
+        )
         csr.bind("LINK_LATENCY", read=lambda: self.at(csr.read_cycle).latency_cycles)
         csr.bind("LINK_MAX_PAYLOAD", read=lambda: self.at(csr.read_cycle).max_payload_bytes)
 
@@ -103,7 +108,7 @@ class LinkSetting:
         if self.locked:
             self.csr.error(rm.ErrorCode.LINK_SET_LOCKED, rm.Engine.HOST, 0, value)
             return
-        refusal = lk.link_set_refusal(value, self._limits)
+        refusal = lk.link_set_refusal(value, self._limits, self._width_bytes)
         if refusal is not None:
             code, index = refusal
             self.csr.error(code, rm.Engine.HOST, index, value)

@@ -157,7 +157,13 @@ class Nic(Engine):
             self.sim.at(cycle, lambda: peer.receive(pkt, checked))
 
         self.layer = LinkLayer(
-            self.link, peer.link, controls, deliver, seq_start, rx_check=peer.hold_verdict
+            self.link,
+            peer.link,
+            controls,
+            deliver,
+            seq_start,
+            rx_check=peer.hold_verdict,
+            apply_words=tm.rx_apply_words(peer.hw),
         )
         self.link.watch(self.layer)
         peer.link.watch(self.layer)
@@ -236,7 +242,7 @@ class Nic(Engine):
             return None
         self._pending = None
         first, crc_sent = sent
-        t = crc_sent + max(1, 4 // self.link.at(crc_sent).bytes_per_cycle)
+        t = crc_sent + lk.word_period(self.link.at(crc_sent).bytes_per_cycle)
         self.perf["tx"] += t - first
         end = (rm.Engine.NIC_TX, rm.TraceEvent.END, rm.Kind.SEND, d.tag, d.length)
         self.sim.at(t, lambda: self.trace.record(*end))
@@ -259,7 +265,10 @@ class Nic(Engine):
             t_end = t + lk.packet_cycles(payload, hw.link)
             assert peer is not None
             applied = tm.rx_visible_cycle(
-                t_end + tm.crc_arrival_offset(hw), peer.rx_free_at, payload
+                t_end + tm.crc_arrival_offset(hw),
+                peer.rx_free_at,
+                payload,
+                tm.rx_apply_words(peer.hw),
             )
             peer.rx_free_at = applied
             self.sim.at(applied, lambda p=peer, pk=pkt: p.receive(pk))
@@ -365,13 +374,15 @@ class Nic(Engine):
 
         ``checked``: the cycle the link layer's applier checked it in (it held it until
         then); None on the fast path, where the check was ``payload words + 2`` cycles ago
+        (``ceil(payload words / 2) + 2`` on a width-8 build, two words a cycle)
         (``RxApplier``'s timing) and a packet it would have held raises :class:`ReceiverHold`.
         """
         wire = len(pkt.payload) * (2 if pkt.bf16 else self.wb)
         nbytes = lk.memory_bytes(wire, pkt.bf16)  # of the window's memory (fp32 with bf16)
         n_words = nbytes // self.wb
         code = rm.ErrorCode.OK
-        check = self.sim.now - wire // 4 - 2 if checked is None else checked
+        apply_cycles = lk.ceil_div(wire, 4 * tm.rx_apply_words(self.hw))  # RUN cycles
+        check = self.sim.now - apply_cycles - 2 if checked is None else checked
         enabled, tag = (
             (0, 0) if pkt.window >= len(self.windows) else self._state_at(pkt.window, check)
         )

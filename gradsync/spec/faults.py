@@ -51,6 +51,18 @@ high; in the first cycle after the restart generator ``g`` holds
     ``down_mean``).  Words accepted while down are lost (a packet cut by an
     outage arrives truncated or merged) and so are acknowledge messages.
 
+Beats of two words (8 bytes/cycle)
+    At 8 bytes/cycle a link beat carries two words of a packet, ``2k`` and
+    ``2k + 1`` of it in beat ``k`` (the last beat may hold one: the CRC word, or
+    the last payload word and the CRC word); the timers, stalls and outages are
+    per cycle as ever, the per-packet decisions are drawn in the cycle of the
+    packet's first beat, and the word indices above count words, not beats: a
+    bit or burst fault hits the half of the beat that carries its word, and a
+    framing fault on word ``w`` inverts the ``last`` flag of the beat carrying
+    ``w`` (packets begin and end on beat boundaries, so a framing fault
+    truncates or merges packets by whole beats).  A beat lost to an outage loses
+    both its words.
+
 The counters count packets (first words accepted), packets dropped, packets
 with data corrupted (bit or burst), packets with framing faults, stalls and
 outages started, cycles down, acknowledge messages dropped and corrupted.
@@ -61,7 +73,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gradsync.spec.link import LINK_BYTES_PER_CYCLE, LINK_MAX_LATENCY_CYCLES
+from gradsync.spec.link import LINK_BYTES_PER_CYCLE, LINK_MAX_LATENCY_CYCLES, word_period
 
 M32 = 0xFFFF_FFFF
 
@@ -171,7 +183,8 @@ class LinkReference:
     :meth:`cycle` with what the transmitter and the receiver's acknowledge side
     offer; it returns what arrives at the far ends in this cycle.
 
-    Latency and width are run-time settings (``LINK_SET``, :meth:`set_link`).  Both
+    Latency and width are run-time settings (``LINK_SET``, :meth:`set_link`); at 8
+    bytes/cycle a beat carries two words (``data1``, module docstring).  Both
     directions are a delay line written every cycle and read ``L`` cycles back,
     ``L`` the latency in effect in the reading cycle: what arrives in cycle ``t``
     is what entered in cycle ``t - L(t)`` (``L = 0``: the same cycle), so a latency
@@ -220,7 +233,7 @@ class LinkReference:
                 f"bytes_per_cycle must be one of {LINK_BYTES_PER_CYCLE}, not {bytes_per_cycle!r}"
             )
         self.latency = latency_cycles
-        self.period = 4 // bytes_per_cycle
+        self.period = word_period(bytes_per_cycle)
 
     def in_flight(self) -> bool:
         """A word on the line still arrives at the present latency."""
@@ -252,12 +265,14 @@ class LinkReference:
                 frame = (pos >> 16 & 0xFF) * n >> 8
         return drop, corrupt, burst, frame
 
-    def cycle(self, valid: bool, data: int, last: bool, ack: int | None):
+    def cycle(self, valid: bool, data: int, last: bool, ack: int | None, data1: int | None = None):
         """One cycle: ``tx`` offers (valid, data, last), the receiver sends ``ack`` (or None).
 
-        Returns ``(accepted, beat, ack_out)``: whether the word was taken, the
-        ``(data, last)`` arriving at ``rx`` in this cycle (or None) and the
-        acknowledge message arriving at ``ack_rx`` (or None).
+        ``data1``: a beat's second word (8 bytes/cycle; None: a beat of one word).
+        Returns ``(accepted, beat, ack_out)``: whether the beat was taken, the
+        ``(data, last)`` -- ``(data, last, data1)`` for a beat of two words --
+        arriving at ``rx`` in this cycle (or None) and the acknowledge message
+        arriving at ``ack_rx`` (or None).
         """
         c, cnt, gen = self.c, self.counters, self.gen
         accepted = valid and self.gap == 0 and self.stall == 0
@@ -272,15 +287,15 @@ class LinkReference:
                 cnt["framed"] += self.hold[3] is not None
             drop, corrupt, burst, frame = self.hold
             w = self.word
-            if corrupt is not None and w == corrupt[0]:
-                data ^= corrupt[1]
-            if burst is not None and w == burst[0]:
-                data ^= burst[1]
-            out_last = last ^ (frame == w)
+            words = [data] if data1 is None else [data, data1]
+            for fault in (corrupt, burst):
+                if fault is not None and 0 <= fault[0] - w < len(words):
+                    words[fault[0] - w] ^= fault[1]
+            out_last = last ^ (frame is not None and 0 <= frame - w < len(words))
             if not drop and not down:
-                out = (data, bool(out_last))
+                out = (words[0], bool(out_last), *words[1:])
             self.in_packet = not last
-            self.word = 0 if last else min(w + 1, 255)
+            self.word = 0 if last else min(w + len(words), 255)
         ack_in = None
         if ack is not None:
             a = gen[4]

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 
 from gradsync.spec import regmap as rm
 from gradsync.spec.formats import FixedPointFormat
-from gradsync.spec.limits import LimitError, check_link, check_link_latency
+from gradsync.spec.limits import LimitError, check_link, check_link_latency, check_link_width
 from gradsync.spec.link import (
     LINK_MAX_LATENCY_CYCLES,
     MAX_PAYLOAD_BYTES,
@@ -52,6 +52,10 @@ class HardwareConfig:
     host_irq_latency_cycles: int = 10
     host_bulk_setup_cycles: int = 16
     host_bulk_bytes_per_cycle: int = 8
+    #: The link datapath's width fixed at elaboration (``LINK_WIDTHS_BYTES``): 4, a 32-bit
+    #: word per beat (the default, today's datapath), or 8, a 64-bit beat of two words.  The
+    #: link runs at any bandwidth up to it (``LINK_SET``): 8 bytes/cycle needs width 8.
+    link_width_bytes: int = 4
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -62,6 +66,7 @@ class HardwareConfig:
                 raise LimitError(name, value, f">= {minimum}")
         if self.max_payload_bytes % 4:
             raise LimitError("max_payload_bytes", self.max_payload_bytes, "a multiple of 4")
+        check_link_width(self.link_width_bytes)
         if self.rx_windows > rm.MAX_RX_WINDOWS:
             raise LimitError("rx_windows", self.rx_windows, f"<= {rm.MAX_RX_WINDOWS}")
 
@@ -78,10 +83,12 @@ class HardwareConfig:
 
     def check_carriable(self) -> None:
         """Raise :class:`~gradsync.spec.limits.LimitError` unless the packet format and the
-        RTL's link and NIC carry this link (widths 1, 2, 4; payload up to 512 bytes).
+        RTL's link and NIC carry this link (1, 2, 4 bytes/cycle, 8 on a build of
+        ``link_width_bytes`` 8; payload up to 512 bytes).
 
         Not a constructor check: the scale simulator models links of any width.
         """
+        check_link_width(self.link_width_bytes, self.link_bytes_per_cycle)
         check_link(
             self.link_bytes_per_cycle,
             self.max_payload_bytes,
@@ -159,6 +166,7 @@ def constant_registers(
             bytes_per_cycle=hw.link_bytes_per_cycle,
             header_bytes=hw.packet_header_bytes,
             crc_bytes=hw.packet_crc_bytes,
+            width8=int(hw.link_width_bytes == 8),
         ),
         "LINK_LATENCY": hw.link_latency_cycles,
         "LINK_MAX_PAYLOAD": hw.max_payload_bytes,

@@ -95,10 +95,28 @@ def check_link_latency(latency_cycles: int) -> None:
         )
 
 
+def check_link_width(width_bytes: int, bytes_per_cycle: int | None = None) -> None:
+    """A build's link datapath width (:data:`gradsync.spec.link.LINK_WIDTHS_BYTES`) and, if
+    given, a bandwidth it can run at (at most the width: 8 bytes/cycle needs width 8)."""
+    if width_bytes not in lk.LINK_WIDTHS_BYTES:
+        allowed = " or ".join(map(str, lk.LINK_WIDTHS_BYTES))
+        raise LimitError("link_width_bytes", width_bytes, allowed)
+    allowed = lk.link_bytes_allowed(width_bytes)
+    if bytes_per_cycle is not None and bytes_per_cycle not in allowed:
+        rule = f"one of {', '.join(map(str, allowed))}"
+        if bytes_per_cycle in lk.LINK_BYTES_PER_CYCLE:
+            rule += (
+                f" on a build of link width {width_bytes} bytes "
+                f"({bytes_per_cycle} bytes/cycle needs link_width_bytes={bytes_per_cycle})"
+            )
+        raise LimitError("link_bytes_per_cycle", bytes_per_cycle, rule)
+
+
 def check_link(bytes_per_cycle: int, max_payload_bytes: int, header_bytes: int, crc_bytes: int):
     """The link widths and packet sizes the packet format and the NIC carry.
 
-    ``bytes_per_cycle`` one of :data:`gradsync.spec.link.LINK_BYTES_PER_CYCLE`;
+    ``bytes_per_cycle`` one of :data:`gradsync.spec.link.LINK_BYTES_PER_CYCLE` (the
+    build's width bound is :func:`check_link_width`'s);
     ``max_payload_bytes`` a multiple of 4 up to :data:`gradsync.spec.link.MAX_PAYLOAD_BYTES`;
     the header and CRC exactly the packet format's.
     """

@@ -24,8 +24,13 @@ PACKET_CRC_BYTES = 4
 PAYLOAD_WORDS_BITS = 7
 #: Largest payload a packet header can describe: 2**PAYLOAD_WORDS_BITS words of 4 bytes.
 MAX_PAYLOAD_BYTES = 4 << PAYLOAD_WORDS_BITS
-#: Link widths the link serialiser implements (a 32-bit word every 4 / width cycles).
-LINK_BYTES_PER_CYCLE = (1, 2, 4)
+#: Link bandwidths (bytes per cycle) the RTL implements: 1, 2 and 4 send a 32-bit word every
+#: ``4 / bytes_per_cycle`` cycles, 8 two words per cycle (a build of ``link_width_bytes`` 8).
+LINK_BYTES_PER_CYCLE = (1, 2, 4, 8)
+#: Widths of a build's link datapath (``HardwareConfig.link_width_bytes``, fixed at
+#: elaboration): 4 carries one 32-bit word per beat, 8 two (a 64-bit beat).  A link may run
+#: at any ``LINK_BYTES_PER_CYCLE`` up to its build's width (``LINK_SET``).
+LINK_WIDTHS_BYTES = (4, 8)
 #: Largest link latency the RTL's delay lines hold (``LINK_LIMITS.max_latency``): a latency is
 #: a run-time setting (``LINK_SET``) up to this bound fixed at elaboration.
 LINK_MAX_LATENCY_CYCLES = 1023
@@ -33,6 +38,22 @@ LINK_MAX_LATENCY_CYCLES = 1023
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def link_bytes_allowed(width_bytes: int) -> tuple[int, ...]:
+    """The bandwidths (bytes per cycle) a build of link width ``width_bytes`` may run at."""
+    return tuple(b for b in LINK_BYTES_PER_CYCLE if b <= width_bytes)
+
+
+def word_period(bytes_per_cycle: int) -> int:
+    """Cycles between beats of a link at ``bytes_per_cycle``: ``4 / bytes_per_cycle`` for 1, 2
+    and 4 (a 32-bit word per beat), 1 for 8 (a beat of two words every cycle)."""
+    return max(1, 4 // bytes_per_cycle)
+
+
+def beat_words(bytes_per_cycle: int) -> int:
+    """32-bit words a link at ``bytes_per_cycle`` carries per beat: 2 at 8, else 1."""
+    return 2 if bytes_per_cycle == 8 else 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,11 @@ class LinkConfig:
         )
 
 
+def link_width_from_info(link_info: int) -> int:
+    """The build's link width in bytes (4 or 8) from a ``LINK_INFO`` value (its ``width8``)."""
+    return 8 if rm.reg("LINK_INFO").field("width8").get(link_info) else 4
+
+
 def link_set_value(link: LinkConfig) -> int:
     """The ``LINK_SET`` register value that sets ``link`` (bytes per cycle, payload, latency)."""
     r = rm.reg("LINK_SET")
@@ -72,15 +98,19 @@ def link_set_value(link: LinkConfig) -> int:
     )
 
 
-def link_set_refusal(value: int, limits: int) -> tuple[rm.ErrorCode, int] | None:
+def link_set_refusal(
+    value: int, limits: int, width_bytes: int = 4
+) -> tuple[rm.ErrorCode, int] | None:
     """Why an unlocked node refuses ``LINK_SET = value`` given ``LINK_LIMITS = limits``.
 
     ``(LINK_SET_BAD, index)`` for the first bad field in the register's order
-    (0 bytes_per_cycle, 1 payload_words, 2 latency), ``None`` if it is accepted.
-    The RTL (``hw/node.py``) checks the same fields in the same order.
+    (0 bytes_per_cycle: not one of :func:`link_bytes_allowed` of the build's
+    ``width_bytes`` -- 8 on a 4-byte-wide build is refused --, 1 payload_words,
+    2 latency), ``None`` if it is accepted.  The RTL (``hw/node.py``) checks the
+    same fields in the same order.
     """
     r, lim = rm.reg("LINK_SET"), rm.reg("LINK_LIMITS")
-    if r.field("bytes_per_cycle").get(value) not in LINK_BYTES_PER_CYCLE:
+    if r.field("bytes_per_cycle").get(value) not in link_bytes_allowed(width_bytes):
         return rm.ErrorCode.LINK_SET_BAD, 0
     if not 1 <= r.field("payload_words").get(value) <= lim.field("max_payload_words").get(limits):
         return rm.ErrorCode.LINK_SET_BAD, 1
@@ -132,7 +162,9 @@ def packet_cycles(payload_bytes: int, link: LinkConfig) -> int:
     """Cycles one packet occupies the transmitter (serialisation only).
 
     ``ceil((header + payload + CRC) / bytes_per_cycle)``; packets of a chunk
-    are sent back to back.
+    are sent back to back.  At 8 bytes/cycle that is the packet's 64-bit beats: its
+    ``(header + payload + CRC) / 4`` words two per beat, the last beat holding only the
+    CRC word when the count is odd.
     """
     return ceil_div(link.framing_bytes + payload_bytes, link.bytes_per_cycle)
 
@@ -186,7 +218,8 @@ def nic_timeouts(link: LinkConfig) -> tuple[int, int]:
     """(retransmission timeout, NAK hold-off) in cycles, as every NIC uses them.
 
     The hold-off is one round trip of the longest packet, its acknowledgement
-    and some slack; the timeout two of them plus margin.
+    and some slack; the timeout two of them plus margin.  The packet's serialisation
+    is ``words * 4 // bytes_per_cycle`` (at 8 bytes/cycle: half its words, rounded down).
     """
     max_packet_words = ceil_div(link.framing_bytes + link.max_payload_bytes, 4)
     rtt = 2 * link.latency_cycles + max_packet_words * 4 // link.bytes_per_cycle + 16

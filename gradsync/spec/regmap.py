@@ -210,7 +210,8 @@ ERROR_MEANINGS = {
     "format is fixed point (its gradients are not fp32); index = ring slot, info = source "
     "address",
     ErrorCode.LINK_SET_BAD: "LINK_SET outside LINK_LIMITS: index = the first bad field "
-    "(0 bytes_per_cycle not 1, 2 or 4; 1 payload_words not in 1..max_payload_words; "
+    "(0 bytes_per_cycle not 1, 2 or 4 -- or 8 on a build whose LINK_INFO width8 is 1; "
+    "1 payload_words not in 1..max_payload_words; "
     "2 latency above max_latency), info = the written value",
 }
 
@@ -384,17 +385,23 @@ _GLOBAL = [
         Access.RO,
         0,
         "Transmit link parameters: bytes_per_cycle as set (reset: the build's; see LINK_SET), "
-        "header and CRC bytes of the packet format.",
+        "header and CRC bytes of the packet format, and whether the build's link datapath "
+        "is 8 bytes wide (width8, a build constant).",
         (
             Field("bytes_per_cycle", 0, 8),
             Field("header_bytes", 8, 8),
             Field("crc_bytes", 16, 8),
+            Field(
+                "width8",
+                24,
+                1,
+                "1: the link datapath is 8 bytes wide (link_width_bytes 8), so LINK_SET may "
+                "set 8 bytes/cycle; 0: 4 bytes wide (1, 2 or 4)",
+            ),
         ),
     ),
     Register("LINK_LATENCY", 0x03C, Access.RO, 0, "Link latency in cycles, as set (see LINK_SET)."),
-    Register(
-        "LINK_MAX_PAYLOAD", 0x04C, Access.RO, 0, "Maximum packet payload in bytes, as set."
-    ),
+    Register("LINK_MAX_PAYLOAD", 0x04C, Access.RO, 0, "Maximum packet payload in bytes, as set."),
     Register(
         "LINK_SET",
         0x094,
@@ -405,7 +412,12 @@ _GLOBAL = [
         "first DOORBELL write, or (LINK_SET_BAD) outside LINK_LIMITS; a refused write "
         "changes nothing. Takes effect in the cycle after the write.",
         (
-            Field("bytes_per_cycle", 0, 4, "1, 2 or 4 (LINK_BYTES_PER_CYCLE)"),
+            Field(
+                "bytes_per_cycle",
+                0,
+                4,
+                "1, 2 or 4, or 8 on a build whose LINK_INFO width8 is 1 (LINK_BYTES_PER_CYCLE)",
+            ),
             Field("payload_words", 4, 8, "maximum payload in 32-bit words, 1..max_payload_words"),
             Field("latency", 12, 20, "latency in cycles, 0..max_latency"),
         ),

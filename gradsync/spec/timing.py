@@ -30,6 +30,9 @@ from gradsync.spec.link import (
     packet_cycles,
     wire_bytes,
 )
+from gradsync.spec.link import (
+    word_period as link_word_period,
+)
 
 # --- fixed latencies (cycles) -------------------------------------------------
 
@@ -179,38 +182,47 @@ def refused_descriptor_cycles(hw: HardwareConfig) -> int:
 def packet_arrival_offset(hw: HardwareConfig, payload_bytes: int) -> int:
     """Cycles from the end of a packet's transmission to its reduce-add being visible.
 
-    The packet's last (CRC) word is put on the link ``4 / link_bytes_per_cycle``
-    cycles before its transmission ends and arrives ``link_latency_cycles``
-    later; the receiver then commits it, checks its window and applies one
-    32-bit payload word per cycle (store-and-forward, so no corrupted word is
+    The packet's last (CRC) word is put on the link one word period
+    (``gradsync.spec.link.word_period``) before its transmission ends and arrives
+    ``link_latency_cycles`` later; the receiver then commits it, checks its window and
+    applies :func:`rx_apply_words` 32-bit payload words per cycle (store-and-forward, so no corrupted word is
     ever applied).  A packet refused by the window checks takes the same time.
     This is the idle-receiver case of :func:`rx_visible_cycle`, which also
     accounts for a previous packet still being applied.
     """
-    word_period = max(1, 4 // hw.link_bytes_per_cycle)
     return (
         hw.link_latency_cycles
-        + RX_APPLY_LATENCY_CYCLES
-        + ceil_div(payload_bytes, 4)
+        + rx_apply_cycles(payload_bytes, rx_apply_words(hw))
         + 1
-        - word_period
+        - link_word_period(hw.link_bytes_per_cycle)
     )
 
 
 def crc_arrival_offset(hw: HardwareConfig) -> int:
-    """Cycles from the end of a packet's transmission to its CRC word's arrival."""
-    return hw.link_latency_cycles - max(1, 4 // hw.link_bytes_per_cycle)
+    """Cycles from the end of a packet's transmission to its CRC word's arrival (the CRC's
+    beat is the packet's last, put on the link one word period before the end)."""
+    return hw.link_latency_cycles - link_word_period(hw.link_bytes_per_cycle)
 
 
-def rx_apply_cycles(payload_bytes: int) -> int:
-    """Receiver applier occupancy of one packet: window check, then a payload word per cycle.
+def rx_apply_words(hw: HardwareConfig) -> int:
+    """Payload words the receiver's applier writes per cycle: the build's link width in
+    words (1, or 2 on a ``link_width_bytes`` 8 build, at any bandwidth it runs at), so that
+    it keeps up with an 8 bytes/cycle link."""
+    return hw.link_width_bytes // 4
+
+
+def rx_apply_cycles(payload_bytes: int, words_per_cycle: int = 1) -> int:
+    """Receiver applier occupancy of one packet: window check, then ``words_per_cycle``
+    payload words per cycle (:func:`rx_apply_words`).
 
     A bf16 packet's payload word is two fp32 elements, applied in the same cycle.
     """
-    return RX_APPLY_LATENCY_CYCLES + ceil_div(payload_bytes, 4)
+    return RX_APPLY_LATENCY_CYCLES + ceil_div(payload_bytes, 4 * words_per_cycle)
 
 
-def rx_visible_cycle(crc_arrival: int, applier_free: int, payload_bytes: int) -> int:
+def rx_visible_cycle(
+    crc_arrival: int, applier_free: int, payload_bytes: int, words_per_cycle: int = 1
+) -> int:
     """Cycle a packet's effects (memory, RECEIVED, RX_DONE) become visible.
 
     Packets are applied in order, one at a time: the applier takes a packet
@@ -218,7 +230,7 @@ def rx_visible_cycle(crc_arrival: int, applier_free: int, payload_bytes: int) ->
     packet, whichever is later.  For an idle receiver this equals
     ``t_end + packet_arrival_offset(hw, payload_bytes)``.
     """
-    return max(crc_arrival + 1, applier_free) + rx_apply_cycles(payload_bytes)
+    return max(crc_arrival + 1, applier_free) + rx_apply_cycles(payload_bytes, words_per_cycle)
 
 
 #: Cycles from a CSR-port handshake (AXI4-Lite AW+W, or AR) to its response (BVALID, RVALID):

@@ -141,7 +141,7 @@ def test_stalls_hold_ready_low_and_lose_nothing():
     "bad,match",
     [
         ({"latency_cycles": -1}, "latency_cycles must be an int >= 0, not -1"),
-        ({"latency_cycles": 3, "bytes_per_cycle": 3}, "bytes_per_cycle must be 1, 2 or 4, not 3"),
+        ({"latency_cycles": 3, "bytes_per_cycle": 3}, "bytes_per_cycle must be 1, 2 or 4 (a link 4 bytes wide), not 3"),
     ],
 )
 def test_link_rejects_bad_parameters(bad, match):

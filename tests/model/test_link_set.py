@@ -297,7 +297,7 @@ def test_latency_zero_passes_the_input_in_its_own_cycle_and_the_limit_is_1023():
     ref = LinkReference(5, 4, {})
     with pytest.raises(ValueError, match="latency_cycles must be in 0..1023, not 1024"):
         ref.set_link(1024, 4)
-    with pytest.raises(ValueError, match=r"bytes_per_cycle must be one of \(1, 2, 4\), not 3"):
+    with pytest.raises(ValueError, match=r"bytes_per_cycle must be one of \(1, 2, 4, 8\), not 3"):
         ref.set_link(5, 3)
 
 
