@@ -221,13 +221,14 @@ class RxFrontEnd(wiring.Component):
 
     Parameters
     ----------
-    max_payload_words, credits, nak_holdoff_cycles, seq_start:
+    max_payload_words, credits, nak_holdoff_cycles, seq_start, width_bytes:
         As :class:`NicRx`'s; the buffer has ``credits + 1`` packet slots.
 
     Attributes
     ----------
-    link : In(stream of LinkBeat)
-        From the link; always ready (one word per cycle).
+    link : In(stream of link_beat(width_bytes))
+        From the link; always ready (one beat per cycle: a word, or two at width 8,
+        stored through a second write port, the CRC folded over both in the cycle).
     ack : Out(stream of AckMessage)
         Cumulative ACK (``exp``), credit limit (packets freed + ``credits``),
         NAK and check byte, sent in the cycle after anything of them changed,
@@ -284,9 +285,9 @@ class RxFrontEnd(wiring.Component):
         bw = buf.write_port()
         br = buf.read_port()
         if self.width_bytes == 4:
-            m.submodules.crc = crcp = crc.Processor(crc32())
+            m.submodules.crc = extra = crc.Processor(crc32())
         else:  # the CRC register is folded two words a cycle (_arrival_wide)
-            crcp = buf.write_port()  # the second half of a beat
+            extra = buf.write_port()  # for a beat's second word
 
         wr_slot = Signal(range(S))  # slot of the packet arriving
         rd_slot = Signal(range(S))  # oldest committed packet (the head of ``packets``)
@@ -330,7 +331,8 @@ class RxFrontEnd(wiring.Component):
 
         # ---------------------------------------------------------------- arrival
         arrival = self._arrival_wide if self.width_bytes == 8 else self._arrival
-        arrival(m, buf, bw, crcp, wr_slot, exp, widx, h0, hdr0, hdr1, hdr2, nak_sent,
+        # width 4: the CRC processor; width 8: the second write port (the CRC is folded)
+        arrival(m, buf, bw, extra, wr_slot, exp, widx, h0, hdr0, hdr1, hdr2, nak_sent,
                 nak_pending, dirty, holdoff)  # fmt: skip
 
         # ------------------------------------------------- committed packets out
@@ -651,7 +653,8 @@ class RxApplier(wiring.Component):
     packets : In(stream of PacketHeader)
         The next packet; taken (``ready``) in the last cycle of its application.
     payload : Out(payload_port_signature)
-        Its payload words.
+        Its payload words (at ``width_bytes`` 8 two a cycle, ``data`` and ``data1``:
+        RUN takes ``ceil(payload_words / 2)`` cycles, the timing below with that count).
     lookup : Out(window_lookup_signature)
         Its window check and memory addresses (``RxWindowTable``).
     mem_rd_*, mem_wr_*, now, trace, error, packets_applied, bytes_applied, drops
