@@ -239,8 +239,11 @@ SETTINGS = [
 
 #: The faulted run after them, at 8 bytes/cycle on link 0 (node 0 -> node 1, and node 1's
 #: acknowledgements back): dropped, corrupted and mis-framed packets, lost acknowledgements.
-FAULTS = {"drop_rate": 8000, "corrupt_rate": 8000, "frame_rate": 12000, "ack_drop_rate": 6000,
-          "seed": 7}  # fmt: skip
+#: Which faults a run meets depends on the cycle each packet starts in (the generators step
+#: every cycle): rates and seed are picked so that this run meets every kind (the seed
+#: changed from 7 when the CSR port started answering a cycle later).
+FAULTS = {"drop_rate": 12000, "corrupt_rate": 10000, "frame_rate": 12000, "ack_drop_rate": 8000,
+          "seed": 1}  # fmt: skip
 
 
 def _link(bpc: int) -> LinkConfig:
