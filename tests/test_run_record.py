@@ -283,7 +283,11 @@ def test_ctrl_c_stops_with_one_line_exit_130_and_an_interrupted_record(tmp_path)
         (["--lr", "0.0001"], ["--lr", "not 0.0001"]),  # rounds to 0 at 10 fractional bits
         (["--nodes", "1000", "--global-batch", "1000"], ["--nodes", "at most 256", "not 1000"]),
         (["--link-bytes-per-cycle", "3"], ["--link-bytes-per-cycle", "1, 2, 4", "not 3"]),
-        (["--link-bytes-per-cycle", "8"], ["--link-bytes-per-cycle", "not 8"]),
+        (["--link-bytes-per-cycle", "16"], ["--link-bytes-per-cycle", "not 16"]),
+        (
+            ["--link-bytes-per-cycle", "8", "--link-width-bytes", "4"],
+            ["--link-bytes-per-cycle", "link width 4 bytes", "link_width_bytes=8", "not 8"],
+        ),
         (["--max-payload-bytes", "1024"], ["--max-payload-bytes", "512", "not 1024"]),
         (["--max-payload-bytes", "6"], ["--max-payload-bytes", "not 6"]),
         (["--link-latency-cycles", "1024"], ["--link-latency-cycles", "0..1023", "not 1024"]),

@@ -29,16 +29,21 @@ SHORT = experiment.TrainConfig(nodes=2, steps=2, layers=(64, 16, 10), global_bat
 
 
 class _Swallow:
-    """The far end of a held-down link: every packet is lost on the way."""
+    """The far end of a held-down link: every packet is lost on the way (``hw``: the real
+    receiver's, whose applier width the sender's timing reads)."""
 
     rx_free_at = 0
+
+    def __init__(self, hw) -> None:
+        self.hw = hw
 
     def receive(self, _pkt) -> None:
         pass
 
 
 def _held_down(cluster: Cluster) -> Cluster:
-    cluster.devices[0].nic.peer = _Swallow()  # link 0: node 0 -> node 1
+    nic = cluster.devices[0].nic
+    nic.peer = _Swallow(nic.peer.hw)  # link 0: node 0 -> node 1
     return cluster
 
 
