@@ -471,8 +471,9 @@ class RtlDevice:
 
     def _post_write(self, target: int, addr: int, value: int) -> None:
         """AW/W handshake in ``target - 2``, checked and lowered in ``target`` by callbacks."""
-        _at(self._delay_to(target - _CSR), self._drive_write, addr, value)
-        _at(self._delay_to(target), self._end_posted_write, addr, target)
+        handshake = self._delay_to(target - _CSR)
+        _at(handshake, self._drive_write, addr, value)
+        _at(handshake + _CSR * self.latency.period_steps, self._end_posted_write, addr, target)
         self._posted_until = target
 
     def _end_posted_write(self, addr: int, target: int) -> None:
