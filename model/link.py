@@ -452,15 +452,20 @@ class LinkLayer:
             self.quiet, self.dirty = 0, True
         else:
             self.quiet += 1
-        if self.nak_sent:
+        # the arrival's verdict reads the NAK flag of this cycle (the register before the
+        # edge): a packet whose last beat lands as the hold-off ends is not NAKed
+        nak_sent = self.nak_sent
+        if nak_sent:
             if self.nak_holdoff >= self.holdoff:
                 self.nak_sent = False
             else:
                 self.nak_holdoff += 1
         if beat is not None:
-            self._arrival(t, *beat)
+            self._arrival(t, *beat, nak_sent=nak_sent)
 
-    def _arrival(self, t: int, data: int, last: bool, data1: int | None = None) -> None:
+    def _arrival(
+        self, t: int, data: int, last: bool, data1: int | None = None, *, nak_sent: bool
+    ) -> None:
         """A beat at the front end: one word, or two (``data1``, 8 bytes/cycle); on the
         ``last`` beat its final word is the CRC (``hw/nic_rx.py``, ``_arrival_wide``)."""
         h0 = self.rx_h0
@@ -496,6 +501,6 @@ class LinkLayer:
             self.dirty = True
         else:
             self.rx_counters["seq_errors" if good else "crc_errors"] += 1
-            if not self.nak_sent:
+            if not nak_sent:
                 self.nak_sent = self.nak_pending = True
                 self.nak_holdoff = 0

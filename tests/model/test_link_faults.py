@@ -174,3 +174,30 @@ def test_per_link_groups_override_the_all_links_group():
         {"drop_rate": 7, "seed": 70},
         {"corrupt_rate": 600, "seed": 11},
     ]
+
+
+@pytest.mark.parametrize(
+    "sent, holdoff_count, naks", [(False, 0, True), (True, 39, False), (True, 40, False)]
+)
+def test_a_bad_packet_as_the_nak_hold_off_ends_is_nakked_as_the_rtl_does(
+    sent, holdoff_count, naks
+):
+    """``hw/nic_rx.py``'s verdict reads the NAK flag before the clock edge, and the hold-off
+    clears it at that same edge: a bad packet whose last beat lands in the hold-off's last
+    cycle is not NAKed (the flag then clears), only one landing after it is.  The model's
+    link layer stepped past this boundary (it NAKed there), so a faulted 8 B/cycle RTL run
+    differed from it by 306 trace records (``tests/system/test_rtl_link8.py``)."""
+    from gradsync.model.cluster import Cluster
+    from gradsync.spec.hardware import DEFAULT_HARDWARE
+    from gradsync.spec.formats import FixedPointFormat
+
+    layer = Cluster(2, DEFAULT_HARDWARE, FixedPointFormat(), [{}, {}]).devices[0].nic.layer
+    layer.holdoff, layer.nak_sent, layer.nak_holdoff = 40, sent, holdoff_count
+    layer.nak_pending = layer.dirty = False
+    layer._rx(100, False, (0x1234, True))  # a last beat, nothing before it: bad length
+    assert layer.rx_counters["crc_errors"] == 1
+    assert layer.nak_pending is naks
+    # the flag after the edge: set by the NAK, still set within the hold-off, cleared at its end
+    assert layer.nak_sent is (naks or holdoff_count < 40)
+    layer._rx(101, False, (0x1234, True))  # the next bad packet: NAKed once the flag cleared
+    assert layer.nak_pending is (naks or holdoff_count == 40)
