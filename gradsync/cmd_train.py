@@ -260,7 +260,13 @@ def option_error(exc: LimitError, options: dict[str, str] = OPTIONS) -> ValueErr
     if option is None:
         return ValueError(str(exc))
     value = exc.value if isinstance(exc.value, str) and exc.value else repr(exc.value)
-    return ValueError(f"{option} must be {exc.rule}, not {value}")
+    # a rule naming another field as ``field=value`` names its option instead
+    rule = re.sub(
+        r"\b([a-z_]+)=(\w+)",
+        lambda m: f"{options[m[1]]} {m[2]}" if m[1] in options else m[0],
+        exc.rule,
+    )
+    return ValueError(f"{option} must be {rule}, not {value}")
 
 
 def config_from_args(args, schedule: str | None = None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -286,7 +287,7 @@ def test_ctrl_c_stops_with_one_line_exit_130_and_an_interrupted_record(tmp_path)
         (["--link-bytes-per-cycle", "16"], ["--link-bytes-per-cycle", "not 16"]),
         (
             ["--link-bytes-per-cycle", "8", "--link-width-bytes", "4"],
-            ["--link-bytes-per-cycle", "link width 4 bytes", "link_width_bytes=8", "not 8"],
+            ["--link-bytes-per-cycle", "link width 4 bytes", "--link-width-bytes 8", "not 8"],
         ),
         (["--max-payload-bytes", "1024"], ["--max-payload-bytes", "512", "not 1024"]),
         (["--max-payload-bytes", "6"], ["--max-payload-bytes", "not 6"]),
@@ -335,7 +336,8 @@ def test_model_backend_refuses_what_the_rtl_cannot_carry():
 
     hw = dataclasses.replace(DEFAULT_HARDWARE, link_bytes_per_cycle=3)
     cfg = experiment.TrainConfig(steps=1, hardware=hw)
-    with pytest.raises(LimitError, match="link_bytes_per_cycle must be one of 1, 2, 4, not 3"):
+    rule = "link_bytes_per_cycle must be one of 1, 2, 4 (8 with link_width_bytes=8), not 3"
+    with pytest.raises(LimitError, match=re.escape(rule)):
         experiment.run(cfg, run_model)
 
 

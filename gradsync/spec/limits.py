@@ -104,11 +104,15 @@ def check_link_width(width_bytes: int, bytes_per_cycle: int | None = None) -> No
     allowed = lk.link_bytes_allowed(width_bytes)
     if bytes_per_cycle is not None and bytes_per_cycle not in allowed:
         rule = f"one of {', '.join(map(str, allowed))}"
+        wider = [b for b in lk.LINK_BYTES_PER_CYCLE if b not in allowed]
         if bytes_per_cycle in lk.LINK_BYTES_PER_CYCLE:
             rule += (
                 f" on a build of link width {width_bytes} bytes "
                 f"({bytes_per_cycle} bytes/cycle needs link_width_bytes={bytes_per_cycle})"
             )
+        elif wider:  # name what a wider build takes too
+            more = ", ".join(map(str, wider))
+            rule += f" ({more} with link_width_bytes={max(lk.LINK_WIDTHS_BYTES)})"
         raise LimitError("link_bytes_per_cycle", bytes_per_cycle, rule)
 
 

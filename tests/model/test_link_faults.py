@@ -188,8 +188,8 @@ def test_a_bad_packet_as_the_nak_hold_off_ends_is_nakked_as_the_rtl_does(
     link layer stepped past this boundary (it NAKed there), so a faulted 8 B/cycle RTL run
     differed from it by 306 trace records (``tests/system/test_rtl_link8.py``)."""
     from gradsync.model.cluster import Cluster
-    from gradsync.spec.hardware import DEFAULT_HARDWARE
     from gradsync.spec.formats import FixedPointFormat
+    from gradsync.spec.hardware import DEFAULT_HARDWARE
 
     layer = Cluster(2, DEFAULT_HARDWARE, FixedPointFormat(), [{}, {}]).devices[0].nic.layer
     layer.holdoff, layer.nak_sent, layer.nak_holdoff = 40, sent, holdoff_count

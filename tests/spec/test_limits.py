@@ -37,7 +37,10 @@ def test_link_widths_are_the_ones_the_rtl_link_builds():
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"link_bytes_per_cycle": 3}, "link_bytes_per_cycle must be one of 1, 2, 4, not 3"),
+        (
+            {"link_bytes_per_cycle": 3},
+            r"link_bytes_per_cycle must be one of 1, 2, 4 \(8 with link_width_bytes=8\), not 3",
+        ),
         ({"link_bytes_per_cycle": 8}, "not 8"),
         ({"max_payload_bytes": 516}, "max_payload_bytes must be a multiple of 4 from 4 to 512"),
         ({"packet_header_bytes": 16}, "packet_header_bytes must be 12, not 16"),
