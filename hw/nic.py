@@ -165,27 +165,8 @@ class NicTx(wiring.Component):
         rd = replay.read_port()
         m.submodules.crc = crcp = crc.Processor(crc32())
 
-        seq_next = Signal(16, init=self.seq_start)
-        una = Signal(16, init=self.seq_start)
-        limit = Signal(16, init=(self.seq_start + self.credits) & 0xFFFF)
-        resend_pending = Signal()
-        rs = Signal(16)  # sequence number being resent
-        ridx = Signal(range(self.stride + 1))  # word index on the replay read port
-        rtotal = Signal(range(self.stride + 1))
-        widx = Signal(range(self.stride + 1))
-        pw = Signal(8)  # payload words of the new packet in flight
-        timer = Signal(16)
-
-        outstanding = Signal(16)
-        credit_ok = Signal()
-        can_new = Signal()
-        m.d.comb += [
-            outstanding.eq(seq_next - una),
-            credit_ok.eq((seq_next - limit)[15]),
-            can_new.eq((outstanding < W) & credit_ok & ~resend_pending),
-        ]
-        slot_new = seq_next[: exact_log2(W)] if W > 1 else Const(0, 1)
-        slot_rs = rs[: exact_log2(W)] if W > 1 else Const(0, 1)
+        (seq_next, una, limit, resend_pending, rs, ridx, rtotal, widx, pw, timer, outstanding,
+         can_new, slot_new, slot_rs) = self._sender_state(m, self.stride + 1)  # fmt: skip
 
         with m.If(self.link.valid):
             m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
@@ -290,6 +271,34 @@ class NicTx(wiring.Component):
         self._acks(m, una, seq_next, limit, outstanding, resending, resend_pending, timer)
         return m
 
+    def _sender_state(self, m, index_end: int) -> tuple:
+        """The go-back-N state of both widths: (seq_next, una, limit, resend_pending, rs,
+        ridx, rtotal, widx, pw, timer, outstanding, can_new, slot_new, slot_rs); word
+        indices run to ``index_end`` (exclusive)."""
+        W = self.window_packets
+        seq_next = Signal(16, init=self.seq_start)
+        una = Signal(16, init=self.seq_start)
+        limit = Signal(16, init=(self.seq_start + self.credits) & 0xFFFF)
+        resend_pending = Signal()
+        rs = Signal(16)  # sequence number being resent
+        ridx = Signal(range(index_end))  # word index on the replay read port
+        rtotal = Signal(range(index_end))
+        widx = Signal(range(index_end))
+        pw = Signal(8)  # payload words of the new packet in flight
+        timer = Signal(16)
+        outstanding = Signal(16)
+        credit_ok = Signal()
+        can_new = Signal()
+        m.d.comb += [
+            outstanding.eq(seq_next - una),
+            credit_ok.eq((seq_next - limit)[15]),
+            can_new.eq((outstanding < W) & credit_ok & ~resend_pending),
+        ]
+        slot_new = seq_next[: exact_log2(W)] if W > 1 else Const(0, 1)
+        slot_rs = rs[: exact_log2(W)] if W > 1 else Const(0, 1)
+        return (seq_next, una, limit, resend_pending, rs, ridx, rtotal, widx, pw, timer,
+                outstanding, can_new, slot_new, slot_rs)  # fmt: skip
+
     def _acks(self, m, una, seq_next, limit, outstanding, resending, resend_pending, timer):
         """Acknowledgements (cumulative), NAKs and the retransmission timeout."""
         # Acknowledgements (cumulative) and NAKs.
@@ -324,27 +333,9 @@ class NicTx(wiring.Component):
         pair = self.run_pair
         creg = Signal(32, init=CRC_INIT)  # CRC register of the words sent so far
 
-        seq_next = Signal(16, init=self.seq_start)
-        una = Signal(16, init=self.seq_start)
-        limit = Signal(16, init=(self.seq_start + self.credits) & 0xFFFF)
-        resend_pending = Signal()
-        rs = Signal(16)
-        ridx = Signal(range(stride + 2))
-        rtotal = Signal(range(stride + 2))
-        widx = Signal(range(stride + 2))
-        pw = Signal(8)
-        timer = Signal(16)
-        outstanding = Signal(16)
-        credit_ok = Signal()
-        can_new = Signal()
-        m.d.comb += [
-            outstanding.eq(seq_next - una),
-            credit_ok.eq((seq_next - limit)[15]),
-            can_new.eq((outstanding < W) & credit_ok & ~resend_pending),
-            rd1.addr.eq(rd.addr + 1),
-        ]
-        slot_new = seq_next[: exact_log2(W)] if W > 1 else Const(0, 1)
-        slot_rs = rs[: exact_log2(W)] if W > 1 else Const(0, 1)
+        (seq_next, una, limit, resend_pending, rs, ridx, rtotal, widx, pw, timer, outstanding,
+         can_new, slot_new, slot_rs) = self._sender_state(m, stride + 2)  # fmt: skip
+        m.d.comb += rd1.addr.eq(rd.addr + 1)
         with m.If(self.link.valid):
             m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
         fire = self.link.valid & self.link.ready
