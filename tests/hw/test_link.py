@@ -141,7 +141,10 @@ def test_stalls_hold_ready_low_and_lose_nothing():
     "bad,match",
     [
         ({"latency_cycles": -1}, "latency_cycles must be an int >= 0, not -1"),
-        ({"latency_cycles": 3, "bytes_per_cycle": 3}, "bytes_per_cycle must be 1, 2 or 4 (a link 4 bytes wide), not 3"),
+        (
+            {"latency_cycles": 3, "bytes_per_cycle": 3},
+            "bytes_per_cycle must be 1, 2 or 4 (a link 4 bytes wide), not 3",
+        ),
     ],
 )
 def test_link_rejects_bad_parameters(bad, match):
@@ -232,17 +235,31 @@ def _traffic(rng, packets: int, max_payload: int = 12):
     return out
 
 
-def _against_reference(controls: dict, *, latency=3, bpc=4, packets=120, seed=1, cycles=None):
-    """Run the Amaranth Link and ``spec.faults.LinkReference`` on the same random traffic
-    (packets with idle cycles between words, an acknowledge message every few cycles);
-    return the per-cycle (ready, rx beat, ack) of each and both sets of counters."""
+def _against_reference(
+    controls: dict,
+    *,
+    latency=3,
+    bpc=4,
+    packets=120,
+    seed=1,
+    cycles=None,
+    width_bytes=4,
+    beats=None,
+):
+    """Run the Amaranth Link (of ``width_bytes``) and ``spec.faults.LinkReference`` on the
+    same random traffic (packets with idle cycles between beats, an acknowledge message every
+    few cycles); return the per-cycle (ready, rx beat, ack) of each and both sets of counters.
+    ``beats``: (data, last) or (data, last, data1) beats to send instead of :func:`_traffic`'s
+    (``data1`` None: a beat of one word)."""
     rng = np.random.default_rng(seed)
-    beats = [b for p in _traffic(rng, packets) for b in p]
+    if beats is None:
+        beats = [(*b, None) for p in _traffic(rng, packets) for b in p]
     total = cycles or len(beats) * 3 + 300
     idle = rng.random(total) < 0.1
     acks = rng.integers(0, 1 << 41, size=total, dtype=np.uint64)
     ref = LinkReference(latency, bpc, controls)
-    link = Link(latency, bpc)
+    link = Link(latency, bpc, width_bytes=width_bytes)
+    wide = width_bytes == 8
     seen = {"rtl": [], "ref": []}
     counters = {}
 
@@ -255,24 +272,28 @@ def _against_reference(controls: dict, *, latency=3, bpc=4, packets=120, seed=1,
         i = 0
         for cycle in range(total):
             offer = i < len(beats) and not idle[cycle]
-            data, last = beats[i] if offer else (0, 0)
+            data, last, data1 = beats[i] if offer else (0, 0, None)
             ack = int(acks[cycle]) if cycle % 5 == 2 else None
             ctx.set(link.tx.valid, int(offer))
             ctx.set(link.tx.p.data, data)
             ctx.set(link.tx.p.last, last)
+            if wide:
+                ctx.set(link.tx.p.data1, data1 or 0)
+                ctx.set(link.tx.p.two, int(data1 is not None))
             ctx.set(link.ack_tx.valid, int(ack is not None))
             ctx.set(link.ack_tx.p.as_value(), ack or 0)
             r_ready = ref.ready()
-            taken, beat, ack_out = ref.cycle(offer, data, bool(last), ack)
-            _, _, ready, rv, rd, rl, av, ap = await ctx.tick().sample(
-                link.tx.ready,
-                link.rx.valid,
-                link.rx.p.data,
-                link.rx.p.last,
-                link.ack_rx.valid,
-                link.ack_rx.p.as_value(),
+            taken, beat, ack_out = ref.cycle(offer, data, bool(last), ack, data1)
+            rx = (link.rx.p.data, link.rx.p.last)
+            rx += (link.rx.p.data1, link.rx.p.two) if wide else ()
+            _, _, ready, rv, *got, av, ap = await ctx.tick().sample(
+                link.tx.ready, link.rx.valid, *rx, link.ack_rx.valid, link.ack_rx.p.as_value()
             )
-            seen["rtl"].append((bool(ready), (rd, bool(rl)) if rv else None, ap if av else None))
+            if len(got) == 4 and got[3]:  # a beat of two words
+                got = (got[0], bool(got[1]), got[2])
+            else:
+                got = (got[0], bool(got[1]))
+            seen["rtl"].append((bool(ready), got if rv else None, ap if av else None))
             seen["ref"].append((r_ready, beat, ack_out))
             i += bool(taken)
         counters["rtl"] = {c: ctx.get(getattr(link, c)) for c in LINK_COUNTERS}

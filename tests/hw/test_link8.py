@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from gradsync.hw.link import LINK_COUNTERS, Link
+from gradsync.hw.link import Link
 from gradsync.hw.packet import header0
 from gradsync.spec.faults import LinkReference, packet_words
+from tests.hw.test_link import _against_reference as link_against_reference
 
 
 def _beats(rng, packets: int, two_words: bool, max_payload: int = 12):
@@ -35,61 +36,14 @@ def _beats(rng, packets: int, two_words: bool, max_payload: int = 12):
 
 
 def _against_reference(controls: dict, *, latency: int, bpc: int, packets=100, seed=1):
-    """The width-8 Amaranth Link and LinkReference on the same random beats (idle cycles
-    between them, an acknowledge message every few cycles): per-cycle (ready, rx beat, ack)
-    of each, and both sets of counters."""
-    rng = np.random.default_rng(seed)
-    beats = _beats(rng, packets, two_words=bpc == 8)
-    total = len(beats) * (4 // max(1, bpc // 2) + 2) + 300
-    idle = rng.random(total) < 0.1
-    acks = rng.integers(0, 1 << 41, size=total, dtype=np.uint64)
-    ref = LinkReference(latency, bpc, controls)
-    link = Link(latency, bpc, width_bytes=8)
-    seen = {"rtl": [], "ref": []}
-    counters = {}
-
-    async def drive(ctx):
-        for name, value in controls.items():
-            ctx.set(getattr(link, name), value)
-        ctx.set(link.seed_load, 1)
-        await ctx.tick()
-        ctx.set(link.seed_load, 0)
-        i = 0
-        for cycle in range(total):
-            offer = i < len(beats) and not idle[cycle]
-            data, last, data1 = beats[i] if offer else (0, 0, None)
-            ack = int(acks[cycle]) if cycle % 5 == 2 else None
-            ctx.set(link.tx.valid, int(offer))
-            ctx.set(link.tx.p.data, data)
-            ctx.set(link.tx.p.last, last)
-            ctx.set(link.tx.p.data1, data1 or 0)
-            ctx.set(link.tx.p.two, int(data1 is not None))
-            ctx.set(link.ack_tx.valid, int(ack is not None))
-            ctx.set(link.ack_tx.p.as_value(), ack or 0)
-            r_ready = ref.ready()
-            taken, beat, ack_out = ref.cycle(offer, data, bool(last), ack, data1)
-            _, _, ready, rv, rd, rl, rd1, two, av, ap = await ctx.tick().sample(
-                link.tx.ready,
-                link.rx.valid,
-                link.rx.p.data,
-                link.rx.p.last,
-                link.rx.p.data1,
-                link.rx.p.two,
-                link.ack_rx.valid,
-                link.ack_rx.p.as_value(),
-            )
-            got = ((rd, bool(rl), rd1) if two else (rd, bool(rl))) if rv else None
-            seen["rtl"].append((bool(ready), got, ap if av else None))
-            seen["ref"].append((r_ready, beat, ack_out))
-            i += bool(taken)
-        counters["rtl"] = {c: ctx.get(getattr(link, c)) for c in LINK_COUNTERS}
-
-    sim = Simulator(link)
-    sim.add_clock(1e-8)
-    sim.add_testbench(drive)
-    sim.run()
-    counters["ref"] = dict(ref.counters)
-    return seen, counters
+    """The width-8 Amaranth Link and LinkReference on the same random beats (two words a
+    beat at 8 bytes/cycle), as ``tests/hw/test_link.py``'s check of the width-4 link."""
+    beats = _beats(np.random.default_rng(seed), packets, two_words=bpc == 8)
+    cycles = len(beats) * (4 // max(1, bpc // 2) + 2) + 300
+    return link_against_reference(
+        controls, latency=latency, bpc=bpc, seed=seed + 1, cycles=cycles, width_bytes=8,
+        beats=beats,
+    )  # fmt: skip
 
 
 #: One configuration per fault kind (rates per 65536) and the counters it must move.
