@@ -24,6 +24,8 @@ and ``gradsync train --backend rtl`` already keep built.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -194,7 +196,12 @@ def cocotb_test_args(
     if shutil.which("perl") is None:
         raise FileNotFoundError("cocotb-test runs Verilator through perl; install perl")
     if sim_build is None:
-        sim_build = cache_root() / "cocotb-test" / f"{built.directory.name}-ports"
+        # the folder's makefile names cocotb's verilator.cpp and Verilator by absolute path:
+        # one folder per installation (another venv's would name files that may be gone)
+        cocotb_dir = Path(importlib.util.find_spec("cocotb").origin).resolve().parent
+        where = f"{cocotb_dir}\n{verilator.executable}"
+        tag = hashlib.sha256(where.encode()).hexdigest()[:8]
+        sim_build = cache_root() / "cocotb-test" / f"{built.directory.name}-ports-{tag}"
     # cocotb-test passes --public-flat-rw (every signal visible: a slow compile and a
     # slow model); cancel it, and let the build's control file make the ports public
     compile_args = ["--no-public-flat-rw", "-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC"]

@@ -159,6 +159,29 @@ def test_user_test_file_runs_with_cocotb_test():
     assert Path(results).read_text().count("<testcase") == 3
 
 
+def test_cocotb_test_builds_in_a_folder_per_installation(tmp_path, monkeypatch):
+    """cocotb-test's makefile names cocotb's ``verilator.cpp`` and Verilator by absolute
+    path, so two venvs sharing one build cache must not share its build folder (a deleted
+    venv's folder failed with "No rule to make target .../verilator.cpp")."""
+    from gradsync.sim import toolchain
+
+    src = tmp_path / "entry" / "src"
+    src.mkdir(parents=True)
+    (src / "design.v").write_text("module design; endmodule\n")
+    built = SimpleNamespace(
+        directory=tmp_path / "entry", toplevel="design",
+        options=SimpleNamespace(internal_clock=False),
+    )  # fmt: skip
+    model = SimpleNamespace(built=built, env=dict)
+    folders = []
+    for exe in ("/venv-a/bin/verilator", "/venv-b/bin/verilator", "/venv-a/bin/verilator"):
+        fake = SimpleNamespace(executable=Path(exe), environment=lambda env: env)
+        monkeypatch.setattr(toolchain, "find_verilator", lambda fake=fake: fake)
+        folders.append(testbench.cocotb_test_args(model, Path(__file__))["sim_build"])
+    assert folders[0] != folders[1] and folders[0] == folders[2]
+    assert all(Path(f).name.startswith("entry-ports-") for f in folders)
+
+
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
