@@ -43,6 +43,7 @@ VARIANTS = (
     ("native", NATIVE, "", USED),
     ("verilator -O3", "-O3", "", (*USED, "-O3")),
     ("-O1 fast", "-O1", "", USED),
+    ("threads 2", "-O3", "", (*USED, "--threads", "2")),
 )
 
 

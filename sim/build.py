@@ -59,7 +59,9 @@ BUILD_SCRIPT_VERSION = 5
 #: instead of 16, smaller -O3 units), replay speed 0.94-1.10x of the default's in three runs
 #: (noise of a loaded machine; no loss).  Tried and not kept: --output-split 60000 (2.2x the
 #: make), Verilator -O3 (2.5x), --x-assign/--x-initial fast (no gain), -march=native -fno-plt
-#: -fno-semantic-interposition (0.96x speed), OPT_SLOW=-Os (1.33x the make).
+#: -fno-semantic-interposition (0.96x speed), OPT_SLOW=-Os (1.33x the make), --threads 2
+#: (0.15x the replay speed at load 4.4: its threads wait for each other on a shared 2-core
+#: machine; 1 Dec 2026, ``bench/build_opts.py --only "used,threads 2"``).
 VERILATOR_BUILD_ARGS = ("--output-split", "5000")
 
 #: Bump when only the way a *waves* build is made changes: it enters the key of
