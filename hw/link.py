@@ -14,6 +14,8 @@ through ports, so a long fault campaign costs no Python per packet.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Const, Module, Mux, ResetSignal, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -127,6 +129,8 @@ class Link(wiring.Component):
     corrupt_rate ... down_len : In
         The fault process's controls (``gradsync.spec.faults``: which draw
         of which generator decides what, in which cycle); all 0: no faults.
+        Registered: a value acts from the cycle after it is set (set them before
+        a run, by the cycle ``seed_load`` or the reset loads the seed).
     seed : In(32), seed_load : In(1)
         The process restarts from ``seed`` in the cycle after reset or
         ``seed_load`` is high (the generators are loaded, not reset).
@@ -228,7 +232,7 @@ class Link(wiring.Component):
         is_down = Signal()
         m.d.comb += [
             ready.eq((gap == 0) & (stall == 0)),
-            is_down.eq((down != 0) | ((fcyc - self.down_at)[:32] < self.down_len)),
+            is_down.eq((down != 0) | ((fcyc - self._ctl.down_at)[:32] < self._ctl.down_len)),
         ]
         with m.If(accepted):
             m.d.sync += gap.eq(period_m1)
@@ -236,16 +240,16 @@ class Link(wiring.Component):
             m.d.sync += gap.eq(gap - 1)
         with m.If(stall != 0):
             m.d.sync += stall.eq(stall - 1)
-        with m.Elif((cyc[8:24] < self.stall_rate) & (self.stall_max != 0)):
+        with m.Elif((cyc[8:24] < self._ctl.stall_rate) & (self._ctl.stall_max != 0)):
             m.d.sync += [
-                stall.eq(1 + ((cyc[24:32] * self.stall_max) >> 8)),
+                stall.eq(1 + ((cyc[24:32] * self._ctl.stall_max) >> 8)),
                 self.stalls.eq(self.stalls + 1),
             ]
         with m.If(down != 0):
             m.d.sync += down.eq(down - 1)
-        with m.Elif((dn[0:16] < self.down_rate) & (self.down_mean != 0)):
+        with m.Elif((dn[0:16] < self._ctl.down_rate) & (self._ctl.down_mean != 0)):
             m.d.sync += [
-                down.eq(1 + ((dn[16:32] * self.down_mean) >> 15)),
+                down.eq(1 + ((dn[16:32] * self._ctl.down_mean) >> 15)),
                 self.downs.eq(self.downs + 1),
             ]
         with m.If(is_down):
@@ -263,14 +267,14 @@ class Link(wiring.Component):
         n = Signal(8)
         m.d.comb += n.eq(self.tx.p.data[9:16] + 5)
         now = {
-            "drop": pkt[0:16] < self.drop_rate,
-            "corrupt": pkt[16:32] < self.corrupt_rate,
+            "drop": pkt[0:16] < self._ctl.drop_rate,
+            "corrupt": pkt[16:32] < self._ctl.corrupt_rate,
             "cword": cyc[0:2],
             "cbit": cyc[2:7],
-            "burst": aux[0:16] < self.burst_rate,
+            "burst": aux[0:16] < self._ctl.burst_rate,
             "bword": (pos[0:8] * n)[8:16],
-            "bmask": ((Const(1, 33) << self.burst_len) - 1)[:32] << pos[8:13],
-            "frame": aux[16:32] < self.frame_rate,
+            "bmask": ((Const(1, 33) << self._ctl.burst_len) - 1)[:32] << pos[8:13],
+            "frame": aux[16:32] < self._ctl.frame_rate,
             "fword": (pos[16:24] * n)[8:16],
         }
         held = {k: Signal(len(Value.cast(v)) if k != "bmask" else 32, name=f"h_{k}")
@@ -335,8 +339,8 @@ class Link(wiring.Component):
         drop = Signal()
         corrupt = Signal()
         m.d.comb += [
-            drop.eq(is_down | (ack[0:16] < self.ack_drop_rate)),
-            corrupt.eq(~drop & (ack[16:32] < self.ack_corrupt_rate)),
+            drop.eq(is_down | (ack[0:16] < self._ctl.ack_drop_rate)),
+            corrupt.eq(~drop & (ack[16:32] < self._ctl.ack_corrupt_rate)),
         ]
         msg = Signal(len(self.ack_tx.p.as_value()))
         bit = Signal(6)
@@ -348,8 +352,24 @@ class Link(wiring.Component):
             m.d.sync += self.acks_corrupted.eq(self.acks_corrupted + 1)
         return self.ack_tx.valid & ~drop, msg
 
+    def _registered_controls(self, m: Module) -> SimpleNamespace:
+        """The fault rates, lengths and outage window, registered (not reset): what decides a
+        fault in cycle ``t`` is the control set by cycle ``t - 1``.  The controls are set
+        before a run and held, so this changes no fault; it keeps the top-level inputs out
+        of the link's and the receivers' combinational logic, which a Verilated cluster
+        would otherwise evaluate again on every ``eval()`` (docs/performance.md).  ``seed``
+        and ``seed_load`` stay direct: the generators load them in the reset cycle."""
+        ctl = SimpleNamespace()
+        for name, width in LINK_CONTROLS.items():
+            if name not in ("seed", "seed_load"):
+                reg = Signal(width, name=f"ctl_{name}", reset_less=True)
+                m.d.sync += reg.eq(getattr(self, name))
+                setattr(ctl, name, reg)
+        return ctl
+
     def elaborate(self, platform):
         m = Module()
+        self._ctl = self._registered_controls(m)
         restart, fcyc, gens = self._generators(m)
         accepted = Signal()
         ready, is_down = self._timers(m, restart, fcyc, gens[1], gens[5], accepted)
