@@ -14,7 +14,8 @@ Speed (see the foundation issue for the measurements this follows):
 
 * ``--no-public-flat-rw`` cancels the runner's default ``--public-flat-rw``
   and a generated Verilator control file makes public only the signals of
-  the wrapper module, i.e. the ports (and the generated clock);
+  the wrapper module, i.e. the ports (and the generated clock), the outputs
+  read-only;
 * with ``internal_clock`` the clock is generated inside the model by a small
   wrapper (``always #(half) clk = ~clk``, built with ``--timing``), so no
   Python runs per clock edge;
@@ -50,7 +51,8 @@ from gradsync.sim.toolchain import (
 #: Bump when the way a model is built changes, so old cache entries are not reused.
 #: 4: --output-split 5000 and no zero-only memory initialisers (see VERILATOR_BUILD_ARGS).
 #: 5: the sync domain's reset is asynchronous in the Verilog (see to_verilog).
-BUILD_SCRIPT_VERSION = 5
+#: 6: output ports public read-only (see _control_file).
+BUILD_SCRIPT_VERSION = 6
 
 #: Verilator arguments of every build (and of sim/raw_build.py's).  Measured side by side by
 #: bench/build_opts.py on the 2-node cluster (1 Dec 2026, 2 cores shared, load 4-5, CPU
@@ -246,15 +248,24 @@ def _wrapper_verilog(design_top: str, ports: Sequence[Port], half_period_ns: int
     )
 
 
-def _control_file(public_module: str) -> str:
-    """Verilator control file: only the top wrapper's signals (its ports) are public."""
-    return "\n".join(
-        [
-            "`verilator_config",
-            f'public_flat_rw -module "{public_module}" -var "*"',
-            "",
-        ]
-    )
+def _control_file(public_module: str, ports: Sequence[Port], internal_clock: bool) -> str:
+    """Verilator control file: only the top module's ports (and the generated clock) are
+    public, inputs read-write and outputs (and the generated clock) read-only.
+
+    A signal VPI may write is, to Verilator, one that can change at any time: all logic
+    reading it is re-evaluated on every ``eval()`` (the input-combinational region), like
+    logic reading an input.  Read-write outputs put the CSR read multiplexer, the DMA's and
+    the sequencer's decode (readers of the cycle counter and the interrupt line) there
+    (docs/performance.md, "Input-combinational logic")."""
+    lines = ["`verilator_config"]
+    for p in ports:
+        if p.name == "clk" and internal_clock:
+            continue
+        kind = "public_flat_rw" if p.direction == "input" else "public_flat_rd"
+        lines.append(f'{kind} -module "{public_module}" -var "{p.name}"')
+    if internal_clock:
+        lines.append(f'public_flat_rd -module "{public_module}" -var "clk"')
+    return "\n".join([*lines, ""])
 
 
 def _versions() -> dict[str, str]:
@@ -449,7 +460,7 @@ def _run_build(
     design_v.write_text(strip_zero_memory_init(verilog_text)[0])  # Verilator: 3.5 s less
     sources = []
     vlt = src / "public.vlt"
-    vlt.write_text(_control_file(toplevel))
+    vlt.write_text(_control_file(toplevel, ports, options.internal_clock))
     sources.append(vlt)  # control files must come first
     sources.append(design_v)
     if options.internal_clock:
