@@ -343,7 +343,8 @@ class ClusterTB:
         seed: int | None = None,
     ) -> None:
         """Fault rates of link ``link`` (per 65536: ``corrupt``/``drop`` per packet, ``stall``
-        per cycle, each stall up to ``stall_max`` cycles); take effect at once. ``seed``
+        per cycle, each stall up to ``stall_max`` cycles); take effect from the next cycle (the
+        link registers them). ``seed``
         (non-zero) is latched by the next :meth:`start` or :meth:`reset`."""
         from gradsync.hw.link import LINK_CONTROLS
 
