@@ -13,7 +13,6 @@ pickles, progress as a small JSON file that a thread here prints to stderr.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import pickle
 import shutil
@@ -65,8 +64,7 @@ def link_faults_from_spec(spec: str, links: int) -> list[dict]:
 
 def build_cluster(cfg: TrainConfig, waves: str | None = None):
     """The cached Verilator model of the cluster ``cfg`` runs on."""
-    from gradsync.hw.cluster import Cluster
-    from gradsync.sim.build import BuildOptions, build_component
+    from gradsync.sim.build import BuildOptions, Deferred, build_component
 
     # the link is not part of a build: the firmware sets the run's (LINK_SET)
     hw, fmt = build_config(cfg.hardware), cfg.fixed_point
@@ -76,10 +74,11 @@ def build_cluster(cfg: TrainConfig, waves: str | None = None):
     # HOST trace stamps: RtlDevice sends the header beat host_bulk_setup_cycles - 1 cycles
     # after the call and the last beat completes one cycle before the call returns
     lead, lag = hw.host_bulk_setup_cycles - 1, 1
-    # built only if the elaboration index misses
-    cluster = functools.partial(
-        Cluster, hw, fmt, cfg.nodes, host_lead_cycles=lead, host_lag_cycles=lag
-    )
+    # built (and Amaranth imported) only if the elaboration index misses
+    cluster = Deferred(
+        "gradsync.hw.cluster", "Cluster", (hw, fmt, cfg.nodes),
+        (("host_lead_cycles", lead), ("host_lag_cycles", lag)),
+    )  # fmt: skip
     params = {
         "hardware": hw.to_dict(),
         "format": fmt.to_dict(),

@@ -153,6 +153,33 @@ def test_partial_is_constructed_only_when_the_index_misses(tmp_path, monkeypatch
     ) == simbuild.elaboration_key(Counted(4), "ctr", BuildOptions(), {"step": 4})
 
 
+
+def test_a_deferred_component_is_not_even_imported_on_an_index_hit(tmp_path, monkeypatch):
+    """``Deferred`` names a component by module and class: a miss imports and builds it, a
+    hit returns the cached model without importing the module (the RTL backend's cluster:
+    Amaranth and the design stay unimported in a warm run), under the key its class gets."""
+    import inspect
+    import sys
+
+    monkeypatch.setenv("GRADSYNC_CACHE", str(tmp_path / "cache"))
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "deferred_ctr.py").write_text(
+        "from amaranth.hdl import Module\nfrom amaranth.lib import wiring\n"
+        "from amaranth.lib.wiring import In, Out\n\n\n" + inspect.getsource(Counter)
+    )
+    monkeypatch.syspath_prepend(str(pkg))
+    lazy = simbuild.Deferred("deferred_ctr", "Counter", (3,))
+    first = build_component(lazy, "ctr", params={"step": 3})
+    assert not first.cached and "deferred_ctr" in sys.modules
+    cls = sys.modules["deferred_ctr"].Counter
+    assert simbuild.elaboration_key(
+        lazy, "ctr", BuildOptions(), {"step": 3}
+    ) == simbuild.elaboration_key(cls(3), "ctr", BuildOptions(), {"step": 3})
+    del sys.modules["deferred_ctr"]
+    again = build_component(lazy, "ctr", params={"step": 3})
+    assert again.cached and again.key == first.key and "deferred_ctr" not in sys.modules
+
 def test_elaboration_key_covers_class_params_options_and_sources(monkeypatch):
     key = simbuild.elaboration_key
     base = key(Counter(1), "ctr", BuildOptions(), {"step": 1})
