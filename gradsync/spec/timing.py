@@ -30,9 +30,7 @@ from gradsync.spec.link import (
     packet_cycles,
     wire_bytes,
 )
-from gradsync.spec.link import (
-    word_period as link_word_period,
-)
+from gradsync.spec.link import word_period as link_word_period
 
 # --- fixed latencies (cycles) -------------------------------------------------
 
