@@ -248,6 +248,15 @@ def _simulator():
 
 
 @functools.cache
+def _timer():
+    # (``from cocotb.triggers import Timer`` inside a method that runs once per device call
+    # costs a failed module ``__getattr__("__path__")`` lookup every time)
+    from cocotb.triggers import Timer
+
+    return Timer
+
+
+@functools.cache
 def _timed_callback():
     from cocotb import simulator  # only inside a simulator process
 
@@ -431,11 +440,9 @@ class RtlDevice:
 
     async def _sleep_until(self, cycle: int) -> None:
         """Return ``HOST_OFFSET_STEPS`` after the rising edge beginning ``cycle`` (one wake)."""
-        from cocotb.triggers import Timer
-
         delay = self._delay_to(cycle)
         if delay:
-            await Timer(delay, "step")
+            await _timer()(delay, "step")
 
     async def _until(self, cycle: int) -> None:
         from cocotb.triggers import ClockCycles
