@@ -206,31 +206,49 @@ class Link(wiring.Component):
         return age
 
     def _generators(self, m: Module) -> tuple:
-        """The fault generators, fault cycle counter and the restart condition."""
-        restart = Signal()
-        m.d.comb += restart.eq(ResetSignal() | self.seed_load)
+        """The fault generators and the fault cycle counter, as seen in each cycle.
+
+        A restart in cycle ``t`` (reset or ``seed_load``) shows cycle ``t + 1`` the
+        generators at ``(seed(t) ^ salt) | bit`` and the counter at 0, as loading them on
+        the clock edge would.  The restart and the seed are registered instead
+        (``restart_q``, ``seed_q``) and a multiplexer on register outputs shows the loaded
+        values: no next-state logic reads the top-level inputs, which a Verilated cluster
+        would evaluate again on every ``eval()`` (docs/performance.md).  Every value seen
+        in every cycle is the same.  Not reset but loaded: a reset replays the seed's
+        sequence."""
+        restart = Signal(name="restart_q", reset_less=True)
+        seed = Signal(32, name="seed_q", reset_less=True)
+        m.d.sync += [restart.eq(ResetSignal() | self.seed_load), seed.eq(self.seed)]
         gens = []
         for name, salt, bit in zip(fs.GENERATORS, fs.SALT, fs.BIT, strict=True):
-            # Not reset but loaded: a reset replays the seed's sequence.
-            g = Signal(32, name=f"rng_{name}", init=(salt | bit), reset_less=True)
-            with m.If(restart):
-                m.d.sync += g.eq((self.seed ^ salt) | bit)
-            with m.Else():
-                m.d.sync += g.eq(_xorshift32(g))
+            g = Signal(32, name=f"rng_{name}")
+            # the draw after this cycle's (the generator's state unless a restart shows the seed)
+            after = Signal(32, name=f"rng_{name}_next", init=(salt | bit), reset_less=True)
+            m.d.comb += g.eq(Mux(restart, (seed ^ salt) | bit, after))
+            m.d.sync += after.eq(_xorshift32(g))
             gens.append(g)
-        fcyc = Signal(32, reset_less=True)
-        m.d.sync += fcyc.eq(Mux(restart, 0, fcyc + 1))
-        return restart, fcyc, gens
+        fcyc, after = Signal(32), Signal(32, name="fcyc_next", reset_less=True)
+        m.d.comb += fcyc.eq(Mux(restart, 0, after))
+        m.d.sync += after.eq(fcyc + 1)
+        return fcyc, gens
 
-    def _timers(self, m: Module, restart, fcyc, cyc, dn, accepted):
-        """Bandwidth throttle, stalls and outages; returns (tx ready, link down)."""
+    def _timers(self, m: Module, fcyc, cyc, dn, accepted):
+        """Bandwidth throttle, stalls and outages; returns (tx ready, link down).
+
+        ``seed_load`` in cycle ``t`` clears a stall or outage for cycle ``t + 1``: registered
+        (``load_q``) and applied by a multiplexer on the counters' registers, like the
+        restart of :meth:`_generators`."""
         period_m1 = (Const(1, 3) << word_period_log2(self.run_bytes_per_cycle)) - 1
         gap = Signal(2)
-        stall = Signal(9)
-        down = Signal(17)
+        load = Signal(name="load_q", reset_less=True)
+        stall_r, down_r = Signal(9, name="stall_next"), Signal(17, name="down_next")
+        stall, down = Signal(9), Signal(17)  # as seen in this cycle
         ready = Signal()
         is_down = Signal()
+        m.d.sync += load.eq(self.seed_load)
         m.d.comb += [
+            stall.eq(Mux(load, 0, stall_r)),
+            down.eq(Mux(load, 0, down_r)),
             ready.eq((gap == 0) & (stall == 0)),
             is_down.eq((down != 0) | ((fcyc - self._ctl.down_at)[:32] < self._ctl.down_len)),
         ]
@@ -238,24 +256,23 @@ class Link(wiring.Component):
             m.d.sync += gap.eq(period_m1)
         with m.Elif(gap != 0):
             m.d.sync += gap.eq(gap - 1)
+        m.d.sync += [stall_r.eq(stall), down_r.eq(down)]  # held as seen (a load's 0 too)
         with m.If(stall != 0):
-            m.d.sync += stall.eq(stall - 1)
+            m.d.sync += stall_r.eq(stall - 1)
         with m.Elif((cyc[8:24] < self._ctl.stall_rate) & (self._ctl.stall_max != 0)):
             m.d.sync += [
-                stall.eq(1 + ((cyc[24:32] * self._ctl.stall_max) >> 8)),
+                stall_r.eq(1 + ((cyc[24:32] * self._ctl.stall_max) >> 8)),
                 self.stalls.eq(self.stalls + 1),
             ]
         with m.If(down != 0):
-            m.d.sync += down.eq(down - 1)
+            m.d.sync += down_r.eq(down - 1)
         with m.Elif((dn[0:16] < self._ctl.down_rate) & (self._ctl.down_mean != 0)):
             m.d.sync += [
-                down.eq(1 + ((dn[16:32] * self._ctl.down_mean) >> 15)),
+                down_r.eq(1 + ((dn[16:32] * self._ctl.down_mean) >> 15)),
                 self.downs.eq(self.downs + 1),
             ]
         with m.If(is_down):
             m.d.sync += self.down_cycles.eq(self.down_cycles + 1)
-        with m.If(self.seed_load):
-            m.d.sync += [stall.eq(0), down.eq(0)]
         return ready, is_down
 
     def _packet_faults(self, m: Module, gens, accepted, is_down):
@@ -358,7 +375,8 @@ class Link(wiring.Component):
         before a run and held, so this changes no fault; it keeps the top-level inputs out
         of the link's and the receivers' combinational logic, which a Verilated cluster
         would otherwise evaluate again on every ``eval()`` (docs/performance.md).  ``seed``
-        and ``seed_load`` stay direct: the generators load them in the reset cycle."""
+        and ``seed_load`` are registered too, but act as if loaded on the clock edge
+        (:meth:`_generators`, :meth:`_timers`)."""
         ctl = SimpleNamespace()
         for name, width in LINK_CONTROLS.items():
             if name not in ("seed", "seed_load"):
@@ -370,9 +388,9 @@ class Link(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         self._ctl = self._registered_controls(m)
-        restart, fcyc, gens = self._generators(m)
+        fcyc, gens = self._generators(m)
         accepted = Signal()
-        ready, is_down = self._timers(m, restart, fcyc, gens[1], gens[5], accepted)
+        ready, is_down = self._timers(m, fcyc, gens[1], gens[5], accepted)
         m.d.comb += [self.tx.ready.eq(ready), accepted.eq(self.tx.valid & ready)]
         valid, beat = self._packet_faults(m, gens, accepted, is_down)
         age = self._age(m)

@@ -265,6 +265,13 @@ class LinkReference:
                 frame = (pos >> 16 & 0xFF) * n >> 8
         return drop, corrupt, burst, frame
 
+    def load(self, seed: int) -> None:
+        """``seed_load`` high in the cycle just run: the next cycle sees the generators
+        restarted with ``seed``, the fault cycle counter at 0 and no stall or outage
+        (the packet in progress, the bandwidth gap, the delay lines and the counters go on)."""
+        self.gen = seeded(seed)
+        self.fcyc = self.stall = self.down = 0
+
     def cycle(self, valid: bool, data: int, last: bool, ack: int | None, data1: int | None = None):
         """One cycle: ``tx`` offers (valid, data, last), the receiver sends ``ack`` (or None).
 

@@ -245,12 +245,15 @@ def _against_reference(
     cycles=None,
     width_bytes=4,
     beats=None,
+    reload=None,
 ):
     """Run the Amaranth Link (of ``width_bytes``) and ``spec.faults.LinkReference`` on the
     same random traffic (packets with idle cycles between beats, an acknowledge message every
     few cycles); return the per-cycle (ready, rx beat, ack) of each and both sets of counters.
     ``beats``: (data, last) or (data, last, data1) beats to send instead of :func:`_traffic`'s
-    (``data1`` None: a beat of one word)."""
+    (``data1`` None: a beat of one word).  ``reload``: {cycle: seed} -- ``seed_load`` high in
+    those cycles (``LinkReference.load`` after them); also returns the reference's stall and
+    outage counters in each such cycle."""
     rng = np.random.default_rng(seed)
     if beats is None:
         beats = [(*b, None) for p in _traffic(rng, packets) for b in p]
@@ -282,8 +285,15 @@ def _against_reference(
                 ctx.set(link.tx.p.two, int(data1 is not None))
             ctx.set(link.ack_tx.valid, int(ack is not None))
             ctx.set(link.ack_tx.p.as_value(), ack or 0)
+            load = (reload or {}).get(cycle)
+            ctx.set(link.seed_load, int(load is not None))
+            if load is not None:
+                ctx.set(link.seed, load)
+                seen.setdefault("loaded", []).append((ref.stall, ref.down))
             r_ready = ref.ready()
             taken, beat, ack_out = ref.cycle(offer, data, bool(last), ack, data1)
+            if load is not None:
+                ref.load(load)
             rx = (link.rx.p.data, link.rx.p.last)
             rx += (link.rx.p.data1, link.rx.p.two) if wide else ()
             _, _, ready, rv, *got, av, ap = await ctx.tick().sample(
@@ -336,6 +346,21 @@ def test_link_injects_exactly_the_reference_faults(kind, latency, bpc):
         assert got == want, f"cycle {cycle}: RTL {got} != reference {want}"
     assert counters["rtl"] == counters["ref"]
     assert all(counters["rtl"][c] > 0 for c in moved), counters["rtl"]
+
+
+def test_a_seed_loaded_mid_run_restarts_the_fault_process_as_the_reference_says():
+    """``seed_load`` in the middle of traffic -- also while a stall or an outage runs -- shows the
+    next cycle the restarted generators, fault cycle counter and no stall or outage, as
+    ``LinkReference.load`` says; everything else goes on."""
+    controls = {"drop_rate": 3000, "corrupt_rate": 3000, "stall_rate": 20000, "stall_max": 20,
+                "frame_rate": 3000, "down_rate": 300, "down_mean": 40, "seed": 0xBEEF}  # fmt: skip
+    reload = {c: 0x1000 + c for c in range(40, 1400, 37)}
+    seen, counters = _against_reference(controls, packets=60, cycles=1500, reload=reload)
+    loaded = seen.pop("loaded")
+    assert any(stall > 1 for stall, _ in loaded) and any(down > 1 for _, down in loaded), loaded
+    for cycle, (got, want) in enumerate(zip(seen["rtl"], seen["ref"], strict=True)):
+        assert got == want, f"cycle {cycle}: RTL {got} != reference {want}"
+    assert counters["rtl"] == counters["ref"]
 
 
 def test_burst_and_frame_faults_reach_every_part_of_a_packet():
