@@ -11,9 +11,9 @@ Port contract (``sim/rtl_device.py`` codes against it):
 * node ``i``: every host port of :class:`~gradsync.hw.node.Node` prefixed
   ``n{i}_`` -- ``n{i}_s_axil_*`` (AXI4-Lite CSR), ``n{i}_s_axis_*`` /
   ``n{i}_m_axis_*`` (bulk port), ``n{i}_irq``, ``n{i}_cycle``, and the
-  zero-time debug read ``n{i}_dbg_addr`` (in, device word address as
-  ``hw/sram.py`` numbers scratchpad then gradient words) / ``n{i}_dbg_data``
-  (out, combinational);
+  zero-time debug read ``n{i}_dbg_en`` (in, high during a read) /
+  ``n{i}_dbg_addr`` (in, device word address as ``hw/sram.py`` numbers
+  scratchpad then gradient words) / ``n{i}_dbg_data`` (out, combinational);
 * additionally node ``i``'s NIC counters ``n{i}_tx_packets`` ...
   ``n{i}_rx_drops`` (``hw.node.NODE_COUNTERS``); with ``compute=False``
   nodes (communication-only, see :class:`~gradsync.hw.node.Node`) also

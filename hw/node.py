@@ -84,6 +84,7 @@ HOST_PORTS = (
     "m_axis_tlast",
     "irq",
     "cycle",
+    "dbg_en",
     "dbg_addr",
     "dbg_data",
 )
@@ -295,11 +296,13 @@ class Node(wiring.Component):
         ``(IRQ_STATUS & IRQ_MASK) != 0``.
     cycle : Out(64)
         The cycle counter (``CYCLE_LO``/``HI``).
-    dbg_addr : In, dbg_data : Out
+    dbg_en : In(1), dbg_addr : In, dbg_data : Out
         Combinational read of :data:`DEBUG_WORDS` consecutive SRAM words from a
         device word address (``hw/sram.py``: scratchpad words, then the gradient
         bank at bit ``addr_bits - 1``; word ``k`` in bits ``[k*w, (k+1)*w)``), for
-        testbenches; no clock edge needed.
+        testbenches; no clock edge needed. ``dbg_data`` is 0 while ``dbg_en`` is
+        low: keep it low outside a read (the read's multiplexers then cost a
+        Verilated model nothing per evaluation).
     tx, tx_ack, rx, rx_ack :
         Link ports (``hw/link.py``): packets out, their acknowledgements in;
         packets in, acknowledgements out.
@@ -360,6 +363,7 @@ class Node(wiring.Component):
                 "m_axis_tlast": Out(1),
                 "irq": Out(1),
                 "cycle": Out(64),
+                "dbg_en": In(1),
                 "dbg_addr": In(self.addr_bits),
                 "dbg_data": Out(fmt.total_bits * DEBUG_WORDS),
             }
@@ -590,7 +594,11 @@ class Node(wiring.Component):
         write32(rx.mem_wr_region, rx.mem_wr_addr, rx.mem_wr_data, rx.mem_wr_en)
         if rx.two_ports:
             write32(rx.mem_wr_region, rx.mem_wr1_addr, rx.mem_wr1_data, rx.mem_wr1_en)
-        m.d.comb += [mem.dbg_addr.eq(self.dbg_addr), self.dbg_data.eq(mem.dbg_data)]
+        m.d.comb += [
+            mem.dbg_en.eq(self.dbg_en),
+            mem.dbg_addr.eq(self.dbg_addr),
+            self.dbg_data.eq(mem.dbg_data),
+        ]
 
     @staticmethod
     def _connect_wide_regions(m, bulk, dma, csr, ring_words, ring_valid):

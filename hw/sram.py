@@ -52,9 +52,9 @@ class DeviceMemory(wiring.Component):
     init_scratch, init_grad:
         Optional initial contents (simulation only).
     debug_port:
-        Add ``dbg_addr``/``dbg_data``: a combinational (zero-latency) read of
-        ``debug_words`` consecutive words, for testbenches that inspect memory
-        without a clock edge.
+        Add ``dbg_en``/``dbg_addr``/``dbg_data``: a combinational (zero-latency)
+        read of ``debug_words`` consecutive words, for testbenches that inspect
+        memory without a clock edge.
     debug_words:
         Words the debug port returns at once (a simulator evaluates the design
         once per address: a testbench reading ``n`` words pays ``n / debug_words``
@@ -68,10 +68,15 @@ class DeviceMemory(wiring.Component):
     wr : In(write_port_signature).array(write_ports)
         Write ports; when two ports write the same word in one cycle the
         higher-numbered port wins.
-    dbg_addr : In(addr_bits), dbg_data : Out(width * debug_words)
-        Only with ``debug_port``: bits ``[k*width, (k+1)*width)`` of ``dbg_data``
-        are the word at device word address ``dbg_addr + k`` in the same cycle,
-        in the bank of ``dbg_addr`` (0 beyond that bank's end).
+    dbg_en : In(1, init=1), dbg_addr : In(addr_bits), dbg_data : Out(width * debug_words)
+        Only with ``debug_port``: while ``dbg_en`` is high, bits
+        ``[k*width, (k+1)*width)`` of ``dbg_data`` are the word at device word
+        address ``dbg_addr + k`` in the same cycle, in the bank of ``dbg_addr``
+        (0 beyond that bank's end); 0 while it is low. A simulator evaluates the
+        read's multiplexers only while ``dbg_en`` is high (Verilator puts logic
+        that a top-level input reaches into every evaluation; ``hw/node.py``
+        drives ``dbg_en`` from a port, low except during a debug read). Left
+        unconnected it stays high.
 
     Behaviour
     ---------
@@ -101,7 +106,11 @@ class DeviceMemory(wiring.Component):
         }
         if debug_port:
             ports.update(
-                {"dbg_addr": In(self.addr_bits), "dbg_data": Out(width * debug_words)}
+                {
+                    "dbg_en": In(1, init=1),
+                    "dbg_addr": In(self.addr_bits),
+                    "dbg_data": Out(width * debug_words),
+                }
             )
         super().__init__(ports)
 
@@ -144,11 +153,12 @@ class DeviceMemory(wiring.Component):
             bank = self.dbg_addr[index_bits]
             index = self.dbg_addr[:index_bits]
             w = self.width
-            for b, (mem, depth) in enumerate(banks):
-                for k in range(self.debug_words):
-                    rp = mem.read_port(domain="comb")
-                    at = index + k
-                    m.d.comb += rp.addr.eq(at)
-                    with m.If((bank == b) & (at < depth)):
-                        m.d.comb += self.dbg_data[k * w : (k + 1) * w].eq(rp.data)
+            with m.If(self.dbg_en):
+                for b, (mem, depth) in enumerate(banks):
+                    for k in range(self.debug_words):
+                        rp = mem.read_port(domain="comb")
+                        at = index + k
+                        m.d.comb += rp.addr.eq(at)
+                        with m.If((bank == b) & (at < depth)):
+                            m.d.comb += self.dbg_data[k * w : (k + 1) * w].eq(rp.data)
         return m

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import ml_dtypes
 import numpy as np
 
 from gradsync.spec.formats import BF16, FP32, BFloat16Format
@@ -147,6 +146,11 @@ def fp32_to_bf16(a: np.ndarray | int) -> np.ndarray:
     A subnormal input is flushed first; a normal fp32 never rounds to a bf16
     subnormal (the exponent range is the same). NaNs give the canonical bf16 NaN.
     """
+    # imported here: ml_dtypes 0.7 takes about a second to import (its extension
+    # registers its casts and ufunc loops), which every fixed-point run and every
+    # simulator start would pay
+    import ml_dtypes
+
     x = _fp32_values(a)
     with np.errstate(invalid="ignore"):  # NaNs: replaced below
         words = x.astype(ml_dtypes.bfloat16).view(np.uint16)

@@ -8,8 +8,9 @@ so the very firmware objects that run on the golden model drive the RTL.
 Ports used, all under one name prefix (``"n0_"`` ... for a cluster, ``""`` for
 a single node): ``s_axil_*`` (CSR), ``s_axis_*``/``m_axis_*`` (bulk port,
 header beat from ``hw.bulk.bulk_header``), ``irq``, ``cycle``, and -- when
-present -- ``dbg_addr``/``dbg_data`` (zero-time combinational read of the
-SRAMs, used by :meth:`RtlDevice.peek`).
+present -- ``dbg_en``/``dbg_addr``/``dbg_data`` (zero-time combinational read
+of the SRAMs, used by :meth:`RtlDevice.peek`, which raises ``dbg_en`` only for
+the read's own time step).
 
 Host timing: every call consumes exactly the cycles ``model/device.py``
 charges and takes effect in the same cycle.  The host bus is a *lean
@@ -320,6 +321,7 @@ class RtlDevice:
         self._cycle = _Port(getattr(dut, prefix + "cycle"))
         self._irq = getattr(dut, prefix + "irq")
         self._irq_port = _Port(self._irq)
+        self._dbg_en = getattr(dut, prefix + "dbg_en", None)
         self._dbg_addr = getattr(dut, prefix + "dbg_addr", None)
         self._dbg_data = getattr(dut, prefix + "dbg_data", None)
         self._dbg_bits = device_addr_bits(hw.scratchpad_words, hw.gradient_words)
@@ -821,6 +823,7 @@ class RtlDevice:
         raw = bytearray(groups * per * bits // 8)
         chunk = per * bits // 8
         addr_h, data_h = self._dbg_addr._handle, self._dbg_data._handle
+        en_h = self._dbg_en._handle if self._dbg_en is not None else None
         from cocotb import simulator  # only inside a simulator process
 
         def sample(g: int) -> None:  # after the evaluation of address first + g * per
@@ -830,8 +833,12 @@ class RtlDevice:
             if g + 1 < groups:
                 addr_h.set_signal_val_int(_NO_DELAY, first + (g + 1) * per)
                 simulator.register_rwsynch_callback(sample, g + 1)
+            elif en_h is not None:  # the read's logic idle again until the next read
+                en_h.set_signal_val_int(_NO_DELAY, 0)
 
         if n:
+            if en_h is not None:
+                en_h.set_signal_val_int(_NO_DELAY, 1)
             addr_h.set_signal_val_int(_NO_DELAY, first)
             simulator.register_rwsynch_callback(sample, 0)
         await Timer(1, "step")

@@ -265,6 +265,7 @@ class ClusterTB:
 
             Clock(dut.clk, 10, unit="ns").start()
         for i in range(self.nodes):
+            getattr(dut, f"n{i}_dbg_en").value = 0
             getattr(dut, f"n{i}_dbg_addr").value = 0
             for c in LINK_CONTROLS:
                 getattr(dut, f"l{i}_{c}").value = 0

@@ -29,7 +29,7 @@ def device_addr_bits(scratch_words: int, grad_words: int) -> int:
     return 1 + (max(scratch_words, grad_words, 2) - 1).bit_length()
 
 
-#: SRAM words the debug port (``dbg_addr``/``dbg_data``) returns per address: a testbench
+#: SRAM words the debug port (``dbg_en``/``dbg_addr``/``dbg_data``) returns per address: a testbench
 #: reading a layer's weights pays one simulator evaluation per 8 words, not per word.
 DEBUG_WORDS = 8
 

@@ -34,7 +34,7 @@ def test_cluster_ports_are_the_compute_node_ports_prefixed():
     """n{i}_ + ComputeNode's host ports (+ debug port) and NIC counters; l{i}_ + each link's
     fault controls and counters, as wide as the link's own ports."""
     compute = set(ComputeNode(DEFAULT_HARDWARE, FMT).signature.members) - {"dma_rd", "dma_wr"}
-    assert set(HOST_PORTS) == compute | {"dbg_addr", "dbg_data"}
+    assert set(HOST_PORTS) == compute | {"dbg_en", "dbg_addr", "dbg_data"}
     cluster = Cluster(DEFAULT_HARDWARE, FMT, 3).signature.members
     for i in range(3):
         assert {f"n{i}_{p}" for p in (*HOST_PORTS, *NODE_COUNTERS)} <= set(cluster)

@@ -127,7 +127,12 @@ def test_random_traffic_on_all_ports_matches_a_dict(scratch, grad, debug_words):
                     writes[targets[p]] = value  # later (higher-numbered) port wins
             dbg = int(rng.integers(0, 1 << dut.addr_bits))
             ctx.set(dut.dbg_addr, dbg)
-            assert ctx.get(dut.dbg_data) == debug_view(dbg)
+            assert ctx.get(dut.dbg_data) == debug_view(dbg)  # dbg_en unconnected: high
+            if rng.random() < 0.3:  # a debug read disabled: zeros, whatever the address
+                ctx.set(dut.dbg_en, 0)
+                assert ctx.get(dut.dbg_data) == 0
+                ctx.set(dut.dbg_en, 1)
+                assert ctx.get(dut.dbg_data) == debug_view(dbg)
             expect = []
             for p, (en, addr) in enumerate(reads):
                 if en:

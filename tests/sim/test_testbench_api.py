@@ -206,7 +206,7 @@ def _fake_dut(nodes: int = 2):
     """Just the ports ClusterTB's constructor and fault controls touch."""
     from gradsync.hw.link import LINK_CONTROLS, LINK_COUNTERS
 
-    names = [f"n{i}_dbg_addr" for i in range(nodes)]
+    names = [f"n{i}_{p}" for i in range(nodes) for p in ("dbg_en", "dbg_addr")]
     names += [f"l{i}_{c}" for i in range(nodes) for c in (*LINK_CONTROLS, *LINK_COUNTERS)]
     return SimpleNamespace(**{n: _Port() for n in names})
 
