@@ -122,3 +122,29 @@ def test_checker_catches_a_forbidden_import(tmp_path, room, source, offender):
     path.write_text(source)
     bad = violations(path, RULES[room][1], RULES[room][2], fake_root)
     assert any(offender in v for v in bad), bad
+
+
+#: Modules the simulator process of a fixed-point RTL run imports (``sim/train_cocotb.py`` and
+#: what it pulls in) and the packages none of them may load at import: Amaranth (the cached
+#: model needs no design, ``sim/build.py``'s Deferred component) and ml_dtypes (0.7 takes about
+#: a second to import; ``model/fp.py`` imports it only to convert to bf16).
+SIMULATOR_SIDE = (
+    "gradsync.sim.train_cocotb",
+    "gradsync.sim.rtl_backend",
+    "gradsync.firmware.experiment",
+    "gradsync.model_backend",
+)
+NOT_AT_IMPORT = ("amaranth", "ml_dtypes")
+
+
+def test_simulator_side_imports_load_neither_amaranth_nor_ml_dtypes():
+    """In a fresh interpreter (this process has imported both already)."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys\nfor m in {SIMULATOR_SIDE!r}:\n    __import__(m)\n"
+        f"print(sorted(p for p in {NOT_AT_IMPORT!r} if p in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
