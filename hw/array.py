@@ -17,6 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 
+from .gating import activity, gated
 from .pe import ProcessingElement, pe_for_format
 
 
@@ -77,6 +78,10 @@ class SystolicArray(wiring.Component):
     apart so that last beats are at least ``R`` cycles apart (the drain
     chain's occupancy) and tiles do not interleave; the sequencer issues
     tiles every ``max(K, R)`` cycles.
+
+    In the Verilog a simulator builds, the array's registers run on a gated clock
+    (``hw/gating.py``) from a beat's cycle until ``drain_cycles`` after the last one;
+    the values they would take while it is stopped lie beside low valid bits.
     """
 
     def __init__(
@@ -108,6 +113,10 @@ class SystolicArray(wiring.Component):
         self.cols = cols
         self.operand_shape, self.acc_shape = operand, acc
         self.pe_latency = self._make_pe.func.LATENCY
+        #: Cycles after the last beat until every register is settled (the last row has
+        #: left and the skew, drain and de-skew registers hold no valid data); a bound,
+        #: above the ``2R + C + P - 2`` of the final row.
+        self.drain_cycles = 2 * rows + 2 * cols + self.pe_latency + 2
         super().__init__({
             "a_in": In(data.ArrayLayout(operand, rows)),
             "b_in": In(data.ArrayLayout(operand, cols)),
@@ -129,8 +138,11 @@ class SystolicArray(wiring.Component):
         return sig
 
     def elaborate(self, platform):
-        m = Module()
+        top, m = Module(), Module()
         R, C = self.rows, self.cols
+        # In a simulator's Verilog the clock runs only while a beat is in flight.
+        active = activity(top, self.in_valid, self.drain_cycles)
+        gated(top, m, active, "core")
         pes = [[self._make_pe() for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):
@@ -182,4 +194,4 @@ class SystolicArray(wiring.Component):
             self.out_valid.eq(remaining != 0),
             self.out_row.eq(remaining - 1),
         ]
-        return m
+        return top

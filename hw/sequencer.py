@@ -27,12 +27,14 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from gradsync.spec import regmap as rm
+from gradsync.spec import timing as tm
 from gradsync.spec.formats import BFloat16Format, FixedPointFormat, is_float
 
 from .arith import round_shift, saturate
 from .array import SystolicArray
 from .events import ErrorEvent, TraceWrite
 from .fp import bf16_to_fp32, fp32_to_bf16
+from .gating import activity, gated
 from .sram import device_addr_bits, read_port_signature, write_port_signature
 from .vector import Fp32VectorUnit, VectorOp, VectorUnit
 
@@ -640,6 +642,9 @@ class VectorStreamer(wiring.Component):
     fp32 result is written to a scratchpad ``c`` rounded to bf16 (``fp32_to_bf16``),
     to the gradient SRAM whole.
 
+    In the Verilog a simulator builds, the streamer and its unit run on a gated clock
+    (``hw/gating.py``) while a command starts or runs and ``DRAIN_CYCLES`` after.
+
     Parameters
     ----------
     unit:
@@ -674,8 +679,14 @@ class VectorStreamer(wiring.Component):
     def _elem_words(self, dev_addr):
         return Cat(~dev_addr[-1], dev_addr[-1]) if self.float else Const(1, 2)
 
+    #: Cycles after a command's last ``run`` cycle until the pipeline holds no valid beat:
+    #: the read register, the unit's stages and the write-back register, with a margin.
+    DRAIN_CYCLES = 1 + tm.VECTOR_PIPELINE_CYCLES + tm.WRITEBACK_LATENCY_CYCLES + 2
+
     def elaborate(self, platform):
-        m = Module()
+        top, m = Module(), Module()
+        # In a simulator's Verilog the clock runs only while a command is started or runs.
+        gated(top, m, activity(top, self.job.start | self.job.run, self.DRAIN_CYCLES), "core")
         m.submodules.unit = vector = self.unit
         L, tb = vector.lanes, vector.total_bits
         cmd, mn = self.job.cmd, self.job.elements
@@ -756,7 +767,7 @@ class VectorStreamer(wiring.Component):
                 vector.y[lane].eq(Mux(vmask_d[lane], y, 0)),
                 wr.data.eq(out),
             ]
-        return m
+        return top
 
     def _float_lane(self, m: Module, lane: int, result):
         """bf16 family: drive the high-word ports of ``lane``; return its fp32 operands and

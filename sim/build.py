@@ -52,7 +52,8 @@ from gradsync.sim.toolchain import (
 #: 4: --output-split 5000 and no zero-only memory initialisers (see VERILATOR_BUILD_ARGS).
 #: 5: the sync domain's reset is asynchronous in the Verilog (see to_verilog).
 #: 6: output ports public read-only (see _control_file).
-BUILD_SCRIPT_VERSION = 6
+#: 7: gated clocks for idle blocks (see to_verilog).
+BUILD_SCRIPT_VERSION = 7
 
 #: Verilator arguments of every build (and of sim/raw_build.py's).  Measured side by side by
 #: bench/build_opts.py on the 2-node cluster (1 Dec 2026, 2 cores shared, load 4-5, CPU
@@ -172,16 +173,23 @@ def to_verilog(component, name: str) -> str:
     ``init`` after that edge either way, and ``reset_less`` registers (the links' fault
     generators, loaded while ``ResetSignal()`` is high) are untouched by it. The Amaranth
     simulator, which the block tests use, keeps the synchronous reset.
+
+    Blocks that are idle most cycles run on gated clocks in this Verilog
+    (``hw/gating.py``: the systolic array, only while a beat is in flight); the
+    Amaranth simulator runs them ungated, with the same behaviour per cycle.
     """
     from amaranth.back import verilog
     from amaranth.hdl import ClockDomain
 
-    return verilog.convert(
-        component,
-        name=name,
-        emit_src=False,
-        missing_domain=lambda domain: ClockDomain(domain, async_reset=True),
-    )
+    from gradsync.hw.gating import clock_gating
+
+    with clock_gating():
+        return verilog.convert(
+            component,
+            name=name,
+            emit_src=False,
+            missing_domain=lambda domain: ClockDomain(domain, async_reset=True),
+        )
 
 
 _PORT_RE = re.compile(
