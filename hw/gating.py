@@ -6,7 +6,9 @@ run although it holds a beat in fewer than one cycle in five of the main job (GE
 cycles were 15 % of each node's cycles in a 20-step run). On a gated clock its
 registers, and the logic that reads only them, are not evaluated at all while the clock
 is stopped (Verilator schedules a block by the edges of its own clock). Gated: the
-array and the vector streamer with its unit (``hw/sequencer.py``).
+array, the vector streamer with its unit and the GEMM write-back (``hw/sequencer.py``;
+the write-back takes its command's fields at start, so its row logic reads only gated
+registers and the array's outputs).
 
 :func:`gated` adds a block either plainly (the Amaranth simulator, which the block tests
 use, and every design elaborated outside :func:`clock_gating`) or, inside

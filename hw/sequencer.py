@@ -537,6 +537,10 @@ class GemmWriteback(wiring.Component):
     activations, dA); in the gradient SRAM it is written whole, two words, low half
     first (dW).
 
+    The command's M, N, ``CMD_ARG`` and C address are taken at ``job.start``; in the
+    Verilog a simulator builds the write-back's registers run on a gated clock
+    (``hw/gating.py``) while a command starts or runs.
+
     Attributes
     ----------
     job : In(engine_job_signature)
@@ -560,10 +564,28 @@ class GemmWriteback(wiring.Component):
             }
         )
 
+    #: Cycles the write-back's clock runs after a command's last ``run`` cycle (its last
+    #: row is written in that cycle; the margin covers nothing but is cheap).
+    DRAIN_CYCLES = 2
+
     def elaborate(self, platform):
-        m = Module()
+        top, m = Module(), Module()
+        # In a simulator's Verilog the registers below run on a gated clock while a command
+        # starts or runs; the row logic then reads only them and the array's outputs, so
+        # the simulator evaluates it only in those cycles.
+        gated(top, m, activity(top, self.job.start | self.job.run, self.DRAIN_CYCLES), "core")
         R, C = self.rows, self.cols
-        cmd = self.job.cmd
+        # The command's fields, taken at start (the control holds them until the next
+        # command is taken, after this one's last row).
+        cmd = Signal(data.StructLayout({"m": 32, "n": 32, "arg": 32}))
+        c = Signal.like(self.job.c)
+        with m.If(self.job.start):
+            m.d.sync += [
+                cmd.m.eq(self.job.cmd.m),
+                cmd.n.eq(self.job.cmd.n),
+                cmd.arg.eq(self.job.cmd.arg),
+                c.eq(self.job.c),
+            ]
         # Which tile's rows leave the array now.
         drain_m0 = Signal(32)
         drain_n0 = Signal(32)
@@ -579,26 +601,26 @@ class GemmWriteback(wiring.Component):
 
         drain_row = Signal(32)
         m.d.comb += drain_row.eq(drain_m0 + self.out_row)
-        ew = element_words(self.fmt, self.job.c)
-        row_addr = Signal(len(self.job.c) + 1)
-        m.d.comb += row_addr.eq(self.job.c + (drain_row * cmd.n + drain_n0) * ew)
+        ew = element_words(self.fmt, c)
+        row_addr = Signal(len(c) + 1)
+        m.d.comb += row_addr.eq(c + (drain_row * cmd.n + drain_n0) * ew)
         for j in range(C):
             m.d.comb += [
                 self.wr[j].en.eq(self.out_valid & (drain_row < cmd.m) & (drain_n0 + j < cmd.n)),
                 self.wr[j].addr.eq(row_addr + j * ew),
             ]
         if is_float(self.fmt):
-            self._words_float(m)
+            self._words_float(m, c)
         else:
-            self._words_fixed(m)
-        return m
+            self._words_fixed(m, cmd.arg)
+        return top
 
-    def _words_fixed(self, m: Module) -> None:
+    def _words_fixed(self, m: Module, arg) -> None:
         """Round-shift by ``frac_bits + clamp(CMD_ARG, 0, acc_bits)``, saturate."""
         fmt = self.fmt
         extra = Signal(signed(32))
         shift = Signal(range(fmt.frac_bits + fmt.acc_bits + 1))
-        m.d.comb += extra.eq(self.job.cmd.arg)
+        m.d.comb += extra.eq(arg)
         with m.If(extra < 0):
             m.d.comb += shift.eq(fmt.frac_bits)
         with m.Elif(extra > fmt.acc_bits):
@@ -613,10 +635,10 @@ class GemmWriteback(wiring.Component):
                 saturate(m, rounded, fmt.total_bits, fmt.saturate, f"wbsat{j}")
             )
 
-    def _words_float(self, m: Module) -> None:
+    def _words_float(self, m: Module, c) -> None:
         """Scratchpad: the fp32 result rounded to bf16; gradient SRAM: both halves."""
         C = self.cols
-        to_grad = self.job.c[-1]
+        to_grad = c[-1]
         for j in range(C):
             word = self.out_data[j]
             lo, hi = self.wr[j], self.wr[C + j]

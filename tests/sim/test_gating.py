@@ -28,13 +28,14 @@ def test_the_array_runs_on_a_gated_clock_only_in_the_simulators_verilog():
     assert "negedge" not in plain and "core_clk" not in plain
 
 
-def test_the_sequencer_gates_the_array_and_the_vector_streamer():
+def test_the_sequencer_gates_the_array_the_vector_streamer_and_the_write_back():
     text = to_verilog(ComputeSequencer(rows=2, cols=2, lanes=2, scratch_words=64,
                                        grad_words=64), "seq")  # fmt: skip
     gated_modules = {line.split()[1] for line in text.splitlines()
                      if line.startswith("module ") and "core_clk" in line}  # fmt: skip
     assert any(".array.core" in m for m in gated_modules), gated_modules
     assert any(".vector.core" in m for m in gated_modules), gated_modules
+    assert any(".writeback.core" in m for m in gated_modules), gated_modules
 
 
 def test_clock_gating_is_scoped():
