@@ -63,8 +63,8 @@ BUILD_SCRIPT_VERSION = 7
 #: (noise of a loaded machine; no loss).  Tried and not kept: --output-split 60000 (2.2x the
 #: make), Verilator -O3 (2.5x), --x-assign/--x-initial fast (no gain), -march=native -fno-plt
 #: -fno-semantic-interposition (0.96x speed), OPT_SLOW=-Os (1.33x the make), --threads 2
-#: (0.15x the replay speed at load 4.4: its threads wait for each other on a shared 2-core
-#: machine; 1 Dec 2026, ``bench/build_opts.py --only "used,threads 2"``).
+#: (0.15x the replay speed at load 4.4, 0.71x on an idle machine at load 1.3: its threads
+#: wait for each other on 2 cores; 1-2 Dec 2026, ``bench/build_opts.py --only "used,threads 2"``).
 VERILATOR_BUILD_ARGS = ("--output-split", "5000")
 
 #: Bump when only the way a *waves* build is made changes: it enters the key of
