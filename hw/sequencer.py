@@ -564,8 +564,9 @@ class GemmWriteback(wiring.Component):
             }
         )
 
-    #: Cycles the write-back's clock runs after a command's last ``run`` cycle (its last
-    #: row is written in that cycle; the margin covers nothing but is cheap).
+    #: Cycles the write-back's clock runs after a command's last ``run`` cycle. Its
+    #: registers change only in ``start`` and ``run`` cycles (the last row is written in
+    #: the last ``run`` cycle), so 0 would do; 2 is a margin.
     DRAIN_CYCLES = 2
 
     def elaborate(self, platform):
