@@ -1,8 +1,8 @@
 """Issue 14, item 5: an 8-node ring on the RTL trains 2 steps and agrees with the golden model.
 
-Marked ``huge``: the 8-node cluster's first build takes 10 to 15 minutes on 2 cores (Verilog
-generation, Verilator and the C++ compiler, measured in the closing note of issue 14), so
-``make test`` leaves it out; ``make test-huge`` runs it.  It found the model's trace-interrupt
+Marked ``huge``: the 8-node cluster's first build took 10 to 15 minutes on a loaded 2-core
+machine and about 2.5 minutes on an idle one (Verilog generation, Verilator and the C++
+compiler; the README's numbers), so ``make test`` leaves it out; ``make test-huge`` runs it.  It found the model's trace-interrupt
 timing bug that 2 and 4 nodes never reach (``tests/model/test_trace_irq.py``).
 """
 
