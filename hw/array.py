@@ -17,7 +17,7 @@ from amaranth.lib.wiring import In, Out
 
 from gradsync.spec.formats import BFloat16Format, FixedPointFormat
 
-from .gating import activity, gated
+from .gating import gated_core
 from .pe import ProcessingElement, pe_for_format
 
 
@@ -138,11 +138,9 @@ class SystolicArray(wiring.Component):
         return sig
 
     def elaborate(self, platform):
-        top, m = Module(), Module()
-        R, C = self.rows, self.cols
         # In a simulator's Verilog the clock runs only while a beat is in flight.
-        active = activity(top, self.in_valid, self.drain_cycles)
-        gated(top, m, active, "core")
+        top, m = gated_core(self.in_valid, self.drain_cycles)
+        R, C = self.rows, self.cols
         pes = [[self._make_pe() for _ in range(C)] for _ in range(R)]
         for i in range(R):
             for j in range(C):

@@ -66,6 +66,15 @@ def activity(m: Module, busy, drain_cycles: int):
     return active
 
 
+def gated_core(busy, drain_cycles: int) -> tuple[Module, Module]:
+    """``(top, core)``: a block's module ``top`` and the module ``core`` under it that
+    holds the block's logic, gated by ``busy`` held ``drain_cycles`` longer
+    (:func:`activity`); ``elaborate`` fills ``core`` and returns ``top``."""
+    top, core = Module(), Module()
+    gated(top, core, activity(top, busy, drain_cycles), "core")
+    return top, core
+
+
 def gated(m: Module, block, active, name: str) -> None:
     """Add ``block`` to ``m`` as submodule ``name``; inside :func:`clock_gating` its ``sync``
     domain runs on ``m``'s clock gated by ``active`` (high in the cycles the block works)."""

@@ -34,7 +34,7 @@ from .arith import round_shift, saturate
 from .array import SystolicArray
 from .events import ErrorEvent, TraceWrite
 from .fp import bf16_to_fp32, fp32_to_bf16
-from .gating import activity, gated
+from .gating import gated_core
 from .sram import device_addr_bits, read_port_signature, write_port_signature
 from .vector import Fp32VectorUnit, VectorOp, VectorUnit
 
@@ -570,11 +570,10 @@ class GemmWriteback(wiring.Component):
     DRAIN_CYCLES = 2
 
     def elaborate(self, platform):
-        top, m = Module(), Module()
         # In a simulator's Verilog the registers below run on a gated clock while a command
         # starts or runs; the row logic then reads only them and the array's outputs, so
         # the simulator evaluates it only in those cycles.
-        gated(top, m, activity(top, self.job.start | self.job.run, self.DRAIN_CYCLES), "core")
+        top, m = gated_core(self.job.start | self.job.run, self.DRAIN_CYCLES)
         R, C = self.rows, self.cols
         # The command's fields, taken at start (the control holds them until the next
         # command is taken, after this one's last row).
@@ -707,9 +706,8 @@ class VectorStreamer(wiring.Component):
     DRAIN_CYCLES = 1 + tm.VECTOR_PIPELINE_CYCLES + tm.WRITEBACK_LATENCY_CYCLES + 2
 
     def elaborate(self, platform):
-        top, m = Module(), Module()
         # In a simulator's Verilog the clock runs only while a command is started or runs.
-        gated(top, m, activity(top, self.job.start | self.job.run, self.DRAIN_CYCLES), "core")
+        top, m = gated_core(self.job.start | self.job.run, self.DRAIN_CYCLES)
         m.submodules.unit = vector = self.unit
         L, tb = vector.lanes, vector.total_bits
         cmd, mn = self.job.cmd, self.job.elements

@@ -175,8 +175,9 @@ def to_verilog(component, name: str) -> str:
     simulator, which the block tests use, keeps the synchronous reset.
 
     Blocks that are idle most cycles run on gated clocks in this Verilog
-    (``hw/gating.py``: the systolic array, only while a beat is in flight); the
-    Amaranth simulator runs them ungated, with the same behaviour per cycle.
+    (``hw/gating.py`` names them: the systolic array, the vector streamer, the GEMM
+    write-back); the Amaranth simulator runs them ungated, with the same behaviour
+    per cycle.
     """
     from amaranth.back import verilog
     from amaranth.hdl import ClockDomain
